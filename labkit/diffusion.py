@@ -1,0 +1,121 @@
+"""The diffusion maths: forward noising, the posterior, and the noise-prediction loss.
+
+Plain functions over tensors (as in improved-diffusion), one equation each. Shapes: x is [B, C, H, W]
+(any number of trailing dims works), t is int64 [B] with values in [0, T).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from labkit.schedules import Schedule
+
+Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # model(x, t, y) -> eps_hat
+
+
+def gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """values[t] reshaped to broadcast against x: [T] and [B] -> [B, 1, 1, 1] on x's device.
+
+    Computed in float32 at least (float64 if x is float64), so bf16/fp16 inputs do not round the
+    schedule: alpha_bar near 1 would otherwise lose most of its digits.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    out = values.to(device=x.device, dtype=dtype)[t.to(x.device).long()]  # [B]
+    return out.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+    """Sample x_t from q(x_t | x_0) in closed form (Ho et al. 2020, eq. 4):
+
+        x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps,   eps ~ N(0, I)
+
+    The noise is passed in (not drawn here) so the caller controls randomness and can reuse it as the
+    regression target. x0, noise: [B, ...]; t: [B] -> x_t [B, ...]
+    """
+    ab = gather(schedule.alpha_bars, t, x0)
+    return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
+
+
+def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: Schedule):
+    """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eqs. 6-7):
+
+        mean = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) * x_0
+             + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * x_t
+        var  = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
+
+    At t = 0 the variance is 0 and the mean is x_0. Returns (mean [B, ...], variance [B, 1, 1, 1]).
+    """
+    return posterior_between(x0, xt, t, t - 1, schedule)
+
+
+def posterior_between(x0, xt, t, t_prev, schedule: Schedule):
+    """q(x_s | x_t, x_0) for any earlier step s = t_prev < t (t_prev = -1 means "clean data").
+
+    The same Gaussian as eqs. 6-7 of Ho et al. 2020 with beta_t replaced by the effective variance
+    between the two steps, 1 - alpha_bar_t / alpha_bar_s; this is what a sampler with fewer steps than T
+    (a "respaced" schedule, Nichol & Dhariwal 2021, section 4) uses. Returns (mean, variance).
+    """
+    ab_t = gather(schedule.alpha_bars, t, xt)
+    ab_s = gather(schedule.alpha_bars_prev, t_prev + 1, xt)  # alpha_bars_prev[s + 1] = alpha_bar_s, 1 at s = -1
+    alpha = ab_t / ab_s  # effective alpha between s and t
+    beta = 1 - alpha
+    coef_x0 = ab_s.sqrt() * beta / (1 - ab_t)
+    coef_xt = alpha.sqrt() * (1 - ab_s) / (1 - ab_t)
+    mean = coef_x0 * x0 + coef_xt * xt
+    var = (1 - ab_s) / (1 - ab_t) * beta
+    return mean.to(xt.dtype), var
+
+
+def predict_x0_from_eps(xt, t, eps, schedule: Schedule) -> torch.Tensor:
+    """Invert eq. 4 of Ho et al. 2020: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
+    ab = gather(schedule.alpha_bars, t, xt)
+    return ((xt - (1 - ab).sqrt() * eps) / ab.sqrt()).to(xt.dtype)
+
+
+def predict_eps_from_x0(xt, t, x0, schedule: Schedule) -> torch.Tensor:
+    """The same equation solved for the noise: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
+    ab = gather(schedule.alpha_bars, t, xt)
+    return ((xt - ab.sqrt() * x0) / (1 - ab).sqrt()).to(xt.dtype)
+
+
+def v_from_eps(x0, t, eps, schedule: Schedule) -> torch.Tensor:
+    """The velocity target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
+    (Salimans & Ho 2022, "Progressive Distillation", section 4)."""
+    ab = gather(schedule.alpha_bars, t, x0)
+    return (ab.sqrt() * eps - (1 - ab).sqrt() * x0).to(x0.dtype)
+
+
+def eps_from_v(xt, t, v, schedule: Schedule) -> torch.Tensor:
+    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v   (follows from x_t and v above)."""
+    ab = gather(schedule.alpha_bars, t, xt)
+    return ((1 - ab).sqrt() * xt + ab.sqrt() * v).to(xt.dtype)
+
+
+def sample_timesteps(batch: int, schedule: Schedule, *, device=None, generator=None) -> torch.Tensor:
+    """t ~ Uniform{0, ..., T-1}, int64 [batch] (Ho et al. 2020, Algorithm 1, line 3)."""
+    return torch.randint(0, schedule.T, (batch,), device=device, generator=generator)
+
+
+def diffusion_loss(
+    model: Model,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    schedule: Schedule,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The simplified DDPM objective (Ho et al. 2020, eq. 14 / Algorithm 1):
+
+        L = E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
+
+    with t uniform and eps ~ N(0, I), averaged over batch and pixels. x0: [B, C, H, W] in [-1, 1]; y: [B].
+    The generator must live on x0's device (torch draws random numbers where they will be used).
+    """
+    t = sample_timesteps(x0.shape[0], schedule, device=x0.device, generator=generator)  # [B]
+    noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)  # [B, C, H, W]
+    xt = q_sample(x0, t, noise, schedule)
+    eps_hat = model(xt, t, y)
+    return F.mse_loss(eps_hat.float(), noise.float())

@@ -1,0 +1,211 @@
+"""Samplers: turn noise into digits with a trained noise predictor.
+
+Each sampler is one plain step function with the same shape of signature (as in k-diffusion), and
+``sample`` runs any of them in one loop. A step goes from step t to an earlier step t_prev on a
+descending grid of time steps; t_prev = -1 means "clean data" (alpha_bar = 1).
+
+    ddpm_step      ancestral sampling, Ho et al. 2020 (Algorithm 2), on any sub-grid of steps
+    ddim_step      Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12, any eta
+    dpmpp_2m_step  Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep second order, data prediction)
+
+Every step returns a ``Step(x_prev, x0_hat)``. Guidance lives outside: pass a guided model.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from labkit.diffusion import Model, gather, posterior_between, predict_eps_from_x0, predict_x0_from_eps
+from labkit.errors import LabkitTypeError, LabkitValueError
+from labkit.guidance import guided
+from labkit.schedules import Schedule
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+
+
+class Step(NamedTuple):
+    x_prev: torch.Tensor  # the sample at the earlier step t_prev
+    x0_hat: torch.Tensor  # the model's current guess of the clean image
+
+
+SPACINGS = ("logsnr", "uniform")
+LOGSNR_FLOOR = -10.0  # log-SNR where a grid starts spacing its steps; the linear schedule ends near -10
+
+
+def timestep_grid(schedule: Schedule, steps: int, spacing: str = "logsnr") -> torch.Tensor:
+    """Descending int64 time steps [steps] from T-1 down to 0 (both included).
+
+    "uniform": evenly spaced in t (DDIM paper's "linear" choice). "logsnr": evenly spaced in
+    lambda = log(alpha/sigma), the time variable of the DPM-Solver ODE (Lu et al. 2022, section 3.4
+    recommends it): more steps at low noise, where the strokes are drawn. A cosine schedule's clipped
+    end (alpha_bar ~ 1e-9) is skipped by starting the even spacing at log-SNR LOGSNR_FLOOR.
+    steps = T gives every step T-1, ..., 0 (the full DDPM chain) whatever the spacing.
+    """
+    T = schedule.T
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise LabkitValueError(f"steps must be a positive integer, got {steps!r}")
+    if steps > T:
+        raise LabkitValueError(f"steps={steps} is more than the schedule's T={T}")
+    if spacing not in SPACINGS:
+        raise LabkitValueError(f"unknown spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
+    if steps == 1:
+        return torch.tensor([T - 1])
+    if steps == T:
+        return torch.arange(T - 1, -1, -1)
+    if spacing == "uniform":
+        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    log_snr = schedule.log_snr()  # [T], decreasing in t
+    lo = max(float(log_snr[-1]), LOGSNR_FLOOR)
+    targets = torch.linspace(lo, float(log_snr[0]), steps, dtype=torch.float64)  # [steps], increasing
+    nearest = (log_snr[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+    grid = [T - 1]
+    for i in range(1, steps):  # keep it strictly descending with room left for the remaining steps
+        grid.append(max(min(nearest[i], grid[-1] - 1), steps - 1 - i))
+    return torch.tensor(grid)
+
+
+def _x0_and_eps(x, t, eps_hat, schedule, clip):
+    """x0_hat from eps_hat; if clipped to [-clip, clip], recompute eps so both stay consistent with x_t."""
+    x0_hat = predict_x0_from_eps(x, t, eps_hat, schedule)
+    if clip is not None:
+        x0_hat = x0_hat.clamp(-clip, clip)
+        eps_hat = predict_eps_from_x0(x, t, x0_hat, schedule)
+    return x0_hat, eps_hat
+
+
+def _noise_like(x, generator):
+    return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+
+
+def ddpm_step(x, t, t_prev, eps_hat, schedule: Schedule, *, generator=None, clip=None) -> Step:
+    """Ancestral step (Ho et al. 2020, Algorithm 2 line 4, with sigma_t^2 = beta_tilde_t):
+
+        x_{t_prev} = mu_tilde(x_t, x0_hat) + sqrt(beta_tilde) z,   z ~ N(0, I)
+
+    where mu_tilde, beta_tilde are the posterior q(x_{t_prev} | x_t, x_0) of eqs. 6-7 evaluated at the
+    predicted x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t). No noise on the last step.
+    """
+    x0_hat, _ = _x0_and_eps(x, t, eps_hat, schedule, clip)
+    mean, var = posterior_between(x0_hat, x, t, t_prev, schedule)
+    if bool((t_prev < 0).all()):
+        return Step(mean, x0_hat)
+    return Step((mean + var.sqrt() * _noise_like(x, generator)).to(x.dtype), x0_hat)
+
+
+def ddim_step(x, t, t_prev, eps_hat, schedule: Schedule, *, eta: float = 0.0, generator=None, clip=None) -> Step:
+    """DDIM step (Song et al. 2021, eq. 12):
+
+        x_{t_prev} = sqrt(abar_prev) x0_hat                          "predicted x_0"
+                   + sqrt(1 - abar_prev - sigma^2) eps_hat            "direction pointing to x_t"
+                   + sigma z                                          random noise
+        sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)   (eq. 16)
+
+    eta = 0 is deterministic; eta = 1 over all T steps is exactly the DDPM ancestral sampler.
+    """
+    x0_hat, eps_hat = _x0_and_eps(x, t, eps_hat, schedule, clip)
+    ab_t = gather(schedule.alpha_bars, t, x)
+    ab_prev = gather(schedule.alpha_bars_prev, t_prev + 1, x)  # 1 at t_prev = -1
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
+    x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps_hat
+    if eta > 0 and not bool((t_prev < 0).all()):
+        x_prev = x_prev + sigma * _noise_like(x, generator)
+    return Step(x_prev.to(x.dtype), x0_hat)
+
+
+def _lambda(schedule, t, x):
+    """lambda_t = log(alpha_t / sigma_t), half the log-SNR (Lu et al. 2022, section 2)."""
+    ab = gather(schedule.alpha_bars, t, x)
+    return 0.5 * torch.log(ab / (1 - ab))
+
+
+def dpmpp_2m_step(
+    x, t, t_prev, eps_hat, schedule: Schedule, *, x0_prev=None, t_last=None, clip=None
+) -> Step:
+    """DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2), in data-prediction form.
+
+    With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), h = lambda_prev - lambda_t:
+
+        first step (no history):  D = x0_hat                                  (DPM-Solver++(1) = DDIM)
+        later steps:              r = h_last / h,  D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev
+        x_{t_prev} = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D
+
+    x0_prev is the x0_hat of the previous step, taken at time t_last. The final step to t_prev = -1
+    (sigma = 0, lambda = infinity) returns D itself, as k-diffusion does.
+    """
+    x0_hat, _ = _x0_and_eps(x, t, eps_hat, schedule, clip)
+    D = x0_hat
+    lam_t = _lambda(schedule, t, x)
+    if bool((t_prev < 0).all()):  # h is infinite: the data prediction is the answer
+        return Step(x0_hat, x0_hat)
+    lam_prev = _lambda(schedule, t_prev, x)
+    h = lam_prev - lam_t
+    if x0_prev is not None:
+        h_last = lam_t - _lambda(schedule, t_last, x)
+        r = h_last / h
+        D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_prev
+    ab_t = gather(schedule.alpha_bars, t, x)
+    ab_prev = gather(schedule.alpha_bars, t_prev, x)
+    ratio = ((1 - ab_prev) / (1 - ab_t)).sqrt()  # sigma_prev / sigma_t
+    x_prev = ratio * x - ab_prev.sqrt() * torch.expm1(-h) * D
+    return Step(x_prev.to(x.dtype), x0_hat)
+
+
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+@torch.no_grad()
+def sample(
+    model: Model,
+    shape: tuple[int, ...],
+    y: torch.Tensor,
+    schedule: Schedule,
+    *,
+    sampler: str = "dpmpp_2m",
+    steps: int = 20,
+    guidance: float = 0.0,
+    null_class: int = 10,
+    eta: float = 0.0,
+    clip: float | None = None,
+    spacing: str = "logsnr",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    x_T: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw samples: start from x_T ~ N(0, I) of ``shape`` and run ``steps`` sampler steps.
+
+    model: any callable model(x, t, y) -> eps_hat; y: int64 [B] class labels (``null_class`` for
+    unconditional). The device comes from y; the generator must live on that device.
+    guidance: classifier-free guidance weight w (0 = plain conditional).
+    spacing: how the steps are spread over t ("logsnr" or "uniform"; see ``timestep_grid``).
+    clip: clamp each x0_hat to [-clip, clip] (1.0 for images in [-1, 1]; None for exact maths).
+    callback(step, t, x_t, x0_hat) sees every intermediate state (for denoising trajectories).
+    Returns x_0 [*shape].
+    """
+    if sampler not in SAMPLERS:
+        raise LabkitValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(y, torch.Tensor):
+        raise LabkitTypeError(f"y must be an int64 tensor of class labels, got {type(y).__name__}")
+    if y.shape[0] != shape[0]:
+        raise LabkitValueError(f"y has {y.shape[0]} labels but shape asks for {shape[0]} samples")
+    device = y.device
+    grid = timestep_grid(schedule, steps, spacing).to(device)  # [steps], descending
+    eps_model = guided(model, guidance, null_class)
+    x = x_T if x_T is not None else torch.randn(shape, device=device, generator=generator)
+    x0_prev = t_last = None
+    for i in range(steps):
+        t = grid[i].expand(shape[0])  # [B]
+        t_prev = (grid[i + 1] if i + 1 < steps else torch.tensor(-1, device=device)).expand(shape[0])
+        eps_hat = eps_model(x, t, y).to(x.dtype)
+        if sampler == "ddpm":
+            x_new, x0_hat = ddpm_step(x, t, t_prev, eps_hat, schedule, generator=generator, clip=clip)
+        elif sampler == "ddim":
+            x_new, x0_hat = ddim_step(x, t, t_prev, eps_hat, schedule, eta=eta, generator=generator, clip=clip)
+        else:
+            x_new, x0_hat = dpmpp_2m_step(x, t, t_prev, eps_hat, schedule, x0_prev=x0_prev, t_last=t_last, clip=clip)
+            x0_prev, t_last = x0_hat, t
+        if callback is not None:
+            callback(i, int(grid[i]), x, x0_hat)
+        x = x_new
+    return x

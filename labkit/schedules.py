@@ -1,0 +1,109 @@
+"""Noise schedules: how much signal survives at each of the T diffusion steps.
+
+Notation (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", section 2):
+    beta_t        variance of the noise added at step t           q(x_t | x_{t-1}) = N(sqrt(1-beta_t) x_{t-1}, beta_t I)
+    alpha_t       = 1 - beta_t
+    alpha_bar_t   = prod_{s<=t} alpha_s                             q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1-alpha_bar_t) I)
+    SNR(t)        = alpha_bar_t / (1 - alpha_bar_t)                 signal-to-noise ratio (Kingma et al. 2021, eq. 1)
+
+Steps are indexed t = 0 .. T-1 in code (the paper's t = 1 .. T). All tensors here are float64 on the
+CPU: they are tiny, and float64 keeps alpha_bar accurate near 0 and 1. Functions that use them move
+and cast them to the data's device and dtype (see ``labkit.diffusion.gather``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from labkit.errors import LabkitValueError
+
+
+def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Linear schedule of Ho et al. 2020 (section 4): beta_t from 1e-4 to 0.02, rescaled for T != 1000.
+
+    The endpoints are scaled by 1000/T so that any T gives the same overall amount of noise
+    (the rule used by improved-diffusion's ``get_named_beta_schedule``).   -> [T] float64
+    """
+    _check_T(T)
+    scale = 1000.0 / T
+    return torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
+
+
+def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    """f(t)/f(0) with f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), for t already divided by T in [0, 1].
+
+    Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", eq. 17.
+    """
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
+    return f / f0
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17) as betas, clipped at max_beta.
+
+    beta_t = 1 - alpha_bar(t+1)/alpha_bar(t), clipped to at most 0.999 "to prevent singularities at the
+    end of the diffusion process near t = T" (same paper, section 3.2).   -> [T] float64
+    """
+    _check_T(T)
+    steps = torch.arange(T + 1, dtype=torch.float64) / T  # [T+1] in [0, 1]
+    abar = cosine_alpha_bar(steps, s)
+    betas = 1 - abar[1:] / abar[:-1]
+    return betas.clamp(max=max_beta)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A noise schedule: the per-step tensors every other module reads.
+
+    betas, alphas, alpha_bars, alpha_bars_prev: [T] float64 on the CPU (computed once, here).
+    """
+
+    name: str
+    betas: torch.Tensor
+    alphas: torch.Tensor = field(init=False, repr=False)
+    alpha_bars: torch.Tensor = field(init=False, repr=False)
+    alpha_bars_prev: torch.Tensor = field(init=False, repr=False)  # alpha_bar_{t-1}, and 1 before step 0
+
+    def __post_init__(self):
+        betas = self.betas.detach().to("cpu", torch.float64)
+        if betas.dim() != 1 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise LabkitValueError("betas must be a 1-D tensor with values in (0, 1)")
+        alpha_bars = torch.cumprod(1.0 - betas, dim=0)
+        object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "alphas", 1.0 - betas)
+        object.__setattr__(self, "alpha_bars", alpha_bars)
+        object.__setattr__(self, "alpha_bars_prev", torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]]))
+
+    @property
+    def T(self) -> int:
+        return self.betas.shape[0]
+
+    def snr(self) -> torch.Tensor:
+        """SNR(t) = alpha_bar_t / (1 - alpha_bar_t)  (Kingma et al. 2021, "Variational Diffusion Models", eq. 1)."""
+        ab = self.alpha_bars
+        return ab / (1 - ab)
+
+    def log_snr(self) -> torch.Tensor:
+        return torch.log(self.snr())
+
+    def __repr__(self) -> str:
+        ab = self.alpha_bars
+        return f"Schedule({self.name!r}, T={self.T}, alpha_bar[0]={ab[0]:.5f}, alpha_bar[T-1]={ab[-1]:.2e})"
+
+
+def make_schedule(name: str = "cosine", T: int = 1000) -> Schedule:
+    """A named schedule: "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021)."""
+    if name == "linear":
+        return Schedule("linear", linear_betas(T))
+    if name == "cosine":
+        return Schedule("cosine", cosine_betas(T))
+    raise LabkitValueError(f"unknown schedule {name!r}: choose 'linear' or 'cosine'")
+
+
+def _check_T(T) -> None:
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise LabkitValueError(f"the number of diffusion steps T must be a positive integer, got {T!r}")

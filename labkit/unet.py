@@ -1,0 +1,228 @@
+"""A class-conditioned U-Net noise predictor: model(x, t, y) -> eps_hat of the same shape as x.
+
+The shape of the network (Ronneberger et al. 2015; as used for diffusion by Ho et al. 2020, appendix B):
+
+    x ──stem──► level 0 ──down──► level 1 ──down──► ... ──► middle
+                  │ skip            │ skip                    │
+    eps ◄─out── level 0 ◄──up──── level 1 ◄──up──── ... ◄─────┘
+
+Going down, the image gets smaller and the channels more: the network sees the whole digit.
+Going up, it must paint pixel-exact noise again; the skip connections hand each up level the
+fine detail (edges, strokes) of the matching down level, which the small middle cannot carry.
+Switch them off (``UNetConfig(skips=False)``) to see what is lost.
+
+Every residual block is told the time step and the class: their embedding sets a per-channel scale
+and shift after its second normalisation (FiLM; "scale-shift norm" of Nichol & Dhariwal 2021).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit.embeddings import ClassEmbedding, TimeEmbedding
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 1  # 1 for MNIST, 3 for colour
+    base_channels: int = 64  # channels of level 0
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # level i has base_channels * channel_mults[i] channels
+    blocks_per_level: int = 2  # residual blocks per level, going down (and going up)
+    num_classes: int = 10  # labels 0..num_classes-1; num_classes itself means "no class"
+    groups: int = 8  # GroupNorm groups
+    dropout: float = 0.0
+    skips: bool = True  # the U in U-Net: concatenate each down level's output into its up level
+    attention: bool = True  # one self-attention layer in the middle (global context at low resolution)
+    patch: int = 1  # pixel-unshuffle factor: 2 turns 28x28x1 into 14x14x4 (4x less compute per layer)
+
+    def __post_init__(self):
+        if self.patch < 1 or self.in_channels < 1 or self.base_channels < 1 or not self.channel_mults:
+            raise ValueError(f"invalid UNetConfig: {self}")
+        for m in self.channel_mults:
+            if (self.base_channels * m) % self.groups:
+                raise ValueError(f"channels {self.base_channels * m} must be divisible by groups={self.groups}")
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def emb_dim(self) -> int:
+        return 4 * self.base_channels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        d = dict(d)
+        d["channel_mults"] = tuple(d["channel_mults"])
+        return cls(**d)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv -> GroupNorm * (1 + scale) + shift -> SiLU -> dropout -> conv, plus input.
+
+    (scale, shift) come from the time+class embedding: this is where conditioning enters each block.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable early training
+        nn.init.zeros_(self.conv2.bias)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # [B, c_out, H, W]
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # 2 x [B, c_out, 1, 1]
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.shortcut(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Every pixel looks at every other pixel (Vaswani et al. 2017), used at the smallest resolution."""
+
+    def __init__(self, channels: int, groups: int, heads: int = 4):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # [B, H*W, C]
+        h, _ = self.attn(h, h, h, need_weights=False)
+        return x + h.transpose(1, 2).reshape(B, C, H, W)
+
+
+def concat_skip(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """The skip connection: stack the down path's features onto the up path's, channel-wise.
+
+    h: [B, C1, H, W], skip: [B, C2, H, W] -> [B, C1 + C2, H, W]
+    """
+    return torch.cat([h, skip], dim=1)
+
+
+class UNet(nn.Module):
+    """model(x [B,C,H,W], t int64 [B], y int64 [B]) -> eps_hat [B,C,H,W]."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.config = cfg = config
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]  # per level
+        c_in = cfg.in_channels * cfg.patch**2
+        self.time_embed = TimeEmbedding(cfg.base_channels, cfg.emb_dim)
+        self.class_embed = ClassEmbedding(cfg.num_classes, cfg.emb_dim)
+        self.stem = nn.Conv2d(c_in, chans[0], 3, padding=1)
+
+        block = lambda a, b: ResBlock(a, b, cfg.emb_dim, cfg.groups, cfg.dropout)  # noqa: E731
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        c = chans[0]
+        for i, ch in enumerate(chans):
+            self.down.append(nn.ModuleList([block(c if j == 0 else ch, ch) for j in range(cfg.blocks_per_level)]))
+            c = ch
+            last = i == len(chans) - 1
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+
+        self.mid1 = block(c, c)
+        self.mid_attn = SelfAttention(c, cfg.groups) if cfg.attention else nn.Identity()
+        self.mid2 = block(c, c)
+
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, ch in reversed(list(enumerate(chans))):
+            first_in = c + (ch if cfg.skips else 0)  # the skip adds the down level's channels
+            self.up.append(nn.ModuleList([block(first_in if j == 0 else ch, ch) for j in range(cfg.blocks_per_level)]))
+            c = ch
+            self.upsample.append(nn.Conv2d(ch, chans[i - 1] if i > 0 else ch, 3, padding=1) if i > 0 else nn.Identity())
+            if i > 0:
+                c = chans[i - 1]
+
+        self.out_norm = nn.GroupNorm(cfg.groups, chans[0])
+        self.out = nn.Conv2d(chans[0], c_in, 3, padding=1)
+        nn.init.zeros_(self.out.weight)  # start by predicting zero noise
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, t, y, None)
+
+    def _forward(self, x, t, y, trace: list | None):
+        cfg = self.config
+        note = (lambda name, h: trace.append((name, tuple(h.shape)))) if trace is not None else (lambda *a: None)
+        note("input", x)
+        h = F.pixel_unshuffle(x, cfg.patch) if cfg.patch > 1 else x  # [B, C*p^2, H/p, W/p]
+        if cfg.patch > 1:
+            note(f"pixel_unshuffle x{cfg.patch}", h)
+        emb = self.time_embed(t) + self.class_embed(y)  # [B, emb_dim]
+        note("embedding (time + class)", emb)
+        h = self.stem(h)
+        note("stem", h)
+        skips = []
+        for i, (blocks, down) in enumerate(zip(self.down, self.downsample)):
+            for blk in blocks:
+                h = blk(h, emb)
+            note(f"down level {i}", h)
+            skips.append(h)  # saved for the matching up level
+            if not isinstance(down, nn.Identity):
+                h = down(h)
+                note(f"downsample {i}->{i + 1}", h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        note("middle", h)
+        n = len(self.up)
+        for k, (blocks, up) in enumerate(zip(self.up, self.upsample)):
+            i = n - 1 - k  # level index
+            skip = skips.pop()
+            if h.shape[-2:] != skip.shape[-2:]:
+                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")  # back to this level's size
+                note(f"upsample to level {i}", h)
+            if cfg.skips:
+                h = concat_skip(h, skip)
+                note(f"up level {i} + skip", h)
+            for blk in blocks:
+                h = blk(h, emb)
+            note(f"up level {i}", h)
+            h = up(h)
+        h = self.out(F.silu(self.out_norm(h)))
+        h = F.pixel_shuffle(h, cfg.patch) if cfg.patch > 1 else h
+        note("output (eps_hat)", h)
+        return h
+
+    def shape_trace(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> list[tuple[str, tuple]]:
+        """[(layer name, output shape)] for one forward pass, level by level."""
+        trace: list = []
+        with torch.no_grad():
+            self._forward(x, t, y, trace)
+        return trace
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self, image_size: int = 28, batch: int = 1) -> str:
+        """A printable table: each stage's output shape, then the parameter count per part."""
+        p = next(self.parameters())
+        x = torch.zeros(batch, self.config.in_channels, image_size, image_size, device=p.device)
+        t = torch.zeros(batch, dtype=torch.long, device=p.device)
+        rows = [f"{name:<28} {str(list(shape)):>20}" for name, shape in self.shape_trace(x, t, t)]
+        parts = {
+            "embeddings": [self.time_embed, self.class_embed],
+            "down path": [self.stem, self.down, self.downsample],
+            "middle": [self.mid1, self.mid_attn, self.mid2],
+            "up path": [self.up, self.upsample, self.out_norm, self.out],
+        }
+        rows.append("-" * 49)
+        for name, mods in parts.items():
+            count = sum(q.numel() for m in mods for q in m.parameters())
+            rows.append(f"{name:<28} {count:>20,}")
+        rows.append(f"{'total parameters':<28} {self.num_parameters():>20,}")
+        return "\n".join(rows)

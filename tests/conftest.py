@@ -1,0 +1,47 @@
+"""Shared test fixtures.
+
+Real MNIST: tests marked ``realdata`` use the folder named by LABKIT_DATA, else ../shared/data/mnist
+beside the checkout (as in CI); on a machine with neither they are skipped, and everything else still
+runs on synthetic digits.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_mnist_dir() -> Path | None:
+    env = os.environ.get("LABKIT_DATA")
+    if env and Path(env).exists():
+        return Path(env)
+    shared = REPO.parent / "shared" / "data" / "mnist"
+    return shared if shared.exists() else None
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    d = real_mnist_dir()
+    if d is None:
+        pytest.skip("real MNIST not available (set LABKIT_DATA or place it at ../shared/data/mnist)")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test session unpacks MNIST into its own cache, never into the user's ~/.cache."""
+    cache = tmp_path_factory.getbasetemp() / "labkit-cache"
+    monkeypatch.setenv("LABKIT_CACHE", str(cache))
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
