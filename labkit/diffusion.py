@@ -76,7 +76,7 @@ def predict_x0_from_eps(xt, t, eps, schedule: Schedule) -> torch.Tensor:
 
 
 def predict_eps_from_x0(xt, t, x0, schedule: Schedule) -> torch.Tensor:
-    """The same equation solved for the noise: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
+    """Eq. 4 of Ho et al. 2020 solved for the noise: eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t)."""
     ab = gather(schedule.alpha_bars, t, xt)
     return ((xt - ab.sqrt() * x0) / (1 - ab).sqrt()).to(xt.dtype)
 
@@ -89,7 +89,7 @@ def v_from_eps(x0, t, eps, schedule: Schedule) -> torch.Tensor:
 
 
 def eps_from_v(xt, t, v, schedule: Schedule) -> torch.Tensor:
-    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v   (follows from x_t and v above)."""
+    """eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v   (follows from x_t and v above; Salimans & Ho 2022)."""
     ab = gather(schedule.alpha_bars, t, xt)
     return ((1 - ab).sqrt() * xt + ab.sqrt() * v).to(xt.dtype)
 

@@ -26,7 +26,7 @@ def cfg_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> t
 
 
 class ClassifierFreeGuidance:
-    """model(x, t, y) -> the guided noise prediction with weight w.
+    """model(x, t, y) -> the guided noise prediction with weight w (Ho & Salimans 2022, eq. 6).
 
     Both predictions come from one forward pass on a doubled batch [conditional; unconditional],
     which is faster than two passes on a GPU. Rows whose label already is the null class stay
@@ -49,7 +49,9 @@ class ClassifierFreeGuidance:
 
 
 def guided(model: Model, w: float, null_class: int) -> Model:
-    """Wrap ``model`` with classifier-free guidance of weight ``w`` (w = 0 returns the model itself)."""
+    """Wrap ``model`` with classifier-free guidance of weight ``w`` (Ho & Salimans 2022, eq. 6).
+
+    w = 0 returns the model itself."""
     if w == 0:
         return model
     return ClassifierFreeGuidance(model, w, null_class)

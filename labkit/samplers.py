@@ -175,6 +175,8 @@ def sample(
 ) -> torch.Tensor:
     """Draw samples: start from x_T ~ N(0, I) of ``shape`` and run ``steps`` sampler steps.
 
+    The loop of Ho et al. 2020, Algorithm 2, with any of the step functions above on a ``timestep_grid``.
+
     model: any callable model(x, t, y) -> eps_hat; y: int64 [B] class labels (``null_class`` for
     unconditional). The device comes from y; the generator must live on that device.
     guidance: classifier-free guidance weight w (0 = plain conditional).

@@ -29,6 +29,11 @@ def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> to
     """
     _check_T(T)
     scale = 1000.0 / T
+    if beta_end * scale >= 1:
+        raise LabkitValueError(
+            f"the linear schedule rescaled to T={T} would need beta_end = {beta_end * scale:.2f} >= 1; "
+            f"use T >= {int(1000 * beta_end) + 1} or the cosine schedule"
+        )
     return torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
 
 
@@ -57,7 +62,7 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
 
 @dataclass(frozen=True)
 class Schedule:
-    """A noise schedule: the per-step tensors every other module reads.
+    """A noise schedule: the per-step tensors every other module reads (notation of Ho et al. 2020, section 2).
 
     betas, alphas, alpha_bars, alpha_bars_prev: [T] float64 on the CPU (computed once, here).
     """
@@ -88,6 +93,7 @@ class Schedule:
         return ab / (1 - ab)
 
     def log_snr(self) -> torch.Tensor:
+        """log SNR(t) (Kingma et al. 2021); DPM-Solver's lambda_t (Lu et al. 2022) is half of it."""
         return torch.log(self.snr())
 
     def __repr__(self) -> str:
