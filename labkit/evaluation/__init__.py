@@ -1,0 +1,46 @@
+"""Scoring generated digits, always beside real MNIST digits scored the same way.
+
+    classifier  the shipped MNIST CNN: accuracy / confidence of the intended digit, and FID features
+    fid         Frechet distance (Heusel et al. 2017) in classifier feature space, and the real floor
+    clip        optional CLIP zero-shot scores on open_clip (Radford et al. 2021), calibrated on real digits
+    report      evaluate_samples -> dict, format_table, save_json, plots, run_evaluate (``labkit evaluate``)
+
+All functions take images [N,1,28,28] in [0,1] (convert labkit.data's [-1,1] with (x + 1) / 2).
+open_clip and matplotlib are imported only when CLIP scores or plots are asked for.
+"""
+
+from labkit.evaluation.classifier import (
+    ClassifierTrainConfig,
+    MnistClassifier,
+    classifier_accuracy,
+    load_classifier,
+    train_classifier,
+)
+from labkit.evaluation.clip import ClipScorer, ClipScores, PromptSet, tiny_clip_scorer
+from labkit.evaluation.fid import (
+    RealReference,
+    classifier_features,
+    classifier_fid,
+    feature_stats,
+    fid_vs_test,
+    frechet_distance,
+    real_floor,
+)
+from labkit.evaluation.report import (
+    evaluate_samples,
+    evaluate_samples_cli,
+    format_table,
+    load_samples_file,
+    plot_best_worst,
+    plot_per_digit_scores,
+    run_evaluate,
+    save_json,
+)
+
+__all__ = [
+    "ClassifierTrainConfig", "MnistClassifier", "classifier_accuracy", "load_classifier", "train_classifier",
+    "ClipScorer", "ClipScores", "PromptSet", "tiny_clip_scorer",
+    "classifier_features", "classifier_fid", "feature_stats", "fid_vs_test", "frechet_distance", "real_floor",
+    "RealReference", "evaluate_samples", "evaluate_samples_cli", "format_table", "load_samples_file",
+    "plot_best_worst", "plot_per_digit_scores", "run_evaluate", "save_json",
+]

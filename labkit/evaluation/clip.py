@@ -1,0 +1,378 @@
+"""CLIP scores for digits: zero-shot "which digit is this?" and "clear or blurry?", on open_clip.
+
+CLIP (Radford et al. 2021) embeds images and texts in one space; the cosine similarity between an
+image and a caption, times the model's learned temperature (``logit_scale``), is a logit. A softmax
+over captions for the ten digits is a zero-shot classifier (their sec. 3.1.2), and averaging the
+embeddings of several phrasings of each caption ("prompt ensembling", their sec. 3.1.4) makes it less
+sensitive to wording.
+
+Zero-shot CLIP is weak on MNIST (10-60% depending on model and prompts), so its score for generated
+digits only means something beside the same score for real MNIST digits with the same prompts:
+``ClipScorer.calibrate`` measures that reference, and the report prints both side by side.
+
+Weights: ``ClipScorer.from_pretrained`` downloads them through open_clip (works in Colab, needs the
+internet once). Offline, ``tiny_clip_scorer`` builds a small randomly initialised open_clip model through
+the same code path: the numbers are meaningless, the shapes and plumbing are real (used by the tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError
+from labkit.evaluation.classifier import check_images, per_digit_mean
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's defaults, used when a model names none
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Caption templates. ``{k}`` becomes the digit ("7"), ``{name}`` its word ("seven").
+
+    digit:  ensembled into one text embedding per digit, for the zero-shot softmax over ten digits.
+    clear / blurry: for the contrast P(clear) = softmax over [clear_k, blurry_k]; blurry templates may
+            leave out the digit.
+    """
+
+    digit: tuple[str, ...] = (
+        "a handwritten number {k}",
+        "a photo of the digit {k}",
+        "the number {k} written by hand",
+        "a handwritten {name}",
+        "the digit {name}",
+    )
+    clear: tuple[str, ...] = ("a clear handwritten number {k}", "a neatly written digit {name}")
+    blurry: tuple[str, ...] = ("a blurry number", "an unreadable smudge", "a blurry, illegible scribble")
+
+    def __post_init__(self):
+        for kind in ("digit", "clear", "blurry"):
+            templates = getattr(self, kind)
+            if isinstance(templates, str) or not templates:
+                raise LabkitValueError(f"PromptSet.{kind} must be a non-empty tuple of template strings.")
+            for t in templates:
+                try:
+                    t.format(k="7", name="seven")
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise LabkitValueError(f"Prompt template {t!r} may only use {{k}} and {{name}} ({exc}).") from None
+                if kind != "blurry" and "{k}" not in t and "{name}" not in t:
+                    raise LabkitValueError(f"Prompt template {t!r} must mention the digit as {{k}} or {{name}}.")
+
+    @staticmethod
+    def fill(templates: Sequence[str], digit: int) -> list[str]:
+        return [t.format(k=str(digit), name=DIGIT_NAMES[digit]) for t in templates]
+
+
+@dataclass(frozen=True)
+class ClipScores:
+    """Per-sample CLIP scores for N images with intended digits ``labels``.
+
+    cosine [N,10]  cosine similarity to each digit's caption embedding
+    probs [N,10]   zero-shot softmax(logit_scale * cosine): each row sums to 1
+    predicted [N]  argmax digit;  intended_prob [N]: probs at the intended digit
+    clear_prob [N] P(clear) from softmax over ["clear handwritten number k", "blurry number"]
+    """
+
+    labels: torch.Tensor
+    cosine: torch.Tensor
+    probs: torch.Tensor
+    clear_prob: torch.Tensor
+    predicted: torch.Tensor = field(init=False)
+    intended_prob: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "predicted", self.probs.argmax(dim=1))
+        object.__setattr__(self, "intended_prob", self.probs.gather(1, self.labels[:, None])[:, 0])
+
+    def per_digit(self) -> dict[str, list]:
+        """Means per intended digit: {"accuracy", "intended_prob", "clear_prob": [10] (None if absent), "count"}."""
+        correct = (self.predicted == self.labels).float()
+        return {
+            "accuracy": per_digit_mean(correct, self.labels),
+            "intended_prob": per_digit_mean(self.intended_prob, self.labels),
+            "clear_prob": per_digit_mean(self.clear_prob, self.labels),
+            "count": torch.bincount(self.labels, minlength=10)[:10].tolist(),
+        }
+
+    def overall(self) -> dict[str, float]:
+        return {
+            "accuracy": float((self.predicted == self.labels).float().mean()),
+            "intended_prob": float(self.intended_prob.mean()),
+            "clear_prob": float(self.clear_prob.mean()),
+        }
+
+
+def _model_preprocess_cfg(model) -> dict:
+    try:
+        import open_clip
+
+        return dict(open_clip.get_model_preprocess_cfg(model))
+    except Exception:  # not an open_clip model, or an old open_clip
+        return {}
+
+
+def _parse_preprocess(preprocess) -> tuple[int | None, tuple | None, tuple | None]:
+    """(size, mean, std) read from a torchvision Compose such as open_clip's ``preprocess_val``."""
+    size = mean = std = None
+    for t in getattr(preprocess, "transforms", []):
+        name = type(t).__name__
+        if name == "Normalize":
+            mean, std = tuple(t.mean), tuple(t.std)
+        elif name in ("CenterCrop", "Resize", "ResizeKeepRatio") and getattr(t, "size", None) is not None:
+            s = t.size
+            size = int(s if isinstance(s, int) else s[0])  # CenterCrop comes last: it wins
+    return size, mean, std
+
+
+class ClipScorer:
+    """Scores digit images with a CLIP model; text embeddings are computed once per caption and cached.
+
+    Build with ``from_pretrained`` (downloads weights) or ``from_model`` (any open_clip-like model with
+    ``encode_image``, ``encode_text`` and ``logit_scale``, plus its tokenizer).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        *,
+        image_size: int,
+        mean: Sequence[float] = OPENAI_MEAN,
+        std: Sequence[float] = OPENAI_STD,
+        prompts: PromptSet = PromptSet(),
+        name: str = "custom",
+        batch_size: int = 256,
+        invert: bool = False,
+    ):
+        if not (hasattr(model, "encode_image") and hasattr(model, "encode_text")):
+            raise LabkitTypeError(
+                "ClipScorer needs a CLIP model with encode_image and encode_text (e.g. from open_clip)."
+            )
+        if not isinstance(prompts, PromptSet):
+            raise LabkitTypeError(f"prompts must be a PromptSet, got {type(prompts).__name__}.")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.prompts = prompts
+        self.name = name
+        self.batch_size = batch_size
+        self.invert = invert  # MNIST is white on black; photos of handwriting are dark on light
+        self._text_cache: dict[str, torch.Tensor] = {}  # caption -> normalised embedding [D] (CPU)
+        self.calibration: dict | None = None
+
+    # --- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name: str = "ViT-B-32",
+        pretrained: str = "laion2b_s34b_b79k",
+        device=None,
+        **kwargs,
+    ) -> "ClipScorer":
+        """Load an open_clip model with its weights (downloaded from the hub on first use).
+
+        device: default CUDA when available, else CPU. Raises LabkitError when weights cannot be loaded.
+        """
+        import open_clip
+
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device
+            )
+            tokenizer = open_clip.get_tokenizer(model_name)
+        except Exception as exc:
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise LabkitError(
+                f"CLIP weights {model_name}:{pretrained} cannot be downloaded or loaded ({reason}); "
+                f"they need internet access on first use (skip CLIP scores offline)."
+            ) from exc
+        return cls.from_model(model, preprocess, tokenizer, name=f"{model_name}:{pretrained}", **kwargs)
+
+    @classmethod
+    def from_model(cls, model, preprocess_or_image_size, tokenizer, **kwargs) -> "ClipScorer":
+        """Wrap an already built model. ``preprocess_or_image_size``: open_clip's preprocess transform
+        (its resize and normalisation are read from it) or the input size as an int; mean/std then come
+        from the model's preprocess config (open_clip) or the OpenAI defaults."""
+        cfg = _model_preprocess_cfg(model)
+        if isinstance(preprocess_or_image_size, int):
+            size, mean, std = preprocess_or_image_size, None, None
+        else:
+            size, mean, std = _parse_preprocess(preprocess_or_image_size)
+        size = size or cfg.get("size")
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        if size is None:
+            raise LabkitValueError("Could not tell the CLIP model's image size; pass it as an int.")
+        kwargs.setdefault("mean", mean or tuple(cfg.get("mean", OPENAI_MEAN)))
+        kwargs.setdefault("std", std or tuple(cfg.get("std", OPENAI_STD)))
+        return cls(model, tokenizer, image_size=size, **kwargs)
+
+    # --- embeddings ----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype  # fp16/bf16 models get inputs of their own precision
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned inverse temperature exp(t), capped at 100 as in training."""
+        scale = getattr(self.model, "logit_scale", None)
+        return 100.0 if scale is None else float(torch.as_tensor(scale).detach().float().exp().clamp(max=100).mean())
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Grey [B,1,28,28] in [0,1] -> normalised RGB [B,3,S,S] for the model, with torch ops (any device)."""
+        x = images.float()
+        if self.invert:
+            x = 1 - x
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
+        x = x.clamp(0, 1).expand(-1, 3, -1, -1)  # grey -> RGB (a view, no copy)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, *, progress: bool | None = None) -> torch.Tensor:
+        """Unit-norm image embeddings [N, D] (float32, CPU), in batches.
+
+        Each 28x28 batch is moved to the model's device before resizing (moving 28x28 is cheaper than SxS).
+        ``progress``: tqdm bar; by default only for more than 2000 images.
+        """
+        check_images(images)
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(images), self.batch_size)
+        show = progress if progress is not None else len(images) > 2000
+        out = []
+        for i in tqdm(starts, desc="CLIP images", disable=not show, leave=False):
+            x = self.preprocess(images[i : i + self.batch_size].to(self.device)).to(self.dtype)
+            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, 0)
+
+    @torch.no_grad()
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings [P, D] for captions; each caption is encoded at most once (cached)."""
+        new = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
+        if new:
+            tokens = self.tokenizer(new).to(self.device)  # [P, context_length] int64
+            emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+            self._text_cache.update(zip(new, emb))
+        return torch.stack([self._text_cache[c] for c in captions])
+
+    def ensemble(self, templates: Sequence[str]) -> torch.Tensor:
+        """One embedding per digit [10, D]: the re-normalised mean over templates (prompt ensembling)."""
+        per_digit = [self.encode_text(PromptSet.fill(templates, k)).mean(dim=0) for k in range(10)]
+        return F.normalize(torch.stack(per_digit), dim=-1)
+
+    # --- scores --------------------------------------------------------------------------------
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor, *, progress: bool | None = None) -> ClipScores:
+        """Zero-shot digit probabilities and P(clear) for images [N,1,28,28] in [0,1] with intended labels [N]."""
+        labels = torch.as_tensor(labels).long().cpu()
+        if labels.shape != (len(images),):
+            raise LabkitValueError(f"labels must have shape [{len(images)}], got {list(labels.shape)}.")
+        if len(labels) and (labels.min() < 0 or labels.max() > 9):
+            raise LabkitValueError("labels must be digits 0..9.")
+        img = self.encode_images(images, progress=progress)  # [N,D]
+        scale = self.logit_scale
+        cosine = img @ self.ensemble(self.prompts.digit).T  # [N,10]
+        probs = (scale * cosine).softmax(dim=1)  # [N,10]
+        clear = (img * self.ensemble(self.prompts.clear)[labels]).sum(dim=1)  # cos(img, clear_k): [N]
+        blurry = (img * self.ensemble(self.prompts.blurry)[labels]).sum(dim=1)  # cos(img, blurry_k): [N]
+        # softmax over the two captions = sigmoid of the logit difference
+        clear_prob = torch.sigmoid(scale * (clear - blurry))
+        return ClipScores(labels=labels, cosine=cosine, probs=probs, clear_prob=clear_prob)
+
+    def calibrate(self, real_images: torch.Tensor, real_labels: torch.Tensor, **kwargs) -> dict:
+        """The same per-digit scores on real digits (e.g. 1000 MNIST test digits, in [0,1]).
+
+        Returns (and keeps as ``self.calibration``) {"per_digit": {...}, "overall": {...}, "n": N}, the
+        reference that ``relative`` divides by.
+        """
+        scores = self.score(real_images, real_labels, **kwargs)
+        self.calibration = {"per_digit": scores.per_digit(), "overall": scores.overall(), "n": len(real_labels)}
+        return self.calibration
+
+    def relative(self, scores: ClipScores, key: str = "intended_prob") -> list[float | None]:
+        """Per-digit generated / real ratio of a score (1.0 = as good as real digits). Needs ``calibrate``."""
+        if self.calibration is None:
+            raise LabkitError("Call ClipScorer.calibrate(real_images, real_labels) before relative().")
+        gen, real = scores.per_digit()[key], self.calibration["per_digit"][key]
+        return [g / r if g is not None and r else None for g, r in zip(gen, real)]
+
+    def describe(self, scores: ClipScores, key: str = "intended_prob") -> list[str]:
+        """Sentences such as 'generated 7s reach 80% of what real 7s get (CLIP intended_prob 0.41 vs 0.51)'."""
+        ratios = self.relative(scores, key)
+        gen, real = scores.per_digit()[key], self.calibration["per_digit"][key]
+        return [
+            f"generated {k}s reach {r:.0%} of what real {k}s get (CLIP {key} {g:.2f} vs {rr:.2f})"
+            for k, (r, g, rr) in enumerate(zip(ratios, gen, real))
+            if r is not None
+        ]
+
+
+# --- A tiny offline model --------------------------------------------------------------------------
+
+TINY_CLIP_NAME = "labkit-tiny-clip"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def register_tiny_clip_config() -> str:
+    """Register TINY_CLIP_CONFIG with open_clip (through ``add_model_config``) and return its name."""
+    import open_clip
+
+    if TINY_CLIP_NAME not in open_clip.list_models():
+        folder = Path(tempfile.mkdtemp(prefix="labkit-clip-"))
+        (folder / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+        open_clip.add_model_config(folder)
+    return TINY_CLIP_NAME
+
+
+def tiny_clip_scorer(seed: int = 0, device=None, **kwargs) -> ClipScorer:
+    """A randomly initialised tiny open_clip model (about 3.4M parameters, mostly the token table) as a
+    ClipScorer: the real open_clip code path, no download. Its scores are meaningless; use for tests/demos.
+
+    Initialisation uses a forked RNG seeded with ``seed``: the global RNG is left untouched.
+    """
+    import open_clip
+
+    name = register_tiny_clip_config()
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # silence open_clip's "initialized randomly" warning: that is the point
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device or "cpu")
+    finally:
+        logging.disable(previous)
+    tokenizer = open_clip.get_tokenizer(name)
+    return ClipScorer.from_model(model, preprocess, tokenizer, name=f"{name}:random{seed}", **kwargs)
+
+
+def parse_clip_spec(spec: str | None) -> tuple[str, str] | None:
+    """'MODEL:PRETRAINED' -> (model, pretrained); 'none' / '' / None -> None."""
+    if spec is None or spec.strip().lower() in ("", "none", "off"):
+        return None
+    model, sep, pretrained = spec.partition(":")
+    if not sep or not model or not pretrained:
+        raise LabkitValueError(
+            f"--clip must be MODEL:PRETRAINED (e.g. ViT-B-32:laion2b_s34b_b79k) or none, got {spec!r}."
+        )
+    return model, pretrained

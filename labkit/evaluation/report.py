@@ -1,0 +1,397 @@
+"""One report for a set of generated digits: every score beside the same score for real digits.
+
+    images, labels = load_samples_file("samples.pt")
+    result = evaluate_samples(images, labels)          # dict, JSON-ready
+    print(format_table(result))
+
+Scores (per intended digit and overall):
+  * classifier accuracy and confidence: does the shipped MNIST classifier see the intended digit?
+  * FID vs the MNIST test set, beside the floor: FID of as many real training digits (``fid.py``);
+  * optional CLIP zero-shot p(intended digit) and P(clear vs blurry) (``clip.py``).
+Each is printed beside real MNIST test digits scored the same way: a number alone says little (CLIP
+gets real MNIST only partly right; FID depends on the sample count), a ratio to real says a lot.
+``run_evaluate`` is what ``labkit evaluate`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from labkit.errors import LabkitError, LabkitValueError
+from labkit.evaluation.classifier import WEIGHTS_SHA256, check_images, classifier_accuracy, load_classifier
+from labkit.evaluation.clip import ClipScorer, parse_clip_spec
+from labkit.evaluation.fid import RealReference, classifier_features, feature_stats, frechet_distance, real_floor
+
+# --- Samples files ---------------------------------------------------------------------------------
+
+
+def check_samples(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate generated digits: images float [N,1,28,28] in [0,1], labels integer digits [N]."""
+    if not isinstance(labels, torch.Tensor):
+        raise LabkitValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}.")
+    check_images(images)
+    if len(images) < 2:
+        raise LabkitValueError(f"Need at least 2 samples to evaluate, got {len(images)}.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise LabkitValueError(f"labels must be integers 0..9 (int64), got dtype {labels.dtype}.")
+    if labels.shape != (len(images),):
+        raise LabkitValueError(f"labels must have shape [{len(images)}] to match the images, got {list(labels.shape)}.")
+    if labels.min() < 0 or labels.max() > 9:
+        raise LabkitValueError(f"labels must be digits 0..9, found {int(labels.min())}..{int(labels.max())}.")
+    if not torch.isfinite(images).all():
+        raise LabkitValueError("images contain NaN or infinite values.")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        hint = " (they look like [-1, 1]: convert with (x + 1) / 2)" if lo >= -1.001 and hi <= 1.001 else ""
+        raise LabkitValueError(f"images must be in [0, 1], found values in [{lo:.3g}, {hi:.3g}]{hint}.")
+    return images.float().clamp(0, 1), labels.long()
+
+
+def load_samples_file(path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a file written by ``labkit sample``: torch dict {"images": float32 [N,1,28,28] in [0,1],
+    "labels": int64 [N]}. Returns (images, labels) on the CPU; raises LabkitError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabkitError(f"Samples file {path} does not exist.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "weights only load failed" in str(exc).lower():  # pickled non-tensor objects, e.g. numpy arrays
+            raise LabkitError(
+                f"Samples file {path} holds objects other than tensors (numpy arrays?); save it with "
+                f"torch.save({{'images': images, 'labels': labels}}, path) using torch tensors."
+            ) from None
+        reason = " ".join(str(exc).split())[:120]
+        raise LabkitError(
+            f"Samples file {path} is not a readable torch file ({type(exc).__name__}: {reason})."
+        ) from None
+    if not isinstance(data, dict):
+        raise LabkitError(
+            f"Samples file {path} must hold a dict with 'images' and 'labels', found a {type(data).__name__}."
+        )
+    missing = [k for k in ("images", "labels") if k not in data]
+    if missing:
+        lacking = " and ".join(repr(k) for k in missing)
+        raise LabkitError(f"Samples file {path} lacks {lacking} (has {sorted(map(str, data))}).")
+    for key in ("images", "labels"):
+        if not isinstance(data[key], torch.Tensor):
+            raise LabkitError(f"Samples file {path}: {key!r} must be a tensor, found {type(data[key]).__name__}.")
+    try:
+        return check_samples(data["images"], data["labels"])
+    except LabkitError as exc:
+        raise LabkitError(f"Samples file {path}: {exc}") from None
+
+
+# --- The report ------------------------------------------------------------------------------------
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def evaluate_samples(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    classifier=None,
+    clip_scorer: ClipScorer | None = None,
+    real: RealReference | None = None,
+    n_real: int = 1000,
+    generator: torch.Generator | None = None,
+    data_root=None,
+    floor_repeats: int = 3,
+) -> dict:
+    """Score generated digits images [N,1,28,28] in [0,1] with intended ``labels`` [N].
+
+    classifier: default the shipped MNIST classifier, on the images' device.
+    clip_scorer: optional ClipScorer; calibrated here on the same real digits as the classifier reference.
+    real: RealReference; default real MNIST (from ``data_root``, LABKIT_DATA or the cache).
+    n_real: how many real test digits (drawn with ``generator``) give the per-digit references; the FID
+    reference is always all test digits. floor_repeats: draws averaged for the FID floor.
+    Returns a JSON-ready dict: {"n", "n_real", "n_fid_reference", "classifier", "clip_model", "overall": {...},
+    "per_digit": [10 rows]}; a score is None where it does not apply (no CLIP, digit absent).
+    """
+    images, labels = check_samples(images, labels)
+    shipped = classifier is None
+    classifier = classifier if classifier is not None else load_classifier(images.device)
+    real = real if real is not None else RealReference.from_mnist(data_root)
+    n_real = min(n_real, len(real.test_labels))
+    pick = torch.randperm(len(real.test_labels), generator=generator)[:n_real]
+    real_images, real_labels = real.test_images[pick], real.test_labels[pick]
+
+    # Classifier: does it see the intended digit?  (generated and real, same classifier)
+    gen_cls = classifier_accuracy(images, labels, classifier)
+    real_cls = classifier_accuracy(real_images, real_labels, classifier)
+
+    # FID vs all test digits, and the floor: as many real *training* digits vs the same test digits.
+    reference = real.test_stats(classifier)
+    fid = frechet_distance(*feature_stats(classifier_features(images, classifier)), *reference)
+    floor = real_floor(len(images), classifier, real=real, generator=generator, repeats=floor_repeats)
+
+    clip_gen = clip_real = None
+    if clip_scorer is not None:
+        gen_scores = clip_scorer.score(images, labels)
+        calibration = clip_scorer.calibrate(real_images, real_labels)
+        clip_gen = {"per_digit": gen_scores.per_digit(), "overall": gen_scores.overall()}
+        clip_real = calibration
+
+    def clip_value(source, key, k=None):
+        if source is None:
+            return None
+        return source["overall"][key] if k is None else source["per_digit"][key][k]
+
+    rows = []
+    for k in range(10):
+        row = {
+            "digit": k,
+            "count": gen_cls["per_digit"]["count"][k],
+            "accuracy": gen_cls["per_digit"]["accuracy"][k],
+            "real_accuracy": real_cls["per_digit"]["accuracy"][k],
+            "confidence": gen_cls["per_digit"]["confidence"][k],
+            "real_confidence": real_cls["per_digit"]["confidence"][k],
+            "clip_prob": clip_value(clip_gen, "intended_prob", k),
+            "real_clip_prob": clip_value(clip_real, "intended_prob", k),
+            "clip_clear": clip_value(clip_gen, "clear_prob", k),
+            "real_clip_clear": clip_value(clip_real, "clear_prob", k),
+        }
+        row["clip_prob_rel"] = _ratio(row["clip_prob"], row["real_clip_prob"])
+        row["clip_clear_rel"] = _ratio(row["clip_clear"], row["real_clip_clear"])
+        rows.append(row)
+
+    overall = {
+        "accuracy": gen_cls["accuracy"],
+        "real_accuracy": real_cls["accuracy"],
+        "confidence": gen_cls["confidence"],
+        "real_confidence": real_cls["confidence"],
+        "fid": fid,
+        "fid_floor": floor,
+        "fid_ratio": _ratio(fid, floor),
+        "clip_accuracy": clip_value(clip_gen, "accuracy"),
+        "real_clip_accuracy": clip_value(clip_real, "accuracy"),
+        "clip_prob": clip_value(clip_gen, "intended_prob"),
+        "real_clip_prob": clip_value(clip_real, "intended_prob"),
+        "clip_clear": clip_value(clip_gen, "clear_prob"),
+        "real_clip_clear": clip_value(clip_real, "clear_prob"),
+    }
+    overall["clip_prob_rel"] = _ratio(overall["clip_prob"], overall["real_clip_prob"])
+    overall["clip_clear_rel"] = _ratio(overall["clip_clear"], overall["real_clip_clear"])
+    return {
+        "n": len(images),
+        "n_real": n_real,
+        "n_fid_reference": len(real.test_labels),
+        "classifier": f"shipped sha256 {WEIGHTS_SHA256[:12]}" if shipped else "custom",
+        "clip_model": clip_scorer.name if clip_scorer is not None else None,
+        "overall": overall,
+        "per_digit": rows,
+    }
+
+
+# --- Output ----------------------------------------------------------------------------------------
+
+
+def _pct(x):
+    return "   -  " if x is None else f"{100 * x:5.1f}%"
+
+
+def _num(x):
+    return "  -  " if x is None else f"{x:5.2f}"
+
+
+def format_table(result: dict) -> str:
+    """The report as a fixed-width text table (generated beside real for every score)."""
+    o, has_clip = result["overall"], result["clip_model"] is not None
+    head = f"{'digit':>5} {'n':>5} | {'accuracy':>6} {'real':>6} | {'conf':>5} {'real':>5}"
+    if has_clip:
+        head += f" | {'clip p':>6} {'real':>5} {'rel':>6} | {'clear':>5} {'real':>5} {'rel':>6}"
+    lines = [
+        f"Evaluation of {result['n']} generated digits; 'real' columns: {result['n_real']} MNIST test digits"
+        + (f"; CLIP {result['clip_model']}" if has_clip else "; CLIP scores off"),
+        head,
+        "-" * len(head),
+    ]
+
+    def line(label, count, r):
+        s = f"{label:>5} {count:>5} | {_pct(r['accuracy']):>8} {_pct(r['real_accuracy']):>6} | "
+        s += f"{_num(r['confidence'])} {_num(r['real_confidence'])}"
+        if has_clip:
+            s += f" | {_num(r['clip_prob']):>6} {_num(r['real_clip_prob'])} {_pct(r['clip_prob_rel']):>6}"
+            s += f" | {_num(r['clip_clear'])} {_num(r['real_clip_clear'])} {_pct(r['clip_clear_rel']):>6}"
+        return s
+
+    lines += [line(str(r["digit"]), r["count"], r) for r in result["per_digit"]]
+    lines += ["-" * len(head), line("all", result["n"], o)]
+    ratio = f"{o['fid_ratio']:.1f}x the floor" if o["fid_ratio"] is not None else "floor is 0"
+    lines.append(
+        f"FID vs {result['n_fid_reference']} MNIST test digits: {o['fid']:.3g}; real floor for "
+        f"{result['n']} digits: {o['fid_floor']:.3g} ({ratio}; about 1x = as close as real digits)"
+    )
+    lines.append(
+        f"accuracy, conf: MNIST classifier ({result['classifier']}): intended digit recognised / its mean probability."
+    )
+    if has_clip:
+        lines.append("clip p: CLIP zero-shot p(intended digit); clear: CLIP P(clear vs blurry); rel: generated / real.")
+    return "\n".join(lines)
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN
+    if isinstance(x, torch.Tensor):
+        return _clean(x.tolist())
+    return x
+
+
+def save_json(result: dict, path) -> Path:
+    """Write the report as JSON (NaN -> null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(result), indent=2))
+    return path
+
+
+# --- Plots -----------------------------------------------------------------------------------------
+
+PLOT_METRICS = {
+    "accuracy": "classifier accuracy",
+    "confidence": "classifier p(intended digit)",
+    "clip_prob": "CLIP p(intended digit)",
+    "clip_clear": "CLIP P(clear vs blurry)",
+}
+
+
+def _bars(ax, result: dict, metric: str) -> None:
+    import numpy as np
+
+    gen = [r[metric] if r[metric] is not None else float("nan") for r in result["per_digit"]]
+    real = [r[f"real_{metric}"] if r[f"real_{metric}"] is not None else float("nan") for r in result["per_digit"]]
+    x = np.arange(10)
+    ax.bar(x - 0.2, gen, 0.4, label="generated")
+    ax.bar(x + 0.2, real, 0.4, label="real MNIST", color="0.6")
+    ax.set_xticks(x)
+    ax.set_xlabel("intended digit")
+    ax.set_title(PLOT_METRICS[metric])
+    ax.set_ylim(0, 1.22)  # headroom for the legend above bars that reach 1
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.legend(loc="upper center", ncol=2, fontsize="small", frameon=False)
+
+
+def plot_per_digit_scores(result: dict, path_or_ax=None, *, metric: str | None = None):
+    """Bars of generated vs real scores per digit.
+
+    path_or_ax: a matplotlib Axes (draws ``metric``, default accuracy, into it), a file path (saves a
+    figure with one panel per available score) or None (returns that figure). Returns the Figure.
+    """
+    from matplotlib.figure import Figure  # no pyplot: never touches the notebook's backend
+
+    if metric is not None and metric not in PLOT_METRICS:
+        raise LabkitValueError(f"metric must be one of {list(PLOT_METRICS)}, got {metric!r}.")
+    if hasattr(path_or_ax, "bar"):  # an Axes
+        _bars(path_or_ax, result, metric or "accuracy")
+        return path_or_ax.figure
+    metrics = [metric] if metric else [m for m in PLOT_METRICS if result["overall"][m] is not None]
+    fig = Figure(figsize=(4.2 * len(metrics), 3.2), layout="constrained")
+    for i, m in enumerate(metrics):
+        _bars(fig.add_subplot(1, len(metrics), i + 1), result, m)
+    if path_or_ax is not None:
+        fig.savefig(path_or_ax, dpi=120)
+    return fig
+
+
+def best_worst_indices(labels: torch.Tensor, scores: torch.Tensor, k: int) -> dict[int, tuple[list, list]]:
+    """For each digit: (indices of its k highest scores, best first; indices of its k lowest, worst first)."""
+    labels, scores = labels.cpu(), scores.detach().float().cpu()
+    out = {}
+    for d in range(10):
+        idx = (labels == d).nonzero()[:, 0]
+        order = idx[scores[idx].argsort(descending=True)]
+        out[d] = (order[:k].tolist(), order.flip(0)[:k].tolist())
+    return out
+
+
+def plot_best_worst(images: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, k: int = 5, path=None):
+    """Two panels, one row per digit: its k best and its k worst samples by ``scores`` [N] (e.g. the
+    classifier's p(intended digit) from ``classifier_accuracy(...)["intended_prob"]``). Returns the Figure."""
+    from matplotlib.figure import Figure
+
+    check_images(images)
+    if scores.shape != (len(images),) or labels.shape != (len(images),):
+        raise LabkitValueError(
+            f"labels and scores must have shape [{len(images)}], got {list(labels.shape)} and {list(scores.shape)}."
+        )
+    picks = best_worst_indices(labels, scores, k)
+    imgs = images.detach().float().cpu()
+    fig = Figure(figsize=(2 * 0.55 * k + 1.2, 6.2), layout="constrained")
+    for col, title in enumerate(("best", "worst")):
+        ax = fig.add_subplot(1, 2, col + 1)
+        canvas = torch.full((10 * 30, k * 30), 0.25)  # grey where a digit has fewer than k samples
+        for d in range(10):
+            for j, i in enumerate(picks[d][col]):
+                canvas[d * 30 + 1 : d * 30 + 29, j * 30 + 1 : j * 30 + 29] = imgs[i, 0]
+                ax.text(j * 30 + 2, d * 30 + 8, f"{float(scores[i]):.2f}", color="yellow", fontsize=6)
+        ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.set_yticks([d * 30 + 14 for d in range(10)], [str(d) for d in range(10)])
+        ax.set_xticks([])
+        ax.set_title(f"{title} {k} per digit")
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+# --- Command line entry point ----------------------------------------------------------------------
+
+
+def run_evaluate(
+    samples_path,
+    *,
+    json_path=None,
+    plot_path=None,
+    clip: str | None = "none",
+    data_root=None,
+    device=None,
+    seed: int = 0,
+) -> str:
+    """What ``labkit evaluate SAMPLES [--json F] [--plot F] [--clip MODEL:PRETRAINED|none] [--data DIR]``
+    does: load and check the samples, score them, write the optional JSON and plot, return the table."""
+    images, labels = load_samples_file(samples_path)
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    spec = parse_clip_spec(clip)
+    scorer = None
+    if spec is not None:
+        try:
+            scorer = ClipScorer.from_pretrained(*spec, device=device)
+        except LabkitError as exc:
+            raise LabkitError(f"{exc} Run with --clip none to skip the CLIP scores.") from None
+    result = evaluate_samples(
+        images.to(device), labels.to(device), clip_scorer=scorer, data_root=data_root,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    if json_path is not None:
+        save_json(result, json_path)
+    if plot_path is not None:
+        plot_per_digit_scores(result, plot_path)
+    return format_table(result)
+
+
+def evaluate_samples_cli(args=None, **kwargs) -> str:
+    """``run_evaluate`` from an argparse namespace (attributes samples, json, plot, clip, data, device)
+    or from keyword arguments with those names."""
+    values = dict(vars(args)) if args is not None else {}
+    values.update(kwargs)
+    if "samples" not in values:
+        raise LabkitValueError("evaluate needs the path of a samples file.")
+    return run_evaluate(
+        values["samples"],
+        json_path=values.get("json"),
+        plot_path=values.get("plot"),
+        clip=values.get("clip") or "none",
+        data_root=values.get("data"),
+        device=values.get("device"),
+    )

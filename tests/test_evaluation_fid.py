@@ -1,0 +1,136 @@
+"""Frechet distance maths against closed forms, and classifier FID on synthetic digits (no real data)."""
+
+import math
+
+import pytest
+import torch
+
+from labkit.data import synthetic_digits
+from labkit.errors import LabkitValueError
+from labkit.evaluation import fid as FID
+from labkit.evaluation.classifier import load_classifier
+
+
+def test_one_dimensional_closed_form():
+    # N(m1, s1^2) vs N(m2, s2^2): d^2 = (m1 - m2)^2 + (s1 - s2)^2
+    d = FID.frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([-2.0]), torch.tensor([[9.0]]))
+    assert d == pytest.approx(3.0**2 + (2.0 - 3.0) ** 2, rel=1e-12)
+
+
+def test_diagonal_closed_form():
+    g = torch.Generator().manual_seed(0)
+    mu1, mu2 = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    v1 = torch.rand(6, generator=g, dtype=torch.float64) + 0.1
+    v2 = torch.rand(6, generator=g, dtype=torch.float64) + 0.1
+    expected = float(((mu1 - mu2) ** 2).sum() + ((v1.sqrt() - v2.sqrt()) ** 2).sum())
+    assert FID.frechet_distance(mu1, torch.diag(v1), mu2, torch.diag(v2)) == pytest.approx(expected, rel=1e-9)
+
+
+def _random_cov(d, g):
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return a @ a.T / d + 0.01 * torch.eye(d, dtype=torch.float64)
+
+
+def test_full_covariance_matches_scipy_sqrtm():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    g = torch.Generator().manual_seed(1)
+    mu1, mu2 = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    s1, s2 = _random_cov(16, g), _random_cov(16, g)
+    covmean = scipy_linalg.sqrtm((s1 @ s2).numpy()).real
+    expected = float(((mu1 - mu2) ** 2).sum()) + float(torch.trace(s1) + torch.trace(s2)) - 2 * covmean.trace()
+    assert FID.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-7)
+    # numpy inputs are accepted too
+    assert FID.frechet_distance(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy()) == pytest.approx(expected, rel=1e-7)
+
+
+def test_symmetric_zero_on_identity_and_rotation_invariant():
+    g = torch.Generator().manual_seed(2)
+    mu1, mu2 = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    s1, s2 = _random_cov(8, g), _random_cov(8, g)
+    d = FID.frechet_distance(mu1, s1, mu2, s2)
+    assert d > 0
+    assert FID.frechet_distance(mu2, s2, mu1, s1) == pytest.approx(d, rel=1e-9)
+    assert FID.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    assert FID.frechet_distance(q @ mu1, q @ s1 @ q.T, q @ mu2, q @ s2 @ q.T) == pytest.approx(d, rel=1e-8)
+
+
+def test_singular_covariances_stay_real_and_finite():
+    # Rank-deficient covariances (fewer samples than dimensions) are the usual case with small sets.
+    g = torch.Generator().manual_seed(3)
+    f1, f2 = torch.randn(5, 32, generator=g), torch.randn(5, 32, generator=g) + 1
+    d = FID.frechet_distance(*FID.feature_stats(f1), *FID.feature_stats(f2))
+    assert math.isfinite(d) and d > 0
+
+
+def test_feature_stats_match_torch_cov():
+    f = torch.randn(50, 4, generator=torch.Generator().manual_seed(4))
+    mu, sigma = FID.feature_stats(f)
+    assert mu.dtype == torch.float64 and sigma.shape == (4, 4)
+    assert torch.allclose(mu, f.double().mean(0))
+    assert torch.allclose(sigma, torch.cov(f.double().T))
+
+
+def test_shape_errors():
+    with pytest.raises(LabkitValueError):
+        FID.feature_stats(torch.randn(1, 4))
+    with pytest.raises(LabkitValueError):
+        FID.frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(4), torch.eye(4))
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Synthetic stand-in for MNIST: a training pool for the floor and a reference ("test") set."""
+    pool = synthetic_digits(600, generator=torch.Generator().manual_seed(10))
+    ref = synthetic_digits(600, generator=torch.Generator().manual_seed(11))
+    return FID.RealReference.from_digits(pool, ref)
+
+
+@pytest.fixture(scope="module")
+def other():
+    return (synthetic_digits(300, generator=torch.Generator().manual_seed(12)).images + 1) / 2
+
+
+def test_fid_of_a_set_against_itself_is_zero(other):
+    clf = load_classifier()
+    assert FID.classifier_fid(other, other, clf) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_same_distribution_near_floor_noise_and_blur_far(real, other):
+    clf = load_classifier()
+    g = torch.Generator().manual_seed(0)
+    floor = FID.real_floor(300, clf, real=real, generator=g)
+    fid = lambda x: FID.fid_vs_test(x, clf, real=real)  # noqa: E731
+    same = fid(other)
+    noise = fid(torch.rand(300, 1, 28, 28, generator=g))
+    blurred = fid(torch.nn.functional.avg_pool2d(other, 5, stride=1, padding=2))
+    assert 0 < floor and 0.5 * floor < same < 2 * floor
+    assert noise > 20 * floor
+    assert blurred > 3 * floor
+    # the reference statistics are computed once per classifier
+    assert len(real._stats) == 1 and real.test_stats(clf) is real.test_stats(clf)
+
+
+def test_floor_shrinks_with_more_samples(real):
+    # FID is biased upwards for small sets (Chong & Forsyth 2020): the reason a floor of the same count is needed.
+    clf = load_classifier()
+    g = torch.Generator().manual_seed(1)
+    small = FID.real_floor(30, clf, real=real, generator=g)
+    large = FID.real_floor(600, clf, real=real, generator=g)
+    assert small > 2 * large
+
+
+def test_floor_repeats_average_independent_draws(real):
+    clf = load_classifier()
+    g = torch.Generator().manual_seed(7)
+    draws = [FID.real_floor(50, clf, real=real, generator=g) for _ in range(3)]
+    assert len(set(draws)) == 3  # independent draws differ
+    averaged = FID.real_floor(50, clf, real=real, generator=torch.Generator().manual_seed(7), repeats=3)
+    assert averaged == pytest.approx(sum(draws) / 3)
+
+
+def test_real_floor_checks_n(real):
+    with pytest.raises(LabkitValueError, match="n="):
+        FID.real_floor(1, load_classifier(), real=real)
+    with pytest.raises(LabkitValueError, match="n="):
+        FID.real_floor(601, load_classifier(), real=real)
