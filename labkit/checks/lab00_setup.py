@@ -1,0 +1,29 @@
+"""Check for lab 00 (setup): the one warm-up exercise.
+
+    check_to_unit_range(fn)   [-1, 1] (the model's range) -> [0, 1] (what a picture shows)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from labkit.checks._common import call, compare, expect_tensor, generator, passed
+
+
+def check_to_unit_range(student_fn, *, seed: int = 0, sizes=((4, 1, 28, 28), (7,))) -> None:
+    """student_fn(x in [-1, 1], any shape) -> (x + 1) / 2 in [0, 1], same shape."""
+    name = "check_to_unit_range"
+    g = generator(seed)
+    for shape in sizes:
+        x = torch.rand(*shape, generator=g) * 2 - 1
+        x.view(-1)[0] = -1.0
+        out = expect_tensor(name, call(name, student_fn, x, names=["x"]), tuple(shape))
+        mistakes = {
+            "x / 2 maps [-1, 1] to [-0.5, 0.5]: shift by 1 first, (x + 1) / 2": x / 2,
+            "x + 1 maps [-1, 1] to [0, 2]: also divide by 2": x + 1,
+            "x / 2 + 1 maps [-1, 1] to [0.5, 1.5]: add 1 before dividing, (x + 1) / 2": x / 2 + 1,
+            "x * 2 - 1 is the opposite direction ([0, 1] -> [-1, 1])": x * 2 - 1,
+            "clamping is not a rescaling: (x + 1) / 2": x.clamp(0, 1),
+        }
+        compare(name, out, (x.double() + 1) / 2, mistakes, tol=1e-6, context=f" for shape {list(shape)}")
+    passed(name, f"{len(sizes)} shapes, seed {seed}")

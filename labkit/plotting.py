@@ -1,0 +1,214 @@
+"""Pictures for the notebooks, in one consistent style (matplotlib only).
+
+Images are tensors in the model's range [-1, 1] ([N, 1, H, W] or [H, W]); every image is drawn in the
+same grey colour map with a fixed range, so brightness means the same thing in every picture, and
+without axis ticks. Every function returns its ``matplotlib.figure.Figure``; in a notebook the figure
+is shown at the end of the cell (write ``fig = plotting.image_grid(...)`` to avoid showing it twice).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+CMAP = "gray"  # white strokes on black, like MNIST itself
+ACCENT = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped, float32 on the CPU (what imshow wants)."""
+    return ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def _as_images(images) -> torch.Tensor:
+    """A tensor [N, 1, H, W], [N, H, W] or [H, W] (or a list of [1, H, W] / [H, W]) -> [N, H, W]."""
+    if isinstance(images, (list, tuple)):
+        images = torch.stack([torch.as_tensor(im).reshape(im.shape[-2:]) for im in images])
+    images = torch.as_tensor(images)
+    if images.dim() == 2:
+        images = images[None]
+    if images.dim() == 4:
+        images = images[:, 0] if images.shape[1] == 1 else images.mean(1)  # colour -> grey
+    return images
+
+
+def show_image(ax, image, title: str | None = None, *, unit_range: bool = False) -> None:
+    """Draw one image on ``ax``: grey, fixed range, no ticks."""
+    img = image if unit_range else to_unit(torch.as_tensor(image))
+    ax.imshow(torch.as_tensor(img).reshape(img.shape[-2:]).numpy(), cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def mosaic(rows: torch.Tensor, pad: int = 2) -> torch.Tensor:
+    """[R, C, H, W] images in [0, 1] -> one [R*(H+pad)-pad, C*(W+pad)-pad] picture, separated by white lines."""
+    R, C, H, W = rows.shape
+    out = torch.ones(R * (H + pad) - pad, C * (W + pad) - pad)
+    for r in range(R):
+        for c in range(C):
+            out[r * (H + pad): r * (H + pad) + H, c * (W + pad): c * (W + pad) + W] = rows[r, c]
+    return out
+
+
+def _mosaic_figure(cells: torch.Tensor, *, row_labels=None, col_titles=None, title=None, size: float = 1.2):
+    """Draw [R, C, H, W] images in [0, 1] as one picture (one imshow: fast even for large grids)."""
+    plt = _plt()
+    R, C, H, W = cells.shape
+    pad = max(1, H // 14)
+    left = 1.3 if row_labels else 0.1
+    top = (0.45 if col_titles else 0.1) + (0.35 if title else 0.0) + (0.15 * max(
+        (str(t).count("\n") for t in col_titles), default=0) if col_titles else 0)
+    fig_w, fig_h = left + C * size + 0.1, top + R * size + 0.1
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes([left / fig_w, 0.1 / fig_h, C * size / fig_w, R * size / fig_h])
+    ax.imshow(mosaic(cells, pad).numpy(), cmap=CMAP, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    step_x, step_y = W + pad, H + pad
+    for c, text in enumerate(col_titles or []):
+        ax.text(c * step_x + W / 2, -pad, str(text), ha="center", va="bottom", fontsize=9)
+    for r, text in enumerate(row_labels or []):
+        ax.text(-pad * 2, r * step_y + H / 2, str(text), ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 0.08 / fig_h, va="top")
+    return fig
+
+
+def image_grid(images, *, ncols: int | None = None, titles: Sequence[str] | None = None,
+               title: str | None = None, size: float = 1.2, unit_range: bool = False):
+    """A grid of images, ``ncols`` per row (default: about square), with optional per-image titles."""
+    ims = _as_images(images)
+    ims = ims.float().clamp(0, 1) if unit_range else to_unit(ims)
+    n, H, W = ims.shape
+    ncols = ncols or max(1, math.ceil(math.sqrt(n)))
+    nrows = max(1, math.ceil(n / ncols))
+    cells = torch.ones(nrows * ncols, H, W)
+    cells[:n] = ims
+    if titles is None:
+        return _mosaic_figure(cells.reshape(nrows, ncols, H, W), title=title, size=size)
+    plt = _plt()  # per-image titles: one small axes each
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 1.25 + (0.4 if title else 0)),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k < n:
+            show_image(ax, ims[k], titles[k] if k < len(titles) else None, unit_range=True)
+        else:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.85 if title else 0.9, wspace=0.08, hspace=0.35)
+    return fig
+
+
+def compare_rows(rows: Mapping[str, torch.Tensor], *, col_titles: Sequence[str] | None = None,
+                 title: str | None = None, size: float = 1.2):
+    """Side-by-side comparison: one labelled row of images per entry (shorter rows are padded white)."""
+    rows = {k: to_unit(_as_images(v)) for k, v in rows.items()}
+    ncols = max(v.shape[0] for v in rows.values())
+    H, W = next(iter(rows.values())).shape[-2:]
+    cells = torch.ones(len(rows), ncols, H, W)
+    for r, ims in enumerate(rows.values()):
+        cells[r, : ims.shape[0]] = ims
+    return _mosaic_figure(cells, row_labels=list(rows), col_titles=col_titles, title=title, size=size)
+
+
+def noise_grid(x0: torch.Tensor, schedule, ts: Sequence[int], *, generator: torch.Generator | None = None,
+               title: str | None = "Forward noising q(x_t | x_0)", size: float = 1.1):
+    """Rows: digits; columns: x_t at each step in ``ts`` (the same noise for every column of a row)."""
+    from labkit import diffusion
+
+    x0 = x0.detach().float().cpu()
+    noise = torch.randn(x0.shape, generator=generator)  # [N, 1, H, W]
+    cols = []
+    for t in ts:
+        tt = torch.full((x0.shape[0],), int(t), dtype=torch.long)
+        cols.append(diffusion.q_sample(x0, tt, noise, schedule))
+    ab = schedule.alpha_bars
+    rows = {f"digit {i}": torch.stack([c[i] for c in cols]) for i in range(x0.shape[0])}
+    col_titles = [f"t={t}\n\u0101={float(ab[int(t)]):.2f}" for t in ts]
+    return compare_rows(rows, col_titles=col_titles, title=title, size=size)
+
+
+def plot_schedules(schedules, *, title: str | None = None):
+    """Two panels over t: alpha_bar_t (linear scale) and SNR(t) (log scale), one line per schedule."""
+    plt = _plt()
+    if not isinstance(schedules, Mapping):
+        schedules = {s.name: s for s in schedules}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for k, (label, s) in enumerate(schedules.items()):
+        t = torch.arange(s.T).numpy()
+        color = ACCENT[k % len(ACCENT)]
+        a1.plot(t, s.alpha_bars.numpy(), label=label, color=color, lw=2)
+        a2.plot(t, s.snr().numpy(), label=label, color=color, lw=2)
+    a1.set(xlabel="step t", ylabel=r"$\bar\alpha_t$ (signal variance kept)", title=r"$\bar\alpha_t$")
+    a2.set(xlabel="step t", ylabel=r"SNR$(t) = \bar\alpha_t / (1-\bar\alpha_t)$", title="signal-to-noise ratio", yscale="log")
+    a2.axhline(1.0, color="grey", lw=0.8, ls="--")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(x, curves: Mapping[str, Sequence[float]], *, xlabel: str = "", ylabel: str = "",
+                title: str | None = None, logx: bool = False, logy: bool = False, marker: str = "o"):
+    """Line plot of several named curves over the same x (e.g. denoising error vs t, with and without skips)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for k, (label, ys) in enumerate(curves.items()):
+        ax.plot(list(x), [float(v) for v in ys], marker=marker, label=label, color=ACCENT[k % len(ACCENT)], lw=2)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def cosine_similarity_matrix(emb: torch.Tensor) -> torch.Tensor:
+    """[N, D] -> [N, N] cosine similarities between rows (what lab 03 plots; its exercise 2 reference)."""
+    unit = torch.nn.functional.normalize(emb.detach().float(), dim=1)
+    return unit @ unit.T
+
+
+def plot_matrix(m: torch.Tensor, *, xlabel: str = "", ylabel: str = "", title: str | None = None,
+                cmap: str = "RdBu_r", symmetric: bool = True, extent=None, colorbar: bool = True):
+    """A matrix as a heat map (embedding matrix t x dimension, cosine similarity between time steps)."""
+    plt = _plt()
+    m = torch.as_tensor(m).detach().float().cpu()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    vmax = float(m.abs().max()) if symmetric else None
+    im = ax.imshow(m.numpy(), cmap=cmap, aspect="auto", interpolation="nearest", origin="upper", extent=extent,
+                   vmin=-vmax if symmetric else None, vmax=vmax)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig

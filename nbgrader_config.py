@@ -1,0 +1,38 @@
+# nbgrader configuration for instructors who drive nbgrader directly (formgrader, `nbgrader autograde`, ...).
+#
+# `labkit build` and `labkit grade` do not read this file: they apply the same settings in-process through
+# labkit.course.configure_nbgrader. Run nbgrader commands from the repository root:
+#
+#   nbgrader generate_assignment lab01_forward     # solutions/lab01_forward/lab01_forward.ipynb -> release/
+#   nbgrader autograde lab01_forward               # submitted/<student>/lab01_forward/lab01_forward.ipynb
+#   nbgrader generate_feedback lab01_forward
+#
+# Prefer `labkit build` (it also rebuilds the .ipynb from the .py source and writes notebooks/) and
+# `labkit grade SUBMISSIONS` (it also restores lost metadata, handles LMS downloads and writes a CSV).
+#
+# What configure_nbgrader sets (see labkit/course.py):
+#   CourseDirectory.ignore          includes "*.py": the jupytext sources beside each source notebook hold
+#                                   the full solutions and must never be copied into a release
+#   Execute.timeout = 120           finite per-cell timeout (nbgrader's default of 30 s is too short for a
+#                                   torch import on a busy grader, and None would hang on an infinite loop)
+#   Execute.kernel_name = python3   whatever kernel name a student's notebook carries (nbgrader #1375)
+#   Execute.interrupt_on_timeout    a timed-out cell fails; the rest of the notebook still runs
+#   OverwriteCells.add_missing_cells = True   deleted test cells come back (nbgrader #1682)
+#   GenerateFeedback.preprocessors  GetGrades, RedactHiddenTestOutputs, ClearHiddenTests, CSS: feedback shows
+#                                   whether hidden tests passed, never their code or their tracebacks
+#
+# Notebooks gate expensive cells on labkit.colab.fast_mode(), which is on while nbgrader executes them
+# (nbgrader sets NBGRADER_EXECUTION); export LABKIT_FAST=1 as well when grading from the command line.
+
+from labkit.course import configure_nbgrader
+
+c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
+
+configure_nbgrader(c, timeout=120)
+
+c.CourseDirectory.root = "."
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "release"
+c.CourseDirectory.submitted_directory = "submitted"
+c.CourseDirectory.autograded_directory = "autograded"
+c.CourseDirectory.feedback_directory = "feedback"

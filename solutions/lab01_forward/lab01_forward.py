@@ -1,0 +1,240 @@
+# %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
+# # Lab 01 — Forward noising: how a diffusion model destroys a digit
+#
+# A diffusion model learns to *undo* a fixed, simple process that turns images into noise, a little at a
+# time. Before anything is learned we need that process itself. In this lab you write it.
+#
+# **Learning objectives.** After this lab you can
+# 1. compute $\bar\alpha_t$ and the signal-to-noise ratio from a noise schedule, and say how the linear and
+#    cosine schedules differ;
+# 2. sample $x_t \sim q(x_t \mid x_0)$ in one step with the closed form (Ho et al. 2020, eq. 4);
+# 3. explain why denoising from pure noise in one step is hopeless, while a small step is learnable.
+#
+# **Time budget.** Running all cells: about 1 minute on a laptop CPU, under a minute on a Colab T4.
+# Working through the lab: about 45 minutes.
+#
+# **How it is graded.** Three small functions, each followed by a test cell (the tests you see, plus hidden
+# ones with other inputs). Cells further down use `labkit`'s reference implementation, so a bug in your
+# answer never breaks the rest of the lab. Run the cells from top to bottom.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
+# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+import os, sys
+if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
+    try:
+        import labkit
+    except ImportError:
+        import subprocess
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+from labkit import colab
+DEVICE = colab.setup()
+
+# %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
+import torch
+import matplotlib.pyplot as plt
+
+from labkit import diffusion, plotting, schedules, widgets
+from labkit.checks import lab01_forward as checks
+
+FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## 1. Noise schedules
+#
+# The forward process adds a little Gaussian noise at each of $T$ steps:
+# $q(x_t \mid x_{t-1}) = \mathcal N\big(\sqrt{1-\beta_t}\,x_{t-1},\ \beta_t I\big)$.
+# The schedule is the list $\beta_0, \dots, \beta_{T-1}$ (steps are numbered from 0 in code).
+# With $\alpha_t = 1 - \beta_t$, the fraction of the original signal's *variance* that survives up to
+# and including step $t$ is
+#
+# $$\bar\alpha_t = \prod_{s=0}^{t} \alpha_s = \prod_{s=0}^{t} (1 - \beta_s).$$
+#
+# ### Exercise 1 (1 point)
+# Write `alpha_bars_from_betas(betas)`: `betas` is a 1-D tensor `[T]`; return `[T]` with
+# $\bar\alpha_t$ at position `t`. Note that $\bar\alpha_0 = 1 - \beta_0$ already includes step 0.
+# Hint: `torch.cumprod(..., dim=0)`.
+
+# %% nbgrader={"grade": false, "grade_id": "alpha_bars_from_betas", "locked": false, "schema_version": 3, "solution": true}
+def alpha_bars_from_betas(betas):
+    """betas [T] -> alpha_bars [T], alpha_bar_t = prod_{s <= t} (1 - beta_s)."""
+    ### BEGIN SOLUTION
+    return torch.cumprod(1 - betas, dim=0)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_alpha_bars_from_betas", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_alpha_bars(alpha_bars_from_betas)
+### BEGIN HIDDEN TESTS
+checks.check_alpha_bars(alpha_bars_from_betas, seed=11, sizes=(2, 7, 500))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# The **signal-to-noise ratio** compares the variance of the signal part of $x_t$ with that of the noise
+# part: $\mathrm{SNR}(t) = \bar\alpha_t / (1 - \bar\alpha_t)$ (Kingma et al. 2021, eq. 1).
+# SNR = 1 is the point where signal and noise are equally strong.
+#
+# ### Exercise 2 (1 point)
+# Write `snr(alpha_bars)`: `[T] -> [T]`.
+
+# %% nbgrader={"grade": false, "grade_id": "snr", "locked": false, "schema_version": 3, "solution": true}
+def snr(alpha_bars):
+    """alpha_bars [T] -> SNR [T] = alpha_bar / (1 - alpha_bar)."""
+    ### BEGIN SOLUTION
+    return alpha_bars / (1 - alpha_bars)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_snr", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_snr(snr)
+### BEGIN HIDDEN TESTS
+checks.check_snr(snr, seed=5, sizes=(3, 1000))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Two schedules from the literature, both with $T = 1000$ (from here on the notebook uses `labkit`'s
+# reference code, `labkit.schedules`):
+# * **linear** (Ho et al. 2020): $\beta_t$ rises linearly from $10^{-4}$ to $0.02$;
+# * **cosine** (Nichol & Dhariwal 2021): $\bar\alpha_t$ follows $\cos^2$, so it falls slowly at both ends.
+#
+# The SNR is drawn on a log scale: it spans ten orders of magnitude.
+
+# %%
+linear = schedules.make_schedule("linear", T=1000)
+cosine = schedules.make_schedule("cosine", T=1000)
+print(linear)
+print(cosine)
+fig = plotting.plot_schedules({"linear": linear, "cosine": cosine})
+
+# %%
+for s in (linear, cosine):
+    half = int((s.alpha_bars < 0.5).nonzero()[0])
+    snr1 = int((s.snr() < 1).nonzero()[0])
+    print(f"{s.name:>6}: alpha_bar drops below 0.5 at t={half}, SNR < 1 from t={snr1}, "
+          f"alpha_bar at the last step = {float(s.alpha_bars[-1]):.1e}")
+
+# %% [markdown]
+# ## 2. Jumping straight to step t
+#
+# Because a sum of Gaussians is Gaussian, the $t$ small steps compose into one (Ho et al. 2020, eq. 4):
+#
+# $$q(x_t \mid x_0) = \mathcal N\big(\sqrt{\bar\alpha_t}\,x_0,\ (1-\bar\alpha_t) I\big)
+# \quad\Longleftrightarrow\quad x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ \
+# \varepsilon\sim\mathcal N(0, I).$$
+#
+# Training draws a random $t$ for every image and uses this formula, so it never has to run the chain.
+#
+# ### Exercise 3 (2 points)
+# Write `q_sample(x0, t, noise, alpha_bars)`:
+# * `x0`: clean images `[B, C, H, W]`; `noise`: $\varepsilon$, same shape (use it, do not draw new noise);
+# * `t`: int64 `[B]`, one step per image; `alpha_bars`: `[T]`;
+# * return $x_t$ `[B, C, H, W]`.
+#
+# Mind the standard deviations (not variances), and reshape the per-image $\bar\alpha_t$ to `[B, 1, 1, 1]` so
+# it broadcasts over each image.
+
+# %% nbgrader={"grade": false, "grade_id": "q_sample", "locked": false, "schema_version": 3, "solution": true}
+def q_sample(x0, t, noise, alpha_bars):
+    """x_t = sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * noise, with alpha_bar_t = alpha_bars[t]."""
+    ### BEGIN SOLUTION
+    ab = alpha_bars.to(x0.device)[t].to(x0.dtype)  # [B]
+    ab = ab.view(-1, *([1] * (x0.dim() - 1)))  # [B, 1, 1, 1]
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_q_sample", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_q_sample(q_sample)
+### BEGIN HIDDEN TESTS
+checks.check_q_sample(q_sample, seed=3, sizes=((5, 1, 8, 8), (2, 3, 6, 4)), T=1000)
+checks.check_q_sample(q_sample, seed=4, sizes=((1, 1, 28, 28),), T=10)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3. Watching a digit dissolve
+#
+# Real MNIST digits when `labkit` finds them (see `labkit.data`; Colab downloads them), otherwise synthetic
+# seven-segment digits. Each row is one digit; each column one step $t$, with the same $\varepsilon$
+# across a row.
+
+# %%
+digits, real = colab.lab_digits(train=True)
+first_of_each = torch.tensor([int((digits.labels == d).nonzero()[0]) for d in range(6)])
+x0 = digits.images[first_of_each]  # [6, 1, 28, 28] in [-1, 1]
+ts = [0, 50, 100, 200, 300, 500, 700, 999]
+fig = plotting.noise_grid(x0, linear, ts, generator=torch.Generator().manual_seed(0), title="linear schedule")
+fig = plotting.noise_grid(x0, cosine, ts, generator=torch.Generator().manual_seed(0), title="cosine schedule")
+
+# %% [markdown]
+# Drag the slider to move through $t$ (cosine schedule). Widgets need a live kernel; the grids above are the
+# static version of the same picture.
+
+# %%
+widgets.noise_slider(x0[:4], cosine, generator=torch.Generator().manual_seed(0))
+
+# %% [markdown]
+# ## 4. Why many small steps, and not one big one?
+#
+# Suppose we tried to go from $x_t$ back to $x_0$ in **one** step. The best possible guess in squared error
+# is the posterior mean $\mathbb E[x_0 \mid x_t]$. For a finite set of training digits $\{x^{(i)}\}$ it can be
+# computed exactly: each training digit is weighted by how likely it is to have produced $x_t$,
+#
+# $$\mathbb E[x_0 \mid x_t] = \sum_i w_i\, x^{(i)},\qquad
+# w_i \propto \exp\Big(-\frac{\lVert x_t - \sqrt{\bar\alpha_t}\,x^{(i)}\rVert^2}{2(1-\bar\alpha_t)}\Big).$$
+#
+# This is the "ideal denoiser" for that data set. We apply it to held-out digits at several $t$.
+
+# %%
+n_ref = min(colab.pick(5000, 500), len(digits) - 6)
+ref = digits.images[-n_ref:].reshape(n_ref, -1).double()  # [N, 784] training digits to weigh
+test_digits = digits.images[:3].double()  # [3, 1, 28, 28], not among `ref`
+
+
+def ideal_denoiser(xt, t, schedule):
+    """E[x0 | x_t] under the empirical distribution of `ref`, and the effective number of digits mixed."""
+    ab = float(schedule.alpha_bars[t])
+    d2 = torch.cdist(xt.reshape(xt.shape[0], -1), ab ** 0.5 * ref) ** 2  # [B, N] squared distances
+    w = torch.softmax(-d2 / (2 * (1 - ab)), dim=1)  # [B, N] posterior weights
+    effective = 1 / (w ** 2).sum(dim=1)  # 1 = sure of one digit, N = no idea at all
+    return (w @ ref).reshape(xt.shape), effective
+
+
+steps = [20, 100, 250, 400, 600, 999]
+noise = torch.randn(test_digits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+noisy, guess, mixed = [], [], []
+for t in steps:
+    xt = diffusion.q_sample(test_digits, torch.full((3,), t), noise, cosine)
+    x0_hat, eff = ideal_denoiser(xt, t, cosine)
+    noisy.append(xt.float())
+    guess.append(x0_hat.float())
+    mixed.append(float(eff.mean()))
+rows = {}
+for k in range(3):
+    rows[f"noisy x_t ({k})"] = torch.stack([n[k] for n in noisy])
+    rows[f"E[x0|x_t] ({k})"] = torch.stack([g[k] for g in guess])
+fig = plotting.compare_rows(rows, col_titles=[f"t={t}" for t in steps],
+                            title="noisy digit and the best one-step guess of the clean one (cosine schedule)")
+mean_digit = ref.mean(0).reshape(1, 1, 28, 28).float()
+fig = plotting.image_grid(mean_digit, title="the data set mean", size=2.0)
+for t, m in zip(steps, mixed):
+    print(f"t={t:>4}: the best guess averages about {m:.0f} of the {n_ref} training digits")
+
+# %% [markdown]
+# From pure noise ($t = 999$) the weights are almost uniform: the best one-step guess is the blurry **mean
+# digit**, whatever the noise was. (At small $t$ this "ideal" denoiser snaps to the single closest training
+# digit: it has memorised its data set. A neural network trained on many digits generalises instead.) A network trained to jump from noise to data in one step can only learn
+# this blur. At small $t$ the posterior concentrates on a few digits that all look alike: predicting a
+# slightly cleaner image is an easy, nearly deterministic regression. Diffusion models chain many such small,
+# learnable steps.
+#
+# ## Questions (look at the pictures)
+# 1. In the two noise grids, at which $t$ can you no longer tell which digit it was, for the linear and for
+#    the cosine schedule? How does that relate to the SNR = 1 line in the schedule plot?
+# 2. The linear schedule's $\bar\alpha_t$ is almost zero for the last few hundred steps. What does that say
+#    about how the linear schedule spends its steps? Which schedule wastes fewer?
+# 3. Describe the best one-step guesses $\mathbb E[x_0 \mid x_t]$ as $t$ grows. At which $t$ do they stop
+#    depending on the digit? Compare the last row with the mean digit.
+# 4. Why would you expect a network to learn the step from $t = 50$ more easily than from $t = 999$?
+#
+# *Write your answers here.*

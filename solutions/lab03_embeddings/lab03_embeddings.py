@@ -1,0 +1,216 @@
+# %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
+# # Lab 03 — Telling the network *when* and *what*: time and class embeddings
+#
+# One U-Net denoises at every noise level, so it must be told the step $t$; a conditional model must also be
+# told the class $y$ ("draw a 7"). Both arrive as vectors, **embeddings**, that scale and shift the features
+# inside every residual block.
+#
+# **Learning objectives.** After this lab you can
+# 1. write the sinusoidal time embedding (Vaswani et al. 2017, section 3.5) and explain its many frequencies;
+# 2. read the similarity between embeddings of different $t$: what the network can and cannot tell apart;
+# 3. explain the class embedding's extra "no class" slot and how conditioning enters a block (FiLM).
+#
+# **Time budget.** Running all cells: under a minute on a laptop CPU or a Colab T4. Working through the lab:
+# about 40 minutes.
+#
+# **How it is graded.** Three small functions, each followed by a test cell. Later cells use `labkit`'s
+# reference code, so a bug in your answer never breaks the rest of the lab.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
+# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+import os, sys
+if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
+    try:
+        import labkit
+    except ImportError:
+        import subprocess
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+from labkit import colab
+DEVICE = colab.setup()
+
+# %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
+import math
+
+import torch
+import torch.nn.functional as F
+import matplotlib.pyplot as plt
+
+from labkit import embeddings, plotting, unet
+from labkit.checks import lab03_embeddings as checks
+
+FAST = colab.fast_mode()
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## 1. The sinusoidal time embedding
+#
+# A raw integer $t \in \{0, \dots, 999\}$ is a poor network input: one huge number. Instead each $t$ becomes a
+# vector of `dim` waves of different frequencies (the Transformer's position encoding):
+#
+# $$\mathrm{PE}(t, 2i) = \sin\!\big(t / 10000^{2i/\mathrm{dim}}\big),\qquad
+#   \mathrm{PE}(t, 2i+1) = \cos\!\big(t / 10000^{2i/\mathrm{dim}}\big),\qquad i = 0, \dots, \mathrm{dim}/2 - 1.$$
+#
+# Column pair $i$ is a wave of frequency $\omega_i = 10000^{-2i/\mathrm{dim}}$: the first pair turns fast
+# (one radian per step), the last almost not at all.
+#
+# ### Exercise 1 (2 points)
+# Write `sinusoidal_embedding(t, dim)`: `t` int64 `[B]`, `dim` even → float `[B, dim]` with **sines at the even
+# columns and cosines at the odd ones** (interleaved, as in the formula). Convert `t` to float first.
+
+# %% nbgrader={"grade": false, "grade_id": "sinusoidal_embedding", "locked": false, "schema_version": 3, "solution": true}
+def sinusoidal_embedding(t, dim):
+    """t int64 [B], dim even -> [B, dim]: column 2i = sin(t * w_i), column 2i+1 = cos(t * w_i), w_i = 10000^(-2i/dim)."""
+    ### BEGIN SOLUTION
+    i = torch.arange(dim // 2, dtype=torch.float32)
+    freqs = torch.exp(-math.log(10000.0) * 2 * i / dim)  # [dim/2]
+    angles = t.float()[:, None] * freqs[None, :]  # [B, dim/2]
+    emb = torch.zeros(t.shape[0], dim)
+    emb[:, 0::2] = torch.sin(angles)
+    emb[:, 1::2] = torch.cos(angles)
+    return emb
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_sinusoidal_embedding", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_sinusoidal_embedding(sinusoidal_embedding)
+### BEGIN HIDDEN TESTS
+checks.check_sinusoidal_embedding(sinusoidal_embedding, seed=13, sizes=((5, 128), (2, 8)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# From here on we use the reference, `labkit.embeddings.sinusoidal_embedding`. The picture shows the whole
+# embedding matrix for $t = 0 \dots 999$ and `dim = 64`: one row per step, one column per dimension.
+
+# %%
+T, DIM = 1000, 64
+all_t = torch.arange(T)
+E = embeddings.sinusoidal_embedding(all_t, DIM)  # [1000, 64]
+fig = plotting.plot_matrix(E, xlabel="embedding dimension", ylabel="step t", title="sinusoidal embedding",
+                           extent=(-0.5, DIM - 0.5, T - 0.5, -0.5))
+fig = plotting.plot_curves(all_t.tolist(), {f"column {c}": E[:, c].tolist() for c in (0, 16, 32, 62)},
+                           xlabel="step t", ylabel="value", marker="", title="a few columns: fast to slow waves")
+
+# %% [markdown]
+# ## 2. What does the embedding "know" about the noise level?
+#
+# The network can only tell two steps apart if their embeddings differ. The **cosine similarity**
+# $\cos(e_i, e_j) = \langle e_i, e_j\rangle / (\lVert e_i\rVert\,\lVert e_j\rVert)$ is 1 for identical
+# directions and near 0 for unrelated ones.
+#
+# ### Exercise 2 (1 point)
+# Write `cosine_similarity(emb)`: `emb` `[N, D]` (one embedding per row) → `[N, N]`, entry `(i, j)` the cosine
+# similarity of rows `i` and `j`.
+
+# %% nbgrader={"grade": false, "grade_id": "cosine_similarity", "locked": false, "schema_version": 3, "solution": true}
+def cosine_similarity(emb):
+    """emb [N, D] -> [N, N] cosine similarities between the rows."""
+    ### BEGIN SOLUTION
+    unit = emb / emb.norm(dim=1, keepdim=True)
+    return unit @ unit.T
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_cosine_similarity", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_cosine_similarity(cosine_similarity)
+### BEGIN HIDDEN TESTS
+checks.check_cosine_similarity(cosine_similarity, seed=17, sizes=((4, 4), (12, 20)))
+### END HIDDEN TESTS
+
+# %%
+# From here on: the reference, plotting.cosine_similarity_matrix (the same computation as your answer).
+sim = plotting.cosine_similarity_matrix(E)  # [1000, 1000]
+fig = plotting.plot_matrix(sim, xlabel="step t", ylabel="step t", title="cosine similarity of time embeddings",
+                           extent=(-0.5, T - 0.5, T - 0.5, -0.5))
+rows = {f"t = {t0}": sim[t0].tolist() for t0 in (0, 500, 900)}
+fig = plotting.plot_curves(all_t.tolist(), rows, xlabel="step t", ylabel="similarity", marker="",
+                           title="similarity of three steps with every other step")
+for t0, t1 in ((0, 10), (500, 510), (0, 500)):
+    s = float(plotting.cosine_similarity_matrix(E[[t0, t1]])[0, 1])
+    print(f"cos(e_{t0}, e_{t1}) = {s:.3f}")
+
+# %% [markdown]
+# The similarity of $e_{t}$ and $e_{t+\Delta}$ depends only on $\Delta$ (each column pair contributes
+# $\cos(\omega_i \Delta)$): the embedding resolves steps equally well everywhere. The *noise level*, though,
+# does not change evenly with $t$ (lab 01's SNR plot). The network's first layers (`labkit.embeddings.TimeEmbedding`,
+# a small MLP after the sinusoids) learn how to map this even code onto what matters for denoising.
+#
+# ## 3. The class embedding and its "no class" slot
+#
+# `labkit.embeddings.ClassEmbedding(num_classes=10, dim)` is a learned table with **11** rows: one per digit and
+# one extra row, index 10, meaning "no class". During training a random 10-20% of labels are replaced by 10
+# (label dropout), so one network learns both $p(x \mid y)$ and $p(x)$; classifier-free guidance (a later lab)
+# combines the two when sampling.
+
+# %%
+class_embed = embeddings.ClassEmbedding(num_classes=10, dim=32)
+print("table:", list(class_embed.table.weight.shape), " null class index:", class_embed.null_class)
+y = torch.tensor([3, 7, class_embed.null_class])
+print("labels", y.tolist(), "->", list(class_embed(y).shape))
+
+p_drop = 0.15
+labels = torch.arange(20) % 10
+drop = torch.rand(20, generator=torch.Generator().manual_seed(0)) < p_drop
+print("a batch after label dropout:", torch.where(drop, class_embed.null_class, labels).tolist())
+
+# %% [markdown]
+# ## 4. How the conditioning enters a block: FiLM
+#
+# In `labkit.unet.UNet` the time and class embeddings are **added** into one vector per image, and every
+# residual block maps it with a linear layer to a per-channel `scale` and `shift` ("feature-wise linear
+# modulation", FiLM; the "scale-shift norm" of Nichol & Dhariwal 2021):
+#
+# $$h \leftarrow \mathrm{GroupNorm}(h)\,(1 + \mathrm{scale}) + \mathrm{shift}.$$
+#
+# The `1 +` makes a zero scale leave the features unchanged.
+#
+# ### Exercise 3 (1 point)
+# Write `film(h, scale, shift)`: `h` `[B, C, H, W]`, `scale` and `shift` `[B, C]` (one number per image and
+# channel, the same for every pixel) → `[B, C, H, W]`.
+
+# %% nbgrader={"grade": false, "grade_id": "film", "locked": false, "schema_version": 3, "solution": true}
+def film(h, scale, shift):
+    """h [B, C, H, W], scale/shift [B, C] -> h * (1 + scale) + shift, per channel."""
+    ### BEGIN SOLUTION
+    return h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_film", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_film(film)
+### BEGIN HIDDEN TESTS
+checks.check_film(film, seed=19, sizes=((1, 16, 3, 3), (4, 2, 5, 9)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Now inside a real (untrained) U-Net: for the first residual block we compute the `(scale, shift)` that each
+# step $t$ produces, the same way `ResBlock.forward` does. Training shapes these maps; even untrained, each
+# channel's scale is a smooth function of $t$, and the class moves it further.
+
+# %%
+net = unet.UNet(unet.UNetConfig(base_channels=32, channel_mults=(1, 2), attention=False))
+block = net.down[0][0]  # the first ResBlock
+steps = torch.arange(0, T, 10)
+with torch.no_grad():
+    emb_uncond = net.time_embed(steps) + net.class_embed(torch.full_like(steps, net.config.null_class))
+    emb_seven = net.time_embed(steps) + net.class_embed(torch.full_like(steps, 7))
+    scale, shift = block.emb(F.silu(emb_uncond)).chunk(2, dim=1)  # each [100, channels]
+    scale7, _ = block.emb(F.silu(emb_seven)).chunk(2, dim=1)
+fig = plotting.plot_matrix(scale.T, xlabel="step t", ylabel="channel", title="FiLM scale of block 1 (no class)",
+                           extent=(-5, T - 5, scale.shape[1] - 0.5, -0.5))
+fig = plotting.plot_curves(steps.tolist(), {"channel 0, no class": scale[:, 0].tolist(),
+                                            "channel 0, class 7": scale7[:, 0].tolist()},
+                           xlabel="step t", ylabel="scale", marker="", title="one channel's scale over t")
+
+# %% [markdown]
+# ## Questions (look at the pictures)
+# 1. In the embedding matrix, which columns change quickly with $t$ and which hardly at all? Why does the
+#    network need both kinds?
+# 2. In the similarity matrix, how far apart must two steps be before their embeddings look unrelated
+#    (similarity near its floor)? Is that distance the same near $t = 0$ and near $t = 900$?
+# 3. Using lab 01's SNR plot: is an embedding that resolves every step equally well a good match for how the
+#    noise level changes with $t$? Where would you want finer resolution?
+# 4. Why does the class table have 11 rows and not 10? What would break in classifier-free guidance without
+#    label dropout?
+#
+# *Write your answers here.*
