@@ -91,8 +91,12 @@ def _unpack_gz(src: Path, raw_dir: Path) -> None:
         if target.exists():
             continue
         tmp = target.with_name(f"{name}.{os.getpid()}.part")  # unique: parallel runs may unpack at once
-        with gzip.open(src / f"{name}.gz", "rb") as f_in, open(tmp, "wb") as f_out:
-            shutil.copyfileobj(f_in, f_out)
+        try:
+            with gzip.open(src / f"{name}.gz", "rb") as f_in, open(tmp, "wb") as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        except (OSError, EOFError) as exc:  # not gzip, truncated download, ...
+            tmp.unlink(missing_ok=True)
+            raise DataNotFoundError(f"MNIST files in {src} could not be read: {name}.gz: {exc}") from None
         os.replace(tmp, target)
 
 
@@ -114,7 +118,8 @@ def find_mnist_root(root: str | os.PathLike | None = None) -> Path | None:
 
 def _missing_message(root, error: Exception | None) -> str:
     where = ", ".join(str(p) for p in candidate_roots(root))
-    why = f" (download failed: {type(error).__name__}: {error})" if error else ""
+    detail = " ".join(str(error).split())[:160]  # one line: torchvision's message spans several
+    why = f" (download failed: {type(error).__name__}: {detail})" if error else ""
     return (
         f"MNIST not found in {where}{why}. Either pass a folder holding the four files "
         f"train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
