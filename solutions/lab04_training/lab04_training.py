@@ -1,0 +1,256 @@
+# %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
+# # Lab 04 — Training: teaching a network to predict the noise
+#
+# Lab 01 wrote the forward process, lab 03 the U-Net. Training puts them together (Ho et al. 2020,
+# Algorithm 1): take a real digit $x_0$, pick a random step $t$ and noise $\varepsilon$, make
+# $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$, and teach the network to say which
+# noise was added. Repeat a few hundred thousand times.
+#
+# **Learning objectives.** After this lab you can
+# 1. write the noise-prediction loss (Ho et al. 2020, eq. 14) and one optimisation step;
+# 2. run a real training job: mixed precision, progress, checkpoints, resuming after an interruption;
+# 3. read a loss curve, and say what the learning rate and the number of diffusion steps $T$ do to it.
+#
+# **Time budget.** On a Colab T4: about 15 minutes (10 of them training the GPU recipe). On a laptop CPU:
+# about 10 minutes, training the CPU recipe for 5 minutes (or skip training and use the shipped checkpoint,
+# see section 3). Working through the lab: about 60 minutes.
+#
+# **How it is graded.** Two functions (2 + 2 points), each followed by a test cell (the tests you see, plus
+# hidden ones with other inputs). Grading never trains: the tests use tiny seeded inputs. Later cells use
+# `labkit`'s reference code, so a bug in your answer never breaks the rest of the lab.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
+# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+import os, sys
+if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
+    try:
+        import labkit
+    except ImportError:
+        import subprocess
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+from labkit import colab
+DEVICE = colab.setup(require_gpu=False)
+
+# %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+import matplotlib.pyplot as plt
+
+from labkit import checkpoint, diffusion, plotting, recipes, samplers, schedules, training
+from labkit.unet import UNet
+from labkit.checks import lab04_training as checks
+
+FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
+ON_GPU = DEVICE.type == "cuda"
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## 1. The loss
+#
+# The network $\hat\varepsilon_\theta(x_t, t, y)$ sees the noisy digit, the step and the class, and predicts the
+# noise. Its loss is the mean squared error against the noise that was really added (Ho et al. 2020, eq. 14,
+# the "simplified" objective):
+#
+# $$L = \mathbb E_{t, x_0, \varepsilon}\,\big\lVert \varepsilon - \hat\varepsilon_\theta\big(\sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon,\ t,\ y\big)\big\rVert^2 .$$
+#
+# Here is one batch: the digit, the noise, the noisy input, and what an *untrained* network answers.
+
+# %%
+digits, REAL = colab.lab_digits(train=True, n=None if not FAST else 512)
+schedule = schedules.make_schedule("cosine", T=1000)
+g = torch.Generator().manual_seed(0)
+x0, y = digits.images[:6], digits.labels[:6]
+t = torch.tensor([20, 100, 250, 500, 750, 950])
+noise = torch.randn(x0.shape, generator=g)
+xt = diffusion.q_sample(x0, t, noise, schedule)
+untrained = UNet(recipes.tiny().unet).eval()
+with torch.no_grad():
+    eps_hat = untrained(xt, t, y)
+fig = plotting.compare_rows({"x0": x0, "noise eps": noise, "x_t": xt, "untrained eps_hat": eps_hat},
+                            col_titles=[f"t={int(s)}" for s in t], title="one training batch")
+
+# %% [markdown]
+# ### Exercise 1 (2 points)
+# Write `noise_prediction_loss(model, x0, y, t, noise, alpha_bars)`: `x0` and `noise` are `[B, C, H, W]`,
+# `y` and `t` int64 `[B]`, `alpha_bars` `[T]` (float64). Make $x_t$ (as in lab 01; cast the per-image
+# $\bar\alpha_t$ to `x0.dtype`), call `model(x_t, t, y)`, and return the mean squared error against `noise` as a
+# tensor with one element (`F.mse_loss` does it), **not** a Python float: training back-propagates through it.
+
+# %% nbgrader={"grade": false, "grade_id": "noise_prediction_loss", "locked": false, "schema_version": 3, "solution": true}
+def noise_prediction_loss(model, x0, y, t, noise, alpha_bars):
+    """mean((noise - model(sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, t, y))^2)  (Ho et al. 2020, eq. 14)."""
+    ### BEGIN SOLUTION
+    ab = alpha_bars.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))  # [B, 1, 1, 1]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    return F.mse_loss(model(x_t, t, y), noise)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_noise_prediction_loss", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_noise_prediction_loss(noise_prediction_loss)
+### BEGIN HIDDEN TESTS
+checks.check_noise_prediction_loss(noise_prediction_loss, seed=4, sizes=((2, 1, 28, 28), (5, 3, 4, 4)), T=1000)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 2. One training step
+#
+# Gradient descent in PyTorch is four lines, in this order: clear the old gradients (`backward` *adds* to
+# `.grad`), compute the loss, back-propagate, update.
+#
+# ### Exercise 2 (2 points)
+# Write `train_step(model, optimizer, compute_loss)`: `compute_loss()` returns this batch's loss (a scalar
+# tensor); do one step and return the loss as a Python float (`loss.item()`). Call `compute_loss` once.
+
+# %% nbgrader={"grade": false, "grade_id": "train_step", "locked": false, "schema_version": 3, "solution": true}
+def train_step(model, optimizer, compute_loss):
+    """zero_grad -> loss -> backward -> step; returns the loss value."""
+    ### BEGIN SOLUTION
+    optimizer.zero_grad()
+    loss = compute_loss()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_train_step", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_train_step(train_step)
+### BEGIN HIDDEN TESTS
+checks.check_train_step(train_step, seed=6, sizes=((3, 1, 10, 10),), lr=0.03)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3. Real training
+#
+# `labkit.training.train` is your two functions in a loop (`labkit.diffusion.diffusion_loss` draws $t$ and
+# $\varepsilon$ for each batch), plus what a real run needs:
+# * **label dropout**: 10% of labels become "no class", so the same network also learns the unconditional
+#   model that guidance (lab 07) needs;
+# * **mixed precision**: bf16 on recent GPUs, fp16 with loss scaling on a T4, fp32 on a CPU;
+# * an **EMA** (exponential moving average) of the weights, which gives smoother samples;
+# * **atomic checkpoints** and **resume**: run the cell again after a disconnect and it continues where it stopped.
+#
+# Pick the recipe for your machine. On a GPU that is `recipes.gpu()`; in Colab its checkpoints go to your
+# Google Drive, so they survive the runtime. On a CPU the `recipes.cpu()` recipe trains for a few minutes and
+# reaches recognisable but imperfect digits; set `USE_SHIPPED = True` to skip training and load the
+# checkpoint that ships with labkit instead.
+
+# %%
+USE_SHIPPED = False  # CPU only: True skips training and loads labkit's pretrained checkpoint
+if colab.in_colab() and not FAST:
+    from google.colab import drive  # noqa: E402  (Colab only)
+    drive.mount("/content/drive")
+    RUNS = "/content/drive/MyDrive/labkit-runs"
+else:
+    RUNS = "runs"
+if FAST:
+    config = recipes.tiny(steps=4, log_every=1)
+elif ON_GPU:
+    config = recipes.gpu(out_dir=f"{RUNS}/mnist-gpu", sample_every=500)
+else:
+    config = recipes.cpu(minutes=5, out_dir=f"{RUNS}/mnist-cpu")
+print(f"recipe: {config.batch_size} images per step, lr {config.lr}, precision {config.precision}, "
+      f"{'%d s budget' % config.time_budget_s if config.time_budget_s else '%d steps' % config.total_steps}, "
+      f"checkpoints in {config.out_dir}")
+
+# %% [markdown]
+# While it trains, a callback draws one digit of each class from the EMA weights every so often (always from
+# the same starting noise), so you can watch the digits form.
+
+# %%
+snapshots = {}
+every = max(2, config.total_steps // 6) if config.time_budget_s is None else None
+
+def watch(info):
+    due = info.step % every == 0 if every else info.elapsed_s >= len(snapshots) * config.time_budget_s / 6
+    if due:
+        yy = torch.arange(10, device=DEVICE)
+        snapshots[info.step] = samplers.sample(info.ema, (10, 1, 28, 28), yy, result_schedule, steps=10, guidance=1.0,
+                                               clip=1.0, generator=torch.Generator(DEVICE).manual_seed(0)).cpu()
+
+result_schedule = schedules.make_schedule(config.schedule, config.T)
+if USE_SHIPPED and not ON_GPU and not FAST:
+    print("Skipping training: using the checkpoint that ships with labkit.")
+    model, result_schedule, meta = checkpoint.load_model(None, device=DEVICE)
+    losses = []
+else:
+    start = time.perf_counter()
+    result = training.train(config, data=digits, device=DEVICE, callback=watch, progress=not FAST)
+    model, losses = result.ema, result.losses
+    print(f"{result.step} steps, {result.images_per_s:.0f} images/s, {time.perf_counter() - start:.0f} s "
+          f"(checkpoint: {result.checkpoint})")
+    if FAST:
+        print("Fast mode: a handful of steps only; the pictures below show noise, not digits.")
+
+# %%
+if losses:
+    steps_, values = zip(*losses)
+    fig = plotting.plot_curves(steps_, {"training loss": values}, xlabel="step", ylabel="MSE", logy=True,
+                               marker="", title="loss curve (mean over each logging interval)")
+if snapshots:
+    fig = plotting.compare_rows({f"step {s}": x for s, x in snapshots.items()}, col_titles=[str(d) for d in range(10)],
+                                title="EMA samples during training (same noise each time)")
+yy = torch.arange(10, device=DEVICE).repeat(colab.pick(4, 1))
+x = samplers.sample(model, (len(yy), 1, 28, 28), yy, result_schedule, steps=20, guidance=1.0, clip=1.0,
+                    generator=torch.Generator(DEVICE).manual_seed(1))
+fig = plotting.image_grid(x, ncols=10, title="samples from the final model")
+
+# %% [markdown]
+# **Resume.** A stopped run loses nothing but the steps since its last checkpoint. Here a small run is
+# stopped after 2 steps and started again with a longer budget: the second call continues from step 2.
+
+# %%
+with tempfile.TemporaryDirectory() as folder:
+    small = recipes.tiny(steps=2, out_dir=folder, checkpoint_every=1)
+    first = training.train(small, data=digits, device=DEVICE, progress=False)
+    second = training.train(replace(small, total_steps=4), data=digits, device=DEVICE, progress=False)
+    print(f"first call stopped at step {first.step}; the second resumed and ran {second.step - first.step} "
+          f"more steps, to step {second.step}")
+
+# %% [markdown]
+# ## 4. A small experiment: learning rate and $T$
+#
+# Short runs of a small network, changing one thing at a time, with everything else (data, seed, batch)
+# fixed. In fast mode each run is a few steps, only to show the code works.
+
+# %%
+exp_steps = colab.pick(400 if ON_GPU else 150, 2)
+exp_data = digits.subset(colab.pick(20000, 256))
+
+def short_run(**changes):
+    cfg = recipes.tiny(steps=exp_steps, batch_size=64, log_every=max(1, exp_steps // 15), **changes)
+    return training.train(cfg, data=exp_data, device=DEVICE, progress=False).losses
+
+start = time.perf_counter()
+by_lr = {f"lr {lr:g}": short_run(lr=lr) for lr in (2e-4, 2e-3, 2e-2)}
+by_T = {f"T = {T}": short_run(T=T) for T in (50, 1000)}
+print(f"5 runs of {exp_steps} steps in {time.perf_counter() - start:.0f} s")
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+for ax, (title, runs) in zip(axes, (("learning rate (T = 1000)", by_lr), ("number of diffusion steps (lr 2e-3)", by_T))):
+    for label, curve in runs.items():
+        s_, v_ = zip(*curve)
+        ax.plot(s_, v_, label=label, lw=2)
+    ax.set(title=title, xlabel="step", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+axes[0].set_ylabel("training loss (MSE)")
+fig.tight_layout()
+
+# %% [markdown]
+# ## Questions (look at the pictures)
+# 1. In the "one training batch" picture, at which $t$ could *you* guess the noise from $x_t$? At which $t$ is
+#    predicting the noise easy, and why is predicting it at $t = 20$ hard even though $x_t$ looks clean?
+# 2. In the snapshots taken during training, what appears first: blobs, strokes, the right digit per column?
+# 3. Learning rate: which curve falls fastest at first, which ends lowest, and does any become unstable?
+# 4. The two $T$ runs: their losses are averages over different sets of noise levels. Can you compare their
+#    values directly? What *would* you compare to decide which $T$ is better?
+# 5. The training loss stops falling long before the samples stop improving. Why is the loss a poor
+#    measure of sample quality here? (Hint: what part of the loss can no model remove?)
+#
+# *Write your answers here.*

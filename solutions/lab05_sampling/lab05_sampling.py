@@ -1,0 +1,209 @@
+# %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
+# # Lab 05 — Sampling: from noise to a digit, one step at a time
+#
+# A trained noise predictor $\hat\varepsilon_\theta(x_t, t, y)$ does not draw anything by itself. A *sampler*
+# starts from pure noise $x_{T-1} \sim \mathcal N(0, I)$ and walks back to $x_0$, asking the network at every
+# step which noise to remove. In this lab you write that step, then use it (through `labkit`) with a
+# pretrained model to watch digits appear.
+#
+# **Learning objectives.** After this lab you can
+# 1. write the ancestral sampling step of DDPM (Ho et al. 2020, Algorithm 2) and say what its two terms do;
+# 2. explain why no noise is added on the last step, and why the noise term uses a standard deviation;
+# 3. read a denoising trajectory: the noisy $x_t$ and the model's guess $\hat x_0$ along the way;
+# 4. measure when, during sampling, a digit becomes recognisable, and which digits commit first.
+#
+# **Time budget.** Running all cells: about 3 minutes on a laptop CPU, about 1 minute on a Colab T4.
+# Working through the lab: about 60 minutes.
+#
+# **How it is graded.** One function (3 points), followed by a test cell (the tests you see, plus hidden
+# ones with other inputs). Everything after it uses `labkit`'s reference sampler, so a bug in your answer
+# never breaks the rest of the lab. Run the cells from top to bottom.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
+# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+import os, sys
+if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
+    try:
+        import labkit
+    except ImportError:
+        import subprocess
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+from labkit import colab
+DEVICE = colab.setup()
+
+# %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
+import time
+
+import torch
+import matplotlib.pyplot as plt
+
+from labkit import plotting, samplers
+from labkit.evaluation import classifier_accuracy, load_classifier
+from labkit.checks import lab05_sampling as checks
+
+FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## 1. One step back
+#
+# Going forward, each step adds a little noise: $q(x_t \mid x_{t-1}) = \mathcal N(\sqrt{\alpha_t}\,x_{t-1}, \beta_t I)$.
+# Going back, the network's noise estimate $\hat\varepsilon = \hat\varepsilon_\theta(x_t, t, y)$ gives the
+# mean of the previous step, and a little fresh noise is added (Ho et al. 2020, Algorithm 2, line 4):
+#
+# $$x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\Big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\,\hat\varepsilon\Big)
+#   + \sigma_t z, \qquad z \sim \mathcal N(0, I).$$
+#
+# The paper allows two choices of $\sigma_t^2$. **This lab uses the posterior variance**
+# (Ho et al. 2020, eq. 7)
+#
+# $$\sigma_t^2 = \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t ,
+# \qquad \bar\alpha_{-1} = 1 ,$$
+#
+# the variance of $q(x_{t-1} \mid x_t, x_0)$; `labkit`'s sampler uses it too. (The other choice,
+# $\sigma_t^2 = \beta_t$, is slightly larger; both give good samples.) Steps are numbered $t = 0, \dots, T-1$
+# in code, so the *last* step is $t = 0$: there $\bar\alpha_{t-1} = \bar\alpha_{-1} = 1$, so $\sigma_0 = 0$ and
+# **no noise is added**: the step returns its mean, the final image.
+#
+# ### Exercise 1 (3 points)
+# Write `p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z)`:
+# * `x_t`, `eps_hat`, `z`: `[B, C, H, W]` (use the `z` you are given; do not draw new noise);
+# * `t`: int64 `[B]`, one step per image, some of them may be 0; `betas`, `alpha_bars`: `[T]` (float64);
+# * return $x_{t-1}$, `[B, C, H, W]`.
+#
+# Watch out for three classic bugs: the noise term is the **standard deviation** $\sigma_t$ times $z$, not the
+# variance; $\bar\alpha_{t-1}$ is `alpha_bars[t - 1]`, except at $t = 0$ where it is 1 (in Python
+# `alpha_bars[-1]` is the *last* element!); and nothing is added at $t = 0$. `torch.where(t > 0, a, b)` picks
+# per image. As in lab 01, reshape per-image values to `[B, 1, 1, 1]`.
+
+# %% nbgrader={"grade": false, "grade_id": "p_sample_step", "locked": false, "schema_version": 3, "solution": true}
+def p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
+    """x_{t-1} = (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat) / sqrt(alpha_t) + sqrt(beta_tilde_t) * z."""
+    ### BEGIN SOLUTION
+    def per_image(values):  # [T] -> [B, 1, 1, 1] at each image's t
+        return values.to(x_t.device)[t].to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
+
+    beta, ab = per_image(betas), per_image(alpha_bars)
+    ab_all = alpha_bars.to(x_t.device)
+    ab_prev = torch.where(t > 0, ab_all[(t - 1).clamp(min=0)], torch.ones_like(ab_all[t]))  # alpha_bar_{-1} = 1
+    ab_prev = ab_prev.to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
+    mean = (x_t - beta / (1 - ab).sqrt() * eps_hat) / (1 - beta).sqrt()
+    var = (1 - ab_prev) / (1 - ab) * beta  # beta_tilde_t, exactly 0 at t = 0
+    return mean + var.sqrt() * z
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_p_sample_step", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+checks.check_p_sample_step(p_sample_step)
+### BEGIN HIDDEN TESTS
+checks.check_p_sample_step(p_sample_step, seed=7, sizes=((5, 1, 28, 28), (3, 3, 4, 4)), T=1000)
+checks.check_p_sample_step(p_sample_step, seed=8, sizes=((2, 1, 6, 6),), T=3)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 2. Ten digits from a pretrained model
+#
+# From here on the lab uses `labkit.samplers.sample`, which runs the loop of Algorithm 2 with the
+# reference version of your step (`samplers.ddpm_step`). It also allows fewer steps than $T$: it then walks
+# down a subset of the time steps and uses the variance between the steps it visits (Nichol & Dhariwal
+# 2021, section 4). The model is the pretrained checkpoint that ships with `labkit` (trained as in lab 04).
+
+# %%
+model, schedule, meta = checks.lab_model(DEVICE)
+PRETRAINED = meta["pretrained"]
+STEPS = colab.pick(250 if DEVICE.type == "cuda" else 100, 8)  # DDPM steps per sample (T = 1000 on a GPU is fine too)
+print(f"{schedule}; sampling with {STEPS} DDPM steps")
+
+per_digit = colab.pick(4, 1)
+y = torch.arange(10, device=DEVICE).repeat(per_digit)  # [10 * per_digit]: 0..9, 0..9, ...
+start = time.perf_counter()
+x0 = samplers.sample(model, (len(y), 1, 28, 28), y, schedule, sampler="ddpm", steps=STEPS, clip=1.0,
+                     generator=torch.Generator(DEVICE).manual_seed(0))
+print(f"{len(y)} digits in {time.perf_counter() - start:.1f} s on {DEVICE}")
+fig = plotting.image_grid(x0, ncols=10, title="one column per digit 0..9 (DDPM ancestral sampling)")
+
+# %% [markdown]
+# ## 3. The denoising trajectory
+#
+# `samplers.sample` calls `callback(step, t, x_t, x0_hat)` at every step: the noisy sample $x_t$ and the
+# model's current guess of the clean digit, $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$.
+# We keep a few of them for one sample of each digit and draw them as strips, noise on the left.
+
+# %%
+frames = []  # (step, t, x_t, x0_hat) on the CPU
+def keep(step, t, x_t, x0_hat):
+    frames.append((step, t, x_t.float().cpu(), x0_hat.float().cpu()))
+
+y10 = torch.arange(10, device=DEVICE)
+samplers.sample(model, (10, 1, 28, 28), y10, schedule, sampler="ddpm", steps=STEPS, clip=1.0,
+                generator=torch.Generator(DEVICE).manual_seed(1), callback=keep)
+show = sorted(set(torch.linspace(0, len(frames) - 1, min(8, len(frames))).round().long().tolist()))
+cols = [f"t={frames[i][1]}" for i in show]
+fig = plotting.compare_rows({f"{d}: x_t": torch.stack([frames[i][2][d] for i in show]) for d in range(0, 10, 2)},
+                            col_titles=cols, title="the noisy sample x_t on its way to a digit")
+fig = plotting.compare_rows({f"{d}: x0_hat": torch.stack([frames[i][3][d] for i in show]) for d in range(0, 10, 2)},
+                            col_titles=cols, title="the model's guess of the clean digit at the same steps")
+
+# %% [markdown]
+# Early guesses $\hat x_0$ are blurry averages (compare the "ideal denoiser" of lab 01); they sharpen as $t$
+# falls, and at some point stop changing identity. When exactly?
+#
+# ## 4. When does the digit appear?
+#
+# Let the shipped MNIST classifier judge every $\hat x_0$ along the way: its probability for the *intended*
+# digit, as a function of the step, averaged over many samples of each digit.
+
+# %%
+clf = load_classifier(DEVICE)
+n_each = colab.pick(20 if DEVICE.type == "cuda" else 10, 2)  # samples per digit
+y_many = torch.arange(10, device=DEVICE).repeat_interleave(n_each)  # [10 * n_each]
+conf_by_step, t_by_step = [], []
+
+def judge(step, t, x_t, x0_hat):
+    images = ((x0_hat.float().clamp(-1, 1) + 1) / 2)  # [-1, 1] -> [0, 1], what the classifier reads
+    conf_by_step.append(classifier_accuracy(images, y_many, clf)["intended_prob"])  # [N]
+    t_by_step.append(t)
+
+start = time.perf_counter()
+samplers.sample(model, (len(y_many), 1, 28, 28), y_many, schedule, sampler="ddpm", steps=STEPS, clip=1.0,
+                generator=torch.Generator(DEVICE).manual_seed(2), callback=judge)
+print(f"{len(y_many)} trajectories in {time.perf_counter() - start:.1f} s")
+conf = torch.stack(conf_by_step)  # [steps, N]
+per_digit_conf = conf.view(len(t_by_step), 10, n_each).mean(dim=2)  # [steps, 10]
+fig = plotting.plot_curves(t_by_step, {str(d): per_digit_conf[:, d] for d in range(10)}, marker="",
+                           xlabel="step t (sampling runs right to left)", ylabel="classifier p(intended digit) on x0_hat",
+                           title="when does each digit become recognisable?")
+fig.axes[0].invert_xaxis()
+fig.axes[0].legend(ncol=5, frameon=False, fontsize=8, title="digit")
+
+# %% [markdown]
+# A single number per digit: the first step (counting from the noise) at which the mean confidence passes
+# 0.5. Larger $t$ = earlier in sampling.
+
+# %%
+appear = {}
+for d in range(10):
+    above = (per_digit_conf[:, d] >= 0.5).nonzero()
+    appear[d] = t_by_step[int(above[0])] if len(above) else None
+order = sorted(appear, key=lambda d: -(appear[d] if appear[d] is not None else -1))
+for d in order:
+    when = f"t = {appear[d]}" if appear[d] is not None else "never (in this run)"
+    print(f"digit {d}: recognisable (mean p > 0.5) from {when}; final p = {float(per_digit_conf[-1, d]):.2f}")
+if not PRETRAINED:
+    print("\nThese numbers come from the stand-in model (no shipped checkpoint here): they mean nothing.")
+elif FAST:
+    print(f"\nFast mode: only {n_each} samples per digit and {STEPS} steps; run the full lab for reliable curves.")
+
+# %% [markdown]
+# ## Questions (look at the pictures)
+# 1. In the $\hat x_0$ strips, describe the first guesses. Which features appear first: the overall blob, the
+#    stroke thickness, the digit's identity? At which $t$ does each strip stop changing identity?
+# 2. Compare the $x_t$ strip with the $\hat x_0$ strip of the same digit: at the step where $\hat x_0$ is
+#    already clear, how does $x_t$ look? Why can the model be confident long before $x_t$ looks like a digit?
+# 3. From the confidence plot: which digits commit first, and which last? Suggest a reason from the shapes
+#    (think of 1 vs 8, or 4 vs 9). Do the curves rise gradually or suddenly?
+# 4. Your step adds noise $\sigma_t z$ at every step except the last. What would you expect to see if it
+#    also added noise at $t = 0$? And if it used the variance $\tilde\beta_t$ where $\sigma_t$ belongs?
+#
+# *Write your answers here.*

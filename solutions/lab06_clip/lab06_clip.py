@@ -1,0 +1,233 @@
+# %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
+# # Lab 06 — Judging digits with CLIP
+#
+# How good are generated digits? Labs 05 and 07 ask an MNIST classifier. This lab asks a very different
+# judge: CLIP (Radford et al. 2021), a pair of networks trained on 400 million image-caption pairs from the web
+# to put an image and its caption close together in one embedding space. CLIP was never trained on MNIST, so
+# it can score any caption ("a handwritten number 7", "a blurry number") but it can also be wrong in ways
+# a digit classifier is not. You compute its scores yourself, then test how far to trust them.
+#
+# **Learning objectives.** After this lab you can
+# 1. compute CLIP's image-text cosine similarities and its zero-shot class probabilities;
+# 2. score generated digits per digit, always beside real digits scored the same way;
+# 3. find where CLIP fails on MNIST, with the classifier's numbers beside it.
+#
+# **Time budget.** Running all cells: about 2 minutes on a Colab T4 (plus about 1 minute to download CLIP's
+# weights once), about 5 minutes on a laptop CPU with internet. Working through the lab: about 60 minutes.
+#
+# **How it is graded.** Two functions (2 + 2 points), each followed by a test cell (the tests you see, plus
+# hidden ones with other inputs). All later cells use `labkit`'s reference code. Run the cells from top to
+# bottom. CLIP's weights are downloaded from the internet: without it (or while grading) the lab runs on a
+# tiny *random* CLIP model and every CLIP number is meaningless; the lab says so when that happens.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
+# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+import os, sys
+if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
+    try:
+        import labkit
+    except ImportError:
+        import subprocess
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+from labkit import colab
+DEVICE = colab.setup()
+
+# %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
+import torch
+import torch.nn.functional as F
+import matplotlib.pyplot as plt
+
+from labkit import plotting, samplers
+from labkit.errors import LabkitError
+from labkit.evaluation import ClipScorer, PromptSet, classifier_accuracy, load_classifier, plot_best_worst, tiny_clip_scorer
+from labkit.checks import lab06_clip as checks
+from labkit.checks.lab05_sampling import lab_model
+
+FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## 1. CLIP's score
+#
+# CLIP maps an image to a vector $u \in \mathbb R^D$ and a caption to a vector $v \in \mathbb R^D$. Their
+# agreement is the **cosine similarity** $\cos(u, v) = \frac{u}{\lVert u\rVert} \cdot \frac{v}{\lVert v\rVert}$.
+# For $N$ images and $K$ captions, normalise every row, then one matrix product gives all $N \times K$ scores
+# (Radford et al. 2021, Figure 3).
+#
+# ### Exercise 1 (2 points)
+# Write `cosine_similarity(image_emb, text_emb)`: `[N, D]` and `[K, D]` -> `[N, K]`, entry `[n, k]` the cosine
+# similarity of image `n` and caption `k`. (`F.normalize(v, dim=-1)` divides each row by its length.)
+
+# %% nbgrader={"grade": false, "grade_id": "cosine_similarity", "locked": false, "schema_version": 3, "solution": true}
+def cosine_similarity(image_emb, text_emb):
+    """[N, D], [K, D] -> [N, K] cosine similarities."""
+    ### BEGIN SOLUTION
+    return F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_cosine_similarity", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_cosine_similarity(cosine_similarity)
+### BEGIN HIDDEN TESTS
+checks.check_cosine_similarity(cosine_similarity, seed=9, sizes=((12, 10, 512), (2, 3, 1)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **Zero-shot classification.** Write one caption per class ("a handwritten number 0", ..., "... 9"). CLIP's
+# probability that image $n$ shows class $k$ is a softmax over the captions of the scaled cosines,
+# $p(k \mid n) = \mathrm{softmax}_k(s \cdot \cos(u_n, v_k))$, where $s$ = `logit_scale` is a temperature CLIP
+# learned during training (100 for the OpenAI models): cosines lie close together, and $s$ spreads them out.
+#
+# ### Exercise 2 (2 points)
+# Write `zero_shot_probs(cosine, logit_scale)`: `cosine` `[N, K]`, `logit_scale` a float -> `[N, K]`
+# probabilities, each row summing to 1.
+
+# %% nbgrader={"grade": false, "grade_id": "zero_shot_probs", "locked": false, "schema_version": 3, "solution": true}
+def zero_shot_probs(cosine, logit_scale):
+    """softmax over the K captions of logit_scale * cosine."""
+    ### BEGIN SOLUTION
+    return (logit_scale * cosine).softmax(dim=-1)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_zero_shot_probs", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_zero_shot_probs(zero_shot_probs)
+### BEGIN HIDDEN TESTS
+checks.check_zero_shot_probs(zero_shot_probs, seed=2, sizes=((5, 10),), scales=(1.0, 50.0))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 2. Loading CLIP
+#
+# `ClipScorer.from_pretrained` downloads a real CLIP model (ViT-B/32 trained on LAION-2B, through
+# `open_clip`) on first use. Offline, and whenever the notebook is graded, we fall back to a tiny
+# **randomly initialised** CLIP: same code, same shapes, meaningless numbers. The captions used for the
+# "clear or blurry?" contrast are "a handwritten number $k$" against "a blurry number".
+
+# %%
+prompts = PromptSet(clear=("a handwritten number {k}",), blurry=("a blurry number",))
+PRETRAINED_CLIP = False
+if not FAST:
+    try:
+        scorer = ClipScorer.from_pretrained("ViT-B-32", "laion2b_s34b_b79k", device=DEVICE, prompts=prompts)
+        PRETRAINED_CLIP = True
+    except LabkitError as exc:
+        print(f"Could not load pretrained CLIP: {exc}")
+if not PRETRAINED_CLIP:
+    scorer = tiny_clip_scorer(device=DEVICE, prompts=prompts)
+    print("=" * 78 + "\n!!  TINY RANDOM CLIP MODEL: every CLIP number and picture below is MEANINGLESS.  !!\n"
+          "!!  (offline or fast mode). Run in Colab with internet for the real model.       !!\n" + "=" * 78)
+print(f"CLIP model: {scorer.name}, image size {scorer.image_size}, logit_scale {scorer.logit_scale:.1f}")
+
+# %% [markdown]
+# Your two functions, applied to real CLIP embeddings of ten real digits (one of each). Each row is an image,
+# each column a caption "a handwritten number $k$".
+
+# %%
+test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 300))
+first = torch.stack([(test_digits.labels == d).nonzero()[0, 0] for d in range(10)])
+ten = (test_digits.images[first] + 1) / 2  # [10, 1, 28, 28] in [0, 1], digits 0..9
+image_emb = scorer.encode_images(ten)  # [10, D]
+text_emb = scorer.encode_text([f"a handwritten number {k}" for k in range(10)])  # [10, D]
+cos = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T  # labkit's answer to exercise 1
+probs = (scorer.logit_scale * cos).softmax(dim=-1)  # and to exercise 2
+fig = plotting.image_grid(ten * 2 - 1, ncols=10, title="the ten images (rows of the matrices below)", size=0.8)
+fig = plotting.plot_matrix(cos, xlabel='caption "a handwritten number k"', ylabel="image of digit",
+                           title="cosine similarity", symmetric=False, cmap="viridis")
+fig = plotting.plot_matrix(probs, xlabel="k", ylabel="image of digit", title="zero-shot p(k | image)",
+                           symmetric=False, cmap="viridis")
+
+# %% [markdown]
+# ## 3. Generated digits beside real ones
+#
+# A CLIP score of generated digits means little on its own: zero-shot CLIP is weak on MNIST, so the same score
+# is computed for **real** MNIST digits with the same captions. Then "generated 7s get 90% of the score of real
+# 7s" is a meaningful sentence.
+
+# %%
+model, schedule, meta = lab_model(DEVICE)
+n_each = colab.pick(30 if DEVICE.type == "cuda" else 10, 2)
+y_gen = torch.arange(10, device=DEVICE).repeat_interleave(n_each)
+x_gen = samplers.sample(model, (len(y_gen), 1, 28, 28), y_gen, schedule, steps=20, guidance=1.0, clip=1.0,
+                        generator=torch.Generator(DEVICE).manual_seed(0))
+gen01, y_gen = ((x_gen.float().cpu() + 1) / 2).clamp(0, 1), y_gen.cpu()
+n_real = min(len(test_digits), colab.pick(1000 if DEVICE.type == "cuda" else 300, 100))
+real01, y_real = (test_digits.images[:n_real] + 1) / 2, test_digits.labels[:n_real]
+
+gen_clip, real_clip = scorer.score(gen01, y_gen), scorer.score(real01, y_real)
+clf = load_classifier()
+gen_cls, real_cls = classifier_accuracy(gen01, y_gen, clf), classifier_accuracy(real01, y_real, clf)
+
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+bars = [("CLIP P(handwritten number k vs blurry number)", gen_clip.per_digit()["clear_prob"], real_clip.per_digit()["clear_prob"]),
+        ("CLIP zero-shot accuracy", gen_clip.per_digit()["accuracy"], real_clip.per_digit()["accuracy"]),
+        ("MNIST classifier accuracy", gen_cls["per_digit"]["accuracy"], real_cls["per_digit"]["accuracy"])]
+for ax, (title, gen_v, real_v) in zip(axes, bars):
+    ks = torch.arange(10)
+    ax.bar(ks - 0.2, [v if v is not None else 0 for v in gen_v], 0.4, label="generated")
+    ax.bar(ks + 0.2, [v if v is not None else 0 for v in real_v], 0.4, label="real MNIST", color="0.6")
+    ax.set(title=title, xlabel="digit", xticks=list(range(10)), ylim=(0, 1.05))
+    ax.legend(frameon=False, fontsize=8)
+fig.tight_layout()
+print(f"overall      CLIP clear  CLIP zero-shot acc  classifier acc")
+print(f"generated    {gen_clip.overall()['clear_prob']:10.2f}  {gen_clip.overall()['accuracy']:18.1%}  {gen_cls['accuracy']:14.1%}")
+print(f"real MNIST   {real_clip.overall()['clear_prob']:10.2f}  {real_clip.overall()['accuracy']:18.1%}  {real_cls['accuracy']:14.1%}")
+if not PRETRAINED_CLIP:
+    print("(tiny random CLIP: the CLIP columns are meaningless)")
+if not meta["pretrained"]:
+    print("(no shipped checkpoint: the 'generated' digits come from an untrained stand-in)")
+
+# %% [markdown]
+# The best and the worst generated samples of each digit by CLIP's "clear vs blurry" score, with the score
+# in yellow. Do CLIP's favourites look like the best digits to you?
+
+# %%
+k = min(4, n_each)
+fig = plot_best_worst(gen01, y_gen, gen_clip.clear_prob, k=k)
+fig
+
+# %% [markdown]
+# ## 4. Where CLIP fails on MNIST
+#
+# The classifier was trained on MNIST; CLIP on captioned web images. Two views of their disagreement: which
+# digits CLIP confuses (on **real** digits, where the truth is known), and whether CLIP's score tracks the
+# classifier's confidence on generated digits.
+
+# %%
+confusion = torch.zeros(10, 10)
+for true, pred in zip(y_real.tolist(), real_clip.predicted.tolist()):
+    confusion[true, pred] += 1
+confusion = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+fig = plotting.plot_matrix(confusion, xlabel="CLIP's zero-shot answer", ylabel="true digit (real MNIST)",
+                           title="CLIP zero-shot confusion on real digits", symmetric=False, cmap="viridis")
+
+fig, ax = plt.subplots(figsize=(5, 3.8))
+ax.scatter(gen_cls["intended_prob"], gen_clip.intended_prob, c=y_gen, cmap="tab10", s=14)
+ax.set(xlabel="classifier p(intended digit)", ylabel="CLIP zero-shot p(intended digit)",
+       title="generated digits: do the two judges agree?")
+ax.grid(alpha=0.3)
+r = torch.corrcoef(torch.stack([gen_cls["intended_prob"].float(), gen_clip.intended_prob.float()]))[0, 1]
+print(f"correlation between the two judges over {len(y_gen)} generated digits: {float(r):.2f}")
+
+# %%
+wrong = (real_clip.predicted != y_real) & (real_clip.probs.max(dim=1).values > 0.5)  # confidently wrong
+idx = wrong.nonzero()[:, 0][:10]
+if len(idx):
+    titles = [f"{int(y_real[i])} -> CLIP {int(real_clip.predicted[i])} ({float(real_clip.probs[i].max()):.0%})" for i in idx]
+    fig = plotting.image_grid(real01[idx] * 2 - 1, ncols=5, titles=titles, title="real digits CLIP gets confidently wrong")
+else:
+    print("CLIP was never confidently wrong on these real digits.")
+
+# %% [markdown]
+# ## Questions (look at the pictures)
+# 1. In the similarity matrix, is the diagonal (image of $k$, caption $k$) the brightest entry of each row?
+#    How far apart are the cosines in a row, and what does `logit_scale` do about that?
+# 2. In the bar charts, for which digits does CLIP do worst *on real MNIST*? Given that, what can a low CLIP
+#    score of a generated 9 tell you, and what can't it?
+# 3. Look at CLIP's best and worst generated samples. Are its favourites the clearest digits, or do they share
+#    something else (thickness, size, position)?
+# 4. From the confusion matrix and the scatter plot: would you use CLIP to *grade* MNIST samples? What would
+#    you use it for instead? (Lab 08 uses it to *steer* sampling.)
+#
+# *Write your answers here.*

@@ -1,0 +1,312 @@
+# %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
+# # Lab 07 — Improvements: better schedules, guidance, and fewer steps
+#
+# The DDPM of labs 04-05 works, but three later ideas made diffusion models practical: a noise schedule that
+# wastes fewer steps (Nichol & Dhariwal 2021), classifier-free guidance that trades diversity for fidelity
+# (Ho & Salimans 2022), and samplers that need 10-20 network evaluations instead of 1000 (DDIM, Song et al.
+# 2021; DPM-Solver++, Lu et al. 2022). You implement the core of each and measure what it buys.
+#
+# **Learning objectives.** After this lab you can
+# 1. compare the linear and cosine schedules through $\bar\alpha_t$ and the SNR, and through trained models;
+# 2. write the classifier-free guidance combination and read a fidelity-diversity trade-off curve;
+# 3. write a DDIM step (with $\eta$) and a DPM-Solver++(2M) step, and choose a sampler and a step count from
+#    a plot of quality and time against the number of network evaluations.
+#
+# **Time budget.** Running all cells: about 10 minutes on a laptop CPU (the schedule comparison then trains
+# for 2 minutes per model), about 8 minutes on a Colab T4 (it trains two real models there).
+# Working through the lab: about 90 minutes.
+#
+# **How it is graded.** Three functions (2 + 3 + 3 points), each followed by a test cell (the tests you see,
+# plus hidden ones with other inputs). All later cells use `labkit`'s reference code. Run the cells from top
+# to bottom.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
+# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+import os, sys
+if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
+    try:
+        import labkit
+    except ImportError:
+        import subprocess
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+from labkit import colab
+DEVICE = colab.setup()
+
+# %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
+import time
+
+import torch
+import matplotlib.pyplot as plt
+
+from labkit import plotting, recipes, samplers, schedules, training
+from labkit.checks import lab07_improvements as checks
+
+FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
+ON_GPU = DEVICE.type == "cuda"
+STEPS = colab.pick(20, 4)  # DPM-Solver++ steps per sample where the sampler is not the point
+torch.manual_seed(0)
+
+# %% [markdown]
+# Real digits to compare against (the MNIST test set when `labkit` finds it), and the judge used throughout:
+# the shipped MNIST classifier says how often a sample is recognised as its intended digit (**accuracy**:
+# fidelity), and the Fréchet distance between classifier features of the samples and of real digits
+# (**FID**: fidelity *and* diversity). FID depends on the number of samples, so it is always printed beside
+# the **floor**, the FID of as many *real* digits (lab 06 and `labkit.evaluation` explain both).
+
+# %%
+test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
+judge = checks.DigitJudge(test_digits.images, device=DEVICE)
+
+def fmt(r):
+    return f"accuracy {r['accuracy']:6.1%}   FID {r['fid']:7.3f}  ({r['fid_ratio']:.1f}x the real floor {r['floor']:.3f}, n={r['n']})"
+
+# %% [markdown]
+# ## 1. The cosine schedule
+#
+# Lab 01 drew both schedules. The linear schedule destroys the signal quickly: its $\bar\alpha_t$ is almost 0
+# for the last few hundred steps, which the network then spends on pure noise. The cosine schedule
+# (Nichol & Dhariwal 2021, eq. 17) sets $\bar\alpha_t = f(t)/f(0)$ with $f(t) = \cos^2\!\big(\frac{t/T + s}{1+s}\cdot\frac{\pi}{2}\big)$,
+# so the log-SNR falls almost linearly in $t$.
+
+# %%
+linear = schedules.make_schedule("linear", T=1000)
+cosine = schedules.make_schedule("cosine", T=1000)
+fig = plotting.plot_schedules({"linear": linear, "cosine": cosine})
+for s in (linear, cosine):
+    logsnr = s.log_snr()
+    useful = int(((logsnr > -5) & (logsnr < 5)).sum())
+    print(f"{s.name:>6}: steps with log-SNR in [-5, 5] (neither clean nor pure noise): {useful} of {s.T}")
+
+# %% [markdown]
+# Does it matter for a trained model? We train the same network twice, once per schedule, with the same
+# data, seed and budget, and sample both the same way. On a GPU these are real models (a few minutes);
+# on a CPU a 2-minute run each (weak models, but the comparison is fair); in fast mode (grading, CI) a few
+# steps each, which only shows that the code runs.
+
+# %%
+train_digits, _ = colab.lab_digits(train=True, n=None if not FAST else 512, verbose=False)
+if FAST:
+    make = lambda name: recipes.tiny(steps=3, schedule=name)  # noqa: E731
+elif ON_GPU:
+    make = lambda name: recipes.gpu(steps=1500, schedule=name, out_dir=None, sample_every=0)  # noqa: E731
+else:
+    make = lambda name: recipes.cpu(minutes=2, schedule=name, out_dir=None)  # noqa: E731
+trained = {}
+for name in ("linear", "cosine"):
+    start = time.perf_counter()
+    result = training.train(make(name), data=train_digits, device=DEVICE, progress=not FAST)
+    trained[name] = result
+    print(f"{name}: {result.step} steps in {time.perf_counter() - start:.0f} s, final loss {result.losses[-1][1]:.4f}")
+
+# %%
+n_cmp = colab.pick(50, 2)  # samples per digit
+y_cmp = torch.arange(10, device=DEVICE).repeat(n_cmp)
+rows, comparison = {}, {}
+for name, result in trained.items():
+    x = samplers.sample(result.ema, (len(y_cmp), 1, 28, 28), y_cmp, result.schedule, sampler="dpmpp_2m", steps=STEPS,
+                        guidance=1.0, clip=1.0, generator=torch.Generator(DEVICE).manual_seed(0))
+    comparison[name] = judge(x, y_cmp)
+    rows[name] = x[:10]
+    print(f"{name:>6} schedule: {fmt(comparison[name])}")
+fig = plotting.compare_rows(rows, col_titles=[str(d) for d in range(10)],
+                            title="same network, data and budget; only the schedule differs")
+
+# %% [markdown]
+# ## 2. Classifier-free guidance
+#
+# The model was trained with the label replaced by "no class" 10% of the time, so one network predicts both
+# $\hat\varepsilon(x_t, t, y)$ and $\hat\varepsilon(x_t, t, \varnothing)$. Guidance extrapolates away from the
+# unconditional prediction (Ho & Salimans 2022, eq. 6):
+#
+# $$\tilde\varepsilon = (1 + w)\,\hat\varepsilon(x_t, t, y) - w\,\hat\varepsilon(x_t, t, \varnothing).$$
+#
+# $w = 0$ is the plain conditional model. (Some libraries call $s = 1 + w$ the "scale"; here $w$ follows the paper.)
+#
+# ### Exercise 1 (2 points)
+# Write `cfg_combine(eps_cond, eps_uncond, w)`: two tensors of the same shape and a float; return the guided
+# noise estimate.
+
+# %% nbgrader={"grade": false, "grade_id": "cfg_combine", "locked": false, "schema_version": 3, "solution": true}
+def cfg_combine(eps_cond, eps_uncond, w):
+    """(1 + w) * eps_cond - w * eps_uncond  (Ho & Salimans 2022, eq. 6)."""
+    ### BEGIN SOLUTION
+    return (1 + w) * eps_cond - w * eps_uncond
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_cfg_combine", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_cfg_combine(cfg_combine)
+### BEGIN HIDDEN TESTS
+checks.check_cfg_combine(cfg_combine, seed=5, sizes=((2, 3, 4, 4),), ws=(7.5, 1.0, 0.25))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Now the pretrained model (`labkit.guidance` does the same combination on a doubled batch). We sweep $w$ and
+# measure fidelity (accuracy) against fidelity-and-diversity (FID) for the same starting noise.
+
+# %%
+model, schedule, meta = checks.lab_model(DEVICE)
+ws = colab.pick([0.0, 0.5, 1.0, 2.0, 4.0, 8.0], [0.0, 2.0])
+n_w = colab.pick(100 if ON_GPU else 30, 2)  # samples per digit and w
+y_w = torch.arange(10, device=DEVICE).repeat(n_w)
+sweep, grids = {}, {}
+for w in ws:
+    x = samplers.sample(model, (len(y_w), 1, 28, 28), y_w, schedule, sampler="dpmpp_2m", steps=STEPS, guidance=w,
+                        clip=1.0, generator=torch.Generator(DEVICE).manual_seed(0))
+    sweep[w] = judge(x, y_w)
+    grids[w] = x[:30]
+    print(f"w = {w:4}: {fmt(sweep[w])}")
+
+fig, ax = plt.subplots(figsize=(5.5, 3.8))
+ax.plot([sweep[w]["fid_ratio"] for w in ws], [sweep[w]["accuracy"] for w in ws], "o-")
+for w in ws:
+    ax.annotate(f"w={w:g}", (sweep[w]["fid_ratio"], sweep[w]["accuracy"]), textcoords="offset points", xytext=(5, 5))
+ax.set(xlabel="FID / real floor (lower: closer to real digits)", ylabel="classifier accuracy",
+       title="the fidelity-diversity trade-off of guidance")
+ax.grid(alpha=0.3)
+
+# %%
+for w in ws[:: max(1, len(ws) // 3)]:
+    fig = plotting.image_grid(grids[w], ncols=10, title=f"w = {w:g} (same noise in every grid)", size=0.8)
+
+# %% [markdown]
+# ## 3. Fewer steps: DDIM and DPM-Solver++
+#
+# **DDIM** (Song et al. 2021, eq. 12) reuses the trained network but takes a different, possibly deterministic,
+# path from step $t$ to any earlier step $t'$. With $\bar\alpha = \bar\alpha_t$, $\bar\alpha' = \bar\alpha_{t'}$,
+#
+# $$\hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon}{\sqrt{\bar\alpha}},\qquad
+# x_{t'} = \sqrt{\bar\alpha'}\,\hat x_0 + \sqrt{1-\bar\alpha'-\sigma^2}\,\hat\varepsilon + \sigma z,\qquad
+# \sigma = \eta\sqrt{\frac{1-\bar\alpha'}{1-\bar\alpha}}\sqrt{1-\frac{\bar\alpha}{\bar\alpha'}}\ \ \text{(eq. 16)}.$$
+#
+# $\eta = 0$ is deterministic (an ODE solver); $\eta = 1$ on every step is DDPM again.
+#
+# ### Exercise 2 (3 points)
+# Write `ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z)`: `x_t`, `eps_hat`, `z` are
+# `[B, C, H, W]`; `alpha_bar_t`, `alpha_bar_prev` are per image, already shaped `[B, 1, 1, 1]`
+# (`alpha_bar_prev = 1` on the final step to clean data); `eta` is a float. Return $x_{t'}$.
+
+# %% nbgrader={"grade": false, "grade_id": "ddim_step", "locked": false, "schema_version": 3, "solution": true}
+def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
+    """One DDIM step from alpha_bar_t to alpha_bar_prev (Song et al. 2021, eqs. 12 and 16)."""
+    ### BEGIN SOLUTION
+    x0_hat = (x_t - (1 - alpha_bar_t).sqrt() * eps_hat) / alpha_bar_t.sqrt()
+    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    direction = (1 - alpha_bar_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat
+    return alpha_bar_prev.sqrt() * x0_hat + direction + sigma * z
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ddim_step", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+checks.check_ddim_step(ddim_step)
+### BEGIN HIDDEN TESTS
+checks.check_ddim_step(ddim_step, seed=3, sizes=((5, 1, 28, 28),), etas=(0.2, 1.0))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **DPM-Solver++(2M)** (Lu et al. 2022, Algorithm 2) treats sampling as an ODE in
+# $\lambda = \log(\alpha/\sigma)$ (half the log-SNR; $\alpha = \sqrt{\bar\alpha}$, $\sigma = \sqrt{1-\bar\alpha}$)
+# and uses the *previous* step's $\hat x_0$ as well, for second-order accuracy at the price of one network
+# call per step. With $h = \lambda_{t'} - \lambda_t$ and, from the previous step, $h_{\text{last}} = \lambda_t - \lambda_{\text{last}}$:
+#
+# $$r = \frac{h_{\text{last}}}{h},\qquad D = \Big(1 + \frac{1}{2r}\Big)\hat x_0 - \frac{1}{2r}\,\hat x_0^{\text{prev}},\qquad
+# x_{t'} = \frac{\sigma_{t'}}{\sigma_t}\,x_t - \alpha_{t'}\,\big(e^{-h} - 1\big)\,D .$$
+#
+# On the first step there is no previous $\hat x_0$: then $D = \hat x_0$ (this first-order step is DDIM with $\eta = 0$).
+#
+# ### Exercise 3 (3 points)
+# Write `dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last)`: `x0_prev` and
+# `alpha_bar_last` are `None` on the first step; all `alpha_bar_*` are `[B, 1, 1, 1]` and strictly between
+# 0 and 1 here (labkit handles the final jump to clean data separately). Return $x_{t'}$.
+
+# %% nbgrader={"grade": false, "grade_id": "dpmpp_2m_step", "locked": false, "schema_version": 3, "solution": true}
+def dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last):
+    """One DPM-Solver++(2M) step in data-prediction form (Lu et al. 2022, Algorithm 2)."""
+    ### BEGIN SOLUTION
+    def lam(ab):  # lambda = log(alpha / sigma)
+        return 0.5 * torch.log(ab / (1 - ab))
+
+    h = lam(alpha_bar_prev) - lam(alpha_bar_t)
+    D = x0_hat
+    if x0_prev is not None:
+        r = (lam(alpha_bar_t) - lam(alpha_bar_last)) / h
+        D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_prev
+    ratio = ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt()  # sigma_prev / sigma_t
+    return ratio * x_t - alpha_bar_prev.sqrt() * torch.expm1(-h) * D
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_dpmpp_2m_step", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+checks.check_dpmpp_2m_step(dpmpp_2m_step)
+### BEGIN HIDDEN TESTS
+checks.check_dpmpp_2m_step(dpmpp_2m_step, seed=6, sizes=((3, 1, 28, 28),))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Quality and time against the number of network evaluations
+#
+# Each sampler draws the same digits from the same starting noise with a given number of steps (NFE: network
+# function evaluations per sample; guidance doubles the batch, not the NFE count). We time each run and judge
+# the results.
+
+# %%
+if FAST:
+    nfes = [2, 4]
+elif ON_GPU:
+    nfes = [5, 10, 20, 50, 100, 250, 1000]
+else:
+    nfes = [5, 10, 20, 50, 100]
+n_nfe = colab.pick(50 if ON_GPU else 10, 1)  # samples per digit
+y_n = torch.arange(10, device=DEVICE).repeat(n_nfe)
+results = {s: {} for s in ("ddpm", "ddim", "dpmpp_2m")}
+for sampler in results:
+    for nfe in nfes:
+        if ON_GPU:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        x = samplers.sample(model, (len(y_n), 1, 28, 28), y_n, schedule, sampler=sampler, steps=nfe, guidance=1.0,
+                            clip=1.0, generator=torch.Generator(DEVICE).manual_seed(0))
+        if ON_GPU:
+            torch.cuda.synchronize()
+        r = judge(x, y_n)
+        r["seconds"] = time.perf_counter() - start
+        results[sampler][nfe] = r
+        print(f"{sampler:>8} NFE {nfe:4}: {fmt(r)}  {r['seconds']:6.2f} s")
+
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+for sampler, by_nfe in results.items():
+    axes[0].plot(nfes, [by_nfe[n]["accuracy"] for n in nfes], "o-", label=sampler)
+    axes[1].plot(nfes, [by_nfe[n]["fid_ratio"] for n in nfes], "o-", label=sampler)
+    axes[2].plot(nfes, [by_nfe[n]["seconds"] for n in nfes], "o-", label=sampler)
+axes[0].set(ylabel="classifier accuracy", title="fidelity")
+axes[1].set(ylabel="FID / real floor", title="distance to real digits", yscale="log")
+axes[2].set(ylabel=f"seconds for {len(y_n)} samples", title=f"wall time on {DEVICE}", yscale="log")
+for ax in axes:
+    ax.set(xlabel="network evaluations (NFE)", xscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+fig.tight_layout()
+
+# %%
+strips = {}
+for sampler in results:
+    strips[sampler] = torch.stack([samplers.sample(model, (1, 1, 28, 28), torch.tensor([3], device=DEVICE), schedule,
+                                                   sampler=sampler, steps=nfe, guidance=1.0, clip=1.0,
+                                                   generator=torch.Generator(DEVICE).manual_seed(4))[0] for nfe in nfes])
+fig = plotting.compare_rows(strips, col_titles=[f"NFE {n}" for n in nfes], title="one '3', same starting noise")
+if not meta["pretrained"]:
+    print("No shipped checkpoint here: these samples come from an untrained stand-in, so the numbers mean nothing.")
+
+# %% [markdown]
+# ## Questions (look at the pictures)
+# 1. Schedules: in the two rows of digits from the same training budget, which schedule's digits look better?
+#    Relate it to the count of "useful" steps printed under the schedule plot.
+# 2. Guidance: describe the grids as $w$ grows (stroke thickness, variety between samples of one digit). Which
+#    $w$ would you ship, and why is the answer not simply "the one with the highest accuracy"?
+# 3. Samplers: at 5-10 NFE, which sampler gives recognisable digits, and what do the others' failures look like
+#    in the strips? Where do the curves flatten, and what does that mean for the time you need per sample?
+# 4. DDPM adds fresh noise at every step; DDIM ($\eta = 0$) and DPM-Solver++ add none after the start. Use that
+#    to explain why DDPM needs many more steps.
+#
+# *Write your answers here.*

@@ -1,0 +1,540 @@
+"""The checks behind labs 04-08: the labkit reference passes, plausible wrong answers fail with a message
+that names the mistake, the checks agree with labkit's own samplers, and they are fast."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labkit import diffusion, guidance, samplers, schedules
+from labkit.checks import lab04_training as c04
+from labkit.checks import lab05_sampling as c05
+from labkit.checks import lab06_clip as c06
+from labkit.checks import lab07_improvements as c07
+from labkit.checks import lab08_beyond as c08
+from labkit.clip_guidance import ClipGuidance, guided_eps, optimise_for_clip
+
+
+def _b(v, x):
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _raises(check, fn, phrase):
+    with pytest.raises(AssertionError, match=phrase):
+        check(fn)
+
+
+# --- lab 05: the ancestral step ------------------------------------------------------------------
+
+def p_sample_ok(x, t, eps, betas, ab, z):
+    """What a student writes: Algorithm 2 with sigma^2 = beta_tilde and alpha_bar_{-1} = 1."""
+    b, a = _b(betas[t], x), _b(ab[t], x)
+    a_prev = _b(torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t])), x)
+    mean = (x - b / (1 - a).sqrt() * eps) / (1 - b).sqrt()
+    var = (1 - a_prev) / (1 - a) * b
+    return (mean + var.sqrt() * z).float()
+
+
+def p_sample_via_labkit(x, t, eps, betas, ab, z):
+    """labkit's own ddpm_step on the full grid (t_prev = t - 1) gives the same answer."""
+    s = schedules.Schedule("test", betas)
+    gen_z = z.clone()
+    mean, var = diffusion.posterior_between(diffusion.predict_x0_from_eps(x, t, eps, s), x, t, t - 1, s)
+    return mean + var.sqrt() * gen_z
+
+
+def _ps(var_fn=None, mean_fn=None, prev_fn=None, zero_at_0=True):
+    def fn(x, t, eps, betas, ab, z):
+        b, a = _b(betas[t], x), _b(ab[t], x)
+        a_prev = _b(prev_fn(ab, t) if prev_fn else torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t])), x)
+        mean = mean_fn(x, eps, b, a) if mean_fn else (x - b / (1 - a).sqrt() * eps) / (1 - b).sqrt()
+        std = var_fn(b, a, a_prev) if var_fn else ((1 - a_prev) / (1 - a) * b).sqrt()
+        if zero_at_0:
+            std = torch.where(_b(t, x) == 0, torch.zeros_like(std), std)
+        return mean + std * z
+    return fn
+
+
+@pytest.mark.parametrize("fn", [p_sample_ok, p_sample_via_labkit])
+def test_p_sample_accepts_correct(fn, capsys):
+    c05.check_p_sample_step(fn)
+    c05.check_p_sample_step(fn, seed=3, sizes=((10, 1, 28, 28),), T=1000)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (_ps(var_fn=lambda b, a, ap: (1 - ap) / (1 - a) * b), "variance was used as the standard deviation"),
+    (_ps(prev_fn=lambda ab, t: ab[t - 1], zero_at_0=False), r"alpha_bars\[-1\]"),
+    (_ps(prev_fn=lambda ab, t: ab[t]), "off by one"),
+    (_ps(var_fn=lambda b, a, ap: b.sqrt()), "sigma_t\\^2 = beta_t"),
+    (_ps(var_fn=lambda b, a, ap: b.sqrt(), zero_at_0=False), r"noise at t = 0"),
+    (_ps(var_fn=lambda b, a, ap: torch.where(ap == 1, b.sqrt(), ((1 - ap) / (1 - a) * b).sqrt()), zero_at_0=False),
+     "noise was added at t = 0"),
+    (_ps(var_fn=lambda b, a, ap: 0 * b), "no noise was added"),
+    (_ps(mean_fn=lambda x, e, b, a: (x - b / (1 - a).sqrt() * e) / a.sqrt()), "sqrt\\(alpha_bar_t\\) instead"),
+    (_ps(mean_fn=lambda x, e, b, a: (x - b / (1 - a) * e) / (1 - b).sqrt()), "lacks its sqrt"),
+    (_ps(mean_fn=lambda x, e, b, a: (x + b / (1 - a).sqrt() * e) / (1 - b).sqrt()), "subtracted"),
+    (lambda x, t, e, b, ab, z: p_sample_ok(x, t, e, b, ab, torch.randn_like(z)), "drawing new random numbers"),
+    (lambda x, t, e, b, ab, z: p_sample_ok(x, t, e, b, ab, z)[:, None], "shape"),
+    (lambda x, t, e, b, ab, z: x.sub_(e), "in place"),
+])
+def test_p_sample_names_mistakes(fn, phrase):
+    _raises(c05.check_p_sample_step, fn, phrase)
+
+
+def test_p_sample_reference_matches_labkit_sampler():
+    """The check's formula is what labkit's sampler does on the full grid of steps."""
+    s = schedules.make_schedule("linear", 50)
+    x, eps = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 1, 30])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    step = samplers.ddpm_step(x, t, t - 1, eps, s, generator=g1)
+    z = torch.randn(x.shape, generator=g2, dtype=torch.float64)
+    ref = c05.reference_p_sample_step(x, t, eps, s.betas, s.alpha_bars, z)
+    assert (step.x_prev[1:] - ref[1:]).abs().max() < 1e-9  # t > 0: same mean and variance
+    assert (step.x_prev[:1] - ref[:1]).abs().max() < 1e-9  # t = 0: the mean only
+
+
+# --- lab 07: guidance and fast samplers -------------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [guidance.cfg_combine, lambda c, u, w: c + w * (c - u)])
+def test_cfg_accepts_correct(fn):
+    c07.check_cfg_combine(fn)
+    c07.check_cfg_combine(fn, seed=4, ws=(7.5, 1.0, 0.0))
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (lambda c, u, w: w * c - (w - 1) * u, "scale' convention"),
+    (lambda c, u, w: (1 + w) * u - w * c, "swapped"),
+    (lambda c, u, w: w * (c - u), "'1 \\+' is missing"),
+    (lambda c, u, w: c - w * (c - u), "wrong sign"),
+    (lambda c, u, w: (1 - w) * u + w * c, "interpolation"),
+    (lambda c, u, w: (1 + w) * c + w * u, "was added"),
+    (lambda c, u, w: ((1 + w) * c - w * u).numpy(), "numpy"),
+])
+def test_cfg_names_mistakes(fn, phrase):
+    _raises(c07.check_cfg_combine, fn, phrase)
+
+
+def ddim_ok(x, eps, ab_t, ab_prev, eta, z):
+    x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_prev).sqrt()
+    return ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).sqrt() * eps + sigma * z
+
+
+def _ddim(**kw):
+    return lambda x, eps, a, ap, eta, z: c07.reference_ddim(x, eps, a, ap, eta, z, **kw)
+
+
+@pytest.mark.parametrize("fn", [ddim_ok])
+def test_ddim_accepts_correct(fn):
+    c07.check_ddim_step(fn)
+    c07.check_ddim_step(fn, seed=9, etas=(0.3,))
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (_ddim(noise=False), "noise term sigma \\* z is missing"),
+    (_ddim(sigma_mode="noeta"), "ignores eta"),
+    (_ddim(sigma_mode="squared"), "sigma was squared"),
+    (_ddim(dir_mode="nosigma"), "forgets sigma"),
+    (_ddim(dir_mode="ab_t"), "uses abar_t"),
+    (_ddim(x0_mode="variance"), "x0_hat uses variances"),
+    (lambda x, eps, a, ap, eta, z: ddim_ok(x, eps, a, ap, eta, torch.randn_like(z)), "drawing new random numbers"),
+])
+def test_ddim_names_mistakes(fn, phrase):
+    _raises(c07.check_ddim_step, fn, phrase)
+
+
+def test_ddim_reference_matches_labkit_sampler():
+    s = schedules.make_schedule("cosine", 100)
+    x, eps = torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    t, tp = torch.tensor([80, 40]), torch.tensor([50, -1])
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    step = samplers.ddim_step(x, t, tp, eps, s, eta=0.7, generator=torch.Generator().manual_seed(1))
+    ab_t, ab_p = _b(s.alpha_bars[t], x), _b(s.alpha_bars_prev[tp + 1], x)
+    ref = ddim_ok(x, eps, ab_t, ab_p, 0.7, z)
+    assert (step.x_prev[0] - ref[0]).abs().max() < 1e-9  # last row steps to clean data: no noise in either
+    assert (step.x_prev[1] - ref[1]).abs().max() < 1e-9
+
+
+def dpmpp_ok(x, d0, d1, ab_t, ab_prev, ab_last):
+    lam = lambda a: 0.5 * torch.log(a / (1 - a))  # noqa: E731
+    h = lam(ab_prev) - lam(ab_t)
+    D = d0
+    if d1 is not None:
+        r = (lam(ab_t) - lam(ab_last)) / h
+        D = (1 + 1 / (2 * r)) * d0 - 1 / (2 * r) * d1
+    return ((1 - ab_prev) / (1 - ab_t)).sqrt() * x - ab_prev.sqrt() * (torch.exp(-h) - 1) * D
+
+
+def _dpm(mode):
+    return lambda *a: c07.reference_dpmpp_2m(*a, mode=mode)
+
+
+def test_dpmpp_accepts_correct():
+    c07.check_dpmpp_2m_step(dpmpp_ok)
+    c07.check_dpmpp_2m_step(dpmpp_ok, seed=2, sizes=((8, 1, 28, 28),))
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (_dpm("exp_sign"), "wrong sign in the exponent"),
+    (_dpm("ratio_inverted"), "inverted: sigma_prev / sigma_t"),
+    (_dpm("sigma_prev"), "alpha_prev"),
+    (_dpm("full_logsnr"), "full log-SNR"),
+    (_dpm("first_order"), "second-order correction is missing"),
+    (_dpm("r_inverted"), "r is inverted"),
+    (_dpm("D_swapped"), "swapped"),
+])
+def test_dpmpp_names_mistakes(fn, phrase):
+    _raises(c07.check_dpmpp_2m_step, fn, phrase)
+
+
+def test_dpmpp_reference_matches_labkit_sampler():
+    s = schedules.make_schedule("cosine", 100)
+    x, d0, d1 = (torch.randn(2, 1, 4, 4, dtype=torch.float64) for _ in range(3))
+    t, tp, tl = torch.tensor([60, 60]), torch.tensor([30, 30]), torch.tensor([90, 90])
+    ab_t = s.alpha_bars[t]
+    eps = (x - ab_t.sqrt().view(-1, 1, 1, 1) * d0) / (1 - ab_t).sqrt().view(-1, 1, 1, 1)  # so that x0_hat = d0
+    step = samplers.dpmpp_2m_step(x, t, tp, eps, s, x0_prev=d1, t_last=tl)
+    ref = dpmpp_ok(x, d0, d1, _b(s.alpha_bars[t], x), _b(s.alpha_bars[tp], x), _b(s.alpha_bars[tl], x))
+    assert (step.x_prev - ref).abs().max() < 1e-9
+
+
+# --- lab 06: CLIP scores ------------------------------------------------------------------------------
+
+def cos_ok(i, t):
+    return F.normalize(i, dim=-1) @ F.normalize(t, dim=-1).T
+
+
+@pytest.mark.parametrize("fn", [cos_ok, lambda i, t: (i / i.norm(dim=1, keepdim=True)) @ (t / t.norm(dim=1, keepdim=True)).T])
+def test_cosine_accepts_correct(fn):
+    c06.check_cosine_similarity(fn)
+    c06.check_cosine_similarity(fn, seed=1, sizes=((20, 10, 512),))
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (lambda i, t: i @ t.T, "no normalisation"),
+    (lambda i, t: F.normalize(i, dim=-1) @ t.T, "only the image"),
+    (lambda i, t: F.normalize(i, dim=0) @ F.normalize(t, dim=0).T, "wrong dimension"),
+    (lambda i, t: cos_ok(i, t).T, "transposed"),
+    (lambda i, t: cos_ok(i, t).softmax(1), "softmax"),
+    (lambda i, t: cos_ok(i, t).numpy(), "numpy"),
+    (lambda i, t: i.div_(i.norm(dim=1, keepdim=True)) @ t.T, "in place"),
+])
+def test_cosine_names_mistakes(fn, phrase):
+    _raises(c06.check_cosine_similarity, fn, phrase)
+
+
+@pytest.mark.parametrize("fn", [lambda c, s: (s * c).softmax(dim=-1), lambda c, s: torch.exp(s * c) / torch.exp(s * c).sum(1, keepdim=True)])
+def test_zero_shot_accepts_correct(fn):
+    c06.check_zero_shot_probs(fn)
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (lambda c, s: (s * c).softmax(dim=0), "dim=0"),
+    (lambda c, s: c.softmax(dim=1), "logit_scale is missing"),
+    (lambda c, s: (c / s).softmax(dim=1), "divided by logit_scale"),
+    (lambda c, s: (s * c).log_softmax(dim=1), "log-probabilities"),
+    (lambda c, s: torch.sigmoid(s * c), "sigmoid"),
+    (lambda c, s: (s * c).softmax(1).argmax(1), "one number per image"),
+])
+def test_zero_shot_names_mistakes(fn, phrase):
+    _raises(c06.check_zero_shot_probs, fn, phrase)
+
+
+def test_zero_shot_matches_clip_scorer():
+    from labkit.evaluation import tiny_clip_scorer
+    from labkit.data import synthetic_digits
+
+    scorer = tiny_clip_scorer()
+    d = synthetic_digits(6, generator=torch.Generator().manual_seed(0))
+    img01 = (d.images + 1) / 2
+    scores = scorer.score(img01, d.labels)
+    img = scorer.encode_images(img01)
+    txt = scorer.ensemble(scorer.prompts.digit)
+    probs = (scorer.logit_scale * cos_ok(img, txt)).softmax(1)
+    assert (probs - scores.probs).abs().max() < 1e-5
+
+
+# --- lab 04: loss and training step ------------------------------------------------------------------
+
+def loss_ok(model, x0, y, t, noise, ab):
+    a = _b(ab[t], x0).to(x0.dtype)
+    return F.mse_loss(model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, y), noise)
+
+
+def loss_via_labkit(model, x0, y, t, noise, ab):
+    s = schedules.Schedule("s", 1 - ab / torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]]))
+    return F.mse_loss(model(diffusion.q_sample(x0, t, noise, s), t, y), noise)
+
+
+@pytest.mark.parametrize("fn", [loss_ok, loss_via_labkit])
+def test_loss_accepts_correct(fn):
+    c04.check_noise_prediction_loss(fn)
+    c04.check_noise_prediction_loss(fn, seed=7, sizes=((2, 1, 28, 28),))
+
+
+def _loss(xt_fn=None, target=None, reduce=None, model_input=None):
+    def fn(model, x0, y, t, noise, ab):
+        a = _b(ab[t], x0).to(x0.dtype)
+        xt = xt_fn(a, x0, noise) if xt_fn else a.sqrt() * x0 + (1 - a).sqrt() * noise
+        eps = model(model_input(x0, xt) if model_input else xt, t, y)
+        tgt = target(x0, xt, noise) if target else noise
+        return reduce(eps, tgt) if reduce else F.mse_loss(eps, tgt)
+    return fn
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (_loss(model_input=lambda x0, xt: x0), "model was given x0"),
+    (_loss(target=lambda x0, xt, n: x0), "target is x0"),
+    (_loss(target=lambda x0, xt, n: xt), "target is x_t"),
+    (_loss(xt_fn=lambda a, x0, n: a * x0 + (1 - a) * n), "variances"),
+    (_loss(reduce=lambda e, n: F.mse_loss(e, n, reduction="sum")), "a sum instead of a mean"),
+    (_loss(reduce=lambda e, n: ((e - n) ** 2).flatten(1).sum(1).mean()), "summed over pixels"),
+    (_loss(reduce=lambda e, n: (e - n).abs().mean()), "L1"),
+    (_loss(reduce=lambda e, n: ((e - n) ** 2).flatten(1).mean(1)), "single number"),
+    (_loss(reduce=lambda e, n: F.mse_loss(e, n).item()), "Python float"),
+    (_loss(reduce=lambda e, n: F.mse_loss(e, n).detach()), "no gradient"),
+])
+def test_loss_names_mistakes(fn, phrase):
+    _raises(c04.check_noise_prediction_loss, fn, phrase)
+
+
+def step_ok(model, optimizer, compute_loss):
+    optimizer.zero_grad()
+    loss = compute_loss()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_no_zero(model, optimizer, compute_loss):
+    loss = compute_loss()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def step_zero_after_backward(model, optimizer, compute_loss):
+    loss = compute_loss()
+    loss.backward()
+    optimizer.zero_grad()
+    optimizer.step()
+    return loss.item()
+
+
+def step_before_backward(model, optimizer, compute_loss):
+    loss = compute_loss()
+    optimizer.step()
+    optimizer.zero_grad()
+    loss.backward()
+    return loss.item()
+
+
+def step_twice(model, optimizer, compute_loss):
+    optimizer.zero_grad()
+    loss = compute_loss()
+    loss.backward()
+    optimizer.step()
+    optimizer.step()
+    return loss.item()
+
+
+def step_loss_twice(model, optimizer, compute_loss):
+    optimizer.zero_grad()
+    compute_loss().backward()
+    optimizer.step()
+    return compute_loss().item()
+
+
+def step_no_return(model, optimizer, compute_loss):
+    step_ok(model, optimizer, compute_loss)
+
+
+def step_no_step(model, optimizer, compute_loss):
+    optimizer.zero_grad()
+    loss = compute_loss()
+    loss.backward()
+    return loss.item()
+
+
+@pytest.mark.parametrize("fn", [step_ok, lambda m, o, c: torch.tensor(step_ok(m, o, c))])
+def test_train_step_accepts_correct(fn):
+    c04.check_train_step(fn)
+    c04.check_train_step(fn, seed=5, lr=0.01)
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (step_no_zero, "zero_grad"),
+    (step_zero_after_backward, "did not move"),
+    (step_no_step, "did not move"),
+    (step_before_backward, "before loss.backward"),
+    (step_twice, "called twice"),
+    (step_loss_twice, "called 2 times"),
+    (step_no_return, "return the loss"),
+])
+def test_train_step_names_mistakes(fn, phrase):
+    _raises(c04.check_train_step, fn, phrase)
+
+
+# --- lab 08: CLIP guidance -----------------------------------------------------------------------------
+
+def test_guided_eps_accepts_reference():
+    c08.check_guided_eps(guided_eps)
+
+
+@pytest.mark.parametrize("fn, phrase", [
+    (lambda e, g, a, s: e + s * (1 - a).sqrt() * g, "added"),
+    (lambda e, g, a, s: e - s * g, "sqrt\\(1 - alpha_bar_t\\) is missing"),
+    (lambda e, g, a, s: e - s * a.sqrt() * g, "sqrt\\(alpha_bar_t\\) was used"),
+    (lambda e, g, a, s: e - s * (1 - a) * g, "without the sqrt"),
+])
+def test_guided_eps_names_mistakes(fn, phrase):
+    _raises(c08.check_guided_eps, fn, phrase)
+
+
+def test_clip_guidance_wrapper_pushes_clip_score_up():
+    from labkit.evaluation import tiny_clip_scorer
+
+    scorer = tiny_clip_scorer()
+    s = schedules.make_schedule("cosine", 100)
+    model = lambda x, t, y: torch.zeros_like(x)  # noqa: E731
+    g = ClipGuidance(model, scorer, s, scale=1.0)
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    t, y = torch.tensor([10, 50, 90]), torch.tensor([1, 2, 10])
+    eps = g(x, t, y)
+    assert eps.shape == x.shape and torch.isfinite(eps).all()
+    assert eps[2].abs().max() == 0  # the null class is not guided
+    # a small step along -eps (towards the data) raises CLIP's logit for the guided rows
+    ab = _b(s.alpha_bars[t], x).float()
+    before = g.clip_logits((x / ab.sqrt() + 1) / 2, g.text_embeddings(y))
+    x_new = x - 1e-3 * eps
+    after = g.clip_logits((x_new / ab.sqrt() + 1) / 2, g.text_embeddings(y))
+    assert bool((after[:2] > before[:2]).all())
+    # a whole sampling loop runs with it, and scale=0 is the model itself
+    out = samplers.sample(ClipGuidance(model, scorer, s, scale=0.5), (2, 1, 28, 28), torch.tensor([3, 4]), s, steps=3,
+                          generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 1, 28, 28)
+    assert ClipGuidance(model, scorer, s, scale=0.0)(x, t, y).abs().max() == 0
+
+
+def test_optimise_for_clip_raises_the_score():
+    from labkit.evaluation import tiny_clip_scorer
+
+    scorer = tiny_clip_scorer()
+    start = torch.full((2, 1, 28, 28), 0.5)
+    _, before, after = optimise_for_clip(scorer, start, torch.tensor([3, 7]), steps=5)
+    assert bool((after > before).all())
+
+
+# --- all checks: stubs, patched allclose, speed ---------------------------------------------------------
+
+ALL = [
+    (c04.check_noise_prediction_loss, loss_ok), (c04.check_train_step, step_ok),
+    (c05.check_p_sample_step, p_sample_ok), (c06.check_cosine_similarity, cos_ok),
+    (c06.check_zero_shot_probs, lambda c, s: (s * c).softmax(1)), (c07.check_cfg_combine, guidance.cfg_combine),
+    (c07.check_ddim_step, ddim_ok), (c07.check_dpmpp_2m_step, dpmpp_ok), (c08.check_guided_eps, guided_eps),
+]
+
+
+@pytest.mark.parametrize("check", [c for c, _ in ALL], ids=[c.__name__ for c, _ in ALL])
+def test_not_implemented_is_a_clear_failure(check):
+    def stub(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(AssertionError, match="not implemented yet"):
+        check(stub)
+
+
+@pytest.mark.parametrize("check", [c for c, _ in ALL], ids=[c.__name__ for c, _ in ALL])
+def test_patched_allclose_does_not_fool_the_checks(check, monkeypatch):
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    monkeypatch.setattr(np, "allclose", lambda *a, **k: True)
+    monkeypatch.setattr(torch, "isclose", lambda a, b, **k: torch.ones_like(a, dtype=torch.bool))
+
+    def wrong(*args):
+        for a in args:
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim() >= 2:
+                return torch.zeros_like(a) + 0.123
+        return 0.123
+
+    with pytest.raises(AssertionError):
+        check(wrong)
+
+
+@pytest.mark.parametrize("check, fn", ALL, ids=[c.__name__ for c, _ in ALL])
+def test_checks_are_fast(check, fn):
+    start = time.perf_counter()
+    check(fn)
+    assert time.perf_counter() - start < 1.0
+
+
+# --- labs 04-08 end to end through nbgrader (solution = full marks, untouched release = zero) -----------
+
+LABS_0408 = [lab for lab in __import__("labkit.course", fromlist=["discover_labs"]).discover_labs(
+    __import__("pathlib").Path(__file__).resolve().parents[1]) if lab[:5] in ("lab04", "lab05", "lab06", "lab07", "lab08")]
+
+
+@pytest.fixture(scope="module")
+def graded_0408(tmp_path_factory):
+    import os
+    import shutil
+    from pathlib import Path
+
+    from labkit import course
+
+    repo = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("grading0408")
+    for lab in LABS_0408:
+        for student, src in (("solution", repo / "solutions" / lab / f"{lab}.ipynb"),
+                             ("blank", repo / "notebooks" / f"{lab}.ipynb")):
+            (tmp / "subs" / student).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, tmp / "subs" / student / f"{lab}.ipynb")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LABKIT_CACHE", str(tmp / "cache"))
+    shared = repo.parent / "shared" / "data" / "mnist"
+    if not os.environ.get("LABKIT_DATA") and shared.exists():
+        mp.setenv("LABKIT_DATA", str(shared))
+    try:
+        results = course.grade_submissions(tmp / "subs", tmp / "out", LABS_0408, repo_root=repo, timeout=300,
+                                           verbose=False)
+    finally:
+        mp.undo()
+    return {(r.student, r.lab): r for r in results}, tmp / "out"
+
+
+def _autograded_0408(out, student, lab):
+    """The autograded notebook, wherever grade_submissions keeps its nbgrader course(s)."""
+    import nbformat
+
+    found = sorted(out.glob(f"nbgrader/**/autograded/{student}/{lab}/{lab}.ipynb"))
+    assert found, f"no autograded notebook for {student}/{lab} under {out}"
+    return nbformat.read(str(found[0]), as_version=4)
+
+
+def _nb_errors(cell):
+    return [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+
+
+@pytest.mark.nbgrader
+@pytest.mark.slow
+@pytest.mark.parametrize("lab", LABS_0408)
+def test_lab_solution_full_marks_and_blank_zero(graded_0408, lab):
+    results, out = graded_0408
+    sol, blank = results[("solution", lab)], results[("blank", lab)]
+    assert sol.status == "graded" and sol.max_score > 0 and sol.score == sol.max_score, sol.notes
+    assert blank.status == "graded" and blank.score == 0, blank.notes
+    nb = _autograded_0408(out, "solution", lab)
+    assert [(i, e["evalue"][:200]) for i, c in enumerate(nb.cells) for e in _nb_errors(c)] == []
+    nb = _autograded_0408(out, "blank", lab)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if cell.metadata.get("nbgrader", {}).get("grade"):
+            assert _nb_errors(cell) and "not implemented yet" in _nb_errors(cell)[0]["evalue"], f"test cell {i}"
+        else:
+            assert not _nb_errors(cell), f"cell {i} crashed in the untouched notebook: {_nb_errors(cell)[0]['evalue'][:200]}"
+    html = (out / "feedback" / "blank" / f"{lab}.html").read_text()
+    assert "HIDDEN TESTS" not in html
