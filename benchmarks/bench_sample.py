@@ -1,0 +1,85 @@
+"""Sampling benchmark: seconds to draw 1000 digits (100 per class) per sampler / steps / guidance,
+and their quality (shipped MNIST classifier accuracy, classifier-feature FID over the real floor).
+
+    python benchmarks/bench_sample.py                                  # shipped checkpoint, default grid
+    python benchmarks/bench_sample.py --checkpoint runs/mnist-cpu/last.pt --runs dpmpp_2m:15:1 ddim:50:3
+    python benchmarks/bench_sample.py --no-eval                         # timing only (no MNIST needed)
+
+Works on CPU and CUDA; prints the device, thread count and load average with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import torch
+
+from labkit.checkpoint import load_model
+from labkit.samplers import sample
+
+DEFAULT_RUNS = ["dpmpp_2m:10:1", "dpmpp_2m:15:1", "dpmpp_2m:15:2", "dpmpp_2m:20:1", "ddim:50:3", "ddpm:100:1"]
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak)
+
+
+def draw(model, schedule, sampler, steps, w, per_class, seed=0):
+    """1000 digits (per_class of each) -> (images [N,1,28,28] in [0,1] on the CPU, labels [N], seconds)."""
+    device = next(model.parameters()).device
+    y = torch.arange(10, device=device).repeat_interleave(per_class)  # [10 * per_class]
+    gen = torch.Generator(device).manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    x = sample(model, (len(y), 1, 28, 28), y, schedule, sampler=sampler, steps=steps, guidance=w,
+               null_class=model.config.num_classes, clip=1.0, generator=gen)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return ((x.float().clamp(-1, 1) + 1) / 2).cpu(), y.cpu(), seconds
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="default: the shipped labkit/assets/mnist_ddpm.pt")
+    p.add_argument("--runs", nargs="*", default=DEFAULT_RUNS, help="SAMPLER:STEPS:GUIDANCE ...")
+    p.add_argument("--per-class", type=int, default=100)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", default=None, help="MNIST folder for the evaluation")
+    p.add_argument("--no-eval", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model, schedule, meta = load_model(args.checkpoint, device=args.device)
+    device = next(model.parameters()).device
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"checkpoint {meta['path']} (step {meta['step']}), device: {card}, load average {os.getloadavg()}")
+    if not args.no_eval:
+        from labkit.evaluation.report import evaluate_samples
+
+    draw(model, schedule, "ddim", 2, 0.0, 1)  # warm-up (first-call overheads)
+    head = f"{'sampler':>9} {'steps':>5} {'w':>4} | {'seconds':>7} {'digits/s':>8} {'peak MB':>8} | {'accuracy':>8} {'FID/floor':>9}"
+    print(head + "\n" + "-" * len(head))
+    for run in args.runs:
+        sampler, steps, w = run.split(":")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        images, labels, seconds = draw(model, schedule, sampler, int(steps), float(w), args.per_class)
+        acc = ratio = float("nan")
+        if not args.no_eval:
+            o = evaluate_samples(images, labels, data_root=args.data, generator=torch.Generator().manual_seed(0))["overall"]
+            acc, ratio = o["accuracy"], o["fid_ratio"]
+        print(f"{sampler:>9} {int(steps):>5} {float(w):>4g} | {seconds:>7.2f} {len(images) / seconds:>8.0f} "
+              f"{peak_memory_mb(device):>8.0f} | {100 * acc:>7.1f}% {ratio:>9.2f}", flush=True)
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Checkpoints: save training state atomically, load it safely, and load a model for sampling.
+
+A training checkpoint is one ``torch.save``d dict (read back with ``weights_only=True``: plain tensors,
+numbers, strings, lists and dicts only, so loading a file never runs code from it):
+
+    labkit      {"format": "labkit-ddpm", "version": 1}    what this file is
+    model, ema  state dicts of the network and its EMA copy (the EMA weights are the ones to sample with)
+    optimizer, scaler                                       AdamW and GradScaler state (scaler {} if unused)
+    step, elapsed_s                                         optimiser steps done, training seconds so far
+    rng         {"torch": ByteTensor, "cuda": [ByteTensor] or None, "data": ByteTensor}
+    unet        UNetConfig as a dict;  schedule, T: the noise schedule;  train: TrainConfig as a dict
+
+A *release* checkpoint (``export_release``) keeps only ``ema`` (fp16), the configs and ``quality``: it is
+what ships as ``labkit/assets/mnist_ddpm.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from labkit.errors import LabkitError
+
+FORMAT = "labkit-ddpm"
+VERSION = 1
+ASSET_PATH = Path(__file__).resolve().parent / "assets" / "mnist_ddpm.pt"
+# sha256 of the shipped checkpoint (docs/training.md says how it was made).
+ASSET_SHA256 = "dac36b71d4229997f2f4b878e3cae68b2e17503f5b1546039e8c386e3648578e"
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    """Write ``state`` to ``path`` so that the file is always either the old one or the complete new one.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsync'ed to disk, and only then
+    renamed over ``path`` with os.replace (atomic on POSIX and Windows). A crash or Ctrl-C in the middle
+    leaves the previous good checkpoint untouched (and at worst a stray ``.tmp`` file, removed here when
+    Python gets the chance).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"labkit": {"format": FORMAT, "version": VERSION}, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (POSIX; not possible on Windows)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path, map_location=None) -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; LabkitError with one clear line if it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabkitError(f"checkpoint {path} not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, a pickle with code in it...
+        reason = " ".join(str(exc).split())[:100]
+        raise LabkitError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason})") from None
+    tag = state.get("labkit") if isinstance(state, dict) else None
+    if not isinstance(tag, dict) or tag.get("format") != FORMAT:
+        raise LabkitError(f"{path} is not a labkit checkpoint (no 'labkit' format tag)")
+    if tag.get("version", 0) > VERSION:
+        raise LabkitError(f"checkpoint {path} has format version {tag['version']}; this labkit reads up to {VERSION}: upgrade labkit")
+    return state
+
+
+def check_same(path, what: str, saved: dict, current: dict, ignore=()) -> None:
+    """Raise LabkitError naming the first field where a resumed run's config differs from the checkpoint's."""
+    for key in sorted(set(saved) | set(current)):
+        if key in ignore:
+            continue
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            a, b = list(a), list(b)
+        if a != b:
+            raise LabkitError(
+                f"cannot resume from {path}: it was trained with {what}.{key}={a!r} but the config asks for "
+                f"{b!r}; use resume=False (--no-resume) or another out dir"
+            )
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_release(src, dst, *, dtype=torch.float16, quality: dict | None = None) -> Path:
+    """Write a small release checkpoint: EMA weights (cast to ``dtype``), configs, step and ``quality``."""
+    state = load_checkpoint(src, map_location="cpu")
+    ema = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state["ema"].items()}
+    keep = {k: state[k] for k in ("unet", "schedule", "T", "train", "step", "elapsed_s") if k in state}
+    return save_checkpoint(dst, {"ema": ema, **keep, "quality": quality or {}})
+
+
+def load_model(path=None, device=None):
+    """A model ready to sample with: ``(model, schedule, meta)``.
+
+    path: a training or release checkpoint; None loads the shipped ``labkit/assets/mnist_ddpm.pt``
+    (its sha256 checked first). The EMA weights are used when present. The model is float32, in eval
+    mode, on ``device`` (default: the best available, see ``labkit.training.pick_device``).
+    meta: {"step", "train" (TrainConfig dict), "unet", "schedule", "T", "quality", "path"}.
+    """
+    from labkit.schedules import make_schedule
+    from labkit.training import pick_device
+    from labkit.unet import UNet, UNetConfig
+
+    if path is None:
+        path = ASSET_PATH
+        if not path.is_file():
+            raise LabkitError(f"the shipped checkpoint {path} is missing: reinstall labkit")
+        digest = file_sha256(path)
+        if digest != ASSET_SHA256:
+            raise LabkitError(f"the shipped checkpoint {path} is corrupt (sha256 {digest[:12]}..., expected {ASSET_SHA256[:12]}...): reinstall labkit")
+    state = load_checkpoint(path, map_location="cpu")
+    try:
+        config = UNetConfig.from_dict(state["unet"])
+        weights = state["ema"] if "ema" in state else state["model"]
+        model = UNet(config)
+        model.load_state_dict({k: v.float() for k, v in weights.items()})
+        schedule = make_schedule(state["schedule"], int(state["T"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise LabkitError(f"checkpoint {path} does not hold a usable model ({type(exc).__name__}: {reason})") from None
+    device = pick_device(device)
+    meta = {k: state.get(k) for k in ("step", "train", "unet", "schedule", "T", "quality")}
+    meta["path"] = str(path)
+    return model.to(device).eval().requires_grad_(False), schedule, meta

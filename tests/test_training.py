@@ -1,0 +1,168 @@
+"""The trainer on a tiny U-Net and synthetic digits: resume exactness, NaN detection, config checks."""
+
+import math
+
+import pytest
+import torch
+
+from labkit import recipes, training
+from labkit.checkpoint import load_checkpoint
+from labkit.data import synthetic_digits
+from labkit.errors import LabkitError, LabkitValueError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models run fastest on one thread (and far faster on a CPU shared with other jobs)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return synthetic_digits(64, generator=torch.Generator().manual_seed(0))
+
+
+def run(tmp_path, name, steps=24, **kw):
+    config = recipes.tiny(steps=steps, out_dir=str(tmp_path / name), checkpoint_every=8, **kw)
+    return config, dict(device="cpu", progress=False)
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_after_kill_is_exact(tmp_path, digits):
+    config, kw = run(tmp_path, "straight")
+    straight = training.train(config, digits, **kw)
+
+    config2, _ = run(tmp_path, "killed")
+
+    def kill(info):
+        if info.step == 13:  # between checkpoints (8, 16): steps 9..13 are lost and redone
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config2, digits, callback=kill, **kw)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["step"] == 8
+    resumed = training.train(config2, digits, **kw)
+    assert resumed.step == 24
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    assert_same_state(straight.ema.state_dict(), resumed.ema.state_dict())
+    a, b = (load_checkpoint(tmp_path / n / "last.pt") for n in ("straight", "killed"))
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+
+
+def test_stop_by_callback_then_resume_is_exact(tmp_path, digits):
+    config, kw = run(tmp_path, "straight", steps=12)
+    straight = training.train(config, digits, **kw)
+    config2, _ = run(tmp_path, "stopped", steps=12)
+    first = training.train(config2, digits, callback=lambda info: info.step == 5, **kw)
+    assert first.stopped_early and first.step == 5
+    assert load_checkpoint(first.checkpoint)["step"] == 5  # a requested stop saves at once
+    resumed = training.train(config2, digits, **kw)
+    assert_same_state(straight.ema.state_dict(), resumed.ema.state_dict())
+
+
+def test_extending_a_finished_run(tmp_path, digits):
+    config, kw = run(tmp_path, "ext", steps=4)
+    training.train(config, digits, **kw)
+    longer = training.train(config.__class__(**{**config.__dict__, "total_steps": 6}), digits, **kw)
+    assert longer.step == 6
+
+
+def test_config_mismatch_on_resume(tmp_path, digits):
+    config, kw = run(tmp_path, "mm", steps=2)
+    training.train(config, digits, **kw)
+    other, _ = run(tmp_path, "mm", steps=2, lr=1e-4)
+    with pytest.raises(LabkitError, match=r"train\.lr=0\.002.*0\.0001.*--no-resume"):
+        training.train(other, digits, **kw)
+    fresh = training.train(other, digits, resume=False, **kw)  # --no-resume starts over
+    assert fresh.step == 2
+
+
+def test_nan_loss_stops_with_the_step(tmp_path, digits):
+    config, kw = run(tmp_path, "nan", steps=20)
+
+    def poison(info):
+        if info.step == 6:
+            with torch.no_grad():
+                next(info.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(LabkitError, match="NaN/inf at step 7"):
+        training.train(config, digits, callback=poison, **kw)
+
+
+def test_loss_decreases_and_files(tmp_path, digits):
+    config, kw = run(tmp_path, "files", steps=40, sample_every=20)
+    result = training.train(config, digits, **kw)
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert last < 0.8 * first, result.losses
+    names = sorted(p.name for p in (tmp_path / "files").iterdir())
+    assert names == ["last.pt", "samples_000020.png", "samples_000040.png", "samples_final.png"]
+    assert result.images_per_s > 0 and not result.ema.training
+
+
+def test_time_budget(digits):
+    config = recipes.tiny(steps=10**9, time_budget_s=0.5)
+    result = training.train(config, digits, device="cpu", progress=False)
+    assert 0.5 <= result.seconds < 5 and result.step > 0
+
+
+def test_training_leaves_global_rng_alone(digits):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    training.train(recipes.tiny(steps=2), digits, device="cpu", progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_lr_schedule():
+    c = recipes.tiny(steps=105)  # warmup 5
+    assert training.lr_at(0, c) == pytest.approx(c.lr / 5)
+    assert training.lr_at(4, c) == pytest.approx(c.lr)
+    assert training.lr_at(5, c) == pytest.approx(c.lr)
+    assert training.lr_at(55, c) == pytest.approx(c.lr * (c.lr_min_ratio + (1 - c.lr_min_ratio) * 0.5))
+    assert training.lr_at(105, c) == pytest.approx(c.lr * c.lr_min_ratio)
+    assert training.lr_at(50, c, progress=1.0) == pytest.approx(c.lr * c.lr_min_ratio)
+
+
+def test_ema_update_matches_formula():
+    ema = [torch.zeros(3), torch.ones(2)]
+    cur = [torch.ones(3), torch.zeros(2)]
+    training.ema_update(ema, cur, 0.9)
+    assert torch.allclose(ema[0], torch.full((3,), 0.1)) and torch.allclose(ema[1], torch.full((2,), 0.9))
+    assert training.ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert training.ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_precision_and_device():
+    cpu = torch.device("cpu")
+    assert training.resolve_precision("auto", cpu) == (None, False)
+    assert training.resolve_precision("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(LabkitValueError, match="fp16"):
+        training.resolve_precision("fp16", cpu)
+    with pytest.raises(LabkitValueError):
+        training.TrainConfig(precision="fp8")
+    assert training.pick_device("cpu") == cpu
+
+
+def test_config_dict_roundtrip():
+    for config in (recipes.cpu(), recipes.gpu(), recipes.tiny()):
+        assert training.TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.realdata
+def test_real_mnist_short_run(mnist_dir):
+    from labkit.data import load_mnist
+
+    data = load_mnist(mnist_dir).subset(5000)
+    result = training.train(recipes.tiny(steps=50, batch_size=32), data, device="cpu", progress=False)
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert math.isfinite(last) and last < 0.7 * first, result.losses
