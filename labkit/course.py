@@ -37,6 +37,7 @@ SOURCE_DIR = "solutions"
 STUDENT_DIR = "notebooks"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 DEFAULT_TIMEOUT = 120  # seconds per cell while autograding (fast mode keeps every cell far below this)
+DEFAULT_MEMORY_LIMIT_GB = 4.0  # memory cap of each autograde kernel (RLIMIT_DATA); a lab in fast mode needs < 1 GB
 BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
 SOLUTION_RE = re.compile(r"^[ \t]*### BEGIN SOLUTION[ \t]*\n(.*?)^[ \t]*### END SOLUTION[ \t]*$", re.S | re.M)
 ALLOWED_BESIDE_SOURCE = {".ipynb_checkpoints", "__pycache__"}
@@ -193,11 +194,184 @@ class RedactHiddenTestOutputs(_Preprocessor):
         return cell, resources
 
 
+def _memory_limit_line(gigabytes: float) -> str:
+    """Python run by every autograde kernel at start-up: cap its data memory (heap and anonymous mappings,
+    ``RLIMIT_DATA``) at ``gigabytes``, so that a student's memory blow-up fails with a MemoryError in that
+    kernel instead of pushing the grading machine into swap or the OOM killer. Linux (and other POSIX
+    systems that enforce RLIMIT_DATA); elsewhere the line does nothing. ``RLIMIT_AS`` would also count the
+    address space that torch's shared libraries map (over 3 GB of it for a CUDA build) and is not used."""
+    cap = int(gigabytes * 2 ** 30)
+    return ("exec('try:\\n import resource as _r\\n _h = _r.getrlimit(_r.RLIMIT_DATA)[1]\\n"
+            f" _c = {cap} if _h == _r.RLIM_INFINITY else min({cap}, _h)\\n"
+            " _r.setrlimit(_r.RLIMIT_DATA, (_c, _c))\\nexcept Exception:\\n pass', {})")
+
+
+# Before each graded test cell: re-execute the labkit.checks modules in place, so that an answer cell that
+# replaced a check or a helper (``checks.check_snr = lambda f: None``) cannot fool the tests that follow.
+RELOAD_CHECKS = (
+    "exec('import importlib as _i, sys as _s\\n"
+    "for _n in sorted(m for m in list(_s.modules) if m.startswith(\"labkit.checks.\")):\\n"
+    " try:\\n  _i.reload(_s.modules[_n])\\n except Exception:\\n  pass', {})"
+)
+
+_COURSE_LOCK: dict = {"fd": None}  # the gradebook lock held by this process (see _course_lock)
+
+
+@contextlib.contextmanager
+def _course_lock(course: Path):
+    """Hold an exclusive lock on the course folder for everything autograde does in this process except
+    executing the notebook (``GuardedExecute`` lets go of it meanwhile): several worker processes then
+    execute notebooks at the same time while nbgrader's SQLite gradebook sees one writer at a time."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: grade with --jobs 1
+        yield
+        return
+    fd = os.open(str(course / ".labkit-grading.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _COURSE_LOCK["fd"] = fd
+        yield
+    finally:
+        _COURSE_LOCK["fd"] = None
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def _course_unlocked():
+    fd = _COURSE_LOCK["fd"]
+    if fd is None:
+        yield
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+_GUARDED_EXECUTE = None
+
+
+def guarded_execute_class():
+    """nbgrader's ``Execute`` preprocessor, hardened for real submissions (created on first use: importing
+    nbgrader's preprocessors is slow). It
+
+    * caps each kernel's memory (``memory_limit_gb``, default 4 GB; 0: no cap);
+    * survives a kernel that dies (``os._exit``, a segfault, the OOM killer): the cell that was running gets
+      an error output (``DeadKernelError``, so a test cell scores 0), the kernel is restarted, the code cells
+      above are re-run without their outputs, and grading goes on with the next cell: the student keeps the
+      points of every other exercise;
+    * restarts the kernel the same way when a cell timed out and the kernel still does not answer after the
+      interrupt (an infinite loop that swallows KeyboardInterrupt), instead of timing out on every later cell;
+    * re-executes the ``labkit.checks`` modules before each graded test cell (``RELOAD_CHECKS``).
+    """
+    global _GUARDED_EXECUTE
+    if _GUARDED_EXECUTE is not None:
+        return _GUARDED_EXECUTE
+    from jupyter_core.utils import ensure_async, run_sync
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from nbformat.notebooknode import NotebookNode
+    from nbgrader.preprocessors import Execute
+    from traitlets import Bool, Float, Integer
+
+    def error_output(ename: str, evalue: str) -> NotebookNode:
+        return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+
+    class GuardedExecute(Execute):
+        memory_limit_gb = Float(DEFAULT_MEMORY_LIMIT_GB, help="memory cap of each kernel in GB (0: none)").tag(config=True)
+        max_restarts = Integer(3, help="kernel restarts allowed per notebook before autograde gives up").tag(config=True)
+        reload_checks = Bool(True, help="re-execute labkit.checks before each graded test cell").tag(config=True)
+        responsive_timeout = Integer(20, help="seconds a kernel has to answer after a timed-out cell").tag(config=True)
+
+        def preprocess(self, nb, resources=None, km=None):
+            self._skip: set[int] = set()
+            self._restarts = 0
+            args = [a for a in self.extra_arguments if not a.startswith("--IPKernelApp.exec_lines=")]
+            if self.memory_limit_gb and self.memory_limit_gb > 0:
+                args.append("--IPKernelApp.exec_lines=" + _memory_limit_line(self.memory_limit_gb))
+            self.extra_arguments = args
+            with _course_unlocked():
+                return super().preprocess(nb, resources, km)
+
+        def preprocess_cell(self, cell, resources, index):
+            md = cell.metadata.get("nbgrader", {}) if cell.cell_type == "code" else {}
+            if self.reload_checks and md.get("grade") and not md.get("solution"):
+                run_sync(self._run_quietly)(RELOAD_CHECKS, 30)
+            hung = error_output("CellTimeoutError", f"the cell ran longer than {self.timeout} s and the kernel "
+                                "did not stop when interrupted; it was restarted, the cells above were run again, "
+                                "and grading went on")
+            try:
+                cell, resources = super().preprocess_cell(cell, resources, index)
+            except DeadKernelError:
+                cell.outputs = list(cell.get("outputs", [])) + [error_output(
+                    "DeadKernelError", "the kernel died while running this cell (it exited, crashed or ran out of "
+                    "memory); it was restarted, the cells above were run again, and grading went on")]
+                self._recover(index)
+                return cell, self.resources
+            except CellTimeoutError:  # still busy after the interrupt: no IOPub "idle" for this cell
+                cell.outputs = list(cell.get("outputs", [])) + [hung]
+                self._recover(index)
+                return cell, self.resources
+            if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
+                self._skip.add(index)  # never re-run it when replaying
+                if not run_sync(self._run_quietly)("pass", self.responsive_timeout):
+                    cell.outputs.append(hung)
+                    self._recover(index)
+            return cell, self.resources
+
+        async def _run_quietly(self, code: str, timeout: float) -> bool:
+            """Run ``code`` silently; True when the kernel replied within ``timeout`` seconds."""
+            import time
+            from queue import Empty
+
+            msg_id = await ensure_async(self.kc.execute(code, silent=True, store_history=False, stop_on_error=False))
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=min(left, 1.0)))
+                except Empty:
+                    if not await ensure_async(self.kc.is_alive()):
+                        return False
+                    continue
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    return True
+
+        def _recover(self, index: int) -> None:
+            self._skip.add(index)
+            self._restarts += 1
+            if self._restarts > self.max_restarts:
+                raise DeadKernelError(f"the kernel died or hung {self._restarts} times; giving up on this notebook")
+            run_sync(self._async_recover)(index)
+
+        async def _async_recover(self, index: int) -> None:
+            if self.kc is not None:
+                await ensure_async(self.kc.stop_channels())
+                self.kc = None
+            await ensure_async(self.km.restart_kernel(now=True))
+            await self.async_start_new_kernel_client()
+            for j, cell in enumerate(self.nb.cells[:index]):
+                if cell.cell_type != "code" or j in self._skip or not cell.source.strip():
+                    continue
+                if not await self._run_quietly(cell.source, self._get_timeout(cell) or 600):
+                    self._skip.add(j)
+                    raise DeadKernelError(f"the kernel died again while re-running cell {j}")
+
+    _GUARDED_EXECUTE = GuardedExecute
+    return GuardedExecute
+
+
 def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
-                       add_missing_cells: bool = True):
+                       add_missing_cells: bool = True, memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB):
     """Apply labkit's grading settings to a traitlets Config ``c`` (used by the API and nbgrader_config.py)."""
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-    from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
 
     if root is not None:
         c.CourseDirectory.root = str(root)
@@ -206,6 +380,11 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
     c.Execute.timeout = int(timeout)  # finite: a student's infinite loop must not hang the grader
     c.Execute.kernel_name = "python3"  # whatever kernel the student's notebook names (nbgrader #1375)
     c.Execute.interrupt_on_timeout = True
+    # Kernel memory cap, survival of dead and hung kernels, fresh checks before each test cell.
+    guarded = guarded_execute_class()
+    c.GuardedExecute.memory_limit_gb = float(memory_limit_gb or 0)
+    c.Autograde.autograde_preprocessors = [guarded if p is Execute else p
+                                           for p in Autograde.class_traits()["autograde_preprocessors"].default()]
     c.OverwriteCells.add_missing_cells = bool(add_missing_cells)
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     c.GenerateFeedback.preprocessors = [GetGrades, RedactHiddenTestOutputs, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
@@ -449,6 +628,18 @@ def restore_submission(nb, release) -> list[str]:
             pick = same[0] if same else (window[0] if len(window) == 1 else None)
         if pick is not None:
             attach(pick, gid, "matched by position" + (f" and `{names[0]}`" if names else ""))
+            continue
+        # Not between its neighbours: the answer cell was deleted and the function retyped in a new cell
+        # elsewhere. Above its test it runs in time where it is; below, it is moved up to just before it.
+        elsewhere = [i for i in range(len(nb.cells)) if free(i) and nb.cells[i].cell_type == rel.cell_type
+                     and names and set(names) & set(_stub_names(nb.cells[i].source))]
+        if elsewhere:
+            i = elsewhere[-1]
+            if i < hi:
+                attach(i, gid, f"found above its place, defines `{names[0]}`")
+            else:
+                nb.cells.insert(hi, nb.cells.pop(i))
+                attach(hi, gid, f"moved up from cell {i}, defines `{names[0]}`")
 
     # 4. put back deleted locked cells (tests and read-only instructions)
     for k, gid in enumerate(order):
@@ -503,7 +694,7 @@ class GradeResult:
     lab: str
     score: float | None = None
     max_score: float | None = None
-    status: str = "pending"  # graded | needs manual grading | failed
+    status: str = "pending"  # graded | needs manual grading | kernel died | out of memory | failed | no submission
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -572,9 +763,10 @@ def find_submissions(submissions_dir: str | os.PathLike, labs: Sequence[str], re
             continue
         if entry.is_dir():
             student = _safe_id(entry.name)
-            for nbpath in sorted(entry.rglob("*.ipynb")):
-                if ".ipynb_checkpoints" in nbpath.parts:
-                    continue
+            notebooks = [p for p in sorted(entry.rglob("*.ipynb")) if ".ipynb_checkpoints" not in p.parts]
+            if not notebooks:
+                problems.append(f"{entry.name}/: {_empty_folder_note(entry)}")
+            for nbpath in notebooks:
                 add(student, nbpath, str(nbpath.relative_to(entry)))
         elif entry.suffix == ".ipynb":
             student, _, rest = entry.stem.partition("_")
@@ -586,6 +778,26 @@ def find_submissions(submissions_dir: str | os.PathLike, labs: Sequence[str], re
             problems.append(f"{student}/{lab}: {len(paths)} files, grading the newest ({paths[-1].name})")
         subs.append(Submission(student, lab, paths[-1]))
     return subs, problems
+
+
+def _empty_folder_note(folder: Path) -> str:
+    others = sorted(p.name for p in folder.rglob("*") if p.is_file() and ".ipynb_checkpoints" not in p.parts)
+    if not others:
+        return "empty folder, no notebook submitted"
+    shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+    return f"no notebook (.ipynb) in the folder, only {shown}"
+
+
+def _empty_students(submissions_dir: Path, subs: Sequence[Submission]) -> list[tuple[str, str]]:
+    """``(student, note)`` for each student folder in which no notebook was found."""
+    graded = {s.student for s in subs}
+    out = []
+    for entry in sorted(Path(submissions_dir).iterdir()):
+        if entry.is_dir() and not entry.name.startswith(".") and entry.name not in ALLOWED_BESIDE_SOURCE:
+            if _safe_id(entry.name) not in graded and not any(
+                    ".ipynb_checkpoints" not in p.parts for p in entry.rglob("*.ipynb")):
+                out.append((_safe_id(entry.name), _empty_folder_note(entry)))
+    return out
 
 
 @contextlib.contextmanager
@@ -604,7 +816,8 @@ def _env(**values):
 
 def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike, labs: Sequence[str] | None = None,
                       *, repo_root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
-                      feedback: bool = True, jobs: int | None = None, verbose: bool = True) -> list[GradeResult]:
+                      feedback: bool = True, jobs: int | None = None, verbose: bool = True,
+                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB) -> list[GradeResult]:
     """Autograde every submission in ``submissions_dir``; write results under ``out_dir``:
 
         out_dir/nbgrader/<lab>/      one nbgrader course per lab (source, release, submitted, autograded,
@@ -612,8 +825,13 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         out_dir/scores.csv           student, lab, score, max_score, status, notes
         out_dir/feedback/<student>/<lab>.html
 
-    Labs are graded in parallel processes (``jobs``, default: up to 4, one per lab and CPU). One bad
-    submission (unreadable file, crashed kernel) is reported and skipped; grading goes on.
+    Submissions are autograded in parallel processes (``jobs``, default: up to 4, one per CPU), each in its
+    own kernel with a finite per-cell ``timeout`` and a memory cap of ``memory_limit_gb`` (0: none). One
+    bad submission (unreadable file, infinite loop, dead kernel, memory blow-up) is reported and never
+    stops the others. Status per submission: ``graded``, ``needs manual grading``, ``kernel died`` (scored
+    from the cells that could run), ``out of memory`` (a cell hit the memory cap), ``failed`` (no score
+    from nbgrader) or ``no submission`` (an empty student folder); the notes say what was repaired and
+    which cells failed, timed out or look like tampering.
     """
     repo_root = Path(repo_root).resolve() if repo_root else find_repo_root()
     out_dir = Path(out_dir).resolve()
@@ -628,20 +846,48 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     if verbose:
         for p in problems:
             print(f"note: {p}")
-    work = [(str(repo_root), lab, [(s.student, str(s.path)) for s in subs if s.lab == lab],
-             str(out_dir / "nbgrader" / lab), timeout, feedback, verbose) for lab in chosen]
-    work = [w for w in work if w[2]]
-    jobs = max(1, min(jobs or min(4, os.cpu_count() or 1), len(work) or 1))
-    if jobs == 1:
-        per_lab = [_grade_lab(*w) for w in work]
-    else:
-        import concurrent.futures
-        import multiprocessing
+    empty = _empty_students(Path(submissions_dir), subs)
+    active = [lab for lab in chosen if any(s.lab == lab for s in subs)]
+    empty_labs = active or chosen[:1]
+    jobs = max(1, min(jobs or min(4, os.cpu_count() or 1), len(subs) or 1))
+    if os.name == "nt":  # no fcntl lock for the shared gradebook (see _course_lock): one at a time
+        jobs = 1
+    courses = {lab: str(out_dir / "nbgrader" / lab) for lab in set(active) | set(empty_labs)}
 
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            per_lab = list(pool.map(_grade_lab, *zip(*work)))
-    results = [r for lab_results in per_lab for r in lab_results]
+    with _workers(jobs) as run:
+        prepared = dict(zip(active, run(_prepare_lab, [(str(repo_root), lab, courses[lab]) for lab in active])))
+        tasks, results = [], []
+        for s in sorted(subs, key=lambda s: (chosen.index(s.lab), s.student)):
+            res = GradeResult(s.student, s.lab)
+            results.append(res)
+            if isinstance(prepared[s.lab], BaseException):
+                res.status = "failed"
+                res.notes.append(f"could not prepare {s.lab}: {str(prepared[s.lab])[-300:]}")
+            else:
+                tasks.append((res, (s.student, s.lab, str(s.path), courses[s.lab], timeout, memory_limit_gb)))
+
+        def report(res: GradeResult) -> None:
+            if verbose:
+                print(res.line(), flush=True)
+
+        for (res, args), done in zip(tasks, run(_grade_submission, [a for _, a in tasks], on_result=report)):
+            if isinstance(done, BaseException):  # the worker process itself died
+                res.status = "failed"
+                res.notes.append(f"grading error: {type(done).__name__}: {str(done)[:300]}")
+            else:
+                res.score, res.max_score, res.status, res.notes = done.score, done.max_score, done.status, done.notes
+        for lab in empty_labs:
+            max_score = _max_score(releases.get(lab))
+            for student, note in empty:
+                res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
+                results.append(res)
+                report(res)
+        graded_labs = [lab for lab in active if any(r.lab == lab and r.status not in ("failed", "no submission")
+                                                    for r in results)]
+        if feedback:
+            for lab, warning in zip(graded_labs, run(_feedback_lab, [(courses[lab], lab) for lab in graded_labs])):
+                if warning:
+                    print(f"warning: feedback for {lab} failed: {warning}", file=sys.stderr)
     for r in results:
         html = out_dir / "nbgrader" / r.lab / "feedback" / r.student / r.lab / f"{r.lab}.html"
         if html.exists():
@@ -654,7 +900,110 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     return results
 
 
-def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids, timeout: int) -> None:
+def _max_score(release) -> float | None:
+    if release is None:
+        return None
+    return float(sum((c.metadata.get("nbgrader") or {}).get("points", 0) for c in release.cells
+                     if (c.metadata.get("nbgrader") or {}).get("grade")))
+
+
+@contextlib.contextmanager
+def _workers(jobs: int):
+    """``run(fn, list_of_arg_tuples, on_result=None)`` -> results in order; an exception raised by a call
+    is returned in its place. ``jobs`` > 1: calls run in that many spawned processes."""
+    if jobs == 1:
+        def run(fn, arglist, on_result=None):
+            out = []
+            for args in arglist:
+                try:
+                    out.append(fn(*args))
+                except Exception as exc:
+                    out.append(exc)
+                if on_result and not isinstance(out[-1], BaseException):
+                    on_result(out[-1])
+            return out
+
+        yield run
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        def run(fn, arglist, on_result=None):
+            futures = [pool.submit(fn, *args) for args in arglist]
+            for fut in concurrent.futures.as_completed(futures):
+                if on_result and fut.exception() is None:
+                    on_result(fut.result())
+            return [f.exception() if f.exception() is not None else f.result() for f in futures]
+
+        yield run
+
+
+def _quiet_warnings():
+    import warnings
+
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    # nbgrader's SQLAlchemy "not in session" warnings and nbformat's duplicate-id notices (repaired here)
+    # are noise for an instructor reading the per-student report.
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    warnings.filterwarnings("ignore", message=".*Non-unique cell id.*")
+    return ctx
+
+
+def _prepare_lab(repo_root: str, lab: str, course_dir: str) -> float:
+    """A fresh nbgrader course for ``lab``: source notebook from the .py, release, gradebook. Returns the
+    lab's maximum score."""
+    nbf = _nbformat()
+    course = Path(course_dir)
+    src = course / "source" / lab
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    nbf.write(source_to_notebook(Path(repo_root) / SOURCE_DIR / lab / f"{lab}.py"), str(src / f"{lab}.ipynb"))
+    ctx = _quiet_warnings()
+    try:
+        result = _api(course).generate_assignment(lab, force=True, create=True)
+    finally:
+        ctx.__exit__(None, None, None)
+    if not result.get("success"):
+        raise LabkitError(f"nbgrader generate_assignment failed for {lab}:\n{_failure(result)}")
+    return _max_score(nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4))
+
+
+def _feedback_lab(course_dir: str, lab: str) -> str | None:
+    ctx = _quiet_warnings()
+    try:
+        result = _api(Path(course_dir)).generate_feedback(lab, force=True)
+    finally:
+        ctx.__exit__(None, None, None)
+    return None if result.get("success") else _failure(result)
+
+
+def _grade_submission(student: str, lab: str, path: str, course_dir: str, timeout: int,
+                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB) -> GradeResult:
+    """Restore, autograde and score one submission in the prepared course ``course_dir`` (runs in a worker
+    process; never raises)."""
+    res = GradeResult(student, lab)
+    course = Path(course_dir)
+    ctx = _quiet_warnings()
+    try:
+        nbf = _nbformat()
+        release = nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4)
+        solution_ids = [r.metadata["nbgrader"]["grade_id"] for r in release.cells
+                        if (r.metadata.get("nbgrader") or {}).get("solution")]
+        _grade_one(res, Path(path), course, release, solution_ids, timeout, memory_limit_gb)
+    except Exception as exc:  # never stop on one bad submission
+        res.status = "failed"
+        res.notes.append(f"grading error: {type(exc).__name__}: {str(exc)[:300]}")
+    finally:
+        ctx.__exit__(None, None, None)
+    return res
+
+
+def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids, timeout: int,
+               memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB) -> None:
     """Restore, autograde and score one submission, filling in ``res``."""
     from nbgrader.api import Gradebook
 
@@ -663,13 +1012,14 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     try:
         nb = nbf.read(str(path), as_version=4)
     except Exception as exc:  # not JSON, truncated upload, ...
-        res.status, res.score = "failed", 0.0
+        res.status, res.score, res.max_score = "failed", 0.0, _max_score(release)
         res.notes.append(f"unreadable notebook {path.name}: {type(exc).__name__}: {str(exc)[:200]}")
         return
     try:
         res.notes += restore_submission(nb, release)
     except Exception as exc:  # restore is best effort; autograde still runs
         res.notes.append(f"could not restore metadata: {type(exc).__name__}: {exc}")
+    res.notes += tampering_notes(nb)
     target = course / "submitted" / student / lab
     if target.exists():
         shutil.rmtree(target)
@@ -678,68 +1028,120 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     present = {(c.metadata.get("nbgrader") or {}).get("grade_id") for c in nb.cells}
     # add_missing_cells crashes (KeyError) when a solution cell is gone too: only enable it when safe.
     safe = all(g in present for g in solution_ids)
-    # Fast mode, and one thread per kernel: labs are graded in parallel processes, and torch's thread pool
-    # slows down ten-fold on an oversubscribed CPU (measured: 4 s instead of 0.4 s per training step).
-    with _env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
-        result = _api(course, timeout=timeout, add_missing_cells=safe).autograde(lab, student, force=True, create=True)
-    if not result.get("success"):
-        res.status = "failed"
-        res.notes.append("autograde failed: " + _failure(result).replace("\n", " | ")[-400:])
-    try:
-        with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-            s = gb.find_submission(lab, student)
-            res.score, res.max_score = float(s.score), float(s.max_score)
-            if res.status != "failed":
-                res.status = "needs manual grading" if s.needs_manual_grade else "graded"
-    except Exception:
-        res.status = "failed"
-        res.notes.append("no score recorded")
-
-
-def _grade_lab(*args) -> list[GradeResult]:
-    """Grade one lab's submissions in the nbgrader course ``course_dir`` (runs in a worker process)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        # nbgrader's SQLAlchemy "not in session" warnings and nbformat's duplicate-id notices (repaired
-        # here) are noise for an instructor reading the per-student report.
-        warnings.filterwarnings("ignore", message=".*not in session.*")
-        warnings.filterwarnings("ignore", message=".*Non-unique cell id.*")
-        return _grade_lab_quietly(*args)
-
-
-def _grade_lab_quietly(repo_root: str, lab: str, subs: list, course_dir: str, timeout: int, feedback: bool,
-                       verbose: bool) -> list[GradeResult]:
-    nbf = _nbformat()
-    course = Path(course_dir)
-    src = course / "source" / lab
-    if src.exists():
-        shutil.rmtree(src)
-    src.mkdir(parents=True)
-    # The source notebook comes fresh from the .py; nbgrader then builds the release and the gradebook entries.
-    nbf.write(source_to_notebook(Path(repo_root) / SOURCE_DIR / lab / f"{lab}.py"), str(src / f"{lab}.ipynb"))
-    result = _api(course).generate_assignment(lab, force=True, create=True)
-    if not result.get("success"):
-        raise LabkitError(f"nbgrader generate_assignment failed for {lab}:\n{_failure(result)}")
-    release = nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4)
-    solution_ids = [r.metadata["nbgrader"]["grade_id"] for r in release.cells
-                    if (r.metadata.get("nbgrader") or {}).get("solution")]
-    results = []
-    for student, path in subs:
-        res = GradeResult(student, lab)
-        results.append(res)
-        try:
-            _grade_one(res, Path(path), course, release, solution_ids, timeout)
-        except Exception as exc:  # never stop on one bad submission
-            res.status = "failed"
-            res.notes.append(f"grading error: {type(exc).__name__}: {str(exc)[:300]}")
-        if verbose:
-            print(res.line(), flush=True)
-    if feedback and any(r.status != "failed" for r in results):
-        result = _api(course).generate_feedback(lab, force=True)
+    # Fast mode, and one thread per kernel: submissions are graded in parallel processes, and torch's thread
+    # pool slows down ten-fold on an oversubscribed CPU (measured: 4 s instead of 0.4 s per training step).
+    # The course lock keeps nbgrader's gradebook to one writer; it is let go while the notebook executes.
+    with _env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), _course_lock(course):
+        result = _api(course, timeout=timeout, add_missing_cells=safe,
+                      memory_limit_gb=memory_limit_gb).autograde(lab, student, force=True, create=True)
         if not result.get("success"):
-            print(f"warning: feedback for {lab} failed: {_failure(result)}", file=sys.stderr)
-    return results
+            res.status = "failed"
+            log = _failure(result)
+            if "DeadKernelError" in log or "Kernel died" in log:
+                res.notes.append("the kernel died and could not be brought back: scored as far as nbgrader got")
+            res.notes.append("autograde failed: " + log.replace("\n", " | ")[-400:])
+        try:
+            with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+                s = gb.find_submission(lab, student)
+                res.score, res.max_score = float(s.score), float(s.max_score)
+                if res.status != "failed":
+                    res.status = "needs manual grading" if s.needs_manual_grade else "graded"
+        except Exception:
+            res.status = "failed"
+            res.notes.append("no score recorded")
+    graded = course / "autograded" / student / lab / f"{lab}.ipynb"
+    if graded.exists():
+        status, notes = execution_report(nbf.read(str(graded), as_version=4), timeout, memory_limit_gb)
+        res.notes += notes
+        if status and res.status != "failed":
+            res.status = status
+
+
+MEMORY_ERRORS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "Unable to allocate",
+                 "std::bad_alloc", "out of memory")
+
+
+def execution_report(nb, timeout: int | None = None, memory_limit_gb: float | None = None) -> tuple[str | None, list[str]]:
+    """What went wrong while an autograded notebook ran: ``(status or None, notes)``, one note per code cell
+    with an error output. Status: ``kernel died`` (a DeadKernelError output, see ``GuardedExecute``) before
+    ``out of memory`` (an error that names a failed allocation)."""
+    died = oom = False
+    notes = []
+    for i, cell in enumerate(nb.cells):
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if cell.cell_type != "code" or not errors:
+            continue
+        md = cell.metadata.get("nbgrader") or {}
+        gid = md.get("grade_id")
+        label = f"cell {i}" + (f" ({gid})" if gid else "")
+        enames = [e.get("ename", "") for e in errors]
+        text = " ".join(f"{e.get('ename', '')}: {e.get('evalue', '')}" for e in errors)
+        if "DeadKernelError" in enames:
+            died = True
+            what = "the kernel died here (restarted, the cells above re-run)"
+        elif "CellTimeoutError" in enames:
+            what = f"timed out after {timeout} s" if timeout else "timed out"
+            what += (" and ignored the interrupt: the kernel was restarted, the cells above re-run"
+                     if "restarted" in text else " and was interrupted")
+        elif any(m.lower() in text.lower() for m in MEMORY_ERRORS):
+            oom = True
+            cap = f"the {memory_limit_gb:g} GB memory cap" if memory_limit_gb else "the memory limit"
+            what = f"reached {cap}: {_first_line(errors[0])}"
+        else:
+            what = _first_line(errors[-1] if errors[-1].get("ename") != "KeyboardInterrupt" else errors[0])
+        if md.get("grade") and not md.get("solution"):
+            notes.append(f"{label} failed: {what}")
+        else:
+            notes.append(f"{label}: {what}")
+    status = "kernel died" if died else "out of memory" if oom else None
+    return status, notes
+
+
+def _first_line(error: dict) -> str:
+    value = str(error.get("evalue", "")).strip().splitlines()
+    return f"{error.get('ename', 'Error')}: {value[0][:200] if value else ''}".rstrip(": ")
+
+
+# Names whose attributes an answer cell has no reason to replace: doing so is how a student (or a helper
+# found online) would try to make a naive test pass (nbgrader #1379).
+TAMPER_ROOTS = {"torch", "np", "numpy", "checks", "labkit", "math", "builtins", "_common", "sys", "importlib"}
+
+
+def tampering_notes(nb) -> list[str]:
+    """Notes for the instructor (never a score change): student-editable code cells that assign to an
+    attribute of torch / numpy / the checks (``torch.allclose = ...``), or call ``setattr`` on them."""
+    import ast
+
+    notes = []
+    for i, cell in enumerate(nb.cells):
+        md = cell.metadata.get("nbgrader") or {}
+        if cell.cell_type != "code" or md.get("locked"):
+            continue
+        source = "\n".join(ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!")))
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        found = []
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" and node.args:
+                targets = [node.args[0]]
+            for t in targets:
+                root = t
+                while isinstance(root, (ast.Attribute, ast.Subscript)):
+                    root = root.value
+                if isinstance(root, ast.Name) and root.id in TAMPER_ROOTS and root is not t:
+                    found.append(ast.unparse(t))
+                elif isinstance(root, ast.Name) and root.id in TAMPER_ROOTS and isinstance(node, ast.Call):
+                    found.append(f"setattr({root.id}, ...)")
+        if found:
+            gid = md.get("grade_id")
+            notes.append(f"REVIEW cell {i}{f' ({gid})' if gid else ''}: replaces {', '.join(sorted(set(found)))} "
+                         "(monkeypatching; the checks do not rely on it, but look at this submission)")
+    return notes
 
 
 def write_scores_csv(results: Iterable[GradeResult], path: Path) -> None:
@@ -770,7 +1172,10 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--repo", default=None, help="the labkit repository (default: found from the current folder)")
     parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds per cell (default: %(default)s)")
     parser.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
-    parser.add_argument("--jobs", type=int, default=None, help="labs graded in parallel (default: up to 4)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="submissions autograded in parallel (default: one per CPU, up to 4)")
+    parser.add_argument("--memory-limit", type=float, default=DEFAULT_MEMORY_LIMIT_GB, metavar="GB",
+                        help="memory cap of each grading kernel in GB, 0 for none (default: %(default)g)")
     return parser
 
 
@@ -788,7 +1193,8 @@ def cli_build(args) -> int:
 
 def cli_grade(args) -> int:
     results = grade_submissions(args.submissions, args.out, args.lab, repo_root=args.repo, timeout=args.timeout,
-                                feedback=not args.no_feedback, jobs=getattr(args, "jobs", None))
+                                feedback=not args.no_feedback, jobs=getattr(args, "jobs", None),
+                                memory_limit_gb=getattr(args, "memory_limit", DEFAULT_MEMORY_LIMIT_GB))
     return 0 if results and all(r.status != "failed" for r in results) else 1
 
 

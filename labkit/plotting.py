@@ -173,8 +173,10 @@ def plot_curves(x, curves: Mapping[str, Sequence[float]], *, xlabel: str = "", y
     """Line plot of several named curves over the same x (e.g. denoising error vs t, with and without skips)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    # up to len(ACCENT) curves get the house colours; more (e.g. one per digit) get tab10's ten distinct ones
+    colours = ACCENT if len(curves) <= len(ACCENT) else [plt.get_cmap("tab10")(k % 10) for k in range(len(curves))]
     for k, (label, ys) in enumerate(curves.items()):
-        ax.plot(list(x), [float(v) for v in ys], marker=marker, label=label, color=ACCENT[k % len(ACCENT)], lw=2)
+        ax.plot(list(x), [float(v) for v in ys], marker=marker, label=label, color=colours[k % len(colours)], lw=2)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     if logx:
         ax.set_xscale("log")

@@ -6,12 +6,20 @@ Rules (see docs/instructors.md):
   * draw fresh inputs from a seeded ``torch.Generator`` (visible tests: seed 0, hidden tests: others);
   * keep copies of the inputs and fail when the student's function edits one in place;
   * on failure raise ``CheckFailed`` (an AssertionError, which nbgrader counts as a failed test) whose
-    message names the mistake when it is a known one, and prints one line on success.
+    message names the mistake when it is a known one, and prints one line on success;
+  * nbgrader scores a test cell 0 when it writes anything to stderr, so warnings and stderr output of the
+    student's function are shown on stdout instead (a correct answer that warns still earns its points);
+  * types: numpy arrays are rejected with a message (the labs teach torch); results on another real device
+    are accepted (copied to the CPU), the data-less ``meta`` device is not; float32 and float64 are both
+    accepted, half precision fails only when it cannot meet the tolerance, integer results fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+import warnings
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -56,7 +64,8 @@ def call(check: str, fn: Callable, *args, names: Sequence[str] | None = None,
         fail(check, f"expected a function, got {type(fn).__name__}")
     saved = clone_args(args)
     try:
-        out = fn(*args, **kwargs)
+        with _stderr_to_stdout():
+            out = fn(*args, **kwargs)
     except NotImplementedError:
         out = NotImplemented
     except CheckFailed:
@@ -77,6 +86,18 @@ def call(check: str, fn: Callable, *args, names: Sequence[str] | None = None,
     return out
 
 
+@contextlib.contextmanager
+def _stderr_to_stdout():
+    """Run student code with its warnings and stderr shown on stdout: nbgrader gives a test cell 0 points as
+    soon as it prints to stderr, which would punish a correct answer for a harmless warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with contextlib.redirect_stderr(sys.stdout):
+            yield
+    for w in caught[:3]:
+        print(f"note: your function warned: {w.category.__name__}: {str(w.message)[:300]}")
+
+
 def expect_tensor(check: str, out, shape: tuple | None = None, *, what: str = "the result", floating: bool = True,
                   shape_hints: Mapping[tuple, str] | None = None) -> torch.Tensor:
     """Check that ``out`` is a finite torch tensor of ``shape``; return it detached on the CPU."""
@@ -88,7 +109,14 @@ def expect_tensor(check: str, out, shape: tuple | None = None, *, what: str = "t
         fail(check, f"{what} is None: did you forget the `return` statement?")
     if not isinstance(out, torch.Tensor):
         fail(check, f"{what} should be a torch.Tensor, got {type(out).__name__}")
-    out = out.detach().cpu()
+    if out.device.type == "meta":
+        fail(check, f"{what} is on the 'meta' device, which holds no values: compute it from the inputs, "
+                    "on their device (e.g. x0.device), without .to('meta')")
+    try:
+        out = out.detach().cpu()  # a result on another real device (cuda, mps) is accepted
+    except Exception as exc:
+        fail(check, f"{what} is on device '{out.device}' and cannot be read on the CPU "
+                    f"({type(exc).__name__}: {str(exc)[:200]}): return it on the device of the inputs")
     if shape is not None and tuple(out.shape) != tuple(shape):
         hint = (shape_hints or {}).get(tuple(out.shape))
         fail(check, f"{what} has shape {list(out.shape)}, expected {list(shape)}" + (f"\n  hint: {hint}" if hint else ""))
@@ -127,6 +155,10 @@ def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[
     err = diff(out, ref)
     if err <= tol:
         return
+    if out.dtype in (torch.float16, torch.bfloat16):
+        fail(check, f"the result has dtype {out.dtype}{context}: half precision cannot hold the answer to the "
+                    f"tolerance {tol:g} (largest difference {err:.3g}). Compute and return float32, like the "
+                    "inputs (no .half() / .bfloat16())")
     for name, wrong in (mistakes or {}).items():
         if wrong is not None and diff(out, wrong) <= tol and diff(wrong, ref) > tol:
             fail(check, f"wrong values{context}. This looks like a known mistake: {name}")
