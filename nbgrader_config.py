@@ -17,6 +17,9 @@
 #                                   torch import on a busy grader, and None would hang on an infinite loop)
 #   Execute.kernel_name = python3   whatever kernel name a student's notebook carries (nbgrader #1375)
 #   Execute.interrupt_on_timeout    a timed-out cell fails; the rest of the notebook still runs
+#   GuardedExecute                  replaces nbgrader's Execute step: a kernel that dies (os._exit, OOM) or
+#                                   ignores the interrupt fails only its cell, is restarted, and grading goes on;
+#                                   memory_limit_gb (default 4) caps each kernel's memory (Linux, RLIMIT_DATA)
 #   OverwriteCells.add_missing_cells = True   deleted test cells come back (nbgrader #1682)
 #   GenerateFeedback.preprocessors  GetGrades, RedactHiddenTestOutputs, ClearHiddenTests, CSS: feedback shows
 #                                   whether hidden tests passed, never their code or their tracebacks
