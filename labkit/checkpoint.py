@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -41,9 +42,14 @@ def save_checkpoint(path, state: dict) -> Path:
     Python gets the chance).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"labkit": {"format": FORMAT, "version": VERSION}, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a folder", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise LabkitError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -53,6 +59,9 @@ def save_checkpoint(path, state: dict) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, permissions: the previous file is untouched
+        Path(tmp).unlink(missing_ok=True)
+        raise LabkitError(f"cannot write checkpoint {path} ({exc.strerror or exc}); the previous one is kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -70,10 +79,21 @@ def save_checkpoint(path, state: dict) -> Path:
 def load_checkpoint(path, map_location=None) -> dict:
     """Read a checkpoint written by ``save_checkpoint``; LabkitError with one clear line if it cannot."""
     path = Path(path)
+    if path.is_dir():
+        raise LabkitError(f"checkpoint {path} is a folder, not a checkpoint file (did you mean {path / 'last.pt'}?)")
     if not path.is_file():
         raise LabkitError(f"checkpoint {path} not found")
     try:
+        # torch.save writes a zip with a CRC32 per record, but torch.load never checks them: a flipped
+        # bit in the weights would load silently. zipfile checks them (fast: about 1 GB/s).
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                bad = zf.testzip()
+            if bad is not None:
+                raise LabkitError(f"checkpoint {path} is truncated or corrupt (checksum mismatch in {bad.split('/')[-1]!r})")
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except LabkitError:
+        raise
     except Exception as exc:  # truncated zip, random bytes, a pickle with code in it...
         reason = " ".join(str(exc).split())[:100]
         raise LabkitError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason})") from None
@@ -93,6 +113,9 @@ def check_same(path, what: str, saved: dict, current: dict, ignore=()) -> None:
         a, b = saved.get(key), current.get(key)
         if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
             a, b = list(a), list(b)
+        if isinstance(a, dict) and isinstance(b, dict):  # name the nested field: train.unet.base_channels
+            check_same(path, f"{what}.{key}", a, b)
+            continue
         if a != b:
             raise LabkitError(
                 f"cannot resume from {path}: it was trained with {what}.{key}={a!r} but the config asks for "

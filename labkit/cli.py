@@ -39,6 +39,26 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _check_output(path, what: str, suffixes=None) -> None:
+    """Fail before the work, not after it: ``path`` must be writable as a file (a LabkitValueError if not)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise LabkitValueError(f"{what} {p} is a folder: give a file name")
+    parent = next((q for q in [p.parent, *p.parent.parents] if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise LabkitValueError(f"{what} {p}: {parent} is a file, not a folder")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise LabkitValueError(f"{what} {p}: unsupported file type {p.suffix or '(none)'!r}; use one of {', '.join(sorted(suffixes))}")
+
+
+def _image_suffixes() -> set:
+    from PIL import Image
+
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
 # --- train --------------------------------------------------------------------------------------------
 
 
@@ -53,6 +73,9 @@ def cmd_train(args) -> int:
     from labkit.training import pick_device, train
 
     device = pick_device(args.device)
+    _check_output(args.export, "--export")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise LabkitValueError(f"--out {args.out} is a file, not a folder")
     name = args.recipe if args.recipe != "auto" else ("gpu" if device.type == "cuda" else "cpu")
     config = recipes.get(name)
     changes = {"seed": args.seed}
@@ -97,6 +120,9 @@ def cmd_sample(args) -> int:
 
     if args.sampler not in SAMPLERS:
         raise LabkitValueError(f"unknown sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    _check_output(args.out, "--out")
+    if args.grid not in (None, "none"):
+        _check_output(args.grid, "--grid", _image_suffixes())
     model, schedule, meta = load_model(args.checkpoint, device=args.device)
     train_cfg = meta.get("train") or {}
     steps = args.steps if args.steps is not None else train_cfg.get("sample_steps", 15)
@@ -139,6 +165,11 @@ def cmd_evaluate(args) -> int:
         from labkit.evaluation.report import run_evaluate
     except ImportError as exc:
         raise LabkitError(f"evaluation is not available ({exc})") from None
+    _check_output(args.json, "--json")
+    if args.plot is not None:
+        from matplotlib.figure import Figure
+
+        _check_output(args.plot, "--plot", {f".{k}" for k in Figure().canvas.get_supported_filetypes()})
     table = run_evaluate(args.samples, json_path=args.json, plot_path=args.plot, clip=args.clip,
                          data_root=args.data, device=args.device)
     print(table)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from labkit.errors import LabkitError
+from labkit.errors import LabkitError, LabkitValueError
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -180,6 +180,12 @@ def synthetic_digits(
 
     images: float32 [n, 1, size, size]; labels: int64 [n]
     """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise LabkitValueError(f"n must be an integer >= 0, got {n!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 4:
+        raise LabkitValueError(f"size must be an integer >= 4, got {size!r}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise LabkitValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     g = generator
     labels = torch.arange(n) % num_classes
     yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")

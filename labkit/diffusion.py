@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from labkit.errors import LabkitTypeError, LabkitValueError
 from labkit.schedules import Schedule
 
 Model = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # model(x, t, y) -> eps_hat
@@ -22,6 +23,15 @@ def gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tens
     Computed in float32 at least (float64 if x is float64), so bf16/fp16 inputs do not round the
     schedule: alpha_bar near 1 would otherwise lose most of its digits.
     """
+    if not isinstance(t, torch.Tensor) or not isinstance(x, torch.Tensor):
+        bad = "t" if not isinstance(t, torch.Tensor) else "x"
+        raise LabkitTypeError(f"{bad} must be a torch.Tensor, got {type(t if bad == 't' else x).__name__}")
+    if t.dim() > 1 or (t.dim() == 1 and x.dim() > 0 and t.shape[0] not in (1, x.shape[0])):
+        raise LabkitValueError(f"t must have shape [B] = [{x.shape[0] if x.dim() else 1}] to match x, got {list(t.shape)}")
+    if t.device.type == "cpu" and t.numel():  # a range check on a GPU would stall it: CPU only
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= values.shape[0]:
+            raise LabkitValueError(f"time steps must be in [0, {values.shape[0]}) (the schedule's T), got {lo}..{hi}")
     dtype = torch.promote_types(x.dtype, torch.float32)
     out = values.to(device=x.device, dtype=dtype)[t.to(x.device).long()]  # [B]
     return out.reshape(-1, *([1] * (x.dim() - 1)))
@@ -35,6 +45,9 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: S
     The noise is passed in (not drawn here) so the caller controls randomness and can reuse it as the
     regression target. x0, noise: [B, ...]; t: [B] -> x_t [B, ...]
     """
+    if not isinstance(noise, torch.Tensor) or noise.shape != getattr(x0, "shape", None):
+        raise LabkitValueError(f"noise must be a tensor of x0's shape {list(getattr(x0, 'shape', []))}, got "
+                               f"{list(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
     ab = gather(schedule.alpha_bars, t, x0)
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
 

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from labkit.errors import LabkitTypeError, LabkitValueError
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal position embedding of Vaswani et al. 2017 ("Attention Is All You Need", section 3.5):
@@ -23,8 +25,12 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     sines at even positions, cosines at odd ones (the Transformer form). An odd dim gets a last column
     of zeros. t: [B] (any real or integer dtype) -> [B, dim] float32 on t's device.
     """
-    if dim < 1:
-        raise ValueError(f"embedding dim must be >= 1, got {dim}")
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise LabkitValueError(f"embedding dim must be an integer >= 1, got {dim!r}")
+    if not isinstance(t, torch.Tensor):
+        raise LabkitTypeError(f"t must be a torch.Tensor of time steps [B], got {type(t).__name__}")
+    if t.dim() != 1:
+        raise LabkitValueError(f"t must be 1-D [B] (one time step per image), got shape {list(t.shape)}")
     half = dim // 2
     i = torch.arange(half, device=t.device, dtype=torch.float32)  # [half]
     freqs = torch.exp(-math.log(max_period) * (2 * i) / dim)  # [half]  = 1 / max_period^(2i/dim)

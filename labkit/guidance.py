@@ -14,10 +14,23 @@ The wrapper is itself a ``model(x, t, y)``, so every sampler takes it unchanged.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from labkit.diffusion import Model
-from labkit.errors import LabkitValueError
+from labkit.errors import LabkitTypeError, LabkitValueError
+
+
+def _check_weight(w) -> float:
+    """w as a float; LabkitTypeError if it is not a number, LabkitValueError if it is < 0 or NaN."""
+    if isinstance(w, torch.Tensor) and w.numel() == 1:
+        w = w.item()
+    if not isinstance(w, numbers.Real) or isinstance(w, bool):
+        raise LabkitTypeError(f"guidance weight w must be a number >= 0, got {type(w).__name__} {w!r}")
+    if not (w >= 0) or w == float("inf"):  # also rejects NaN
+        raise LabkitValueError(f"guidance weight w must be >= 0 (0 = plain conditional), got {w}")
+    return float(w)
 
 
 def cfg_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> torch.Tensor:
@@ -34,9 +47,7 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, model: Model, w: float, null_class: int):
-        if not (w >= 0):  # also rejects NaN
-            raise LabkitValueError(f"guidance weight w must be >= 0 (0 = plain conditional), got {w}")
-        self.model, self.w, self.null_class = model, float(w), int(null_class)
+        self.model, self.w, self.null_class = model, _check_weight(w), int(null_class)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.w == 0:
@@ -52,6 +63,6 @@ def guided(model: Model, w: float, null_class: int) -> Model:
     """Wrap ``model`` with classifier-free guidance of weight ``w`` (Ho & Salimans 2022, eq. 6).
 
     w = 0 returns the model itself."""
-    if w == 0:
+    if _check_weight(w) == 0:
         return model
     return ClassifierFreeGuidance(model, w, null_class)

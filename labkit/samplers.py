@@ -155,6 +155,44 @@ def dpmpp_2m_step(
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
+def _check_sample_args(shape, y, schedule, *, sampler="dpmpp_2m", guidance=0.0, null_class=10, eta=0.0,
+                      clip=None, x_T=None) -> None:
+    """What ``sample`` checks once per call: one LabkitTypeError/ValueError per bad argument.
+
+    The label range check reads y once (one device sync per call, none inside the sampling loop).
+    """
+    from labkit.guidance import _check_weight
+
+    if sampler not in SAMPLERS:
+        raise LabkitValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(schedule, Schedule):
+        raise LabkitTypeError(f"schedule must be a labkit Schedule (make_schedule(...)), got {type(schedule).__name__}")
+    if (not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+        raise LabkitValueError(f"shape must be a tuple of positive integers like (B, C, H, W), got {shape!r}")
+    if not isinstance(y, torch.Tensor):
+        raise LabkitTypeError(f"y must be an int64 tensor of class labels, got {type(y).__name__}")
+    if y.dim() != 1:
+        raise LabkitValueError(f"y must be 1-D [B] (one label per sample), got shape {list(y.shape)}")
+    if y.shape[0] != shape[0]:
+        raise LabkitValueError(f"y has {y.shape[0]} labels but shape asks for {shape[0]} samples")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise LabkitTypeError(f"y must be integer class labels (int64), got {y.dtype}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi > null_class:
+        raise LabkitValueError(f"labels y must be in [0, {null_class}] ({null_class} = no class), got {lo}..{hi}")
+    _check_weight(guidance)
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
+        raise LabkitValueError(f"eta must be a number >= 0 (0 = deterministic DDIM), got {eta!r}")
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0):
+        raise LabkitValueError(f"clip must be None or a number > 0 (1.0 for images in [-1, 1]), got {clip!r}")
+    if x_T is not None:
+        if not isinstance(x_T, torch.Tensor):
+            raise LabkitTypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
+        if tuple(x_T.shape) != tuple(shape):
+            raise LabkitValueError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
+
+
 @torch.no_grad()
 def sample(
     model: Model,
@@ -185,12 +223,8 @@ def sample(
     callback(step, t, x_t, x0_hat) sees every intermediate state (for denoising trajectories).
     Returns x_0 [*shape].
     """
-    if sampler not in SAMPLERS:
-        raise LabkitValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
-    if not isinstance(y, torch.Tensor):
-        raise LabkitTypeError(f"y must be an int64 tensor of class labels, got {type(y).__name__}")
-    if y.shape[0] != shape[0]:
-        raise LabkitValueError(f"y has {y.shape[0]} labels but shape asks for {shape[0]} samples")
+    _check_sample_args(shape, y, schedule, sampler=sampler, guidance=guidance, null_class=null_class, eta=eta,
+                      clip=clip, x_T=x_T)
     device = y.device
     grid = timestep_grid(schedule, steps, spacing).to(device)  # [steps], descending
     eps_model = guided(model, guidance, null_class)

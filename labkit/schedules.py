@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from labkit.errors import LabkitValueError
+from labkit.errors import LabkitTypeError, LabkitValueError
 
 
 def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -74,6 +74,8 @@ class Schedule:
     alpha_bars_prev: torch.Tensor = field(init=False, repr=False)  # alpha_bar_{t-1}, and 1 before step 0
 
     def __post_init__(self):
+        if not isinstance(self.betas, torch.Tensor):
+            raise LabkitTypeError(f"betas must be a 1-D torch.Tensor, got {type(self.betas).__name__}")
         betas = self.betas.detach().to("cpu", torch.float64)
         if betas.dim() != 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise LabkitValueError("betas must be a 1-D tensor with values in (0, 1)")

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +27,7 @@ import torch
 from labkit.checkpoint import check_same, load_checkpoint, save_checkpoint
 from labkit.data import Digits, load_mnist
 from labkit.diffusion import diffusion_loss
-from labkit.errors import LabkitError, LabkitValueError
+from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError
 from labkit.schedules import Schedule, make_schedule
 from labkit.unet import UNet, UNetConfig
 
@@ -61,12 +62,53 @@ class TrainConfig:
     guidance: float = 1.0
 
     def __post_init__(self):
+        def number(name, lo=None, hi=None, *, integer=False, lo_open=False, hi_open=False, none_ok=False):
+            value = getattr(self, name)
+            if value is None and none_ok:
+                return
+            kind = "an integer" if integer else "a number"
+            ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value)
+            ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
+            ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+            if not ok:
+                left = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+                right = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+                where = f" in {left}, {right}" if lo is not None and hi is not None else (
+                    f" {'>' if lo_open else '>='} {lo:g}" if lo is not None else "")
+                raise LabkitValueError(f"TrainConfig.{name} must be {kind}{where}, got {value!r}")
+
+        if not isinstance(self.unet, UNetConfig):
+            raise LabkitTypeError(f"TrainConfig.unet must be a UNetConfig, got {type(self.unet).__name__}")
+        if self.schedule not in ("linear", "cosine"):
+            raise LabkitValueError(f"TrainConfig.schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise LabkitValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.batch_size < 1 or self.total_steps < 0 or self.lr <= 0:
-            raise LabkitValueError("batch_size must be >= 1, total_steps >= 0 and lr > 0")
-        if not 0 <= self.label_dropout < 1 or not 0 <= self.ema_decay < 1:
-            raise LabkitValueError("label_dropout and ema_decay must be in [0, 1)")
+        if self.channels_last not in ("auto", True, False):
+            raise LabkitValueError(f"TrainConfig.channels_last must be 'auto', True or False, got {self.channels_last!r}")
+        number("T", 1, integer=True)
+        number("batch_size", 1, integer=True)
+        number("lr", 0, lo_open=True)
+        number("weight_decay", 0)
+        number("warmup_steps", 0, integer=True)
+        number("lr_min_ratio", 0, 1)
+        number("total_steps", 0, integer=True)
+        number("time_budget_s", 0, none_ok=True)
+        number("ema_decay", 0, 1, hi_open=True)
+        number("label_dropout", 0, 1, hi_open=True)
+        number("grad_clip", 0, lo_open=True)
+        number("seed", integer=True)
+        number("sample_every", 0, integer=True)
+        number("checkpoint_every", 0, integer=True)
+        number("log_every", 1, integer=True)
+        number("sample_steps", 1, self.T, integer=True)
+        number("guidance", 0)
+        from labkit.samplers import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise LabkitValueError(f"TrainConfig.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.out_dir is not None and not isinstance(self.out_dir, (str, Path)):
+            raise LabkitTypeError(f"TrainConfig.out_dir must be a path or None, got {type(self.out_dir).__name__}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,6 +118,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise LabkitValueError(f"unknown TrainConfig fields {unknown} (from a newer labkit?)")
         d["unet"] = UNetConfig.from_dict(d["unet"])
         return cls(**d)
 
@@ -103,9 +148,23 @@ class TrainResult:
 
 
 def pick_device(device=None) -> torch.device:
-    """The given device, else CUDA, else Apple's MPS, else the CPU."""
+    """The given device, else CUDA, else Apple's MPS, else the CPU.
+
+    A device that does not exist here (a typo, 'cuda' without a GPU) is a LabkitValueError.
+    """
     if device is not None:
-        return torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise LabkitValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps ({exc})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LabkitValueError(f"device {str(device)!r} asked for, but CUDA is not available here: use cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise LabkitValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} GPUs")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                         and torch.backends.mps.is_available()):
+            raise LabkitValueError("device 'mps' asked for, but Apple's MPS is not available here: use cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -165,6 +224,30 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+def check_data(data, config: TrainConfig) -> None:
+    """One LabkitTypeError/ValueError if ``data`` is not training data for ``config`` (checked once per run)."""
+    if not isinstance(data, Digits):
+        raise LabkitTypeError(f"data must be labkit.data.Digits(images, labels), got {type(data).__name__}")
+    images, labels = data.images, data.labels
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise LabkitTypeError("data.images and data.labels must be torch tensors")
+    if images.dim() != 4 or not images.is_floating_point():
+        raise LabkitValueError(f"data.images must be float [N, C, H, W] in [-1, 1], got {images.dtype} {list(images.shape)}")
+    if len(images) == 0:
+        raise LabkitValueError("data is empty: need at least one image")
+    if labels.shape != (len(images),) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise LabkitValueError(f"data.labels must be int64 [{len(images)}], got {labels.dtype} {list(labels.shape)}")
+    k = config.unet.num_classes
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi > k:
+        raise LabkitValueError(f"data.labels must be in [0, {k}], got {lo}..{hi}")
+    if not bool(torch.isfinite(images).all()):
+        raise LabkitValueError("data.images contain NaN or inf")
+    p = config.unet.patch
+    if images.shape[-1] % p or images.shape[-2] % p:
+        raise LabkitValueError(f"image size {images.shape[-2]}x{images.shape[-1]} must be divisible by unet.patch={p}")
+
+
 # --- The loop -----------------------------------------------------------------------------------------
 
 
@@ -202,15 +285,22 @@ def train(
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(config, TrainConfig):
+        raise LabkitTypeError(f"config must be a TrainConfig (e.g. recipes.tiny()), got {type(config).__name__}")
+    if data is not None:
+        check_data(data, config)
     device = pick_device(device)
     amp_dtype, use_scaler = resolve_precision(config.precision, device)
     channels_last = device.type == "cuda" if config.channels_last == "auto" else bool(config.channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     out_dir = Path(config.out_dir) if config.out_dir else None
     ckpt_path = out_dir / "last.pt" if out_dir else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise LabkitValueError(f"out_dir {out_dir} is a file, not a folder: pick another out dir")
 
     if data is None:
         data = load_mnist(data_root, train=True)
+        check_data(data, config)
     if data.images.shape[1] != config.unet.in_channels:
         raise LabkitValueError(f"data has {data.images.shape[1]} channels but the U-Net expects {config.unet.in_channels}")
     data = data.to(device)  # the whole set on the device: [N, C, H, W], [N]
@@ -229,7 +319,10 @@ def train(
     step, elapsed = 0, 0.0
 
     if resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location="cpu")
+        try:
+            state = load_checkpoint(ckpt_path, map_location="cpu")
+        except LabkitError as exc:
+            raise LabkitError(f"cannot resume: {exc}; delete or move it, or use resume=False (--no-resume)") from None
         check_same(ckpt_path, "train", state.get("train", {}), config.to_dict(), ignore=RESUMABLE_CHANGES)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])

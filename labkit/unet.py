@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.embeddings import ClassEmbedding, TimeEmbedding
+from labkit.errors import LabkitTypeError, LabkitValueError
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,19 @@ class UNetConfig:
     patch: int = 1  # pixel-unshuffle factor: 2 turns 28x28x1 into 14x14x4 (4x less compute per layer)
 
     def __post_init__(self):
-        if self.patch < 1 or self.in_channels < 1 or self.base_channels < 1 or not self.channel_mults:
-            raise ValueError(f"invalid UNetConfig: {self}")
-        for m in self.channel_mults:
+        for name in ("in_channels", "base_channels", "blocks_per_level", "num_classes", "groups", "patch"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LabkitValueError(f"UNetConfig.{name} must be an integer >= 1, got {value!r}")
+        mults = self.channel_mults
+        if not isinstance(mults, (tuple, list)) or not mults or not all(
+                isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mults):
+            raise LabkitValueError(f"UNetConfig.channel_mults must be a non-empty tuple of integers >= 1, got {mults!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise LabkitValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        for m in mults:
             if (self.base_channels * m) % self.groups:
-                raise ValueError(f"channels {self.base_channels * m} must be divisible by groups={self.groups}")
+                raise LabkitValueError(f"channels {self.base_channels * m} must be divisible by groups={self.groups}")
 
     @property
     def null_class(self) -> int:
@@ -155,7 +164,44 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, t, y)
         return self._forward(x, t, y, None)
+
+    def check_inputs(self, x, t, y) -> None:
+        """One clear LabkitTypeError/ValueError for inputs the network cannot take.
+
+        Shapes and dtypes are checked always (free: no device sync). Value ranges (t >= 0, y in
+        [0, num_classes]) are checked only for CPU tensors: on a GPU reading them back would stall
+        every forward pass, so there an out-of-range y fails inside torch instead.
+        """
+        cfg = self.config
+        for name, v in (("x", x), ("t", t), ("y", y)):
+            if not isinstance(v, torch.Tensor):
+                raise LabkitTypeError(f"UNet: {name} must be a torch.Tensor, got {type(v).__name__}")
+        if x.dim() != 4:
+            raise LabkitValueError(f"UNet: x must be [B, C, H, W], got shape {list(x.shape)}")
+        B, C, H, W = x.shape
+        if C != cfg.in_channels:
+            raise LabkitValueError(f"UNet: x has {C} channels but the model takes in_channels={cfg.in_channels}")
+        if H % cfg.patch or W % cfg.patch:
+            raise LabkitValueError(f"UNet: image size {H}x{W} must be divisible by patch={cfg.patch}")
+        if not x.is_floating_point():
+            raise LabkitTypeError(f"UNet: x must be a float tensor, got {x.dtype}")
+        weight = self.stem.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise LabkitTypeError(f"UNet: x is {x.dtype} but the model's weights are {weight.dtype}: "
+                                  f"convert one of them (x.to({weight.dtype}) or model.to({x.dtype}))")
+        if t.shape != (B,):
+            raise LabkitValueError(f"UNet: t must have shape [{B}] (one time step per image), got {list(t.shape)}")
+        if y.shape != (B,):
+            raise LabkitValueError(f"UNet: y must have shape [{B}] (one label per image), got {list(y.shape)}")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise LabkitTypeError(f"UNet: y must be integer class labels (int64), got {y.dtype}")
+        if y.device.type == "cpu" and B and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
+            raise LabkitValueError(f"UNet: y must be in [0, {cfg.num_classes}] ({cfg.num_classes} = no class), "
+                                   f"got values {int(y.min())}..{int(y.max())}")
+        if t.device.type == "cpu" and B and float(t.min()) < 0:
+            raise LabkitValueError(f"UNet: time steps t must be >= 0, got {float(t.min()):g}")
 
     def _forward(self, x, t, y, trace: list | None):
         cfg = self.config
@@ -200,6 +246,7 @@ class UNet(nn.Module):
 
     def shape_trace(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> list[tuple[str, tuple]]:
         """[(layer name, output shape)] for one forward pass, level by level."""
+        self.check_inputs(x, t, y)
         trace: list = []
         with torch.no_grad():
             self._forward(x, t, y, trace)

@@ -60,7 +60,10 @@ def load_samples_file(path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "weights only load failed" in str(exc).lower():  # pickled non-tensor objects, e.g. numpy arrays
+        text = str(exc).lower()
+        # pickled non-tensor objects (e.g. numpy arrays) name a global the safe unpickler refused;
+        # random bytes fail as "unsupported operand" instead
+        if "weights only load failed" in text and "unsupported operand" not in text:
             raise LabkitError(
                 f"Samples file {path} holds objects other than tensors (numpy arrays?); save it with "
                 f"torch.save({{'images': images, 'labels': labels}}, path) using torch tensors."
@@ -360,8 +363,10 @@ def run_evaluate(
 ) -> str:
     """What ``labkit evaluate SAMPLES [--json F] [--plot F] [--clip MODEL:PRETRAINED|none] [--data DIR]``
     does: load and check the samples, score them, write the optional JSON and plot, return the table."""
+    from labkit.training import pick_device
+
     images, labels = load_samples_file(samples_path)
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = parse_clip_spec(clip)
     scorer = None
     if spec is not None:
