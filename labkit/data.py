@@ -1,9 +1,10 @@
 """MNIST for the labs, and small synthetic digits for fast tests.
 
-Where MNIST is looked for, in order:
-  1. the ``root`` argument (``--data DIR`` on the command line),
-  2. the environment variable ``LABKIT_DATA``,
-  3. ``~/.cache/labkit/data`` (torchvision downloads there when the machine is online).
+Where MNIST is looked for:
+  1. the ``root`` argument (``--data DIR`` on the command line) - only there, when it is given: a wrong
+     path is reported, never silently replaced by data from elsewhere;
+  2. otherwise the environment variable ``LABKIT_DATA``, then ``~/.cache/labkit/data``
+     (torchvision downloads into the first of these when the machine is online).
 
 A root may be either a torchvision root (holding ``MNIST/raw/``) or a plain folder with the four gzip
 files ``train-images-idx3-ubyte.gz`` ... (like ``../shared/data/mnist``). Plain folders are unpacked
@@ -65,10 +66,10 @@ def default_cache_dir() -> Path:
 
 
 def candidate_roots(root: str | os.PathLike | None = None) -> list[Path]:
-    """The folders searched for MNIST, in order (shown by ``labkit info``)."""
-    roots = []
+    """The folders searched for MNIST, in order (shown by ``labkit info``): just ``root`` when given."""
     if root is not None:
-        roots.append(Path(root).expanduser())
+        return [Path(root).expanduser()]
+    roots = []
     if os.environ.get(ENV_VAR):
         roots.append(Path(os.environ[ENV_VAR]).expanduser())
     roots.append(default_cache_dir() / "data")
