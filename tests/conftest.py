@@ -43,5 +43,11 @@ def gen() -> torch.Generator:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _threads():
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+def _one_thread():
+    """One torch thread for the whole run: the tests use small tensors, where a second thread only adds
+    synchronisation, and on a CPU shared with other jobs OpenMP threads spin-wait for each other
+    (measured up to 10x slower with two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,13 +30,6 @@ Y = torch.tensor([1, 2])
 SHAPE = (2, 1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def write(path, content):
     if isinstance(content, bytes):

@@ -12,14 +12,6 @@ from labkit.data import synthetic_digits
 from labkit.errors import LabkitError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models run fastest on one thread, and far faster on a CPU shared with other jobs
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def test_roundtrip_and_tag(tmp_path):
     path = save_checkpoint(tmp_path / "a.pt", {"step": 3, "w": torch.arange(4.0), "cfg": {"mults": [1, 2]}})

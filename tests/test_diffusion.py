@@ -9,15 +9,6 @@ from labkit import diffusion as D
 from labkit.schedules import make_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest, and on busy shared cores a second thread makes every op
-    wait for it (measured up to 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SCHEDULES = {name: make_schedule(name, 1000) for name in ("linear", "cosine")}
 

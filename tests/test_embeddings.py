@@ -9,15 +9,6 @@ import torch
 from labkit.embeddings import ClassEmbedding, TimeEmbedding, sinusoidal_embedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest, and on busy shared cores a second thread makes every op
-    wait for it (measured up to 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _vaswani(t_values, dim, max_period=10000.0):
     """PE(t, 2i) = sin(t / max_period^(2i/dim)), PE(t, 2i+1) = cos(...) (Vaswani et al. 2017, section 3.5),

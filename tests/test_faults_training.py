@@ -150,13 +150,6 @@ def test_sigkill_at_random_steps_and_mid_write_then_resume_is_exact(tmp_path):
 # --- in-process faults (fast) -------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def digits():

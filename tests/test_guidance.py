@@ -12,15 +12,6 @@ from labkit.schedules import make_schedule
 from labkit.unet import ResBlock, UNet, UNetConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest, and on busy shared cores a second thread makes every op
-    wait for it (measured up to 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 NULL = 10
 

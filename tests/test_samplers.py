@@ -24,15 +24,6 @@ SCHEDULES = {name: make_schedule(name, 1000) for name in ("linear", "cosine")}
 MU, SD = 0.7, 0.3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run thousands of tiny element-wise steps: one thread is fastest, and on busy shared
-    cores a second thread makes each op wait for it (measured 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def gaussian_eps(schedule, mu, s):
     """model(x, t, y) for x_0 ~ N(mu, s^2); mu may be a [num_classes, D] table of per-class means."""

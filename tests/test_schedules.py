@@ -10,15 +10,6 @@ from labkit.errors import LabkitValueError
 from labkit.schedules import Schedule, cosine_alpha_bar, cosine_betas, linear_betas, make_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest, and on busy shared cores a second thread makes every op
-    wait for it (measured up to 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 BAD_T = [0, -3, 2.5, 1000.0, True, "1000", None]
 

@@ -11,14 +11,6 @@ from labkit.data import synthetic_digits
 from labkit.errors import LabkitError, LabkitValueError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models run fastest on one thread (and far faster on a CPU shared with other jobs)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def digits():

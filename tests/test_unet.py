@@ -11,15 +11,6 @@ from labkit.schedules import make_schedule
 from labkit.unet import ResBlock, UNet, UNetConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest, and on busy shared cores a second thread makes every op
-    wait for it (measured up to 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "core.md"
 SMALL = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4)  # tiny: the tests run on busy CPUs
