@@ -20,7 +20,7 @@ import torch
 from labkit.checkpoint import load_model
 from labkit.samplers import sample
 
-DEFAULT_RUNS = ["dpmpp_2m:10:1", "dpmpp_2m:15:1", "dpmpp_2m:15:2", "dpmpp_2m:20:1", "ddim:50:3", "ddpm:100:1"]
+DEFAULT_RUNS = ["ddpm:16:0.4", "ddpm:16:0.5", "ddpm:20:0.4", "dpmpp_2m:8:1", "dpmpp_2m:15:1", "ddim:50:2"]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -54,6 +54,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=None, help="MNIST folder for the evaluation")
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0], help="one row per run and seed (FID varies ~10%% with it)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -65,18 +66,18 @@ def main(argv=None) -> None:
         from labkit.evaluation.report import evaluate_samples
 
     draw(model, schedule, "ddim", 2, 0.0, 1)  # warm-up (first-call overheads)
-    head = f"{'sampler':>9} {'steps':>5} {'w':>4} | {'seconds':>7} {'digits/s':>8} {'peak MB':>8} | {'accuracy':>8} {'FID/floor':>9}"
+    head = f"{'sampler':>9} {'steps':>5} {'w':>4} {'seed':>4} | {'seconds':>7} {'digits/s':>8} {'peak MB':>8} | {'accuracy':>8} {'FID/floor':>9}"
     print(head + "\n" + "-" * len(head))
-    for run in args.runs:
+    for run, seed in ((r, s) for r in args.runs for s in args.seeds):
         sampler, steps, w = run.split(":")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        images, labels, seconds = draw(model, schedule, sampler, int(steps), float(w), args.per_class)
+        images, labels, seconds = draw(model, schedule, sampler, int(steps), float(w), args.per_class, seed)
         acc = ratio = float("nan")
         if not args.no_eval:
             o = evaluate_samples(images, labels, data_root=args.data, generator=torch.Generator().manual_seed(0))["overall"]
             acc, ratio = o["accuracy"], o["fid_ratio"]
-        print(f"{sampler:>9} {int(steps):>5} {float(w):>4g} | {seconds:>7.2f} {len(images) / seconds:>8.0f} "
+        print(f"{sampler:>9} {int(steps):>5} {float(w):>4g} {seed:>4} | {seconds:>7.2f} {len(images) / seconds:>8.0f} "
               f"{peak_memory_mb(device):>8.0f} | {100 * acc:>7.1f}% {ratio:>9.2f}", flush=True)
     print(f"load average after: {os.getloadavg()}")
 

@@ -29,6 +29,16 @@ from labkit.unet import UNet
 TARGET_ACC, TARGET_RATIO = 0.99, 2.5
 
 
+def _literal(text: str):
+    """'5' -> 5, '0.999' -> 0.999, 'None' -> None, 'ddpm' -> 'ddpm' (for --set)."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def card_name(device) -> str:
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -74,7 +84,7 @@ def throughput(config, data, device, steps: int) -> tuple[float, float]:
     return steps * config.batch_size / (time.perf_counter() - marks["start"]), peak_memory_mb(device)
 
 
-def time_to_quality(config, data, device, minutes: float, eval_every: float, data_root) -> None:
+def time_to_quality(config, data, device, minutes: float, eval_every: float, data_root, out_dir=None) -> None:
     from labkit.evaluation.report import evaluate_samples
     from labkit.samplers import sample
     from labkit.schedules import make_schedule
@@ -106,7 +116,7 @@ def time_to_quality(config, data, device, minutes: float, eval_every: float, dat
         return False
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = replace(config, time_budget_s=60 * minutes, total_steps=10**9, out_dir=tmp, log_every=10)
+        cfg = replace(config, time_budget_s=60 * minutes, total_steps=10**9, out_dir=out_dir or tmp, log_every=10)
         train(cfg, data, device=device, resume=False, progress=False, callback=evaluate)
     reached = f"{state['reached']:.0f} s" if state["reached"] is not None else f"not within {minutes:g} min"
     print(f"time to quality (accuracy >= 99%, FID <= {TARGET_RATIO}x floor): {reached}")
@@ -124,12 +134,18 @@ def main(argv=None) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="*", default=None)
     p.add_argument("--steps", type=int, default=30, help="timed steps per batch size (--throughput)")
     p.add_argument("--flops", action="store_true", help="only count FLOPs per image")
+    p.add_argument("--out", default=None, help="keep the run's checkpoint here (default: a temporary folder)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="override recipe fields, e.g. --set min_snr_gamma=5 ema_decay=0.999")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     device = pick_device(args.device)
     config = recipes.get("gpu" if args.recipe == "auto" and device.type == "cuda" else
                          "cpu" if args.recipe == "auto" else args.recipe)
+    config = replace(config, **{k: _literal(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    if args.set:
+        print("recipe overrides:", " ".join(args.set))
     flops = forward_flops(config)
     params = sum(q.numel() for q in UNet(config.unet).parameters())
     amp, _ = resolve_precision(config.precision, device)
@@ -145,7 +161,7 @@ def main(argv=None) -> None:
             ips, mem = throughput(replace(config, batch_size=b), data, device, args.steps)
             print(f"{b:>6} | {ips:>9.0f} {mem:>8.0f} {3 * flops * ips / 1e12:>8.3f}", flush=True)
         return
-    time_to_quality(config, data, device, args.minutes, args.eval_every, args.data)
+    time_to_quality(config, data, device, args.minutes, args.eval_every, args.data, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ FORMAT = "labkit-ddpm"
 VERSION = 1
 ASSET_PATH = Path(__file__).resolve().parent / "assets" / "mnist_ddpm.pt"
 # sha256 of the shipped checkpoint (docs/training.md says how it was made).
-ASSET_SHA256 = "dac36b71d4229997f2f4b878e3cae68b2e17503f5b1546039e8c386e3648578e"
+ASSET_SHA256 = "4cf4675b258a814b64cba16319839ff2f38e87a7398b02948a5009900e8d71bc"
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -171,4 +171,6 @@ def load_model(path=None, device=None):
     device = pick_device(device)
     meta = {k: state.get(k) for k in ("step", "train", "unet", "schedule", "T", "quality")}
     meta["path"] = str(path)
+    if device.type == "cpu":  # oneDNN's fast convolution layout: ~20% faster sampling on a CPU
+        model = model.to(memory_format=torch.channels_last)
     return model.to(device).eval().requires_grad_(False), schedule, meta

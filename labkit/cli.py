@@ -118,13 +118,14 @@ def cmd_sample(args) -> int:
     from labkit.checkpoint import load_model
     from labkit.samplers import SAMPLERS, sample
 
-    if args.sampler not in SAMPLERS:
+    if args.sampler is not None and args.sampler not in SAMPLERS:
         raise LabkitValueError(f"unknown sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     _check_output(args.out, "--out")
     if args.grid not in (None, "none"):
         _check_output(args.grid, "--grid", _image_suffixes())
     model, schedule, meta = load_model(args.checkpoint, device=args.device)
     train_cfg = meta.get("train") or {}
+    args.sampler = args.sampler or train_cfg.get("sampler", "dpmpp_2m")  # the checkpoint's recipe says how
     steps = args.steps if args.steps is not None else train_cfg.get("sample_steps", 15)
     w = args.guidance if args.guidance is not None else train_cfg.get("guidance", 1.0)
     if steps > schedule.T:
@@ -270,7 +271,7 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw digits from a checkpoint into a samples file and a PNG grid")
     s.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped pretrained model)")
-    s.add_argument("--sampler", default="dpmpp_2m", help="ddpm, ddim or dpmpp_2m")
+    s.add_argument("--sampler", default=None, help="ddpm, ddim or dpmpp_2m (default: the checkpoint's recipe)")
     s.add_argument("--steps", type=_pos_int, default=None, help="sampler steps (default: the checkpoint's)")
     s.add_argument("--guidance", type=_nonneg_float, default=None, help="guidance weight w (0 = none)")
     s.add_argument("--per-class", type=_pos_int, default=100, help="samples per digit")

@@ -119,6 +119,7 @@ def diffusion_loss(
     schedule: Schedule,
     *,
     generator: torch.Generator | None = None,
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """The simplified DDPM objective (Ho et al. 2020, eq. 14 / Algorithm 1):
 
@@ -126,9 +127,18 @@ def diffusion_loss(
 
     with t uniform and eps ~ N(0, I), averaged over batch and pixels. x0: [B, C, H, W] in [-1, 1]; y: [B].
     The generator must live on x0's device (torch draws random numbers where they will be used).
+
+    min_snr_gamma: if set, each example's loss is weighted by min(SNR(t), gamma) / SNR(t) ("Min-SNR-gamma",
+    Hang et al. 2023, eq. 10 for noise prediction): nearly-clean steps, whose noise is hard to see and
+    matters little for the picture, stop dominating the gradient. gamma = 5 in the paper.
     """
     t = sample_timesteps(x0.shape[0], schedule, device=x0.device, generator=generator)  # [B]
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)  # [B, C, H, W]
     xt = q_sample(x0, t, noise, schedule)
     eps_hat = model(xt, t, y)
-    return F.mse_loss(eps_hat.float(), noise.float())
+    if min_snr_gamma is None:
+        return F.mse_loss(eps_hat.float(), noise.float())
+    per_example = (eps_hat.float() - noise.float()).pow(2).flatten(1).mean(1)  # [B]
+    snr = gather(schedule.snr(), t, per_example).float()  # [B]
+    weight = snr.clamp(max=min_snr_gamma) / snr  # [B], 1 at high noise, gamma / SNR when nearly clean
+    return (weight * per_example).mean()

@@ -27,10 +27,10 @@ def cpu(minutes: float | None = 10.0, **overrides) -> TrainConfig:
         unet=UNetConfig(base_channels=32, channel_mults=(1, 2), blocks_per_level=2, attention=True, patch=2),
         schedule="cosine", T=1000,
         batch_size=64, lr=2e-3, warmup_steps=100, lr_min_ratio=0.05, ema_decay=0.995,
-        label_dropout=0.1, grad_clip=1.0, precision="fp32", channels_last=True,
+        label_dropout=0.1, grad_clip=1.0, min_snr_gamma=5.0, precision="fp32", channels_last=True,
         total_steps=1_000_000, time_budget_s=None if minutes is None else 60.0 * minutes,
         checkpoint_every=500, sample_every=0, log_every=25, out_dir="runs/mnist-cpu",
-        sampler="dpmpp_2m", sample_steps=8, guidance=1.0,
+        sampler="ddpm", sample_steps=16, guidance=0.4,
     )
     return replace(config, **overrides)
 
@@ -45,7 +45,7 @@ def gpu(steps: int = 3000, **overrides) -> TrainConfig:
         unet=UNetConfig(base_channels=64, channel_mults=(1, 2), blocks_per_level=2, attention=True, patch=2),
         schedule="cosine", T=1000,
         batch_size=512, lr=2e-3, warmup_steps=200, lr_min_ratio=0.05, ema_decay=0.999,
-        label_dropout=0.1, grad_clip=1.0, precision="auto", channels_last="auto",
+        label_dropout=0.1, grad_clip=1.0, min_snr_gamma=5.0, precision="auto", channels_last="auto",
         total_steps=steps, time_budget_s=None,
         checkpoint_every=1000, sample_every=1000, log_every=100, out_dir="runs/mnist-gpu",
         sampler="dpmpp_2m", sample_steps=15, guidance=1.0,

@@ -49,6 +49,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     label_dropout: float = 0.1  # p(y -> "no class"): teaches the unconditional model for guidance
     grad_clip: float = 1.0
+    min_snr_gamma: float | None = None  # loss weight min(SNR, gamma) / SNR (Hang et al. 2023); None = plain eq. 14
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: str | bool = "auto"  # auto = on CUDA
     seed: int = 0
@@ -97,6 +98,7 @@ class TrainConfig:
         number("ema_decay", 0, 1, hi_open=True)
         number("label_dropout", 0, 1, hi_open=True)
         number("grad_clip", 0, lo_open=True)
+        number("min_snr_gamma", 0, lo_open=True, none_ok=True)
         number("seed", integer=True)
         number("sample_every", 0, integer=True)
         number("checkpoint_every", 0, integer=True)
@@ -374,7 +376,7 @@ def train(
             drop = torch.rand(B, device=device, generator=gen) < config.label_dropout
             y = torch.where(drop, torch.full_like(y, null), y)  # label dropout -> "no class"
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = diffusion_loss(model, x0, y, schedule, generator=gen)
+                loss = diffusion_loss(model, x0, y, schedule, generator=gen, min_snr_gamma=config.min_snr_gamma)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)

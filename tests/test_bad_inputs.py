@@ -149,6 +149,7 @@ CASES = [
     ("TrainConfig schedule", lambda tmp: training.TrainConfig(schedule="quad"), V, "TrainConfig.schedule"),
     ("TrainConfig T 0", lambda tmp: training.TrainConfig(T=0), V, "TrainConfig.T"),
     ("TrainConfig ema_decay 1", lambda tmp: training.TrainConfig(ema_decay=1.0), V, "ema_decay"),
+    ("TrainConfig min_snr_gamma 0", lambda tmp: training.TrainConfig(min_snr_gamma=0), V, "min_snr_gamma"),
     ("TrainConfig grad_clip 0", lambda tmp: training.TrainConfig(grad_clip=0), V, "grad_clip"),
     ("TrainConfig log_every 0", lambda tmp: training.TrainConfig(log_every=0), V, "log_every"),
     ("TrainConfig checkpoint_every < 0", lambda tmp: training.TrainConfig(checkpoint_every=-1), V, "checkpoint_every"),

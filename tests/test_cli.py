@@ -46,6 +46,21 @@ def test_sample_writes_samples_file(trained, tmp_path, capsys):
     assert 0 <= float(data["images"].min()) and float(data["images"].max()) <= 1
     assert data["labels"].dtype == torch.int64 and data["labels"].tolist() == [d for d in range(10) for _ in range(2)]
     assert (tmp_path / "s.png").exists() and "20 samples" in capsys.readouterr().out
+    # no --sampler: the checkpoint's recipe decides (the tiny recipe keeps TrainConfig's dpmpp_2m)
+    assert data["sampler"] == torch.load(trained, weights_only=True)["train"]["sampler"] == "dpmpp_2m"
+
+
+def test_sample_defaults_come_from_the_checkpoint(trained, tmp_path, capsys):
+    """A checkpoint whose recipe samples with DDPM and 3 steps is sampled that way unless told otherwise."""
+    state = torch.load(trained, weights_only=True)
+    state["train"].update(sampler="ddpm", sample_steps=3, guidance=0.5)
+    ckpt = tmp_path / "ddpm.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "s.pt"
+    assert cli.main(["sample", "--checkpoint", str(ckpt), "--per-class", "1", "--out", str(out), "--grid", "none"]) == 0
+    data = torch.load(out, weights_only=True)
+    assert (data["sampler"], data["steps"], data["guidance"]) == ("ddpm", 3, 0.5)
+    assert "(ddpm, 3 steps, guidance 0.5)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])

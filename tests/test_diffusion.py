@@ -348,3 +348,40 @@ def test_docstrings_name_the_paper():
             if not re.search(r"\b(19|20)\d\d\b|et al", doc):
                 missing.append(f"{module.__name__}.{name}")
     assert not missing, f"docstrings without a paper reference: {missing}"
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_loss_equals_hand_computation(gamma):
+    """Min-SNR-gamma (Hang et al. 2023): each example's MSE times min(SNR, gamma) / SNR, then the mean."""
+    sch = SCHEDULES["cosine"]
+    x0 = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    y = torch.zeros(64, dtype=torch.long)
+
+    def model(x, t, y):
+        return 0.5 * x + 0.001 * t.float().view(-1, 1, 1, 1)
+
+    loss = D.diffusion_loss(model, x0, y, sch, generator=torch.Generator().manual_seed(42), min_snr_gamma=gamma)
+    g = torch.Generator().manual_seed(42)
+    t = torch.randint(0, 1000, (64,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    ab = sch.alpha_bars[t]
+    xt = (ab.view(-1, 1, 1, 1).sqrt() * x0.double() + (1 - ab).view(-1, 1, 1, 1).sqrt() * noise.double()).float()
+    per = ((model(xt, t, y).double() - noise.double()) ** 2).flatten(1).mean(1)
+    snr = ab / (1 - ab)
+    expected = (torch.minimum(snr, torch.tensor(gamma, dtype=torch.float64)) / snr * per).mean()
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    plain = D.diffusion_loss(model, x0, y, sch, generator=torch.Generator().manual_seed(42))
+    assert float(loss) < float(plain)  # weights are <= 1, and < 1 on every nearly-clean step drawn
+    assert float(t.min()) < 200  # (so some weights were below 1)
+
+
+def test_min_snr_weight_is_one_at_high_noise():
+    """Where SNR <= gamma (all t drawn noisy) the weighted loss is the plain loss."""
+    sch = SCHEDULES["linear"]
+    x0 = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(8, dtype=torch.long)
+    model = lambda x, t, y: 0.3 * x  # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    high = D.diffusion_loss(model, x0, y, sch, generator=gen(), min_snr_gamma=1e9)
+    plain = D.diffusion_loss(model, x0, y, sch, generator=gen())
+    assert float(high) == pytest.approx(float(plain), rel=1e-6)

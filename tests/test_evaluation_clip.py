@@ -182,9 +182,59 @@ def test_from_pretrained_offline_gives_one_line_error(monkeypatch):
         raise RuntimeError("Failed to download weights:\n network is unreachable")
 
     monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    monkeypatch.setattr(CL, "hub_reachable", lambda timeout=3.0: True)  # a download that fails
     with pytest.raises(LabkitError, match="cannot be downloaded") as info:
         CL.ClipScorer.from_pretrained("ViT-B-32", "laion2b_s34b_b79k", device="cpu")
     assert "\n" not in str(info.value) and "ViT-B-32:laion2b_s34b_b79k" in str(info.value)
+
+
+def test_from_pretrained_offline_and_not_cached_fails_at_once(monkeypatch):
+    """No hub and no cached file: a one-line error without trying open_clip's download (~1 min of retries)."""
+    import time
+
+    import open_clip
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("open_clip should not be asked to download offline")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", must_not_run)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert CL.hub_reachable() is False
+    monkeypatch.setattr(CL, "cached_weights", lambda m, p: None)
+    start = time.perf_counter()
+    with pytest.raises(LabkitError, match="not cached") as info:
+        CL.ClipScorer.from_pretrained("ViT-B-32", "laion2b_s34b_b79k", device="cpu")
+    assert time.perf_counter() - start < 5 and "\n" not in str(info.value)
+
+
+def test_from_pretrained_offline_uses_the_cached_file(monkeypatch):
+    import open_clip
+
+    seen = {}
+
+    def fake(name, pretrained=None, device=None):
+        seen["pretrained"] = pretrained
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", fake)
+    monkeypatch.setattr(CL, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(CL, "cached_weights", lambda m, p: "/cache/open_clip_model.safetensors")
+    with pytest.raises(LabkitError):
+        CL.ClipScorer.from_pretrained("ViT-B-32", "laion2b_s34b_b79k", device="cpu")
+    assert seen["pretrained"] == "/cache/open_clip_model.safetensors"
+
+
+def test_cached_weights_finds_nothing_for_unknown_tags(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert CL.cached_weights("ViT-B-32", "no-such-tag") is None
+
+
+def test_hub_reachable_respects_proxies_and_offline_flag(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert CL.hub_reachable() is True
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert CL.hub_reachable() is False
 
 
 def test_parse_clip_spec():

@@ -400,3 +400,31 @@ def test_clip_keeps_x0_hat_in_range(sampler):
     assert all(float(x0.abs().max()) <= 1.0 for x0 in seen[1.0])
     assert float(outs[1.0].abs().max()) <= 1.0 + 1e-6
     assert float(outs[1.0].mean()) > 0.9, "clamped at the top, not elsewhere"
+
+
+@pytest.mark.parametrize("sampler", SM.SAMPLERS)
+def test_max_batch_chunks_the_model_without_changing_samples(sampler):
+    """max_batch evaluates the model on slices of the batch; the noise is drawn for the whole batch."""
+    sch = SCHEDULES["cosine"]
+    seen = []
+
+    def model(x, t, y):
+        seen.append(x.shape[0])
+        return gaussian_eps(sch, MU, SD)(x, t, y)
+
+    y = torch.zeros(10, dtype=torch.long)
+    kw = dict(sampler=sampler, steps=4, generator=torch.Generator().manual_seed(0))
+    whole = SM.sample(model, (10, 3), y, sch, max_batch=None, **kw)
+    assert seen == [10] * 4
+    seen.clear()
+    kw["generator"] = torch.Generator().manual_seed(0)
+    parts = SM.sample(model, (10, 3), y, sch, max_batch=4, **kw)
+    assert seen == [4, 4, 2] * 4
+    assert torch.allclose(whole, parts, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "big", True])
+def test_max_batch_rejects_bad_values(bad):
+    with pytest.raises(LabkitValueError, match="max_batch"):
+        SM.sample(gaussian_eps(SCHEDULES["cosine"], MU, SD), (4, 3), torch.zeros(4, dtype=torch.long),
+                  SCHEDULES["cosine"], steps=2, max_batch=bad)

@@ -158,3 +158,12 @@ def test_real_mnist_short_run(mnist_dir):
     result = training.train(recipes.tiny(steps=50, batch_size=32), data, device="cpu", progress=False)
     first, last = result.losses[0][1], result.losses[-1][1]
     assert math.isfinite(last) and last < 0.7 * first, result.losses
+
+
+def test_min_snr_gamma_reaches_the_loss(digits):
+    """TrainConfig.min_snr_gamma changes the loss the trainer minimises (same seed, same batches)."""
+    plain = training.train(recipes.tiny(steps=5, log_every=5), digits, device="cpu", progress=False)
+    weighted = training.train(recipes.tiny(steps=5, log_every=5, min_snr_gamma=0.5), digits, device="cpu",
+                              progress=False)
+    assert weighted.losses[0][1] < plain.losses[0][1]  # weights <= 1, most of them < 1 at gamma = 0.5
+    assert training.TrainConfig.from_dict(weighted.config.to_dict()).min_snr_gamma == 0.5
