@@ -10,7 +10,7 @@
 # Prefer `labkit build` (it also rebuilds the .ipynb from the .py source and writes notebooks/) and
 # `labkit grade SUBMISSIONS` (it also restores lost metadata, handles LMS downloads and writes a CSV).
 #
-# What configure_nbgrader sets (see labkit/course.py):
+# What configure_nbgrader sets (see labkit/course/nbgrader_setup.py):
 #   CourseDirectory.ignore          includes "*.py": the jupytext sources beside each source notebook hold
 #                                   the full solutions and must never be copied into a release
 #   Execute.timeout = 120           finite per-cell timeout (nbgrader's default of 30 s is too short for a

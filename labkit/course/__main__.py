@@ -1,0 +1,7 @@
+"""python -m labkit.course build|grade"""
+
+import sys
+
+from labkit.course.cli import main
+
+sys.exit(main())
