@@ -4,6 +4,9 @@ and their quality (shipped MNIST classifier accuracy, classifier-feature FID ove
     python benchmarks/bench_sample.py                                  # shipped checkpoint, default grid
     python benchmarks/bench_sample.py --checkpoint runs/mnist-cpu/last.pt --runs dpmpp_2m:15:1 ddim:50:3
     python benchmarks/bench_sample.py --no-eval                         # timing only (no MNIST needed)
+    python benchmarks/bench_sample.py --runs default dpmpp_2m:8:1 --json sample.json   # the checkpoint's own sampler
+
+A run is SAMPLER:STEPS:GUIDANCE, or "default": the sampler, steps and guidance the checkpoint's recipe names.
 
 Works on CPU and CUDA; prints the device, thread count and load average with the table.
 """
@@ -11,6 +14,7 @@ Works on CPU and CUDA; prints the device, thread count and load average with the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import time
@@ -55,6 +59,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=None, help="MNIST folder for the evaluation")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--seeds", type=int, nargs="*", default=[0], help="one row per run and seed (FID varies ~10%% with it)")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -65,10 +70,14 @@ def main(argv=None) -> None:
     if not args.no_eval:
         from labkit.evaluation.report import evaluate_samples
 
+    train_cfg = meta.get("train") or {}
+    default = f"{train_cfg.get('sampler', 'dpmpp_2m')}:{train_cfg.get('sample_steps', 15)}:{train_cfg.get('guidance', 1.0)}"
+    runs = [default if r == "default" else r for r in args.runs]
     draw(model, schedule, "ddim", 2, 0.0, 1)  # warm-up (first-call overheads)
     head = f"{'sampler':>9} {'steps':>5} {'w':>4} {'seed':>4} | {'seconds':>7} {'digits/s':>8} {'peak MB':>8} | {'accuracy':>8} {'FID/floor':>9}"
     print(head + "\n" + "-" * len(head))
-    for run, seed in ((r, s) for r in args.runs for s in args.seeds):
+    rows = []
+    for run, seed in ((r, s) for r in runs for s in args.seeds):
         sampler, steps, w = run.split(":")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -79,7 +88,14 @@ def main(argv=None) -> None:
             acc, ratio = o["accuracy"], o["fid_ratio"]
         print(f"{sampler:>9} {int(steps):>5} {float(w):>4g} {seed:>4} | {seconds:>7.2f} {len(images) / seconds:>8.0f} "
               f"{peak_memory_mb(device):>8.0f} | {100 * acc:>7.1f}% {ratio:>9.2f}", flush=True)
+        rows.append({"run": run, "default": run == default, "sampler": sampler, "steps": int(steps), "guidance": float(w),
+                     "seed": seed, "n": len(images), "seconds": seconds, "peak_mb": peak_memory_mb(device),
+                     "accuracy": None if args.no_eval else acc, "fid_ratio": None if args.no_eval else ratio})
     print(f"load average after: {os.getloadavg()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": card, "checkpoint": meta["path"], "step": meta["step"], "torch": torch.__version__,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

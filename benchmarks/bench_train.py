@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py --recipe cpu --minutes 10 --eval-every 120     # time to quality
     python benchmarks/bench_train.py --recipe gpu --throughput --batch-sizes 256 512 1024
     python benchmarks/bench_train.py --flops                                         # FLOPs per image
+    python benchmarks/bench_train.py --recipe gpu --minutes 1.5 --eval-every 10 --json train.json   # rows as JSON too
 
 Time to quality: every --eval-every training seconds the EMA model draws 1000 digits (100 per class,
 the recipe's sampler, steps and guidance) and the shipped classifier scores them; quality is reached when
@@ -13,6 +14,7 @@ Prints the card (or CPU threads) and the load average: on a shared CPU the numbe
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import tempfile
@@ -23,7 +25,8 @@ import torch
 
 from labkit import recipes
 from labkit.data import load_mnist
-from labkit.training import pick_device, resolve_precision, train
+from labkit.device import describe, pick_device, resolve_precision
+from labkit.training import train
 from labkit.unet import UNet
 
 TARGET_ACC, TARGET_RATIO = 0.99, 2.5
@@ -40,10 +43,7 @@ def _literal(text: str):
 
 
 def card_name(device) -> str:
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB, cc {p.major}.{p.minor})"
-    return f"{device.type}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    return describe(device)
 
 
 def peak_memory_mb(device) -> float:
@@ -84,13 +84,19 @@ def throughput(config, data, device, steps: int) -> tuple[float, float]:
     return steps * config.batch_size / (time.perf_counter() - marks["start"]), peak_memory_mb(device)
 
 
-def time_to_quality(config, data, device, minutes: float, eval_every: float, data_root, out_dir=None) -> None:
+def time_to_quality(config, data, device, minutes: float, eval_every: float, data_root, out_dir=None,
+                    per_class: int = 100) -> dict:
+    """Train for ``minutes``, evaluating every ``eval_every`` training seconds on 10 x ``per_class`` samples;
+    prints one row per evaluation and returns {"rows": [...], "reached_s", "peak_mb"} (what --json writes)."""
     from labkit.evaluation.report import evaluate_samples
     from labkit.samplers import sample
     from labkit.schedules import make_schedule
 
     schedule = make_schedule(config.schedule, config.T)
     state = {"next": eval_every, "reached": None}
+    rows = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     print(f"{'train s':>8} {'step':>7} {'images':>9} {'img/s':>6} {'loss':>7} | {'accuracy':>8} {'FID/floor':>9} {'sample s':>8}")
 
     def evaluate(info):
@@ -99,15 +105,23 @@ def time_to_quality(config, data, device, minutes: float, eval_every: float, dat
         if info.elapsed_s < state["next"]:
             return False
         state["next"] += eval_every
-        y = torch.arange(10, device=device).repeat_interleave(100)  # [1000]
+        y = torch.arange(10, device=device).repeat_interleave(per_class)  # [10 * per_class]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # queued training steps are not sampling time
         start = time.perf_counter()
-        x = sample(info.ema, (1000, 1, 28, 28), y, schedule, sampler=config.sampler,
+        x = sample(info.ema, (len(y), 1, 28, 28), y, schedule, sampler=config.sampler,
                    steps=config.sample_steps, guidance=config.guidance, null_class=10, clip=1.0,
                    generator=torch.Generator(device).manual_seed(0))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         sample_s = time.perf_counter() - start
-        o = evaluate_samples(((x.float().clamp(-1, 1) + 1) / 2).cpu(), y.cpu(), data_root=data_root,
+        # scored where the samples are (the classifier follows the images): no copy back, fast on a GPU
+        o = evaluate_samples((x.float().clamp(-1, 1) + 1) / 2, y, data_root=data_root,
                              generator=torch.Generator().manual_seed(0))["overall"]
         images = info.step * config.batch_size
+        rows.append({"train_s": info.elapsed_s, "step": info.step, "images": images,
+                     "images_per_s": images / info.elapsed_s, "loss": state.get("loss"),
+                     "accuracy": o["accuracy"], "fid_ratio": o["fid_ratio"], "sample_s": sample_s})
         print(f"{info.elapsed_s:>8.0f} {info.step:>7} {images:>9} {images / info.elapsed_s:>6.0f} "
               f"{state.get('loss', float('nan')):>7.4f} | {100 * o['accuracy']:>7.1f}% "
               f"{o['fid_ratio']:>9.2f} {sample_s:>8.1f}   load {os.getloadavg()[0]:.1f}", flush=True)
@@ -120,6 +134,7 @@ def time_to_quality(config, data, device, minutes: float, eval_every: float, dat
         train(cfg, data, device=device, resume=False, progress=False, callback=evaluate)
     reached = f"{state['reached']:.0f} s" if state["reached"] is not None else f"not within {minutes:g} min"
     print(f"time to quality (accuracy >= 99%, FID <= {TARGET_RATIO}x floor): {reached}")
+    return {"rows": rows, "reached_s": state["reached"], "peak_mb": peak_memory_mb(device)}
 
 
 def main(argv=None) -> None:
@@ -137,6 +152,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="keep the run's checkpoint here (default: a temporary folder)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                    help="override recipe fields, e.g. --set min_snr_gamma=5 ema_decay=0.999")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -154,14 +170,21 @@ def main(argv=None) -> None:
           f"(training ~3x: {3 * flops / 1e6:.0f} MFLOP per image); precision {amp or 'fp32'}")
     if args.flops:
         return
+    info = {"device": card_name(device), "torch": torch.__version__, "recipe": args.recipe, "overrides": args.set,
+            "params": params, "forward_flops": flops, "precision": str(amp or "fp32"), "batch_size": config.batch_size}
     data = load_mnist(args.data, train=True)
     if args.throughput:
         print(f"{'batch':>6} | {'images/s':>9} {'peak MB':>8} {'TFLOP/s':>8}")
+        info["throughput"] = []
         for b in args.batch_sizes or [config.batch_size]:
             ips, mem = throughput(replace(config, batch_size=b), data, device, args.steps)
             print(f"{b:>6} | {ips:>9.0f} {mem:>8.0f} {3 * flops * ips / 1e12:>8.3f}", flush=True)
-        return
-    time_to_quality(config, data, device, args.minutes, args.eval_every, args.data, args.out)
+            info["throughput"].append({"batch_size": b, "images_per_s": ips, "peak_mb": mem})
+    else:
+        info.update(time_to_quality(config, data, device, args.minutes, args.eval_every, args.data, args.out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=1)
 
 
 if __name__ == "__main__":

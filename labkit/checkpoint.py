@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from labkit.errors import LabkitError
+from labkit.device import pick_device
+from labkit.errors import LabkitError, one_line
 
 FORMAT = "labkit-ddpm"
 VERSION = 1
@@ -76,13 +77,19 @@ def save_checkpoint(path, state: dict) -> Path:
     return path
 
 
-def load_checkpoint(path, map_location=None) -> dict:
-    """Read a checkpoint written by ``save_checkpoint``; LabkitError with one clear line if it cannot."""
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; LabkitError with one clear line if it cannot.
+
+    Tensors load onto ``map_location`` (default the CPU: a checkpoint saved on a GPU opens on any machine;
+    None keeps the devices they were saved from)."""
     path = Path(path)
     if path.is_dir():
         raise LabkitError(f"checkpoint {path} is a folder, not a checkpoint file (did you mean {path / 'last.pt'}?)")
     if not path.is_file():
         raise LabkitError(f"checkpoint {path} not found")
+    if _is_text_file(path):  # e.g. a log or a README given by mistake: torch.load would say "KeyError: 101"
+        raise LabkitError(f"{path} is not a labkit checkpoint (it is a text file; checkpoints are written by "
+                          "labkit train, e.g. runs/mnist/last.pt)")
     try:
         # torch.save writes a zip with a CRC32 per record, but torch.load never checks them: a flipped
         # bit in the weights would load silently. zipfile checks them (fast: about 1 GB/s).
@@ -95,7 +102,7 @@ def load_checkpoint(path, map_location=None) -> dict:
     except LabkitError:
         raise
     except Exception as exc:  # truncated zip, random bytes, a pickle with code in it...
-        reason = " ".join(str(exc).split())[:100]
+        reason = one_line(exc, 160)
         raise LabkitError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {reason})") from None
     tag = state.get("labkit") if isinstance(state, dict) else None
     if not isinstance(tag, dict) or tag.get("format") != FORMAT:
@@ -103,6 +110,22 @@ def load_checkpoint(path, map_location=None) -> dict:
     if tag.get("version", 0) > VERSION:
         raise LabkitError(f"checkpoint {path} has format version {tag['version']}; this labkit reads up to {VERSION}: upgrade labkit")
     return state
+
+
+def _is_text_file(path, probe: int = 4096) -> bool:
+    """Does the file start with printable UTF-8 text? (torch files start with a zip or pickle header, which
+    are not; an empty file is not text either: it is a truncated checkpoint.)"""
+    with open(path, "rb") as f:
+        head = f.read(probe)
+    if not head or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # only a multi-byte character cut by the probe's end is allowed
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)
 
 
 def check_same(path, what: str, saved: dict, current: dict, ignore=()) -> None:
@@ -144,11 +167,10 @@ def load_model(path=None, device=None):
 
     path: a training or release checkpoint; None loads the shipped ``labkit/assets/mnist_ddpm.pt``
     (its sha256 checked first). The EMA weights are used when present. The model is float32, in eval
-    mode, on ``device`` (default: the best available, see ``labkit.training.pick_device``).
+    mode, on ``device`` (default: the best available, see ``labkit.device.pick_device``).
     meta: {"step", "train" (TrainConfig dict), "unet", "schedule", "T", "quality", "path"}.
     """
     from labkit.schedules import make_schedule
-    from labkit.training import pick_device
     from labkit.unet import UNet, UNetConfig
 
     if path is None:
@@ -166,7 +188,7 @@ def load_model(path=None, device=None):
         model.load_state_dict({k: v.float() for k, v in weights.items()})
         schedule = make_schedule(state["schedule"], int(state["T"]))
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        reason = " ".join(str(exc).split())[:120]
+        reason = one_line(exc, 200)
         raise LabkitError(f"checkpoint {path} does not hold a usable model ({type(exc).__name__}: {reason})") from None
     device = pick_device(device)
     meta = {k: state.get(k) for k in ("step", "train", "unet", "schedule", "T", "quality")}

@@ -4,6 +4,7 @@
     labkit sample --per-class 100 --out samples.pt --grid samples.png
     labkit evaluate samples.pt --json scores.json
     labkit info
+    labkit report lab09_report.ipynb                               # one HTML file with every picture
 
 Every error a person can fix (bad argument, missing data, corrupt checkpoint) is one line on stderr,
 ``labkit: error: ...``, and exit status 2; no traceback.
@@ -70,7 +71,8 @@ def cmd_train(args) -> int:
     from labkit import recipes
     from labkit.checkpoint import export_release
     from labkit.data import load_mnist, synthetic_digits
-    from labkit.training import pick_device, train
+    from labkit.device import pick_device
+    from labkit.training import train
 
     device = pick_device(args.device)
     _check_output(args.export, "--export")
@@ -153,7 +155,8 @@ def cmd_sample(args) -> int:
         pick = torch.cat([torch.arange(c * args.per_class, c * args.per_class + k) for c in range(cfg.num_classes)])
         # rows = samples, columns = digits
         order = pick.reshape(cfg.num_classes, k).T.reshape(-1)
-        save_image(images[order], grid, nrow=cfg.num_classes, padding=1)
+        # white on black digits: a 2-pixel mid-grey border keeps neighbours apart (black would merge them)
+        save_image(images[order], grid, nrow=cfg.num_classes, padding=2, pad_value=0.5)
         print(f"grid -> {grid}")
     return 0
 
@@ -188,8 +191,8 @@ def cmd_info(args) -> int:
 
     from labkit import __version__
     from labkit.checkpoint import ASSET_PATH
-    from labkit.data import candidate_roots, find_mnist_root
-    from labkit.training import pick_device
+    from labkit.data import candidate_roots, locate_mnist
+    from labkit.device import pick_device
 
     device = pick_device(args.device)
     print(f"labkit       {__version__}")
@@ -205,14 +208,33 @@ def cmd_info(args) -> int:
     for root in candidate_roots(args.data):
         print(f"  {root}{'  (exists)' if root.exists() else ''}")
     try:
-        found = find_mnist_root(args.data)
-    except OSError as exc:
+        found = locate_mnist(args.data)
+    except (OSError, LabkitError) as exc:
         found, note = None, f" ({exc})"
     else:
         note = ""
-    print(f"MNIST found  {found if found else 'no' + note}")
+    if found is None:
+        print(f"MNIST found  no{note}")
+    else:  # the user's folder; gzip files are read through an unpacked copy in labkit's cache
+        folder, tv_root = found
+        print(f"MNIST found  {folder}" + (f"  (unpacked into {tv_root})" if tv_root != folder else ""))
     print(f"shipped checkpoint  {ASSET_PATH}{'' if ASSET_PATH.exists() else '  (missing)'}")
     print("training checkpoints  <out dir>/last.pt (default runs/mnist-cpu or runs/mnist-gpu)")
+    return 0
+
+
+# --- report (lab 09's hand-in) --------------------------------------------------------------------------
+
+
+def cmd_report(args) -> int:
+    from labkit.course.export import export_html
+
+    if args.out is not None:
+        _check_output(args.out, "--out", {".html", ".htm"})
+    path, notes = export_html(args.notebook, args.out)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"report -> {path}")
     return 0
 
 
@@ -286,7 +308,9 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     e.add_argument("samples")
     e.add_argument("--json", default=None)
     e.add_argument("--plot", default=None)
-    e.add_argument("--clip", default="none", help="open_clip MODEL:PRETRAINED, or none")
+    e.add_argument("--clip", default="auto",
+                   help="open_clip MODEL:PRETRAINED, none, or auto (default: the default CLIP model when its weights "
+                        "are cached or can be downloaded, else one line saying why the CLIP scores are skipped)")
     e.add_argument("--data", default=None)
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_evaluate)
@@ -295,6 +319,11 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     i.add_argument("--data", default=None)
     i.add_argument("--device", default=None)
     i.set_defaults(func=cmd_info)
+
+    r = sub.add_parser("report", help="export a notebook with its outputs to one HTML file (lab 09's hand-in)")
+    r.add_argument("notebook", help="the .ipynb to export (run all cells and save it first)")
+    r.add_argument("--out", default=None, help="HTML file to write (default: the notebook's name with .html)")
+    r.set_defaults(func=cmd_report)
 
     course = _course() if course_arguments else None
     for name, helptext in (("build", "build student notebooks (instructors)"), ("grade", "grade submissions (instructors)")):

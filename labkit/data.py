@@ -19,7 +19,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +103,15 @@ def _unpack_gz(src: Path, raw_dir: Path) -> None:
         os.replace(tmp, target)
 
 
-def find_mnist_root(root: str | os.PathLike | None = None) -> Path | None:
-    """Return a torchvision root (a folder holding ``MNIST/raw/``) or None if none is found."""
+def locate_mnist(root: str | os.PathLike | None = None) -> tuple[Path, Path] | None:
+    """``(folder, torchvision root)`` for the first candidate folder that holds MNIST, or None.
+
+    ``folder`` is where the user's files are (what ``labkit info`` shows); the torchvision root (a folder
+    holding ``MNIST/raw/``) is the same folder, or labkit's cache when the files are gzip files.
+    """
     for folder in candidate_roots(root):
         if _has_raw(folder / "MNIST" / "raw"):
-            return folder
+            return folder, folder
         for gz_dir in (folder, folder / "MNIST" / "raw", folder / "mnist"):
             if _has_gz(gz_dir):
                 # Unpack into our own cache, keyed by the source folder; never write beside the
@@ -113,14 +119,54 @@ def find_mnist_root(root: str | os.PathLike | None = None) -> Path | None:
                 key = hashlib.sha1(str(gz_dir.resolve()).encode()).hexdigest()[:10]
                 target = default_cache_dir() / "unpacked" / key
                 _unpack_gz(gz_dir, target / "MNIST" / "raw")
-                return target
+                return gz_dir, target
     return None
+
+
+def find_mnist_root(root: str | os.PathLike | None = None) -> Path | None:
+    """Return a torchvision root (a folder holding ``MNIST/raw/``) or None if none is found."""
+    found = locate_mnist(root)
+    return found[1] if found else None
+
+
+def _download(target: Path, train: bool) -> tuple[Path | None, Exception | None]:
+    """Download MNIST with torchvision into ``target`` (a torchvision root): ``(target, None)`` or ``(None, error)``.
+
+    The files go to a temporary folder in labkit's cache first and are moved into ``target`` only when all of
+    them arrived: a failed download leaves nothing behind, and never creates the folder the user named.
+    """
+    from torchvision.datasets import MNIST
+
+    tmp = None
+    try:
+        default_cache_dir().mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="mnist-download-", dir=default_cache_dir()))
+        MNIST(str(tmp), train=train, download=True)
+        raw = target / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in (tmp / "MNIST" / "raw").iterdir():
+            shutil.move(str(f), str(raw / f.name))
+        return target, None
+    except Exception as exc:  # offline: URLError, socket errors, HTTP errors; an unwritable folder...
+        return None, exc
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _download_reason(error: Exception) -> str:
+    """Why a download failed, in a few words and never cut: torchvision's message repeats one
+    ``<urlopen error ...>`` per mirror over several lines; keep each distinct reason once."""
+    text = str(error)
+    reasons = list(dict.fromkeys(" ".join(r.split()) for r in re.findall(r"<urlopen error (.*?)>", text, re.S)))
+    if reasons:
+        return "; ".join(reasons)
+    return f"{type(error).__name__}: {' '.join(text.split())}"
 
 
 def _missing_message(root, error: Exception | None) -> str:
     where = ", ".join(str(p) for p in candidate_roots(root))
-    detail = " ".join(str(error).split())[:160]  # one line: torchvision's message spans several
-    why = f" (download failed: {type(error).__name__}: {detail})" if error else ""
+    why = f" (download failed: {_download_reason(error)})" if error else ""
     return (
         f"MNIST not found in {where}{why}. Either pass a folder holding the four files "
         f"train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
@@ -142,13 +188,7 @@ def load_mnist(
     found = find_mnist_root(root)
     error = None
     if found is None and download:
-        target = candidate_roots(root)[0]
-        try:
-            target.mkdir(parents=True, exist_ok=True)
-            MNIST(str(target), train=train, download=True)
-            found = target
-        except Exception as exc:  # offline: URLError, socket errors, HTTP errors...
-            error = exc
+        found, error = _download(candidate_roots(root)[0], train)
     if found is None:
         raise DataNotFoundError(_missing_message(root, error))
     try:

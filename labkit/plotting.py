@@ -132,7 +132,8 @@ def noise_grid(x0: torch.Tensor, schedule, ts: Sequence[int], *, generator: torc
     from labkit import diffusion
 
     x0 = x0.detach().float().cpu()
-    noise = torch.randn(x0.shape, generator=generator)  # [N, 1, H, W]
+    where = generator.device if generator is not None else "cpu"  # a CUDA generator draws on the GPU
+    noise = torch.randn(x0.shape, generator=generator, device=where).cpu()  # [N, 1, H, W]
     cols = []
     for t in ts:
         tt = torch.full((x0.shape[0],), int(t), dtype=torch.long)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
-
 from labkit.training import TrainConfig
 from labkit.unet import UNetConfig
 
@@ -64,8 +62,10 @@ def tiny(steps: int = 20, **overrides) -> TrainConfig:
 
 
 def auto(**overrides) -> TrainConfig:
-    """gpu() when CUDA is available, else cpu()."""
-    return gpu(**overrides) if torch.cuda.is_available() else cpu(**overrides)
+    """gpu() when pick_device() chooses CUDA, else cpu()."""
+    from labkit.device import pick_device
+
+    return gpu(**overrides) if pick_device().type == "cuda" else cpu(**overrides)
 
 
 def get(name: str, **overrides) -> TrainConfig:

@@ -197,6 +197,24 @@ def _check_sample_args(shape, y, schedule, *, sampler="dpmpp_2m", guidance=0.0, 
             raise LabkitValueError(f"x_T has shape {list(x_T.shape)} but shape is {list(shape)}")
 
 
+def _check_devices(model, y, generator, x_T) -> None:
+    """Sampling runs on y's device: the noise generator, x_T and a torch model's weights must be there too.
+
+    One LabkitValueError naming the fix, before the first step, instead of torch's error from deep inside.
+    """
+    device = y.device
+    if generator is not None and generator.device.type != device.type:
+        raise LabkitValueError(f"the generator is on {generator.device.type} but y is on {device.type}: sampling "
+                               f"draws its noise where y lives, so make it with torch.Generator({device.type!r})")
+    if x_T is not None and x_T.device.type != device.type:
+        raise LabkitValueError(f"x_T is on {x_T.device.type} but y is on {device.type}: move one of them (x_T.to(y.device))")
+    if isinstance(model, torch.nn.Module):
+        weights = next(model.parameters(), None)
+        if weights is not None and weights.device.type != device.type:
+            raise LabkitValueError(f"the model is on {weights.device.type} but y is on {device.type}: put y (and the "
+                                   f"generator) on the model's device, e.g. y = y.to(next(model.parameters()).device)")
+
+
 def _max_batch(max_batch, device) -> int | None:
     if max_batch == "auto":
         return 256 if device.type == "cpu" else None
@@ -254,6 +272,7 @@ def sample(
     """
     _check_sample_args(shape, y, schedule, sampler=sampler, guidance=guidance, null_class=null_class, eta=eta,
                       clip=clip, x_T=x_T)
+    _check_devices(model, y, generator, x_T)
     device = y.device
     grid = timestep_grid(schedule, steps, spacing).to(device)  # [steps], descending
     eps_model = _chunked(guided(model, guidance, null_class), _max_batch(max_batch, device))

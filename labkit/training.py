@@ -18,6 +18,7 @@ import copy
 import math
 import numbers
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
@@ -26,12 +27,11 @@ import torch
 
 from labkit.checkpoint import check_same, load_checkpoint, save_checkpoint
 from labkit.data import Digits, load_mnist
+from labkit.device import PRECISIONS, pick_device, resolve_precision  # noqa: F401  (re-exported)
 from labkit.diffusion import diffusion_loss
 from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError
 from labkit.schedules import Schedule, make_schedule
 from labkit.unet import UNet, UNetConfig
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -146,50 +146,7 @@ class TrainResult:
     stopped_early: bool = False  # the callback asked to stop
 
 
-# --- Device and precision -------------------------------------------------------------------------
-
-
-def pick_device(device=None) -> torch.device:
-    """The given device, else CUDA, else Apple's MPS, else the CPU.
-
-    A device that does not exist here (a typo, 'cuda' without a GPU) is a LabkitValueError.
-    """
-    if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise LabkitValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps ({exc})") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LabkitValueError(f"device {str(device)!r} asked for, but CUDA is not available here: use cpu")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise LabkitValueError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} GPUs")
-        if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                         and torch.backends.mps.is_available()):
-            raise LabkitValueError("device 'mps' asked for, but Apple's MPS is not available here: use cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler).
-
-    bf16 keeps fp32's exponent range, so it needs no loss scaling; GPUs before Ampere (compute capability
-    < 8, e.g. Colab's T4) have no fast bf16, so they get fp16, whose small range needs a GradScaler.
-    On the CPU mixed precision rarely pays off for small convolutions: fp32.
-    """
-    if precision == "auto":
-        if device.type != "cuda":
-            return None, False
-        precision = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
-    if precision == "fp32":
-        return None, False
-    if precision == "fp16" and device.type != "cuda":
-        raise LabkitValueError(f"precision 'fp16' needs a CUDA GPU (device is {device.type}); use 'bf16' or 'fp32'")
-    return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
+# --- Learning rate (device and precision choice: labkit.device) -------------------------------------
 
 
 def lr_at(step: int, config: TrainConfig, progress: float | None = None) -> float:
@@ -331,10 +288,16 @@ def train(
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["rng"]["data"])
+        try:
+            gen.set_state(state["rng"]["data"])
+        except RuntimeError:  # saved by another device type's generator (a GPU run resumed on a CPU, or back)
+            gen.manual_seed(config.seed + int(state["step"]))  # still seeded, but other batches than an unbroken run
+            warnings.warn(f"{ckpt_path} was saved on another kind of device: training resumes on {device.type} "
+                          "with a reseeded batch generator, so it will not match an uninterrupted run exactly")
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            for i, cuda_state in enumerate(state["rng"]["cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, i)  # a checkpoint from a machine with more GPUs still loads
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
 
     def checkpoint() -> None:

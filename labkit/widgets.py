@@ -33,7 +33,8 @@ def noise_slider(x0: torch.Tensor, schedule, *, generator: torch.Generator | Non
     from labkit import diffusion
 
     x0 = x0.detach().float().cpu()
-    noise = torch.randn(x0.shape, generator=generator)
+    where = generator.device if generator is not None else "cpu"  # a CUDA generator draws on the GPU
+    noise = torch.randn(x0.shape, generator=generator, device=where).cpu()
 
     def picture(t: int):
         tt = torch.full((x0.shape[0],), int(t), dtype=torch.long)

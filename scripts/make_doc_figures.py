@@ -121,9 +121,11 @@ def lab_info(repo: Path = ROOT) -> list[dict]:
         intro = _md_text(cells[0])
         heading = next(ln for ln in intro if ln.startswith("# "))
         title = re.sub(r"^#\s+Lab\s+\d+\s+[—-]\s+", "", heading).strip()
-        exercises, last_def = [], None
+        exercises, written, last_def = [], [], None
         for cell in cells:
             md = cell["nbgrader"] or {}
+            if md.get("grade") and md.get("solution") and cell["markdown"]:  # a written answer, graded by hand
+                written.append((md["grade_id"], md.get("points", 0)))
             if md.get("solution") and not cell["markdown"]:
                 found = re.search(r"^def\s+(\w+)\s*\(", "\n".join(cell["lines"]), re.M)
                 last_def = found[1] if found else md.get("grade_id")
@@ -138,6 +140,8 @@ def lab_info(repo: Path = ROOT) -> list[dict]:
             "grading": _paragraph(intro, "How it is graded"),
             "exercises": exercises,
             "points": sum(p for _, _, p in exercises),
+            "written": written,
+            "written_points": sum(p for _, p in written),
             "pictures": _pictures(text),
         })
     return labs
@@ -155,13 +159,16 @@ def _fmt(points) -> str:
 # --- Generated markdown ----------------------------------------------------------------------------
 
 def labs_markdown(labs: list[dict]) -> str:
-    out = ["| lab | topic | graded functions (points) | points | working time |", "|---|---|---|---:|---:|"]
+    out = ["| lab | topic | graded functions (points) | written answers (points) | points | working time |",
+           "|---|---|---|---:|---:|---:|"]
     for lab in labs:
         ex = ", ".join(f"`{fn}` ({_fmt(p)})" for fn, _, p in lab["exercises"])
-        out.append(f"| [{lab['lab']}](#{lab['lab']}) | {lab['title']} | {ex} | {_fmt(lab['points'])} | "
+        written = f"{len(lab['written'])}: {_fmt(lab['written_points'])}" if lab["written"] else "-"
+        out.append(f"| [{lab['lab']}](#{lab['lab']}) | {lab['title']} | {ex} | {written} | {_fmt(lab['points'])} | "
                    f"{_working_minutes(lab['time'])} |")
-    total = sum(lab["points"] for lab in labs)
-    out.append(f"| **all** | | {sum(len(lab['exercises']) for lab in labs)} graded cells | **{_fmt(total)}** | |")
+    total, written = sum(lab["points"] for lab in labs), sum(lab["written_points"] for lab in labs)
+    out.append(f"| **all** | | {sum(len(lab['exercises']) for lab in labs)} graded cells | "
+               f"{sum(len(lab['written']) for lab in labs)}: **{_fmt(written)}** | **{_fmt(total)}** | |")
     for lab in labs:
         out += ["", f"## Lab {lab['number']}: {lab['title']} {{#{lab['lab']}}}", "",
                 f"Notebook `notebooks/{lab['lab']}.ipynb`, source `solutions/{lab['lab']}/{lab['lab']}.py`, "
@@ -169,6 +176,9 @@ def labs_markdown(labs: list[dict]) -> str:
         out += [f"{i}. {o}" for i, o in enumerate(lab["objectives"], 1)]
         out += ["", "| graded function | test cell | points |", "|---|---|---:|"]
         out += [f"| `{fn}` | `{gid}` | {_fmt(p)} |" for fn, gid, p in lab["exercises"]]
+        if lab["written"]:
+            out += ["", "**Written answers** (graded by hand, with a rubric): " +
+                    ", ".join(f"`{gid}` ({_fmt(p)})" for gid, p in lab["written"]) + "."]
         out += ["", f"**Time.** {lab['time']}", ""]
         out += ["**Pictures.** " + "; ".join(f"*{t}*" for t in lab["pictures"]) + "." if lab["pictures"] else
                 "**Pictures.** none."]
@@ -189,12 +199,16 @@ def unet_trace_markdown() -> str:
 
 def github_slug(git_url: str) -> str | None:
     """'git+https://github.com/ORG/REPO.git@v1' -> 'ORG/REPO' (None if not a GitHub URL)."""
-    m = re.search(r"github\.com[/:]([^/]+)/([^/@#]+?)(?:\.git)?(?:[@#].*)?$", git_url)
-    return f"{m[1]}/{m[2]}" if m else None
+    from labkit import colab
+
+    return colab.github_slug(git_url)
 
 
 def colab_url(lab: str, slug: str, branch: str = "main") -> str:
-    return f"https://colab.research.google.com/github/{slug}/blob/{branch}/notebooks/{lab}.ipynb"
+    """The same address as the notebooks' badges (``labkit.colab.colab_url``)."""
+    from labkit import colab
+
+    return colab.colab_url(lab, f"https://github.com/{slug}", branch)
 
 
 def colab_markdown(labs: list[dict], git_url: str | None = None) -> str:

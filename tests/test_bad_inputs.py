@@ -10,6 +10,8 @@ CLI: each row is argv for ``labkit.cli.main``: exit status 2, exactly one stderr
 from __future__ import annotations
 
 import gzip
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,7 +178,8 @@ CASES = [
     # checkpoint
     ("load_checkpoint missing", lambda tmp: checkpoint.load_checkpoint(tmp / "none.pt"), LabkitError, "not found"),
     ("load_checkpoint a folder", lambda tmp: checkpoint.load_checkpoint(tmp), LabkitError, "is a folder"),
-    ("load_checkpoint garbage", lambda tmp: checkpoint.load_checkpoint(write(tmp / "g.pt", b"garbage" * 9)), LabkitError, "truncated or corrupt"),
+    ("load_checkpoint garbage", lambda tmp: checkpoint.load_checkpoint(write(tmp / "g.pt", b"\x00\x01garbage" * 9)), LabkitError, "truncated or corrupt"),
+    ("load_checkpoint a text file", lambda tmp: checkpoint.load_checkpoint(write(tmp / "notes.txt", b"train loss 0.03\n" * 9)), LabkitError, "not a labkit checkpoint (it is a text file"),
     ("load_checkpoint empty", lambda tmp: checkpoint.load_checkpoint(write(tmp / "e.pt", b"")), LabkitError, "truncated or corrupt"),
     ("load_checkpoint other torch file", lambda tmp: checkpoint.load_checkpoint(write(tmp / "o.pt", {"w": torch.ones(1)})), LabkitError, "not a labkit checkpoint"),
     ("load_model a samples file", lambda tmp: checkpoint.load_model(write(tmp / "s.pt", {"images": torch.zeros(1)})), LabkitError, "not a labkit checkpoint"),
@@ -234,10 +237,13 @@ def files(tmp_path_factory):
     result = training.train(recipes.tiny(steps=1, out_dir=str(root / "run")), data.synthetic_digits(8),
                             device="cpu", progress=False)
     torch.save({"images": torch.rand(20, 1, 28, 28), "labels": torch.arange(20) % 10}, root / "samples.pt")
-    (root / "garbage.pt").write_bytes(b"garbage" * 10)
+    (root / "garbage.pt").write_bytes(b"\x00\x01garbage" * 10)
+    (root / "notes.txt").write_text("step 100: loss 0.031\nstep 200: loss 0.027\n")
+    (root / "truncated.pt").write_bytes(Path(result.checkpoint).read_bytes()[:5000])
     (root / "afile").write_text("x")
     torch.save({"images": np.zeros((2, 1, 28, 28)), "labels": np.zeros(2)}, root / "numpy.pt")
     return {"ckpt": str(result.checkpoint), "samples": str(root / "samples.pt"), "garbage": str(root / "garbage.pt"),
+            "text": str(root / "notes.txt"), "truncated": str(root / "truncated.pt"),
             "file": str(root / "afile"), "dir": str(root), "numpy": str(root / "numpy.pt"), "out": str(root / "o")}
 
 
@@ -259,6 +265,8 @@ CLI_CASES = [
     # sample
     (["sample", "--checkpoint", "{dir}"], "is a folder"),
     (["sample", "--checkpoint", "{garbage}"], "truncated or corrupt"),
+    (["sample", "--checkpoint", "{truncated}"], "truncated or corrupt"),
+    (["sample", "--checkpoint", "{text}"], "is not a labkit checkpoint (it is a text file"),
     (["sample", "--checkpoint", "{samples}"], "not a labkit checkpoint"),
     (["sample", "--checkpoint", "{ckpt}", "--sampler", "euler"], "unknown sampler"),
     (["sample", "--checkpoint", "{ckpt}", "--steps", "5000"], "more than the model's T"),
@@ -308,3 +316,160 @@ def test_cli_bad_arguments_one_line(capsys, monkeypatch, files, argv, words):
     err = capsys.readouterr().err
     assert err.startswith("labkit: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert words in err, err
+
+
+# --- first contact (issue 14): what a new user runs into -------------------------------------------------
+
+
+def _cli_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("labkit: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+@pytest.fixture
+def dns_fails(monkeypatch, tmp_path):
+    """torchvision's own MNIST.download, offline: each mirror fails with the URLError a missing DNS gives
+    (torchvision then raises one RuntimeError spanning several lines, one 'Tried <mirror>' per mirror)."""
+    import urllib.error
+
+    import torchvision.datasets.mnist as tv_mnist
+
+    def fail(url, *args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", fail)
+    monkeypatch.delenv("LABKIT_DATA", raising=False)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+
+
+def test_bad_data_folder_is_never_created_and_the_message_is_whole(capsys, tmp_path, dns_fails):
+    nowhere = tmp_path / "typo" / "mnist"
+    err = _cli_error(capsys, ["train", "--recipe", "tiny", "--data", str(nowhere), "--out", str(tmp_path / "run")])
+    assert not nowhere.exists() and not (tmp_path / "typo").exists(), "a failed lookup created the user's folder"
+    assert "MNIST not found in " + str(nowhere) in err
+    assert "(download failed: [Errno -2] Name or service not known)" in err, err  # the reason, once, whole
+    assert "Tried" not in err and err.endswith("so torchvision can download it."), err
+    assert list((tmp_path / "cache").glob("mnist-download-*")) == []  # the temporary download folder is gone
+    capsys.readouterr()
+    assert cli.main(["info", "--data", str(nowhere)]) == 0
+    out = capsys.readouterr().out
+    assert f"  {nowhere}\n" in out and "(exists)" not in out and "MNIST found  no" in out
+
+
+def test_labkit_data_folder_is_not_created_either(capsys, tmp_path, dns_fails, monkeypatch):
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path / "not-yet"))
+    err = _cli_error(capsys, ["train", "--recipe", "tiny", "--out", str(tmp_path / "run")])
+    assert "Name or service not known" in err and not (tmp_path / "not-yet").exists()
+
+
+def _idx(name: str, n: int) -> bytes:
+    if "images" in name:
+        return struct.pack(">IIII", 2051, n, 28, 28) + bytes(n * 28 * 28)
+    return struct.pack(">II", 2049, n) + bytes(i % 10 for i in range(n))
+
+
+def test_a_download_that_works_lands_in_the_named_folder(tmp_path, monkeypatch):
+    """The other side of the temporary folder: files that all arrived are moved into the folder the user named."""
+    import torchvision.datasets.mnist as tv_mnist
+
+    def fake_download(url, download_root, filename, md5=None, **kwargs):
+        name = filename[: -len(".gz")]
+        Path(download_root, name).write_bytes(_idx(name, 7 if name.startswith("train") else 3))
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", fake_download)
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    digits = data.load_mnist(tmp_path / "new" / "mnist", train=False)
+    assert len(digits) == 3
+    assert sorted(p.name for p in (tmp_path / "new" / "mnist" / "MNIST" / "raw").iterdir()) == sorted(data.MNIST_FILES)
+    assert list((tmp_path / "cache").glob("mnist-download-*")) == []
+
+
+def test_error_text_is_shortened_at_a_word_never_inside_one():
+    from labkit.errors import one_line
+
+    text = "Error downloading train-images-idx3-ubyte.gz:\nTried https://example.org/mnist/, got:\n" * 5
+    short = one_line(text, 100)
+    assert len(short) <= 106 and short.endswith(" [...]") and "\n" not in short
+    assert text.replace("\n", " ").startswith(short[: -len(" [...]")] + " "), short  # whole words only
+    assert one_line("a\n  b") == "a b"
+
+
+def test_info_names_the_users_mnist_folder(capsys, tmp_path, monkeypatch):
+    folder = tmp_path / "my-mnist"
+    folder.mkdir()
+    for name in data.MNIST_FILES:
+        (folder / f"{name}.gz").write_bytes(gzip.compress(_idx(name, 2)))
+    monkeypatch.setenv("LABKIT_DATA", str(folder))
+    monkeypatch.setenv("LABKIT_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["info"]) == 0
+    found = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("MNIST found"))
+    assert found.startswith(f"MNIST found  {folder}  (unpacked into {tmp_path / 'cache'}"), found
+
+
+def test_a_text_file_is_not_a_checkpoint_and_a_cut_checkpoint_is_truncated(tmp_path, files):
+    text = write(tmp_path / "README.md", b"# my run\n\nloss went down\n")
+    with pytest.raises(LabkitError, match=r"is not a labkit checkpoint \(it is a text file") as info:
+        checkpoint.load_checkpoint(text)
+    assert "KeyError" not in str(info.value) and "truncated" not in str(info.value)
+    with pytest.raises(LabkitError, match="truncated or corrupt"):
+        checkpoint.load_checkpoint(files["truncated"])
+
+
+@pytest.fixture
+def synthetic_reference(monkeypatch):
+    """``--data synthetic`` resolves to synthetic real digits (no MNIST needed)."""
+    from labkit.evaluation import fid
+
+    train = data.synthetic_digits(200, generator=torch.Generator().manual_seed(20))
+    test = data.synthetic_digits(100, generator=torch.Generator().manual_seed(21))
+    monkeypatch.setitem(fid._MNIST_REFS, "synthetic", fid.RealReference.from_digits(train, test))
+    return "synthetic"
+
+
+def test_evaluate_says_in_one_line_why_clip_was_skipped(capsys, monkeypatch, files, synthetic_reference):
+    from labkit.evaluation import clip as clip_module
+
+    monkeypatch.setattr(clip_module, "cached_weights", lambda *a: None)
+    monkeypatch.setattr(clip_module, "hub_reachable", lambda *a, **k: False)
+    assert cli.main(["evaluate", files["samples"], "--data", synthetic_reference, "--device", "cpu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("; CLIP scores skipped: the weights of ViT-B-32:laion2b_s34b_b79k are not cached and the "
+                          "Hugging Face hub cannot be reached (run once online to download them)"), first
+    assert cli.main(["evaluate", files["samples"], "--data", synthetic_reference, "--device", "cpu", "--clip", "none"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("; CLIP scores off")
+
+
+def test_evaluate_tries_clip_by_default_when_its_weights_are_there(capsys, monkeypatch, files, synthetic_reference):
+    from labkit.evaluation import clip as clip_module
+
+    asked = []
+
+    def from_pretrained(model_name, pretrained, device=None, **kwargs):
+        asked.append((model_name, pretrained))
+        scorer = clip_module.tiny_clip_scorer(device=device)  # no download: a tiny random open_clip model
+        scorer.name = f"{model_name}:{pretrained}"
+        return scorer
+
+    monkeypatch.setattr(clip_module, "cached_weights", lambda *a: "/cache/open_clip_model.safetensors")
+    monkeypatch.setattr(clip_module, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(report.ClipScorer, "from_pretrained", staticmethod(from_pretrained))
+    assert cli.main(["evaluate", files["samples"], "--data", synthetic_reference, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [("ViT-B-32", "laion2b_s34b_b79k")]
+    assert out.splitlines()[0].endswith("; CLIP ViT-B-32:laion2b_s34b_b79k") and "clip p" in out, out[:300]
+
+
+def test_sample_grid_separates_black_background_digits(capsys, tmp_path, files):
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
+    assert cli.main(["sample", "--checkpoint", files["ckpt"], "--per-class", "2", "--out", str(tmp_path / "s.pt"),
+                     "--grid", str(grid), "--device", "cpu"]) == 0
+    img = np.asarray(Image.open(grid).convert("L"), dtype=np.int64)
+    assert img.shape == (2 + 2 * 30, 2 + 10 * 30)  # 2 rows x 10 digits of 28 px, 2-px borders
+    borders = np.concatenate([img[:2].ravel(), img[:, :2].ravel(), img[30:32].ravel(), img[:, 30:32].ravel()])
+    assert (np.abs(borders - 128) <= 1).all(), "digits are separated by a mid-grey border, not black"

@@ -17,6 +17,75 @@ from labkit.checks import lab08_beyond as c08
 from labkit.clip_guidance import ClipGuidance, guided_eps, optimise_for_clip
 
 
+
+# The checks keep their expected answers inside the check functions (nothing a student notebook can import);
+# these copies let the tests build the answers and the named wrong ones independently.
+
+def reference_p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
+    """The answer (float64): Algorithm 2 of Ho et al. 2020 with sigma_t^2 = beta_tilde_t."""
+    x, eps, zz = x_t.double(), eps_hat.double(), z.double()
+    betas, ab = betas.double(), alpha_bars.double()
+    ab_prev = torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t]))  # alpha_bar_{t-1}, 1 at t = 0
+    var = (1 - ab_prev) / (1 - ab[t]) * betas[t]
+    return c05._step(x, t, eps, zz, betas, ab, ab_prev, var)
+
+
+def reference_ddim(x, eps, ab_t, ab_prev, eta, z, *, sigma_mode="ok", dir_mode="ok", x0_mode="ok", noise=True):
+    x, eps, z = x.double(), eps.double(), z.double()
+    if x0_mode == "ok":
+        x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    elif x0_mode == "variance":
+        x0 = (x - (1 - ab_t) * eps) / ab_t
+    sigma = ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
+    if sigma_mode == "ok":
+        sigma = eta * sigma
+    elif sigma_mode == "squared":  # eta * sigma^2 where sigma belongs
+        sigma = eta * sigma ** 2
+    elif sigma_mode == "eta2":
+        sigma = eta ** 2 * sigma
+    elif sigma_mode == "noeta":
+        pass
+    elif sigma_mode == "swapped":
+        sigma = eta * ((1 - ab_t) / (1 - ab_prev).clamp(min=1e-12) * (1 - ab_prev / ab_t)).abs().sqrt()
+    if dir_mode == "ok":
+        direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+    elif dir_mode == "nosigma":
+        direction = (1 - ab_prev).sqrt() * eps
+    elif dir_mode == "ab_t":
+        direction = (1 - ab_t).sqrt() * eps
+    elif dir_mode == "variance":
+        direction = (1 - ab_prev - sigma ** 2).clamp(min=0) * eps
+    out = ab_prev.sqrt() * x0 + direction
+    return out + sigma * z if noise else out
+
+
+def reference_dpmpp_2m(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last, *, mode="ok"):
+    x, d0 = x.double(), x0_hat.double()
+    sig_t, sig_p, alpha_p = (1 - ab_t).sqrt(), (1 - ab_prev).sqrt(), ab_prev.sqrt()
+    lam_t, lam_p = c07._lam(ab_t), c07._lam(ab_prev)
+    if mode == "full_logsnr":
+        lam_t, lam_p = 2 * lam_t, 2 * lam_p
+    h = lam_p - lam_t
+    D = d0
+    if x0_prev is not None and mode != "first_order":
+        lam_l = c07._lam(ab_last) * (2 if mode == "full_logsnr" else 1)
+        r = (lam_t - lam_l) / h
+        if mode == "r_inverted":
+            r = 1 / r
+        c = 1 / (2 * r)
+        D = (1 + c) * d0 - c * x0_prev.double()
+        if mode == "D_swapped":
+            D = (1 + c) * x0_prev.double() - c * d0
+    if mode == "exp_sign":
+        return sig_p / sig_t * x - alpha_p * torch.expm1(h) * D
+    if mode == "ratio_inverted":
+        return sig_t / sig_p * x - alpha_p * torch.expm1(-h) * D
+    if mode == "sigma_prev":
+        return sig_p / sig_t * x - sig_p * torch.expm1(-h) * D
+    if mode == "plus":
+        return sig_p / sig_t * x + alpha_p * torch.expm1(-h) * D
+    return sig_p / sig_t * x - alpha_p * torch.expm1(-h) * D
+
 def _b(v, x):
     return v.view(-1, *([1] * (x.dim() - 1)))
 
@@ -92,7 +161,7 @@ def test_p_sample_reference_matches_labkit_sampler():
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     step = samplers.ddpm_step(x, t, t - 1, eps, s, generator=g1)
     z = torch.randn(x.shape, generator=g2, dtype=torch.float64)
-    ref = c05.reference_p_sample_step(x, t, eps, s.betas, s.alpha_bars, z)
+    ref = reference_p_sample_step(x, t, eps, s.betas, s.alpha_bars, z)
     assert (step.x_prev[1:] - ref[1:]).abs().max() < 1e-9  # t > 0: same mean and variance
     assert (step.x_prev[:1] - ref[:1]).abs().max() < 1e-9  # t = 0: the mean only
 
@@ -125,7 +194,7 @@ def ddim_ok(x, eps, ab_t, ab_prev, eta, z):
 
 
 def _ddim(**kw):
-    return lambda x, eps, a, ap, eta, z: c07.reference_ddim(x, eps, a, ap, eta, z, **kw)
+    return lambda x, eps, a, ap, eta, z: reference_ddim(x, eps, a, ap, eta, z, **kw)
 
 
 @pytest.mark.parametrize("fn", [ddim_ok])
@@ -170,7 +239,7 @@ def dpmpp_ok(x, d0, d1, ab_t, ab_prev, ab_last):
 
 
 def _dpm(mode):
-    return lambda *a: c07.reference_dpmpp_2m(*a, mode=mode)
+    return lambda *a: reference_dpmpp_2m(*a, mode=mode)
 
 
 def test_dpmpp_accepts_correct():
@@ -538,3 +607,15 @@ def test_lab_solution_full_marks_and_blank_zero(graded_0408, lab):
             assert not _nb_errors(cell), f"cell {i} crashed in the untouched notebook: {_nb_errors(cell)[0]['evalue'][:200]}"
     html = (out / "feedback" / "blank" / f"{lab}.html").read_text()
     assert "HIDDEN TESTS" not in html
+
+
+@pytest.mark.nbgrader
+@pytest.mark.slow
+@pytest.mark.parametrize("lab", LABS_0408)
+def test_lab_outputs_hold_no_stray_reprs(graded_0408, lab):
+    """No cell prints ``<matplotlib.legend.Legend at 0x...>`` and the like (fast mode, solution and untouched)."""
+    from test_notebook_hygiene import stray_reprs
+
+    _, out = graded_0408
+    assert stray_reprs(_autograded_0408(out, "solution", lab)) == []
+    assert stray_reprs(_autograded_0408(out, "blank", lab), skip_test_cells=True) == []

@@ -37,7 +37,8 @@ def test_source_metadata_and_kernel(lab):
     assert nb.metadata.kernelspec.name == "python3"
     graded = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert graded and all(c.metadata.nbgrader["points"] > 0 for c in graded)
-    assert all(course.BEGIN_HIDDEN in c.source for c in graded), "every test cell has hidden tests"
+    tests = [c for c in graded if not c.metadata.nbgrader.get("solution")]  # not the written answers
+    assert tests and all(course.BEGIN_HIDDEN in c.source for c in tests), "every test cell has hidden tests"
     ids = [c.id for c in nb.cells]
     assert len(set(ids)) == len(ids)
     first_code = next(c for c in nb.cells if c.cell_type == "code")
@@ -68,7 +69,16 @@ def test_student_notebook_leaks_nothing(lab):
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
     solution_cells = [c for c in student.cells if c.metadata.get("nbgrader", {}).get("solution")]
-    assert solution_cells and all("raise NotImplementedError()" in c.source for c in solution_cells)
+    code = [c for c in solution_cells if c.cell_type == "code"]
+    assert code and all("raise NotImplementedError()" in c.source for c in code)
+    written = [c for c in solution_cells if c.cell_type == "markdown"]  # model answers and rubrics stay behind
+    assert all(c.source.strip() == "YOUR ANSWER HERE" for c in written)
+    model = [ln[2:].strip() for block in re.findall(r"^# ### BEGIN SOLUTION\n(.*?)^# ### END SOLUTION", py, re.S | re.M)
+             for ln in block.splitlines()]
+    assert bool(model) == bool(written) and (lab == "lab00_setup" or written)
+    for line in model:
+        if len(line) > 12:
+            assert line not in sources, f"model answer leaked into notebooks/{lab}.ipynb: {line!r}"
 
 
 def test_notebooks_folder_holds_only_built_labs():
@@ -107,7 +117,9 @@ def test_source_to_notebook_is_deterministic(tmp_path):
     assert a == b
     nb = json.loads(a)
     assert [c["id"] for c in nb["cells"]] == ["f", "test_f"]
-    assert nb["metadata"] == {"kernelspec": course.KERNELSPEC, "language_info": {"name": "python"}}
+    from labkit.course.sources import language_info
+
+    assert nb["metadata"] == {"kernelspec": course.KERNELSPEC, "language_info": language_info()}
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -250,13 +262,19 @@ def test_find_submissions_keeps_newest(tmp_path):
 
 
 def test_scores_csv(tmp_path):
-    rows = [course.GradeResult("a", "lab01_forward", 4.0, 4.0, "graded"),
-            course.GradeResult("b", "lab01_forward", None, None, "failed", ["unreadable notebook"])]
+    rows = [course.GradeResult("a", "lab01_forward", 4.0, 4.0, "graded", manual_max=3.0),
+            course.GradeResult("b", "lab01_forward", None, None, "failed", ["unreadable notebook"]),
+            course.GradeResult("c", "lab01_forward", 1.0, 4.0, "graded", manual_score=2.5, manual_max=3.0)]
     course.write_scores_csv(rows, tmp_path / "scores.csv")
     with open(tmp_path / "scores.csv") as f:
         got = list(csv.DictReader(f))
-    assert got[0] == {"student": "a", "lab": "lab01_forward", "score": "4", "max_score": "4", "status": "graded", "notes": ""}
+    # autograded points and the written answers' manual points in their own columns; "" while pending
+    assert got[0] == {"student": "a", "lab": "lab01_forward", "score": "4", "max_score": "4", "manual_score": "",
+                      "manual_max": "3", "status": "graded", "notes": ""}
     assert got[1]["status"] == "failed" and got[1]["notes"] == "unreadable notebook"
+    assert (got[2]["manual_score"], got[2]["manual_max"]) == ("2.5", "3")
+    assert rows[0].manual_pending == 3.0 and rows[2].manual_pending == 0.0
+    assert "+3 manual" in rows[0].line() and "+2.5/3" in rows[2].line()
 
 
 def test_cli_arguments():

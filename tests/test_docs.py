@@ -228,3 +228,20 @@ def test_labkit_info_runs(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("labkit ") and "MNIST is looked for in" in out and "shipped checkpoint" in out
+
+
+def test_readme_answers_the_newcomers_questions():
+    """Issue 14: beside the two setup commands (kept verbatim), one line each for root, the CLI on PATH,
+    CPU-only torch and MNIST offline; the options they name exist."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert 'python3 -m venv .venv && .venv/bin/pip install -e ".[course]" && .venv/bin/jupyter lab notebooks/\n' in readme
+    assert "\nbash .ci/run\n" in readme
+    bullets = {key: [ln for ln in readme.splitlines() if ln.startswith("- ") and key in ln]
+               for key in ("--allow-root", "source .venv/bin/activate", "download.pytorch.org/whl/cpu", "LABKIT_DATA=DIR")}
+    assert all(len(lines) == 1 for lines in bullets.values()), bullets
+    assert ".venv/bin/labkit info" in bullets["source .venv/bin/activate"][0]
+    assert "root" in bullets["--allow-root"][0] and "Offline" in bullets["LABKIT_DATA=DIR"][0]
+    from jupyter_server.serverapp import ServerApp
+
+    assert ServerApp.class_traits()["allow_root"] is not None  # the flag JupyterLab takes
+    assert "LABKIT_DATA" in (ROOT / "labkit" / "data.py").read_text(encoding="utf-8")

@@ -242,7 +242,8 @@ CASES = [
     Case("9b", "wrong-dtypes", "int64 alpha_bars, float16 SNR, float64 x_t (inputs float32)", make_wrong_dtypes, 2,
          "graded", r"test_snr\) failed: .*dtype torch.float16"),
     Case("10", "monkeypatched", "wrong `snr` and `q_sample`; torch/numpy allclose patched to return True, "
-         "`checks.check_q_sample` replaced", make_monkeypatched, 1, "graded", r"REVIEW cell \d+ \(snr\): replaces .*torch.allclose"),
+         "`checks.check_q_sample` replaced", make_monkeypatched, 1, "needs review",
+         r"REVIEW cell \d+ \(snr\): replaces .*torch.allclose"),
     Case("11a", "renamed-copy", f"file named `Copy of {LAB} (1).ipynb`", make_renamed_copy, FULL, "graded", r"^$"),
     Case("11b", "renamed-dash", f"file named `{LAB}-2.ipynb`", make_renamed_dash, FULL, "graded", r"^$"),
     Case("12a", "empty", "empty student folder", make_empty_folder, 0, "no submission", r"empty folder, no notebook"),
@@ -348,8 +349,8 @@ def test_monkeypatching_earns_nothing(graded):
     results, out = graded
     nb = _autograded(out, "monkeypatched")
     assert "inverted" in _errors(nb, "test_snr")  # allclose patched: the check still names the mistake
-    assert "CheckFailed" in _errors(nb, "test_q_sample")  # the replaced check was restored before the test
-    assert sum("REVIEW" in n for n in results["monkeypatched"].notes) == 2
+    assert "CheckFailed" in _errors(nb, "test_q_sample")  # the test ran in the grader, not in the patched kernel
+    assert sum("REVIEW" in n for n in results["monkeypatched"].notes) >= 2
 
 
 def test_renamed_notebooks_are_found(graded):

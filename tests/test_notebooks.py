@@ -104,7 +104,12 @@ def test_solution_scores_full_marks_and_runs_clean(graded, lab):
 
     with Gradebook(f"sqlite:///{out / 'nbgrader' / lab / 'gradebook.db'}") as gb:
         sub = gb.find_submission(lab, "solution")
-        assert sub.score == sub.max_score == r.max_score and not sub.needs_manual_grade
+        # autograded points apart: the solution's model answers are written answers, pending manual grading
+        assert sub.code_score == sub.max_code_score == r.max_score
+        grades = [g for nb in sub.notebooks for g in nb.grades]
+        assert not any(g.needs_manual_grade for g in grades if g.cell.cell_type == "code")
+        assert all(g.needs_manual_grade for g in grades if g.cell.cell_type == "markdown")
+        assert sub.max_written_score == r.manual_max and (r.manual_max > 0) == (lab != "lab00_setup")
     nb = _autograded(out, "solution", lab)
     failing = [(i, e["ename"], e["evalue"][:200]) for i, c in enumerate(nb.cells) for e in _errors(c)]
     assert failing == [], failing
@@ -126,6 +131,16 @@ def test_untouched_release_scores_zero_and_only_tests_fail(graded, lab):
             assert "not implemented yet" in _errors(cell)[0]["evalue"]
         else:
             assert not _errors(cell), f"cell {i} crashed in the untouched notebook: {_errors(cell)[0]['evalue'][:200]}"
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_no_stray_reprs_in_outputs(graded, lab):
+    """No cell prints ``<torch._C.Generator at 0x...>`` and the like (fast mode, solution and untouched)."""
+    from test_notebook_hygiene import stray_reprs
+
+    _, out = graded
+    assert stray_reprs(_autograded(out, "solution", lab)) == []
+    assert stray_reprs(_autograded(out, "blank", lab), skip_test_cells=True) == []
 
 
 def test_damaged_submissions_are_still_graded(graded):

@@ -26,7 +26,50 @@ import torch
 
 
 class CheckFailed(AssertionError):
-    """A check failed; the message says what was expected and, where known, which mistake was made."""
+    """A check failed; the message says what was expected and, where known, which mistake was made.
+
+    Presentation only (what a student reads): IPython shows it through ``_render_traceback_`` as one red
+    message, plus the line of the student's own code that raised, when there is one, instead of a
+    traceback through this module. nbgrader still sees an error (ename ``CheckFailed``, the message as
+    evalue) and scores the test cell 0. While a student works (not under nbgrader),
+    ``labkit.runall`` shows the same message without failing the cell, so Run All goes on.
+    """
+
+    def friendly(self, color: bool = True) -> str:
+        """The message a student reads: ``✘ check: what went wrong`` (+ where in their code)."""
+        red, bold, off = ("\x1b[31m", "\x1b[1m", "\x1b[0m") if color else ("", "", "")
+        lines = str(self).splitlines() or [type(self).__name__]
+        out = [f"{red}{bold}\u2718 {lines[0]}{off}"] + [f"{red}{ln}{off}" for ln in lines[1:]]
+        where = _student_line(self.__cause__)
+        if where:
+            out.append(f"{red}  in your code: {where}{off}")
+        return "\n".join(out)
+
+    def _render_traceback_(self):  # IPython: replaces the traceback with these lines
+        return self.friendly().splitlines()
+
+
+def _student_line(exc: BaseException | None) -> str | None:
+    """``line N: <source>`` of the last traceback frame of ``exc`` that is notebook code (not labkit, not an
+    installed package, not the standard library), or None."""
+    if exc is None or exc.__traceback__ is None:
+        return None
+    import linecache
+    import os
+    import sysconfig
+    import traceback
+
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the labkit package
+    libs = {p for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "purelib", "platlib")) if p}
+    found = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        name = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else frame.filename
+        if name.startswith(ours) or any(name.startswith(p) for p in libs) or "-packages" in name:
+            continue
+        text = (frame.line or linecache.getline(frame.filename, frame.lineno or 0)).strip()
+        where = f"`{frame.name}`, line {frame.lineno}" if frame.name != "<module>" else f"line {frame.lineno}"
+        found = f"{where}: {text}" if text else where
+    return found
 
 
 def fail(check: str, message: str) -> None:

@@ -116,6 +116,28 @@ def _moved(before, after) -> float:
     return max(max_abs_diff(a, b) for a, b in zip(before, after))
 
 
+class BatchLoss:
+    """``compute_loss()`` for one batch: the noise-prediction loss of ``model``; counts its calls.
+
+    A small class rather than a closure so that, while grading, it can travel to the student's kernel with
+    the model and come back with how often it was called (``_labkit_state`` / ``_labkit_apply``)."""
+
+    def __init__(self, model, xt, t, y, noise):
+        self.model, self.xt, self.t, self.y, self.noise = model, xt, t, y, noise
+        self.calls: list[int] = []
+
+    def __call__(self):
+        self.calls.append(1)
+        return ((self.model(self.xt, self.t, self.y) - self.noise) ** 2).mean()
+
+    def _labkit_state(self):
+        return len(self.calls)
+
+    def _labkit_apply(self, state):
+        if isinstance(state, int) and 0 <= state < 10_000:
+            self.calls[:] = [1] * state
+
+
 def check_train_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 6, 6)), lr: float = 0.1, T: int = 50) -> None:
     """student_fn(model, optimizer, compute_loss) -> the loss as a float.
 
@@ -150,11 +172,8 @@ def check_train_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 6
 
         before = _params(model)
         opt = setup(model)
-        calls = []
-
-        def compute_loss():
-            calls.append(1)
-            return ((model(xt, t, y) - noise) ** 2).mean()
+        compute_loss = BatchLoss(model, xt, t, y, noise)
+        calls = compute_loss.calls
 
         out = call(name, student_fn, model, opt, compute_loss, hints={
             "modified by an inplace operation": "optimizer.step() ran before loss.backward(): it changed the "

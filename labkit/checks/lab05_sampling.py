@@ -44,18 +44,18 @@ def _step(x, t, eps, z, betas, ab, ab_prev, var, noise_at_0=False, mean_coef=Non
     return mean + v.sqrt() * z
 
 
-def reference_p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
-    """The answer (float64): Algorithm 2 of Ho et al. 2020 with sigma_t^2 = beta_tilde_t."""
-    x, eps, zz = x_t.double(), eps_hat.double(), z.double()
-    betas, ab = betas.double(), alpha_bars.double()
-    ab_prev = torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t]))  # alpha_bar_{t-1}, 1 at t = 0
-    var = (1 - ab_prev) / (1 - ab[t]) * betas[t]
-    return _step(x, t, eps, zz, betas, ab, ab_prev, var)
-
-
 def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4, 2, 5, 3)), T: int = 20) -> None:
     """student_fn(x_t [B,C,H,W], t int64 [B], eps_hat [B,C,H,W], betas [T], alpha_bars [T], z [B,C,H,W])
     -> x_{t-1} [B,C,H,W]. Every batch holds t = 0 (the last step) and t = 1 (where beta_tilde and beta differ most)."""
+    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
+    def reference_p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
+        """The answer (float64): Algorithm 2 of Ho et al. 2020 with sigma_t^2 = beta_tilde_t."""
+        x, eps, zz = x_t.double(), eps_hat.double(), z.double()
+        betas, ab = betas.double(), alpha_bars.double()
+        ab_prev = torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t]))  # alpha_bar_{t-1}, 1 at t = 0
+        var = (1 - ab_prev) / (1 - ab[t]) * betas[t]
+        return _step(x, t, eps, zz, betas, ab, ab_prev, var)
+
     name = "check_p_sample_step"
     g = generator(seed)
     for shape in sizes:

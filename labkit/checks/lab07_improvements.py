@@ -59,38 +59,38 @@ def _alpha_bar_pairs(B: int, g: torch.Generator, nd: int):
     return ab_t.view(shape), ab_prev.view(shape)
 
 
-def reference_ddim(x, eps, ab_t, ab_prev, eta, z, *, sigma_mode="ok", dir_mode="ok", x0_mode="ok", noise=True):
-    x, eps, z = x.double(), eps.double(), z.double()
-    if x0_mode == "ok":
-        x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
-    elif x0_mode == "variance":
-        x0 = (x - (1 - ab_t) * eps) / ab_t
-    sigma = ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
-    if sigma_mode == "ok":
-        sigma = eta * sigma
-    elif sigma_mode == "squared":  # eta * sigma^2 where sigma belongs
-        sigma = eta * sigma ** 2
-    elif sigma_mode == "eta2":
-        sigma = eta ** 2 * sigma
-    elif sigma_mode == "noeta":
-        pass
-    elif sigma_mode == "swapped":
-        sigma = eta * ((1 - ab_t) / (1 - ab_prev).clamp(min=1e-12) * (1 - ab_prev / ab_t)).abs().sqrt()
-    if dir_mode == "ok":
-        direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-    elif dir_mode == "nosigma":
-        direction = (1 - ab_prev).sqrt() * eps
-    elif dir_mode == "ab_t":
-        direction = (1 - ab_t).sqrt() * eps
-    elif dir_mode == "variance":
-        direction = (1 - ab_prev - sigma ** 2).clamp(min=0) * eps
-    out = ab_prev.sqrt() * x0 + direction
-    return out + sigma * z if noise else out
-
-
 def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5, 7)), etas=(0.0, 0.5, 1.0)) -> None:
     """student_fn(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z) -> x_prev, all tensors [B,C,H,W] except
     alpha_bar_* [B,1,1,1] float64 and eta a float (DDIM, Song et al. 2021, eqs. 12 and 16)."""
+    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
+    def reference_ddim(x, eps, ab_t, ab_prev, eta, z, *, sigma_mode="ok", dir_mode="ok", x0_mode="ok", noise=True):
+        x, eps, z = x.double(), eps.double(), z.double()
+        if x0_mode == "ok":
+            x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+        elif x0_mode == "variance":
+            x0 = (x - (1 - ab_t) * eps) / ab_t
+        sigma = ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
+        if sigma_mode == "ok":
+            sigma = eta * sigma
+        elif sigma_mode == "squared":  # eta * sigma^2 where sigma belongs
+            sigma = eta * sigma ** 2
+        elif sigma_mode == "eta2":
+            sigma = eta ** 2 * sigma
+        elif sigma_mode == "noeta":
+            pass
+        elif sigma_mode == "swapped":
+            sigma = eta * ((1 - ab_t) / (1 - ab_prev).clamp(min=1e-12) * (1 - ab_prev / ab_t)).abs().sqrt()
+        if dir_mode == "ok":
+            direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        elif dir_mode == "nosigma":
+            direction = (1 - ab_prev).sqrt() * eps
+        elif dir_mode == "ab_t":
+            direction = (1 - ab_t).sqrt() * eps
+        elif dir_mode == "variance":
+            direction = (1 - ab_prev - sigma ** 2).clamp(min=0) * eps
+        out = ab_prev.sqrt() * x0 + direction
+        return out + sigma * z if noise else out
+
     name = "check_ddim_step"
     g = generator(seed)
     for shape in sizes:
@@ -137,40 +137,40 @@ def _lam(ab):
     return 0.5 * torch.log(ab / (1 - ab))  # lambda = log(alpha / sigma)
 
 
-def reference_dpmpp_2m(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last, *, mode="ok"):
-    x, d0 = x.double(), x0_hat.double()
-    sig_t, sig_p, alpha_p = (1 - ab_t).sqrt(), (1 - ab_prev).sqrt(), ab_prev.sqrt()
-    lam_t, lam_p = _lam(ab_t), _lam(ab_prev)
-    if mode == "full_logsnr":
-        lam_t, lam_p = 2 * lam_t, 2 * lam_p
-    h = lam_p - lam_t
-    D = d0
-    if x0_prev is not None and mode != "first_order":
-        lam_l = _lam(ab_last) * (2 if mode == "full_logsnr" else 1)
-        r = (lam_t - lam_l) / h
-        if mode == "r_inverted":
-            r = 1 / r
-        c = 1 / (2 * r)
-        D = (1 + c) * d0 - c * x0_prev.double()
-        if mode == "D_swapped":
-            D = (1 + c) * x0_prev.double() - c * d0
-    if mode == "exp_sign":
-        return sig_p / sig_t * x - alpha_p * torch.expm1(h) * D
-    if mode == "ratio_inverted":
-        return sig_t / sig_p * x - alpha_p * torch.expm1(-h) * D
-    if mode == "sigma_prev":
-        return sig_p / sig_t * x - sig_p * torch.expm1(-h) * D
-    if mode == "plus":
-        return sig_p / sig_t * x + alpha_p * torch.expm1(-h) * D
-    return sig_p / sig_t * x - alpha_p * torch.expm1(-h) * D
-
-
 def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 4, 4))) -> None:
     """student_fn(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last) -> x_prev.
 
     x0_prev / alpha_bar_last: the previous step's x0_hat and its alpha_bar, or None on the first step
     (then the update is first order, D = x0_hat). All alpha_bar_* are [B,1,1,1] float64 in (0, 1), with
     alpha_bar_last < alpha_bar_t < alpha_bar_prev (noise decreases step by step)."""
+    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
+    def reference_dpmpp_2m(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last, *, mode="ok"):
+        x, d0 = x.double(), x0_hat.double()
+        sig_t, sig_p, alpha_p = (1 - ab_t).sqrt(), (1 - ab_prev).sqrt(), ab_prev.sqrt()
+        lam_t, lam_p = _lam(ab_t), _lam(ab_prev)
+        if mode == "full_logsnr":
+            lam_t, lam_p = 2 * lam_t, 2 * lam_p
+        h = lam_p - lam_t
+        D = d0
+        if x0_prev is not None and mode != "first_order":
+            lam_l = _lam(ab_last) * (2 if mode == "full_logsnr" else 1)
+            r = (lam_t - lam_l) / h
+            if mode == "r_inverted":
+                r = 1 / r
+            c = 1 / (2 * r)
+            D = (1 + c) * d0 - c * x0_prev.double()
+            if mode == "D_swapped":
+                D = (1 + c) * x0_prev.double() - c * d0
+        if mode == "exp_sign":
+            return sig_p / sig_t * x - alpha_p * torch.expm1(h) * D
+        if mode == "ratio_inverted":
+            return sig_t / sig_p * x - alpha_p * torch.expm1(-h) * D
+        if mode == "sigma_prev":
+            return sig_p / sig_t * x - sig_p * torch.expm1(-h) * D
+        if mode == "plus":
+            return sig_p / sig_t * x + alpha_p * torch.expm1(-h) * D
+        return sig_p / sig_t * x - alpha_p * torch.expm1(-h) * D
+
     name = "check_dpmpp_2m_step"
     g = generator(seed)
     for shape in sizes:

@@ -20,92 +20,57 @@ feedback redaction), ``build`` (solution + student notebooks, freshness check), 
 submitted notebook), ``grade`` (finding, autograding and reporting submissions), ``cli``.
 """
 
-from labkit.course.sources import (
-    SOURCE_DIR,
-    STUDENT_DIR,
-    KERNELSPEC,
-    DEFAULT_TIMEOUT,
-    DEFAULT_MEMORY_LIMIT_GB,
-    BEGIN_HIDDEN,
-    SOLUTION_RE,
-    ALLOWED_BESIDE_SOURCE,
-    find_repo_root,
-    discover_labs,
-    _select,
-    validate_nbgrader_metadata,
-    source_to_notebook,
-    notebook_json,
-)
-from labkit.course.nbgrader_setup import (
-    RedactHiddenTestOutputs,
-    RELOAD_CHECKS,
-    guarded_execute_class,
-    configure_nbgrader,
-)
-from labkit.course.build import (
-    BuiltLab,
-    render_labs,
-    build_notebooks,
-    check_notebooks_fresh,
-)
-from labkit.course.restore import (
-    restore_submission,
-)
-from labkit.course.grade import (
-    Submission,
-    GradeResult,
-    find_submissions,
-    grade_submissions,
-    MEMORY_ERRORS,
-    execution_report,
-    TAMPER_ROOTS,
-    tampering_notes,
-    write_scores_csv,
-)
-from labkit.course.cli import (
-    add_build_arguments,
-    add_grade_arguments,
-    cli_build,
-    cli_grade,
-    main,
-)
+# Names are imported on first use (PEP 562): importing one submodule, e.g. the kernel-side half of
+# grading inside a student's kernel, must not pull in nbgrader and nbconvert.
+_EXPORTS = {
+    "SOURCE_DIR": "sources",
+    "STUDENT_DIR": "sources",
+    "KERNELSPEC": "sources",
+    "DEFAULT_TIMEOUT": "sources",
+    "DEFAULT_MEMORY_LIMIT_GB": "sources",
+    "BEGIN_HIDDEN": "sources",
+    "SOLUTION_RE": "sources",
+    "ALLOWED_BESIDE_SOURCE": "sources",
+    "find_repo_root": "sources",
+    "discover_labs": "sources",
+    "_select": "sources",
+    "validate_nbgrader_metadata": "sources",
+    "source_to_notebook": "sources",
+    "notebook_json": "sources",
+    "RedactHiddenTestOutputs": "nbgrader_setup",
+    "RELOAD_CHECKS": "nbgrader_setup",
+    "guarded_execute_class": "nbgrader_setup",
+    "configure_nbgrader": "nbgrader_setup",
+    "BuiltLab": "build",
+    "render_labs": "build",
+    "build_notebooks": "build",
+    "check_notebooks_fresh": "build",
+    "restore_submission": "restore",
+    "Submission": "grade",
+    "GradeResult": "grade",
+    "find_submissions": "grade",
+    "grade_submissions": "grade",
+    "MEMORY_ERRORS": "grade",
+    "execution_report": "grade",
+    "TAMPER_ROOTS": "grade",
+    "tampering_notes": "grade",
+    "write_scores_csv": "grade",
+    "add_build_arguments": "cli",
+    "add_grade_arguments": "cli",
+    "cli_build": "cli",
+    "cli_grade": "cli",
+    "main": "cli",
+}
 
-__all__ = [
-    "SOURCE_DIR",
-    "STUDENT_DIR",
-    "KERNELSPEC",
-    "DEFAULT_TIMEOUT",
-    "DEFAULT_MEMORY_LIMIT_GB",
-    "BEGIN_HIDDEN",
-    "SOLUTION_RE",
-    "ALLOWED_BESIDE_SOURCE",
-    "find_repo_root",
-    "discover_labs",
-    "_select",
-    "validate_nbgrader_metadata",
-    "source_to_notebook",
-    "notebook_json",
-    "RedactHiddenTestOutputs",
-    "RELOAD_CHECKS",
-    "guarded_execute_class",
-    "configure_nbgrader",
-    "BuiltLab",
-    "render_labs",
-    "build_notebooks",
-    "check_notebooks_fresh",
-    "restore_submission",
-    "Submission",
-    "GradeResult",
-    "find_submissions",
-    "grade_submissions",
-    "MEMORY_ERRORS",
-    "execution_report",
-    "TAMPER_ROOTS",
-    "tampering_notes",
-    "write_scores_csv",
-    "add_build_arguments",
-    "add_grade_arguments",
-    "cli_build",
-    "cli_grade",
-    "main",
-]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

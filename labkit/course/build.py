@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from labkit.course.sources import (
     BEGIN_HIDDEN,
     discover_labs,
     find_repo_root,
-    KERNELSPEC,
     notebook_json,
+    notebook_metadata,
     SOURCE_DIR,
     source_to_notebook,
     STUDENT_DIR,
@@ -43,7 +44,7 @@ def _generate_student(lab: str, source_nb, root: Path):
     if not result.get("success"):
         raise LabkitError(f"nbgrader generate_assignment failed for {lab}:\n{_failure(result)}")
     release = nbf.read(str(root / "release" / lab / f"{lab}.ipynb"), as_version=4)
-    release.metadata = nbf.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}})
+    release.metadata = notebook_metadata(nbf)
     for cell in release.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -60,6 +61,35 @@ def _extra_files(repo_root: Path, lab: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in expected)
 
 
+# --- Written answers (issue 13): nbgrader manually graded markdown cells -----------------------------
+
+WRITTEN_SOLUTION_RE = re.compile(r"^### BEGIN SOLUTION[ \t]*\n(.*?)^### END SOLUTION[ \t]*$", re.S | re.M)
+
+
+def check_written_answers(nb, name: str = "notebook") -> None:
+    """Rules for the written answers, beyond nbgrader's validator: a markdown cell that is a solution cell
+    must be graded (nbgrader's "manually graded answer"), carry points, and hold the model answer *and* a
+    rubric between ``### BEGIN SOLUTION`` / ``### END SOLUTION`` (generate_assignment replaces that region
+    by "YOUR ANSWER HERE", so both stay instructor-only); the text outside it is shown to students."""
+    for i, cell in enumerate(nb.cells):
+        md = cell.metadata.get("nbgrader") or {}
+        if cell.cell_type != "markdown" or not md.get("solution"):
+            continue
+        where = f"{name}, cell {i} ({md.get('grade_id', 'no grade_id')})"
+        if not md.get("grade") or not md.get("points"):
+            raise LabkitError(f"{where}: a written answer cell must be graded and carry points "
+                              "(\"grade\": true, \"points\": N)")
+        if md.get("locked"):
+            raise LabkitError(f"{where}: a written answer cell must not be locked")
+        found = WRITTEN_SOLUTION_RE.search(cell.source)
+        if not found:
+            raise LabkitError(f"{where}: put the model answer and its rubric between ### BEGIN SOLUTION and "
+                              "### END SOLUTION (each marker on its own line)")
+        if "rubric" not in found[1].lower() or not found[1].lower().replace("rubric", "").strip():
+            raise LabkitError(f"{where}: the solution region needs a model answer and a **Rubric** "
+                              "(both are removed from the student notebook)")
+
+
 def render_labs(repo_root: str | os.PathLike, labs: Sequence[str]) -> dict[str, BuiltLab]:
     """Both built forms of each lab, in memory (one temporary nbgrader course for all of them)."""
     repo_root = Path(repo_root)
@@ -67,6 +97,7 @@ def render_labs(repo_root: str | os.PathLike, labs: Sequence[str]) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="labkit-build-") as tmp:
         for lab in labs:
             source = source_to_notebook(repo_root / SOURCE_DIR / lab / f"{lab}.py")
+            check_written_answers(source, f"{lab}.py")
             student = _generate_student(lab, copy.deepcopy(source), Path(tmp))
             built[lab] = BuiltLab(lab, notebook_json(source), notebook_json(student))
     return built
@@ -107,6 +138,20 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _same_build(committed: str, built: str) -> bool:
+    """The same notebook text, except perhaps ``language_info.version`` (the Python that built it)."""
+    if committed == built:
+        return True
+    import json
+
+    try:
+        ours, theirs = json.loads(built), json.loads(committed)
+        ours["metadata"]["language_info"]["version"] = theirs["metadata"]["language_info"]["version"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return notebook_json(_nbformat().from_dict(ours)) == committed
+
+
 def check_notebooks_fresh(repo_root: str | os.PathLike | None = None, labs: Sequence[str] | None = None) -> list[str]:
     """What is out of date, as a list of messages (empty: everything is built and in sync)."""
     repo_root = Path(repo_root) if repo_root else find_repo_root()
@@ -127,7 +172,7 @@ def check_notebooks_fresh(repo_root: str | os.PathLike | None = None, labs: Sequ
             path = repo_root / rel
             if not path.exists():
                 problems.append(f"{rel} is missing: run `labkit build`")
-            elif path.read_text(encoding="utf-8") != text:
+            elif not _same_build(path.read_text(encoding="utf-8"), text):
                 problems.append(f"{rel} is out of date with {SOURCE_DIR}/{lab}/{lab}.py: run `labkit build`")
     if not labs:
         for path in sorted((repo_root / STUDENT_DIR).glob("*.ipynb")) if (repo_root / STUDENT_DIR).is_dir() else []:

@@ -33,6 +33,8 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="submissions autograded in parallel (default: one per CPU, up to 4)")
     parser.add_argument("--memory-limit", type=float, default=DEFAULT_MEMORY_LIMIT_GB, metavar="GB",
                         help="memory cap of each grading kernel in GB, 0 for none (default: %(default)g)")
+    parser.add_argument("--unsafe-no-sandbox", action="store_true",
+                        help="grade without the bubblewrap sandbox (only for notebooks you trust)")
     return parser
 
 
@@ -51,7 +53,8 @@ def cli_build(args) -> int:
 def cli_grade(args) -> int:
     results = grade_submissions(args.submissions, args.out, args.lab, repo_root=args.repo, timeout=args.timeout,
                                 feedback=not args.no_feedback, jobs=getattr(args, "jobs", None),
-                                memory_limit_gb=getattr(args, "memory_limit", DEFAULT_MEMORY_LIMIT_GB))
+                                memory_limit_gb=getattr(args, "memory_limit", DEFAULT_MEMORY_LIMIT_GB),
+                                sandbox=not getattr(args, "unsafe_no_sandbox", False))
     return 0 if results and all(r.status != "failed" for r in results) else 1
 
 

@@ -216,8 +216,13 @@ def guarded_execute_class():
 
 
 def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
-                       add_missing_cells: bool = True, memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB):
-    """Apply labkit's grading settings to a traitlets Config ``c`` (used by the API and nbgrader_config.py)."""
+                       add_missing_cells: bool = True, memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB,
+                       sandbox: bool = True):
+    """Apply labkit's grading settings to a traitlets Config ``c`` (used by the API and nbgrader_config.py).
+
+    Autograde executes with ``labkit.course.trusted.TrustedExecute``: test cells run in the grader's own
+    process and call the student's functions in the kernel; the kernel runs in the bubblewrap sandbox
+    unless ``sandbox`` is False."""
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import Autograde
     from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
@@ -229,10 +234,13 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
     c.Execute.timeout = int(timeout)  # finite: a student's infinite loop must not hang the grader
     c.Execute.kernel_name = "python3"  # whatever kernel the student's notebook names (nbgrader #1375)
     c.Execute.interrupt_on_timeout = True
-    # Kernel memory cap, survival of dead and hung kernels, fresh checks before each test cell.
-    guarded = guarded_execute_class()
+    # Kernel memory cap, survival of dead and hung kernels; test cells judged outside the kernel, in a sandbox.
+    from labkit.course.trusted import trusted_execute_class
+
+    executor = trusted_execute_class(guarded_execute_class())
     c.GuardedExecute.memory_limit_gb = float(memory_limit_gb or 0)
-    c.Autograde.autograde_preprocessors = [guarded if p is Execute else p
+    c.TrustedExecute.sandbox = bool(sandbox)
+    c.Autograde.autograde_preprocessors = [executor if p is Execute else p
                                            for p in Autograde.class_traits()["autograde_preprocessors"].default()]
     c.OverwriteCells.add_missing_cells = bool(add_missing_cells)
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
@@ -265,6 +273,7 @@ class _Api:
 
 
 def _api(root: Path, **options):
+    """An nbgrader API for the course at ``root``, configured by ``configure_nbgrader(**options)``."""
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
@@ -291,3 +300,31 @@ def _env(**values):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --- The course folder's own nbgrader_config.py (issue 13: manual grading in the real formgrader) ------
+
+COURSE_CONFIG = '''\
+# Written by labkit: nbgrader's settings for this course folder, so that the formgrader and nbgrader's
+# commands run here (generate_feedback, export, autograde) use labkit's settings, e.g. feedback that
+# never shows hidden tests. Start the formgrader from this folder: jupyter lab  (Nbgrader > Formgrader).
+import os
+
+from labkit.course import configure_nbgrader
+
+c = get_config()  # noqa: F821 - provided by nbgrader / jupyter_server when they load this file
+configure_nbgrader(c, root=os.path.dirname(os.path.abspath(__file__)), timeout={timeout!r},
+                   memory_limit_gb={memory_limit_gb!r}{extra})
+'''
+
+
+def write_course_config(course: str | os.PathLike, *, timeout: int = DEFAULT_TIMEOUT,
+                        memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, **options) -> Path:
+    """Write ``<course>/nbgrader_config.py``: ``configure_nbgrader`` with this folder as the course root
+    (found from the file's own location, so the folder may be moved). Other keyword ``options`` are passed
+    on to ``configure_nbgrader`` (e.g. ``sandbox=True``). Returns the path."""
+    path = Path(course) / "nbgrader_config.py"
+    extra = "".join(f", {k}={v!r}" for k, v in sorted(options.items()))
+    path.write_text(COURSE_CONFIG.format(timeout=int(timeout), memory_limit_gb=float(memory_limit_gb), extra=extra),
+                    encoding="utf-8")
+    return path

@@ -8,12 +8,25 @@ import re
 from labkit.course.sources import _nbformat, KERNELSPEC
 
 
-def _norm(source: str) -> str:
+def normalise_source(source: str) -> str:
     return "\n".join(line.rstrip() for line in source.strip().splitlines())
 
 
 def _stub_names(source: str) -> list[str]:
     return re.findall(r"^\s*(?:def|class)\s+([A-Za-z_]\w*)", source, re.M)
+
+
+def _written_answer(nb, window: list[int], rel, gid: str, notes: list[str]) -> int | None:
+    """A written answer (markdown answer cell) whose metadata was lost, among several markdown cells between
+    its question and the next one: the first cell the student wrote in (not empty, not the release's "YOUR
+    ANSWER HERE"); the others stay ordinary cells, still shown to the grader. None if nothing was written."""
+    stub = normalise_source(rel.source)
+    written = [i for i in window if normalise_source(nb.cells[i].source) not in ("", stub)]
+    if not written:
+        return None
+    if len(written) > 1:
+        notes.append(f"'{gid}': the answer continues in cells {written[1:]} (ungraded cells; the grader sees them)")
+    return written[0]
 
 
 def restore_submission(nb, release) -> list[str]:
@@ -65,9 +78,9 @@ def restore_submission(nb, release) -> list[str]:
         md = rel.metadata["nbgrader"]
         if gid in present() or md.get("solution") or not md.get("locked"):
             continue
-        target = _norm(rel.source)
+        target = normalise_source(rel.source)
         for i, cell in enumerate(nb.cells):
-            if free(i) and cell.cell_type == rel.cell_type and _norm(cell.source) == target:
+            if free(i) and cell.cell_type == rel.cell_type and normalise_source(cell.source) == target:
                 attach(i, gid, "matched by source")
                 break
 
@@ -87,8 +100,10 @@ def restore_submission(nb, release) -> list[str]:
         if names:
             named = [i for i in window if set(names) & set(_stub_names(nb.cells[i].source))]
             pick = named[-1] if named else None  # the last definition is the one the tests see
+        if pick is None and rel.cell_type == "markdown" and len(window) > 1:
+            pick = _written_answer(nb, window, rel, gid, notes)
         if pick is None:
-            same = [i for i in window if _norm(nb.cells[i].source) == _norm(rel.source)]
+            same = [i for i in window if normalise_source(nb.cells[i].source) == normalise_source(rel.source)]
             pick = same[0] if same else (window[0] if len(window) == 1 else None)
         if pick is not None:
             attach(pick, gid, "matched by position" + (f" and `{names[0]}`" if names else ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +14,23 @@ from labkit.errors import LabkitError
 SOURCE_DIR = "solutions"
 STUDENT_DIR = "notebooks"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+
+def language_info() -> dict:
+    """The notebook's ``language_info`` as ipykernel reports it for this Python.
+
+    JupyterLab writes the kernel's language_info into a notebook as soon as its kernel starts, which marks
+    the notebook modified unless it is already there: the build writes it in full. ``version`` is the
+    Python that built the notebook; ``labkit build --check`` ignores it.
+    """
+    return {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+            "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+            "pygments_lexer": "ipython3", "version": sys.version.split()[0]}
+
+
+def notebook_metadata(nbf):
+    """The metadata of every built notebook: the python3 kernelspec and the kernel's language_info."""
+    return nbf.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": language_info()})
 DEFAULT_TIMEOUT = 120  # seconds per cell while autograding (fast mode keeps every cell far below this)
 DEFAULT_MEMORY_LIMIT_GB = 4.0  # memory cap of each autograde kernel (RLIMIT_DATA); a lab in fast mode needs < 1 GB
 BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
@@ -104,7 +122,8 @@ def source_to_notebook(py_path: str | os.PathLike):
     """Read a lab source (jupytext percent script) into a clean, validated notebook.
 
     Deterministic: cell ids come from grade ids (or the cell's position), notebook metadata is just the
-    python3 kernelspec, the Colab install line gets ``labkit.colab.pip_spec()``.
+    python3 kernelspec and language_info, the Colab install line gets ``labkit.colab.pip_spec()`` and the
+    first markdown cell an "Open in Colab" badge (``labkit.colab.badge_markdown``) when the repository is on GitHub.
     """
     import jupytext
 
@@ -114,7 +133,11 @@ def source_to_notebook(py_path: str | os.PathLike):
     nbf = _nbformat()
     nb = jupytext.read(py_path, fmt="py:percent")
     nb.nbformat, nb.nbformat_minor = 4, 5
-    nb.metadata = nbf.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}})
+    nb.metadata = notebook_metadata(nbf)
+    badge = colab.badge_markdown(py_path.stem)
+    first_markdown = next((c for c in nb.cells if c.cell_type == "markdown"), None)
+    if badge and first_markdown is not None:
+        first_markdown.source = f"{badge}\n\n{first_markdown.source}"
     for i, cell in enumerate(nb.cells):
         md = cell.metadata.get("nbgrader")
         cell.metadata = nbf.from_dict({"nbgrader": dict(md)} if md else {})

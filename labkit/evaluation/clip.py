@@ -27,7 +27,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError
+from labkit.device import pick_device
+from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError, one_line
 from labkit.evaluation.classifier import check_images, per_digit_mean
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -223,11 +224,11 @@ class ClipScorer:
     ) -> "ClipScorer":
         """Load an open_clip model with its weights (downloaded from the hub on first use).
 
-        device: default CUDA when available, else CPU. Raises LabkitError when weights cannot be loaded.
+        device: default ``labkit.device.pick_device()`` (cuda, mps, cpu). Raises LabkitError when weights cannot be loaded.
         """
         import open_clip
 
-        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = pick_device(device)
         weights = pretrained
         if not hub_reachable():  # offline: use the cached file at once instead of ~1 minute of retries
             weights = cached_weights(model_name, pretrained)
@@ -242,7 +243,7 @@ class ClipScorer:
             )
             tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as exc:
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            reason = one_line(f"{type(exc).__name__}: {exc}", 240)
             raise LabkitError(
                 f"CLIP weights {model_name}:{pretrained} cannot be downloaded or loaded ({reason}); "
                 f"they need internet access on first use (skip CLIP scores offline)."

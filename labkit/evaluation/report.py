@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from labkit.errors import LabkitError, LabkitValueError
+from labkit.device import pick_device
+from labkit.errors import LabkitError, LabkitValueError, one_line
 from labkit.evaluation.classifier import WEIGHTS_SHA256, check_images, classifier_accuracy, load_classifier
 from labkit.evaluation.clip import ClipScorer, parse_clip_spec
 from labkit.evaluation.fid import RealReference, classifier_features, feature_stats, frechet_distance, real_floor
@@ -68,7 +69,7 @@ def load_samples_file(path) -> tuple[torch.Tensor, torch.Tensor]:
                 f"Samples file {path} holds objects other than tensors (numpy arrays?); save it with "
                 f"torch.save({{'images': images, 'labels': labels}}, path) using torch tensors."
             ) from None
-        reason = " ".join(str(exc).split())[:120]
+        reason = one_line(exc, 200)
         raise LabkitError(
             f"Samples file {path} is not a readable torch file ({type(exc).__name__}: {reason})."
         ) from None
@@ -212,7 +213,8 @@ def format_table(result: dict) -> str:
         head += f" | {'clip p':>6} {'real':>5} {'rel':>6} | {'clear':>5} {'real':>5} {'rel':>6}"
     lines = [
         f"Evaluation of {result['n']} generated digits; 'real' columns: {result['n_real']} MNIST test digits"
-        + (f"; CLIP {result['clip_model']}" if has_clip else "; CLIP scores off"),
+        + (f"; CLIP {result['clip_model']}" if has_clip else
+           f"; CLIP scores skipped: {result['clip_skipped']}" if result.get("clip_skipped") else "; CLIP scores off"),
         head,
         "-" * len(head),
     ]
@@ -361,28 +363,58 @@ def run_evaluate(
     device=None,
     seed: int = 0,
 ) -> str:
-    """What ``labkit evaluate SAMPLES [--json F] [--plot F] [--clip MODEL:PRETRAINED|none] [--data DIR]``
-    does: load and check the samples, score them, write the optional JSON and plot, return the table."""
-    from labkit.training import pick_device
+    """What ``labkit evaluate SAMPLES [--json F] [--plot F] [--clip MODEL:PRETRAINED|auto|none] [--data DIR]``
+    does: load and check the samples, score them, write the optional JSON and plot, return the table.
 
+    clip: "auto" (the command's default) adds the CLIP scores of ``DEFAULT_CLIP`` when its weights are cached
+    or can be downloaded, and otherwise says in the table's first line why they were skipped; an explicit
+    MODEL:PRETRAINED that cannot be loaded is an error.
+    """
     images, labels = load_samples_file(samples_path)
-    device = pick_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = parse_clip_spec(clip)
-    scorer = None
-    if spec is not None:
-        try:
-            scorer = ClipScorer.from_pretrained(*spec, device=device)
-        except LabkitError as exc:
-            raise LabkitError(f"{exc} Run with --clip none to skip the CLIP scores.") from None
+    device = pick_device(device)  # the same choice as labkit sample and train (cuda, mps, cpu)
+    scorer = skipped = None
+    if clip is not None and clip.strip().lower() == "auto":
+        scorer, skipped = auto_clip_scorer(device)
+    else:
+        spec = parse_clip_spec(clip)
+        if spec is not None:
+            try:
+                scorer = ClipScorer.from_pretrained(*spec, device=device)
+            except LabkitError as exc:
+                raise LabkitError(f"{exc} Run with --clip none to skip the CLIP scores.") from None
     result = evaluate_samples(
         images.to(device), labels.to(device), clip_scorer=scorer, data_root=data_root,
         generator=torch.Generator().manual_seed(seed),
     )
+    if skipped is not None:
+        result["clip_skipped"] = skipped
     if json_path is not None:
         save_json(result, json_path)
     if plot_path is not None:
         plot_per_digit_scores(result, plot_path)
     return format_table(result)
+
+
+DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")  # what ``--clip auto`` loads
+
+
+def auto_clip_scorer(device=None) -> tuple[ClipScorer | None, str | None]:
+    """``(scorer, None)`` with ``DEFAULT_CLIP`` when its weights are cached or the Hugging Face hub can be
+    reached, else ``(None, why)``: one line saying why the CLIP scores are skipped."""
+    from labkit.evaluation.clip import cached_weights, hub_reachable
+
+    model, pretrained = DEFAULT_CLIP
+    try:
+        cached = cached_weights(model, pretrained)
+    except ImportError as exc:  # open_clip missing or broken
+        return None, f"open_clip cannot be imported ({exc})"
+    if cached is None and not hub_reachable():
+        return None, (f"the weights of {model}:{pretrained} are not cached and the Hugging Face hub cannot be "
+                      "reached (run once online to download them)")
+    try:
+        return ClipScorer.from_pretrained(model, pretrained, device=device), None
+    except LabkitError as exc:
+        return None, one_line(exc, 240)
 
 
 def evaluate_samples_cli(args=None, **kwargs) -> str:

@@ -16,17 +16,26 @@
 # **How it is graded.** Three small functions, each followed by a test cell (the tests you see, plus hidden
 # ones with other inputs). Cells further down use `labkit`'s reference implementation, so a bug in your
 # answer never breaks the rest of the lab. Run the cells from top to bottom.
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup()
 
@@ -37,8 +46,8 @@ import matplotlib.pyplot as plt
 from labkit import diffusion, plotting, schedules, widgets
 from labkit.checks import lab01_forward as checks
 
+torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. Noise schedules
@@ -200,7 +209,7 @@ def ideal_denoiser(xt, t, schedule):
     return (w @ ref).reshape(xt.shape), effective
 
 
-steps = [20, 100, 250, 400, 600, 999]
+steps = [50, 500, 700, 800, 850, 900, 950, 999]  # dense where the guesses stop depending on the digit
 noise = torch.randn(test_digits.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 noisy, guess, mixed = [], [], []
 for t in steps:
@@ -227,14 +236,73 @@ for t, m in zip(steps, mixed):
 # this blur. At small $t$ the posterior concentrates on a few digits that all look alike: predicting a
 # slightly cleaner image is an easy, nearly deterministic regression. Diffusion models chain many such small,
 # learnable steps.
-#
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. In the two noise grids, at which $t$ can you no longer tell which digit it was, for the linear and for
-#    the cosine schedule? How does that relate to the SNR = 1 line in the schedule plot?
-# 2. The linear schedule's $\bar\alpha_t$ is almost zero for the last few hundred steps. What does that say
-#    about how the linear schedule spends its steps? Which schedule wastes fewer?
-# 3. Describe the best one-step guesses $\mathbb E[x_0 \mid x_t]$ as $t$ grows. At which $t$ do they stop
-#    depending on the digit? Compare the last row with the mean digit.
-# 4. Why would you expect a network to learn the step from $t = 50$ more easily than from $t = 999$?
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
+#
+# **Question 1 (1 point).** In the two noise grids, at which $t$ can you no longer tell which digit it was, for
+# the linear and for the cosine schedule? How does that relate to the SNR = 1 line in the schedule plot?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** With the linear schedule the digits are still faintly readable at $t = 300$ and gone by
+# $t = 500$; with the cosine schedule they survive to about $t = 700$ and are gone only near the end. The
+# printed SNR < 1 starts at $t = 259$ (linear) and $t = 496$ (cosine): a digit stays readable a little past
+# SNR = 1 and disappears once the noise is several times stronger than the signal (SNR around 0.1-0.3), so the
+# cosine digit lasts about twice as long, exactly as its SNR curve crosses 1 about twice as late.
+#
+# **Rubric (1 point).** 1/2 point: a step for each schedule read from the grids (linear between 300 and 500,
+# cosine between 500 and 999, cosine clearly later). 1/2 point: relates it to SNR = 1 (t = 259 vs 496, or the
+# crossing seen in the plot): the digit fades out around and shortly after the SNR drops below 1.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** The linear schedule's $\bar\alpha_t$ is almost zero for the last few hundred steps.
+# What does that say about how the linear schedule spends its steps? Which schedule wastes fewer?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** From about $t = 600$ on, the linear $\bar\alpha_t$ is below 0.03: $x_t$ is pure noise, so
+# the last ~40% of the steps all look the same and a network learns (and a sampler does) almost nothing there.
+# The cosine schedule lets $\bar\alpha_t$ fall slowly at both ends (its log-SNR falls nearly linearly), so it
+# spreads the steps over noise levels that still carry signal and wastes far fewer.
+#
+# **Rubric (1 point).** 1/2 point: the linear schedule spends many steps on (almost) pure noise, where nothing
+# useful happens. 1/2 point: the cosine schedule wastes fewer, with a reason (slow fall at both ends / signal
+# left until the end).
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** Describe the best one-step guesses $\mathbb E[x_0 \mid x_t]$ as $t$ grows. At which
+# $t$ do they stop depending on the digit? Compare the last row with the mean digit.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** At small $t$ the guess is one sharp training digit (the printout says it averages about 1
+# digit). As $t$ grows it averages more and more digits and becomes a blurry blend of similar digits; by about
+# $t = 600$ (cosine) it no longer resembles the digit that was noised, and at $t = 999$ every guess is the same
+# grey blob, identical to the data-set mean picture.
+#
+# **Rubric (1 point).** 1/2 point: sharp (one digit) to blurry average as t grows, with the number of digits
+# averaged. 1/2 point: a t from the figure where the guess stops depending on the digit (anything from about 500
+# to 999 if justified) and the t = 999 guesses equal the mean digit.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4 (1 point).** Why would you expect a network to learn the step from $t = 50$ more easily than from
+# $t = 999$?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** At $t = 50$, $x_t$ still shows the digit: the posterior over clean digits is concentrated,
+# so a slightly cleaner image is an almost deterministic, local function of $x_t$ (easy regression). At
+# $t = 999$, $x_t$ carries almost no information about $x_0$: the best a one-step predictor can do is the blurry
+# mean, and getting a real digit would need the whole, many-peaked distribution of digits at once.
+#
+# **Rubric (1 point).** 1/2 point: at t = 50 the target is nearly determined by x_t (concentrated posterior,
+# small correction). 1/2 point: at t = 999 x_t says almost nothing about x_0, so the best one-step answer is the
+# blurry mean.
+# ### END SOLUTION

@@ -16,17 +16,26 @@
 #
 # **How it is graded.** Two small functions, each followed by a test cell. Later cells use `labkit`'s
 # reference U-Net, so a bug in your answer never breaks the rest of the lab.
+# The questions at the end are answered in writing and graded by hand (3 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup()
 
@@ -40,8 +49,8 @@ import matplotlib.pyplot as plt
 from labkit import diffusion, plotting, schedules, unet
 from labkit.checks import lab02_unet as checks
 
+torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: the trainings shrink to a few steps
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. The building block
@@ -207,15 +216,58 @@ fig = plotting.compare_rows({f"x_t (t={t_show})": xt, "with skips": with_skips, 
 fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "without skips": loss_plain},
                            xlabel="training step", ylabel="loss", marker="", logy=True, title="training loss")
 
-# %% [markdown]
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. In the summary, at which level are the most parameters, and what is the smallest resolution the
-#    default network reaches? How many channels does the first up block receive, and why that many?
-# 2. Compare the rows "with skips" and "without skips": what exactly is missing without skips — the overall
-#    shape of the digit, or its edges and thin strokes? Why would that be, given what the middle of the
-#    network sees?
-# 3. In the error plot, at which $t$ is the gap between the two networks largest? Why do the skips matter
-#    most when there is little noise?
-# 4. (Colab GPU, optional) Set `SECONDS = 120` and rerun: does the network without skips catch up?
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (3 points, 1 per question).
+#
+# **Question 1 (1 point).** In the summary, at which level are the most parameters, and what is the smallest
+# resolution the default network reaches? How many channels does the first up block receive, and why that many?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** The parameters sit where the channels are widest: the 128-channel levels (14x14 and 7x7),
+# and the up path holds the most of all (about 2.3 M of 4.9 M: its blocks also read the concatenated skips); a
+# convolution's size grows with channels squared, not with the resolution. The smallest resolution is 7x7 (28 ->
+# 14 -> 7). The first up block receives 256 channels: the 128 coming from the middle plus the 128 of the skip
+# from down level 2, concatenated.
+#
+# **Rubric (1 point).** 1/2 point: the widest (128-channel) levels / the up path, and 7x7. 1/2 point: 256 = 128
+# from below + 128 from the skip (concatenation).
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** Compare the rows "with skips" and "without skips": what exactly is missing without
+# skips: the overall shape of the digit, or its edges and thin strokes? Why would that be, given what the middle
+# of the network sees?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Without skips the overall shape and position are roughly right, but the edges are soft and
+# thin strokes are smeared or missing: the digits look like blurry blobs. The middle only sees a coarse 7x7
+# (here 3x3 or 4x4 after the patches) summary: fine spatial detail is lost on the way down, and without skips
+# the up path has nothing but that summary to redraw the details from.
+#
+# **Rubric (1 point).** 1/2 point: shape kept, edges and thin strokes lost. 1/2 point: the bottleneck is
+# low-resolution, so only coarse information passes; skips carry the full-resolution detail.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** In the error plot, at which $t$ is the gap between the two networks largest? Why do
+# the skips matter most when there is little noise?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** The gap (on the log scale, the ratio) is largest at the smallest $t$ (25-100). There $x_t$
+# is nearly the clean digit: the best answer copies almost every detail of the input, which only the skips can
+# carry through at full resolution. At large $t$ the input has little detail left, both networks must guess the
+# coarse shape, and the bottleneck carries that well enough.
+#
+# **Rubric (1 point).** 1/2 point: smallest t. 1/2 point: at small t the output must reproduce fine input detail
+# that only skips pass through; at large t only coarse information matters.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4.** (Colab GPU, optional, not graded) Set `SECONDS = 120` and rerun: does the network without
+# skips catch up?

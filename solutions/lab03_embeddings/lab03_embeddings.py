@@ -15,17 +15,26 @@
 #
 # **How it is graded.** Three small functions, each followed by a test cell. Later cells use `labkit`'s
 # reference code, so a bug in your answer never breaks the rest of the lab.
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup()
 
@@ -39,8 +48,8 @@ import matplotlib.pyplot as plt
 from labkit import embeddings, plotting, unet
 from labkit.checks import lab03_embeddings as checks
 
+torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. The sinusoidal time embedding
@@ -202,15 +211,69 @@ fig = plotting.plot_curves(steps.tolist(), {"channel 0, no class": scale[:, 0].t
                                             "channel 0, class 7": scale7[:, 0].tolist()},
                            xlabel="step t", ylabel="scale", marker="", title="one channel's scale over t")
 
-# %% [markdown]
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. In the embedding matrix, which columns change quickly with $t$ and which hardly at all? Why does the
-#    network need both kinds?
-# 2. In the similarity matrix, how far apart must two steps be before their embeddings look unrelated
-#    (similarity near its floor)? Is that distance the same near $t = 0$ and near $t = 900$?
-# 3. Using lab 01's SNR plot: is an embedding that resolves every step equally well a good match for how the
-#    noise level changes with $t$? Where would you want finer resolution?
-# 4. Why does the class table have 11 rows and not 10? What would break in classifier-free guidance without
-#    label dropout?
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
+#
+# **Question 1 (1 point).** In the embedding matrix, which columns change quickly with $t$ and which hardly at
+# all? Why does the network need both kinds?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** The first columns (high frequency, about one radian per step) oscillate every few steps; the
+# last ones (frequencies down to $10^{-4}$) barely change over all 1000 steps. The fast columns tell
+# neighbouring steps apart precisely but repeat, so on their own they are ambiguous; the slow columns give a
+# smooth, unique code of roughly where $t$ is. Together they locate $t$ both coarsely and finely, like the hands
+# of a clock.
+#
+# **Rubric (1 point).** 1/2 point: first (left) columns fast, last (right) columns slow. 1/2 point: fine
+# distinctions need fast waves, an unambiguous coarse position needs slow ones.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** In the similarity matrix, how far apart must two steps be before their embeddings
+# look unrelated (similarity near its floor)? Is that distance the same near $t = 0$ and near $t = 900$?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** The similarity drops quickly over the first tens of steps (about 0.65 at 10 steps apart, 0.5
+# at 50) and reaches its floor (about 0.2-0.35) only a few hundred steps apart: the bright band around the
+# diagonal. It is the same everywhere, near $t = 0$ as near $t = 900$, because the similarity of $e_t$ and
+# $e_{t+\Delta}$ depends only on $\Delta$ (each column pair contributes $\cos(\omega_i \Delta)$).
+#
+# **Rubric (1 point).** 1/2 point: a distance read from the matrix (tens to a few hundred steps, with the band's
+# width). 1/2 point: the same at t = 0 and t = 900, because it depends only on the difference.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** Using lab 01's SNR plot: is an embedding that resolves every step equally well a
+# good match for how the noise level changes with $t$? Where would you want finer resolution?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** No. The SNR spans ten orders of magnitude and changes very unevenly: fast near $t = 0$ (and,
+# for the linear schedule, the last few hundred steps are all pure noise and could share one code). You want
+# finer resolution where the noise level changes most per step and the image still carries detail, i.e. at small
+# $t$, and coarser where it hardly changes. The learned MLP after the sinusoids (and the cosine schedule) partly
+# makes up for this.
+#
+# **Rubric (1 point).** 1/2 point: no, the noise level changes unevenly while the embedding is uniform. 1/2
+# point: finer at small t (or wherever log-SNR changes fastest), with a reason.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4 (1 point).** Why does the class table have 11 rows and not 10? What would break in
+# classifier-free guidance without label dropout?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Ten rows are the digits; row 10 means "no class", so the same network also learns the
+# unconditional model $p(x)$. Without label dropout that row is never used in training: it stays random, so
+# $\hat\varepsilon(x_t, t, \varnothing)$ is meaningless, and guidance, which extrapolates away from it
+# ($(1+w)\hat\varepsilon_c - w\hat\varepsilon_u$), would push the samples in a random direction.
+#
+# **Rubric (1 point).** 1/2 point: the 11th row is the "no class" / unconditional slot. 1/2 point: without
+# dropout it is never trained, so the unconditional prediction that guidance needs is garbage.
+# ### END SOLUTION

@@ -18,17 +18,26 @@
 # **How it is graded.** Two functions (2 + 2 points), each followed by a test cell (the tests you see, plus
 # hidden ones with other inputs). Grading never trains: the tests use tiny seeded inputs. Later cells use
 # `labkit`'s reference code, so a bug in your answer never breaks the rest of the lab.
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup(require_gpu=False)
 
@@ -46,8 +55,8 @@ from labkit.unet import UNet
 from labkit.checks import lab04_training as checks
 
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
+torch.manual_seed(0)  # every lab starts from the same random numbers
 ON_GPU = DEVICE.type == "cuda"
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. The loss
@@ -246,15 +255,73 @@ for ax, (title, runs) in zip(axes, (("learning rate (T = 1000)", by_lr), ("numbe
 axes[0].set_ylabel("training loss (MSE)")
 fig.tight_layout()
 
-# %% [markdown]
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. In the "one training batch" picture, at which $t$ could *you* guess the noise from $x_t$? At which $t$ is
-#    predicting the noise easy, and why is predicting it at $t = 20$ hard even though $x_t$ looks clean?
-# 2. In the snapshots taken during training, what appears first: blobs, strokes, the right digit per column?
-# 3. Learning rate: which curve falls fastest at first, which ends lowest, and does any become unstable?
-# 4. The two $T$ runs: their losses are averages over different sets of noise levels. Can you compare their
-#    values directly? What *would* you compare to decide which $T$ is better?
-# 5. The training loss stops falling long before the samples stop improving. Why is the loss a poor
-#    measure of sample quality here? (Hint: what part of the loss can no model remove?)
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
+#
+# **Question 1 (1 point).** In the "one training batch" picture, at which $t$ could *you* guess the noise from
+# $x_t$? At which $t$ is predicting the noise easy, and why is predicting it at $t = 20$ hard even though $x_t$
+# looks clean?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** At large $t$ (several hundred and up) $x_t$ is almost all noise, so the noise is nearly
+# $x_t$ itself (rescaled): easy to guess. At $t = 20$ the noise is a faint layer on a clean-looking digit; to
+# predict it you must know the clean digit pixel by pixel, since
+# $\varepsilon = (x_t - \sqrt{\bar\alpha_t}x_0)/\sqrt{1-\bar\alpha_t}$ and any error in $x_0$ is multiplied by
+# the large $1/\sqrt{1-\bar\alpha_t}$.
+#
+# **Rubric (1 point).** 1/2 point: easy at large t, because x_t is mostly noise. 1/2 point: hard at small t
+# because predicting a tiny noise means knowing x_0 exactly (errors amplified).
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** In the snapshots taken during training, what appears first: blobs, strokes, the
+# right digit per column?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** First grey blobs of roughly the right size and place, then stroke-like shapes (often not yet
+# the right digit), and last the right digit in each column with clean strokes; in the 5-minute CPU run the
+# digits become readable after roughly two thirds of the steps.
+#
+# **Rubric (1 point).** 1 point for an order read from the snapshots (typically blobs, then strokes, then the
+# right digit), with at least one step number or snapshot as evidence; 1/2 point without evidence.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** Learning rate and $T$. Which learning-rate curve falls fastest at first, which ends
+# lowest, and does any become unstable? The two $T$ runs average their losses over different sets of noise
+# levels: can you compare their values directly? What *would* you compare to decide which $T$ is better?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Typically lr 2e-2 falls fastest at first but is noisy and may jump up or stall (unstable),
+# 2e-4 falls slowest, and 2e-3 ends lowest. The $T$ losses cannot be compared directly: each is an average of
+# noise-prediction errors over different noise levels, which are not equally hard, so the numbers measure
+# different tasks. Compare what matters instead: samples from both models, with the same sampler and number of
+# steps, judged by classifier accuracy and FID against the floor.
+#
+# **Rubric (1 point).** 1/2 point: the learning-rate curves read correctly (fastest, lowest, any instability)
+# from the student's own plot. 1/2 point: T losses not comparable (different noise levels) and compare sample
+# quality (accuracy, FID) instead.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4 (1 point).** The training loss stops falling long before the samples stop improving. Why is the
+# loss a poor measure of sample quality here? (Hint: what part of the loss can no model remove?)
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Most of the loss is irreducible: at all but the smallest $t$ the noise cannot be predicted
+# exactly from $x_t$ (many clean digits fit the same $x_t$), so even a perfect model has a large loss. What
+# improves the samples (fine detail, the right digit at the right step) changes the average only a little, and
+# the average weighs the noise levels differently from how much each matters for the samples. Judge samples by
+# accuracy and FID.
+#
+# **Rubric (1 point).** 1/2 point: an irreducible part of the loss (noise not predictable from x_t). 1/2 point:
+# improvements that matter for samples are small changes in the average / weighting over t, so use sample
+# metrics.
+# ### END SOLUTION

@@ -18,17 +18,26 @@
 # **How it is graded.** One function (3 points), followed by a test cell (the tests you see, plus hidden
 # ones with other inputs). Everything after it uses `labkit`'s reference sampler, so a bug in your answer
 # never breaks the rest of the lab. Run the cells from top to bottom.
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup()
 
@@ -42,8 +51,8 @@ from labkit import plotting, samplers
 from labkit.evaluation import classifier_accuracy, load_classifier
 from labkit.checks import lab05_sampling as checks
 
+torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. One step back
@@ -174,8 +183,8 @@ per_digit_conf = conf.view(len(t_by_step), 10, n_each).mean(dim=2)  # [steps, 10
 fig = plotting.plot_curves(t_by_step, {str(d): per_digit_conf[:, d] for d in range(10)}, marker="",
                            xlabel="step t (sampling runs right to left)", ylabel="classifier p(intended digit) on x0_hat",
                            title="when does each digit become recognisable?")
-fig.axes[0].invert_xaxis()
 fig.axes[0].legend(ncol=5, frameon=False, fontsize=8, title="digit")
+fig.axes[0].invert_xaxis()  # last: a cell that ends in .legend(...) prints <Legend at 0x...>
 
 # %% [markdown]
 # A single number per digit: the first step (counting from the noise) at which the mean confidence passes
@@ -195,15 +204,71 @@ if not PRETRAINED:
 elif FAST:
     print(f"\nFast mode: only {n_each} samples per digit and {STEPS} steps; run the full lab for reliable curves.")
 
-# %% [markdown]
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. In the $\hat x_0$ strips, describe the first guesses. Which features appear first: the overall blob, the
-#    stroke thickness, the digit's identity? At which $t$ does each strip stop changing identity?
-# 2. Compare the $x_t$ strip with the $\hat x_0$ strip of the same digit: at the step where $\hat x_0$ is
-#    already clear, how does $x_t$ look? Why can the model be confident long before $x_t$ looks like a digit?
-# 3. From the confidence plot: which digits commit first, and which last? Suggest a reason from the shapes
-#    (think of 1 vs 8, or 4 vs 9). Do the curves rise gradually or suddenly?
-# 4. Your step adds noise $\sigma_t z$ at every step except the last. What would you expect to see if it
-#    also added noise at $t = 0$? And if it used the variance $\tilde\beta_t$ where $\sigma_t$ belongs?
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
+#
+# **Question 1 (1 point).** In the $\hat x_0$ strips, describe the first guesses. Which features appear first:
+# the overall blob, the stroke thickness, the digit's identity? At which $t$ does each strip stop changing
+# identity?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** The first guesses are a blurry grey blob, like lab 01's mean digit. Next the overall shape
+# and position appear, then the identity, and last the stroke thickness and sharp edges. Most strips stop
+# changing identity early in sampling, around $t$ = 950-750 with the shipped model (the later steps only
+# sharpen); the exact $t$ differs per digit.
+#
+# **Rubric (1 point).** 1/2 point: blob first, identity next, fine detail (thickness, edges) last. 1/2 point: a
+# t per strip (or a range) read from the student's own strips.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** Compare the $x_t$ strip with the $\hat x_0$ strip of the same digit: at the step
+# where $\hat x_0$ is already clear, how does $x_t$ look? Why can the model be confident long before $x_t$ looks
+# like a digit?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Where $\hat x_0$ is already a clear digit, $x_t$ still looks like pure noise (the signal is
+# scaled by $\sqrt{\bar\alpha_t}$, well under the noise). The model was trained to find that faint signal:
+# summed over hundreds of pixels a weak coarse shape is detectable even when each pixel is mostly noise, and the
+# class label plus what it learned about digits fill in the rest.
+#
+# **Rubric (1 point).** 1/2 point: x_t still looks like noise. 1/2 point: a reason (coarse signal detectable
+# over many pixels; the label and the learned prior of digits).
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** From the confidence plot: which digits commit first, and which last? Suggest a
+# reason from the shapes (think of 1 vs 8, or 4 vs 9). Do the curves rise gradually or suddenly?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** In the shipped-model run, 0, 7, 1 and 4 pass 0.5 first (t about 910-890) and 3, 9 and 5 last
+# (t about 780-820); 8 passes early only because the classifier calls the blurry first guesses an 8. Digits with
+# a distinctive coarse outline (a ring, one stroke) are settled by the coarse structure that appears first;
+# digits that share parts with others (3/5/8, 4/9/7) need finer detail, which appears later. The curves rise
+# over a short range of steps: a fairly sudden commitment after a flat start.
+#
+# **Rubric (1 point).** 1/2 point: first and last digits read from the student's own plot (spotting the 8
+# artefact is a plus). 1/2 point: a shape-based reason and gradual vs sudden.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4 (1 point).** Your step adds noise $\sigma_t z$ at every step except the last. What would you
+# expect to see if it also added noise at $t = 0$? And if it used the variance $\tilde\beta_t$ where $\sigma_t$
+# belongs?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Noise at $t = 0$ stays in the final image, since no later step removes it: grainy, speckled
+# digits (and with the `alpha_bars[-1]` bug $\sigma_0$ is large: almost pure grain). Using $\tilde\beta_t$
+# instead of $\sigma_t = \sqrt{\tilde\beta_t}$ adds far too little noise (e.g. 0.0001 instead of 0.01): the
+# sampler becomes nearly deterministic and under-dispersed, giving over-smooth, blurry, too similar digits.
+#
+# **Rubric (1 point).** 1/2 point: noise at t = 0 remains visible as grain. 1/2 point: variance instead of std
+# gives too little noise, so smooth / blurry / less varied samples.
+# ### END SOLUTION

@@ -19,17 +19,26 @@
 # hidden ones with other inputs). All later cells use `labkit`'s reference code. Run the cells from top to
 # bottom. CLIP's weights are downloaded from the internet: without it (or while grading) the lab runs on a
 # tiny *random* CLIP model and every CLIP number is meaningless; the lab says so when that happens.
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup()
 
@@ -44,8 +53,8 @@ from labkit.evaluation import ClipScorer, PromptSet, classifier_accuracy, load_c
 from labkit.checks import lab06_clip as checks
 from labkit.checks.lab05_sampling import lab_model
 
+torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. CLIP's score
@@ -219,15 +228,69 @@ if len(idx):
 else:
     print("CLIP was never confidently wrong on these real digits.")
 
-# %% [markdown]
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. In the similarity matrix, is the diagonal (image of $k$, caption $k$) the brightest entry of each row?
-#    How far apart are the cosines in a row, and what does `logit_scale` do about that?
-# 2. In the bar charts, for which digits does CLIP do worst *on real MNIST*? Given that, what can a low CLIP
-#    score of a generated 9 tell you, and what can't it?
-# 3. Look at CLIP's best and worst generated samples. Are its favourites the clearest digits, or do they share
-#    something else (thickness, size, position)?
-# 4. From the confusion matrix and the scatter plot: would you use CLIP to *grade* MNIST samples? What would
-#    you use it for instead? (Lab 08 uses it to *steer* sampling.)
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
+#
+# **Question 1 (1 point).** In the similarity matrix, is the diagonal (image of $k$, caption $k$) the brightest
+# entry of each row? How far apart are the cosines in a row, and what does `logit_scale` do about that?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** With the real CLIP the diagonal is the brightest entry in most rows but not all (zero-shot
+# CLIP is weak on MNIST). The cosines in a row lie very close together (a few hundredths apart, all around
+# 0.2-0.3). `logit_scale` (100) multiplies them before the softmax, so differences of 0.02 become logit
+# differences of 2 and the probabilities become decisive. (With the tiny random CLIP used offline the matrix
+# means nothing, and a good answer says so.)
+#
+# **Rubric (1 point).** 1/2 point: diagonal read correctly, cosines close together. 1/2 point: logit_scale
+# spreads them (a temperature) before the softmax.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** In the bar charts, for which digits does CLIP do worst *on real MNIST*? Given that,
+# what can a low CLIP score of a generated 9 tell you, and what can't it?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** The digits with the lowest real-MNIST bars (read from the chart; often those with closed
+# loops or that look alike, such as 9 and 6). A low score on a generated 9 means little on its own if real 9s
+# score low too: only the ratio to the real-digit score says whether the generated 9s are worse than real ones.
+# It cannot tell you whether a human or the classifier would recognise the 9.
+#
+# **Rubric (1 point).** 1/2 point: the worst real digits named from the chart. 1/2 point: compare with the
+# real-digit baseline; an absolute CLIP score does not measure recognisability.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** Look at CLIP's best and worst generated samples. Are its favourites the clearest
+# digits, or do they share something else (thickness, size, position)?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Its favourites tend to share thick, large, high-contrast, centred strokes, not necessarily
+# the most correct shape; its least favourite are thin, faint, small or unusual ones, some of them perfectly
+# readable. CLIP rewards image statistics it saw on the web (bold, poster-like figures) more than digit
+# correctness.
+#
+# **Rubric (1 point).** 1/2 point: a concrete shared property seen in the pictures. 1/2 point: concludes whether
+# CLIP's preference tracks clarity or something else.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4 (1 point).** From the confusion matrix and the scatter plot: would you use CLIP to *grade* MNIST
+# samples? What would you use it for instead? (Lab 08 uses it to *steer* sampling.)
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** No: on real MNIST its zero-shot accuracy is far below the classifier's (the confusion matrix
+# has large off-diagonal entries) and its score tracks the classifier's confidence only loosely (a weak trend in
+# the scatter). Use it where no dedicated judge exists: open-vocabulary properties beyond the label ("a thick
+# 7"), relative comparisons against the same score on real digits, or as a differentiable critic to steer
+# sampling.
+#
+# **Rubric (1 point).** 1/2 point: no, with evidence from the confusion matrix / scatter. 1/2 point: a sensible
+# other use.
+# ### END SOLUTION

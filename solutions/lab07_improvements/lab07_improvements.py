@@ -19,17 +19,26 @@
 # **How it is graded.** Three functions (2 + 3 + 3 points), each followed by a test cell (the tests you see,
 # plus hidden ones with other inputs). All later cells use `labkit`'s reference code. Run the cells from top
 # to bottom.
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup()
 
@@ -44,8 +53,8 @@ from labkit.checks import lab07_improvements as checks
 
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
 ON_GPU = DEVICE.type == "cuda"
+torch.manual_seed(0)  # every lab starts from the same random numbers
 STEPS = colab.pick(20, 4)  # DPM-Solver++ steps per sample where the sampler is not the point
-torch.manual_seed(0)
 
 # %% [markdown]
 # Real digits to compare against (the MNIST test set when `labkit` finds it), and the judge used throughout:
@@ -298,15 +307,70 @@ fig = plotting.compare_rows(strips, col_titles=[f"NFE {n}" for n in nfes], title
 if not meta["pretrained"]:
     print("No shipped checkpoint here: these samples come from an untrained stand-in, so the numbers mean nothing.")
 
-# %% [markdown]
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. Schedules: in the two rows of digits from the same training budget, which schedule's digits look better?
-#    Relate it to the count of "useful" steps printed under the schedule plot.
-# 2. Guidance: describe the grids as $w$ grows (stroke thickness, variety between samples of one digit). Which
-#    $w$ would you ship, and why is the answer not simply "the one with the highest accuracy"?
-# 3. Samplers: at 5-10 NFE, which sampler gives recognisable digits, and what do the others' failures look like
-#    in the strips? Where do the curves flatten, and what does that mean for the time you need per sample?
-# 4. DDPM adds fresh noise at every step; DDIM ($\eta = 0$) and DPM-Solver++ add none after the start. Use that
-#    to explain why DDPM needs many more steps.
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
+#
+# **Question 1 (1 point).** Schedules: in the two rows of digits from the same training budget, which schedule's
+# digits look better? Relate it to the count of "useful" steps printed under the schedule plot.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Usually the cosine schedule's digits are cleaner and more often the right digit. It has many
+# more useful steps (where $\bar\alpha_t$ is neither about 1 nor about 0), so training spends its budget on
+# noise levels that matter and sampling does not waste steps on pure noise. (Short CPU runs are noisy: an answer
+# that reports the opposite from its own pictures, with this reasoning, is fine.)
+#
+# **Rubric (1 point).** 1/2 point: which looks better, read from the student's own rows. 1/2 point: linked to
+# the useful-step count (training and sampling effort spent where there is signal).
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** Guidance: describe the grids as $w$ grows (stroke thickness, variety between samples
+# of one digit). Which $w$ would you ship, and why is the answer not simply "the one with the highest accuracy"?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** As $w$ grows the strokes get thicker, bolder and more prototypical, the samples of one digit
+# look more and more alike, and at the largest $w$ they become over-saturated with blotchy artefacts. Accuracy
+# rises and saturates while the FID first improves and then gets worse (diversity lost). Ship a moderate $w$
+# (about 0.5-2, near the lowest FID/floor with high accuracy): the highest accuracy comes with collapsed
+# diversity and artefacts that accuracy alone does not see.
+#
+# **Rubric (1 point).** 1/2 point: thickness up, variety down (artefacts at large w). 1/2 point: a w chosen with
+# the FID / diversity trade-off, not accuracy alone.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** Samplers: at 5-10 NFE, which sampler gives recognisable digits, and what do the
+# others' failures look like in the strips? Where do the curves flatten, and what does that mean for the time
+# you need per sample?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** At 5-10 NFE DPM-Solver++ (and nearly as well DDIM) already give recognisable digits; DDPM
+# gives noisy, grainy or blob-like images because its few big steps leave noise it cannot remove. DPM-Solver++
+# flattens around 10-20 NFE, DDIM a little later, DDPM only after 100 or more. Time per sample is proportional
+# to the NFE, so past the knee more steps cost time for nothing: 10-20 DPM-Solver++ steps are about ten times
+# faster than DDPM at equal quality.
+#
+# **Rubric (1 point).** 1/2 point: which sampler works at low NFE and what the failures look like. 1/2 point:
+# where the curves flatten and the consequence for time (time proportional to NFE).
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4 (1 point).** DDPM adds fresh noise at every step; DDIM ($\eta = 0$) and DPM-Solver++ add none
+# after the start. Use that to explain why DDPM needs many more steps.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** Each DDPM step injects new noise that later steps must remove again; with big steps the
+# noise injected and the error of each step are large, and they only average out over many small steps (it
+# solves a stochastic equation). DDIM with $\eta = 0$ and DPM-Solver++ follow a deterministic, smooth trajectory
+# (the probability-flow ODE) that a few large, (for DPM-Solver++) second-order steps can follow accurately.
+#
+# **Rubric (1 point).** 1/2 point: the injected noise must be removed by later steps, so many small steps. 1/2
+# point: the deterministic samplers follow a smooth path that large steps integrate accurately.
+# ### END SOLUTION

@@ -18,17 +18,26 @@
 # **How it is graded.** One short function (2 points) and its test cell (the tests you see, plus hidden ones).
 # The rest is an experiment: run it, look, and answer the questions. Without internet (and while grading) CLIP
 # is a tiny random model and every CLIP number is meaningless; the lab says so when that happens.
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute);
-# anywhere else it does nothing: install labkit once with `pip install -e .` in the repository.
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
 import os, sys
 if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
     try:
         import labkit
     except ImportError:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "__LABKIT_PIP_SPEC__"], check=True)
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
 from labkit import colab
 DEVICE = colab.setup()
 
@@ -47,8 +56,8 @@ from labkit.checks.lab06_clip import lab_clip
 from labkit.checks.lab07_improvements import DigitJudge
 
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
+torch.manual_seed(0)  # every lab starts from the same random numbers
 ON_GPU = DEVICE.type == "cuda"
-torch.manual_seed(0)
 
 # %% [markdown]
 # ## 1. A critic's gradient
@@ -204,16 +213,71 @@ print(f"CLIP logit rose by {float((after - before).mean()):.1f} (grey) and {floa
 if not PRETRAINED_CLIP:
     print("(tiny random CLIP: run with the real model to see what it really rewards)")
 
-# %% [markdown]
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
-# 1. In the gradient maps of section 1, where are the large values: on the strokes, around them, or spread
-#    over the whole square? What does that say about what CLIP looks at?
-# 2. As $s$ grows, what happens to each judge in the three plots? Is there an $s$ where all three improve?
-#    Describe the grids at the largest $s$.
-# 3. In section 4 the CLIP logit rises a lot. Do the images look like the caption? What does the classifier
-#    say? Explain with Goodhart's law ("when a measure becomes a target, it ceases to be a good measure").
-# 4. Why does guided *sampling* resist this failure better than optimising the pixels directly? What would
-#    you change (a noise-aware CLIP, a different caption, a smaller $s$ late in sampling) and how would you
-#    measure whether it helped?
 #
-# *Write your answers here.*
+# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
+#
+# **Question 1 (1 point).** In the gradient maps of section 1, where are the large values: on the strokes,
+# around them, or spread over the whole square? What does that say about what CLIP looks at?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** With the real CLIP the large values are spread over the whole square as a fine, noise-like
+# pattern, only weakly concentrated on and around the strokes. CLIP's score responds to textures and to pixels
+# far from the digit, not only to the strokes a person reads, so small scattered changes can move it (which
+# section 4 exploits). (With the tiny random CLIP the maps mean nothing, and a good answer says so.)
+#
+# **Rubric (1 point).** 1/2 point: where the values are, read from the maps. 1/2 point: what that implies (CLIP
+# is sensitive to texture and background, not only the strokes).
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
+# **Question 2 (1 point).** As $s$ grows, what happens to each judge in the three plots? Is there an $s$ where
+# all three improve? Describe the grids at the largest $s$.
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** CLIP's own numbers (caption logit, zero-shot p) rise with $s$, since that is what guidance
+# pushes; the classifier's accuracy holds at small $s$ and then falls; the FID against the floor grows (worse).
+# There is usually no $s$ where all three improve: at best a small $s$ raises CLIP's score while accuracy and
+# FID barely move. At the largest $s$ the grids show broken digits: blotches, textures and distorted strokes.
+#
+# **Rubric (1 point).** 1/2 point: the direction of each judge. 1/2 point: no s improves all three (or a
+# justified small s), and the grids at large s described.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
+# **Question 3 (1 point).** In section 4 the CLIP logit rises a lot. Do the images look like the caption? What
+# does the classifier say? Explain with Goodhart's law ("when a measure becomes a target, it ceases to be a good
+# measure").
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** No: the grey square gets faint scribbles and noise-like texture, and the real digits hardly
+# change to the eye; the classifier does not see the captioned digit (it keeps the original digit or calls the
+# square something arbitrary). Optimised directly, the CLIP logit stops measuring "looks like a 3": the
+# optimiser finds pixel patterns that raise the score without making the digit (an adversarial example).
+#
+# **Rubric (1 point).** 1/2 point: images do not look like the caption; classifier disagrees. 1/2 point:
+# Goodhart: the optimised score is exploited, so it no longer measures what it meant to.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
+# **Question 4 (1 point).** Why does guided *sampling* resist this failure better than optimising the pixels
+# directly? What would you change (a noise-aware CLIP, a different caption, a smaller $s$ late in sampling) and
+# how would you measure whether it helped?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** In sampling, CLIP's push is small at each step and added to the diffusion model's
+# prediction, which keeps pulling the image back towards digit-like images; CLIP also judges $\hat x_0$, a
+# plausible digit, and the noise added later washes out fine adversarial patterns. Pixel ascent has no such
+# prior. Changes: a CLIP trained on noisy images, a schedule that lowers $s$ as $t \to 0$, caption ensembles or
+# augmentations (crops, blur) against adversarial gradients. Measure with judges that were not optimised:
+# classifier accuracy and FID against the floor at the same CLIP score, plus a second, held-out CLIP.
+#
+# **Rubric (1 point).** 1/2 point: the diffusion prior (and noise) keeps samples on digit-like images. 1/2
+# point: a concrete change and a measurement with judges that were not the target.
+# ### END SOLUTION

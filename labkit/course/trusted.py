@@ -1,0 +1,339 @@
+"""Grading where the student's code cannot reach the verdict.
+
+nbgrader executes a submission cell by cell in a kernel. labkit's executor (``TrustedExecute``, used in
+place of nbgrader's ``Execute``) changes two things:
+
+* the kernel runs in a sandbox (``labkit.course.sandbox``) holding none of the course's files;
+* **test cells never run in the student's kernel.** The grader runs each one itself, in its own process,
+  with the real ``labkit.checks`` module of the lab. Where a check calls the student's function, the
+  grader sends the inputs it chose to the kernel, the kernel runs the student's function on them and
+  sends back data only (``labkit.course.wire``), and the comparison against the reference happens here.
+  Whatever the student's code patched in its kernel (``checks``, ``torch.Tensor.item``, builtins,
+  ``sys.modules``), it patched a kernel that decides nothing. Hidden tests (their source, seeds and
+  reference values) never enter the kernel; the test cell's outputs are written by the grader: the
+  check's one-line verdict, or its ``CheckFailed`` message with no traceback.
+
+A student working in Jupyter or Colab runs the same checks in their own kernel and sees the same
+messages: only the grading path differs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import importlib
+import io
+import re
+import time
+from pathlib import Path
+
+MAX_OUTPUT_CHARS = 200_000  # per student cell; the rest is dropped (a cell printing gigabytes)
+
+_TRUSTED_EXECUTE = None
+
+
+class _StudentNames(dict):
+    """The namespace a test cell runs in on the grader's side: ``checks`` is the real module; any other
+    unknown name is one of the student's functions, reached in the kernel through ``RemoteFunction``."""
+
+    def __init__(self, executor, checks_module):
+        super().__init__(checks=checks_module)
+        self._executor = executor
+
+    def __missing__(self, key):
+        if hasattr(builtins, key):
+            raise KeyError(key)  # fall through to the builtins
+        return RemoteFunction(self._executor, key)
+
+
+class RemoteFunction:
+    """Stands for the student's function ``name``: calling it runs it in the student's kernel."""
+
+    def __init__(self, executor, name: str):
+        self._executor, self.__name__ = executor, name
+
+    def __call__(self, *args, **kwargs):
+        return self._executor.remote_call(self.__name__, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<the student's {self.__name__}>"
+
+
+def _check_failed():
+    from labkit.checks._common import CheckFailed
+
+    return CheckFailed
+
+
+class RemoteTimeout(Exception):
+    """The student's function did not return in time (reported like a timed-out cell)."""
+
+
+class RemoteDied(Exception):
+    """The kernel died while running the student's function (reported like a dead kernel)."""
+
+
+def _exception_type(name: str) -> type:
+    """An exception class named like the one the student's function raised (for the checks' hints)."""
+    clean = re.sub(r"\W", "", name)[:80] or "Exception"
+    if clean == "NotImplementedError":
+        return NotImplementedError
+    return type(clean if clean[0].isalpha() else "E" + clean, (Exception,), {})
+
+
+def _as_check_failure(exc: Exception) -> Exception:
+    """``exc`` as a CheckFailed too, so that the checks' ``call`` passes it through unchanged."""
+    cls = type(type(exc).__name__, (type(exc), _check_failed()), {})
+    return cls(str(exc))
+
+
+def apply_after(args: tuple, after) -> None:
+    """Bring the grader's copies of the arguments to the state the student's function left them in, so that
+    the checks see in-place edits (tensors), a training step's effect (a module's parameters) and what
+    small helper objects recorded (``_labkit_apply``)."""
+    import torch
+
+    from labkit.checks._common import CheckFailed
+
+    if not isinstance(after, (list, tuple)):
+        return
+    for arg, state in zip(args, after):
+        if isinstance(arg, torch.Tensor):
+            if not isinstance(state, torch.Tensor):
+                continue
+            if tuple(state.shape) != tuple(arg.shape) or state.dtype != arg.dtype:
+                raise CheckFailed("your function changed the shape or dtype of one of its inputs in place; "
+                                  "compute a new tensor instead")
+            if not torch.equal(state, arg.detach().cpu()):
+                with torch.no_grad():
+                    arg.copy_(state)
+        elif isinstance(arg, torch.nn.Module) and isinstance(state, dict):
+            current = arg.state_dict()
+            if set(state) != set(current) or any(
+                    not isinstance(state[k], torch.Tensor) or state[k].shape != current[k].shape for k in current):
+                raise CheckFailed("the model's parameters changed names or shapes inside your function")
+            with torch.no_grad():
+                for k, v in current.items():
+                    v.copy_(state[k])
+        else:
+            apply = getattr(type(arg), "_labkit_apply", None)
+            if callable(apply):
+                apply(arg, state)
+
+
+def trusted_execute_class(base):
+    """The executor class, built on ``base`` (``nbgrader_setup.guarded_execute_class()``: kernel restarts,
+    memory cap); created on first use, since importing nbgrader's preprocessors is slow."""
+    global _TRUSTED_EXECUTE
+    if _TRUSTED_EXECUTE is not None:
+        return _TRUSTED_EXECUTE
+    from queue import Empty
+
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import ensure_async, run_sync
+    from nbformat.notebooknode import NotebookNode
+    from traitlets import Any, Bool, Integer, Unicode
+
+    from labkit.course import sandbox, wire
+
+    class SandboxKernelManager(AsyncKernelManager):
+        box = Any(None, allow_none=True)
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            cmd = super().format_kernel_cmd(extra_arguments)
+            return self.box.wrap(cmd) if self.box is not None else cmd
+
+        async def interrupt_kernel(self):
+            """Interrupt through the kernel's control channel: a SIGINT to the process group would reach
+            bubblewrap itself, which ends the whole sandbox instead of interrupting the cell."""
+            if self.box is None:
+                return await super().interrupt_kernel()
+            msg = self.session.msg("interrupt_request", content={})
+            self._connect_control_socket()
+            self.session.send(self._control_socket, msg)
+
+    class TrustedExecute(base):
+        sandbox = Bool(True, help="run the student's kernel in the bubblewrap sandbox").tag(config=True)
+        checks_module = Unicode("", help="module that test cells call `checks` (default labkit.checks.<lab>)").tag(config=True)
+        max_output_chars = Integer(MAX_OUTPUT_CHARS, help="characters of output kept per cell").tag(config=True)
+
+        def preprocess(self, nb, resources=None, km=None):
+            self.reload_checks = False  # test cells do not run in the kernel at all
+            resources = resources or {}
+            lab = (resources.get("nbgrader") or {}).get("assignment") or ""
+            name = self.checks_module or f"labkit.checks.{lab}"
+            try:
+                self._checks = importlib.import_module(name)
+            except ImportError:
+                self._checks = None
+            here = (resources.get("metadata") or {}).get("path")
+            self._box = sandbox.Sandbox.create(here, limits=sandbox.Limits(data_gb=self.memory_limit_gb or 0,
+                                                                          total_gb=(self.memory_limit_gb or 4) * 1.5))
+            self._calls, self._dead, self._out_chars = 0, False, {}
+            km = SandboxKernelManager(kernel_name=self.kernel_name or "python3", config=self.config)
+            if self.sandbox:
+                km.box = self._box
+                km.transport = "ipc"  # unix sockets in the shared work folder: the sandbox has no network
+                km.ip = str(self._box.workdir / "kernel")
+            km.connection_file = str(self._box.workdir / "kernel.json")
+            if resources.get("metadata") is not None:
+                resources["metadata"]["path"] = str(self._box.workdir)  # the kernel's working folder
+            try:
+                return super().preprocess(nb, resources, km)
+            finally:
+                with contextlib.suppress(Exception):
+                    if km.has_kernel:
+                        run_sync(km.shutdown_kernel)(now=True)
+                self._box.cleanup()
+
+        def preprocess_cell(self, cell, resources, index):
+            md = cell.metadata.get("nbgrader", {}) if cell.cell_type == "code" else {}
+            if md.get("grade") and not md.get("solution"):
+                return self._judge(cell, index), self.resources
+            return super().preprocess_cell(cell, resources, index)
+
+        def output(self, outs, msg, display_id, cell_index):
+            content = msg.get("content", {})
+            size = len(content.get("text", "")) + sum(len(str(v)) for v in (content.get("data") or {}).values())
+            used = self._out_chars.get(cell_index, 0)
+            self._out_chars[cell_index] = used + size
+            if used + size > self.max_output_chars:
+                if used <= self.max_output_chars:
+                    outs.append(NotebookNode(output_type="stream", name="stdout",
+                                             text=f"\n[output cut: more than {self.max_output_chars:,} characters]\n"))
+                return None
+            return super().output(outs, msg, display_id, cell_index)
+
+        # --- test cells: run here ------------------------------------------------------------------
+
+        def _judge(self, cell, index):
+            from labkit.checks._common import CheckFailed
+
+            self._skip.add(index)  # never replayed in the kernel after a restart
+            printed, error = io.StringIO(), None
+            if self._checks is None:
+                error = ("CheckFailed", "the grader found no checks for this lab")
+            else:
+                names = _StudentNames(self, self._checks)
+                scope = {"__builtins__": builtins, "__name__": "__labkit_test__"}
+                try:
+                    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                        exec(compile(cell.source, "<test cell>", "exec"), scope, names)
+                except RemoteTimeout as exc:
+                    error = ("CellTimeoutError", str(exc))
+                except RemoteDied as exc:
+                    error = ("DeadKernelError", str(exc))
+                except CheckFailed as exc:
+                    error = ("CheckFailed", str(exc))
+                except AssertionError as exc:
+                    error = ("AssertionError", str(exc))
+                except Exception as exc:
+                    error = (type(exc).__name__, str(exc))
+            outputs = []
+            if printed.getvalue():
+                outputs.append(NotebookNode(output_type="stream", name="stdout", text=printed.getvalue()))
+            if error:
+                ename, evalue = error
+                outputs.append(NotebookNode(output_type="error", ename=ename, evalue=evalue,
+                                            traceback=[f"{ename}: {evalue}"]))
+            cell.outputs = outputs
+            # a count like the kernel's: the cell did run (in the grader), one after the cell above it
+            counts = [c.get("execution_count") or 0 for c in self.nb.cells[:index] if c.cell_type == "code"]
+            cell.execution_count = max(counts, default=0) + 1
+            if self._dead:
+                self._dead = False
+                self._recover(index)
+            return cell
+
+        def remote_call(self, name: str, args: tuple, kwargs: dict):
+            from labkit.checks._common import CheckFailed
+
+            if self._dead:
+                raise CheckFailed("the kernel had to be restarted earlier in this test cell: your function was not run again")
+            self._calls += 1
+            box = self._box.workdir
+            inp, outp = box / f"call-{self._calls}.in", box / f"call-{self._calls}.out"
+            wire.save_call(inp, args, kwargs)
+            code = (f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
+                    f"{str(inp)!r}, {str(outp)!r})")
+            status = run_sync(self._remote)(code, self.timeout or 120)
+            try:
+                if status == "timeout":
+                    raise _as_check_failure(RemoteTimeout(
+                        f"your function `{name}` did not finish within {self.timeout} s (an endless loop?)"))
+                if status == "dead":
+                    self._dead = True
+                    raise _as_check_failure(RemoteDied(
+                        f"the kernel died while running your function `{name}` (it exited or crashed)"))
+                if not outp.exists():
+                    raise CheckFailed(f"your notebook's kernel did not run `{name}` for the grader (did the "
+                                      "notebook replace labkit, `globals` or `__import__`?)")
+                try:
+                    reply = wire.decode_reply(outp)
+                except wire.WireError as exc:
+                    raise CheckFailed(f"the result of `{name}` could not be read: {exc}") from None
+            finally:
+                for p in (inp, outp):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            if not isinstance(reply, dict):
+                raise CheckFailed(f"the result of `{name}` could not be read")
+            state = reply.get("status")
+            printed = str(reply.get("printed") or "")
+            if printed:
+                print(printed[:4000] + ("\n[...]" if len(printed) > 4000 else ""), end="" if printed.endswith("\n") else "\n")
+            for w in (reply.get("warnings") or [])[:3]:
+                print(f"note: your function warned: {str(w)[:300]}")
+            if state == "missing":
+                raise CheckFailed(f"`{name}` is not defined when this test runs: run the cell that defines it, "
+                                  "and keep the function's name")
+            if state == "not_callable":
+                raise CheckFailed(f"`{name}` should be a function, but it is a {str(reply.get('type'))[:100]}")
+            if state == "not_implemented":
+                raise NotImplementedError()
+            if state == "raised":
+                raise _exception_type(str(reply.get("type")))(str(reply.get("message"))[:2000])
+            if state != "ok":
+                raise CheckFailed(f"the result of `{name}` could not be sent back: {str(reply.get('message'))[:300]}")
+            apply_after(args, reply.get("after"))
+            return reply.get("result")
+
+        async def _remote(self, code: str, timeout: float) -> str:
+            """Run ``code`` silently in the kernel: "ok", "error", "timeout" (interrupted) or "dead"."""
+            msg_id = await ensure_async(self.kc.execute(code, silent=True, store_history=False,
+                                                        stop_on_error=False, allow_stdin=False))
+            deadline = time.monotonic() + timeout
+            interrupted = False
+            while True:
+                await self._drain_iopub()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if interrupted:
+                        self._dead = True  # it ignores interrupts: restart it after this cell
+                        return "timeout"
+                    interrupted = True
+                    with contextlib.suppress(Exception):
+                        await ensure_async(self.km.interrupt_kernel())
+                    deadline = time.monotonic() + self.responsive_timeout
+                    continue
+                try:
+                    msg = await ensure_async(self.kc.shell_channel.get_msg(timeout=min(left, 0.5)))
+                except Empty:
+                    if not await ensure_async(self.kc.is_alive()):
+                        return "dead"
+                    continue
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    if interrupted:
+                        return "timeout"
+                    return "ok" if msg["content"].get("status") == "ok" else "error"
+
+        async def _drain_iopub(self) -> None:
+            """Discard what the kernel printed while serving the grader (never shown, never kept)."""
+            for _ in range(10_000):
+                try:
+                    await ensure_async(self.kc.iopub_channel.get_msg(timeout=0))
+                except Empty:
+                    return
+
+    _TRUSTED_EXECUTE = TrustedExecute
+    return TrustedExecute

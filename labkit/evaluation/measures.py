@@ -1,0 +1,72 @@
+"""Small measurements a lab report quotes (lab 09): each turns raw runs into one number per digit or sampler.
+
+    recognisable_from(probs, threshold)        [steps, N] -> int64 [N]: the first sampling step from which the
+                                               classifier's p(intended digit | x0_hat) stays >= threshold
+    quartiles(values, labels)                  -> [K, 3]: 25th percentile, median, 75th percentile per class
+    relative_score(gen, gen_y, real, real_y)   -> [K]: per-class mean of generated / mean of real scores
+    within_class_diversity(features, labels)   -> [K]: mean distance between two different samples of a class
+    speedup_at_quality(seconds, quality, target, baseline_seconds)
+                                               -> [S]: baseline time over each sampler's fastest good-enough time
+
+Classes without enough samples get NaN (a report says "not measured", never a made-up number). Lab 09's
+exercises are these functions; its checks (``labkit.checks.lab09_report``) compare with their own copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def recognisable_from(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """probs [steps, N] (row 0 = the first sampling step, from pure noise) -> int64 [N]: per trajectory the
+    smallest step k with probs[j, n] >= threshold for every j >= k; ``steps`` when the last one is below."""
+    above = probs >= threshold  # [steps, N]
+    trailing = above.flip(0).long().cumprod(dim=0).sum(dim=0)  # length of the final run at or above it
+    return probs.shape[0] - trailing
+
+
+def quartiles(values: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """[num_classes, 3] float64: 25th percentile, median, 75th percentile of each class's values (linear
+    interpolation, as ``torch.quantile``); NaN for a class without values."""
+    v, y = values.detach().double().cpu(), labels.detach().long().cpu()
+    q = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    rows = [torch.quantile(v[y == k], q) if bool((y == k).any()) else torch.full((3,), math.nan, dtype=torch.float64)
+            for k in range(num_classes)]
+    return torch.stack(rows)
+
+
+def _class_means(s: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    s, y = s.detach().double().cpu(), y.detach().long().cpu()
+    return torch.stack([s[y == k].mean() if bool((y == k).any()) else torch.tensor(math.nan, dtype=torch.float64)
+                        for k in range(num_classes)])
+
+
+def relative_score(gen_scores: torch.Tensor, gen_labels: torch.Tensor, real_scores: torch.Tensor,
+                   real_labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """[num_classes] float64: mean score of the generated digits of each class over the mean score of the
+    real digits of that class (1.0 = as good as real digits); NaN where a class is missing on either side."""
+    return _class_means(gen_scores, gen_labels, num_classes) / _class_means(real_scores, real_labels, num_classes)
+
+
+def within_class_diversity(features: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """[num_classes] float64: mean Euclidean distance between two different samples of the same class
+    (features [N, D], e.g. the classifier's penultimate layer); NaN for a class with fewer than two."""
+    f, y = features.detach().double().cpu(), labels.detach().long().cpu()
+    out = []
+    for k in range(num_classes):
+        x = f[y == k]
+        n = len(x)
+        out.append(torch.cdist(x, x).sum() / (n * (n - 1)) if n >= 2 else torch.tensor(math.nan, dtype=torch.float64))
+    return torch.stack(out)
+
+
+def speedup_at_quality(seconds: torch.Tensor, quality: torch.Tensor, target: float,
+                       baseline_seconds: float) -> torch.Tensor:
+    """seconds, quality [S, K] (one row per sampler, one column per setting) -> [S] float64: baseline_seconds
+    over the time of each sampler's fastest setting with quality >= target; 0.0 where none reaches it."""
+    s, q = seconds.detach().double().cpu(), quality.detach().double().cpu()
+    masked = torch.where(q >= target, s, torch.full_like(s, math.inf))
+    fastest = masked.min(dim=1).values
+    return torch.where(torch.isfinite(fastest), baseline_seconds / fastest, torch.zeros_like(fastest))
