@@ -159,7 +159,7 @@ def test_damaged_submissions_are_still_graded(graded):
 def test_scores_csv_lists_every_submission(graded):
     results, out = graded
     lines = (out / "scores.csv").read_text().splitlines()
-    assert lines[0] == "student,lab,score,max_score,status,notes"
+    assert lines[0] == "student,lab,score,max_score,manual_score,manual_max,status,notes"
     assert len(lines) == 1 + len(results)
 
 

@@ -35,7 +35,22 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="memory cap of each grading kernel in GB, 0 for none (default: %(default)g)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="grade without the bubblewrap sandbox (only for notebooks you trust)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="grade on the Dask cluster of this scheduler (tcp://host:8786); needs labkit[cluster]")
+    where.add_argument("--cluster", default=None, type=_local_cluster, metavar="local:N",
+                       help="grade on a Dask LocalCluster of N worker processes on this machine")
     return parser
+
+
+def _local_cluster(text: str) -> str:
+    import argparse
+    import re
+
+    m = re.fullmatch(r"local:(\d+)", text.strip())
+    if not m or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"expected local:N (N worker processes on this machine), got {text!r}")
+    return f"local:{int(m.group(1))}"
 
 
 def cli_build(args) -> int:
@@ -54,7 +69,8 @@ def cli_grade(args) -> int:
     results = grade_submissions(args.submissions, args.out, args.lab, repo_root=args.repo, timeout=args.timeout,
                                 feedback=not args.no_feedback, jobs=getattr(args, "jobs", None),
                                 memory_limit_gb=getattr(args, "memory_limit", DEFAULT_MEMORY_LIMIT_GB),
-                                sandbox=not getattr(args, "unsafe_no_sandbox", False))
+                                sandbox=not getattr(args, "unsafe_no_sandbox", False),
+                                scheduler=getattr(args, "scheduler", None) or getattr(args, "cluster", None))
     return 0 if results and all(r.status != "failed" for r in results) else 1
 
 

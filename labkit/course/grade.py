@@ -33,7 +33,8 @@ from labkit.errors import LabkitError
 def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike, labs: Sequence[str] | None = None,
                       *, repo_root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
                       feedback: bool = True, jobs: int | None = None, verbose: bool = True,
-                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True) -> list[GradeResult]:
+                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
+                      scheduler: str | None = None, stats: dict | None = None) -> list[GradeResult]:
     """Autograde every submission in ``submissions_dir``; write results under ``out_dir``:
 
         out_dir/nbgrader/<lab>/      one nbgrader course per lab (source, release, submitted, autograded,
@@ -52,8 +53,14 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     ``no submission`` (an empty student folder); the notes say what was repaired and which cells failed,
     timed out or look like tampering. Written answers are graded by hand in nbgrader's formgrader; their
     points are reported apart (``manual_max``; ``manual_score`` once given).
+
+    ``scheduler``: grade on Dask instead of local processes (``labkit.course.cluster``): the address of a
+    Dask scheduler (``tcp://host:8786``) or ``local:N`` (a LocalCluster of N worker processes here). Each
+    worker grades in its own sandbox; this process alone writes ``out_dir`` and the gradebooks, and a
+    manifest (``out_dir/cluster-manifest.jsonl``) makes a re-run grade only what is missing. ``stats``: a
+    dict that receives counters and timings of the cluster run (``cluster.ClusterStats``).
     """
-    if sandbox:
+    if sandbox and not scheduler:  # on a cluster, each worker probes its own sandbox
         from labkit.course.sandbox import probe
 
         why = probe()
@@ -80,6 +87,32 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         jobs = 1
     courses = {lab: str(out_dir / "nbgrader" / lab) for lab in set(active) | set(empty_labs)}
 
+    if scheduler:
+        from labkit.course.cluster import grade_on_cluster
+
+        results = grade_on_cluster(subs, chosen, empty, empty_labs, releases, courses, repo_root=repo_root,
+                                   timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
+                                   memory_limit_gb=memory_limit_gb, sandbox=sandbox, scheduler=scheduler,
+                                   out_dir=out_dir, stats=stats)
+    else:
+        results = _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, repo_root=repo_root,
+                                 timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
+                                 memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+    for r in results:
+        html = out_dir / "nbgrader" / r.lab / "feedback" / r.student / r.lab / f"{r.lab}.html"
+        if html.exists():
+            (out_dir / "feedback" / r.student).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(html, out_dir / "feedback" / r.student / f"{r.lab}.html")
+    write_scores_csv(results, out_dir / "scores.csv")
+    if verbose:
+        print(f"{len(results)} submissions, {sum(r.status == 'graded' for r in results)} graded; "
+              f"scores in {out_dir / 'scores.csv'}")
+    return results
+
+
+def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *, repo_root, timeout, feedback, jobs,
+                   verbose, memory_limit_gb, sandbox) -> list[GradeResult]:
+    """The local half of ``grade_submissions``: prepare, autograde and write feedback in ``jobs`` processes."""
     with _workers(jobs) as run:
         prepared = dict(zip(active, run(_prepare_lab, [(str(repo_root), lab, courses[lab], timeout, memory_limit_gb,
                                                         sandbox) for lab in active])))
@@ -115,13 +148,4 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
             for lab, warning in zip(graded_labs, run(_feedback_lab, [(courses[lab], lab) for lab in graded_labs])):
                 if warning:
                     print(f"warning: feedback for {lab} failed: {warning}", file=sys.stderr)
-    for r in results:
-        html = out_dir / "nbgrader" / r.lab / "feedback" / r.student / r.lab / f"{r.lab}.html"
-        if html.exists():
-            (out_dir / "feedback" / r.student).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(html, out_dir / "feedback" / r.student / f"{r.lab}.html")
-    write_scores_csv(results, out_dir / "scores.csv")
-    if verbose:
-        print(f"{len(results)} submissions, {sum(r.status == 'graded' for r in results)} graded; "
-              f"scores in {out_dir / 'scores.csv'}")
     return results

@@ -1,0 +1,621 @@
+"""``labkit grade --scheduler ADDRESS`` / ``--cluster local:N``: the per-submission work as Dask tasks.
+
+Imported only when one of those options is given (``pip install 'labkit[cluster]'``: dask.distributed).
+
+Who does what:
+
+* **the client** (the machine that runs ``labkit grade``) finds the submissions, prepares each lab's course
+  in ``OUT/nbgrader/<lab>/`` as the local path does, and a clean *template* course per lab (source and
+  release notebooks, a gradebook that knows the assignment and nothing of any student) that travels to the
+  workers as bytes inside each task. It submits one task per submission that the manifest does not hold,
+  and it is the **only writer** of everything under ``OUT``: for each result it writes the submitted and
+  autograded notebooks into the lab's course, records the scores in that course's ``gradebook.db`` with
+  nbgrader's own ``SaveAutoGrades`` and ``AssignLatePenalties`` run on the autograded notebook (what
+  nbgrader's autograde does after executing: the formgrader then sees an ordinary autograded submission),
+  and only then appends the submission to the manifest. Feedback is generated once per lab at the end.
+* **a worker** runs ``grade_task``: it checks that it can start the bubblewrap sandbox (unless the client
+  passed ``--unsafe-no-sandbox``) and that its labkit grades like the client's (same fingerprint of the
+  grading code), unpacks the template into a private temporary course, runs the very function the local
+  path runs (``autograde._grade_submission``: restore, autograde in the sandboxed kernel, judge the test
+  cells, read the scores), and returns data only. It never sees the client's files; a worker that dies
+  mid-notebook leaves nothing behind but its own temporary folder.
+
+Exactly once: a task's key is ``(lab, student, sha256 of the notebook)``. Dask gives each future one result
+(a task whose worker died is run again elsewhere, up to ``allowed-failures`` deaths); the client merges a key
+at most once per run and records it in ``OUT/cluster-manifest.jsonl`` (one JSON line per merged submission,
+appended and fsynced after the gradebook commit). A later run skips every submission whose notebook hash
+and grader fingerprint (lab source, grading code, timeout, memory cap, sandbox) are in the manifest and
+whose autograded notebook is still there; it grades only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from labkit.course.autograde import _feedback_lab, _grade_submission, _max_score, _prepare_lab, _quiet_warnings, read_scores
+from labkit.course.pool import _workers
+from labkit.course.results import GradeResult
+from labkit.course.sources import _nbformat, SOURCE_DIR
+from labkit.errors import LabkitError
+
+MANIFEST_NAME = "cluster-manifest.jsonl"
+ALLOWED_FAILURES = 3  # worker deaths a task may see before Dask gives up on it (KilledWorker)
+LOCAL_RE = re.compile(r"local:(\d+)")
+MAX_RETURNED_FILE = 64 * 2 ** 20  # bytes per file of the autograded folder sent back to the client
+
+# The modules whose code decides a score: a worker must run the same as the client, and a result graded with
+# other code is not "already graded".
+GRADING_MODULES = ("autograde", "forensics", "kernel_side", "nbgrader_setup", "restore", "sandbox", "sources",
+                   "trusted", "wire")
+
+
+class WorkerUnfit(Exception):
+    """This worker cannot grade (no sandbox, another labkit): the task fails with a one-line reason and is
+    not recorded, so a later run grades it again."""
+
+
+# --- fingerprints and keys --------------------------------------------------------------------------
+
+_FINGERPRINT: dict = {}
+
+
+def code_fingerprint() -> str:
+    """sha256 of labkit's grading code as installed here: ``labkit/checks/**.py`` and the grading modules of
+    ``labkit/course``, plus labkit's version."""
+    if "code" in _FINGERPRINT:
+        return _FINGERPRINT["code"]
+    import labkit
+
+    pkg = Path(labkit.__file__).resolve().parent
+    h = hashlib.sha256(str(getattr(labkit, "__version__", "")).encode())
+    files = sorted((pkg / "checks").rglob("*.py")) + [pkg / "course" / f"{m}.py" for m in GRADING_MODULES]
+    for f in files:
+        if f.exists():
+            h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    _FINGERPRINT["code"] = h.hexdigest()
+    return _FINGERPRINT["code"]
+
+
+def grader_fingerprint(repo_root: str | os.PathLike, lab: str, timeout: int, memory_limit_gb: float,
+                       sandbox: bool) -> str:
+    """What a result depends on besides the notebook: the lab's source, the grading code, the settings."""
+    src = Path(repo_root) / SOURCE_DIR / lab / f"{lab}.py"
+    h = hashlib.sha256(src.read_bytes() if src.exists() else b"")
+    h.update(json.dumps([code_fingerprint(), int(timeout), float(memory_limit_gb or 0), bool(sandbox)]).encode())
+    return h.hexdigest()[:32]
+
+
+def task_key(lab: str, student: str, sha: str) -> str:
+    """The Dask key of one submission's task: the same notebook of the same student is the same task."""
+    return f"labkit-grade-{lab}-{student}-{sha[:20]}"
+
+
+# --- the manifest: what the client has merged -----------------------------------------------------------
+
+class Manifest:
+    """``OUT/cluster-manifest.jsonl``: one line per submission merged into the gradebook, appended (one
+    ``write`` of a whole line, then ``fsync``) only after the gradebook commit. The last line of a
+    ``(lab, student)`` wins; a line cut short by a crash is ignored and cut off before the next append."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.records: dict[tuple[str, str], dict] = {}
+        self.lines = 0
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        raw = self.path.read_bytes()
+        keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
+        if keep != raw:  # a torn last line (the client died while writing it): drop it, atomically
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_bytes(keep)
+            os.replace(tmp, self.path)
+        for line in keep.decode("utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                key = (rec["lab"], rec["student"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            self.records[key] = rec
+            self.lines += 1
+
+    def lookup(self, lab: str, student: str, sha: str, grader: str, course: str | os.PathLike | None = None) -> dict | None:
+        """The record of this exact notebook graded by this grader, when its results are still in place
+        (the autograded notebook exists in ``course``, if it had one); else None."""
+        rec = self.records.get((lab, student))
+        if not rec or rec.get("sha256") != sha or rec.get("grader") != grader:
+            return None
+        if rec.get("autograded") and course is not None:
+            if not (Path(course) / "autograded" / student / lab / f"{lab}.ipynb").exists():
+                return None
+        return rec
+
+    def record(self, lab: str, student: str, sha: str, grader: str, result: GradeResult, **extra) -> dict:
+        rec = {"lab": lab, "student": student, "sha256": sha, "grader": grader, "result": asdict(result),
+               "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+        line = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.records[(lab, student)] = rec
+        self.lines += 1
+        return rec
+
+
+# --- the worker's side ----------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+_ONE_AT_A_TIME = threading.Lock()  # grading changes os.environ (fast mode): one notebook per process at a time
+
+
+def _where() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"worker {get_worker().address}"
+    except Exception:
+        return f"worker on {socket.gethostname()}"
+
+
+def worker_probe() -> dict:
+    """Run on a worker: can it sandbox a kernel, and which grading code does it hold."""
+    if "probe" not in _WORKER:
+        from labkit.course import sandbox
+
+        _WORKER["probe"] = sandbox.probe()
+    return {"sandbox": _WORKER["probe"], "code": code_fingerprint(), "host": socket.gethostname(),
+            "python": sys.version.split()[0]}
+
+
+def _scratch() -> str | None:
+    try:
+        from distributed import get_worker
+
+        return get_worker().local_directory  # Dask removes it when the worker goes away
+    except Exception:
+        return None
+
+
+def pack_course(course: str | os.PathLike) -> bytes:
+    """A prepared (student-free) course folder as zip bytes."""
+    buf = io.BytesIO()
+    root = Path(course)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and not f.name.startswith(".labkit-grading.lock"):
+                z.write(f, f.relative_to(root).as_posix())
+    return buf.getvalue()
+
+
+def _unpack(data: bytes, dest: Path) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for name in z.namelist():
+            target = (dest / name).resolve()
+            if not str(target).startswith(str(dest.resolve()) + os.sep):
+                raise LabkitError(f"bad path in the course template: {name}")
+        z.extractall(dest)
+
+
+def _folder_files(folder: Path) -> dict[str, bytes]:
+    out = {}
+    if folder.is_dir():
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and f.stat().st_size <= MAX_RETURNED_FILE:
+                out[f.relative_to(folder).as_posix()] = f.read_bytes()
+    return out
+
+
+def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str, timeout: int,
+               memory_limit_gb: float, sandbox: bool) -> dict:
+    """One submission, on a worker: autograded in a private course unpacked from ``template`` by the same
+    ``_grade_submission`` as the local path. Returns data only: the ``GradeResult`` fields, the restored
+    submitted notebook and the files of the autograded folder (bytes), the seconds it took and where.
+    Raises ``WorkerUnfit`` (one line) when this worker cannot sandbox or grades with other code."""
+    start = time.monotonic()
+    where = _where()
+    probe = worker_probe()
+    if sandbox and probe["sandbox"]:
+        raise WorkerUnfit(f"{where}: {probe['sandbox']}")
+    if probe["code"] != code:
+        raise WorkerUnfit(f"{where}: its labkit grading code differs from the client's (fingerprint "
+                          f"{probe['code'][:12]} vs {code[:12]}): install the same labkit on every worker")
+    with _ONE_AT_A_TIME:
+        tmp = Path(tempfile.mkdtemp(prefix="labkit-task-", dir=_scratch()))
+        try:
+            course = tmp / "course"
+            course.mkdir()
+            _unpack(template, course)
+            upload = tmp / "upload"
+            upload.mkdir()
+            path = upload / (Path(filename).name or f"{lab}.ipynb")
+            path.write_bytes(notebook)
+            res = _grade_submission(student, lab, str(path), str(course), timeout, memory_limit_gb, sandbox)
+            submitted = course / "submitted" / student / lab / f"{lab}.ipynb"
+            payload = {
+                "result": asdict(res),
+                "submitted": submitted.read_bytes() if submitted.exists() else None,
+                "autograded": _folder_files(course / "autograded" / student / lab),
+            }
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    payload.update(seconds=time.monotonic() - start, worker=where)
+    return payload
+
+
+# --- the client's side: merging a result (the single writer) -------------------------------------------
+
+def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
+    """``target`` holds exactly ``files`` afterwards; written beside it first, then swapped in."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(prefix=f".{target.name}-new-", dir=target.parent))
+    for rel, data in files.items():
+        p = (new / rel).resolve()
+        if not str(p).startswith(str(new.resolve()) + os.sep):
+            continue  # never outside the folder
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}-old-{os.getpid()}-{time.monotonic_ns()}"
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dict) -> GradeResult:
+    """Write one worker result into the client's course ``course``: the submitted and autograded notebooks,
+    then the scores in its gradebook (nbgrader's ``SaveAutoGrades`` + ``AssignLatePenalties`` on the
+    autograded notebook, exactly what autograde runs after executing). Idempotent: merging the same
+    result again leaves the same files and one submission. The score reported is the gradebook's."""
+    from nbgrader.api import Gradebook
+    from nbgrader.preprocessors import AssignLatePenalties, SaveAutoGrades
+
+    course = Path(course)
+    res = GradeResult(**payload["result"])
+    if payload.get("submitted") is not None:
+        _replace_dir(course / "submitted" / student / lab, {f"{lab}.ipynb": payload["submitted"]})
+    files = payload.get("autograded") or {}
+    if f"{lab}.ipynb" not in files:
+        return res  # nothing was autograded (e.g. an unreadable upload): nothing for the gradebook
+    _replace_dir(course / "autograded" / student / lab, files)
+    nb = _nbformat().reads(files[f"{lab}.ipynb"].decode("utf-8"), as_version=4)
+    db = f"sqlite:///{course / 'gradebook.db'}"
+    ctx = _quiet_warnings()
+    try:
+        with Gradebook(db) as gb:
+            gb.update_or_create_student(student)
+            gb.update_or_create_submission(lab, student)
+        resources = {"nbgrader": {"db_url": db, "assignment": lab, "notebook": lab, "student": student}}
+        SaveAutoGrades().preprocess(nb, resources)
+        AssignLatePenalties().preprocess(nb, resources)
+        with Gradebook(db) as gb:
+            check = GradeResult(student, lab)
+            read_scores(check, gb.find_submission(lab, student))
+    finally:
+        ctx.__exit__(None, None, None)
+    if (check.score, check.max_score) != (res.score, res.max_score):
+        res.notes.append(f"the worker scored {res.score}/{res.max_score}; the gradebook holds "
+                         f"{check.score}/{check.max_score} (reported)")
+    res.score, res.max_score, res.manual_score, res.manual_max = (check.score, check.max_score, check.manual_score,
+                                                                  check.manual_max)
+    return res
+
+
+# --- the client: connecting, submitting, watching ---------------------------------------------------------
+
+def connect(scheduler: str):
+    """``(client, cluster or None)``: a LocalCluster of N single-threaded worker processes for ``local:N``,
+    otherwise a client of the scheduler at that address."""
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise LabkitError("grading on a Dask cluster needs dask.distributed: pip install 'labkit[cluster]'") from None
+    m = LOCAL_RE.fullmatch(scheduler)
+    if m:
+        with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+            cluster = LocalCluster(n_workers=int(m.group(1)), threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.ERROR)
+            try:
+                return Client(cluster), cluster
+            except BaseException:
+                cluster.close()
+                raise
+    try:
+        return Client(scheduler, timeout="30s"), None
+    except (OSError, TimeoutError) as exc:
+        raise LabkitError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+
+
+def dashboard_link(client) -> str | None:
+    try:
+        return client.dashboard_link or None
+    except Exception:
+        return None
+
+
+@dataclass
+class _Pending:
+    res: GradeResult
+    path: Path
+    sha: str
+    grader: str
+    key: str = ""
+
+
+@dataclass
+class ClusterStats:
+    """What one run did (``grade_submissions(..., stats={})`` receives these fields)."""
+
+    submitted: int = 0  # tasks sent to the cluster
+    skipped: int = 0  # already in the manifest
+    merged: int = 0  # results written into the gradebook and the manifest
+    failed_tasks: int = 0  # tasks with no result (worker unfit, killed too often, merge error)
+    duplicates: int = 0  # results for a key merged already in this run (ignored)
+    workers: int = 0
+    worker_seconds: float = 0.0  # sum over tasks of their time on a worker
+    merge_seconds: float = 0.0  # the client's time writing results
+    feedback_seconds: float = 0.0
+    prepare_seconds: float = 0.0
+    connect_seconds: float = 0.0
+    grading_seconds: float = 0.0  # from the first submit to the last result
+    per_worker: dict = field(default_factory=dict)  # worker -> tasks
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: Sequence[str], releases: dict,
+                     courses: dict, *, repo_root: Path, timeout: int, feedback: bool, jobs: int, verbose: bool,
+                     memory_limit_gb: float, sandbox: bool, scheduler: str, out_dir: Path,
+                     stats: dict | None = None) -> list[GradeResult]:
+    """The cluster half of ``grade_submissions``: grade ``subs`` on the Dask scheduler ``scheduler``
+    (``local:N`` for a LocalCluster here), merge into ``courses``, write feedback; returns the results,
+    the empty students' ``no submission`` rows included (``grade_submissions`` writes scores.csv)."""
+    st = ClusterStats()
+    manifest = Manifest(Path(out_dir) / MANIFEST_NAME)
+    graders = {lab: grader_fingerprint(repo_root, lab, timeout, memory_limit_gb, sandbox)
+               for lab in {s.lab for s in subs}}
+    results: list[GradeResult] = []
+    pending: list[_Pending] = []
+
+    def report(res: GradeResult) -> None:
+        if verbose:
+            from tqdm import tqdm
+
+            tqdm.write(res.line())
+
+    for s in sorted(subs, key=lambda s: (chosen.index(s.lab), s.student)):
+        res = GradeResult(s.student, s.lab)
+        results.append(res)
+        try:
+            sha = _sha256(Path(s.path))
+        except OSError as exc:
+            res.status, res.score = "failed", 0.0
+            res.notes.append(f"cannot read {Path(s.path).name}: {exc}")
+            continue
+        rec = manifest.lookup(s.lab, s.student, sha, graders[s.lab], courses[s.lab])
+        if rec is not None:
+            res.__dict__.update(GradeResult(**rec["result"]).__dict__)
+            st.skipped += 1
+        else:
+            pending.append(_Pending(res, Path(s.path), sha, graders[s.lab], task_key(s.lab, s.student, sha)))
+    if verbose:
+        print(f"{len(pending)} submission(s) to grade on the cluster, {st.skipped} already graded "
+              f"(manifest {manifest.path})", flush=True)
+
+    merged_labs: set[str] = set()
+    if pending:
+        _run_pending(pending, chosen, courses, st, manifest, merged_labs, report, repo_root=repo_root,
+                     timeout=timeout, jobs=jobs, verbose=verbose, memory_limit_gb=memory_limit_gb, sandbox=sandbox,
+                     scheduler=scheduler)
+
+    for lab in empty_labs:
+        max_score = _max_score(releases.get(lab))
+        for student, note in empty:
+            res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
+            results.append(res)
+            report(res)
+    if feedback and merged_labs:
+        t0 = time.monotonic()
+        labs = [lab for lab in chosen if lab in merged_labs]
+        with _workers(max(1, min(jobs, len(labs)))) as run:
+            for lab, warning in zip(labs, run(_feedback_lab, [(courses[lab], lab) for lab in labs])):
+                if warning:
+                    print(f"warning: feedback for {lab} failed: {warning}", file=sys.stderr)
+        st.feedback_seconds = time.monotonic() - t0
+    if stats is not None:
+        stats.update(asdict(st))
+    return results
+
+
+def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, manifest: Manifest, merged_labs: set,
+                 report, *, repo_root, timeout, jobs, verbose, memory_limit_gb, sandbox, scheduler) -> None:
+    # 1. the cluster, and whether its workers can grade (before any work here: a refusal comes at once)
+    t0 = time.monotonic()
+    client, cluster = connect(scheduler)
+    st.connect_seconds = time.monotonic() - t0
+    try:
+        link = dashboard_link(client)
+        code = code_fingerprint()
+        probes = client.run(worker_probe)
+        st.workers = len(probes)
+        if verbose:
+            where = "a local cluster" if cluster is not None else scheduler
+            print(f"Dask: {len(probes)} worker(s) on {where}" + (f"; dashboard: {link}" if link else ""), flush=True)
+            if not probes:
+                print("note: no worker is connected yet; the tasks wait for one", flush=True)
+        unfit = {w: (p["sandbox"] if sandbox and p["sandbox"] else
+                     None if p["code"] == code else "its labkit grading code differs from the client's")
+                 for w, p in probes.items()}
+        for w, why in unfit.items():
+            if why:
+                print(f"warning: worker {w} cannot grade: {why}", file=sys.stderr, flush=True)
+        if probes and all(unfit.values()):
+            raise LabkitError(f"no worker can grade: {next(iter(unfit.values()))}")
+
+        # 2. the client's courses (as the local path) and the workers' templates, prepared here
+        t0 = time.monotonic()
+        labs = [lab for lab in chosen if any(p.res.lab == lab for p in pending)]
+        templates: dict[str, bytes] = {}
+        with tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp, \
+                _workers(max(1, min(jobs, 2 * len(labs)))) as run:
+            args = [(str(repo_root), lab, courses[lab], timeout, memory_limit_gb, sandbox) for lab in labs]
+            args += [(str(repo_root), lab, str(Path(tmp) / lab), timeout, memory_limit_gb, sandbox) for lab in labs]
+            prepared = run(_prepare_lab, args)
+            for i, lab in enumerate(labs):
+                bad = next((p for p in (prepared[i], prepared[len(labs) + i]) if isinstance(p, BaseException)), None)
+                if bad is None:
+                    templates[lab] = pack_course(Path(tmp) / lab)
+                    continue
+                for p in pending:
+                    if p.res.lab == lab:
+                        p.res.status = "failed"
+                        p.res.notes.append(f"could not prepare {lab}: {str(bad)[-300:]}")
+        st.prepare_seconds = time.monotonic() - t0
+
+        # 3. one task per submission; results merged here as they come
+        todo = [p for p in pending if p.res.lab in templates]
+        if todo:
+            _submit_and_merge(client, todo, templates, courses, code, st, manifest, merged_labs, report,
+                              timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox, verbose=verbose)
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+
+
+def _window(client, current: int) -> int:
+    try:
+        threads = sum(client.nthreads().values())
+    except Exception:
+        return current
+    return max(16, 3 * threads)
+
+
+def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st: ClusterStats, manifest: Manifest,
+                      merged_labs: set, report, *, timeout, memory_limit_gb, sandbox, verbose) -> None:
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    queue = list(reversed(todo))
+    by_key: dict[str, _Pending] = {}
+    merged: set[str] = set()
+    done = failed = 0
+    window = _window(client, 16)
+    refreshed = time.monotonic()
+    ac = as_completed()
+
+    def submit_one() -> bool:
+        if not queue:
+            return False
+        p = queue.pop()
+        try:
+            data = p.path.read_bytes()
+        except OSError as exc:
+            p.res.status, p.res.score = "failed", 0.0
+            p.res.notes.append(f"cannot read {p.path.name}: {exc}")
+            return submit_one()
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != p.sha:  # the file changed since it was listed: grade what is there now
+            p.sha, p.key = sha, task_key(p.res.lab, p.res.student, sha)
+        fut = client.submit(grade_task, p.res.lab, p.res.student, p.path.name, data, templates[p.res.lab], code,
+                            timeout, memory_limit_gb, sandbox, key=p.key, pure=False, retries=0)
+        by_key[fut.key] = p
+        ac.add(fut)
+        st.submitted += 1
+        return True
+
+    start = time.monotonic()
+    for _ in range(window):
+        if not submit_one():
+            break
+    bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not verbose, dynamic_ncols=True,
+               file=sys.stderr)
+    try:
+        for fut in ac:
+            p = by_key.get(fut.key)
+            if p is None or fut.key in merged:  # a second result for a merged key: never merged twice
+                st.duplicates += 1
+                fut.release()
+                continue
+            res = p.res
+            if fut.status == "finished":
+                payload = fut.result()
+                st.worker_seconds += float(payload.get("seconds") or 0)
+                w = payload.get("worker", "?")
+                st.per_worker[w] = st.per_worker.get(w, 0) + 1
+                t0 = time.monotonic()
+                try:
+                    merged_res = merge_result(courses[res.lab], res.lab, res.student, payload)
+                    manifest.record(res.lab, res.student, p.sha, p.grader, merged_res,
+                                    autograded=f"{res.lab}.ipynb" in (payload.get("autograded") or {}),
+                                    worker=w, seconds=round(float(payload.get("seconds") or 0), 2))
+                except Exception as exc:
+                    res.status = "failed"
+                    res.notes.append(f"could not record the result in the gradebook: {type(exc).__name__}: "
+                                     f"{str(exc)[:300]}")
+                    st.failed_tasks += 1
+                else:
+                    res.__dict__.update(merged_res.__dict__)
+                    merged.add(fut.key)
+                    merged_labs.add(res.lab)
+                    st.merged += 1
+                st.merge_seconds += time.monotonic() - t0
+            else:
+                exc = fut.exception()
+                res.status, res.score = "failed", None
+                res.notes.append(_task_failure(exc))
+                st.failed_tasks += 1
+            fut.release()
+            by_key.pop(fut.key, None)
+            failed += res.status == "failed"
+            done += 1
+            report(res)
+            bar.set_postfix(done=done, failed=failed, remaining=len(todo) - done, refresh=False)
+            bar.update(1)
+            if time.monotonic() - refreshed > 5:
+                window, refreshed = _window(client, window), time.monotonic()
+            while ac.count() < window and submit_one():
+                pass
+    finally:
+        bar.close()
+    st.grading_seconds = time.monotonic() - start
+
+
+def _task_failure(exc: BaseException | None) -> str:
+    """One line for a task that returned no result."""
+    name = type(exc).__name__ if exc is not None else "unknown"
+    if name == "KilledWorker":
+        return (f"not graded: the workers running it died more than {ALLOWED_FAILURES} times (Dask's "
+                "allowed-failures); run the command again to retry")
+    if isinstance(exc, WorkerUnfit) or name == "WorkerUnfit":
+        return f"not graded: {str(exc).splitlines()[0] if str(exc) else name}"
+    text = " ".join(str(exc).split())[:300] if exc is not None else ""
+    return f"not graded: {name}: {text}" if text else f"not graded: {name}"
