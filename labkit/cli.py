@@ -118,7 +118,8 @@ def cmd_sample(args) -> int:
     import torch
 
     from labkit.checkpoint import load_model
-    from labkit.samplers import SAMPLERS, sample
+    from labkit.evaluation.samples_file import save_samples_file
+    from labkit.samplers import SAMPLERS, sample_digits
 
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise LabkitValueError(f"unknown sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
@@ -136,16 +137,11 @@ def cmd_sample(args) -> int:
     device = next(model.parameters()).device
     y = torch.arange(cfg.num_classes, device=device).repeat_interleave(args.per_class)  # [10 K]: 0..0, 1..1, ...
     gen = torch.Generator(device).manual_seed(args.seed)
-    images = []
-    for chunk in y.split(args.batch_size):  # [b]
-        x = sample(model, (len(chunk), cfg.in_channels, 28, 28), chunk, schedule, sampler=args.sampler,
-                   steps=steps, guidance=w, null_class=cfg.num_classes, clip=1.0, generator=gen)
-        images.append(((x.float().clamp(-1, 1) + 1) / 2).cpu())  # [-1, 1] -> [0, 1]
-    images = torch.cat(images)  # [N, 1, 28, 28]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": images.contiguous(), "labels": y.cpu().long(),
-                "sampler": args.sampler, "steps": steps, "guidance": w, "checkpoint": meta["path"]}, out)
+    images = sample_digits(model, y, schedule, shape=(cfg.in_channels, 28, 28), batch_size=args.batch_size,
+                           sampler=args.sampler, steps=steps, guidance=w, null_class=cfg.num_classes,
+                           generator=gen).cpu()  # [N, 1, 28, 28] in [0, 1]
+    out = save_samples_file(args.out, images, y, sampler=args.sampler, steps=steps, guidance=w,
+                            checkpoint=meta["path"])
     print(f"{len(images)} samples ({args.sampler}, {steps} steps, guidance {w:g}) -> {out}")
     grid = args.grid if args.grid is not None else str(out.with_suffix(".png"))
     if grid != "none":

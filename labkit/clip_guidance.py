@@ -24,7 +24,7 @@ the push in units of the noise itself (a common practical choice; set ``normaliz
     from labkit.clip_guidance import ClipGuidance
     model_cfg = guidance.guided(model, w=1.0, null_class=10)         # classifier-free guidance first
     critic = ClipGuidance(model_cfg, scorer, schedule, scale=2.0)     # then CLIP's push on top
-    x = samplers.sample(critic, shape, y, schedule, guidance=0.0)   # guidance=0: CFG is already inside
+    x = samplers.sample(critic, shape, y, schedule)                  # wrappers compose: any sampler takes them
 
 This module never imports the U-Net: ``model`` is any callable model(x, t, y) -> eps_hat.
 """
@@ -36,11 +36,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from labkit.data import DIGIT_NAMES
 from labkit.diffusion import Model, gather
 from labkit.errors import LabkitValueError
 from labkit.schedules import Schedule
-
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def guided_eps(eps_hat: torch.Tensor, grad: torch.Tensor, alpha_bar_t: torch.Tensor, scale: float) -> torch.Tensor:
@@ -84,15 +83,9 @@ class ClipGuidance:
     def clip_logits(self, images01: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """logit_scale * cos(CLIP(images), text) per image [B]; differentiable in images [B,1,28,28] in [0,1].
 
-        The same resize and normalisation as ``ClipScorer.preprocess``, minus its final clamp (a clamp
-        would zero the gradient of every pixel outside [0, 1])."""
+        ``ClipScorer.preprocess`` without its clamp (a clamp would zero the gradient of every pixel outside [0, 1])."""
         s = self.scorer
-        x = images01.float()
-        if getattr(s, "invert", False):
-            x = 1 - x
-        x = F.interpolate(x, size=(s.image_size, s.image_size), mode="bicubic", align_corners=False)
-        x = x.expand(-1, 3, -1, -1)
-        x = (x - s.mean.to(x.device)) / s.std.to(x.device)
+        x = s.preprocess(images01, clamp=False)
         emb = F.normalize(s.model.encode_image(x).float(), dim=-1)  # [B, D]
         return s.logit_scale * (emb * text.to(emb.device)).sum(dim=-1)
 

@@ -29,6 +29,8 @@ import torch
 
 from labkit.errors import LabkitError, LabkitValueError
 
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")  # for captions
+
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",

@@ -22,7 +22,7 @@ from labkit.diffusion import Model
 from labkit.errors import LabkitTypeError, LabkitValueError
 
 
-def _check_weight(w) -> float:
+def check_weight(w) -> float:
     """w as a float; LabkitTypeError if it is not a number, LabkitValueError if it is < 0 or NaN."""
     if isinstance(w, torch.Tensor) and w.numel() == 1:
         w = w.item()
@@ -47,7 +47,7 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, model: Model, w: float, null_class: int):
-        self.model, self.w, self.null_class = model, _check_weight(w), int(null_class)
+        self.model, self.w, self.null_class = model, check_weight(w), int(null_class)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.w == 0:
@@ -63,6 +63,6 @@ def guided(model: Model, w: float, null_class: int) -> Model:
     """Wrap ``model`` with classifier-free guidance of weight ``w`` (Ho & Salimans 2022, eq. 6).
 
     w = 0 returns the model itself."""
-    if _check_weight(w) == 0:
+    if check_weight(w) == 0:
         return model
     return ClassifierFreeGuidance(model, w, null_class)

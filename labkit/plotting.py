@@ -215,3 +215,34 @@ def plot_matrix(m: torch.Tensor, *, xlabel: str = "", ylabel: str = "", title: s
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return fig
+
+
+def per_digit_bars(ax, generated: Sequence[float], real: Sequence[float], title: str) -> None:
+    """Bars of a score per digit 0-9, generated beside real MNIST (NaN where a digit has no score), in [0, 1]."""
+    import numpy as np
+
+    x = np.arange(10)
+    ax.bar(x - 0.2, list(generated), 0.4, label="generated")
+    ax.bar(x + 0.2, list(real), 0.4, label="real MNIST", color="0.6")
+    ax.set_xticks(x)
+    ax.set_xlabel("intended digit")
+    ax.set_title(title)
+    ax.set_ylim(0, 1.22)  # headroom for the legend above bars that reach 1
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.legend(loc="upper center", ncol=2, fontsize="small", frameon=False)
+
+
+def digit_rows_panel(ax, images: torch.Tensor, rows: Sequence[Sequence[int]], scores: torch.Tensor, k: int,
+                     title: str) -> None:
+    """One row per digit 0-9 of up to k images [N,1,28,28] in [0, 1] (indices ``rows[d]``), each with its
+    score written on it; grey where a digit has fewer than k."""
+    imgs = images.detach().float().cpu()
+    canvas = torch.full((10 * 30, k * 30), 0.25)
+    for d in range(10):
+        for j, i in enumerate(rows[d]):
+            canvas[d * 30 + 1 : d * 30 + 29, j * 30 + 1 : j * 30 + 29] = imgs[i, 0]
+            ax.text(j * 30 + 2, d * 30 + 8, f"{float(scores[i]):.2f}", color="yellow", fontsize=6)
+    ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.set_yticks([d * 30 + 14 for d in range(10)], [str(d) for d in range(10)])
+    ax.set_xticks([])
+    ax.set_title(title)

@@ -1,14 +1,16 @@
 """Samplers: turn noise into digits with a trained noise predictor.
 
-Each sampler is one plain step function with the same shape of signature (as in k-diffusion), and
-``sample`` runs any of them in one loop. A step goes from step t to an earlier step t_prev on a
-descending grid of time steps; t_prev = -1 means "clean data" (alpha_bar = 1).
+Two levels, as in k-diffusion. A *step* function moves x from step t to an earlier step t_prev of a
+descending grid of time steps (t_prev = -1 means "clean data", alpha_bar = 1) and returns
+``Step(x_prev, x0_hat)``; a *sampler* is one short loop of its step over ``model(x, t, y)`` and a grid:
 
-    ddpm_step      ancestral sampling, Ho et al. 2020 (Algorithm 2), on any sub-grid of steps
-    ddim_step      Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12, any eta
-    dpmpp_2m_step  Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep second order, data prediction)
+    ddpm_step / sample_ddpm          ancestral sampling, Ho et al. 2020 (Algorithm 2), on any sub-grid of steps
+    ddim_step / sample_ddim          Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12, any eta
+    dpmpp_2m_step / sample_dpmpp_2m  Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep second order)
 
-Every step returns a ``Step(x_prev, x0_hat)``. Guidance lives outside: pass a guided model.
+``sample`` checks its arguments, builds the grid and the starting noise, and hands over to the sampler
+named in ``SAMPLER_FUNCTIONS``. Guidance lives outside the samplers: a guided model is a model
+(``labkit.guidance.guided``); ``sample(..., guidance=w)`` only wraps the model with it before dispatching.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from labkit.diffusion import Model, gather, posterior_between, predict_eps_from_x0, predict_x0_from_eps
 from labkit.errors import LabkitTypeError, LabkitValueError
-from labkit.guidance import guided
+from labkit.guidance import check_weight, guided
 from labkit.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -165,8 +167,6 @@ def _check_sample_args(shape, y, schedule, *, sampler="dpmpp_2m", guidance=0.0, 
 
     The label range check reads y once (one device sync per call, none inside the sampling loop).
     """
-    from labkit.guidance import _check_weight
-
     if sampler not in SAMPLERS:
         raise LabkitValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if not isinstance(schedule, Schedule):
@@ -185,7 +185,7 @@ def _check_sample_args(shape, y, schedule, *, sampler="dpmpp_2m", guidance=0.0, 
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi > null_class:
         raise LabkitValueError(f"labels y must be in [0, {null_class}] ({null_class} = no class), got {lo}..{hi}")
-    _check_weight(guidance)
+    check_weight(guidance)
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
         raise LabkitValueError(f"eta must be a number >= 0 (0 = deterministic DDIM), got {eta!r}")
     if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0):
@@ -236,6 +236,58 @@ def _chunked(model: Model, max_batch: int | None) -> Model:
     return run
 
 
+def _grid_steps(grid: torch.Tensor, batch: int):
+    """(i, t [B], t_prev [B]) along a descending grid; the last t_prev is -1 (clean data)."""
+    end = torch.tensor(-1, device=grid.device)
+    for i in range(len(grid)):
+        yield i, grid[i].expand(batch), (grid[i + 1] if i + 1 < len(grid) else end).expand(batch)
+
+
+@torch.no_grad()
+def sample_ddpm(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
+                generator=None, clip=None, callback: Callback | None = None) -> torch.Tensor:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) from x = x_T down the descending ``grid``."""
+    for i, t, t_prev in _grid_steps(grid, x.shape[0]):
+        eps_hat = model(x, t, y).to(x.dtype)
+        x_new, x0_hat = ddpm_step(x, t, t_prev, eps_hat, schedule, generator=generator, clip=clip)
+        if callback is not None:
+            callback(i, int(grid[i]), x, x0_hat)
+        x = x_new
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
+                eta: float = 0.0, generator=None, clip=None, callback: Callback | None = None) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) from x = x_T down the descending ``grid``; eta = 0 is deterministic."""
+    for i, t, t_prev in _grid_steps(grid, x.shape[0]):
+        eps_hat = model(x, t, y).to(x.dtype)
+        x_new, x0_hat = ddim_step(x, t, t_prev, eps_hat, schedule, eta=eta, generator=generator, clip=clip)
+        if callback is not None:
+            callback(i, int(grid[i]), x, x0_hat)
+        x = x_new
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
+                    clip=None, callback: Callback | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) from x = x_T down the descending ``grid``; the
+    previous step's x0_hat is its only history."""
+    x0_prev = t_last = None
+    for i, t, t_prev in _grid_steps(grid, x.shape[0]):
+        eps_hat = model(x, t, y).to(x.dtype)
+        x_new, x0_hat = dpmpp_2m_step(x, t, t_prev, eps_hat, schedule, x0_prev=x0_prev, t_last=t_last, clip=clip)
+        x0_prev, t_last = x0_hat, t
+        if callback is not None:
+            callback(i, int(grid[i]), x, x0_hat)
+        x = x_new
+    return x
+
+
+SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
+
+
 @torch.no_grad()
 def sample(
     model: Model,
@@ -257,11 +309,12 @@ def sample(
 ) -> torch.Tensor:
     """Draw samples: start from x_T ~ N(0, I) of ``shape`` and run ``steps`` sampler steps.
 
-    The loop of Ho et al. 2020, Algorithm 2, with any of the step functions above on a ``timestep_grid``.
+    Checks every argument, then runs ``SAMPLER_FUNCTIONS[sampler]`` on a ``timestep_grid``.
 
     model: any callable model(x, t, y) -> eps_hat; y: int64 [B] class labels (``null_class`` for
     unconditional). The device comes from y; the generator must live on that device.
-    guidance: classifier-free guidance weight w (0 = plain conditional).
+    guidance: classifier-free guidance weight w (0 = plain conditional): a shorthand for sampling from
+    ``labkit.guidance.guided(model, w, null_class)``.
     spacing: how the steps are spread over t ("logsnr" or "uniform"; see ``timestep_grid``).
     clip: clamp each x0_hat to [-clip, clip] (1.0 for images in [-1, 1]; None for exact maths).
     callback(step, t, x_t, x0_hat) sees every intermediate state (for denoising trajectories).
@@ -277,19 +330,16 @@ def sample(
     grid = timestep_grid(schedule, steps, spacing).to(device)  # [steps], descending
     eps_model = _chunked(guided(model, guidance, null_class), _max_batch(max_batch, device))
     x = x_T if x_T is not None else torch.randn(shape, device=device, generator=generator)
-    x0_prev = t_last = None
-    for i in range(steps):
-        t = grid[i].expand(shape[0])  # [B]
-        t_prev = (grid[i + 1] if i + 1 < steps else torch.tensor(-1, device=device)).expand(shape[0])
-        eps_hat = eps_model(x, t, y).to(x.dtype)
-        if sampler == "ddpm":
-            x_new, x0_hat = ddpm_step(x, t, t_prev, eps_hat, schedule, generator=generator, clip=clip)
-        elif sampler == "ddim":
-            x_new, x0_hat = ddim_step(x, t, t_prev, eps_hat, schedule, eta=eta, generator=generator, clip=clip)
-        else:
-            x_new, x0_hat = dpmpp_2m_step(x, t, t_prev, eps_hat, schedule, x0_prev=x0_prev, t_last=t_last, clip=clip)
-            x0_prev, t_last = x0_hat, t
-        if callback is not None:
-            callback(i, int(grid[i]), x, x0_hat)
-        x = x_new
-    return x
+    own = {"ddpm": {"generator": generator}, "ddim": {"eta": eta, "generator": generator}, "dpmpp_2m": {}}[sampler]
+    return SAMPLER_FUNCTIONS[sampler](eps_model, x, y, grid, schedule, clip=clip, callback=callback, **own)
+
+
+def sample_digits(model: Model, y: torch.Tensor, schedule: Schedule, *, shape: tuple[int, int, int] = (1, 28, 28),
+                  batch_size: int | None = None, **options) -> torch.Tensor:
+    """Images [len(y), *shape] in [0, 1] (float32, on y's device) for class labels y, drawn ``batch_size`` at a
+    time with ``sample(..., clip=1.0, **options)``: the class grids of ``labkit train`` and ``labkit sample``."""
+    parts = []
+    for chunk in (y.split(batch_size) if batch_size else [y]):  # [b]
+        x = sample(model, (len(chunk), *shape), chunk, schedule, clip=1.0, **options)
+        parts.append((x.float().clamp(-1, 1) + 1) / 2)  # [-1, 1] -> [0, 1]
+    return torch.cat(parts)

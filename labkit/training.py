@@ -397,7 +397,7 @@ def save_grid(model, schedule: Schedule, config: TrainConfig, path, per_class: i
     """Draw per_class digits of every class with ``model`` (one row per sample, one column per class)."""
     from torchvision.utils import save_image
 
-    from labkit.samplers import sample
+    from labkit.samplers import sample_digits
 
     device = next(model.parameters()).device
     k = config.unet.num_classes
@@ -405,10 +405,10 @@ def save_grid(model, schedule: Schedule, config: TrainConfig, path, per_class: i
     gen = torch.Generator(device).manual_seed(seed)  # the same noise every time: grids show progress
     was_training = model.training
     model.eval()
-    x = sample(model, (len(y), config.unet.in_channels, size, size), y, schedule, sampler=config.sampler,
-               steps=config.sample_steps, guidance=config.guidance, null_class=k, clip=1.0, generator=gen)
+    images = sample_digits(model, y, schedule, shape=(config.unet.in_channels, size, size), sampler=config.sampler,
+                           steps=config.sample_steps, guidance=config.guidance, null_class=k, generator=gen)
     model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((x.float().clamp(-1, 1) + 1) / 2, path, nrow=k, padding=1)
+    save_image(images, path, nrow=k, padding=1)
     return path

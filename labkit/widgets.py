@@ -8,8 +8,6 @@ nbgrader feedback, or when the kernel is gone. Without ipywidgets these fall bac
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
 from labkit import plotting
@@ -46,21 +44,9 @@ def noise_slider(x0: torch.Tensor, schedule, *, generator: torch.Generator | Non
     return _slider(picture, schedule.T - 1, step, "t")
 
 
-def frames_slider(frames: Sequence[torch.Tensor], labels: Sequence[str] | None = None, *, size: float = 1.6,
-                  ncols: int | None = None):
-    """A slider over a list of image batches (e.g. a sampler's x0_hat at each step)."""
-    frames = list(frames)
-
-    def picture(i: int):
-        title = labels[i] if labels is not None else f"frame {i}"
-        return plotting.image_grid(frames[i], ncols=ncols or frames[i].shape[0], title=title, size=size)
-
-    return _slider(picture, len(frames) - 1, 1, "frame")
-
-
 def _slider(picture, maximum: int, step: int, name: str):
     w = _ipywidgets()
-    plt = plotting._plt()
+    import matplotlib.pyplot as plt  # imported here: slow to import
 
     def draw(value):
         picture(value)

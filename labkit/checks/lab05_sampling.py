@@ -9,7 +9,7 @@
     not the other choice sigma_t^2 = beta_t that the paper also allows. With beta_tilde the variance of
     the last step (t = 0 in code) is exactly 0: no noise is added there.
 
-Also here: ``lab_model``, the model labs 05-08 sample from (the shipped checkpoint, or a stand-in).
+Also here: ``lab_model`` (from ``labkit.checks.fixtures``), the model labs 05-08 sample from.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from labkit.checks._common import (
     call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed,
 )
+from labkit.checks.fixtures import lab_model  # noqa: F401  (the model labs 05-08 sample from)
 
 
 def _random_betas(T: int, g: torch.Generator) -> torch.Tensor:
@@ -141,43 +142,3 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
                            "z, not a new random tensor, is used")
             raise
     passed(name, f"shapes {[list(s) for s in sizes]}, T={T}, seed {seed}")
-
-
-# --- The model that labs 05-08 sample from -------------------------------------------------------
-
-_CACHE: dict = {}
-
-
-def lab_model(device=None, *, verbose: bool = True):
-    """``(model, schedule, meta)``: the shipped pretrained checkpoint (``labkit.checkpoint.load_model(None)``),
-    or, where it is missing (a checkout without assets), an untrained tiny stand-in whose samples
-    are noise; ``meta["pretrained"]`` says which. Cached per device."""
-    from labkit.checkpoint import load_model
-    from labkit.errors import LabkitError
-
-    key = str(device)
-    if key in _CACHE:
-        return _CACHE[key]
-    try:
-        model, schedule, meta = load_model(None, device=device)
-        meta = dict(meta, pretrained=True)
-        if verbose:
-            print(f"Loaded the shipped checkpoint ({meta.get('step')} training steps, schedule {schedule.name}).")
-    except LabkitError as exc:
-        from labkit import recipes
-        from labkit.schedules import make_schedule
-        from labkit.training import pick_device
-        from labkit.unet import UNet
-
-        if verbose:
-            print(f"NOTE: {exc}\n      Using an UNTRAINED stand-in model instead: its samples are noise, not digits, and "
-                  "every number below describes the stand-in, not a real model.")
-        config = recipes.tiny()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = UNet(config.unet)
-        model = model.to(pick_device(device)).eval().requires_grad_(False)
-        schedule = make_schedule(config.schedule, config.T)
-        meta = {"step": 0, "pretrained": False, "path": None, "schedule": schedule.name, "T": schedule.T}
-    _CACHE[key] = (model, schedule, meta)
-    return _CACHE[key]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from labkit.checks._common import call, compare, expect_tensor, fail, generator, passed
+from labkit.checks.fixtures import lab_clip  # noqa: F401  (CLIP for labs 06 and 08)
 
 
 def _unit(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -77,23 +78,3 @@ def check_zero_shot_probs(student_fn, *, seed: int = 0, sizes=((4, 10), (3, 2), 
             if (rows - 1).abs().max().item() > 1e-4:
                 fail(name, "rows do not sum to 1")
     passed(name, f"sizes {[list(s) for s in sizes]}, scales {list(scales)}, seed {seed}")
-
-
-def lab_clip(device=None, prompts=None, *, verbose: bool = True):
-    """``(scorer, pretrained)``: real CLIP (ViT-B/32, LAION-2B, downloaded by open_clip) unless in fast mode or
-    offline; then a tiny *random* CLIP with a loud warning (its numbers are meaningless). Used by labs 06 and 08."""
-    from labkit import colab
-    from labkit.errors import LabkitError
-    from labkit.evaluation import ClipScorer, tiny_clip_scorer
-
-    kwargs = {"prompts": prompts} if prompts is not None else {}
-    if not colab.fast_mode():
-        try:
-            return ClipScorer.from_pretrained("ViT-B-32", "laion2b_s34b_b79k", device=device, **kwargs), True
-        except LabkitError as exc:
-            if verbose:
-                print(f"Could not load pretrained CLIP: {exc}")
-    if verbose:
-        print("=" * 78 + "\n!!  TINY RANDOM CLIP MODEL: every CLIP number and picture below is MEANINGLESS.  !!\n"
-              "!!  (offline or fast mode). Run in Colab with internet for the real model.       !!\n" + "=" * 78)
-    return tiny_clip_scorer(device=device, **kwargs), False

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from labkit.checks._common import call, compare, deterministic, expect_tensor, fail, generator, passed
-from labkit.checks.lab05_sampling import lab_model  # noqa: F401  (the model the lab samples from)
+from labkit.checks.fixtures import DigitJudge, lab_model  # noqa: F401  (the lab's model and judge)
 
 # --- classifier-free guidance ----------------------------------------------------------------------
 
@@ -209,47 +209,3 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
             context = " on the first step (x0_prev is None)" if first else " on a later step"
             compare(name, out, ref, mistakes, tol=1e-4, context=context + f", shape {list(shape)}")
     passed(name, f"first and later steps, shapes {[list(s) for s in sizes]}, seed {seed}")
-
-
-# --- Judging samples (labs 07 and 08) -----------------------------------------------------------------
-
-
-class DigitJudge:
-    """Scores generated digits with the shipped MNIST classifier: how often it sees the intended digit
-    (fidelity) and the feature-space FID against real held-out digits (fidelity *and* diversity), beside
-    the floor: the FID of as many other real digits against the same reference.
-
-        judge = DigitJudge(test_digits.images)         # real digits in [-1, 1], e.g. MNIST test
-        judge(images, labels)   # images in [-1, 1] -> {"accuracy", "confidence", "fid", "floor", "fid_ratio", "n"}
-    """
-
-    def __init__(self, real_images: torch.Tensor, device=None, max_ref: int = 5000):
-        from labkit.evaluation import classifier_features, feature_stats, load_classifier
-
-        self.classifier = load_classifier(device)
-        real = ((real_images.float().cpu() + 1) / 2).clamp(0, 1)
-        half = min(len(real) // 2, max_ref)
-        self.ref_stats = feature_stats(classifier_features(real[:half], self.classifier))  # the reference
-        self.pool = real[half:2 * half]  # other real digits, for the floor
-        self._floors: dict[int, float] = {}
-
-    def floor(self, n: int) -> float:
-        """FID of n real digits (not in the reference) against the reference: what a perfect model scores."""
-        from labkit.evaluation import classifier_features, feature_stats, frechet_distance
-
-        n = max(2, min(n, len(self.pool)))
-        if n not in self._floors:
-            feats = classifier_features(self.pool[:n], self.classifier)
-            self._floors[n] = frechet_distance(*feature_stats(feats), *self.ref_stats)
-        return self._floors[n]
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        from labkit.evaluation import classifier_accuracy, classifier_features, feature_stats, frechet_distance
-
-        x = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)  # [-1, 1] -> [0, 1]
-        acc = classifier_accuracy(x, labels.cpu(), self.classifier)
-        fid = frechet_distance(*feature_stats(classifier_features(x, self.classifier)), *self.ref_stats)
-        floor = self.floor(len(x))
-        return {"accuracy": acc["accuracy"], "confidence": acc["confidence"], "fid": fid, "floor": floor,
-                "fid_ratio": fid / floor if floor > 0 else float("nan"), "n": len(x),
-                "intended_prob": acc["intended_prob"]}

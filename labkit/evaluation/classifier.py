@@ -13,7 +13,6 @@ Every function here takes images in [0, 1], shape [B, 1, 28, 28].
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.checkpoint import file_sha256  # noqa: F401  (also this module's name for it)
 from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError
 
 WEIGHTS_PATH = Path(__file__).resolve().parent.parent / "assets" / "mnist_classifier.pt"
@@ -144,14 +144,6 @@ def classifier_accuracy(
 
 
 # --- Loading the shipped weights ------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _LOADED: dict[str, MnistClassifier] = {}

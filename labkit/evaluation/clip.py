@@ -17,64 +17,29 @@ the same code path: the numbers are meaningless, the shapes and plumbing are rea
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from labkit.data import DIGIT_NAMES
 from labkit.device import pick_device
 from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError, one_line
 from labkit.evaluation.classifier import check_images, per_digit_mean
-
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's defaults, used when a model names none
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can this machine open a connection to the Hugging Face hub (HF_ENDPOINT) within ``timeout`` seconds?
-
-    True when a proxy is configured (a direct connection says nothing then) and False when HF_HUB_OFFLINE
-    is set. Offline, open_clip would otherwise retry for about a minute before failing."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def cached_weights(model_name: str, pretrained: str) -> str | None:
-    """The local path of open_clip weights already in the Hugging Face cache, or None."""
-    import open_clip
-
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo = (open_clip.get_pretrained_cfg(model_name, pretrained) or {}).get("hf_hub", "").strip("/")
-    except Exception:  # an unknown tag, or no huggingface_hub: nothing cached that we can find
-        return None
-    if not repo:
-        return None
-    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        path = try_to_load_from_cache(repo, name)
-        if isinstance(path, str):
-            return path
-    return None
-
+from labkit.evaluation.clip_weights import (  # noqa: F401  (the weights lookup, also reachable from here)
+    OPENAI_MEAN,
+    OPENAI_STD,
+    TINY_CLIP_CONFIG,
+    TINY_CLIP_NAME,
+    cached_weights,
+    hub_reachable,
+    model_preprocess_cfg,
+    parse_clip_spec,
+    parse_preprocess,
+    register_tiny_clip_config,
+)
 
 @dataclass(frozen=True)
 class PromptSet:
@@ -150,28 +115,6 @@ class ClipScores:
             "intended_prob": float(self.intended_prob.mean()),
             "clear_prob": float(self.clear_prob.mean()),
         }
-
-
-def _model_preprocess_cfg(model) -> dict:
-    try:
-        import open_clip
-
-        return dict(open_clip.get_model_preprocess_cfg(model))
-    except Exception:  # not an open_clip model, or an old open_clip
-        return {}
-
-
-def _parse_preprocess(preprocess) -> tuple[int | None, tuple | None, tuple | None]:
-    """(size, mean, std) read from a torchvision Compose such as open_clip's ``preprocess_val``."""
-    size = mean = std = None
-    for t in getattr(preprocess, "transforms", []):
-        name = type(t).__name__
-        if name == "Normalize":
-            mean, std = tuple(t.mean), tuple(t.std)
-        elif name in ("CenterCrop", "Resize", "ResizeKeepRatio") and getattr(t, "size", None) is not None:
-            s = t.size
-            size = int(s if isinstance(s, int) else s[0])  # CenterCrop comes last: it wins
-    return size, mean, std
 
 
 class ClipScorer:
@@ -255,11 +198,11 @@ class ClipScorer:
         """Wrap an already built model. ``preprocess_or_image_size``: open_clip's preprocess transform
         (its resize and normalisation are read from it) or the input size as an int; mean/std then come
         from the model's preprocess config (open_clip) or the OpenAI defaults."""
-        cfg = _model_preprocess_cfg(model)
+        cfg = model_preprocess_cfg(model)
         if isinstance(preprocess_or_image_size, int):
             size, mean, std = preprocess_or_image_size, None, None
         else:
-            size, mean, std = _parse_preprocess(preprocess_or_image_size)
+            size, mean, std = parse_preprocess(preprocess_or_image_size)
         size = size or cfg.get("size")
         size = size[0] if isinstance(size, (tuple, list)) else size
         if size is None:
@@ -284,13 +227,18 @@ class ClipScorer:
         scale = getattr(self.model, "logit_scale", None)
         return 100.0 if scale is None else float(torch.as_tensor(scale).detach().float().exp().clamp(max=100).mean())
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Grey [B,1,28,28] in [0,1] -> normalised RGB [B,3,S,S] for the model, with torch ops (any device)."""
+    def preprocess(self, images: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
+        """Grey [B,1,28,28] in [0,1] -> normalised RGB [B,3,S,S] for the model, with torch ops (any device).
+
+        clamp: clip the bicubic overshoot to [0, 1]; CLIP guidance turns it off (a clamp would zero the
+        gradient of every pixel outside [0, 1])."""
         x = images.float()
         if self.invert:
             x = 1 - x
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        x = x.clamp(0, 1).expand(-1, 3, -1, -1)  # grey -> RGB (a view, no copy)
+        if clamp:
+            x = x.clamp(0, 1)
+        x = x.expand(-1, 3, -1, -1)  # grey -> RGB (a view, no copy)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     @torch.no_grad()
@@ -373,27 +321,6 @@ class ClipScorer:
         ]
 
 
-# --- A tiny offline model --------------------------------------------------------------------------
-
-TINY_CLIP_NAME = "labkit-tiny-clip"
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
-def register_tiny_clip_config() -> str:
-    """Register TINY_CLIP_CONFIG with open_clip (through ``add_model_config``) and return its name."""
-    import open_clip
-
-    if TINY_CLIP_NAME not in open_clip.list_models():
-        folder = Path(tempfile.mkdtemp(prefix="labkit-clip-"))
-        (folder / f"{TINY_CLIP_NAME}.json").write_text(json.dumps(TINY_CLIP_CONFIG))
-        open_clip.add_model_config(folder)
-    return TINY_CLIP_NAME
-
-
 def tiny_clip_scorer(seed: int = 0, device=None, **kwargs) -> ClipScorer:
     """A randomly initialised tiny open_clip model (about 3.4M parameters, mostly the token table) as a
     ClipScorer: the real open_clip code path, no download. Its scores are meaningless; use for tests/demos.
@@ -413,15 +340,3 @@ def tiny_clip_scorer(seed: int = 0, device=None, **kwargs) -> ClipScorer:
         logging.disable(previous)
     tokenizer = open_clip.get_tokenizer(name)
     return ClipScorer.from_model(model, preprocess, tokenizer, name=f"{name}:random{seed}", **kwargs)
-
-
-def parse_clip_spec(spec: str | None) -> tuple[str, str] | None:
-    """'MODEL:PRETRAINED' -> (model, pretrained); 'none' / '' / None -> None."""
-    if spec is None or spec.strip().lower() in ("", "none", "off"):
-        return None
-    model, sep, pretrained = spec.partition(":")
-    if not sep or not model or not pretrained:
-        raise LabkitValueError(
-            f"--clip must be MODEL:PRETRAINED (e.g. ViT-B-32:laion2b_s34b_b79k) or none, got {spec!r}."
-        )
-    return model, pretrained

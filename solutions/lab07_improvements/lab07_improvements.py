@@ -61,11 +61,12 @@ STEPS = colab.pick(20, 4)  # DPM-Solver++ steps per sample where the sampler is 
 # the shipped MNIST classifier says how often a sample is recognised as its intended digit (**accuracy**:
 # fidelity), and the Fréchet distance between classifier features of the samples and of real digits
 # (**FID**: fidelity *and* diversity). FID depends on the number of samples, so it is always printed beside
-# the **floor**, the FID of as many *real* digits (lab 06 and `labkit.evaluation` explain both).
+# the **floor**, the FID of as many *real* digits (lab 06 and `labkit.evaluation` explain both). The judge
+# computes both exactly as `labkit evaluate` does, so its "x the floor" matches that command's report.
 
 # %%
 test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
-judge = checks.DigitJudge(test_digits.images, device=DEVICE)
+judge = checks.DigitJudge(device=DEVICE)  # the judge of `labkit evaluate`: the same samples, the same numbers
 
 def fmt(r):
     return f"accuracy {r['accuracy']:6.1%}   FID {r['fid']:7.3f}  ({r['fid_ratio']:.1f}x the real floor {r['floor']:.3f}, n={r['n']})"

@@ -69,7 +69,7 @@ model, schedule, meta = lab_model(DEVICE)
 prompts = PromptSet(clear=("a handwritten number {k}",), blurry=("a blurry number",))
 scorer, PRETRAINED_CLIP = lab_clip(DEVICE, prompts)
 test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
-judge = DigitJudge(test_digits.images, device=DEVICE)
+judge = DigitJudge(device=DEVICE)  # the judge of `labkit evaluate` (and of lab 07)
 
 # %% [markdown]
 # CLIP's score for image $x$ and caption $c$ is the logit $s\cdot\cos(\mathrm{CLIP}(x), \mathrm{CLIP}(c))$.
