@@ -1,0 +1,398 @@
+"""Checks for lab 09 (the lab report): the small functions that turn runs into the numbers a report quotes.
+
+    check_recognisable_from(recognisable_from)        probs [steps, N] -> int [N]: the first sampling step from
+                                                      which p(intended digit | x0_hat) stays >= threshold
+    check_quartiles_per_digit(quartiles_per_digit)    values [N], labels [N] -> [K, 3]: 25th percentile, median,
+                                                      75th percentile per class (torch.quantile's linear rule)
+    check_relative_clip_score(relative_clip_score)    per-digit mean score of generated / of real digits -> [K]
+    check_within_class_diversity(within_class_diversity)
+                                                      features [N, D] -> [K]: mean distance between two
+                                                      different samples of the same class
+    check_speedup_at_quality(speedup_at_quality)      seconds, quality [S, K] -> [S]: baseline time over the time
+                                                      of each sampler's fastest setting that is good enough
+
+Every argument a check passes is plain data (tensors, floats, ints) and every answer must be data too: the
+grader calls the student's function in the student's kernel and compares here.
+
+Also here, for the notebook: ``your_model`` (the student's checkpoint, else the shipped one) and, re-exported from
+``labkit.checks.fixtures``, ``lab_model``, ``lab_clip`` and ``DigitJudge``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from labkit.checks._common import call, compare, deterministic, expect_tensor, fail, generator, passed
+from labkit.checks.fixtures import DigitJudge, lab_clip, lab_model  # noqa: F401  (the labs' model, CLIP and judge)
+
+
+# --- 1. When does a digit become recognisable? ---------------------------------------------------------
+
+
+def _trajectory_probs(S: int, N: int, threshold: float, g: torch.Generator) -> torch.Tensor:
+    """[S, N] float32 classifier probabilities along N sampling trajectories of S steps. Each trajectory
+    commits at a random step (from there on p >= threshold, some entries exactly the threshold), with
+    random values before it (so the first crossing is often earlier); some never commit, one is
+    recognisable from step 0."""
+    p = torch.rand(S, N, generator=g)  # before commitment: anything
+    commit = torch.randint(0, S + 1, (N,), generator=g)  # S = never
+    commit[0] = 0
+    if N > 1:
+        commit[1] = S
+    if N > 2:
+        commit[2] = S - 1  # only the last step is above
+    step = torch.arange(S).view(S, 1)
+    after = step >= commit.view(1, N)
+    high = threshold + (1 - threshold) * torch.rand(S, N, generator=g)
+    ties = torch.rand(S, N, generator=g) < 0.2
+    high = torch.where(ties, torch.full_like(high, threshold), high)
+    p = torch.where(after, high, p)
+    last_below = (commit - 1).clamp(min=0)  # the step just before commitment is below the threshold
+    below = threshold * torch.rand(N, generator=g)
+    cols = torch.arange(N)
+    keep = commit > 0
+    p[last_below[keep], cols[keep]] = below[keep].to(p.dtype)
+    # a lucky early guess: for about half the trajectories, step 0 is above the threshold before commitment
+    lucky = (commit >= 2) & (torch.rand(N, generator=g) < 0.5)
+    p[0, lucky] = torch.maximum(p[0, lucky], torch.full_like(p[0, lucky], threshold))
+    return p.float()
+
+
+def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 40)), threshold: float = 0.5) -> None:
+    """student_fn(probs [steps, N] float, threshold: float) -> int [N]: per trajectory (column), the smallest
+    step k such that probs[j, n] >= threshold for every j >= k; ``steps`` when the last step is below it.
+    ``threshold`` must be exact in float32 (0.5, 0.75, ...): ties are part of the test."""
+    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
+    def stays_from(above: torch.Tensor) -> torch.Tensor:
+        S = above.shape[0]
+        trailing = above.flip(0).long().cumprod(0).sum(0)  # length of the final run of True
+        return S - trailing
+
+    def first_true(above: torch.Tensor) -> torch.Tensor:
+        S = above.shape[0]
+        idx = torch.arange(S).view(S, 1).expand_as(above)
+        return torch.where(above, idx, torch.full_like(idx, S)).min(0).values
+
+    name = "check_recognisable_from"
+    if float(torch.tensor(threshold, dtype=torch.float32)) != float(threshold):
+        raise ValueError("threshold must be exact in float32 (e.g. 0.5, 0.75, 0.25)")
+    g = generator(seed)
+    for S, N in sizes:
+        S, N = int(S), int(N)
+        probs = _trajectory_probs(S, N, threshold, g)
+        out = call(name, student_fn, probs, float(threshold), names=["probs"])
+        out = expect_tensor(name, out, (N,), floating=False, shape_hints={
+            (S,): "one value per step: probs is [steps, N] (rows are steps, columns are trajectories); "
+                  "return one step index per trajectory, shape [N]",
+            (S, N): "return one step index per trajectory (shape [N]), not the [steps, N] comparison itself",
+        })
+        if out.dtype == torch.bool:
+            fail(name, "the result is a bool tensor; return step indices (int64)")
+        above = probs >= threshold
+        ref = stays_from(above)
+        trailing = S - ref
+        mistakes = {
+            "this is the first step at which p reaches the threshold; a digit counts as recognisable from the "
+            "step after which it *stays* at or above it (an early, blurry x0_hat can pass it by chance)":
+                first_true(above),
+            "p > threshold where p >= threshold is asked (a probability equal to the threshold counts)":
+                stays_from(probs > threshold),
+            "off by one: this is the last step *below* the threshold; the answer is the step after it":
+                ref - 1,
+            "off by one: the answer is the first step of the final run at or above the threshold, not the one after":
+                ref + 1,
+            "a trajectory that is not recognisable at the last step should get `steps` (= probs.shape[0]), "
+            "not -1": torch.where(trailing == 0, torch.full_like(ref, -1), ref),
+            "a trajectory that is not recognisable at the last step should get `steps` (= probs.shape[0]), "
+            "not steps - 1": torch.where(trailing == 0, torch.full_like(ref, S - 1), ref),
+            "counted from the end (the number of steps left); count from the first sampling step, "
+            "step 0 = pure noise": trailing,
+            "the first step at which p falls below the threshold (the digit was recognisable before); "
+            "the answer is where the final run at or above the threshold starts": first_true(~above),
+        }
+        context = f" for probs of shape [{S}, {N}], threshold {threshold:g}"
+        try:
+            compare(name, out, ref.double(), {k: v.double() for k, v in mistakes.items()}, tol=1e-9, context=context)
+        except AssertionError as exc:
+            if "known mistake" in str(exc):
+                raise
+            deterministic(name, student_fn, (probs, float(threshold)), out.double())
+            bad = int((out.double() - ref.double()).abs().gt(0).nonzero()[0, 0])
+            fail(name, f"wrong step{context}: trajectory {bad} (column {bad}) has p = "
+                       f"{[round(float(v), 3) for v in probs[:, bad]]}; expected {int(ref[bad])}, got {out[bad].item():g}")
+    passed(name, f"sizes {[list(s) for s in sizes]}, threshold {threshold:g}, seed {seed}")
+
+
+# --- 2. Spread: quartiles per digit --------------------------------------------------------------------
+
+
+def _grouped(N: int, K: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """values [N] float32, labels [N] int64 with every class present, counts of both parities (>= 2)."""
+    if N < 2 * K + 1:
+        raise ValueError("need N >= 2 K + 1 so that every class has at least two values")
+    labels = torch.cat([torch.arange(K).repeat(2), torch.randint(0, K, (N - 2 * K,), generator=g)])
+    labels = labels[torch.randperm(N, generator=g)]
+    values = torch.rand(N, generator=g) * (1 + torch.arange(K, dtype=torch.float32)[labels] / K)
+    return values, labels
+
+
+def check_quartiles_per_digit(student_fn, *, seed: int = 0, sizes=((45, 10), (23, 4), (60, 5))) -> None:
+    """student_fn(values [N] float, labels int64 [N], num_classes: int) -> [num_classes, 3] float: per class
+    the 25th percentile, the median and the 75th percentile of its values (torch.quantile, linear
+    interpolation). Every class has at least two values here."""
+    name = "check_quartiles_per_digit"
+    g = generator(seed)
+    for N, K in sizes:
+        N, K = int(N), int(K)
+        values, labels = _grouped(N, K, g)
+        out = call(name, student_fn, values, labels, K, names=["values", "labels"])
+        out = expect_tensor(name, out, (K, 3), shape_hints={
+            (3, K): "the result is transposed: one row per class, columns [25th percentile, median, 75th percentile]",
+            (K,): "one number per class: return three, [25th percentile, median, 75th percentile]",
+            (K, 2): "two columns: return three, [25th percentile, median, 75th percentile]",
+            (3,): "one row for all values together: one row per class (values[labels == k])",
+        })
+        v = values.double()
+        q = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+
+        def per_class(fn):
+            return torch.stack([fn(v[labels == k]) for k in range(K)])
+
+        def quant(how):
+            return per_class(lambda x: torch.quantile(x, q, interpolation=how))
+
+        ref = quant("linear")
+        mistakes = {
+            "torch.median for the middle column: for an even number of values it returns the lower of the two "
+            "middle ones; the median is their mean (torch.quantile(v, 0.5))":
+                per_class(lambda x: torch.stack([torch.quantile(x, 0.25), x.median(), torch.quantile(x, 0.75)])),
+            "the mean where the median belongs":
+                per_class(lambda x: torch.stack([torch.quantile(x, 0.25), x.mean(), torch.quantile(x, 0.75)])),
+            "mean -/+ standard deviation instead of the quartiles: the spread asked for is the interquartile range":
+                per_class(lambda x: torch.stack([x.mean() - x.std(), x.mean(), x.mean() + x.std()])),
+            "mean -/+ standard deviation (ddof 0) instead of the quartiles: the spread asked for is the interquartile "
+            "range": per_class(lambda x: torch.stack([x.mean() - x.std(correction=0), x.mean(),
+                                                      x.mean() + x.std(correction=0)])),
+            "median -/+ standard deviation instead of the quartiles: the spread asked for is the interquartile range":
+                per_class(lambda x: torch.stack([torch.quantile(x, 0.5) - x.std(), torch.quantile(x, 0.5),
+                                                 torch.quantile(x, 0.5) + x.std()])),
+            "quartiles picked by index (interpolation 'lower'): use torch.quantile's default, linear interpolation":
+                quant("lower"),
+            "quartiles picked by index (interpolation 'higher'): use torch.quantile's default, linear interpolation":
+                quant("higher"),
+            "quartiles picked by index (interpolation 'nearest'): use torch.quantile's default, linear interpolation":
+                quant("nearest"),
+            "interpolation 'midpoint': use torch.quantile's default, linear interpolation": quant("midpoint"),
+            "quartiles picked as sorted(v)[int(q * n)]: use torch.quantile's default, linear interpolation":
+                per_class(lambda x: x.sort().values[(q * len(x)).long().clamp(max=len(x) - 1)]),
+            "columns in the wrong order: [25th percentile, median, 75th percentile]": ref[:, [1, 0, 2]],
+            "columns in the wrong order: [25th percentile, median, 75th percentile] (this is [75th, median, 25th])":
+                ref[:, [2, 1, 0]],
+            "the quartiles of all values together in every row: compute them per class, values[labels == k]":
+                torch.quantile(v, q).expand(K, 3),
+        }
+        compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N} values in {K} classes")
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- 3. CLIP: generated relative to real ---------------------------------------------------------------
+
+
+def check_relative_clip_score(student_fn, *, seed: int = 0, sizes=((50, 120, 10), (31, 17, 4))) -> None:
+    """student_fn(gen_scores [N], gen_labels int64 [N], real_scores [M], real_labels int64 [M], num_classes)
+    -> [num_classes]: (mean score of the generated digits of class k) / (mean score of the real ones)."""
+    name = "check_relative_clip_score"
+    g = generator(seed)
+    for N, M, K in sizes:
+        N, M, K = int(N), int(M), int(K)
+        gen_s, gen_y = _grouped(N, K, g)
+        real_s, real_y = _grouped(M, K, g)
+        gen_s, real_s = 0.05 + 0.9 * gen_s / gen_s.max(), 0.05 + 0.9 * real_s / real_s.max()  # probabilities
+        out = call(name, student_fn, gen_s, gen_y, real_s, real_y, K,
+                   names=["gen_scores", "gen_labels", "real_scores", "real_labels"])
+        out = expect_tensor(name, out, (K,), shape_hints={
+            (N,): "one value per generated image: average per class first (gen_scores[gen_labels == k].mean())",
+            (): "one number: return one ratio per class",
+        })
+        gs, rs = gen_s.double(), real_s.double()
+
+        def means(s, y):
+            return torch.stack([s[y == k].mean() for k in range(K)])
+
+        def medians(s, y):
+            return torch.stack([torch.quantile(s[y == k], 0.5) for k in range(K)])
+
+        def sums(s, y):
+            return torch.stack([s[y == k].sum() for k in range(K)])
+
+        gm, rm = means(gs, gen_y), means(rs, real_y)
+        ref = gm / rm
+        mistakes = {
+            "the ratio is inverted: generated / real (1.0 = as good as real digits, below 1 = worse)": rm / gm,
+            "a difference; the question asks for the ratio generated / real": gm - rm,
+            "divided by the mean over *all* real digits; divide by the real digits of the same class":
+                gm / rs.mean(),
+            "the mean over all generated digits was divided by each class's real mean: average the generated "
+            "digits of each class": gs.mean() / rm,
+            "a ratio of medians; the question asks for means": medians(gs, gen_y) / medians(rs, real_y),
+            "a ratio of sums: classes hold different numbers of digits, so divide means": sums(gs, gen_y) / sums(rs, real_y),
+            "the generated scores were grouped with the real labels or the other way round (check which labels "
+            "go with which scores)": (means(gs[:M], real_y[:N]) / means(rs[:N], gen_y[:M])) if N == M else None,
+        }
+        compare(name, out, ref, mistakes, tol=1e-5, context=f" for {N} generated and {M} real digits, {K} classes")
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- 4. Diversity: mean pairwise distance within a class -----------------------------------------------
+
+
+def check_within_class_diversity(student_fn, *, seed: int = 0, sizes=((30, 16, 4), (41, 8, 10), (5, 3, 2))) -> None:
+    """student_fn(features [N, D], labels int64 [N], num_classes: int) -> [num_classes]: per class, the mean
+    Euclidean distance between two *different* samples of that class (n(n-1) ordered pairs, or n(n-1)/2
+    unordered ones: the same mean). Every class has at least two samples here."""
+    name = "check_within_class_diversity"
+    g = generator(seed)
+    for N, D, K in sizes:
+        N, D, K = int(N), int(D), int(K)
+        _, labels = _grouped(N, K, g)
+        spread = 0.3 + 2 * torch.rand(K, 1, generator=g)  # classes differ in diversity
+        centres = 3 * torch.randn(K, D, generator=g)
+        feats = (centres[labels] + spread[labels] * torch.randn(N, D, generator=g)).float()
+        out = call(name, student_fn, feats, labels, K, names=["features", "labels"])
+        out = expect_tensor(name, out, (K,), shape_hints={
+            (N,): "one value per sample: average over the pairs of each class, one number per class",
+            (N, N): "the distance matrix itself: average it over the pairs of different samples within each class",
+            (): "one number: return one value per class",
+        })
+        f = feats.double()
+
+        def per_class(fn):
+            return torch.stack([fn(f[labels == k]) for k in range(K)])
+
+        def dist(x):
+            return ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1).sqrt()  # exact, [n, n]
+
+        def pairs_mean(x, power=1.0, denom=None):
+            n = len(x)
+            d = dist(x) ** power
+            return d.sum() / (denom(n) if denom else n * (n - 1))
+
+        ref = per_class(pairs_mean)
+        mistakes = {
+            "the zero distance of each sample to itself was averaged in: average over pairs of *different* "
+            "samples, n(n-1) of them (or n(n-1)/2 unordered)": per_class(lambda x: pairs_mean(x, denom=lambda n: n * n)),
+            "squared distances: use the Euclidean distance itself (torch.cdist, or the square root of the sum "
+            "of squares)": per_class(lambda x: pairs_mean(x, power=2.0)),
+            "each pair counted once but divided by n(n-1) ordered pairs (or twice but divided by n(n-1)/2)":
+                per_class(lambda x: pairs_mean(x) / 2),
+            "each pair counted twice but divided by n(n-1)/2 unordered pairs":
+                per_class(lambda x: pairs_mean(x) * 2),
+            "the distance to the class mean; the measure asked for is the mean distance between two samples":
+                per_class(lambda x: (x - x.mean(0)).pow(2).sum(1).sqrt().mean()),
+            "a standard deviation of the features; the measure asked for is the mean distance between two samples":
+                per_class(lambda x: x.std(0).mean()),
+            "the sum of the distances; average them": per_class(lambda x: dist(x).sum()),
+            "all samples together in every entry: compute it per class, features[labels == k]":
+                pairs_mean(f).expand(K),
+        }
+        compare(name, out, ref, mistakes, tol=1e-4, relative=True, context=f" for N={N}, D={D}, {K} classes")
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- 5. Sampling time: speed-up at equal quality -------------------------------------------------------
+
+
+def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7), (4, 1))) -> None:
+    """student_fn(seconds [S, K], quality [S, K], target: float, baseline_seconds: float) -> [S] float: for
+    each sampler (row), baseline_seconds divided by the time of its fastest setting whose quality is at
+    least ``target``; 0.0 for a sampler none of whose settings reaches it. Columns are in no particular order."""
+    name = "check_speedup_at_quality"
+    g = generator(seed)
+    for S, K in sizes:
+        S, K = int(S), int(K)
+        seconds = (0.05 + 20 * torch.rand(S, K, generator=g)).float()
+        quality = (torch.randint(40, 65, (S, K), generator=g) / 64).float()  # exact in float32 and float64
+        target = float(quality.flatten()[torch.randint(0, S * K, (1,), generator=g)].item())
+        if S > 1:
+            quality[-1] = torch.minimum(quality[-1], torch.full_like(quality[-1], target - 1 / 64))  # never reaches it
+        slowest = int(seconds[0].argmax())  # sampler 0: only its slowest setting is good enough, exactly on target
+        quality[0] = torch.minimum(quality[0], torch.full_like(quality[0], target - 1 / 64))
+        quality[0, slowest] = target
+        if S >= 3 and K >= 2:  # sampler 1: its first column is its slowest setting and has the best quality
+            slow = int(seconds[1].argmax())
+            seconds[1, [0, slow]] = seconds[1, [slow, 0]]
+            quality[1, 0] = 1.0
+            quality[1, -1] = max(float(quality[1, -1]), target)
+        baseline = float(seconds.max()) * 1.5
+        out = call(name, student_fn, seconds, quality, target, baseline, names=["seconds", "quality"])
+        never = ~(quality >= target).any(1)
+        if isinstance(out, torch.Tensor) and tuple(out.shape) == (S,) and out.is_floating_point() \
+                and never.any() and not bool(torch.isfinite(out[never].double()).all()):
+            fail(name, "a sampler none of whose settings reaches the target quality should get 0.0 "
+                       "(no speed-up at that quality), not inf or NaN")
+        out = expect_tensor(name, out, (S,), shape_hints={
+            (S, K): "one value per setting: for each sampler (row) keep only its fastest good-enough setting",
+            (K,): "one value per column: the samplers are the rows, return one speed-up per row",
+            (): "one number: return one speed-up per sampler (row)",
+        })
+        s, qd = seconds.double(), quality.double()
+
+        def fastest(ok, pick=None):
+            masked = torch.where(ok, s, torch.full_like(s, math.inf))
+            t = masked.min(1).values if pick is None else pick(masked, ok)
+            return torch.where(torch.isfinite(t), baseline / t, torch.zeros_like(t))
+
+        ok = qd >= target
+        ref = fastest(ok)
+        cols = torch.arange(K).expand(S, K)
+
+        def first_in_order(masked, ok_):
+            first = torch.where(ok_, cols, torch.full_like(cols, K)).min(1).values
+            return torch.where(first < K, s.gather(1, first.clamp(max=K - 1)[:, None])[:, 0], torch.full_like(s[:, 0], math.inf))
+
+        best_q = s.gather(1, qd.argmax(1, keepdim=True))[:, 0]
+        mistakes = {
+            "the ratio is inverted: speed-up = baseline_seconds / seconds (above 1 = faster than the baseline)":
+                torch.where(ref > 0, 1 / ref.clamp(min=1e-300), ref),
+            "the fastest setting regardless of quality: only settings with quality >= target count":
+                baseline / s.min(1).values,
+            "quality > target where quality >= target is asked (a setting exactly on the target counts)":
+                fastest(qd > target),
+            "the first setting (in column order) that reaches the target; the question is the *fastest* one":
+                fastest(ok, first_in_order),
+            "the time of each sampler's best-quality setting; the question is the fastest setting that is good enough":
+                baseline / best_q,
+            "the time itself; return the speed-up, baseline_seconds / time":
+                torch.where(ok.any(1), torch.where(ok, s, torch.full_like(s, math.inf)).min(1).values, torch.zeros_like(ref)),
+            "a sampler that never reaches the target should get 0.0, not 1.0":
+                torch.where(ok.any(1), ref, torch.ones_like(ref)),
+        }
+        compare(name, out, ref, mistakes, tol=1e-4, relative=True,
+                context=f" for {S} samplers x {K} settings, target {target:g}")
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- The model a report is about ------------------------------------------------------------------------
+
+
+def your_model(path=None, device=None, *, verbose: bool = True):
+    """``(model, schedule, meta)`` for the report: the checkpoint at ``path`` (your lab 04 run, e.g.
+    ``runs/mnist-gpu/last.pt``) when it can be loaded, else the shipped one (``lab_model``) with a note.
+    ``meta["yours"]`` says which. While grading, the file is not there: the shipped model is used."""
+    from labkit.checkpoint import load_model
+    from labkit.errors import LabkitError
+
+    if path:
+        try:
+            model, schedule, meta = load_model(path, device=device)
+            if verbose:
+                print(f"Your model: {path} ({meta.get('step')} training steps, schedule {schedule.name}, T = {schedule.T}).")
+            return model, schedule, dict(meta, pretrained=True, yours=True)
+        except (LabkitError, OSError) as exc:
+            if verbose:
+                print(f"NOTE: could not load {path} ({exc}).\n      Using the shipped checkpoint instead: "
+                      "the report is then about labkit's model, not yours.")
+    model, schedule, meta = lab_model(device, verbose=verbose)
+    return model, schedule, dict(meta, yours=False)
