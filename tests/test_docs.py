@@ -209,6 +209,15 @@ def test_doc_command_exists(where, command):
                                                   for p in (ROOT / "labkit").rglob("*.py")), f"{where}: `{command}`"
     elif exe == "cp":
         pass  # a plain file copy in the student guide
+    elif exe == "dask":  # docs/instructors.md: starting a scheduler and workers for `labkit grade --scheduler`
+        pytest.importorskip("distributed")
+        from distributed.cli import dask_scheduler, dask_worker
+
+        cmd = {"scheduler": dask_scheduler.main, "worker": dask_worker.main}.get(argv[1])
+        assert cmd is not None, f"{where}: `{command}`: dask has no command {argv[1]!r} checked here"
+        options = {o for p in cmd.params for o in [*p.opts, *getattr(p, "secondary_opts", [])] if o.startswith("-")}
+        for flag in (a.split("=")[0] for a in argv[2:] if a.startswith("--")):
+            assert flag in options, f"{where}: `{command}`: `dask {argv[1]}` has no {flag} option"
     else:
         pytest.fail(f"{where}: `{command}`: a kind of command tests/test_docs.py does not check yet; add a check")
 

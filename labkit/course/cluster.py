@@ -4,10 +4,12 @@ Imported only when one of those options is given (``pip install 'labkit[cluster]
 
 Who does what:
 
-* **the client** (the machine that runs ``labkit grade``) finds the submissions, prepares each lab's course
-  in ``OUT/nbgrader/<lab>/`` as the local path does, and a clean *template* course per lab (source and
-  release notebooks, a gradebook that knows the assignment and nothing of any student) that travels to the
-  workers as bytes inside each task. It submits one task per submission that the manifest does not hold,
+* **the client** (the machine that runs ``labkit grade``) finds the submissions and makes a clean *template*
+  course per lab with nbgrader's generate_assignment (source and release notebooks, a gradebook that knows
+  the assignment and no student; ~14 kB zipped, cached in ``OUT/.cluster-templates/``), which travels to the
+  workers as bytes inside each task; the lab's course in ``OUT/nbgrader/<lab>/`` starts as a copy of it (and
+  is generated again when the lab's source changed). It submits one task per submission that the manifest
+  does not hold, at most a few per worker thread at a time,
   and it is the **only writer** of everything under ``OUT``: for each result it writes the submitted and
   autograded notebooks into the lab's course, records the scores in that course's ``gradebook.db`` with
   nbgrader's own ``SaveAutoGrades`` and ``AssignLatePenalties`` run on the autograded notebook (what
@@ -48,7 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from labkit.course.autograde import _feedback_lab, _grade_submission, _max_score, _prepare_lab, _quiet_warnings, read_scores
+from labkit.course.autograde import (_feedback_lab, _grade_submission, _max_score, _prepare_lab, _quiet_warnings,
+                                     read_scores)
 from labkit.course.pool import _workers
 from labkit.course.results import GradeResult
 from labkit.course.sources import _nbformat, SOURCE_DIR
@@ -72,14 +75,9 @@ class WorkerUnfit(Exception):
 
 # --- fingerprints and keys --------------------------------------------------------------------------
 
-_FINGERPRINT: dict = {}
-
-
 def code_fingerprint() -> str:
     """sha256 of labkit's grading code as installed here: ``labkit/checks/**.py`` and the grading modules of
-    ``labkit/course``, plus labkit's version."""
-    if "code" in _FINGERPRINT:
-        return _FINGERPRINT["code"]
+    ``labkit/course``, plus labkit's version (read from disk on every call: about a millisecond)."""
     import labkit
 
     pkg = Path(labkit.__file__).resolve().parent
@@ -88,8 +86,7 @@ def code_fingerprint() -> str:
     for f in files:
         if f.exists():
             h.update(f.relative_to(pkg).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    _FINGERPRINT["code"] = h.hexdigest()
-    return _FINGERPRINT["code"]
+    return h.hexdigest()
 
 
 def grader_fingerprint(repo_root: str | os.PathLike, lab: str, timeout: int, memory_limit_gb: float,
@@ -137,7 +134,8 @@ class Manifest:
             self.records[key] = rec
             self.lines += 1
 
-    def lookup(self, lab: str, student: str, sha: str, grader: str, course: str | os.PathLike | None = None) -> dict | None:
+    def lookup(self, lab: str, student: str, sha: str, grader: str,
+               course: str | os.PathLike | None = None) -> dict | None:
         """The record of this exact notebook graded by this grader, when its results are still in place
         (the autograded notebook exists in ``course``, if it had one); else None."""
         rec = self.records.get((lab, student))
@@ -287,8 +285,9 @@ def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
 
 def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dict) -> GradeResult:
     """Write one worker result into the client's course ``course``: the submitted and autograded notebooks,
-    then the scores in its gradebook (nbgrader's ``SaveAutoGrades`` + ``AssignLatePenalties`` on the
-    autograded notebook, exactly what autograde runs after executing). Idempotent: merging the same
+    then the scores in its gradebook, in one transaction: nbgrader's ``SaveAutoGrades`` and
+    ``AssignLatePenalties`` on the autograded notebook (what autograde runs after executing; their per-cell
+    commits become flushes, so a crash never leaves half a submission's grades). Idempotent: merging the same
     result again leaves the same files and one submission. The score reported is the gradebook's."""
     from nbgrader.api import Gradebook
     from nbgrader.preprocessors import AssignLatePenalties, SaveAutoGrades
@@ -303,15 +302,28 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
     _replace_dir(course / "autograded" / student / lab, files)
     nb = _nbformat().reads(files[f"{lab}.ipynb"].decode("utf-8"), as_version=4)
     db = f"sqlite:///{course / 'gradebook.db'}"
+    resources = {"nbgrader": {"db_url": db, "assignment": lab, "notebook": lab, "student": student}}
     ctx = _quiet_warnings()
     try:
         with Gradebook(db) as gb:
-            gb.update_or_create_student(student)
-            gb.update_or_create_submission(lab, student)
-        resources = {"nbgrader": {"db_url": db, "assignment": lab, "notebook": lab, "student": student}}
-        SaveAutoGrades().preprocess(nb, resources)
-        AssignLatePenalties().preprocess(nb, resources)
-        with Gradebook(db) as gb:
+            with _one_transaction(gb.db):
+                gb.update_or_create_student(student)
+                gb.update_or_create_submission(lab, student)
+                saver = SaveAutoGrades()
+                saver.gradebook, saver.notebook_id, saver.assignment_id, saver.student_id, saver.db_url = \
+                    gb, lab, lab, student, db
+                for index, cell in enumerate(nb.cells):  # SaveAutoGrades.preprocess, on this gradebook
+                    saver.preprocess_cell(cell, resources, index)
+                late = AssignLatePenalties()
+                late.init_plugin()
+                late.gradebook, late.notebook_id, late.assignment_id, late.student_id = gb, lab, lab, student
+                notebook = gb.find_submission_notebook(lab, lab, student)
+                notebook.late_submission_penalty = None
+                seconds_late = gb.find_submission(lab, student).total_seconds_late
+                if seconds_late > 0:
+                    penalty = late.plugin_inst.late_submission_penalty(student, notebook.score, seconds_late)
+                    if penalty is not None:
+                        notebook.late_submission_penalty = late._check_late_penalty(notebook, penalty)
             check = GradeResult(student, lab)
             read_scores(check, gb.find_submission(lab, student))
     finally:
@@ -324,9 +336,25 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
     return res
 
 
+@contextlib.contextmanager
+def _one_transaction(session):
+    """nbgrader commits after every cell it scores: inside this block a commit only flushes, and the block
+    commits once at the end (or rolls everything back on an error)."""
+    commit = session.commit
+    session.commit = session.flush
+    try:
+        yield
+    except BaseException:
+        del session.commit
+        session.rollback()
+        raise
+    del session.commit
+    commit()
+
+
 # --- the client: connecting, submitting, watching ---------------------------------------------------------
 
-def connect(scheduler: str):
+def connect(scheduler: str, timeout: str = "30s"):
     """``(client, cluster or None)``: a LocalCluster of N single-threaded worker processes for ``local:N``,
     otherwise a client of the scheduler at that address."""
     try:
@@ -345,7 +373,7 @@ def connect(scheduler: str):
                 cluster.close()
                 raise
     try:
-        return Client(scheduler, timeout="30s"), None
+        return Client(scheduler, timeout=timeout), None
     except (OSError, TimeoutError) as exc:
         raise LabkitError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
 
@@ -431,8 +459,8 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     merged_labs: set[str] = set()
     if pending:
         _run_pending(pending, chosen, courses, st, manifest, merged_labs, report, repo_root=repo_root,
-                     timeout=timeout, jobs=jobs, verbose=verbose, memory_limit_gb=memory_limit_gb, sandbox=sandbox,
-                     scheduler=scheduler)
+                     out_dir=out_dir, timeout=timeout, jobs=jobs, verbose=verbose, memory_limit_gb=memory_limit_gb,
+                     sandbox=sandbox, scheduler=scheduler)
 
     for lab in empty_labs:
         max_score = _max_score(releases.get(lab))
@@ -454,7 +482,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
 
 
 def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, manifest: Manifest, merged_labs: set,
-                 report, *, repo_root, timeout, jobs, verbose, memory_limit_gb, sandbox, scheduler) -> None:
+                 report, *, repo_root, out_dir, timeout, jobs, verbose, memory_limit_gb, sandbox, scheduler) -> None:
     # 1. the cluster, and whether its workers can grade (before any work here: a refusal comes at once)
     t0 = time.monotonic()
     client, cluster = connect(scheduler)
@@ -478,24 +506,31 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         if probes and all(unfit.values()):
             raise LabkitError(f"no worker can grade: {next(iter(unfit.values()))}")
 
-        # 2. the client's courses (as the local path) and the workers' templates, prepared here
+        # 2. a template course per lab for the workers (nbgrader generate_assignment here, kept in OUT for the
+        #    next run); the client's own course in OUT starts as a copy of it, and is generated again only
+        #    when the lab's source changed since
         t0 = time.monotonic()
         labs = [lab for lab in chosen if any(p.res.lab == lab for p in pending)]
+        graders = {p.res.lab: p.grader for p in pending}
+        prepared = _templates(labs, graders, repo_root=repo_root, out_dir=out_dir, jobs=jobs, timeout=timeout,
+                              memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+        refresh = [lab for lab in labs if isinstance(prepared[lab], bytes)
+                   and _install_course(prepared[lab], Path(courses[lab]), lab)]
+        if refresh:
+            with _workers(max(1, min(jobs, len(refresh)))) as run:
+                for lab, r in zip(refresh, run(_prepare_lab, [(str(repo_root), lab, courses[lab], timeout,
+                                                               memory_limit_gb, sandbox) for lab in refresh])):
+                    if isinstance(r, BaseException):
+                        prepared[lab] = r
         templates: dict[str, bytes] = {}
-        with tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp, \
-                _workers(max(1, min(jobs, 2 * len(labs)))) as run:
-            args = [(str(repo_root), lab, courses[lab], timeout, memory_limit_gb, sandbox) for lab in labs]
-            args += [(str(repo_root), lab, str(Path(tmp) / lab), timeout, memory_limit_gb, sandbox) for lab in labs]
-            prepared = run(_prepare_lab, args)
-            for i, lab in enumerate(labs):
-                bad = next((p for p in (prepared[i], prepared[len(labs) + i]) if isinstance(p, BaseException)), None)
-                if bad is None:
-                    templates[lab] = pack_course(Path(tmp) / lab)
-                    continue
-                for p in pending:
-                    if p.res.lab == lab:
-                        p.res.status = "failed"
-                        p.res.notes.append(f"could not prepare {lab}: {str(bad)[-300:]}")
+        for lab in labs:
+            if isinstance(prepared[lab], bytes):
+                templates[lab] = prepared[lab]
+                continue
+            for p in pending:
+                if p.res.lab == lab:
+                    p.res.status = "failed"
+                    p.res.notes.append(f"could not prepare {lab}: {str(prepared[lab])[-300:]}")
         st.prepare_seconds = time.monotonic() - t0
 
         # 3. one task per submission; results merged here as they come
@@ -509,6 +544,54 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
+
+
+TEMPLATES_DIR = ".cluster-templates"  # in OUT: the workers' template course per lab and grader fingerprint
+
+
+def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, timeout, memory_limit_gb,
+               sandbox) -> dict:
+    """{lab: template course (zip bytes) or the exception that prevented it}: from OUT's cache when one was
+    made for the same grader fingerprint (lab source, grading code, settings), else generated here."""
+    cache = Path(out_dir) / TEMPLATES_DIR
+    out: dict = {}
+    for lab in labs:
+        f = cache / f"{lab}-{graders[lab][:16]}.zip"
+        if f.exists():
+            out[lab] = f.read_bytes()
+    missing = [lab for lab in labs if lab not in out]
+    if missing:
+        with tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp, \
+                _workers(max(1, min(jobs, len(missing)))) as run:
+            made = run(_prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), timeout, memory_limit_gb, sandbox)
+                                      for lab in missing])
+            for lab, r in zip(missing, made):
+                if isinstance(r, BaseException):
+                    out[lab] = r
+                    continue
+                out[lab] = pack_course(Path(tmp) / lab)
+                cache.mkdir(parents=True, exist_ok=True)
+                for old in cache.glob(f"{lab}-*.zip"):
+                    old.unlink()
+                part = cache / f".{lab}.zip.part"
+                part.write_bytes(out[lab])
+                os.replace(part, cache / f"{lab}-{graders[lab][:16]}.zip")
+    return out
+
+
+def _install_course(template: bytes, course: Path, lab: str) -> bool:
+    """Make ``course`` (the client's, in OUT) ready to merge into: a copy of the fresh ``template`` when it
+    has no gradebook yet; its settings file rewritten otherwise. True when its source notebook differs from
+    the template's (the lab changed since it was prepared): the caller generates it again."""
+    if not (course / "gradebook.db").exists():
+        course.mkdir(parents=True, exist_ok=True)
+        _unpack(template, course)
+        return False
+    with zipfile.ZipFile(io.BytesIO(template)) as z:
+        (course / "nbgrader_config.py").write_bytes(z.read("nbgrader_config.py"))
+        theirs = z.read(f"source/{lab}/{lab}.ipynb")
+    ours = course / "source" / lab / f"{lab}.ipynb"
+    return not ours.exists() or ours.read_bytes() != theirs
 
 
 def _window(client, current: int) -> int:
@@ -527,21 +610,34 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
     queue = list(reversed(todo))
     by_key: dict[str, _Pending] = {}
     merged: set[str] = set()
-    done = failed = 0
+    count = {"done": 0, "failed": 0}
     window = _window(client, 16)
     refreshed = time.monotonic()
     ac = as_completed()
+    bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not verbose, dynamic_ncols=True,
+               file=sys.stderr)
+
+    def finished(res: GradeResult) -> None:
+        count["done"] += 1
+        count["failed"] += res.status == "failed"
+        report(res)
+        bar.set_postfix(done=count["done"], failed=count["failed"], remaining=len(todo) - count["done"],
+                        refresh=False)
+        bar.update(1)
 
     def submit_one() -> bool:
-        if not queue:
+        while queue:
+            p = queue.pop()
+            try:
+                data = p.path.read_bytes()
+            except OSError as exc:  # gone or unreadable since it was listed
+                p.res.status, p.res.score = "failed", 0.0
+                p.res.notes.append(f"cannot read {p.path.name}: {exc}")
+                finished(p.res)
+                continue
+            break
+        else:
             return False
-        p = queue.pop()
-        try:
-            data = p.path.read_bytes()
-        except OSError as exc:
-            p.res.status, p.res.score = "failed", 0.0
-            p.res.notes.append(f"cannot read {p.path.name}: {exc}")
-            return submit_one()
         sha = hashlib.sha256(data).hexdigest()
         if sha != p.sha:  # the file changed since it was listed: grade what is there now
             p.sha, p.key = sha, task_key(p.res.lab, p.res.student, sha)
@@ -553,12 +649,10 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
         return True
 
     start = time.monotonic()
-    for _ in range(window):
-        if not submit_one():
-            break
-    bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not verbose, dynamic_ncols=True,
-               file=sys.stderr)
     try:
+        for _ in range(window):
+            if not submit_one():
+                break
         for fut in ac:
             p = by_key.get(fut.key)
             if p is None or fut.key in merged:  # a second result for a merged key: never merged twice
@@ -588,18 +682,17 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                     merged_labs.add(res.lab)
                     st.merged += 1
                 st.merge_seconds += time.monotonic() - t0
-            else:
-                exc = fut.exception()
+            else:  # erred (or cancelled: the scheduler lost it)
+                try:
+                    exc = fut.exception()
+                except Exception as err:  # FutureCancelledError
+                    exc = err
                 res.status, res.score = "failed", None
                 res.notes.append(_task_failure(exc))
                 st.failed_tasks += 1
             fut.release()
             by_key.pop(fut.key, None)
-            failed += res.status == "failed"
-            done += 1
-            report(res)
-            bar.set_postfix(done=done, failed=failed, remaining=len(todo) - done, refresh=False)
-            bar.update(1)
+            finished(res)
             if time.monotonic() - refreshed > 5:
                 window, refreshed = _window(client, window), time.monotonic()
             while ac.count() < window and submit_one():

@@ -2,7 +2,8 @@
 
 Modules it uses: ``discover`` (which file is whose, for which lab), ``autograde`` (nbgrader: prepare the
 course, autograde one submission with ``trusted.TrustedExecute``, feedback), ``forensics`` (what the
-instructor should look at), ``pool`` (parallel workers), ``results`` (``GradeResult``, scores.csv).
+instructor should look at), ``pool`` (parallel workers), ``results`` (``GradeResult``, scores.csv), and
+``cluster`` (the same per-submission work as Dask tasks, ``--scheduler`` / ``--cluster``; imported only then).
 """
 
 from __future__ import annotations
