@@ -32,7 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_forward"
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.extended]
 
 # Console entries that are not the page's fault: the browser's own request for /favicon.ico, and images from
 # other hosts that cannot load because CI has no internet (the notebook's "Open in Colab" badge,

@@ -49,7 +49,7 @@ distributed = pytest.importorskip("distributed", reason="dask.distributed (pip i
 
 def cluster_run(test):
     """The tests of the module fixture's three runs (its minutes are charged to the first test)."""
-    for mark in (pytest.mark.slow, pytest.mark.nbgrader, pytest.mark.timeout(1800)):
+    for mark in (pytest.mark.slow, pytest.mark.nbgrader, pytest.mark.extended, pytest.mark.timeout(1800)):
         test = mark(test)
     return test
 

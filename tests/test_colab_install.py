@@ -30,7 +30,7 @@ import pytest
 
 from labkit import colab
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "colab-venv"

@@ -28,7 +28,7 @@ import pytest
 import labkit
 from labkit import course
 
-pytestmark = [pytest.mark.nbgrader, pytest.mark.slow]
+pytestmark = [pytest.mark.nbgrader, pytest.mark.slow, pytest.mark.extended]
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_forward"
