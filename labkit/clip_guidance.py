@@ -36,8 +36,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from labkit.data import DIGIT_NAMES
-from labkit.diffusion import Model, gather
+from labkit.data import DIGIT_NAMES, to_unit_range
+from labkit.diffusion import Model, gather, predict_x0_from_eps
 from labkit.errors import LabkitValueError
 from labkit.schedules import Schedule
 
@@ -95,9 +95,8 @@ class ClipGuidance:
         with torch.enable_grad():
             xg = x.detach().to(device, torch.float32).requires_grad_(True)
             tt = t.to(device)
-            ab = gather(self.schedule.alpha_bars, tt, xg)
-            x0_hat = (xg - (1 - ab).sqrt() * eps_hat.detach().to(device, torch.float32)) / ab.sqrt()
-            logits = self.clip_logits((x0_hat + 1) / 2, self.text_embeddings(y))  # [-1,1] -> [0,1]
+            x0_hat = predict_x0_from_eps(xg, tt, eps_hat.detach().to(device, torch.float32), self.schedule)
+            logits = self.clip_logits(to_unit_range(x0_hat), self.text_embeddings(y))  # [-1,1] -> [0,1]
             (grad,) = torch.autograd.grad(logits.sum(), xg)
         self.last_scores = logits.detach().cpu()
         if self.normalize:

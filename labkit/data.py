@@ -40,6 +40,15 @@ MNIST_FILES = (
 ENV_VAR = "LABKIT_DATA"
 
 
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """The model's range [-1, 1] -> a picture's range [0, 1], linearly: (x + 1) / 2.   (lab 00)
+
+    x: any shape -> the same shape and dtype. Values outside [-1, 1] map outside [0, 1]: clamp afterwards
+    where a picture needs it.
+    """
+    return (x + 1) / 2
+
+
 class DataNotFoundError(LabkitError):
     """MNIST could not be found or downloaded."""
 

@@ -37,19 +37,30 @@ def gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tens
     return out.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-    """Sample x_t from q(x_t | x_0) in closed form (Ho et al. 2020, eq. 4):
+def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
+    """Sample x_t from q(x_t | x_0) in closed form (Ho et al. 2020, eq. 4):   (lab 01)
 
         x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps,   eps ~ N(0, I)
 
     The noise is passed in (not drawn here) so the caller controls randomness and can reuse it as the
-    regression target. x0, noise: [B, ...]; t: [B] -> x_t [B, ...]
+    regression target. x0, noise: [B, ...]; t: int64 [B]; alpha_bars: [T] (or a Schedule) -> x_t [B, ...]
+    in x0's dtype.
     """
     if not isinstance(noise, torch.Tensor) or noise.shape != getattr(x0, "shape", None):
         raise LabkitValueError(f"noise must be a tensor of x0's shape {list(getattr(x0, 'shape', []))}, got "
                                f"{list(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
-    ab = gather(schedule.alpha_bars, t, x0)
+    ab = gather(alpha_bars_of(alpha_bars), t, x0)  # [B, 1, 1, 1]
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
+
+
+def alpha_bars_of(alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
+    """The [T] tensor of alpha_bar values, given either that tensor or a Schedule."""
+    if isinstance(alpha_bars, Schedule):
+        return alpha_bars.alpha_bars
+    if not isinstance(alpha_bars, torch.Tensor) or alpha_bars.dim() != 1:
+        raise LabkitTypeError(f"alpha_bars must be a 1-D tensor [T] or a Schedule, got {type(alpha_bars).__name__}")
+    return alpha_bars
 
 
 def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: Schedule):
@@ -112,6 +123,21 @@ def sample_timesteps(batch: int, schedule: Schedule, *, device=None, generator=N
     return torch.randint(0, schedule.T, (batch,), device=device, generator=generator)
 
 
+def noise_prediction_loss(model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                          alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
+    """The noise-prediction loss for given t and noise (Ho et al. 2020, eq. 14):   (lab 04)
+
+        L = mean over batch and pixels of (noise - model(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, t, y))^2
+
+    x0, noise: [B, C, H, W]; y, t: [B]; alpha_bars: [T] (or a Schedule) -> a 0-d tensor that can be
+    back-propagated, computed in float32 at least (a bf16 prediction under autocast is widened first).
+    """
+    x_t = q_sample(x0, t, noise, alpha_bars)  # [B, C, H, W]
+    eps_hat = model(x_t, t, y)
+    dtype = torch.promote_types(eps_hat.dtype, torch.float32)
+    return F.mse_loss(eps_hat.to(dtype), noise.to(dtype))
+
+
 def diffusion_loss(
     model: Model,
     x0: torch.Tensor,
@@ -125,7 +151,8 @@ def diffusion_loss(
 
         L = E_{t, x_0, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
 
-    with t uniform and eps ~ N(0, I), averaged over batch and pixels. x0: [B, C, H, W] in [-1, 1]; y: [B].
+    with t uniform and eps ~ N(0, I), averaged over batch and pixels: ``noise_prediction_loss`` at random
+    t and noise. x0: [B, C, H, W] in [-1, 1]; y: [B].
     The generator must live on x0's device (torch draws random numbers where they will be used).
 
     min_snr_gamma: if set, each example's loss is weighted by min(SNR(t), gamma) / SNR(t) ("Min-SNR-gamma",
@@ -134,10 +161,9 @@ def diffusion_loss(
     """
     t = sample_timesteps(x0.shape[0], schedule, device=x0.device, generator=generator)  # [B]
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)  # [B, C, H, W]
-    xt = q_sample(x0, t, noise, schedule)
-    eps_hat = model(xt, t, y)
     if min_snr_gamma is None:
-        return F.mse_loss(eps_hat.float(), noise.float())
+        return noise_prediction_loss(model, x0, y, t, noise, schedule)
+    eps_hat = model(q_sample(x0, t, noise, schedule), t, y)
     per_example = (eps_hat.float() - noise.float()).pow(2).flatten(1).mean(1)  # [B]
     snr = gather(schedule.snr(), t, per_example).float()  # [B]
     weight = snr.clamp(max=min_snr_gamma) / snr  # [B], 1 at high noise, gamma / SNR when nearly clean

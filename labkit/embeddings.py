@@ -16,14 +16,15 @@ from torch import nn
 from labkit.errors import LabkitTypeError, LabkitValueError
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, *,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Sinusoidal position embedding of Vaswani et al. 2017 ("Attention Is All You Need", section 3.5):
 
         PE(t, 2i)   = sin(t / max_period^(2i/dim))
         PE(t, 2i+1) = cos(t / max_period^(2i/dim))
 
     sines at even positions, cosines at odd ones (the Transformer form). An odd dim gets a last column
-    of zeros. t: [B] (any real or integer dtype) -> [B, dim] float32 on t's device.
+    of zeros. t: [B] (any real or integer dtype) -> [B, dim] float32 (or ``dtype``) on t's device.   (lab 03)
     """
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise LabkitValueError(f"embedding dim must be an integer >= 1, got {dim!r}")
@@ -32,13 +33,26 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     if t.dim() != 1:
         raise LabkitValueError(f"t must be 1-D [B] (one time step per image), got shape {list(t.shape)}")
     half = dim // 2
-    i = torch.arange(half, device=t.device, dtype=torch.float32)  # [half]
+    i = torch.arange(half, device=t.device, dtype=dtype)  # [half]
     freqs = torch.exp(-math.log(max_period) * (2 * i) / dim)  # [half]  = 1 / max_period^(2i/dim)
-    angles = t.float()[:, None] * freqs[None, :]  # [B, half]
-    emb = torch.zeros(t.shape[0], dim, device=t.device, dtype=torch.float32)
+    angles = t.to(dtype)[:, None] * freqs[None, :]  # [B, half]
+    emb = torch.zeros(t.shape[0], dim, device=t.device, dtype=dtype)
     emb[:, 0 : 2 * half : 2] = torch.sin(angles)
     emb[:, 1 : 2 * half : 2] = torch.cos(angles)
     return emb
+
+
+def cosine_similarity(emb: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity between rows: <a_i, b_j> / (|a_i| |b_j|), the dot product of unit vectors, as CLIP
+    compares images with captions (Radford et al. 2021, Figure 3).   (labs 03, 06)
+
+    emb [N, D] alone -> [N, N], every row against every row (lab 03: time embeddings);
+    emb [N, D], other [K, D] -> [N, K] (lab 06: CLIP image embeddings against caption embeddings).
+    """
+    other = emb if other is None else other
+    unit = emb / emb.norm(dim=-1, keepdim=True)  # [N, D], each row of length 1
+    unit_other = other / other.norm(dim=-1, keepdim=True)  # [K, D]
+    return unit @ unit_other.T
 
 
 class TimeEmbedding(nn.Module):

@@ -1,10 +1,10 @@
 """Samplers: turn noise into digits with a trained noise predictor.
 
-Two levels, as in k-diffusion. A *step* function moves x from step t to an earlier step t_prev of a
-descending grid of time steps (t_prev = -1 means "clean data", alpha_bar = 1) and returns
-``Step(x_prev, x0_hat)``; a *sampler* is one short loop of its step over ``model(x, t, y)`` and a grid:
+Two levels, as in k-diffusion. A *step* is the update formula of one paper, written on tensors exactly as
+the lab asks the student to write it (same name, same arguments); a *sampler* is one short loop over
+``model(x, t, y)`` and a descending grid of time steps that calls its step:
 
-    ddpm_step / sample_ddpm          ancestral sampling, Ho et al. 2020 (Algorithm 2), on any sub-grid of steps
+    p_sample_step / sample_ddpm      ancestral sampling, Ho et al. 2020 (Algorithm 2), on any sub-grid of steps
     ddim_step / sample_ddim          Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12, any eta
     dpmpp_2m_step / sample_dpmpp_2m  Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep second order)
 
@@ -15,21 +15,16 @@ named in ``SAMPLER_FUNCTIONS``. Guidance lives outside the samplers: a guided mo
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 
-from labkit.diffusion import Model, gather, posterior_between, predict_eps_from_x0, predict_x0_from_eps
+from labkit.diffusion import Model, gather, predict_eps_from_x0, predict_x0_from_eps
 from labkit.errors import LabkitTypeError, LabkitValueError
 from labkit.guidance import check_weight, guided
 from labkit.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
-
-
-class Step(NamedTuple):
-    x_prev: torch.Tensor  # the sample at the earlier step t_prev
-    x0_hat: torch.Tensor  # the model's current guess of the clean image
 
 
 SPACINGS = ("logsnr", "uniform")
@@ -85,77 +80,77 @@ def _noise_like(x, generator):
     return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
 
 
-def ddpm_step(x, t, t_prev, eps_hat, schedule: Schedule, *, generator=None, clip=None) -> Step:
-    """Ancestral step (Ho et al. 2020, Algorithm 2 line 4, with sigma_t^2 = beta_tilde_t):
+# --- One step each: the functions the labs ask the student to write (same names, same arguments) ----------
 
-        x_{t_prev} = mu_tilde(x_t, x0_hat) + sqrt(beta_tilde) z,   z ~ N(0, I)
 
-    where mu_tilde, beta_tilde are the posterior q(x_{t_prev} | x_t, x_0) of eqs. 6-7 evaluated at the
-    predicted x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t). No noise on the last step.
+def p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
+    """One ancestral step t -> t - 1 (Ho et al. 2020, Algorithm 2 line 4, with sigma_t^2 = beta_tilde_t):   (lab 05)
+
+        x_{t-1} = 1/sqrt(alpha_t) * (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat) + sigma_t * z
+        sigma_t^2 = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t,   alpha_bar_{-1} = 1
+
+    x_t, eps_hat, z: [B, C, H, W]; t: int64 [B]; betas, alpha_bars: [T] -> x_{t-1} [B, C, H, W].
+    With beta_tilde the last step (t = 0) adds no noise: sigma_0 = 0.
     """
-    x0_hat, _ = _x0_and_eps(x, t, eps_hat, schedule, clip)
-    mean, var = posterior_between(x0_hat, x, t, t_prev, schedule)
-    if bool((t_prev < 0).all()):
-        return Step(mean, x0_hat)
-    return Step((mean + var.sqrt() * _noise_like(x, generator)).to(x.dtype), x0_hat)
+    alphas = 1 - betas  # [T], before any cast to float32: an alpha_t near 0 keeps its digits
+    alpha_bars_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])  # [T]: alpha_bar_{t-1}, 1 at t = 0
+    beta, alpha, ab, ab_prev = (gather(v, t, x_t) for v in (betas, alphas, alpha_bars, alpha_bars_prev))  # [B, 1, 1, 1]
+    mean = (x_t - beta / (1 - ab).sqrt() * eps_hat) / alpha.sqrt()
+    var = (1 - ab_prev) / (1 - ab) * beta  # beta_tilde_t, exactly 0 at t = 0
+    return (mean + var.sqrt() * z).to(x_t.dtype)
 
 
-def ddim_step(x, t, t_prev, eps_hat, schedule: Schedule, *, eta: float = 0.0, generator=None, clip=None) -> Step:
-    """DDIM step (Song et al. 2021, eq. 12):
+def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
+    """One DDIM step from alpha_bar_t to alpha_bar_prev (Song et al. 2021, eq. 12):   (lab 07)
 
-        x_{t_prev} = sqrt(abar_prev) x0_hat                          "predicted x_0"
-                   + sqrt(1 - abar_prev - sigma^2) eps_hat            "direction pointing to x_t"
-                   + sigma z                                          random noise
-        sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)   (eq. 16)
+        x_prev = sqrt(abar_prev) x0_hat                          "predicted x_0"
+               + sqrt(1 - abar_prev - sigma^2) eps_hat            "direction pointing to x_t"
+               + sigma z                                          random noise
+        x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
+        sigma  = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)   (eq. 16)
 
-    eta = 0 is deterministic; eta = 1 over all T steps is exactly the DDPM ancestral sampler.
+    x_t, eps_hat, z: [B, C, H, W]; alpha_bar_t, alpha_bar_prev: [B, 1, 1, 1] (abar_prev = 1: the step to clean
+    data); eta: 0 is deterministic, 1 over all T steps is the DDPM ancestral sampler -> x_prev [B, C, H, W].
     """
-    x0_hat, eps_hat = _x0_and_eps(x, t, eps_hat, schedule, clip)
-    ab_t = gather(schedule.alpha_bars, t, x)
-    ab_prev = gather(schedule.alpha_bars_prev, t_prev + 1, x)  # 1 at t_prev = -1
-    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
-    x_prev = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps_hat
-    if eta > 0 and not bool((t_prev < 0).all()):
-        x_prev = x_prev + sigma * _noise_like(x, generator)
-    return Step(x_prev.to(x.dtype), x0_hat)
+    x0_hat = (x_t - (1 - alpha_bar_t).sqrt() * eps_hat) / alpha_bar_t.sqrt()
+    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps_hat
+    return alpha_bar_prev.sqrt() * x0_hat + direction + sigma * z
 
 
-def _lambda(schedule, t, x):
-    """lambda_t = log(alpha_t / sigma_t), half the log-SNR (Lu et al. 2022, section 2)."""
-    ab = gather(schedule.alpha_bars, t, x)
-    return 0.5 * torch.log(ab / (1 - ab))
-
-
-def dpmpp_2m_step(
-    x, t, t_prev, eps_hat, schedule: Schedule, *, x0_prev=None, t_last=None, clip=None
-) -> Step:
-    """DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2), in data-prediction form.
+def dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last):
+    """One DPM-Solver++(2M) step in data-prediction form (Lu et al. 2022, Algorithm 2):   (lab 07)
 
     With alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma), h = lambda_prev - lambda_t:
 
-        first step (no history):  D = x0_hat                                  (DPM-Solver++(1) = DDIM)
-        later steps:              r = h_last / h,  D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev
-        x_{t_prev} = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D
+        first step (x0_prev is None):  D = x0_hat                                  (DPM-Solver++(1) = DDIM)
+        later steps:                   r = h_last / h,  D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev
+        x_prev = (sigma_prev / sigma_t) x_t - alpha_prev (e^{-h} - 1) D
 
-    x0_prev is the x0_hat of the previous step, taken at time t_last. The final step to t_prev = -1
-    (sigma = 0, lambda = infinity) returns D itself, as k-diffusion does.
+    x0_prev is the previous step's x0_hat, taken at alpha_bar_last (h_last = lambda_t - lambda_last).
+    x_t, x0_hat, x0_prev: [B, C, H, W]; alpha_bar_*: [B, 1, 1, 1] in (0, 1) -> x_prev [B, C, H, W]. The step
+    to clean data (abar_prev = 1, lambda = infinity) is not this formula: there the answer is D itself.
     """
-    x0_hat, _ = _x0_and_eps(x, t, eps_hat, schedule, clip)
+    def lam(ab):  # lambda = log(alpha / sigma), half the log-SNR
+        return 0.5 * torch.log(ab / (1 - ab))
+
+    h = lam(alpha_bar_prev) - lam(alpha_bar_t)
     D = x0_hat
-    lam_t = _lambda(schedule, t, x)
-    if bool((t_prev < 0).all()):  # h is infinite: the data prediction is the answer
-        return Step(x0_hat, x0_hat)
-    lam_prev = _lambda(schedule, t_prev, x)
-    h = lam_prev - lam_t
     if x0_prev is not None:
-        h_last = lam_t - _lambda(schedule, t_last, x)
-        r = h_last / h
-        D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_prev
-    ab_t = gather(schedule.alpha_bars, t, x)
-    ab_prev = gather(schedule.alpha_bars, t_prev, x)
-    ratio = ((1 - ab_prev) / (1 - ab_t)).sqrt()  # sigma_prev / sigma_t
-    x_prev = ratio * x - ab_prev.sqrt() * torch.expm1(-h) * D
-    return Step(x_prev.to(x.dtype), x0_hat)
+        r = (lam(alpha_bar_t) - lam(alpha_bar_last)) / h
+        D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_prev
+    ratio = ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt()  # sigma_prev / sigma_t
+    return ratio * x_t - alpha_bar_prev.sqrt() * torch.expm1(-h) * D
+
+
+def respaced(schedule: Schedule, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The schedule seen only at the steps of ``grid`` (Nichol & Dhariwal 2021, section 4, "respacing"):
+    alpha_bars [S] = alpha_bar at the grid's steps in ascending order, betas [S] = 1 - alpha_bar_k / alpha_bar_{k-1}
+    (the variance added between two visited steps), so that Algorithm 2 runs unchanged on S < T steps.
+    Step k of the respaced chain is grid step t = ascending[k]; the full grid gives back the schedule itself."""
+    alpha_bars = schedule.alpha_bars[grid.cpu().flip(0)]  # [S] float64, ascending t
+    betas = 1 - alpha_bars / torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])
+    return betas, alpha_bars
 
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
@@ -246,10 +241,17 @@ def _grid_steps(grid: torch.Tensor, batch: int):
 @torch.no_grad()
 def sample_ddpm(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
                 generator=None, clip=None, callback: Callback | None = None) -> torch.Tensor:
-    """Ancestral sampling (Ho et al. 2020, Algorithm 2) from x = x_T down the descending ``grid``."""
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) from x = x_T down the descending ``grid``: ``p_sample_step``
+    on the respaced schedule (any sub-grid of steps), the model seeing the real time steps."""
+    betas, alpha_bars = respaced(schedule, grid)  # [S], [S]
     for i, t, t_prev in _grid_steps(grid, x.shape[0]):
+        k = torch.full_like(t, len(grid) - 1 - i)  # [B]: this step's place in the respaced chain
         eps_hat = model(x, t, y).to(x.dtype)
-        x_new, x0_hat = ddpm_step(x, t, t_prev, eps_hat, schedule, generator=generator, clip=clip)
+        x0_hat, eps_hat = _x0_and_eps(x, t, eps_hat, schedule, clip)
+        if i + 1 < len(grid):
+            x_new = p_sample_step(x, k, eps_hat, betas, alpha_bars, _noise_like(x, generator))
+        else:  # to clean data: sigma = 0 and the mean is x0_hat itself (exactly, also after clipping)
+            x_new = x0_hat
         if callback is not None:
             callback(i, int(grid[i]), x, x0_hat)
         x = x_new
@@ -262,7 +264,13 @@ def sample_ddim(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tens
     """DDIM (Song et al. 2021, eq. 12) from x = x_T down the descending ``grid``; eta = 0 is deterministic."""
     for i, t, t_prev in _grid_steps(grid, x.shape[0]):
         eps_hat = model(x, t, y).to(x.dtype)
-        x_new, x0_hat = ddim_step(x, t, t_prev, eps_hat, schedule, eta=eta, generator=generator, clip=clip)
+        x0_hat, eps_hat = _x0_and_eps(x, t, eps_hat, schedule, clip)
+        if i + 1 < len(grid):
+            ab_t, ab_prev = gather(schedule.alpha_bars, t, x), gather(schedule.alpha_bars, t_prev, x)  # [B, 1, 1, 1]
+            z = _noise_like(x, generator) if eta > 0 else torch.zeros_like(x)
+            x_new = ddim_step(x, eps_hat, ab_t, ab_prev, eta, z).to(x.dtype)
+        else:  # to clean data (abar_prev = 1, sigma = 0): x0_hat itself, exactly, also after clipping
+            x_new = x0_hat
         if callback is not None:
             callback(i, int(grid[i]), x, x0_hat)
         x = x_new
@@ -273,12 +281,18 @@ def sample_ddim(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tens
 def sample_dpmpp_2m(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
                     clip=None, callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) from x = x_T down the descending ``grid``; the
-    previous step's x0_hat is its only history."""
-    x0_prev = t_last = None
+    previous step's x0_hat is its only history. The last step (to clean data) returns x0_hat, as k-diffusion does."""
+    x0_prev = ab_last = None
     for i, t, t_prev in _grid_steps(grid, x.shape[0]):
         eps_hat = model(x, t, y).to(x.dtype)
-        x_new, x0_hat = dpmpp_2m_step(x, t, t_prev, eps_hat, schedule, x0_prev=x0_prev, t_last=t_last, clip=clip)
-        x0_prev, t_last = x0_hat, t
+        x0_hat, _ = _x0_and_eps(x, t, eps_hat, schedule, clip)
+        ab_t = gather(schedule.alpha_bars, t, x)  # [B, 1, 1, 1]
+        if i + 1 < len(grid):
+            ab_prev = gather(schedule.alpha_bars, t_prev, x)
+            x_new = dpmpp_2m_step(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last).to(x.dtype)
+        else:  # lambda_prev is infinite: the data prediction is the answer
+            x_new = x0_hat
+        x0_prev, ab_last = x0_hat, ab_t
         if callback is not None:
             callback(i, int(grid[i]), x, x0_hat)
         x = x_new

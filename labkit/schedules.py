@@ -21,6 +21,22 @@ import torch
 from labkit.errors import LabkitTypeError, LabkitValueError
 
 
+def alpha_bars_from_betas(betas: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t = prod_{s <= t} (1 - beta_s), the signal kept after t + 1 steps (Ho et al. 2020, eq. 4).   (lab 01)
+
+    betas [T] -> alpha_bars [T], in betas' dtype: a running (cumulative) product, so alpha_bar_0 = 1 - beta_0.
+    """
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def snr(alpha_bars: torch.Tensor) -> torch.Tensor:
+    """SNR_t = alpha_bar_t / (1 - alpha_bar_t), signal variance over noise variance (Kingma et al. 2021, eq. 1).   (lab 01)
+
+    alpha_bars [T] -> SNR [T]: from about 1e4 at t = 0 down to nearly 0 at T - 1.
+    """
+    return alpha_bars / (1 - alpha_bars)
+
+
 def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """Linear schedule of Ho et al. 2020 (section 4): beta_t from 1e-4 to 0.02, rescaled for T != 1000.
 
@@ -79,7 +95,7 @@ class Schedule:
         betas = self.betas.detach().to("cpu", torch.float64)
         if betas.dim() != 1 or not bool(((betas > 0) & (betas < 1)).all()):
             raise LabkitValueError("betas must be a 1-D tensor with values in (0, 1)")
-        alpha_bars = torch.cumprod(1.0 - betas, dim=0)
+        alpha_bars = alpha_bars_from_betas(betas)
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "alphas", 1.0 - betas)
         object.__setattr__(self, "alpha_bars", alpha_bars)
@@ -91,8 +107,7 @@ class Schedule:
 
     def snr(self) -> torch.Tensor:
         """SNR(t) = alpha_bar_t / (1 - alpha_bar_t)  (Kingma et al. 2021, "Variational Diffusion Models", eq. 1)."""
-        ab = self.alpha_bars
-        return ab / (1 - ab)
+        return snr(self.alpha_bars)
 
     def log_snr(self) -> torch.Tensor:
         """log SNR(t) (Kingma et al. 2021); DPM-Solver's lambda_t (Lu et al. 2022) is half of it."""

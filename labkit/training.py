@@ -207,6 +207,116 @@ def check_data(data, config: TrainConfig) -> None:
         raise LabkitValueError(f"image size {images.shape[-2]}x{images.shape[-1]} must be divisible by unet.patch={p}")
 
 
+# --- One step ----------------------------------------------------------------------------------------
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor], *,
+               scaler: torch.amp.GradScaler | None = None, max_grad_norm: float | None = None,
+               as_float: bool = True):
+    """One optimiser step (Ho et al. 2020, Algorithm 1, lines 5-6: "take gradient descent step"):   (lab 04)
+
+        optimizer.zero_grad(); loss = compute_loss(); loss.backward(); optimizer.step(); return loss.item()
+
+    zero_grad first: backward *adds* to .grad, so the previous step's gradients must go. compute_loss() is
+    called once (each call runs the model). The trainer adds what a real run needs: mixed precision's loss
+    scaling (``scaler``), gradient clipping (``max_grad_norm``), and ``as_float=False`` to keep the loss on the
+    device (``.item()`` makes the CPU wait for the GPU at every step). Returns the loss before the update.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss = compute_loss()  # 0-d tensor
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()  # scaled so that small fp16 gradients do not round to 0
+        scaler.unscale_(optimizer)  # the true gradients again, before clipping
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm, foreach=True)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped when a gradient is inf/NaN (fp16 overflow)
+        scaler.update()
+    return loss.item() if as_float else loss.detach()
+
+
+def draw_batch(data: Digits, batch_size: int, generator: torch.Generator, *, null_class: int, label_dropout: float,
+               memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch (with replacement) of images [B, C, H, W] and labels [B]; each label becomes
+    ``null_class`` ("no class") with probability ``label_dropout``, so one network also learns the
+    unconditional model that classifier-free guidance needs (Ho & Salimans 2022, Algorithm 1)."""
+    device = data.images.device
+    idx = torch.randint(0, len(data), (batch_size,), device=device, generator=generator)  # [B]
+    x0 = data.images[idx].contiguous(memory_format=memory_format)  # [B, C, H, W]
+    y = data.labels[idx]
+    drop = torch.rand(batch_size, device=device, generator=generator) < label_dropout
+    return x0, torch.where(drop, torch.full_like(y, null_class), y)
+
+
+# --- Checkpoints of a run ------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything a run changes as it goes: weights, EMA, optimiser, loss scaler, batch RNG, clock."""
+
+    model: UNet
+    ema: UNet
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator
+    step: int = 0
+    elapsed: float = 0.0  # training seconds over all resumed calls
+
+    def state(self, config: TrainConfig) -> dict:
+        """What ``last.pt`` holds: enough to continue exactly where this run stands."""
+        return {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "step": self.step,
+            "elapsed_s": self.elapsed,
+            "rng": {"torch": torch.get_rng_state(), "data": self.gen.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "unet": config.unet.to_dict(), "schedule": config.schedule, "T": config.T, "train": config.to_dict(),
+        }
+
+    def restore(self, path: Path, config: TrainConfig, device: torch.device) -> None:
+        """Continue from ``path`` (a ``state`` saved by an earlier call with a compatible config)."""
+        try:
+            state = load_checkpoint(path, map_location="cpu")
+        except LabkitError as exc:
+            raise LabkitError(f"cannot resume: {exc}; delete or move it, or use resume=False (--no-resume)") from None
+        check_same(path, "train", state.get("train", {}), config.to_dict(), ignore=RESUMABLE_CHANGES)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.gen.set_state(state["rng"]["data"])
+        except RuntimeError:  # saved by another device type's generator (a GPU run resumed on a CPU, or back)
+            self.gen.manual_seed(config.seed + int(state["step"]))  # seeded, but other batches than an unbroken run
+            warnings.warn(f"{path} was saved on another kind of device: training resumes on {device.type} "
+                          "with a reseeded batch generator, so it will not match an uninterrupted run exactly")
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
+            for i, cuda_state in enumerate(state["rng"]["cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state, i)  # a checkpoint from a machine with more GPUs still loads
+        self.step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+
+
+def new_run(config: TrainConfig, device: torch.device, *, use_scaler: bool, memory_format) -> Run:
+    """Seeded weights (without touching the caller's global RNG), their EMA, AdamW and the batch generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = UNet(config.unet)
+    model = model.to(device, memory_format=memory_format).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                            betas=(0.9, 0.99), foreach=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    gen = torch.Generator(device).manual_seed(config.seed)  # batches, label dropout, t and noise
+    return Run(model, ema, opt, scaler, gen)
+
+
 # --- The loop -----------------------------------------------------------------------------------------
 
 
@@ -222,6 +332,35 @@ class StepInfo:
 
 
 Callback = Callable[[StepInfo], "bool | None"]
+
+
+class ProgressBar:
+    """A tqdm bar counting steps, or seconds for a time budget, with the loss and images/s beside it."""
+
+    def __init__(self, config: TrainConfig, run: Run, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.by_time = config.time_budget_s is not None
+        self.total = int(config.time_budget_s) if self.by_time else config.total_steps
+        self.bar = tqdm(total=self.total, initial=self.position(run), disable=not enabled,
+                        unit="s" if self.by_time else "step", dynamic_ncols=True)
+
+    def position(self, run: Run) -> int:
+        return min(int(run.elapsed) if self.by_time else run.step, self.total)
+
+    def show(self, run: Run, loss: float, images_per_s: float) -> None:
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+        self.bar.n = self.position(run)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _finished(config: TrainConfig, run: Run) -> bool:
+    if config.time_budget_s is not None:
+        return run.elapsed >= config.time_budget_s
+    return run.step >= config.total_steps
 
 
 def train(
@@ -242,8 +381,6 @@ def train(
     abort (nothing saved beyond the last periodic checkpoint). Its time is not counted as training.
     progress: show a tqdm bar with the loss and images/s.
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(config, TrainConfig):
         raise LabkitTypeError(f"config must be a TrainConfig (e.g. recipes.tiny()), got {type(config).__name__}")
     if data is not None:
@@ -264,128 +401,72 @@ def train(
         raise LabkitValueError(f"data has {data.images.shape[1]} channels but the U-Net expects {config.unet.in_channels}")
     data = data.to(device)  # the whole set on the device: [N, C, H, W], [N]
     schedule = make_schedule(config.schedule, config.T)
-
-    with torch.random.fork_rng(devices=[]):  # seeded weights, without touching the caller's global RNG
-        torch.manual_seed(config.seed)
-        model = UNet(config.unet)
-    model = model.to(device, memory_format=memory_format).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    ema_list, model_list = ema_tensors(ema), ema_tensors(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                            betas=(0.9, 0.99), foreach=True)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    gen = torch.Generator(device).manual_seed(config.seed)  # batches, label dropout, t and noise
-    step, elapsed = 0, 0.0
-
+    run = new_run(config, device, use_scaler=use_scaler, memory_format=memory_format)
     if resume and ckpt_path is not None and ckpt_path.exists():
-        try:
-            state = load_checkpoint(ckpt_path, map_location="cpu")
-        except LabkitError as exc:
-            raise LabkitError(f"cannot resume: {exc}; delete or move it, or use resume=False (--no-resume)") from None
-        check_same(ckpt_path, "train", state.get("train", {}), config.to_dict(), ignore=RESUMABLE_CHANGES)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        try:
-            gen.set_state(state["rng"]["data"])
-        except RuntimeError:  # saved by another device type's generator (a GPU run resumed on a CPU, or back)
-            gen.manual_seed(config.seed + int(state["step"]))  # still seeded, but other batches than an unbroken run
-            warnings.warn(f"{ckpt_path} was saved on another kind of device: training resumes on {device.type} "
-                          "with a reseeded batch generator, so it will not match an uninterrupted run exactly")
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-            for i, cuda_state in enumerate(state["rng"]["cuda"][:torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(cuda_state, i)  # a checkpoint from a machine with more GPUs still loads
-        step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        run.restore(ckpt_path, config, device)
+    model, ema = run.model, run.ema
+    ema_list, model_list = ema_tensors(ema), ema_tensors(model)
 
-    def checkpoint() -> None:
-        if ckpt_path is None:
-            return
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict() if use_scaler else {}, "step": step, "elapsed_s": elapsed,
-            "rng": {"torch": torch.get_rng_state(), "data": gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "unet": config.unet.to_dict(), "schedule": config.schedule, "T": config.T, "train": config.to_dict(),
-        })
+    def save() -> None:
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, run.state(config))
 
-    def done() -> bool:
-        if config.time_budget_s is not None:
-            return elapsed >= config.time_budget_s
-        return step >= config.total_steps
+    def batch_loss() -> torch.Tensor:  # the loss of a fresh batch, under autocast
+        x0, y = draw_batch(data, config.batch_size, run.gen, null_class=config.unet.num_classes,
+                           label_dropout=config.label_dropout, memory_format=memory_format)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            return diffusion_loss(model, x0, y, schedule, generator=run.gen, min_snr_gamma=config.min_snr_gamma)
 
-    N, B, null = len(data), config.batch_size, config.unet.num_classes
     loss_sum = torch.zeros((), device=device)  # summed on the device, read only at log steps
     first_bad = torch.full((), -1, device=device, dtype=torch.long)  # first step with a NaN/inf loss
     check_every = 1 if device.type == "cpu" else config.log_every  # a CPU pays nothing to sync each step
-    losses, images_seen, stopped = [], 0, False
-    run_seconds = 0.0
-    bar_total = int(config.time_budget_s) if config.time_budget_s is not None else config.total_steps
-    bar = tqdm(total=bar_total, initial=min(int(elapsed) if config.time_budget_s else step, bar_total),
-               disable=not progress, unit="s" if config.time_budget_s else "step", dynamic_ncols=True)
+    losses, images_seen, stopped, run_seconds = [], 0, False, 0.0
+    bar = ProgressBar(config, run, progress)
     t_last = time.perf_counter()
     try:
-        while not done():
-            progress_frac = elapsed / config.time_budget_s if config.time_budget_s else None
-            lr = lr_at(step, config, progress_frac)
-            for group in opt.param_groups:
-                group["lr"] = lr
+        while not _finished(config, run):
+            progress_frac = run.elapsed / config.time_budget_s if config.time_budget_s else None
+            for group in run.opt.param_groups:
+                group["lr"] = lr_at(run.step, config, progress_frac)
+            loss = train_step(model, run.opt, batch_loss, scaler=run.scaler, max_grad_norm=config.grad_clip,
+                              as_float=False)
+            ema_update(ema_list, model_list, ema_decay_at(run.step, config.ema_decay))
 
-            idx = torch.randint(0, N, (B,), device=device, generator=gen)  # [B], with replacement
-            x0 = data.images[idx].contiguous(memory_format=memory_format)  # [B, C, H, W]
-            y = data.labels[idx]
-            drop = torch.rand(B, device=device, generator=gen) < config.label_dropout
-            y = torch.where(drop, torch.full_like(y, null), y)  # label dropout -> "no class"
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = diffusion_loss(model, x0, y, schedule, generator=gen, min_snr_gamma=config.min_snr_gamma)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
-            scaler.step(opt)
-            scaler.update()
-            ema_update(ema_list, model_list, ema_decay_at(step, config.ema_decay))
-
-            bad = ~torch.isfinite(loss.detach())
-            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step + 1), first_bad)
-            loss_sum += loss.detach().float()
-            step += 1
-            images_seen += B
-            log_now = step % config.log_every == 0 or done()
-            if step % check_every == 0 or log_now:
-                if int(first_bad) >= 0:
-                    raise LabkitError(
-                        f"loss became NaN/inf at step {int(first_bad)}: lower the lr, keep grad_clip, or use "
-                        f"precision='fp32'; the last good checkpoint is {ckpt_path}"
-                    )
+            bad = ~torch.isfinite(loss)
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, run.step + 1), first_bad)
+            loss_sum += loss.float()
+            run.step += 1
+            images_seen += config.batch_size
+            log_now = run.step % config.log_every == 0 or _finished(config, run)
+            if (run.step % check_every == 0 or log_now) and int(first_bad) >= 0:
+                raise LabkitError(
+                    f"loss became NaN/inf at step {int(first_bad)}: lower the lr, keep grad_clip, or use "
+                    f"precision='fp32'; the last good checkpoint is {ckpt_path}"
+                )
             now = time.perf_counter()
-            elapsed += now - t_last
+            run.elapsed += now - t_last
             run_seconds += now - t_last
             loss_value = None
             if log_now:
-                n = step % config.log_every or config.log_every
+                n = run.step % config.log_every or config.log_every
                 loss_value = float(loss_sum) / n
                 loss_sum.zero_()
-                losses.append((step, loss_value))
-                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_seen / max(run_seconds, 1e-9):.0f}")
-                bar.n = min(int(elapsed) if config.time_budget_s else step, bar_total)
-                bar.refresh()
-            if out_dir is not None and config.sample_every and step % config.sample_every == 0:
-                save_grid(ema, schedule, config, out_dir / f"samples_{step:06d}.png", size=data.images.shape[-1])
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint()
-            if callback is not None and callback(StepInfo(step, loss_value, elapsed, model, ema)):
+                losses.append((run.step, loss_value))
+                bar.show(run, loss_value, images_seen / max(run_seconds, 1e-9))
+            if out_dir is not None and config.sample_every and run.step % config.sample_every == 0:
+                save_grid(ema, schedule, config, out_dir / f"samples_{run.step:06d}.png", size=data.images.shape[-1])
+            if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+                save()
+            if callback is not None and callback(StepInfo(run.step, loss_value, run.elapsed, model, ema)):
                 stopped = True
                 break
             t_last = time.perf_counter()
-        checkpoint()
+        save()
         if out_dir is not None:
             save_grid(ema, schedule, config, out_dir / "samples_final.png", size=data.images.shape[-1])
     finally:
         bar.close()
-    return TrainResult(model, ema, schedule, config, step, run_seconds,
+    return TrainResult(model, ema, schedule, config, run.step, run_seconds,
                        images_seen / max(run_seconds, 1e-9), losses, ckpt_path, stopped)
 
 

@@ -73,6 +73,17 @@ class UNetConfig:
         return cls(**d)
 
 
+def film(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Feature-wise linear modulation (Perez et al. 2018, "FiLM"), in the "scale-shift norm" form of
+    Nichol & Dhariwal 2021 (section 3.1's "AdaGN"): h * (1 + scale) + shift, one scale and shift per channel.   (lab 03)
+
+    h: [B, C, H, W]; scale, shift: [B, C] -> [B, C, H, W]. "1 +" makes scale = 0 leave h unchanged.
+    """
+    scale = scale.reshape(*scale.shape, *([1] * (h.dim() - scale.dim())))  # [B, C] -> [B, C, 1, 1]
+    shift = shift.reshape(*shift.shape, *([1] * (h.dim() - shift.dim())))
+    return h * (1 + scale) + shift
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv -> GroupNorm * (1 + scale) + shift -> SiLU -> dropout -> conv, plus input.
 
@@ -93,8 +104,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # [B, c_out, H, W]
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # 2 x [B, c_out, 1, 1]
-        h = self.norm2(h) * (1 + scale) + shift
+        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # 2 x [B, c_out]
+        h = film(self.norm2(h), scale, shift)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.shortcut(x) + h
 
@@ -115,11 +126,27 @@ class SelfAttention(nn.Module):
 
 
 def concat_skip(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """The skip connection: stack the down path's features onto the up path's, channel-wise.
+    """The skip connection: stack the down path's features onto the up path's, channel-wise.   (lab 02)
 
     h: [B, C1, H, W], skip: [B, C2, H, W] -> [B, C1 + C2, H, W]
     """
     return torch.cat([h, skip], dim=1)
+
+
+def upsample_to(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour upsampling of h to skip's height and width (not "times 2": 7 -> 4 -> 7 must come back).
+
+    h: [B, C1, h, w], skip: [B, C2, H, W] -> [B, C1, H, W]
+    """
+    return F.interpolate(h, size=skip.shape[-2:], mode="nearest")
+
+
+def upsample_merge(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """One up level's input: upsample h to skip's size, then stack the skip's channels after h's.   (lab 02)
+
+    h: [B, C1, h, w], skip: [B, C2, H, W] -> [B, C1 + C2, H, W]
+    """
+    return concat_skip(upsample_to(h, skip), skip)
 
 
 class UNet(nn.Module):
@@ -230,7 +257,7 @@ class UNet(nn.Module):
             i = n - 1 - k  # level index
             skip = skips.pop()
             if h.shape[-2:] != skip.shape[-2:]:
-                h = F.interpolate(h, size=skip.shape[-2:], mode="nearest")  # back to this level's size
+                h = upsample_to(h, skip)  # back to this level's size (with the skip: upsample_merge)
                 note(f"upsample to level {i}", h)
             if cfg.skips:
                 h = concat_skip(h, skip)

@@ -106,12 +106,11 @@ def p_sample_ok(x, t, eps, betas, ab, z):
     return (mean + var.sqrt() * z).float()
 
 
-def p_sample_via_labkit(x, t, eps, betas, ab, z):
-    """labkit's own ddpm_step on the full grid (t_prev = t - 1) gives the same answer."""
+def p_sample_via_posterior(x, t, eps, betas, ab, z):
+    """The same step written as the posterior q(x_{t-1} | x_t, x0_hat) of eqs. 6-7 at the predicted x0."""
     s = schedules.Schedule("test", betas)
-    gen_z = z.clone()
     mean, var = diffusion.posterior_between(diffusion.predict_x0_from_eps(x, t, eps, s), x, t, t - 1, s)
-    return mean + var.sqrt() * gen_z
+    return mean + var.sqrt() * z
 
 
 def _ps(var_fn=None, mean_fn=None, prev_fn=None, zero_at_0=True):
@@ -126,7 +125,7 @@ def _ps(var_fn=None, mean_fn=None, prev_fn=None, zero_at_0=True):
     return fn
 
 
-@pytest.mark.parametrize("fn", [p_sample_ok, p_sample_via_labkit])
+@pytest.mark.parametrize("fn", [p_sample_ok, p_sample_via_posterior, samplers.p_sample_step])
 def test_p_sample_accepts_correct(fn, capsys):
     c05.check_p_sample_step(fn)
     c05.check_p_sample_step(fn, seed=3, sizes=((10, 1, 28, 28),), T=1000)
@@ -153,17 +152,34 @@ def test_p_sample_names_mistakes(fn, phrase):
     _raises(c05.check_p_sample_step, fn, phrase)
 
 
-def test_p_sample_reference_matches_labkit_sampler():
-    """The check's formula is what labkit's sampler does on the full grid of steps."""
+def test_labkit_p_sample_step_is_algorithm_2():
+    """labkit's step (the check's reference) equals this file's own formula and the posterior form."""
     s = schedules.make_schedule("linear", 50)
     x, eps = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    z = torch.randn(x.shape, dtype=torch.float64)
     t = torch.tensor([0, 1, 30])
-    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    step = samplers.ddpm_step(x, t, t - 1, eps, s, generator=g1)
-    z = torch.randn(x.shape, generator=g2, dtype=torch.float64)
-    ref = reference_p_sample_step(x, t, eps, s.betas, s.alpha_bars, z)
-    assert (step.x_prev[1:] - ref[1:]).abs().max() < 1e-9  # t > 0: same mean and variance
-    assert (step.x_prev[:1] - ref[:1]).abs().max() < 1e-9  # t = 0: the mean only
+    out = samplers.p_sample_step(x, t, eps, s.betas, s.alpha_bars, z)
+    assert (out - reference_p_sample_step(x, t, eps, s.betas, s.alpha_bars, z)).abs().max() < 1e-9
+    assert (out - p_sample_via_posterior(x, t, eps, s.betas, s.alpha_bars, z)).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("steps", [50, 7])
+def test_sample_ddpm_walks_the_posterior_between_grid_steps(steps):
+    """sample_ddpm (p_sample_step on the respaced schedule) = the posterior between visited steps (Nichol &
+    Dhariwal 2021, section 4), with the same noise; on the full grid it is Algorithm 2 itself."""
+    s = schedules.make_schedule("cosine", 50)
+    model = lambda x, t, y: 0.3 * x + t.view(-1, 1, 1, 1).to(x.dtype) / 100  # noqa: E731
+    x_T = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    grid = samplers.timestep_grid(s, steps)
+    got = samplers.sample_ddpm(model, x_T, None, grid, s, generator=torch.Generator().manual_seed(3))
+    g, x = torch.Generator().manual_seed(3), x_T
+    for i in range(len(grid)):
+        t = grid[i].expand(2)
+        t_prev = (grid[i + 1] if i + 1 < len(grid) else torch.tensor(-1)).expand(2)
+        x0_hat = diffusion.predict_x0_from_eps(x, t, model(x, t, None), s)
+        mean, var = diffusion.posterior_between(x0_hat, x, t, t_prev, s)
+        x = mean + var.sqrt() * torch.randn(x.shape, generator=g, dtype=x.dtype) if i + 1 < len(grid) else mean
+    assert (got - x).abs().max() < 1e-9
 
 
 # --- lab 07: guidance and fast samplers -------------------------------------------------------------
@@ -216,16 +232,26 @@ def test_ddim_names_mistakes(fn, phrase):
     _raises(c07.check_ddim_step, fn, phrase)
 
 
-def test_ddim_reference_matches_labkit_sampler():
+def test_labkit_ddim_step_is_eq_12():
     s = schedules.make_schedule("cosine", 100)
     x, eps = torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.randn(2, 1, 4, 4, dtype=torch.float64)
     t, tp = torch.tensor([80, 40]), torch.tensor([50, -1])
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    step = samplers.ddim_step(x, t, tp, eps, s, eta=0.7, generator=torch.Generator().manual_seed(1))
     ab_t, ab_p = _b(s.alpha_bars[t], x), _b(s.alpha_bars_prev[tp + 1], x)
+    out = samplers.ddim_step(x, eps, ab_t, ab_p, 0.7, z)
     ref = ddim_ok(x, eps, ab_t, ab_p, 0.7, z)
-    assert (step.x_prev[0] - ref[0]).abs().max() < 1e-9  # last row steps to clean data: no noise in either
-    assert (step.x_prev[1] - ref[1]).abs().max() < 1e-9
+    assert (out - ref).abs().max() < 1e-9
+    assert (out[1] - (x[1] - (1 - ab_t[1]).sqrt() * eps[1]) / ab_t[1].sqrt()).abs().max() < 1e-9  # to clean data: x0_hat
+
+
+def test_sample_ddim_with_eta_1_on_the_full_grid_is_ddpm():
+    """Song et al. 2021, section 4.1: eta = 1 over all T steps is the DDPM ancestral sampler (same noise)."""
+    s = schedules.make_schedule("linear", 40)
+    model = lambda x, t, y: 0.2 * x - t.view(-1, 1, 1, 1).to(x.dtype) / 200  # noqa: E731
+    x_T, grid = torch.randn(3, 1, 4, 4, dtype=torch.float64), samplers.timestep_grid(s, 40)
+    ddim = samplers.sample_ddim(model, x_T, None, grid, s, eta=1.0, generator=torch.Generator().manual_seed(2))
+    ddpm = samplers.sample_ddpm(model, x_T, None, grid, s, generator=torch.Generator().manual_seed(2))
+    assert (ddim - ddpm).abs().max() < 1e-9
 
 
 def dpmpp_ok(x, d0, d1, ab_t, ab_prev, ab_last):
@@ -260,15 +286,13 @@ def test_dpmpp_names_mistakes(fn, phrase):
     _raises(c07.check_dpmpp_2m_step, fn, phrase)
 
 
-def test_dpmpp_reference_matches_labkit_sampler():
+def test_labkit_dpmpp_2m_step_is_algorithm_2():
     s = schedules.make_schedule("cosine", 100)
     x, d0, d1 = (torch.randn(2, 1, 4, 4, dtype=torch.float64) for _ in range(3))
-    t, tp, tl = torch.tensor([60, 60]), torch.tensor([30, 30]), torch.tensor([90, 90])
-    ab_t = s.alpha_bars[t]
-    eps = (x - ab_t.sqrt().view(-1, 1, 1, 1) * d0) / (1 - ab_t).sqrt().view(-1, 1, 1, 1)  # so that x0_hat = d0
-    step = samplers.dpmpp_2m_step(x, t, tp, eps, s, x0_prev=d1, t_last=tl)
-    ref = dpmpp_ok(x, d0, d1, _b(s.alpha_bars[t], x), _b(s.alpha_bars[tp], x), _b(s.alpha_bars[tl], x))
-    assert (step.x_prev - ref).abs().max() < 1e-9
+    ab_t, ab_p, ab_l = (_b(s.alpha_bars[torch.tensor([k, k])], x) for k in (60, 30, 90))
+    for prev, last in ((None, None), (d1, ab_l)):
+        out = samplers.dpmpp_2m_step(x, d0, prev, ab_t, ab_p, last)
+        assert (out - dpmpp_ok(x, d0, prev, ab_t, ab_p, last)).abs().max() < 1e-9
 
 
 # --- lab 06: CLIP scores ------------------------------------------------------------------------------

@@ -315,10 +315,10 @@ def test_every_notebook_is_graded_exactly_once(graded):
 @cluster_run
 def test_the_formgrader_sees_ordinary_autograded_submissions(graded):
     _, _, out = graded
-    from labkit.course.nbgrader_setup import _api
+    from labkit.course.nbgrader_setup import nbgrader_api
 
     for lab in LABS:
-        subs = {s["student"]: s for s in _api(out / "nbgrader" / lab).get_submissions(lab)}
+        subs = {s["student"]: s for s in nbgrader_api(out / "nbgrader" / lab).get_submissions(lab)}
         for c in CASES:
             if c.lab != lab or c.kind == "truncated":
                 continue
@@ -435,9 +435,9 @@ def test_merge_writes_the_gradebook_once_per_student(tmp_path, monkeypatch):
 
     lab = "lab00_setup"
     course_dir = tmp_path / lab
-    from labkit.course.autograde import _prepare_lab
+    from labkit.course.autograde import prepare_lab
 
-    assert _prepare_lab(str(REPO), lab, str(course_dir)) == 1.0
+    assert prepare_lab(str(REPO), lab, str(course_dir)) == 1.0
     release = _release(lab)
     passing = nbformat.writes(release).encode()
     failing = copy.deepcopy(release)

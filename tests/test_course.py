@@ -19,9 +19,9 @@ LABS = course.discover_labs(REPO)
 
 def test_labs_are_discovered_by_folder():
     assert LABS[:4] == ["lab00_setup", "lab01_forward", "lab02_unet", "lab03_embeddings"]
-    assert course._select(["lab01"], LABS) == ["lab01_forward"]
+    assert course.select_labs(["lab01"], LABS) == ["lab01_forward"]
     with pytest.raises(LabkitError, match="unknown lab"):
-        course._select(["lab99"], LABS)
+        course.select_labs(["lab99"], LABS)
 
 
 @pytest.mark.parametrize("lab", LABS)

@@ -328,7 +328,7 @@ def _public_callables(module):
 
 
 # helpers that implement no equation: an indexing utility
-NO_EQUATION = {"gather", "sample_digits", "check_weight"}  # helpers: a class grid, a validator
+NO_EQUATION = {"gather", "alpha_bars_of", "sample_digits", "check_weight"}  # helpers: indexing, a class grid, a validator
 
 
 def test_docstrings_name_the_paper():

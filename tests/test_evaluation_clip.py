@@ -156,6 +156,31 @@ def test_calibration_and_relative_scores(scorer, batch):
     assert scorer.relative(other, "clear_prob") == pytest.approx(expected)
 
 
+def test_relative_and_describe_take_the_calibration_explicitly(scorer, batch):
+    from dataclasses import FrozenInstanceError
+
+    images, labels = batch
+    fresh = CL.ClipScorer.from_model(scorer.model, 32, scorer.tokenizer)
+    real = scorer.calibrate(images, labels)
+    assert isinstance(real, CL.Calibration) and real.n == 40 and real["n"] == 40
+    assert real["per_digit"] is real.per_digit and real["overall"] is real.overall
+    with pytest.raises(KeyError):
+        real["bogus"]
+    with pytest.raises(FrozenInstanceError):
+        real.n = 3
+    # no calibrate() on this scorer: the calibration is an argument, not state
+    same = fresh.score(images, labels)
+    assert fresh.relative(same, real) == pytest.approx([1.0] * 10)
+    assert fresh.relative(same, real, key="clear_prob") == pytest.approx([1.0] * 10)
+    assert "generated 7s reach 100% of what real 7s get" in "\n".join(fresh.describe(same, real))
+    # two calibrations side by side; the old form (none given) uses the last one calibrate() returned
+    flipped = scorer.calibrate(images.flip(-1), labels)
+    expected = [g / r for g, r in zip(same.per_digit()["clear_prob"], flipped.per_digit["clear_prob"])]
+    assert fresh.relative(same, flipped, key="clear_prob") == pytest.approx(expected)
+    assert scorer.relative(same, key="clear_prob") == pytest.approx(expected)
+    assert scorer.relative(same, real) == pytest.approx([1.0] * 10)
+
+
 def test_from_model_reads_a_torchvision_preprocess(scorer):
     from torchvision import transforms as T
 

@@ -44,8 +44,8 @@ SOL = _solution_functions()
 EXERCISES = ["recognisable_from", "quartiles_per_digit", "relative_clip_score", "within_class_diversity",
              "speedup_at_quality"]
 CHECKS = {name: getattr(c09, f"check_{name}") for name in EXERCISES}
-LIBRARY = {"recognisable_from": measures.recognisable_from, "quartiles_per_digit": measures.quartiles,
-           "relative_clip_score": measures.relative_score, "within_class_diversity": measures.within_class_diversity,
+LIBRARY = {"recognisable_from": measures.recognisable_from, "quartiles_per_digit": measures.quartiles_per_digit,
+           "relative_clip_score": measures.relative_clip_score, "within_class_diversity": measures.within_class_diversity,
            "speedup_at_quality": measures.speedup_at_quality}
 
 
@@ -273,10 +273,10 @@ def test_check_module_holds_no_reference_answers():
 def test_measures_mark_missing_classes_nan():
     v = torch.tensor([0.1, 0.2, 0.3])
     y = torch.tensor([0, 0, 2])
-    q = measures.quartiles(v, y, 3)
+    q = measures.quartiles_per_digit(v, y, 3)
     assert torch.isnan(q[1]).all() and not torch.isnan(q[[0, 2]]).any()
     assert torch.isnan(measures.within_class_diversity(torch.randn(3, 4), y, 3)[1:]).all()
-    r = measures.relative_score(v, y, v, torch.tensor([0, 1, 1]), 3)
+    r = measures.relative_clip_score(v, y, v, torch.tensor([0, 1, 1]), 3)
     assert float(r[0]) == pytest.approx(0.15 / 0.1) and torch.isnan(r[2])
 
 

@@ -245,3 +245,43 @@ def test_the_checker_finds_a_late_import_a_cycle_and_a_relative_import(tmp_path)
     assert unit_of("labkit.sub.a", layers) == "labkit.sub" and unit_of("labkit.nowhere", layers) is None
     assert excused_by("labkit.low", "labkit.sub", exceptions, layers) == ("labkit.low", "labkit.sub")
     assert excused_by("labkit.low", "labkit.high", exceptions, layers) is None
+
+
+# --- No private names across modules ---------------------------------------------------------------------
+
+
+def private_imports(root: Path) -> list[str]:
+    """``module: from X import _name`` (or ``X._name`` read through an imported labkit module) for every
+    private name one labkit module takes from another (docs/architecture.md: a name another module needs is
+    public). ``labkit.checks._common`` is the checks' shared helper module and may be imported by name."""
+    found = []
+    for module, path in module_files(root).items():
+        tree = ast.parse(path.read_text())
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("labkit"):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{module}: from {node.module} import {a.name}")
+                    else:
+                        aliases.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                aliases.update(a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("labkit"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in aliases):
+                found.append(f"{module}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_names_across_modules():
+    assert private_imports(REPO / "labkit") == []
+
+
+def test_private_import_detector_finds_one(tmp_path):
+    pkg = tmp_path / "labkit"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def _secret():\n    return 1\n")
+    (pkg / "b.py").write_text("from labkit.a import _secret\nfrom labkit import a\nx = a._secret()\n")
+    assert private_imports(pkg) == ["labkit.b: from labkit.a import _secret", "labkit.b: a._secret"]

@@ -1,4 +1,4 @@
-"""Check for lab 00 (setup): the one warm-up exercise.
+"""Check for lab 00 (setup): the one warm-up exercise. Reference: ``labkit.data.to_unit_range``.
 
     check_to_unit_range(fn)   [-1, 1] (the model's range) -> [0, 1] (what a picture shows)
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit import data
 from labkit.checks._common import call, compare, expect_tensor, generator, passed
 
 
@@ -25,5 +26,5 @@ def check_to_unit_range(student_fn, *, seed: int = 0, sizes=((4, 1, 28, 28), (7,
             "x * 2 - 1 is the opposite direction ([0, 1] -> [-1, 1])": x * 2 - 1,
             "clamping is not a rescaling: (x + 1) / 2": x.clamp(0, 1),
         }
-        compare(name, out, (x.double() + 1) / 2, mistakes, tol=1e-6, context=f" for shape {list(shape)}")
+        compare(name, out, data.to_unit_range(x.double()), mistakes, tol=1e-6, context=f" for shape {list(shape)}")
     passed(name, f"{len(sizes)} shapes, seed {seed}")

@@ -1,4 +1,5 @@
-"""Checks for lab 01 (forward noising). Reference: ``labkit.schedules`` and ``labkit.diffusion.q_sample``.
+"""Checks for lab 01 (forward noising). References: ``labkit.schedules.alpha_bars_from_betas``,
+``labkit.schedules.snr`` and ``labkit.diffusion.q_sample``, evaluated in float64.
 
     check_alpha_bars(alpha_bars_from_betas)   alpha_bar_t = prod_{s <= t} (1 - beta_s)
     check_snr(snr)                            SNR_t = alpha_bar_t / (1 - alpha_bar_t)
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit import diffusion, schedules
 from labkit.checks._common import (
     call, compare, deterministic, expect_tensor, fail, generator, passed,
 )
@@ -30,7 +32,7 @@ def check_alpha_bars(student_fn, *, seed: int = 0, sizes=(1, 10, 1000)) -> None:
                        "not torch.prod, so that there is one alpha_bar per step")
         out = expect_tensor(name, out, (int(T),))
         alphas = 1 - betas
-        ref = torch.cumprod(alphas, dim=0)
+        ref = schedules.alpha_bars_from_betas(betas)
         mistakes = {
             "cumprod of the betas; alpha_bar is the product of alpha = 1 - beta": torch.cumprod(betas, 0),
             "1 - cumprod(beta); take the product of (1 - beta) instead": 1 - torch.cumprod(betas, 0),
@@ -52,7 +54,7 @@ def check_snr(student_fn, *, seed: int = 0, sizes=(5, 100)) -> None:
     for T in sizes:
         ab = torch.sort(1e-4 + (1 - 2e-4) * torch.rand(int(T), generator=g, dtype=torch.float64), descending=True).values
         out = expect_tensor(name, call(name, student_fn, ab, names=["alpha_bars"]), (int(T),))
-        ref = ab / (1 - ab)
+        ref = schedules.snr(ab)
         mistakes = {
             "inverted: that is the noise-to-signal ratio (1 - alpha_bar) / alpha_bar": (1 - ab) / ab,
             "square root of the SNR: the SNR is a ratio of *variances* (alpha_bar and 1 - alpha_bar), not of std devs":
@@ -93,7 +95,7 @@ def check_q_sample(student_fn, *, seed: int = 0, sizes=((4, 1, 28, 28), (3, 2, 5
             return a.view(-1, *([1] * (len(shape) - 1)))
 
         abt = form(ab[t])
-        ref = abt.sqrt() * x0.double() + (1 - abt).sqrt() * noise.double()
+        ref = diffusion.q_sample(x0.double(), t, noise.double(), ab)
         x0d, nd = x0.double(), noise.double()
         at = lambda idx: form(ab[idx])  # noqa: E731
         mistakes = {

@@ -1,4 +1,5 @@
-"""Checks for lab 02 (the U-Net). Reference: ``labkit.unet.concat_skip`` and the up path of ``labkit.unet.UNet``.
+"""Checks for lab 02 (the U-Net). References: ``labkit.unet.concat_skip`` and ``labkit.unet.upsample_merge``
+(the up path of ``labkit.unet.UNet``).
 
     check_concat_skip(concat_skip)         [B, C1, H, W] + [B, C2, H, W] -> [B, C1 + C2, H, W]
     check_upsample_merge(upsample_merge)   nearest-upsample h to skip's size, then concat_skip
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from labkit import unet
 from labkit.checks._common import call, compare, expect_tensor, generator, passed
 
 _CAT_HINT = ("the tensors do not fit together along the dimension you joined them: stack channels, i.e. "
@@ -42,7 +44,7 @@ def check_concat_skip(student_fn, *, seed: int = 0, sizes=((2, 8, 8, 7, 7), (3, 
         out = call(name, student_fn, h, skip, names=["h", "skip"],
                    hints={"sizes of tensors must match": _CAT_HINT})
         out = expect_tensor(name, out, (B, C1 + C2, H, W), shape_hints=_shape_hints(B, C1, C2, H, W))
-        ref = torch.cat([h, skip], dim=1)
+        ref = unet.concat_skip(h.double(), skip.double())
         mistakes = {
             "h and skip in the wrong order: put h's channels first, then the skip's (torch.cat([h, skip], dim=1))":
                 torch.cat([skip, h], dim=1),
@@ -75,7 +77,7 @@ def check_upsample_merge(student_fn, *, seed: int = 0,
                                                       "size=skip.shape[-2:] (odd sizes do not double back)")
         out = expect_tensor(name, out, (B, C1 + C2, H, W), shape_hints=shape_hints)
         up = F.interpolate(h, size=(H, W), mode="nearest")
-        ref = torch.cat([up, skip], dim=1)
+        ref = unet.upsample_merge(h.double(), skip.double())
         mistakes = {
             "h and skip in the wrong order: h's (upsampled) channels come first": torch.cat([skip, up], dim=1),
             "bilinear upsampling: labkit's U-Net uses mode='nearest' (the convolutions after it smooth)":

@@ -1,4 +1,5 @@
-"""Checks for lab 03 (time and class embeddings, FiLM). Reference: ``labkit.embeddings`` and ``labkit.unet.ResBlock``.
+"""Checks for lab 03 (time and class embeddings, FiLM). References: ``labkit.embeddings.sinusoidal_embedding``,
+``labkit.embeddings.cosine_similarity`` and ``labkit.unet.film`` (used by ``labkit.unet.ResBlock``), in float64.
 
     check_sinusoidal_embedding(fn)   PE(t, 2i) = sin(t / 10000^(2i/dim)),  PE(t, 2i+1) = cos(same)
     check_cosine_similarity(fn)      [N, D] -> [N, N] cosine similarities between rows
@@ -11,6 +12,7 @@ import math
 
 import torch
 
+from labkit import embeddings, unet
 from labkit.checks._common import call, compare, expect_tensor, generator, passed
 
 
@@ -43,7 +45,7 @@ def check_sinusoidal_embedding(student_fn, *, seed: int = 0, sizes=((6, 16), (3,
             (B, 2 * dim): "2*dim columns: use dim/2 frequencies, each giving a sine and a cosine",
         })
         a = _angles(t, dim, lambda i: 2 * i)
-        ref = _interleave(torch.sin(a), torch.cos(a))
+        ref = embeddings.sinusoidal_embedding(t, dim, dtype=torch.float64)
         a_wrong_exp = _angles(t, dim, lambda i: i)
         freqs_up = torch.exp(math.log(10000.0) * 2 * torch.arange(dim // 2, dtype=torch.float64) / dim)
         a_mult = t.double()[:, None] * freqs_up[None, :]
@@ -77,8 +79,7 @@ def check_cosine_similarity(student_fn, *, seed: int = 0, sizes=((6, 16), (10, 3
             (D, D): "similarities between columns: compare the rows (one row per time step), emb @ emb.T",
         })
         e = emb.double()
-        unit = e / e.norm(dim=1, keepdim=True)
-        ref = unit @ unit.T
+        ref = embeddings.cosine_similarity(e)
         cols = e / e.norm(dim=0, keepdim=True)
         mistakes = {
             "raw dot products: divide by the lengths of both vectors (normalise each row first)": e @ e.T,
@@ -119,5 +120,5 @@ def check_film(student_fn, *, seed: int = 0, sizes=((2, 8, 5, 5), (3, 4, 7, 6)))
             "the shift is missing: add shift after scaling": hd * (1 + s),
             "subtracted the shift: add it": hd * (1 + s) - b,
         }
-        compare(name, out, hd * (1 + s) + b, mistakes, tol=1e-5, context=f" for h of shape {[B, C, H, W]}")
+        compare(name, out, unet.film(hd, scale.double(), shift.double()), mistakes, tol=1e-5, context=f" for h of shape {[B, C, H, W]}")
     passed(name, f"{len(sizes)} cases, seed {seed}")

@@ -1,4 +1,6 @@
-"""Checks for lab 04 (training). Reference: ``labkit.diffusion.diffusion_loss`` and the step in ``labkit.training``.
+"""Checks for lab 04 (training). References: ``labkit.diffusion.noise_prediction_loss`` (what
+``labkit.diffusion.diffusion_loss`` computes at random t and noise) and ``labkit.training.train_step`` (the
+trainer's step).
 
     check_noise_prediction_loss(noise_prediction_loss)
         Ho et al. 2020, eq. 14, for given t and noise:
@@ -19,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from labkit import diffusion, training
 from labkit.checks._common import call, compare, expect_tensor, fail, generator, max_abs_diff, passed
 
 
@@ -51,13 +54,13 @@ def _inputs(shape, T, g):
 
 
 def _loss_variants(model, x0, y, t, noise, ab):
-    """The reference loss and known wrong ones, in float64 (no gradients needed)."""
+    """The reference loss (labkit's, on a float64 copy of the model) and known wrong ones (no gradients needed)."""
     with torch.no_grad():
         a = ab[t].view(-1, *([1] * (x0.dim() - 1)))
         x0d, nd = x0.double(), noise.double()
+        ref = diffusion.noise_prediction_loss(copy.deepcopy(model).double(), x0d, y, t, nd, ab)
         xt = (a.sqrt() * x0d + (1 - a).sqrt() * nd).float()
         eps = model(xt, t, y).double()
-        ref = ((eps - nd) ** 2).mean()
         xt_var = (a * x0d + (1 - a) * nd).float()
         eps_x0 = model(x0, t, y).double()
         mistakes = {
@@ -162,13 +165,9 @@ def check_train_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 6
         # the reference step, on a copy
         ref_model = copy.deepcopy(model)
         ref_opt = setup(ref_model)
-        ref_opt.zero_grad()
-        ref_loss = ((ref_model(xt, t, y) - noise) ** 2).mean()
-        ref_loss.backward()
-        ref_loss = ref_loss.detach()
-        grads = [p.grad.detach().clone() for p in ref_model.parameters()]
-        ref_opt.step()
+        ref_loss = training.train_step(ref_model, ref_opt, BatchLoss(ref_model, xt, t, y, noise))
         expected = _params(ref_model)
+        grads = [p.grad.detach().clone() for p in ref_model.parameters()]  # this batch's gradients
 
         before = _params(model)
         opt = setup(model)

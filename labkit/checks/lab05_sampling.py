@@ -1,4 +1,4 @@
-"""Checks for lab 05 (sampling). Reference: ``labkit.samplers.ddpm_step`` on the full grid of steps.
+"""Checks for lab 05 (sampling). Reference: ``labkit.samplers.p_sample_step`` (the step of ``sample_ddpm``), in float64.
 
     check_p_sample_step(p_sample_step)   one ancestral step of Ho et al. 2020, Algorithm 2 (line 4):
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit import samplers
 from labkit.checks._common import (
     call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed,
 )
@@ -48,14 +49,8 @@ def _step(x, t, eps, z, betas, ab, ab_prev, var, noise_at_0=False, mean_coef=Non
 def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4, 2, 5, 3)), T: int = 20) -> None:
     """student_fn(x_t [B,C,H,W], t int64 [B], eps_hat [B,C,H,W], betas [T], alpha_bars [T], z [B,C,H,W])
     -> x_{t-1} [B,C,H,W]. Every batch holds t = 0 (the last step) and t = 1 (where beta_tilde and beta differ most)."""
-    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
-    def reference_p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
-        """The answer (float64): Algorithm 2 of Ho et al. 2020 with sigma_t^2 = beta_tilde_t."""
-        x, eps, zz = x_t.double(), eps_hat.double(), z.double()
-        betas, ab = betas.double(), alpha_bars.double()
-        ab_prev = torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t]))  # alpha_bar_{t-1}, 1 at t = 0
-        var = (1 - ab_prev) / (1 - ab[t]) * betas[t]
-        return _step(x, t, eps, zz, betas, ab, ab_prev, var)
+    def reference(x_t, t, eps_hat, betas, alpha_bars, z):  # labkit's step, in float64
+        return samplers.p_sample_step(x_t.double(), t, eps_hat.double(), betas.double(), alpha_bars.double(), z.double())
 
     name = "check_p_sample_step"
     g = generator(seed)
@@ -77,7 +72,7 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
             (B,) + shape: "a per-image value was broadcast against the batch the wrong way: reshape "
                           "betas[t] and alpha_bars[t] to [B, 1, 1, 1] with .view(-1, 1, 1, 1)",
         })
-        ref = reference_p_sample_step(x, t, eps, betas, ab, z)
+        ref = reference(x, t, eps, betas, ab, z)
 
         xd, ed, zd = x.double(), eps.double(), z.double()
         ab_prev = torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t]))
@@ -118,7 +113,7 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
             "eps_hat is added to x_t; it is subtracted: x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat":
                 S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ + b / (1 - a).sqrt() * e) / al.sqrt()),
             "the same step t[0] for every image: index betas / alpha_bars with the whole tensor t":
-                reference_p_sample_step(x, t[:1].expand(B), eps, betas, ab, z),
+                reference(x, t[:1].expand(B), eps, betas, ab, z),
         }
         context = f" for x_t of shape {list(shape)}"
         try:

@@ -1,4 +1,5 @@
-"""Checks for lab 06 (CLIP evaluation). Reference: ``labkit.evaluation.clip.ClipScorer.score``.
+"""Checks for lab 06 (CLIP evaluation). References: ``labkit.embeddings.cosine_similarity`` and
+``labkit.evaluation.clip.zero_shot_probs`` (both used by ``ClipScorer.score``), in float64.
 
     check_cosine_similarity(cosine_similarity)   normalise each row, then [N,D] @ [K,D]^T -> [N,K]
     check_zero_shot_probs(zero_shot_probs)       softmax over the K prompts of logit_scale * cosine
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from labkit import embeddings
+from labkit.evaluation import clip
 from labkit.checks._common import call, compare, expect_tensor, fail, generator, passed
 from labkit.checks.fixtures import lab_clip  # noqa: F401  (CLIP for labs 06 and 08)
 
@@ -32,7 +35,7 @@ def check_cosine_similarity(student_fn, *, seed: int = 0, sizes=((5, 3, 8), (1, 
             (D, D): "a matrix product over the wrong dimension: image_emb [N, D] @ text_emb.T [D, K]",
         })
         i, t = img.double(), txt.double()
-        ref = _unit(i) @ _unit(t).T
+        ref = embeddings.cosine_similarity(i, t)
         mistakes = {
             "no normalisation: divide each embedding by its length (F.normalize(v, dim=-1)) before the product":
                 i @ t.T,
@@ -61,7 +64,7 @@ def check_zero_shot_probs(student_fn, *, seed: int = 0, sizes=((4, 10), (3, 2), 
                 (N,): "you returned one number per image (the argmax or the max?); return the whole [N, K] softmax",
             })
             c = cos.double()
-            ref = (scale * c).softmax(dim=1)
+            ref = clip.zero_shot_probs(c, scale)
             mistakes = {
                 "the softmax runs over the images (dim=0); it runs over the prompts of each image (dim=1)":
                     (scale * c).softmax(dim=0),

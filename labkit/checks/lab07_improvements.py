@@ -1,5 +1,6 @@
-"""Checks for lab 07 (improvements). References: ``labkit.guidance.cfg_combine``, ``labkit.samplers.ddim_step``,
-``labkit.samplers.dpmpp_2m_step``; here written out in float64 arithmetic.
+"""Checks for lab 07 (improvements). References: ``labkit.guidance.cfg_combine``, ``labkit.samplers.ddim_step``
+and ``labkit.samplers.dpmpp_2m_step`` (the steps of ``sample_ddim`` and ``sample_dpmpp_2m``), in float64; the
+known mistakes are written out beside them.
 
     check_cfg_combine(cfg_combine)      (1 + w) eps_cond - w eps_uncond          Ho & Salimans 2022, eq. 6
     check_ddim_step(ddim_step)          DDIM update with eta                     Song et al. 2021, eqs. 12 and 16
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit import guidance, samplers
 from labkit.checks._common import call, compare, deterministic, expect_tensor, fail, generator, passed
 from labkit.checks.fixtures import DigitJudge, lab_model  # noqa: F401  (the lab's model and judge)
 
@@ -30,7 +32,7 @@ def check_cfg_combine(student_fn, *, seed: int = 0, sizes=((3, 1, 8, 8), (2, 1, 
             u = torch.randn(shape, generator=g)
             out = expect_tensor(name, call(name, student_fn, c, u, float(w), names=["eps_cond", "eps_uncond"]), shape)
             cd, ud = c.double(), u.double()
-            ref = (1 + w) * cd - w * ud
+            ref = guidance.cfg_combine(cd, ud, float(w))
             mistakes = {
                 "the 'scale' convention s * eps_cond - (s - 1) * eps_uncond with s = w (the same as the "
                 "interpolation (1 - w) eps_uncond + w eps_cond): in this lab (and in the paper's eq. 6) w = 0 is "
@@ -62,8 +64,8 @@ def _alpha_bar_pairs(B: int, g: torch.Generator, nd: int):
 def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5, 7)), etas=(0.0, 0.5, 1.0)) -> None:
     """student_fn(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z) -> x_prev, all tensors [B,C,H,W] except
     alpha_bar_* [B,1,1,1] float64 and eta a float (DDIM, Song et al. 2021, eqs. 12 and 16)."""
-    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
-    def reference_ddim(x, eps, ab_t, ab_prev, eta, z, *, sigma_mode="ok", dir_mode="ok", x0_mode="ok", noise=True):
+    def variant(x, eps, ab_t, ab_prev, eta, z, *, sigma_mode="ok", dir_mode="ok", x0_mode="ok", noise=True):
+        """DDIM with one named mistake (float64)."""
         x, eps, z = x.double(), eps.double(), z.double()
         if x0_mode == "ok":
             x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
@@ -103,8 +105,8 @@ def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5,
             args = (x, eps, ab_t, ab_prev, float(eta), z)
             out = expect_tensor(name, call(name, student_fn, *args,
                                            names=["x_t", "eps_hat", "alpha_bar_t", "alpha_bar_prev", "eta", "z"]), shape)
-            ref = reference_ddim(x, eps, ab_t, ab_prev, eta, z)
-            R = lambda **kw: reference_ddim(x, eps, ab_t, ab_prev, eta, z, **kw)  # noqa: E731
+            ref = samplers.ddim_step(x.double(), eps.double(), ab_t, ab_prev, float(eta), z.double())
+            R = lambda **kw: variant(x, eps, ab_t, ab_prev, eta, z, **kw)  # noqa: E731
             mistakes = {
                 "the noise term sigma * z is missing (for eta > 0 DDIM adds fresh noise)": R(noise=False),
                 "sigma ignores eta: sigma = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev)":
@@ -143,8 +145,8 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
     x0_prev / alpha_bar_last: the previous step's x0_hat and its alpha_bar, or None on the first step
     (then the update is first order, D = x0_hat). All alpha_bar_* are [B,1,1,1] float64 in (0, 1), with
     alpha_bar_last < alpha_bar_t < alpha_bar_prev (noise decreases step by step)."""
-    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
-    def reference_dpmpp_2m(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last, *, mode="ok"):
+    def variant(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last, *, mode):
+        """DPM-Solver++(2M) with one named mistake (float64)."""
         x, d0 = x.double(), x0_hat.double()
         sig_t, sig_p, alpha_p = (1 - ab_t).sqrt(), (1 - ab_prev).sqrt(), ab_prev.sqrt()
         lam_t, lam_p = _lam(ab_t), _lam(ab_prev)
@@ -186,8 +188,8 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
             args = (x, d0, None, ab_t, ab_prev, None) if first else (x, d0, d1, ab_t, ab_prev, ab_last)
             out = expect_tensor(name, call(name, student_fn, *args, names=[
                 "x_t", "x0_hat", "x0_prev", "alpha_bar_t", "alpha_bar_prev", "alpha_bar_last"]), shape)
-            ref = reference_dpmpp_2m(*args)
-            R = lambda mode: reference_dpmpp_2m(*args, mode=mode)  # noqa: E731
+            ref = samplers.dpmpp_2m_step(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
+            R = lambda mode: variant(*args, mode=mode)  # noqa: E731
             mistakes = {
                 "exp(-h) - 1 has the wrong sign in the exponent: the factor is (e^{-h} - 1) with "
                 "h = lambda_prev - lambda_t > 0": R("exp_sign"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit import clip_guidance
 from labkit.checks._common import call, compare, expect_tensor, generator, passed
 
 
@@ -28,7 +29,7 @@ def check_guided_eps(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 1, 2
             out = call(name, student_fn, eps, grad, ab, float(scale), names=["eps_hat", "grad", "alpha_bar_t"])
             out = expect_tensor(name, out, shape)
             e, gr, s = eps.double(), grad.double(), float(scale)
-            ref = e - s * (1 - ab).sqrt() * gr
+            ref = clip_guidance.guided_eps(e, gr, ab, s)
             mistakes = {
                 "the gradient was added: to move *towards* higher CLIP scores, subtract it from eps "
                 "(eps points towards the noise, away from the data)": e + s * (1 - ab).sqrt() * gr,

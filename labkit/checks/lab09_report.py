@@ -25,6 +25,7 @@ import math
 import torch
 
 from labkit.checks._common import call, compare, deterministic, expect_tensor, fail, generator, passed
+from labkit.evaluation import measures
 from labkit.checks.fixtures import DigitJudge, lab_clip, lab_model  # noqa: F401  (the labs' model, CLIP and judge)
 
 
@@ -64,12 +65,6 @@ def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 4
     """student_fn(probs [steps, N] float, threshold: float) -> int [N]: per trajectory (column), the smallest
     step k such that probs[j, n] >= threshold for every j >= k; ``steps`` when the last step is below it.
     ``threshold`` must be exact in float32 (0.5, 0.75, ...): ties are part of the test."""
-    # The expected answer lives inside the check: no module attribute holds it (see docs/instructors.md).
-    def stays_from(above: torch.Tensor) -> torch.Tensor:
-        S = above.shape[0]
-        trailing = above.flip(0).long().cumprod(0).sum(0)  # length of the final run of True
-        return S - trailing
-
     def first_true(above: torch.Tensor) -> torch.Tensor:
         S = above.shape[0]
         idx = torch.arange(S).view(S, 1).expand_as(above)
@@ -91,14 +86,14 @@ def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 4
         if out.dtype == torch.bool:
             fail(name, "the result is a bool tensor; return step indices (int64)")
         above = probs >= threshold
-        ref = stays_from(above)
+        ref = measures.recognisable_from(probs.double(), threshold)
         trailing = S - ref
         mistakes = {
             "this is the first step at which p reaches the threshold; a digit counts as recognisable from the "
             "step after which it *stays* at or above it (an early, blurry x0_hat can pass it by chance)":
                 first_true(above),
             "p > threshold where p >= threshold is asked (a probability equal to the threshold counts)":
-                stays_from(probs > threshold),
+                measures.recognisable_from(probs.masked_fill(probs == threshold, -1.0), threshold),  # strict >
             "off by one: this is the last step *below* the threshold; the answer is the step after it":
                 ref - 1,
             "off by one: the answer is the first step of the final run at or above the threshold, not the one after":
@@ -163,7 +158,7 @@ def check_quartiles_per_digit(student_fn, *, seed: int = 0, sizes=((45, 10), (23
         def quant(how):
             return per_class(lambda x: torch.quantile(x, q, interpolation=how))
 
-        ref = quant("linear")
+        ref = measures.quartiles_per_digit(v, labels, K)
         mistakes = {
             "torch.median for the middle column: for an even number of values it returns the lower of the two "
             "middle ones; the median is their mean (torch.quantile(v, 0.5))":
@@ -228,7 +223,7 @@ def check_relative_clip_score(student_fn, *, seed: int = 0, sizes=((50, 120, 10)
             return torch.stack([s[y == k].sum() for k in range(K)])
 
         gm, rm = means(gs, gen_y), means(rs, real_y)
-        ref = gm / rm
+        ref = measures.relative_clip_score(gs, gen_y, rs, real_y, K)
         mistakes = {
             "the ratio is inverted: generated / real (1.0 = as good as real digits, below 1 = worse)": rm / gm,
             "a difference; the question asks for the ratio generated / real": gm - rm,
@@ -279,7 +274,7 @@ def check_within_class_diversity(student_fn, *, seed: int = 0, sizes=((30, 16, 4
             d = dist(x) ** power
             return d.sum() / (denom(n) if denom else n * (n - 1))
 
-        ref = per_class(pairs_mean)
+        ref = measures.within_class_diversity(f, labels, K)
         mistakes = {
             "the zero distance of each sample to itself was averaged in: average over pairs of *different* "
             "samples, n(n-1) of them (or n(n-1)/2 unordered)": per_class(lambda x: pairs_mean(x, denom=lambda n: n * n)),
@@ -345,7 +340,7 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
             return torch.where(torch.isfinite(t), baseline / t, torch.zeros_like(t))
 
         ok = qd >= target
-        ref = fastest(ok)
+        ref = measures.speedup_at_quality(s, qd, target, baseline)
         cols = torch.arange(K).expand(S, K)
 
         def first_in_order(masked, ok_):

@@ -34,7 +34,7 @@ _EXPORTS = {
     "ALLOWED_BESIDE_SOURCE": "sources",
     "find_repo_root": "sources",
     "discover_labs": "sources",
-    "_select": "sources",
+    "select_labs": "sources",
     "validate_nbgrader_metadata": "sources",
     "source_to_notebook": "sources",
     "notebook_json": "sources",

@@ -6,14 +6,14 @@ import shutil
 from pathlib import Path
 
 from labkit.course.forensics import execution_report, review_notes
-from labkit.course.nbgrader_setup import _api, _course_lock, _env, _failure, write_course_config
+from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_env, nbgrader_failure, write_course_config
 from labkit.course.restore import restore_submission
 from labkit.course.results import GradeResult
-from labkit.course.sources import _nbformat, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT, SOURCE_DIR, source_to_notebook
+from labkit.course.sources import import_nbformat, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT, SOURCE_DIR, source_to_notebook
 from labkit.errors import LabkitError
 
 
-def _max_score(release) -> float | None:
+def release_max_score(release) -> float | None:
     if release is None:
         return None
     # autograded points only: the test cells (written answers are graded by hand and reported apart)
@@ -22,7 +22,7 @@ def _max_score(release) -> float | None:
                      and not (c.metadata.get("nbgrader") or {}).get("solution")))
 
 
-def _quiet_warnings():
+def quiet_warnings():
     import warnings
 
     ctx = warnings.catch_warnings()
@@ -34,12 +34,12 @@ def _quiet_warnings():
     return ctx
 
 
-def _prepare_lab(repo_root: str, lab: str, course_dir: str, timeout: int = DEFAULT_TIMEOUT,
+def prepare_lab(repo_root: str, lab: str, course_dir: str, timeout: int = DEFAULT_TIMEOUT,
                  memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True) -> float:
     """A fresh nbgrader course for ``lab``: source notebook from the .py, release, gradebook, and the course's
     own nbgrader_config.py (so that nbgrader's formgrader grades it the way labkit does). Returns the lab's
     maximum autograded score."""
-    nbf = _nbformat()
+    nbf = import_nbformat()
     course = Path(course_dir)
     course.mkdir(parents=True, exist_ok=True)
     write_course_config(course, timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox)
@@ -48,34 +48,34 @@ def _prepare_lab(repo_root: str, lab: str, course_dir: str, timeout: int = DEFAU
         shutil.rmtree(src)
     src.mkdir(parents=True)
     nbf.write(source_to_notebook(Path(repo_root) / SOURCE_DIR / lab / f"{lab}.py"), str(src / f"{lab}.ipynb"))
-    ctx = _quiet_warnings()
+    ctx = quiet_warnings()
     try:
-        result = _api(course).generate_assignment(lab, force=True, create=True)
+        result = nbgrader_api(course).generate_assignment(lab, force=True, create=True)
     finally:
         ctx.__exit__(None, None, None)
     if not result.get("success"):
-        raise LabkitError(f"nbgrader generate_assignment failed for {lab}:\n{_failure(result)}")
-    return _max_score(nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4))
+        raise LabkitError(f"nbgrader generate_assignment failed for {lab}:\n{nbgrader_failure(result)}")
+    return release_max_score(nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4))
 
 
-def _feedback_lab(course_dir: str, lab: str) -> str | None:
-    ctx = _quiet_warnings()
+def feedback_lab(course_dir: str, lab: str) -> str | None:
+    ctx = quiet_warnings()
     try:
-        result = _api(Path(course_dir)).generate_feedback(lab, force=True)
+        result = nbgrader_api(Path(course_dir)).generate_feedback(lab, force=True)
     finally:
         ctx.__exit__(None, None, None)
-    return None if result.get("success") else _failure(result)
+    return None if result.get("success") else nbgrader_failure(result)
 
 
-def _grade_submission(student: str, lab: str, path: str, course_dir: str, timeout: int,
+def grade_one_submission(student: str, lab: str, path: str, course_dir: str, timeout: int,
                       memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True) -> GradeResult:
     """Restore, autograde and score one submission in the prepared course ``course_dir`` (runs in a worker
     process; never raises)."""
     res = GradeResult(student, lab)
     course = Path(course_dir)
-    ctx = _quiet_warnings()
+    ctx = quiet_warnings()
     try:
-        nbf = _nbformat()
+        nbf = import_nbformat()
         release = nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4)
         solution_ids = [r.metadata["nbgrader"]["grade_id"] for r in release.cells
                         if (r.metadata.get("nbgrader") or {}).get("solution")]
@@ -93,12 +93,12 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     """Restore, autograde and score one submission, filling in ``res``."""
     from nbgrader.api import Gradebook
 
-    nbf = _nbformat()
+    nbf = import_nbformat()
     lab, student = res.lab, res.student
     try:
         nb = nbf.read(str(path), as_version=4)
     except Exception as exc:  # not JSON, truncated upload, ...
-        res.status, res.score, res.max_score = "failed", 0.0, _max_score(release)
+        res.status, res.score, res.max_score = "failed", 0.0, release_max_score(release)
         res.notes.append(f"unreadable notebook {path.name}: {type(exc).__name__}: {str(exc)[:200]}")
         return
     try:
@@ -118,12 +118,12 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     # Fast mode, and one thread per kernel: submissions are graded in parallel processes, and torch's thread
     # pool slows down ten-fold on an oversubscribed CPU (measured: 4 s instead of 0.4 s per training step).
     # The course lock keeps nbgrader's gradebook to one writer; it is let go while the notebook executes.
-    with _env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), _course_lock(course):
-        result = _api(course, timeout=timeout, add_missing_cells=safe, memory_limit_gb=memory_limit_gb,
+    with temporary_env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), course_lock(course):
+        result = nbgrader_api(course, timeout=timeout, add_missing_cells=safe, memory_limit_gb=memory_limit_gb,
                       sandbox=sandbox).autograde(lab, student, force=True, create=True)
         if not result.get("success"):
             res.status = "failed"
-            log = _failure(result)
+            log = nbgrader_failure(result)
             if "DeadKernelError" in log or "Kernel died" in log:
                 res.notes.append("the kernel died and could not be brought back: scored as far as nbgrader got")
             res.notes.append("autograde failed: " + log.replace("\n", " | ")[-400:])

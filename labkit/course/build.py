@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from labkit.course.nbgrader_setup import _api, _failure
+from labkit.course.nbgrader_setup import nbgrader_api, nbgrader_failure
 from labkit.course.sources import (
-    _nbformat,
-    _select,
+    import_nbformat,
+    select_labs,
     ALLOWED_BESIDE_SOURCE,
     BEGIN_HIDDEN,
     discover_labs,
@@ -37,12 +37,12 @@ class BuiltLab:
 def _generate_student(lab: str, source_nb, root: Path):
     """Run nbgrader generate_assignment on one source notebook in the course folder ``root``;
     return the cleaned release notebook."""
-    nbf = _nbformat()
+    nbf = import_nbformat()
     (root / "source" / lab).mkdir(parents=True, exist_ok=True)
     nbf.write(source_nb, str(root / "source" / lab / f"{lab}.ipynb"))
-    result = _api(root).generate_assignment(lab, force=True, create=True)
+    result = nbgrader_api(root).generate_assignment(lab, force=True, create=True)
     if not result.get("success"):
-        raise LabkitError(f"nbgrader generate_assignment failed for {lab}:\n{_failure(result)}")
+        raise LabkitError(f"nbgrader generate_assignment failed for {lab}:\n{nbgrader_failure(result)}")
     release = nbf.read(str(root / "release" / lab / f"{lab}.ipynb"), as_version=4)
     release.metadata = notebook_metadata(nbf)
     for cell in release.cells:
@@ -111,7 +111,7 @@ def build_notebooks(repo_root: str | os.PathLike | None = None, labs: Sequence[s
     beside a source notebook (nbgrader would copy them into the release).
     """
     repo_root = Path(repo_root) if repo_root else find_repo_root()
-    chosen = _select(labs, discover_labs(repo_root))
+    chosen = select_labs(labs, discover_labs(repo_root))
     if not chosen:
         raise LabkitError(f"no labs found in {repo_root / SOURCE_DIR} (expected <lab>/<lab>.py)")
     written = []
@@ -149,7 +149,7 @@ def _same_build(committed: str, built: str) -> bool:
         ours["metadata"]["language_info"]["version"] = theirs["metadata"]["language_info"]["version"]
     except (ValueError, KeyError, TypeError):
         return False
-    return notebook_json(_nbformat().from_dict(ours)) == committed
+    return notebook_json(import_nbformat().from_dict(ours)) == committed
 
 
 def check_notebooks_fresh(repo_root: str | os.PathLike | None = None, labs: Sequence[str] | None = None) -> list[str]:
@@ -157,7 +157,7 @@ def check_notebooks_fresh(repo_root: str | os.PathLike | None = None, labs: Sequ
     repo_root = Path(repo_root) if repo_root else find_repo_root()
     known = discover_labs(repo_root)
     problems = []
-    chosen = _select(labs, known)
+    chosen = select_labs(labs, known)
     for lab in chosen:
         extra = _extra_files(repo_root, lab)
         if extra:

@@ -18,7 +18,7 @@ Who does what:
 * **a worker** runs ``grade_task``: it checks that it can start the bubblewrap sandbox (unless the client
   passed ``--unsafe-no-sandbox``) and that its labkit grades like the client's (same fingerprint of the
   grading code), unpacks the template into a private temporary course, runs the very function the local
-  path runs (``autograde._grade_submission``: restore, autograde in the sandboxed kernel, judge the test
+  path runs (``autograde.grade_one_submission``: restore, autograde in the sandboxed kernel, judge the test
   cells, read the scores), and returns data only. It never sees the client's files; a worker that dies
   mid-notebook leaves nothing behind but its own temporary folder.
 
@@ -50,11 +50,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from labkit.course.autograde import (_feedback_lab, _grade_submission, _max_score, _prepare_lab, _quiet_warnings,
+from labkit.course.autograde import (feedback_lab, grade_one_submission, release_max_score, prepare_lab, quiet_warnings,
                                      read_scores)
-from labkit.course.pool import _workers
+from labkit.course.pool import worker_pool
 from labkit.course.results import GradeResult
-from labkit.course.sources import _nbformat, SOURCE_DIR
+from labkit.course.sources import import_nbformat, SOURCE_DIR
 from labkit.errors import LabkitError
 
 MANIFEST_NAME = "cluster-manifest.jsonl"
@@ -228,7 +228,7 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
 def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str, timeout: int,
                memory_limit_gb: float, sandbox: bool) -> dict:
     """One submission, on a worker: autograded in a private course unpacked from ``template`` by the same
-    ``_grade_submission`` as the local path. Returns data only: the ``GradeResult`` fields, the restored
+    ``grade_one_submission`` as the local path. Returns data only: the ``GradeResult`` fields, the restored
     submitted notebook and the files of the autograded folder (bytes), the seconds it took and where.
     Raises ``WorkerUnfit`` (one line) when this worker cannot sandbox or grades with other code."""
     start = time.monotonic()
@@ -249,7 +249,7 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
             upload.mkdir()
             path = upload / (Path(filename).name or f"{lab}.ipynb")
             path.write_bytes(notebook)
-            res = _grade_submission(student, lab, str(path), str(course), timeout, memory_limit_gb, sandbox)
+            res = grade_one_submission(student, lab, str(path), str(course), timeout, memory_limit_gb, sandbox)
             submitted = course / "submitted" / student / lab / f"{lab}.ipynb"
             payload = {
                 "result": asdict(res),
@@ -300,10 +300,10 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
     if f"{lab}.ipynb" not in files:
         return res  # nothing was autograded (e.g. an unreadable upload): nothing for the gradebook
     _replace_dir(course / "autograded" / student / lab, files)
-    nb = _nbformat().reads(files[f"{lab}.ipynb"].decode("utf-8"), as_version=4)
+    nb = import_nbformat().reads(files[f"{lab}.ipynb"].decode("utf-8"), as_version=4)
     db = f"sqlite:///{course / 'gradebook.db'}"
     resources = {"nbgrader": {"db_url": db, "assignment": lab, "notebook": lab, "student": student}}
-    ctx = _quiet_warnings()
+    ctx = quiet_warnings()
     try:
         with Gradebook(db) as gb:
             with _one_transaction(gb.db):
@@ -463,7 +463,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
                      sandbox=sandbox, scheduler=scheduler)
 
     for lab in empty_labs:
-        max_score = _max_score(releases.get(lab))
+        max_score = release_max_score(releases.get(lab))
         for student, note in empty:
             res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
             results.append(res)
@@ -471,8 +471,8 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     if feedback and merged_labs:
         t0 = time.monotonic()
         labs = [lab for lab in chosen if lab in merged_labs]
-        with _workers(max(1, min(jobs, len(labs)))) as run:
-            for lab, warning in zip(labs, run(_feedback_lab, [(courses[lab], lab) for lab in labs])):
+        with worker_pool(max(1, min(jobs, len(labs)))) as run:
+            for lab, warning in zip(labs, run(feedback_lab, [(courses[lab], lab) for lab in labs])):
                 if warning:
                     print(f"warning: feedback for {lab} failed: {warning}", file=sys.stderr)
         st.feedback_seconds = time.monotonic() - t0
@@ -517,8 +517,8 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         refresh = [lab for lab in labs if isinstance(prepared[lab], bytes)
                    and _install_course(prepared[lab], Path(courses[lab]), lab)]
         if refresh:
-            with _workers(max(1, min(jobs, len(refresh)))) as run:
-                for lab, r in zip(refresh, run(_prepare_lab, [(str(repo_root), lab, courses[lab], timeout,
+            with worker_pool(max(1, min(jobs, len(refresh)))) as run:
+                for lab, r in zip(refresh, run(prepare_lab, [(str(repo_root), lab, courses[lab], timeout,
                                                                memory_limit_gb, sandbox) for lab in refresh])):
                     if isinstance(r, BaseException):
                         prepared[lab] = r
@@ -562,8 +562,8 @@ def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, 
     missing = [lab for lab in labs if lab not in out]
     if missing:
         with tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp, \
-                _workers(max(1, min(jobs, len(missing)))) as run:
-            made = run(_prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), timeout, memory_limit_gb, sandbox)
+                worker_pool(max(1, min(jobs, len(missing)))) as run:
+            made = run(prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), timeout, memory_limit_gb, sandbox)
                                       for lab in missing])
             for lab, r in zip(missing, made):
                 if isinstance(r, BaseException):

@@ -106,7 +106,7 @@ def _empty_folder_note(folder: Path) -> str:
     return f"no notebook (.ipynb) in the folder, only {shown}"
 
 
-def _empty_students(submissions_dir: Path, subs: Sequence[Submission]) -> list[tuple[str, str]]:
+def empty_students(submissions_dir: Path, subs: Sequence[Submission]) -> list[tuple[str, str]]:
     """``(student, note)`` for each student folder in which no notebook was found."""
     graded = {s.student for s in subs}
     out = []

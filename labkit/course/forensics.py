@@ -198,7 +198,7 @@ def answer_notes(nb, release=None) -> list[str]:
     The answer still gets the points the checks gave it; the instructor decides."""
     import ast
 
-    from labkit.course.restore import _stub_names, normalise_source
+    from labkit.course.restore import stub_names, normalise_source
 
     given, exercises = set(), set()
     if release is not None:
@@ -206,7 +206,7 @@ def answer_notes(nb, release=None) -> list[str]:
             if c.cell_type == "code":
                 given.add(normalise_source(c.source))
                 if (c.metadata.get("nbgrader") or {}).get("solution"):
-                    exercises.update(_stub_names(c.source))
+                    exercises.update(stub_names(c.source))
     aliases = _labkit_aliases(nb)
     parsed = []
     for i, cell in enumerate(nb.cells):

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from labkit.course.autograde import _feedback_lab, _grade_submission, _max_score, _prepare_lab
-from labkit.course.discover import _empty_students, find_submissions, Submission  # noqa: F401 - re-exported
+from labkit.course.autograde import feedback_lab, grade_one_submission, release_max_score, prepare_lab
+from labkit.course.discover import empty_students, find_submissions, Submission  # noqa: F401 - re-exported
 from labkit.course.forensics import execution_report, MEMORY_ERRORS, TAMPER_ROOTS, tampering_notes  # noqa: F401
-from labkit.course.pool import _workers
+from labkit.course.pool import worker_pool
 from labkit.course.results import GradeResult, write_scores_csv
 from labkit.course.sources import (
-    _nbformat,
-    _select,
+    import_nbformat,
+    select_labs,
     DEFAULT_MEMORY_LIMIT_GB,
     DEFAULT_TIMEOUT,
     discover_labs,
@@ -69,8 +69,8 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
             raise LabkitError(why)
     repo_root = Path(repo_root).resolve() if repo_root else find_repo_root()
     out_dir = Path(out_dir).resolve()
-    chosen = _select(labs, discover_labs(repo_root))
-    nbf = _nbformat()
+    chosen = select_labs(labs, discover_labs(repo_root))
+    nbf = import_nbformat()
     releases = {}  # the built student notebooks tell which lab an oddly named file is
     for lab in chosen:
         path = repo_root / STUDENT_DIR / f"{lab}.ipynb"
@@ -80,11 +80,11 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     if verbose:
         for p in problems:
             print(f"note: {p}")
-    empty = _empty_students(Path(submissions_dir), subs)
+    empty = empty_students(Path(submissions_dir), subs)
     active = [lab for lab in chosen if any(s.lab == lab for s in subs)]
     empty_labs = active or chosen[:1]
     jobs = max(1, min(jobs or min(4, os.cpu_count() or 1), len(subs) or 1))
-    if os.name == "nt":  # no fcntl lock for the shared gradebook (see _course_lock): one at a time
+    if os.name == "nt":  # no fcntl lock for the shared gradebook (see course_lock): one at a time
         jobs = 1
     courses = {lab: str(out_dir / "nbgrader" / lab) for lab in set(active) | set(empty_labs)}
 
@@ -114,8 +114,8 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
 def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *, repo_root, timeout, feedback, jobs,
                    verbose, memory_limit_gb, sandbox) -> list[GradeResult]:
     """The local half of ``grade_submissions``: prepare, autograde and write feedback in ``jobs`` processes."""
-    with _workers(jobs) as run:
-        prepared = dict(zip(active, run(_prepare_lab, [(str(repo_root), lab, courses[lab], timeout, memory_limit_gb,
+    with worker_pool(jobs) as run:
+        prepared = dict(zip(active, run(prepare_lab, [(str(repo_root), lab, courses[lab], timeout, memory_limit_gb,
                                                         sandbox) for lab in active])))
         tasks, results = [], []
         for s in sorted(subs, key=lambda s: (chosen.index(s.lab), s.student)):
@@ -131,14 +131,14 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
             if verbose:
                 print(res.line(), flush=True)
 
-        for (res, args), done in zip(tasks, run(_grade_submission, [a for _, a in tasks], on_result=report)):
+        for (res, args), done in zip(tasks, run(grade_one_submission, [a for _, a in tasks], on_result=report)):
             if isinstance(done, BaseException):  # the worker process itself died
                 res.status = "failed"
                 res.notes.append(f"grading error: {type(done).__name__}: {str(done)[:300]}")
             else:
                 res.__dict__.update(done.__dict__)
         for lab in empty_labs:
-            max_score = _max_score(releases.get(lab))
+            max_score = release_max_score(releases.get(lab))
             for student, note in empty:
                 res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
                 results.append(res)
@@ -146,7 +146,7 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
         graded_labs = [lab for lab in active if any(r.lab == lab and r.status not in ("failed", "no submission")
                                                     for r in results)]
         if feedback:
-            for lab, warning in zip(graded_labs, run(_feedback_lab, [(courses[lab], lab) for lab in graded_labs])):
+            for lab, warning in zip(graded_labs, run(feedback_lab, [(courses[lab], lab) for lab in graded_labs])):
                 if warning:
                     print(f"warning: feedback for {lab} failed: {warning}", file=sys.stderr)
     return results

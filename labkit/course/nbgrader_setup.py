@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from labkit.course.sources import _nbformat, BEGIN_HIDDEN, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT
+from labkit.course.sources import import_nbformat, BEGIN_HIDDEN, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT
 
 
 try:  # The feedback preprocessor is a real nbconvert Preprocessor when nbconvert is installed.
@@ -31,7 +31,7 @@ class RedactHiddenTestOutputs(_Preprocessor):
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code" or BEGIN_HIDDEN not in cell.source:
             return cell, resources
-        nbf = _nbformat()
+        nbf = import_nbformat()
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         if errors:
             e = errors[-1]
@@ -63,11 +63,11 @@ RELOAD_CHECKS = (
     " try:\\n  _i.reload(_s.modules[_n])\\n except Exception:\\n  pass', {})"
 )
 
-_COURSE_LOCK: dict = {"fd": None}  # the gradebook lock held by this process (see _course_lock)
+_COURSE_LOCK: dict = {"fd": None}  # the gradebook lock held by this process (see course_lock)
 
 
 @contextlib.contextmanager
-def _course_lock(course: Path):
+def course_lock(course: Path):
     """Hold an exclusive lock on the course folder for everything autograde does in this process except
     executing the notebook (``GuardedExecute`` lets go of it meanwhile): several worker processes then
     execute notebooks at the same time while nbgrader's SQLite gradebook sees one writer at a time."""
@@ -253,10 +253,10 @@ class _Api:
     `alembic` command when it creates a gradebook, which fails in a virtualenv that is not activated."""
 
     def __init__(self, api):
-        self._api = api
+        self.nbgrader_api = api
 
     def __getattr__(self, name):
-        method = getattr(self._api, name)
+        method = getattr(self.nbgrader_api, name)
         if not callable(method):
             return method
 
@@ -266,13 +266,13 @@ class _Api:
             scripts = {sysconfig.get_path("scripts"), str(Path(sys.executable).parent)}
             path = os.environ.get("PATH", "")
             extra = [d for d in scripts if d and d not in path.split(os.pathsep)]
-            with _env(PATH=os.pathsep.join(extra + [path])):
+            with temporary_env(PATH=os.pathsep.join(extra + [path])):
                 return method(*args, **kwargs)
 
         return call
 
 
-def _api(root: Path, **options):
+def nbgrader_api(root: Path, **options):
     """An nbgrader API for the course at ``root``, configured by ``configure_nbgrader(**options)``."""
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
@@ -282,14 +282,14 @@ def _api(root: Path, **options):
     return _Api(NbGraderAPI(config=c))
 
 
-def _failure(result: dict) -> str:
+def nbgrader_failure(result: dict) -> str:
     text = (result.get("error") or "") + "\n" + (result.get("log") or "")
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return "\n".join(lines[-8:]) or "unknown error"
 
 
 @contextlib.contextmanager
-def _env(**values):
+def temporary_env(**values):
     old = {k: os.environ.get(k) for k in values}
     os.environ.update({k: str(v) for k, v in values.items()})
     try:

@@ -6,7 +6,7 @@ import contextlib
 
 
 @contextlib.contextmanager
-def _workers(jobs: int):
+def worker_pool(jobs: int):
     """``run(fn, list_of_arg_tuples, on_result=None)`` -> results in order; an exception raised by a call
     is returned in its place. ``jobs`` > 1: calls run in that many spawned processes."""
     if jobs == 1:

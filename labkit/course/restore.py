@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 import re
 
-from labkit.course.sources import _nbformat, KERNELSPEC
+from labkit.course.sources import import_nbformat, KERNELSPEC
 
 
 def normalise_source(source: str) -> str:
     return "\n".join(line.rstrip() for line in source.strip().splitlines())
 
 
-def _stub_names(source: str) -> list[str]:
+def stub_names(source: str) -> list[str]:
     return re.findall(r"^\s*(?:def|class)\s+([A-Za-z_]\w*)", source, re.M)
 
 
@@ -41,7 +41,7 @@ def restore_submission(nb, release) -> list[str]:
       (their hidden tests come back from the source at autograde time);
     * cell ids are made unique and present; the kernel is set to python3.
     """
-    nbf = _nbformat()
+    nbf = import_nbformat()
     notes: list[str] = []
     rel_cells = [c for c in release.cells if c.metadata.get("nbgrader")]
     rel_by_id = {c.metadata["nbgrader"]["grade_id"]: c for c in rel_cells}
@@ -95,10 +95,10 @@ def restore_submission(nb, release) -> list[str]:
         lo = max(before) if before else -1
         hi = min(after) if after else len(nb.cells)
         window = [i for i in range(lo + 1, hi) if free(i) and nb.cells[i].cell_type == rel.cell_type]
-        names = _stub_names(rel.source)
+        names = stub_names(rel.source)
         pick = None
         if names:
-            named = [i for i in window if set(names) & set(_stub_names(nb.cells[i].source))]
+            named = [i for i in window if set(names) & set(stub_names(nb.cells[i].source))]
             pick = named[-1] if named else None  # the last definition is the one the tests see
         if pick is None and rel.cell_type == "markdown" and len(window) > 1:
             pick = _written_answer(nb, window, rel, gid, notes)
@@ -111,7 +111,7 @@ def restore_submission(nb, release) -> list[str]:
         # Not between its neighbours: the answer cell was deleted and the function retyped in a new cell
         # elsewhere. Above its test it runs in time where it is; below, it is moved up to just before it.
         elsewhere = [i for i in range(len(nb.cells)) if free(i) and nb.cells[i].cell_type == rel.cell_type
-                     and names and set(names) & set(_stub_names(nb.cells[i].source))]
+                     and names and set(names) & set(stub_names(nb.cells[i].source))]
         if elsewhere:
             i = elsewhere[-1]
             if i < hi:

@@ -60,7 +60,7 @@ def discover_labs(repo_root: str | os.PathLike) -> list[str]:
     return sorted(d.name for d in src.iterdir() if d.is_dir() and (d / f"{d.name}.py").exists())
 
 
-def _select(labs: Sequence[str] | None, known: Sequence[str]) -> list[str]:
+def select_labs(labs: Sequence[str] | None, known: Sequence[str]) -> list[str]:
     if not labs:
         return list(known)
     out = []
@@ -74,7 +74,7 @@ def _select(labs: Sequence[str] | None, known: Sequence[str]) -> list[str]:
 
 # --- Source (.py) -> notebook --------------------------------------------------------------------
 
-def _nbformat():
+def import_nbformat():
     try:
         import nbformat
 
@@ -130,7 +130,7 @@ def source_to_notebook(py_path: str | os.PathLike):
     from labkit import colab
 
     py_path = Path(py_path)
-    nbf = _nbformat()
+    nbf = import_nbformat()
     nb = jupytext.read(py_path, fmt="py:percent")
     nb.nbformat, nb.nbformat_minor = 4, 5
     nb.metadata = notebook_metadata(nbf)
@@ -154,4 +154,4 @@ def source_to_notebook(py_path: str | os.PathLike):
 
 def notebook_json(nb) -> str:
     """The canonical text of a notebook (what is written and compared)."""
-    return _nbformat().writes(nb) + "\n"
+    return import_nbformat().writes(nb) + "\n"

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from labkit.data import DIGIT_NAMES
 from labkit.device import pick_device
+from labkit.embeddings import cosine_similarity
 from labkit.errors import LabkitError, LabkitTypeError, LabkitValueError, one_line
 from labkit.evaluation.classifier import check_images, per_digit_mean
 from labkit.evaluation.clip_weights import (  # noqa: F401  (the weights lookup, also reachable from here)
@@ -117,6 +118,41 @@ class ClipScores:
         }
 
 
+def zero_shot_probs(cosine: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """CLIP's zero-shot classifier (Radford et al. 2021, Figure 3): softmax over the K captions of
+    logit_scale * cosine, so each row sums to 1.   (lab 06)
+
+    cosine [N, K] (``labkit.embeddings.cosine_similarity(image_emb, text_emb)``), logit_scale: CLIP's learned
+    temperature (about 100) -> probabilities [N, K].
+    """
+    return (logit_scale * cosine).softmax(dim=-1)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The CLIP scores of a set of digits, summarised; from real digits it is the reference that
+    ``ClipScorer.relative`` divides by (``ClipScorer.calibrate`` makes it).
+
+    per_digit  {"accuracy", "intended_prob", "clear_prob": [10] means (None if absent), "count": [10]}
+    overall    {"accuracy", "intended_prob", "clear_prob"}: means over all digits
+    n          how many digits were scored
+    ``cal["per_digit"]`` reads like ``cal.per_digit``: calibrate() used to return a dict.
+    """
+
+    per_digit: dict[str, list]
+    overall: dict[str, float]
+    n: int
+
+    @classmethod
+    def from_scores(cls, scores: ClipScores) -> Calibration:
+        return cls(per_digit=scores.per_digit(), overall=scores.overall(), n=len(scores.labels))
+
+    def __getitem__(self, key: str):
+        if key not in ("per_digit", "overall", "n"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+
 class ClipScorer:
     """Scores digit images with a CLIP model; text embeddings are computed once per caption and cached.
 
@@ -153,7 +189,7 @@ class ClipScorer:
         self.batch_size = batch_size
         self.invert = invert  # MNIST is white on black; photos of handwriting are dark on light
         self._text_cache: dict[str, torch.Tensor] = {}  # caption -> normalised embedding [D] (CPU)
-        self.calibration: dict | None = None
+        self.calibration: Calibration | None = None  # the last calibrate(), for the old relative(scores)
 
     # --- construction --------------------------------------------------------------------------
 
@@ -285,35 +321,47 @@ class ClipScorer:
             raise LabkitValueError("labels must be digits 0..9.")
         img = self.encode_images(images, progress=progress)  # [N,D]
         scale = self.logit_scale
-        cosine = img @ self.ensemble(self.prompts.digit).T  # [N,10]
-        probs = (scale * cosine).softmax(dim=1)  # [N,10]
+        cosine = cosine_similarity(img, self.ensemble(self.prompts.digit))  # [N,10]
+        probs = zero_shot_probs(cosine, scale)  # [N,10]
         clear = (img * self.ensemble(self.prompts.clear)[labels]).sum(dim=1)  # cos(img, clear_k): [N]
         blurry = (img * self.ensemble(self.prompts.blurry)[labels]).sum(dim=1)  # cos(img, blurry_k): [N]
         # softmax over the two captions = sigmoid of the logit difference
         clear_prob = torch.sigmoid(scale * (clear - blurry))
         return ClipScores(labels=labels, cosine=cosine, probs=probs, clear_prob=clear_prob)
 
-    def calibrate(self, real_images: torch.Tensor, real_labels: torch.Tensor, **kwargs) -> dict:
-        """The same per-digit scores on real digits (e.g. 1000 MNIST test digits, in [0,1]).
+    def calibrate(self, real_images: torch.Tensor, real_labels: torch.Tensor, **kwargs) -> Calibration:
+        """The same per-digit scores on real digits (e.g. 1000 MNIST test digits, in [0,1]): the reference
+        to pass to ``relative`` and ``describe``."""
+        calibration = Calibration.from_scores(self.score(real_images, real_labels, **kwargs))
+        self.calibration = calibration  # only for the old form relative(scores), without a calibration
+        return calibration
 
-        Returns (and keeps as ``self.calibration``) {"per_digit": {...}, "overall": {...}, "n": N}, the
-        reference that ``relative`` divides by.
-        """
-        scores = self.score(real_images, real_labels, **kwargs)
-        self.calibration = {"per_digit": scores.per_digit(), "overall": scores.overall(), "n": len(real_labels)}
-        return self.calibration
-
-    def relative(self, scores: ClipScores, key: str = "intended_prob") -> list[float | None]:
-        """Per-digit generated / real ratio of a score (1.0 = as good as real digits). Needs ``calibrate``."""
-        if self.calibration is None:
+    def _reference(self, calibration, key: str) -> tuple[Calibration, str]:
+        """(calibration, key) for relative/describe: an omitted calibration is the last one ``calibrate``
+        returned (the old form), and the old positional key ``relative(scores, "clear_prob")`` still works."""
+        if isinstance(calibration, str):
+            calibration, key = None, calibration
+        calibration = calibration if calibration is not None else self.calibration
+        if calibration is None:
             raise LabkitError("Call ClipScorer.calibrate(real_images, real_labels) before relative().")
-        gen, real = scores.per_digit()[key], self.calibration["per_digit"][key]
+        return calibration, key
+
+    def relative(
+        self, scores: ClipScores, calibration: Calibration | None = None, key: str = "intended_prob"
+    ) -> list[float | None]:
+        """Per-digit generated / real ratio of a score (1.0 = as good as real digits); ``calibration``: the
+        real digits' scores, from ``calibrate``."""
+        calibration, key = self._reference(calibration, key)
+        gen, real = scores.per_digit()[key], calibration.per_digit[key]
         return [g / r if g is not None and r else None for g, r in zip(gen, real)]
 
-    def describe(self, scores: ClipScores, key: str = "intended_prob") -> list[str]:
+    def describe(
+        self, scores: ClipScores, calibration: Calibration | None = None, key: str = "intended_prob"
+    ) -> list[str]:
         """Sentences such as 'generated 7s reach 80% of what real 7s get (CLIP intended_prob 0.41 vs 0.51)'."""
-        ratios = self.relative(scores, key)
-        gen, real = scores.per_digit()[key], self.calibration["per_digit"][key]
+        calibration, key = self._reference(calibration, key)
+        ratios = self.relative(scores, calibration, key)
+        gen, real = scores.per_digit()[key], calibration.per_digit[key]
         return [
             f"generated {k}s reach {r:.0%} of what real {k}s get (CLIP {key} {g:.2f} vs {rr:.2f})"
             for k, (r, g, rr) in enumerate(zip(ratios, gen, real))

@@ -2,14 +2,15 @@
 
     recognisable_from(probs, threshold)        [steps, N] -> int64 [N]: the first sampling step from which the
                                                classifier's p(intended digit | x0_hat) stays >= threshold
-    quartiles(values, labels)                  -> [K, 3]: 25th percentile, median, 75th percentile per class
-    relative_score(gen, gen_y, real, real_y)   -> [K]: per-class mean of generated / mean of real scores
+    quartiles_per_digit(values, labels)        -> [K, 3]: 25th percentile, median, 75th percentile per class
+    relative_clip_score(gen, gen_y, real, real_y)  -> [K]: per-class mean of generated / mean of real scores
     within_class_diversity(features, labels)   -> [K]: mean distance between two different samples of a class
     speedup_at_quality(seconds, quality, target, baseline_seconds)
                                                -> [S]: baseline time over each sampler's fastest good-enough time
 
 Classes without enough samples get NaN (a report says "not measured", never a made-up number). Lab 09's
-exercises are these functions; its checks (``labkit.checks.lab09_report``) compare with their own copy.
+exercises are these functions (same names, same arguments); its checks (``labkit.checks.lab09_report``)
+compare the student's answers with them, in float64.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def recognisable_from(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     return probs.shape[0] - trailing
 
 
-def quartiles(values: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+def quartiles_per_digit(values: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
     """[num_classes, 3] float64: 25th percentile, median, 75th percentile of each class's values (linear
     interpolation, as ``torch.quantile``); NaN for a class without values."""
     v, y = values.detach().double().cpu(), labels.detach().long().cpu()
@@ -43,7 +44,7 @@ def _class_means(s: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Te
                         for k in range(num_classes)])
 
 
-def relative_score(gen_scores: torch.Tensor, gen_labels: torch.Tensor, real_scores: torch.Tensor,
+def relative_clip_score(gen_scores: torch.Tensor, gen_labels: torch.Tensor, real_scores: torch.Tensor,
                    real_labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
     """[num_classes] float64: mean score of the generated digits of each class over the mean score of the
     real digits of that class (1.0 = as good as real digits); NaN where a class is missing on either side."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,16 +25,71 @@ import torch
 from labkit.device import pick_device
 from labkit.errors import LabkitError, LabkitValueError, one_line
 from labkit.evaluation.classifier import WEIGHTS_SHA256, check_images, classifier_accuracy, load_classifier
-from labkit.evaluation.clip import ClipScorer, parse_clip_spec
+from labkit.evaluation.clip import Calibration, ClipScorer, parse_clip_spec
 from labkit.evaluation.fid import RealReference, fid_with_floor
 from labkit.evaluation.samples_file import check_samples, load_samples_file  # noqa: F401  (re-exported)
 from labkit.plotting import digit_rows_panel, per_digit_bars
 
 # --- The report ------------------------------------------------------------------------------------
+# One row per intended digit (DigitRow) and one for all digits (Overall). Each score of the generated
+# digits sits beside the same score of real digits ("real_..."); None where a score does not apply (no
+# CLIP scorer, or no sample of that digit). At the end each row becomes a plain dict, ready for JSON.
 
 
-def _ratio(a, b):
-    return a / b if a is not None and b else None
+def _ratio(generated, real):
+    """generated / real (1.0: as good as real digits); None when either is missing or real is 0."""
+    return generated / real if generated is not None and real else None
+
+
+class ClipRatios:
+    """What both rows add: generated / real for the two CLIP scores, and ``to_dict``, which appends them."""
+
+    @property
+    def clip_prob_rel(self) -> float | None:
+        return _ratio(self.clip_prob, self.real_clip_prob)
+
+    @property
+    def clip_clear_rel(self) -> float | None:
+        return _ratio(self.clip_clear, self.real_clip_clear)
+
+    def to_dict(self) -> dict:
+        """The row as a JSON-ready dict: the fields in their order, then the two ratios."""
+        return {**asdict(self), "clip_prob_rel": self.clip_prob_rel, "clip_clear_rel": self.clip_clear_rel}
+
+
+@dataclass(frozen=True)
+class DigitRow(ClipRatios):
+    """The scores of one intended digit: classifier accuracy and confidence, CLIP p(digit) and P(clear)."""
+
+    digit: int
+    count: int  # how many generated samples were meant to be this digit
+    accuracy: float | None
+    real_accuracy: float | None
+    confidence: float | None
+    real_confidence: float | None
+    clip_prob: float | None
+    real_clip_prob: float | None
+    clip_clear: float | None
+    real_clip_clear: float | None
+
+
+@dataclass(frozen=True)
+class Overall(ClipRatios):
+    """The scores of all digits together: those of a DigitRow (but digit and count), FID and CLIP accuracy."""
+
+    accuracy: float
+    real_accuracy: float
+    confidence: float
+    real_confidence: float
+    fid: float
+    fid_floor: float  # FID of as many real digits: the best a generator can hope for
+    fid_ratio: float | None
+    clip_accuracy: float | None
+    real_clip_accuracy: float | None
+    clip_prob: float | None
+    real_clip_prob: float | None
+    clip_clear: float | None
+    real_clip_clear: float | None
 
 
 def evaluate_samples(
@@ -73,63 +129,57 @@ def evaluate_samples(
 
     # FID vs all test digits, and the floor of record: as many real *training* digits vs the same test digits.
     score = fid_with_floor(images, classifier, real, floor_repeats=floor_repeats)
-    fid, floor = score.fid, score.floor
 
+    # CLIP (optional): the same summary (per-digit and overall means) for generated and for real digits.
     clip_gen = clip_real = None
     if clip_scorer is not None:
-        gen_scores = clip_scorer.score(images, labels)
-        calibration = clip_scorer.calibrate(real_images, real_labels)
-        clip_gen = {"per_digit": gen_scores.per_digit(), "overall": gen_scores.overall()}
-        clip_real = calibration
+        clip_gen = Calibration.from_scores(clip_scorer.score(images, labels))
+        clip_real = clip_scorer.calibrate(real_images, real_labels)
 
-    def clip_value(source, key, k=None):
-        if source is None:
+    def clip_value(summary, key, k=None):
+        """One CLIP mean from a summary: of digit k, or of all digits when k is None; None without CLIP."""
+        if summary is None:
             return None
-        return source["overall"][key] if k is None else source["per_digit"][key][k]
+        return summary.overall[key] if k is None else summary.per_digit[key][k]
 
-    rows = []
-    for k in range(10):
-        row = {
-            "digit": k,
-            "count": gen_cls["per_digit"]["count"][k],
-            "accuracy": gen_cls["per_digit"]["accuracy"][k],
-            "real_accuracy": real_cls["per_digit"]["accuracy"][k],
-            "confidence": gen_cls["per_digit"]["confidence"][k],
-            "real_confidence": real_cls["per_digit"]["confidence"][k],
-            "clip_prob": clip_value(clip_gen, "intended_prob", k),
-            "real_clip_prob": clip_value(clip_real, "intended_prob", k),
-            "clip_clear": clip_value(clip_gen, "clear_prob", k),
-            "real_clip_clear": clip_value(clip_real, "clear_prob", k),
-        }
-        row["clip_prob_rel"] = _ratio(row["clip_prob"], row["real_clip_prob"])
-        row["clip_clear_rel"] = _ratio(row["clip_clear"], row["real_clip_clear"])
-        rows.append(row)
-
-    overall = {
-        "accuracy": gen_cls["accuracy"],
-        "real_accuracy": real_cls["accuracy"],
-        "confidence": gen_cls["confidence"],
-        "real_confidence": real_cls["confidence"],
-        "fid": fid,
-        "fid_floor": floor,
-        "fid_ratio": _ratio(fid, floor),
-        "clip_accuracy": clip_value(clip_gen, "accuracy"),
-        "real_clip_accuracy": clip_value(clip_real, "accuracy"),
-        "clip_prob": clip_value(clip_gen, "intended_prob"),
-        "real_clip_prob": clip_value(clip_real, "intended_prob"),
-        "clip_clear": clip_value(clip_gen, "clear_prob"),
-        "real_clip_clear": clip_value(clip_real, "clear_prob"),
-    }
-    overall["clip_prob_rel"] = _ratio(overall["clip_prob"], overall["real_clip_prob"])
-    overall["clip_clear_rel"] = _ratio(overall["clip_clear"], overall["real_clip_clear"])
+    rows = [
+        DigitRow(
+            digit=k,
+            count=gen_cls["per_digit"]["count"][k],
+            accuracy=gen_cls["per_digit"]["accuracy"][k],
+            real_accuracy=real_cls["per_digit"]["accuracy"][k],
+            confidence=gen_cls["per_digit"]["confidence"][k],
+            real_confidence=real_cls["per_digit"]["confidence"][k],
+            clip_prob=clip_value(clip_gen, "intended_prob", k),
+            real_clip_prob=clip_value(clip_real, "intended_prob", k),
+            clip_clear=clip_value(clip_gen, "clear_prob", k),
+            real_clip_clear=clip_value(clip_real, "clear_prob", k),
+        )
+        for k in range(10)
+    ]
+    overall = Overall(
+        accuracy=gen_cls["accuracy"],
+        real_accuracy=real_cls["accuracy"],
+        confidence=gen_cls["confidence"],
+        real_confidence=real_cls["confidence"],
+        fid=score.fid,
+        fid_floor=score.floor,
+        fid_ratio=_ratio(score.fid, score.floor),
+        clip_accuracy=clip_value(clip_gen, "accuracy"),
+        real_clip_accuracy=clip_value(clip_real, "accuracy"),
+        clip_prob=clip_value(clip_gen, "intended_prob"),
+        real_clip_prob=clip_value(clip_real, "intended_prob"),
+        clip_clear=clip_value(clip_gen, "clear_prob"),
+        real_clip_clear=clip_value(clip_real, "clear_prob"),
+    )
     return {
         "n": len(images),
         "n_real": n_real,
         "n_fid_reference": len(real.test_labels),
         "classifier": f"shipped sha256 {WEIGHTS_SHA256[:12]}" if shipped else "custom",
         "clip_model": clip_scorer.name if clip_scorer is not None else None,
-        "overall": overall,
-        "per_digit": rows,
+        "overall": overall.to_dict(),
+        "per_digit": [row.to_dict() for row in rows],
     }
 
 

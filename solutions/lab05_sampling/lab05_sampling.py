@@ -113,10 +113,10 @@ checks.check_p_sample_step(p_sample_step, seed=8, sizes=((2, 1, 6, 6),), T=3)
 # %% [markdown]
 # ## 2. Ten digits from a pretrained model
 #
-# From here on the lab uses `labkit.samplers.sample`, which runs the loop of Algorithm 2 with the
-# reference version of your step (`samplers.ddpm_step`). It also allows fewer steps than $T$: it then walks
-# down a subset of the time steps and uses the variance between the steps it visits (Nichol & Dhariwal
-# 2021, section 4). The model is the pretrained checkpoint that ships with `labkit` (trained as in lab 04).
+# From here on the lab uses `labkit.samplers.sample`, which runs the loop of Algorithm 2 with labkit's
+# version of your step (`samplers.p_sample_step`, the function the check compared yours with). It also allows
+# fewer steps than $T$: it then walks down a subset of the time steps, a "respaced" schedule whose betas are the
+# variance added between the steps it visits (Nichol & Dhariwal 2021, section 4). The model is the pretrained checkpoint that ships with `labkit` (trained as in lab 04).
 
 # %%
 model, schedule, meta = checks.lab_model(DEVICE)

@@ -220,8 +220,8 @@ checks.check_quartiles_per_digit(quartiles_per_digit, seed=3, sizes=((31, 10), (
 THRESHOLD = 0.5
 k = measures.recognisable_from(probs.cpu(), THRESHOLD)  # [N] step index, STEPS = never
 frac = k.double() / STEPS  # [N] fraction of the steps done (1.0: not recognisable at the end)
-q = measures.quartiles(frac, y_traj.cpu())  # [10, 3]
-q_strict = measures.quartiles(measures.recognisable_from(probs.cpu(), 0.9).double() / STEPS, y_traj.cpu())
+q = measures.quartiles_per_digit(frac, y_traj.cpu())  # [10, 3]
+q_strict = measures.quartiles_per_digit(measures.recognisable_from(probs.cpu(), 0.9).double() / STEPS, y_traj.cpu())
 never = [int((k[y_traj.cpu() == d] == STEPS).sum()) for d in range(10)]
 print(f"digit   median   IQR (25%-75%)    t at the median   never (of {n_traj})   median with threshold 0.9")
 for d in range(10):
@@ -306,7 +306,7 @@ step_index = torch.arange(len(ts)).repeat_interleave(n_eval)  # which t each val
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
 for ax, where in zip(axes, ("all", "edges")):
     for label in nets:
-        qs = measures.quartiles(errors[label, where].flatten(), step_index, len(ts))  # [len(ts), 3]
+        qs = measures.quartiles_per_digit(errors[label, where].flatten(), step_index, len(ts))  # [len(ts), 3]
         ax.fill_between(ts, qs[:, 0], qs[:, 2], alpha=0.2)
         ax.plot(ts, qs[:, 1], "o-", lw=2, label=label)
         key = f"2: median one-step x0 error ({'all' if where == 'all' else 'edge'} pixels), {label}, t={ts}"
@@ -474,7 +474,7 @@ checks.check_relative_clip_score(relative_clip_score, seed=4, sizes=((40, 40, 10
 # %%
 clip_gen = torch.tensor([v if v is not None else float("nan") for v in gen_clip.per_digit()["intended_prob"]])
 clip_real = torch.tensor([v if v is not None else float("nan") for v in real_clip.per_digit()["intended_prob"]])
-clip_rel = measures.relative_score(gen_clip.intended_prob, y_gen, real_clip.intended_prob, y_real)  # [10]
+clip_rel = measures.relative_clip_score(gen_clip.intended_prob, y_gen, real_clip.intended_prob, y_real)  # [10]
 cls_gen = classifier_accuracy(gen01, y_gen, clf)["per_digit"]["accuracy"]
 print("digit   CLIP real   CLIP generated   generated / real   classifier accuracy (generated)")
 for d in range(10):

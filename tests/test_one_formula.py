@@ -1,0 +1,149 @@
+"""Each exercise's formula exists once (issue 16, item 3).
+
+For every function a lab asks the student to write (a ``def`` holding ``### BEGIN SOLUTION`` in
+``solutions/``), labkit has a function of the same name and the same arguments, the one its own
+higher-level code calls; the lab's check compares the student's answer against that function (in float64).
+These tests read the exercises from the solutions, so a new exercise without its library function fails.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# exercise (lab, name) -> the module holding labkit's version of it
+LIBRARY = {
+    ("lab00_setup", "to_unit_range"): "labkit.data",
+    ("lab01_forward", "alpha_bars_from_betas"): "labkit.schedules",
+    ("lab01_forward", "snr"): "labkit.schedules",
+    ("lab01_forward", "q_sample"): "labkit.diffusion",
+    ("lab02_unet", "concat_skip"): "labkit.unet",
+    ("lab02_unet", "upsample_merge"): "labkit.unet",
+    ("lab03_embeddings", "sinusoidal_embedding"): "labkit.embeddings",
+    ("lab03_embeddings", "cosine_similarity"): "labkit.embeddings",
+    ("lab03_embeddings", "film"): "labkit.unet",
+    ("lab04_training", "noise_prediction_loss"): "labkit.diffusion",
+    ("lab04_training", "train_step"): "labkit.training",
+    ("lab05_sampling", "p_sample_step"): "labkit.samplers",
+    ("lab06_clip", "cosine_similarity"): "labkit.embeddings",
+    ("lab06_clip", "zero_shot_probs"): "labkit.evaluation.clip",
+    ("lab07_improvements", "cfg_combine"): "labkit.guidance",
+    ("lab07_improvements", "ddim_step"): "labkit.samplers",
+    ("lab07_improvements", "dpmpp_2m_step"): "labkit.samplers",
+    ("lab08_beyond", "guided_eps"): "labkit.clip_guidance",
+    ("lab09_report", "recognisable_from"): "labkit.evaluation.measures",
+    ("lab09_report", "quartiles_per_digit"): "labkit.evaluation.measures",
+    ("lab09_report", "relative_clip_score"): "labkit.evaluation.measures",
+    ("lab09_report", "within_class_diversity"): "labkit.evaluation.measures",
+    ("lab09_report", "speedup_at_quality"): "labkit.evaluation.measures",
+}
+
+
+def _exercises() -> dict[tuple[str, str], list[str]]:
+    """(lab, function name) -> the argument names of the student's function, from the solutions."""
+    found = {}
+    for path in sorted(ROOT.glob("solutions/lab*/lab*.py")):
+        source = path.read_text()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, node) or ""):
+                found[(path.stem, node.name)] = [a.arg for a in node.args.args]
+    return found
+
+
+EXERCISES = _exercises()
+
+
+def _test_calls(lab: str, name: str) -> list[str]:
+    """The solution's test lines that grade ``name`` (visible and hidden): ``checks.check_x(name, ...)``."""
+    source = (ROOT / "solutions" / lab / f"{lab}.py").read_text()
+    calls = [line.strip() for line in source.splitlines()
+             if re.match(rf"\s*checks\.check_\w+\({name}\b", line)]
+    assert calls, f"{lab}: no test line calls a check with {name}"
+    return calls
+
+
+def _library(lab: str, name: str):
+    return getattr(importlib.import_module(LIBRARY[(lab, name)]), name)
+
+
+def test_every_exercise_has_a_library_function():
+    assert len(EXERCISES) >= 23
+    assert set(EXERCISES) == set(LIBRARY), "add the new exercise's library function to LIBRARY (and to labkit)"
+
+
+@pytest.mark.parametrize("lab, name", sorted(EXERCISES))
+def test_library_function_has_the_students_arguments(lab, name):
+    """Same name, same positional arguments in the same order; anything more is optional."""
+    params = list(inspect.signature(_library(lab, name)).parameters.values())
+    student = EXERCISES[(lab, name)]
+    shared = [k for k, module in LIBRARY.items() if module == LIBRARY[(lab, name)] and k[1] == name]
+    if len(shared) == 1:
+        assert [p.name for p in params[:len(student)]] == student
+    else:  # one function for two labs (cosine_similarity: lab 03's rows, lab 06's images against captions)
+        assert any([p.name for p in params[:len(EXERCISES[k])]] == EXERCISES[k] for k in shared)
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[:len(student)])
+    assert all(p.default is not p.empty for p in params[len(student):]), "extra arguments need defaults"
+
+
+@pytest.mark.parametrize("lab, name", sorted(EXERCISES))
+def test_library_function_passes_the_labs_checks(lab, name, capsys):
+    """Every visible and hidden test line of the lab, with labkit's function as the answer."""
+    checks = importlib.import_module(f"labkit.checks.{lab}")
+    for line in _test_calls(lab, name):
+        eval(line, {"checks": checks, name: _library(lab, name), "torch": torch})  # noqa: S307 (our own source)
+    assert capsys.readouterr().out.count("passed") == len(_test_calls(lab, name))
+
+
+def _spoiled(fn):
+    """fn, but with a wrong result: tensors shifted by 0.25, or (a training step) every weight nudged."""
+    def wrong(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out + 0.25
+        model = args[0]
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.25)
+        return out
+    return wrong
+
+
+@pytest.mark.parametrize("lab, name", sorted(EXERCISES))
+def test_the_check_takes_its_answer_from_the_library(lab, name, monkeypatch):
+    """Spoil labkit's function and a correct answer fails its check: the check computes nothing of its own."""
+    correct = _library(lab, name)
+    module = importlib.import_module(LIBRARY[(lab, name)])
+    monkeypatch.setattr(module, name, _spoiled(correct))
+    checks = importlib.import_module(f"labkit.checks.{lab}")
+    line = _test_calls(lab, name)[0]
+    with pytest.raises(AssertionError):
+        eval(line, {"checks": checks, name: correct, "torch": torch})  # noqa: S307 (our own source)
+
+
+def test_library_code_calls_the_exercise_functions(monkeypatch):
+    """The higher-level code runs through the same functions: spoil one and the result changes."""
+    from labkit import diffusion, samplers, schedules
+
+    schedule = schedules.make_schedule("cosine", 50)
+    model = lambda x, t, y: 0.1 * x  # noqa: E731
+    y = torch.zeros(2, dtype=torch.long)
+    before = {s: samplers.sample(model, (2, 1, 4, 4), y, schedule, sampler=s, steps=5,
+                                 generator=torch.Generator().manual_seed(0)) for s in samplers.SAMPLERS}
+    for sampler, step in (("ddpm", "p_sample_step"), ("ddim", "ddim_step"), ("dpmpp_2m", "dpmpp_2m_step")):
+        with monkeypatch.context() as m:
+            m.setattr(samplers, step, _spoiled(getattr(samplers, step)))
+            after = samplers.sample(model, (2, 1, 4, 4), y, schedule, sampler=sampler, steps=5,
+                                    generator=torch.Generator().manual_seed(0))
+        assert (after - before[sampler]).abs().max() > 0.1, f"sample(sampler={sampler!r}) does not call {step}"
+    x0 = torch.randn(2, 1, 4, 4)
+    loss = diffusion.diffusion_loss(model, x0, y, schedule, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(diffusion, "noise_prediction_loss", _spoiled(diffusion.noise_prediction_loss))
+    assert diffusion.diffusion_loss(model, x0, y, schedule, generator=torch.Generator().manual_seed(0)) != loss
