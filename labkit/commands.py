@@ -135,7 +135,7 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     try:
-        from labkit.evaluation.report import run_evaluate
+        from labkit.evaluation.command import run_evaluate
     except ImportError as exc:
         raise LabkitError(f"evaluation is not available ({exc})") from None
     _check_output(args.json, "--json")

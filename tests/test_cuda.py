@@ -134,7 +134,7 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu_and_back(tmp_path, digits):
 
 def test_clip_scorer_and_evaluation_follow_the_gpu(mnist_dir, tmp_path):
     from labkit.evaluation.clip import tiny_clip_scorer
-    from labkit.evaluation.report import run_evaluate
+    from labkit.evaluation.command import run_evaluate
 
     scorer = tiny_clip_scorer(device=device.pick_device())
     images = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))

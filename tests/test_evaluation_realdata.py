@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit.evaluation import fid as FID
+from labkit.evaluation import command as C
 from labkit.evaluation import report as R
 from labkit.evaluation.classifier import classifier_accuracy, load_classifier
 
@@ -85,6 +86,6 @@ def test_evaluate_real_and_blurred_digits(real, clf, tmp_path, mnist_dir):
 def test_run_evaluate_on_real_data(real, tmp_path, mnist_dir):
     path = tmp_path / "samples.pt"
     torch.save({"images": real.train_images[:200], "labels": real.train_labels[:200]}, path)
-    table = R.run_evaluate(path, json_path=tmp_path / "r.json", data_root=mnist_dir, device="cpu")
+    table = C.run_evaluate(path, json_path=tmp_path / "r.json", data_root=mnist_dir, device="cpu")
     assert "200 generated digits" in table and "vs 10000 MNIST test digits" in table
     assert (tmp_path / "r.json").exists()

@@ -10,6 +10,8 @@ import torch
 from labkit.data import synthetic_digits
 from labkit.errors import LabkitError, LabkitValueError
 from labkit.evaluation import fid as FID
+from labkit.evaluation import command as C
+from labkit.evaluation import figures as FIG
 from labkit.evaluation import report as R
 from labkit.evaluation.clip import tiny_clip_scorer
 
@@ -183,27 +185,27 @@ def test_save_json_round_trip(tmp_path, result):
 def test_plot_per_digit_scores(tmp_path, result):
     import matplotlib.pyplot as plt
 
-    fig = R.plot_per_digit_scores(result, tmp_path / "scores.png")
+    fig = FIG.plot_per_digit_scores(result, tmp_path / "scores.png")
     assert (tmp_path / "scores.png").stat().st_size > 1000
     assert len(fig.axes) == 4  # accuracy, confidence, CLIP p, CLIP clear
     fig2, ax = plt.subplots()
-    assert R.plot_per_digit_scores(result, ax, metric="clip_clear") is fig2
+    assert FIG.plot_per_digit_scores(result, ax, metric="clip_clear") is fig2
     assert len(ax.patches) == 20  # 10 generated + 10 real bars
     assert ax.patches[0].get_height() == pytest.approx(result["per_digit"][0]["clip_clear"])
     plt.close(fig2)
     with pytest.raises(LabkitValueError, match="metric"):
-        R.plot_per_digit_scores(result, None, metric="fid")
+        FIG.plot_per_digit_scores(result, None, metric="fid")
 
 
 def test_best_worst(tmp_path, generated):
     images, labels = generated
     scores = torch.arange(200, dtype=torch.float32)  # later samples score higher
-    picks = R.best_worst_indices(labels, scores, 3)
+    picks = FIG.best_worst_indices(labels, scores, 3)
     assert picks[4] == ([194, 184, 174], [4, 14, 24])
-    fig = R.plot_best_worst(images, labels, scores, k=3, path=tmp_path / "bw.png")
+    fig = FIG.plot_best_worst(images, labels, scores, k=3, path=tmp_path / "bw.png")
     assert len(fig.axes) == 2 and (tmp_path / "bw.png").exists()
     with pytest.raises(LabkitValueError):
-        R.plot_best_worst(images, labels, scores[:5], k=3)
+        FIG.plot_best_worst(images, labels, scores[:5], k=3)
 
 
 # --- run_evaluate (what `labkit evaluate` calls) ----------------------------------------------------------
@@ -219,16 +221,16 @@ def synthetic_mnist(monkeypatch, real):
 def test_run_evaluate_writes_json_and_plot(tmp_path, generated, synthetic_mnist):
     images, labels = generated
     samples = _save(tmp_path, {"images": images, "labels": labels})
-    table = R.run_evaluate(samples, json_path=tmp_path / "r.json", plot_path=tmp_path / "r.png",
+    table = C.run_evaluate(samples, json_path=tmp_path / "r.json", plot_path=tmp_path / "r.png",
                            data_root=synthetic_mnist, device="cpu")
     assert "200 generated digits" in table and "FID" in table
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["n"] == 200 and saved["clip_model"] is None
     assert (tmp_path / "r.png").stat().st_size > 1000
     # seeded: the same command gives the same table
-    assert R.run_evaluate(samples, data_root=synthetic_mnist, device="cpu") == table
+    assert C.run_evaluate(samples, data_root=synthetic_mnist, device="cpu") == table
     ns = argparse.Namespace(samples=str(samples), json=None, plot=None, clip="none", data=synthetic_mnist, device="cpu")
-    assert R.evaluate_samples_cli(ns) == table
+    assert C.evaluate_samples_cli(ns) == table
 
 
 def test_run_evaluate_clip_offline_suggests_clip_none(tmp_path, generated, synthetic_mnist, monkeypatch):
@@ -240,7 +242,7 @@ def test_run_evaluate_clip_offline_suggests_clip_none(tmp_path, generated, synth
 
     monkeypatch.setattr(R.ClipScorer, "from_pretrained", offline)
     with pytest.raises(LabkitError, match="--clip none") as info:
-        R.run_evaluate(samples, clip="ViT-B-32:laion2b_s34b_b79k", data_root=synthetic_mnist, device="cpu")
+        C.run_evaluate(samples, clip="ViT-B-32:laion2b_s34b_b79k", data_root=synthetic_mnist, device="cpu")
     assert "\n" not in str(info.value) and "cannot be downloaded" in str(info.value)
     with pytest.raises(LabkitValueError, match="MODEL:PRETRAINED"):
-        R.run_evaluate(samples, clip="ViT-B-32", data_root=synthetic_mnist, device="cpu")
+        C.run_evaluate(samples, clip="ViT-B-32", data_root=synthetic_mnist, device="cpu")

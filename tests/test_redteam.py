@@ -219,10 +219,8 @@ PAYLOAD = ("from labkit import diffusion\n"
            "def q_sample(x0, t, noise, alpha_bars):\n"
            "    s = _Schedule()\n    s.alpha_bars = alpha_bars\n"
            "    return diffusion.q_sample(x0, t, noise, s)\n")
-LIBRARY_ANSWER = ("class _Schedule:\n    pass\n"
-                  "def q_sample(x0, t, noise, alpha_bars):\n"
-                  "    s = _Schedule()\n    s.alpha_bars = alpha_bars\n"
-                  "    return diffusion.q_sample(x0, t, noise, s)\n")
+LIBRARY_ANSWER = ("def q_sample(x0, t, noise, alpha_bars):\n"  # labkit's q_sample has the lab's arguments
+                  "    return diffusion.q_sample(x0, t, noise, alpha_bars)\n")
 
 
 def _release():

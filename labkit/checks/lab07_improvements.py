@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from labkit import guidance, samplers
-from labkit.checks._common import call, compare, deterministic, expect_tensor, fail, generator, passed
+from labkit.checks._common import call, compare, deterministic, expect_tensor, generator, passed
 from labkit.checks.fixtures import DigitJudge, lab_model  # noqa: F401  (the lab's model and judge)
 
 # --- classifier-free guidance ----------------------------------------------------------------------

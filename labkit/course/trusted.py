@@ -25,7 +25,6 @@ import importlib
 import io
 import re
 import time
-from pathlib import Path
 
 MAX_OUTPUT_CHARS = 200_000  # per student cell; the rest is dropped (a cell printing gigabytes)
 

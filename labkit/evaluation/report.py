@@ -10,7 +10,7 @@ Scores (per intended digit and overall):
   * optional CLIP zero-shot p(intended digit) and P(clear vs blurry) (``clip.py``).
 Each is printed beside real MNIST test digits scored the same way: a number alone says little (CLIP
 gets real MNIST only partly right; FID depends on the sample count), a ratio to real says a lot.
-``run_evaluate`` is what ``labkit evaluate`` calls.
+The command around it (``labkit evaluate``: files, CLIP weights) is ``command.py``; its figures ``figures.py``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ from pathlib import Path
 
 import torch
 
-from labkit.device import pick_device
-from labkit.errors import LabkitError, LabkitValueError, one_line
-from labkit.evaluation.classifier import WEIGHTS_SHA256, check_images, classifier_accuracy, load_classifier
-from labkit.evaluation.clip import Calibration, ClipScorer, parse_clip_spec
+from labkit.evaluation.classifier import WEIGHTS_SHA256, classifier_accuracy, load_classifier
+from labkit.evaluation.clip import Calibration, ClipScorer
 from labkit.evaluation.fid import RealReference, fid_with_floor
 from labkit.evaluation.samples_file import check_samples, load_samples_file  # noqa: F401  (re-exported)
-from labkit.plotting import digit_rows_panel, per_digit_bars
 
 # --- The report ------------------------------------------------------------------------------------
 # One row per intended digit (DigitRow) and one for all digits (Overall). Each score of the generated
@@ -249,157 +246,3 @@ def save_json(result: dict, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_clean(result), indent=2))
     return path
-
-
-# --- Plots -----------------------------------------------------------------------------------------
-
-PLOT_METRICS = {
-    "accuracy": "classifier accuracy",
-    "confidence": "classifier p(intended digit)",
-    "clip_prob": "CLIP p(intended digit)",
-    "clip_clear": "CLIP P(clear vs blurry)",
-}
-
-
-def _bars(ax, result: dict, metric: str) -> None:
-    def values(key):
-        return [r[key] if r[key] is not None else float("nan") for r in result["per_digit"]]
-
-    per_digit_bars(ax, values(metric), values(f"real_{metric}"), PLOT_METRICS[metric])
-
-
-def plot_per_digit_scores(result: dict, path_or_ax=None, *, metric: str | None = None):
-    """Bars of generated vs real scores per digit.
-
-    path_or_ax: a matplotlib Axes (draws ``metric``, default accuracy, into it), a file path (saves a
-    figure with one panel per available score) or None (returns that figure). Returns the Figure.
-    """
-    from matplotlib.figure import Figure  # no pyplot: never touches the notebook's backend
-
-    if metric is not None and metric not in PLOT_METRICS:
-        raise LabkitValueError(f"metric must be one of {list(PLOT_METRICS)}, got {metric!r}.")
-    if hasattr(path_or_ax, "bar"):  # an Axes
-        _bars(path_or_ax, result, metric or "accuracy")
-        return path_or_ax.figure
-    metrics = [metric] if metric else [m for m in PLOT_METRICS if result["overall"][m] is not None]
-    fig = Figure(figsize=(4.2 * len(metrics), 3.2), layout="constrained")
-    for i, m in enumerate(metrics):
-        _bars(fig.add_subplot(1, len(metrics), i + 1), result, m)
-    if path_or_ax is not None:
-        fig.savefig(path_or_ax, dpi=120)
-    return fig
-
-
-def best_worst_indices(labels: torch.Tensor, scores: torch.Tensor, k: int) -> dict[int, tuple[list, list]]:
-    """For each digit: (indices of its k highest scores, best first; indices of its k lowest, worst first)."""
-    labels, scores = labels.cpu(), scores.detach().float().cpu()
-    out = {}
-    for d in range(10):
-        idx = (labels == d).nonzero()[:, 0]
-        order = idx[scores[idx].argsort(descending=True)]
-        out[d] = (order[:k].tolist(), order.flip(0)[:k].tolist())
-    return out
-
-
-def plot_best_worst(images: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, k: int = 5, path=None):
-    """Two panels, one row per digit: its k best and its k worst samples by ``scores`` [N] (e.g. the
-    classifier's p(intended digit) from ``classifier_accuracy(...)["intended_prob"]``). Returns the Figure."""
-    from matplotlib.figure import Figure
-
-    check_images(images)
-    if scores.shape != (len(images),) or labels.shape != (len(images),):
-        raise LabkitValueError(
-            f"labels and scores must have shape [{len(images)}], got {list(labels.shape)} and {list(scores.shape)}."
-        )
-    picks = best_worst_indices(labels, scores, k)
-    fig = Figure(figsize=(2 * 0.55 * k + 1.2, 6.2), layout="constrained")
-    for col, title in enumerate(("best", "worst")):
-        rows = [picks[d][col] for d in range(10)]
-        digit_rows_panel(fig.add_subplot(1, 2, col + 1), images, rows, scores, k, f"{title} {k} per digit")
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-# --- Command line entry point ----------------------------------------------------------------------
-
-
-def run_evaluate(
-    samples_path,
-    *,
-    json_path=None,
-    plot_path=None,
-    clip: str | None = "none",
-    data_root=None,
-    device=None,
-    seed: int = 0,
-) -> str:
-    """What ``labkit evaluate SAMPLES [--json F] [--plot F] [--clip MODEL:PRETRAINED|auto|none] [--data DIR]``
-    does: load and check the samples, score them, write the optional JSON and plot, return the table.
-
-    clip: "auto" (the command's default) adds the CLIP scores of ``DEFAULT_CLIP`` when its weights are cached
-    or can be downloaded, and otherwise says in the table's first line why they were skipped; an explicit
-    MODEL:PRETRAINED that cannot be loaded is an error.
-    """
-    images, labels = load_samples_file(samples_path)
-    device = pick_device(device)  # the same choice as labkit sample and train (cuda, mps, cpu)
-    scorer = skipped = None
-    if clip is not None and clip.strip().lower() == "auto":
-        scorer, skipped = auto_clip_scorer(device)
-    else:
-        spec = parse_clip_spec(clip)
-        if spec is not None:
-            try:
-                scorer = ClipScorer.from_pretrained(*spec, device=device)
-            except LabkitError as exc:
-                raise LabkitError(f"{exc} Run with --clip none to skip the CLIP scores.") from None
-    result = evaluate_samples(
-        images.to(device), labels.to(device), clip_scorer=scorer, data_root=data_root,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    if skipped is not None:
-        result["clip_skipped"] = skipped
-    if json_path is not None:
-        save_json(result, json_path)
-    if plot_path is not None:
-        plot_per_digit_scores(result, plot_path)
-    return format_table(result)
-
-
-DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")  # what ``--clip auto`` loads
-
-
-def auto_clip_scorer(device=None) -> tuple[ClipScorer | None, str | None]:
-    """``(scorer, None)`` with ``DEFAULT_CLIP`` when its weights are cached or the Hugging Face hub can be
-    reached, else ``(None, why)``: one line saying why the CLIP scores are skipped."""
-    from labkit.evaluation.clip import cached_weights, hub_reachable
-
-    model, pretrained = DEFAULT_CLIP
-    try:
-        cached = cached_weights(model, pretrained)
-    except ImportError as exc:  # open_clip missing or broken
-        return None, f"open_clip cannot be imported ({exc})"
-    if cached is None and not hub_reachable():
-        return None, (f"the weights of {model}:{pretrained} are not cached and the Hugging Face hub cannot be "
-                      "reached (run once online to download them)")
-    try:
-        return ClipScorer.from_pretrained(model, pretrained, device=device), None
-    except LabkitError as exc:
-        return None, one_line(exc, 240)
-
-
-def evaluate_samples_cli(args=None, **kwargs) -> str:
-    """``run_evaluate`` from an argparse namespace (attributes samples, json, plot, clip, data, device)
-    or from keyword arguments with those names."""
-    values = dict(vars(args)) if args is not None else {}
-    values.update(kwargs)
-    if "samples" not in values:
-        raise LabkitValueError("evaluate needs the path of a samples file.")
-    return run_evaluate(
-        values["samples"],
-        json_path=values.get("json"),
-        plot_path=values.get("plot"),
-        clip=values.get("clip") or "none",
-        data_root=values.get("data"),
-        device=values.get("device"),
-    )
