@@ -10,7 +10,7 @@ import torch
 from labkit import checkpoint, colab, device, recipes, samplers, training
 from labkit.data import synthetic_digits
 from labkit.errors import LabkitValueError
-from labkit.evaluation import clip, report
+from labkit.evaluation import clip, command
 from labkit.schedules import make_schedule
 from labkit.unet import UNet
 
@@ -70,7 +70,7 @@ def test_pick_device_refuses_what_is_not_here(monkeypatch):
 
 
 def test_one_picker_shared_by_every_caller():
-    for module in (training, checkpoint, report, clip):
+    for module in (training, checkpoint, command, clip):
         assert module.pick_device is device.pick_device, module.__name__
     assert training.resolve_precision is device.resolve_precision and training.PRECISIONS == device.PRECISIONS
 
