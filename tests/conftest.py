@@ -73,3 +73,34 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason=f"grading sandbox unavailable: {sandbox_problem()}")
         for item in grading:
             item.add_marker(skip)
+
+
+# --- Grading a folder of submissions, as the grading tests do -----------------------------------------------
+
+
+def copy_solution_and_release(folder: Path, labs) -> None:
+    """``folder/solution/<lab>.ipynb`` (the instructor's solution) and ``folder/blank/<lab>.ipynb`` (the
+    untouched student release) for each lab: the two submissions every lab must grade right."""
+    import shutil
+
+    for lab in labs:
+        for student, src in (("solution", REPO / "solutions" / lab / f"{lab}.ipynb"),
+                             ("blank", REPO / "notebooks" / f"{lab}.ipynb")):
+            (folder / student).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, folder / student / f"{lab}.ipynb")
+
+
+def grade_folder(submissions: Path, out: Path, labs, **options) -> list:
+    """``course.grade_submissions`` with a private LABKIT_CACHE beside ``out`` and, when LABKIT_DATA is unset,
+    the real MNIST of ../shared (usable from module-scoped fixtures, which cannot take ``monkeypatch``)."""
+    from labkit import course
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LABKIT_CACHE", str(out.parent / "cache"))
+    shared = REPO.parent / "shared" / "data" / "mnist"
+    if not os.environ.get("LABKIT_DATA") and shared.exists():
+        mp.setenv("LABKIT_DATA", str(shared))
+    try:
+        return course.grade_submissions(submissions, out, labs, repo_root=REPO, **options)
+    finally:
+        mp.undo()

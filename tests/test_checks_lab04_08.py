@@ -572,29 +572,11 @@ LABS_0408 = [lab for lab in __import__("labkit.course", fromlist=["discover_labs
 
 @pytest.fixture(scope="module")
 def graded_0408(tmp_path_factory):
-    import os
-    import shutil
-    from pathlib import Path
+    from conftest import copy_solution_and_release, grade_folder
 
-    from labkit import course
-
-    repo = Path(__file__).resolve().parents[1]
     tmp = tmp_path_factory.mktemp("grading0408")
-    for lab in LABS_0408:
-        for student, src in (("solution", repo / "solutions" / lab / f"{lab}.ipynb"),
-                             ("blank", repo / "notebooks" / f"{lab}.ipynb")):
-            (tmp / "subs" / student).mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, tmp / "subs" / student / f"{lab}.ipynb")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LABKIT_CACHE", str(tmp / "cache"))
-    shared = repo.parent / "shared" / "data" / "mnist"
-    if not os.environ.get("LABKIT_DATA") and shared.exists():
-        mp.setenv("LABKIT_DATA", str(shared))
-    try:
-        results = course.grade_submissions(tmp / "subs", tmp / "out", LABS_0408, repo_root=repo, timeout=300,
-                                           verbose=False)
-    finally:
-        mp.undo()
+    copy_solution_and_release(tmp / "subs", LABS_0408)
+    results = grade_folder(tmp / "subs", tmp / "out", LABS_0408, timeout=300, verbose=False)
     return {(r.student, r.lab): r for r in results}, tmp / "out"
 
 

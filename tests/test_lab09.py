@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import html as htmllib
 import math
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -349,24 +346,13 @@ def test_report_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    from labkit import course
+    from conftest import copy_solution_and_release, grade_folder
     from labkit.course.sandbox import probe
 
     tmp = tmp_path_factory.mktemp("grading09")
-    for student, src in (("solution", REPO / "solutions" / LAB / f"{LAB}.ipynb"),
-                         ("blank", REPO / "notebooks" / f"{LAB}.ipynb")):
-        (tmp / "subs" / student).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, tmp / "subs" / student / f"{LAB}.ipynb")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LABKIT_CACHE", str(tmp / "cache"))
-    shared = REPO.parent / "shared" / "data" / "mnist"
-    if not os.environ.get("LABKIT_DATA") and shared.exists():
-        mp.setenv("LABKIT_DATA", str(shared))
-    try:
-        results = course.grade_submissions(tmp / "subs", tmp / "out", [LAB], repo_root=REPO, timeout=300, jobs=1,
-                                           verbose=False, sandbox=probe() is None)
-    finally:
-        mp.undo()
+    copy_solution_and_release(tmp / "subs", [LAB])
+    results = grade_folder(tmp / "subs", tmp / "out", [LAB], timeout=300, jobs=1, verbose=False,
+                           sandbox=probe() is None)
     return {r.student: r for r in results}, tmp / "out"
 
 

@@ -13,14 +13,13 @@ LABKIT_FAST=1, so this is also the "runs top to bottom in fast mode" test.
 
 import copy
 import html as htmllib
-import os
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from conftest import copy_solution_and_release, grade_folder
 from labkit import course
 
 pytestmark = [pytest.mark.nbgrader, pytest.mark.slow]
@@ -39,11 +38,7 @@ def _solution_cells(nb):
 
 
 def _make_submissions(folder: Path) -> None:
-    for lab in LABS:
-        for student, src in (("solution", REPO / "solutions" / lab / f"{lab}.ipynb"),
-                             ("blank", REPO / "notebooks" / f"{lab}.ipynb")):
-            (folder / student).mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, folder / student / f"{lab}.ipynb")
+    copy_solution_and_release(folder, LABS)
 
     release = nbformat.read(str(REPO / "notebooks" / f"{DAMAGED_LAB}.ipynb"), as_version=4)
     answers = _solution_cells(nbformat.read(str(REPO / "solutions" / DAMAGED_LAB / f"{DAMAGED_LAB}.ipynb"), as_version=4))
@@ -74,15 +69,7 @@ def _make_submissions(folder: Path) -> None:
 def graded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grading")
     _make_submissions(tmp / "submissions")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LABKIT_CACHE", str(tmp / "cache"))
-    shared = REPO.parent / "shared" / "data" / "mnist"
-    if not os.environ.get("LABKIT_DATA") and shared.exists():
-        mp.setenv("LABKIT_DATA", str(shared))
-    try:
-        results = course.grade_submissions(tmp / "submissions", tmp / "out", LABS, repo_root=REPO, timeout=300, jobs=2)
-    finally:
-        mp.undo()
+    results = grade_folder(tmp / "submissions", tmp / "out", LABS, timeout=300, jobs=2)
     return {(r.student, r.lab): r for r in results}, tmp / "out"
 
 
