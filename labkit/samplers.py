@@ -113,9 +113,15 @@ def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
     data); eta: 0 is deterministic, 1 over all T steps is the DDPM ancestral sampler -> x_prev [B, C, H, W].
     """
     x0_hat = (x_t - (1 - alpha_bar_t).sqrt() * eps_hat) / alpha_bar_t.sqrt()
-    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    sigma = ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
     direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps_hat
     return alpha_bar_prev.sqrt() * x0_hat + direction + sigma * z
+
+
+def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
+    """The noise scale of a DDIM step (Song et al. 2021, eq. 16): eta * sqrt((1 - abar_prev) / (1 - abar_t))
+    * sqrt(1 - abar_t / abar_prev); eta = 1 is the posterior std of DDPM, eta = 0 the deterministic DDIM."""
+    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
 
 
 def dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last):

@@ -171,7 +171,7 @@ def test_upsample_merge_accepts_correct():
 
 
 @pytest.mark.parametrize("fn, phrase", [
-    (lambda h, s: torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), s], 1), "scale_factor=2"),
+    (lambda h, s: torch.cat([F.interpolate(h, scale_factor=2, mode="nearest"), s], 1), "fixed factor 2"),
     (lambda h, s: torch.cat([h, s], 1), "upsample h"),
     (lambda h, s: torch.cat([F.interpolate(h, size=s.shape[-2:], mode="bilinear"), s], 1), "bilinear"),
     (lambda h, s: torch.cat([s, F.interpolate(h, size=s.shape[-2:])], 1), "wrong order"),
@@ -271,7 +271,7 @@ def test_film_names_mistakes(fn, phrase):
 
 def test_to_unit_range():
     c00.check_to_unit_range(lambda x: (x + 1) / 2)
-    for fn, phrase in [(lambda x: x / 2, "shift by 1"), (lambda x: x + 1, "divide by 2"),
+    for fn, phrase in [(lambda x: x / 2, "shift the range up by 1"), (lambda x: x + 1, "divide by 2"),
                        (lambda x: x.clamp(0, 1), "clamping")]:
         with pytest.raises(AssertionError, match=phrase):
             c00.check_to_unit_range(fn)

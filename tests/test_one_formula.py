@@ -8,16 +8,13 @@ These tests read the exercises from the solutions, so a new exercise without its
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
-import re
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+import solution_code
 
 # exercise (lab, name) -> the module holding labkit's version of it
 LIBRARY = {
@@ -47,27 +44,8 @@ LIBRARY = {
 }
 
 
-def _exercises() -> dict[tuple[str, str], list[str]]:
-    """(lab, function name) -> the argument names of the student's function, from the solutions."""
-    found = {}
-    for path in sorted(ROOT.glob("solutions/lab*/lab*.py")):
-        source = path.read_text()
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, node) or ""):
-                found[(path.stem, node.name)] = [a.arg for a in node.args.args]
-    return found
-
-
-EXERCISES = _exercises()
-
-
-def _test_calls(lab: str, name: str) -> list[str]:
-    """The solution's test lines that grade ``name`` (visible and hidden): ``checks.check_x(name, ...)``."""
-    source = (ROOT / "solutions" / lab / f"{lab}.py").read_text()
-    calls = [line.strip() for line in source.splitlines()
-             if re.match(rf"\s*checks\.check_\w+\({name}\b", line)]
-    assert calls, f"{lab}: no test line calls a check with {name}"
-    return calls
+EXERCISES = solution_code.EXERCISES
+_test_calls = solution_code.test_calls
 
 
 def _library(lab: str, name: str):

@@ -3,10 +3,16 @@
 Rules (see docs/instructors.md):
   * compare with plain tensor arithmetic in float64 (``max_abs_diff``), never ``torch.allclose`` or
     ``numpy.allclose``: student code runs in the same kernel and may have replaced them;
+  * tolerances come from the computation, not from habit: ``compare(..., reference=fn, args=inputs)`` passes
+    anything within ``MARGIN`` times the float32 error of labkit's own ``fn`` on those inputs (at least the
+    check's floor), and a catalogue mistake matches within ``MISTAKE_RTOL`` of its own size, so a correct
+    float32 answer passes, and a known mistake is named, on every CPU (AVX-512 or not);
   * draw fresh inputs from a seeded ``torch.Generator`` (visible tests: seed 0, hidden tests: others);
   * keep copies of the inputs and fail when the student's function edits one in place;
   * on failure raise ``CheckFailed`` (an AssertionError, which nbgrader counts as a failed test) whose
-    message names the mistake when it is a known one, and prints one line on success;
+    message names the mistake when it is a known one, else its family (``_families``: a constant factor,
+    a sign, swapped halves, ...), else where the answer differs; a message never prints the answer's code;
+    print one line on success;
   * nbgrader scores a test cell 0 when it writes anything to stderr, so warnings and stderr output of the
     student's function are shown on stdout instead (a correct answer that warns still earns its points);
   * types: numpy arrays are rejected with a message (the labs teach torch); results on another real device
@@ -84,6 +90,18 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+def spread_steps(B: int, T: int, g: torch.Generator, also: Sequence[int] = ()) -> torch.Tensor:
+    """B steps in 0..T-1 in random order (distinct while B <= T). As far as B allows they hold t = 0, the steps in
+    ``also``, T - 1 and T // 2: early, late and middle steps, where mistakes show differently."""
+    wanted = [0, *also, T - 1, T // 2]
+    musts = torch.tensor(sorted(set(wanted), key=wanted.index)[:B], dtype=torch.long)
+    perm = torch.randperm(T, generator=g)
+    t = torch.cat([musts, perm[~torch.isin(perm, musts)]])[:B]
+    if B > T:  # more images than steps: every step once, then repeats
+        t = torch.cat([t, torch.randint(0, T, (B - T,), generator=g)])
+    return t[torch.randperm(B, generator=g)]
+
+
 def clone_args(args: Iterable) -> list:
     return [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
 
@@ -91,7 +109,9 @@ def clone_args(args: Iterable) -> list:
 # Error substrings -> hints, for exceptions raised inside student code.
 COMMON_HINTS = {
     "must match the size of tensor": "two tensors do not broadcast together: print their shapes. Per-image "
-    "values [B] must become [B, 1, 1, 1] (e.g. values[t].view(-1, 1, 1, 1)) to combine with images [B, C, H, W]",
+    "values [B] need singleton dimensions, [B, 1, 1, 1], to combine with images [B, C, H, W]",
+    "shape of the mask": "a mask and the tensor it indexes have different lengths: scores and labels that go "
+    "together come from the same set (the generated labels with the generated scores, the real with the real)",
     "index out of range": "an index is out of range: steps run over t = 0 .. T-1 (alpha_bars[t], not alpha_bars[t + 1])",
     "out of bounds": "an index is out of range: steps run over t = 0 .. T-1 (alpha_bars[t], not alpha_bars[t + 1])",
     "numpy": "mixing numpy and torch: use torch operations (torch.sqrt, torch.cat, ...) on tensors",
@@ -191,23 +211,80 @@ def max_rel_diff(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-12) -> floa
     return math.inf if d != d else d
 
 
+EPS32 = torch.finfo(torch.float32).eps  # 1.2e-7: the relative rounding step of float32
+MARGIN = 16.0  # a correct float32 answer may round up to 16x worse than labkit's own float32 computation
+MISTAKE_RTOL = 1e-4  # a catalogue entry matches within 1e-4 of its own size (about 800 float32 rounding steps)
+
+
+def as_float32(args: Sequence) -> list:
+    """The same arguments with every floating-point tensor in float32 (what a student computing in float32 uses)."""
+    return [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+
+
+def float32_tolerance(reference: Callable, args: Sequence, ref: torch.Tensor, *, floor: float,
+                      relative: bool = False) -> float:
+    """The pass tolerance of one comparison, derived from the computation itself: ``MARGIN`` times how far
+    labkit's own ``reference`` lands from the float64 result ``ref`` when it runs in float32 on the same inputs,
+    and at least ``floor``. A correct answer computed in float32 passes on every machine (AVX-512 or not)
+    however ill-conditioned the inputs (SNR near alpha_bar = 1, sums of large terms)."""
+    with torch.no_grad():
+        try:
+            ref32 = reference(*as_float32(args))
+        except Exception:  # a reference that needs float64 inputs: the floor alone
+            return floor
+    err = (max_rel_diff if relative else max_abs_diff)(ref32, ref)
+    return max(floor, MARGIN * err) if math.isfinite(err) else floor
+
+
+def _mistake_distance(out: torch.Tensor, wrong: torch.Tensor, tol: float, relative: bool) -> float:
+    """How far ``out`` is from a catalogue entry, in units of that entry's own tolerance (<= 1: a match). The
+    tolerance scales with the entry: float32 rounds an entry of size 170 about 170x more than one of size 1."""
+    if isinstance(wrong, (tuple, list)):  # several ways to compute the same mistake (float32 and float64)
+        return min(_mistake_distance(out, w, tol, relative) for w in wrong)
+    if tuple(out.shape) != tuple(wrong.shape):
+        return math.inf
+    w = wrong.detach().cpu().double()
+    scale = w.abs().max().item() if w.numel() else 0.0
+    if not math.isfinite(scale):
+        return math.inf
+    if relative:
+        return max_rel_diff(out, w, floor=max(1e-3 * scale, 1e-12)) / max(tol, MISTAKE_RTOL)
+    return max_abs_diff(out, w) / max(tol, MISTAKE_RTOL * scale, 1e-12)
+
+
 def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[str, torch.Tensor] | None = None, *,
-            tol: float = 1e-4, relative: bool = False, context: str = "") -> None:
-    """Pass if ``out`` matches ``ref``; else name the first known mistake ``out`` matches, else say how far off."""
+            tol: float = 1e-4, relative: bool = False, context: str = "", reference: Callable | None = None,
+            args: Sequence = (), where: tuple | None = None) -> None:
+    """Pass if ``out`` matches ``ref``; else name the known mistake ``out`` matches best, else the family of the
+    mistake (sign, constant factor, offset, transpose, swapped halves, wrong only at the first or last step),
+    else say where the answer differs.
+
+    ``tol`` is the floor of the pass tolerance; with ``reference`` (labkit's function) and its ``args``, the
+    tolerance grows to what float32 rounding of this very computation needs (``float32_tolerance``).
+    ``where = (name, values)`` names the entries along dimension 0 in messages (e.g. ``("t", t)``)."""
+    if reference is not None:
+        tol = float32_tolerance(reference, args, ref, floor=tol, relative=relative)
     diff = max_rel_diff if relative else max_abs_diff
     err = diff(out, ref)
     if err <= tol:
         return
     if out.dtype in (torch.float16, torch.bfloat16):
         fail(check, f"the result has dtype {out.dtype}{context}: half precision cannot hold the answer to the "
-                    f"tolerance {tol:g} (largest difference {err:.3g}). Compute and return float32, like the "
+                    f"tolerance {tol:.3g} (largest difference {err:.3g}). Compute and return float32, like the "
                     "inputs (no .half() / .bfloat16())")
+    best, best_name = math.inf, None
     for name, wrong in (mistakes or {}).items():
-        if wrong is not None and diff(out, wrong) <= tol and diff(wrong, ref) > tol:
-            fail(check, f"wrong values{context}. This looks like a known mistake: {name}")
-    kind = "relative" if relative else "absolute"
-    fail(check, f"wrong values{context}: largest {kind} difference from the expected result is {err:.3g} "
-                f"(tolerance {tol:g}). Re-read the formula in the exercise text.")
+        first = wrong[0] if isinstance(wrong, (tuple, list)) else wrong
+        if first is None or diff(first, ref) <= tol:  # this mistake gives the right answer on these inputs
+            continue
+        d = _mistake_distance(out, wrong, tol, relative)
+        if d <= 1.0 and d < best:
+            best, best_name = d, name
+    if best_name is not None:
+        fail(check, f"wrong values{context}. This looks like a known mistake: {best_name}")
+    from labkit.checks._families import describe
+
+    fail(check, f"wrong values{context}. " + describe(out, ref, tol, relative=relative, where=where))
 
 
 def unchanged(check: str, before: torch.Tensor, after: torch.Tensor, name: str) -> None:
@@ -217,9 +294,9 @@ def unchanged(check: str, before: torch.Tensor, after: torch.Tensor, name: str) 
                     "(avoid +=, *= and methods ending in _ on the inputs)")
 
 
-def deterministic(check: str, fn: Callable, args: tuple, first: torch.Tensor) -> None:
+def deterministic(check: str, fn: Callable, args: tuple, first: torch.Tensor, *, floating: bool = True) -> None:
     """Fail if calling again with the same inputs gives another answer (random numbers drawn inside)."""
-    again = expect_tensor(check, call(check, fn, *args))
+    again = expect_tensor(check, call(check, fn, *args), floating=floating)
     if max_abs_diff(first, again) > 1e-6:
         fail(check, "two calls with the same inputs gave different results: use the inputs you are given "
                     "(e.g. the `noise` argument) instead of drawing new random numbers")

@@ -20,11 +20,17 @@ def check_to_unit_range(student_fn, *, seed: int = 0, sizes=((4, 1, 28, 28), (7,
         x.view(-1)[0] = -1.0
         out = expect_tensor(name, call(name, student_fn, x, names=["x"]), tuple(shape))
         mistakes = {
-            "x / 2 maps [-1, 1] to [-0.5, 0.5]: shift by 1 first, (x + 1) / 2": x / 2,
+            "x / 2 maps [-1, 1] to [-0.5, 0.5]: shift the range up by 1 first, then halve it": x / 2,
             "x + 1 maps [-1, 1] to [0, 2]: also divide by 2": x + 1,
-            "x / 2 + 1 maps [-1, 1] to [0.5, 1.5]: add 1 before dividing, (x + 1) / 2": x / 2 + 1,
+            "x / 2 + 1 maps [-1, 1] to [0.5, 1.5]: add 1 before dividing, not after": x / 2 + 1,
             "x * 2 - 1 is the opposite direction ([0, 1] -> [-1, 1])": x * 2 - 1,
-            "clamping is not a rescaling: (x + 1) / 2": x.clamp(0, 1),
+            "clamping is not a rescaling: shift the range, then shrink it": x.clamp(0, 1),
+            "operator precedence: x + 1 / 2 is x + 0.5, because / binds before +; the shift must happen "
+            "before the division, so put it in parentheses": x + 0.5,
+            "(x - 1) / 2 maps [-1, 1] to [-1, 0]: shift up by 1, not down": (x - 1) / 2,
+            "(x + 1) * 2 maps [-1, 1] to [0, 4]: divide by the width of the range, 2": (x + 1) * 2,
+            "the range was shifted by 0.5 only: -1 must land on 0, so add 1 before dividing by 2": (x + 0.5) / 2,
         }
-        compare(name, out, data.to_unit_range(x.double()), mistakes, tol=1e-6, context=f" for shape {list(shape)}")
+        compare(name, out, data.to_unit_range(x.double()), mistakes, tol=1e-6, context=f" for shape {list(shape)}",
+                reference=data.to_unit_range, args=(x,))
     passed(name, f"{len(sizes)} shapes, seed {seed}")

@@ -12,12 +12,19 @@ import torch
 
 from labkit import diffusion, schedules
 from labkit.checks._common import (
-    call, compare, deterministic, expect_tensor, fail, generator, passed,
+    call, compare, deterministic, expect_tensor, fail, generator, passed, spread_steps,
 )
 
 
 def _random_betas(T: int, g: torch.Generator) -> torch.Tensor:
     return 1e-4 + 0.05 * torch.rand(T, generator=g, dtype=torch.float64)  # [T] in (1e-4, 0.05)
+
+
+def _linear_betas(T: int) -> torch.Tensor:
+    """Ho et al.'s linear schedule (1e-4 .. 0.02 over 1000 steps) stretched to T steps, as improved DDPM does
+    (Nichol & Dhariwal 2021: multiply by 1000 / T), capped so every beta stays in (0, 0.5] for small T."""
+    scale = min(1000 / T, 25.0)
+    return torch.linspace(1e-4, 0.02, T, dtype=torch.float64) * scale  # [T] in (0, 0.5]
 
 
 def check_alpha_bars(student_fn, *, seed: int = 0, sizes=(1, 10, 1000)) -> None:
@@ -42,8 +49,13 @@ def check_alpha_bars(student_fn, *, seed: int = 0, sizes=(1, 10, 1000)) -> None:
                 torch.cat([torch.ones(1, dtype=torch.float64), ref[:-1]]),
             "the product of the alphas without the cumulative part (one value repeated)": torch.prod(alphas).expand(int(T)),
             "the square root of alpha_bar; alpha_bar itself is the product of the alphas": ref.sqrt(),
+            "alpha_t = 1 - beta_t itself: alpha_bar_t is the running product of the alphas up to step t": alphas,
+            "the running product was taken from the last step backwards: alpha_bar_t multiplies steps 0..t":
+                torch.cumprod(alphas.flip(0), 0).flip(0),
+            "alpha_bar squared: the product of the alphas is alpha_bar itself": ref ** 2,
         }
-        compare(name, out, ref, mistakes, tol=1e-5, context=f" for T={T}")
+        compare(name, out, ref, mistakes, tol=1e-5, context=f" for T={T}", reference=schedules.alpha_bars_from_betas,
+                args=(betas,), where=("t", torch.arange(int(T))))
     passed(name, f"T in {list(sizes)}, seed {seed}")
 
 
@@ -62,15 +74,23 @@ def check_snr(student_fn, *, seed: int = 0, sizes=(5, 100)) -> None:
             "log of the SNR: return the SNR itself (the plot uses a log scale)": torch.log(ab / (1 - ab)),
             "alpha_bar / (1 + alpha_bar): the noise variance is 1 - alpha_bar": ab / (1 + ab),
             "1 / (1 - alpha_bar): the signal variance alpha_bar is missing from the numerator": 1 / (1 - ab),
+            "alpha_bar / (1 - alpha_bar)^2: the denominator is the noise variance 1 - alpha_bar itself":
+                ab / (1 - ab) ** 2,
+            "sqrt(alpha_bar) / (1 - alpha_bar): the numerator is the signal variance alpha_bar, not its std":
+                ab.sqrt() / (1 - ab),
+            "alpha_bar / sqrt(1 - alpha_bar): the denominator is the noise variance, not its std":
+                ab / (1 - ab).sqrt(),
+            "log10 of the SNR: return the SNR itself (the plot uses a log scale)": torch.log10(ab / (1 - ab)),
         }
-        compare(name, out, ref, mistakes, tol=1e-5, relative=True, context=f" for T={T}")
+        compare(name, out, ref, mistakes, tol=1e-5, relative=True, context=f" for T={T}", reference=schedules.snr,
+                args=(ab,))
     passed(name, f"T in {list(sizes)}, seed {seed}")
 
 
 def _q_sample_inputs(shape, T, g):
     B = shape[0]
-    ab = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64) * (1000 / T), 0)  # linear schedule
-    t = torch.randperm(T, generator=g)[:B].long()  # distinct steps, so "same t for all" is detectable
+    ab = schedules.alpha_bars_from_betas(_linear_betas(T))
+    t = spread_steps(B, T, g)  # distinct steps, so "same t for all" is detectable
     x0 = torch.randn(shape, generator=g)
     noise = torch.randn(shape, generator=g)
     return x0, t, noise, ab
@@ -83,8 +103,6 @@ def check_q_sample(student_fn, *, seed: int = 0, sizes=((4, 1, 28, 28), (3, 2, 5
     for shape in sizes:
         shape = tuple(int(s) for s in shape)
         x0, t, noise, ab = _q_sample_inputs(shape, T, g)
-        if shape[0] > 1 and not bool((t == 0).any()):
-            t[0] = 0  # include the first step (off-by-one at t = 0 wraps around to alpha_bars[-1])
         out = call(name, student_fn, x0, t, noise, ab, names=["x0", "t", "noise", "alpha_bars"])
         out = expect_tensor(name, out, shape, shape_hints={
             (shape[0],) + shape: "a per-image value was broadcast against the batch the wrong way: "
@@ -113,9 +131,20 @@ def check_q_sample(student_fn, *, seed: int = 0, sizes=((4, 1, 28, 28), (3, 2, 5
             "the same step t[0] for every image: index alpha_bars with the whole tensor t":
                 at(t[:1].expand(shape[0])).sqrt() * x0d + (1 - at(t[:1].expand(shape[0]))).sqrt() * nd,
             "the noise term is missing: add sqrt(1 - alpha_bar_t) * noise": abt.sqrt() * x0d,
+            "the noise term was subtracted: x_t adds sqrt(1 - alpha_bar_t) * noise": abt.sqrt() * x0d - (1 - abt).sqrt() * nd,
+            "off by one in t: used alpha_bars[t - 1] (held at 0 for t = 0); step t uses alpha_bars[t]":
+                at((t - 1).clamp(min=0)).sqrt() * x0d + (1 - at((t - 1).clamp(min=0))).sqrt() * nd,
+            "the noise is added unscaled: it is multiplied by its std sqrt(1 - alpha_bar_t)": abt.sqrt() * x0d + nd,
+            "x0 is not scaled: the signal shrinks with sqrt(alpha_bar_t) as the noise grows":
+                x0d + (1 - abt).sqrt() * nd,
+            "the noise coefficient is 1 - sqrt(alpha_bar_t); it is sqrt(1 - alpha_bar_t), so that the two "
+            "variances add up to 1": abt.sqrt() * x0d + (1 - abt.sqrt()) * nd,
+            "alpha_bars were multiplied up again (a cumprod of alpha_bars): they already are the running products":
+                form(torch.cumprod(ab, 0)[t]).sqrt() * x0d + (1 - form(torch.cumprod(ab, 0)[t])).sqrt() * nd,
         }
         try:
-            compare(name, out, ref, mistakes, tol=1e-4, context=f" for x0 of shape {list(shape)}")
+            compare(name, out, ref, mistakes, tol=1e-4, context=f" for x0 of shape {list(shape)}",
+                    reference=diffusion.q_sample, args=(x0, t, noise, ab), where=("t", t))
         except AssertionError:
             deterministic(name, student_fn, (x0, t, noise, ab), out)  # a more precise message when random
             raise

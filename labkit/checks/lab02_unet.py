@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from labkit import unet
 from labkit.checks._common import call, compare, expect_tensor, generator, passed
 
-_CAT_HINT = ("the tensors do not fit together along the dimension you joined them: stack channels, i.e. "
-             "torch.cat([h, skip], dim=1) for [B, C, H, W] tensors")
+_CAT_HINT = ("the tensors do not fit together along the dimension you joined them: the skip's channels are "
+             "stacked onto h's, so join along the channel dimension of [B, C, H, W] tensors")
 
 
 def _shape_hints(B, C1, C2, H, W):
@@ -46,10 +46,11 @@ def check_concat_skip(student_fn, *, seed: int = 0, sizes=((2, 8, 8, 7, 7), (3, 
         out = expect_tensor(name, out, (B, C1 + C2, H, W), shape_hints=_shape_hints(B, C1, C2, H, W))
         ref = unet.concat_skip(h.double(), skip.double())
         mistakes = {
-            "h and skip in the wrong order: put h's channels first, then the skip's (torch.cat([h, skip], dim=1))":
+            "h and skip in the wrong order: h's channels come first, then the skip's":
                 torch.cat([skip, h], dim=1),
             "channels interleaved: concatenate the two blocks of channels one after the other":
                 torch.stack([h, skip], dim=2).reshape(B, C1 + C2, H, W) if C1 == C2 else None,
+            "h twice: the skip's channels are missing (join h with the skip)": torch.cat([h, h], dim=1) if C1 == C2 else None,
         }
         compare(name, out, ref, mistakes, tol=0.0, context=f" for h {[B, C1, H, W]}, skip {[B, C2, H, W]}")
     passed(name, f"{len(sizes)} shape pairs, seed {seed}")
@@ -69,25 +70,30 @@ def check_upsample_merge(student_fn, *, seed: int = 0,
         skip = torch.randn(B, C2, H, W, generator=g)
         out = call(name, student_fn, h, skip, names=["h", "skip"], hints={
             "sizes of tensors must match": "h and skip differ in height/width when you concatenate: upsample h to "
-            "exactly skip's size, F.interpolate(h, size=skip.shape[-2:], mode='nearest') (scale_factor=2 fails "
-            "when a down-sampled size was odd: 7 -> 4 -> 8)",
+            "exactly skip's height and width (a fixed factor 2 fails when a down-sampled size was odd: "
+            "7 -> 4 -> 8)",
         })
         shape_hints = _shape_hints(B, C1, C2, H, W)
-        shape_hints[(B, C1 + C2, 2 * hh, 2 * ww)] = ("upsampled by a factor 2 instead of to skip's size: use "
-                                                      "size=skip.shape[-2:] (odd sizes do not double back)")
+        shape_hints[(B, C1 + C2, hh, ww)] = ("the result has h's size: the skip was shrunk down to h; the merge "
+                                              "goes the other way, h is upsampled to the skip's size")
+        shape_hints[(B, C1 + C2, 2 * hh, 2 * ww)] = ("upsampled by a factor 2 instead of to skip's size: ask "
+                                                      "for skip's height and width (odd sizes do not double back)")
         out = expect_tensor(name, out, (B, C1 + C2, H, W), shape_hints=shape_hints)
         up = F.interpolate(h, size=(H, W), mode="nearest")
         ref = unet.upsample_merge(h.double(), skip.double())
         mistakes = {
             "h and skip in the wrong order: h's (upsampled) channels come first": torch.cat([skip, up], dim=1),
-            "bilinear upsampling: labkit's U-Net uses mode='nearest' (the convolutions after it smooth)":
+            "bilinear upsampling: labkit's U-Net copies the nearest pixel (the convolutions after it smooth)":
                 torch.cat([F.interpolate(h, size=(H, W), mode="bilinear", align_corners=False), skip], dim=1),
-            "bilinear upsampling with align_corners=True: use mode='nearest'":
+            "bilinear upsampling with align_corners=True: labkit's U-Net copies the nearest pixel":
                 torch.cat([F.interpolate(h, size=(H, W), mode="bilinear", align_corners=True), skip], dim=1),
-            "mode='nearest-exact' picks other source pixels at odd sizes: use mode='nearest' as labkit.unet does":
+            "mode='nearest-exact' picks other source pixels at odd sizes than the 'nearest' mode labkit.unet uses":
                 torch.cat([F.interpolate(h, size=(H, W), mode="nearest-exact"), skip], dim=1),
-            "bicubic upsampling: use mode='nearest'":
+            "bicubic upsampling: labkit's U-Net copies the nearest pixel":
                 torch.cat([F.interpolate(h, size=(H, W), mode="bicubic", align_corners=False), skip], dim=1),
         }
-        compare(name, out, ref, mistakes, tol=1e-6, context=f" for h {[B, C1, hh, ww]}, skip {[B, C2, H, W]}")
+        mistakes["area / average upsampling: labkit's U-Net copies the nearest pixel"] = torch.cat(
+            [F.interpolate(h, size=(H, W), mode="area"), skip], dim=1) if H >= hh and W >= ww else None
+        compare(name, out, ref, mistakes, tol=1e-6, context=f" for h {[B, C1, hh, ww]}, skip {[B, C2, H, W]}",
+                reference=unet.upsample_merge, args=(h, skip))
     passed(name, f"{len(sizes)} shape pairs, seed {seed}")

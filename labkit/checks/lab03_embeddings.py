@@ -49,6 +49,8 @@ def check_sinusoidal_embedding(student_fn, *, seed: int = 0, sizes=((6, 16), (3,
         a_wrong_exp = _angles(t, dim, lambda i: i)
         freqs_up = torch.exp(math.log(10000.0) * 2 * torch.arange(dim // 2, dtype=torch.float64) / dim)
         a_mult = t.double()[:, None] * freqs_up[None, :]
+        i32 = torch.arange(dim // 2, dtype=torch.float32)
+        a_mult32 = t.float()[:, None] * torch.exp(math.log(10000.0) * 2 * i32 / dim)[None, :]
         mistakes = {
             "sin and cos swapped: sines go to the even columns (0, 2, 4, ...), cosines to the odd ones":
                 _interleave(torch.cos(a), torch.sin(a)),
@@ -59,11 +61,24 @@ def check_sinusoidal_embedding(student_fn, *, seed: int = 0, sizes=((6, 16), (3,
             "wrong frequency exponent: frequency i is 1 / 10000^(2i/dim), not 1 / 10000^(i/dim)":
                 _interleave(torch.sin(a_wrong_exp), torch.cos(a_wrong_exp)),
             "t multiplied by 10000^(2i/dim); it must be divided by it (frequencies fall from 1 to 1/10000)":
-                _interleave(torch.sin(a_mult), torch.cos(a_mult)),
+                (_interleave(torch.sin(a_mult), torch.cos(a_mult)),  # angles up to 1e7, which float32 rounds
+                 _interleave(torch.sin(a_mult32), torch.cos(a_mult32)).double()),  # by ~1 rad: as float32 computes
             "the angles need t in radians as it is: no extra factor 2*pi":
                 _interleave(torch.sin(2 * math.pi * a), torch.cos(2 * math.pi * a)),
+            "sines in every column: the odd columns (1, 3, 5, ...) hold the cosines of the same angles":
+                _interleave(torch.sin(a), torch.sin(a)),
+            "cosines in every column: the even columns (0, 2, 4, ...) hold the sines":
+                _interleave(torch.cos(a), torch.cos(a)),
+            "off by one in the frequency index: the first pair of columns has frequency 1 (i = 0), not 1/10000^(2/dim)":
+                _interleave(torch.sin(_angles(t, dim, lambda i: 2 * (i + 1))), torch.cos(_angles(t, dim, lambda i: 2 * (i + 1)))),
+            "t + 1 was embedded: embed the step t itself (t = 0 is the first step)":
+                _interleave(torch.sin(_angles(t + 1, dim, lambda i: 2 * i)), torch.cos(_angles(t + 1, dim, lambda i: 2 * i))),
+            "the frequency exponent divides by dim - 1 or dim / 2 - 1; it is 2i / dim":
+                _interleave(torch.sin(_angles(t, dim, lambda i: 2 * i * dim / max(dim - 2, 1))),
+                            torch.cos(_angles(t, dim, lambda i: 2 * i * dim / max(dim - 2, 1)))) if dim > 2 else None,
         }
-        compare(name, out, ref, mistakes, tol=2e-3, context=f" for B={B}, dim={dim}")
+        compare(name, out, ref, mistakes, tol=2e-3, context=f" for B={B}, dim={dim}",
+                reference=embeddings.sinusoidal_embedding, args=(t, dim))
     passed(name, f"{len(sizes)} cases, seed {seed}")
 
 
@@ -90,8 +105,15 @@ def check_cosine_similarity(student_fn, *, seed: int = 0, sizes=((6, 16), (10, 3
                 torch.cdist(e, e),
             "divided by the squared lengths: use |e_i| |e_j|, not |e_i|^2 |e_j|^2":
                 (e @ e.T) / (e.norm(dim=1) ** 2)[:, None] / (e.norm(dim=1) ** 2)[None, :],
+            "only one side was normalised: divide by the lengths of both rows, |e_i| and |e_j|":
+                (e / e.norm(dim=1, keepdim=True)) @ e.T,
+            "divided by the length of the whole matrix: normalise each row by its own length":
+                (e @ e.T) / e.norm() ** 2,
+            "a softmax over the similarities: the cosine similarity is the plain product of unit rows":
+                ref.softmax(dim=1),
         }
-        compare(name, out, ref, mistakes, tol=1e-5, context=f" for emb of shape {[N, D]}")
+        compare(name, out, ref, mistakes, tol=1e-5, context=f" for emb of shape {[N, D]}",
+                reference=embeddings.cosine_similarity, args=(emb,))
     passed(name, f"{len(sizes)} cases, seed {seed}")
 
 
@@ -119,6 +141,11 @@ def check_film(student_fn, *, seed: int = 0, sizes=((2, 8, 5, 5), (3, 4, 7, 6)))
             "shift applied before scaling: scale first, then add the shift": (hd + b) * (1 + s),
             "the shift is missing: add shift after scaling": hd * (1 + s),
             "subtracted the shift: add it": hd * (1 + s) - b,
+            "(1 - scale): FiLM here multiplies by (1 + scale)": hd * (1 - s) + b,
+            "the shift multiplies instead of adds: h * (1 + scale) + shift": hd * (1 + s) * b,
+            "scale and shift were added together before multiplying: only the scale multiplies h":
+                hd * (1 + s + b),
         }
-        compare(name, out, unet.film(hd, scale.double(), shift.double()), mistakes, tol=1e-5, context=f" for h of shape {[B, C, H, W]}")
+        compare(name, out, unet.film(hd, scale.double(), shift.double()), mistakes, tol=1e-5,
+                context=f" for h of shape {[B, C, H, W]}", reference=unet.film, args=(h, scale, shift))
     passed(name, f"{len(sizes)} cases, seed {seed}")

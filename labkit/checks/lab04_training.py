@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from labkit import diffusion, training
-from labkit.checks._common import call, compare, expect_tensor, fail, generator, max_abs_diff, passed
+from labkit.checks._common import (
+    call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
+)
 
 
 class ToyEpsModel(nn.Module):
@@ -48,7 +50,7 @@ def _inputs(shape, T, g):
     ab = torch.cumprod(1 - betas, 0)
     x0 = torch.rand(shape, generator=g) * 2 - 1
     y = torch.randint(0, 11, (B,), generator=g)
-    t = torch.randperm(T, generator=g)[:B].long()
+    t = spread_steps(B, T, g)
     noise = torch.randn(shape, generator=g)
     return x0, y, t, noise, ab
 
@@ -78,6 +80,13 @@ def _loss_variants(model, x0, y, t, noise, ab):
                 ((eps - nd) ** 2).flatten(1).sum(1).mean(),
             "an absolute error (L1); eq. 14 squares the difference": (eps - nd).abs().mean(),
             "the square root of the MSE; eq. 14 is the mean squared error itself": ((eps - nd) ** 2).mean().sqrt(),
+            "the model was told 'no class' (index 10): it is trained on the labels y it is given (the training "
+            "loop, not the loss, drops labels for guidance)": ((model(xt, t, torch.full_like(y, 10)).double() - nd) ** 2).mean(),
+            "the model was given t + 1: x_t was made at step t, so the model must see t itself":
+                ((model(xt, (t + 1).clamp(max=len(ab) - 1), y).double() - nd) ** 2).mean(),
+            "the noise coefficient is missing: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise":
+                ((model((a.sqrt() * x0d + nd).float(), t, y).double() - nd) ** 2).mean(),
+            "half the mean squared error (a factor 1/2 some texts use); eq. 14 has none": 0.5 * ((eps - nd) ** 2).mean(),
         }
     return ref, mistakes
 
@@ -103,8 +112,13 @@ def check_noise_prediction_loss(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8
             fail(name, "the loss carries no gradient (no .detach(), .item() or torch.no_grad() in the loss: "
                        "training calls loss.backward() on it)")
         ref, mistakes = _loss_variants(model, x0, y, t, noise, ab)
-        compare(name, out_t.reshape(()), ref, mistakes, tol=1e-5 * max(1.0, float(ref)),
-                context=f" for x0 of shape {list(shape)}")
+        try:
+            compare(name, out_t.reshape(()), ref, mistakes, tol=1e-5 * max(1.0, float(ref)),
+                    context=f" for x0 of shape {list(shape)}",
+                    reference=lambda *a: diffusion.noise_prediction_loss(model, *a), args=(x0, y, t, noise, ab))
+        except AssertionError:
+            deterministic(name, student_fn, (model, x0, y, t, noise, ab), out_t.reshape(()))
+            raise
     passed(name, f"shapes {[list(s) for s in sizes]}, seed {seed}")
 
 
@@ -176,7 +190,8 @@ def check_train_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 6
 
         out = call(name, student_fn, model, opt, compute_loss, hints={
             "modified by an inplace operation": "optimizer.step() ran before loss.backward(): it changed the "
-            "weights the backward pass still needed. The order is zero_grad(), compute_loss(), backward(), step()"})
+            "weights the backward pass still needed. The update can only use gradients that backward() "
+            "has computed for this batch's loss"})
         after = _params(model)
         if len(calls) == 0:
             fail(name, "compute_loss() was never called: the step needs the loss of this batch")
@@ -186,9 +201,10 @@ def check_train_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 6
         err = _moved(after, expected)
         if err > 1e-5:
             if _moved(after, before) == 0.0:
-                fail(name, "the parameters did not move. The order is optimizer.zero_grad(), "
-                           "loss = compute_loss(), loss.backward(), optimizer.step(): was backward() or step() "
-                           "missing, or zero_grad() called after backward() (it wipes the fresh gradients)?")
+                fail(name, "the parameters did not move: the optimizer's step can only use gradients that "
+                           "backward() has computed for this batch. Was backward() or step() missing, were they "
+                           "in the wrong order, or were the gradients cleared after backward() (that wipes them "
+                           "before the optimizer can use them)?")
             variants = {
                 "the old gradients were not cleared: call optimizer.zero_grad() before loss.backward() "
                 "(backward adds to .grad, it does not overwrite it)":

@@ -37,7 +37,7 @@ def check_cosine_similarity(student_fn, *, seed: int = 0, sizes=((5, 3, 8), (1, 
         i, t = img.double(), txt.double()
         ref = embeddings.cosine_similarity(i, t)
         mistakes = {
-            "no normalisation: divide each embedding by its length (F.normalize(v, dim=-1)) before the product":
+            "no normalisation: divide each embedding by its own length before the product":
                 i @ t.T,
             "only the image embeddings were normalised; normalise the text embeddings too": _unit(i) @ t.T,
             "only the text embeddings were normalised; normalise the image embeddings too": i @ _unit(t).T,
@@ -47,7 +47,15 @@ def check_cosine_similarity(student_fn, *, seed: int = 0, sizes=((5, 3, 8), (1, 
             "divided by squared lengths: a unit vector is v / ||v||, not v / ||v||^2":
                 (i / (i * i).sum(1, keepdim=True)) @ (t / (t * t).sum(1, keepdim=True)).T,
         }
-        compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N}, K={K}, D={D}")
+        mistakes.update({
+            "divided by the product of the matrices' total lengths: normalise each row by its own length":
+                (i @ t.T) / (i.norm() * t.norm()),
+            "that is the cosine *distance* 1 - cos; return the similarity itself": 1 - ref,
+            "each embedding divided by its squared length on one side only: a unit vector is v / ||v||":
+                (i / (i * i).sum(1, keepdim=True)) @ _unit(t).T,
+        })
+        compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N}, K={K}, D={D}",
+                reference=embeddings.cosine_similarity, args=(img, txt))
     passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
 
 
@@ -76,7 +84,16 @@ def check_zero_shot_probs(student_fn, *, seed: int = 0, sizes=((4, 10), (3, 2), 
                 "a sigmoid per prompt; the zero-shot classifier is a softmax over all prompts": torch.sigmoid(scale * c),
                 "normalised by the sum without exp: use a softmax": (scale * c) / (scale * c).sum(1, keepdim=True),
             }
-            compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N}, K={K}, logit_scale={scale:g}")
+            mistakes.update({
+                "the exponentials were normalised over the whole matrix: each image's row is its own softmax":
+                    (scale * c).exp() / (scale * c).exp().sum(),
+                "the maximum was subtracted without the exp (or the exp without normalising): use a softmax "
+                "over each row": (scale * c).exp(),
+                "the logits were normalised before the softmax: softmax(logit_scale * cosine) uses them as they are":
+                    (scale * c / (scale * c).norm(dim=1, keepdim=True)).softmax(dim=1),
+            })
+            compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N}, K={K}, logit_scale={scale:g}",
+                    reference=clip.zero_shot_probs, args=(cos, float(scale)))
             rows = out.double().sum(dim=1)
             if (rows - 1).abs().max().item() > 1e-4:
                 fail(name, "rows do not sum to 1")

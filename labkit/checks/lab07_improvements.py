@@ -1,6 +1,7 @@
 """Checks for lab 07 (improvements). References: ``labkit.guidance.cfg_combine``, ``labkit.samplers.ddim_step``
-and ``labkit.samplers.dpmpp_2m_step`` (the steps of ``sample_ddim`` and ``sample_dpmpp_2m``), in float64; the
-known mistakes are written out beside them.
+and ``labkit.samplers.dpmpp_2m_step`` (the steps of ``sample_ddim`` and ``sample_dpmpp_2m``), in float64. Each
+known mistake is the library's own step on perturbed inputs (eta squared, x0_hat scaled, two arguments
+swapped...) or the step plus the one term that differs: the formulas live once, in ``labkit.samplers``.
 
     check_cfg_combine(cfg_combine)      (1 + w) eps_cond - w eps_uncond          Ho & Salimans 2022, eq. 6
     check_ddim_step(ddim_step)          DDIM update with eta                     Song et al. 2021, eqs. 12 and 16
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from labkit import guidance, samplers
+from labkit import guidance, samplers, schedules
 from labkit.checks._common import call, compare, deterministic, expect_tensor, generator, passed
 from labkit.checks.fixtures import DigitJudge, lab_model  # noqa: F401  (the lab's model and judge)
 
@@ -44,8 +45,17 @@ def check_cfg_combine(student_fn, *, seed: int = 0, sizes=((3, 1, 8, 8), (2, 1, 
                 "the guidance direction has the wrong sign: eps_cond + w * (eps_cond - eps_uncond)":
                     cd - w * (cd - ud),
                 "eps_uncond was added: (1 + w) eps_cond - w eps_uncond subtracts it": (1 + w) * cd + w * ud,
+                "the unconditional term is missing: guidance moves away from eps_uncond, by w times it":
+                    (1 + w) * cd,
+                "eps_cond plus w times eps_uncond: guidance adds w times the *difference* eps_cond - eps_uncond":
+                    cd + w * ud,
+                "the guidance direction without the conditional prediction itself: eps_cond + w (eps_cond - "
+                "eps_uncond) keeps eps_cond": cd - w * ud,
+                "an average of the two predictions: guidance extrapolates past eps_cond, it does not interpolate":
+                    (cd + ud) / 2 if w != 0 else None,
             }
-            compare(name, out, ref, mistakes, tol=1e-5, context=f" for w={w:g}, shape {list(shape)}")
+            compare(name, out, ref, mistakes, tol=1e-5, context=f" for w={w:g}, shape {list(shape)}",
+                    reference=guidance.cfg_combine, args=(c, u, float(w)))
     passed(name, f"w in {list(ws)}, seed {seed}")
 
 
@@ -64,35 +74,6 @@ def _alpha_bar_pairs(B: int, g: torch.Generator, nd: int):
 def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5, 7)), etas=(0.0, 0.5, 1.0)) -> None:
     """student_fn(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z) -> x_prev, all tensors [B,C,H,W] except
     alpha_bar_* [B,1,1,1] float64 and eta a float (DDIM, Song et al. 2021, eqs. 12 and 16)."""
-    def variant(x, eps, ab_t, ab_prev, eta, z, *, sigma_mode="ok", dir_mode="ok", x0_mode="ok", noise=True):
-        """DDIM with one named mistake (float64)."""
-        x, eps, z = x.double(), eps.double(), z.double()
-        if x0_mode == "ok":
-            x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
-        elif x0_mode == "variance":
-            x0 = (x - (1 - ab_t) * eps) / ab_t
-        sigma = ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
-        if sigma_mode == "ok":
-            sigma = eta * sigma
-        elif sigma_mode == "squared":  # eta * sigma^2 where sigma belongs
-            sigma = eta * sigma ** 2
-        elif sigma_mode == "eta2":
-            sigma = eta ** 2 * sigma
-        elif sigma_mode == "noeta":
-            pass
-        elif sigma_mode == "swapped":
-            sigma = eta * ((1 - ab_t) / (1 - ab_prev).clamp(min=1e-12) * (1 - ab_prev / ab_t)).abs().sqrt()
-        if dir_mode == "ok":
-            direction = (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-        elif dir_mode == "nosigma":
-            direction = (1 - ab_prev).sqrt() * eps
-        elif dir_mode == "ab_t":
-            direction = (1 - ab_t).sqrt() * eps
-        elif dir_mode == "variance":
-            direction = (1 - ab_prev - sigma ** 2).clamp(min=0) * eps
-        out = ab_prev.sqrt() * x0 + direction
-        return out + sigma * z if noise else out
-
     name = "check_ddim_step"
     g = generator(seed)
     for shape in sizes:
@@ -105,27 +86,42 @@ def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5,
             args = (x, eps, ab_t, ab_prev, float(eta), z)
             out = expect_tensor(name, call(name, student_fn, *args,
                                            names=["x_t", "eps_hat", "alpha_bar_t", "alpha_bar_prev", "eta", "z"]), shape)
-            ref = samplers.ddim_step(x.double(), eps.double(), ab_t, ab_prev, float(eta), z.double())
-            R = lambda **kw: variant(x, eps, ab_t, ab_prev, eta, z, **kw)  # noqa: E731
+            xd, ed, zd = x.double(), eps.double(), z.double()
+
+            def D(**change):  # labkit's DDIM step, with some of its inputs changed
+                kw = dict(x_t=xd, eps_hat=ed, alpha_bar_t=ab_t, alpha_bar_prev=ab_prev, eta=float(eta), z=zd)
+                return samplers.ddim_step(**{**kw, **change})
+
+            ref = D()
+            noise = ref - D(z=torch.zeros_like(zd))  # sigma * z
+            x0_hat = D(alpha_bar_prev=torch.ones_like(ab_prev), eta=0.0)  # the step to clean data is x0_hat
+            sigma = samplers.ddim_sigma(ab_t, ab_prev, float(eta))
+            c_dir = (1 - ab_prev - sigma ** 2).clamp(min=0)  # the direction's variance
             mistakes = {
-                "the noise term sigma * z is missing (for eta > 0 DDIM adds fresh noise)": R(noise=False),
+                "the noise term sigma * z is missing (for eta > 0 DDIM adds fresh noise)": D(z=torch.zeros_like(zd)),
                 "sigma ignores eta: sigma = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev)":
-                    R(sigma_mode="noeta"),
+                    D(eta=1.0),
                 "sigma was squared (a variance where the standard deviation belongs): the noise is sigma * z":
-                    R(sigma_mode="squared"),
-                "eta was squared: sigma = eta * sqrt(...) (eta^2 scales the variance, not the std)": R(sigma_mode="eta2"),
-                "abar_t and abar_prev are swapped in sigma (eq. 16): "
-                "sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)": R(sigma_mode="swapped"),
+                    D(eta=float(eta) * samplers.ddim_sigma(ab_t, ab_prev, 1.0)),
+                "eta was squared: sigma = eta * sqrt(...) (eta^2 scales the variance, not the std)": D(eta=float(eta) ** 2),
                 "the 'direction pointing to x_t' forgets sigma: its coefficient is sqrt(1 - abar_prev - sigma^2)":
-                    R(dir_mode="nosigma"),
+                    D(eta=0.0) + noise,
                 "the 'direction pointing to x_t' uses abar_t; it is scaled by sqrt(1 - abar_prev - sigma^2)":
-                    R(dir_mode="ab_t"),
-                "the direction coefficient lacks its sqrt: sqrt(1 - abar_prev - sigma^2) * eps_hat": R(dir_mode="variance"),
-                "x0_hat uses variances: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)": R(x0_mode="variance"),
+                    ref + ((1 - ab_t).sqrt() - c_dir.sqrt()) * ed,
+                "the direction coefficient lacks its sqrt: sqrt(1 - abar_prev - sigma^2) * eps_hat":
+                    ref + (c_dir - c_dir.sqrt()) * ed,
+                "x0_hat uses variances: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
+                    ref + ab_prev.sqrt() * ((xd - (1 - ab_t) * ed) / ab_t - x0_hat),
+                "x0_hat is not scaled by sqrt(abar_prev): the predicted x0 enters x_prev as sqrt(abar_prev) x0_hat":
+                    ref + (1 - ab_prev.sqrt()) * x0_hat,
+                "the direction term is eps_hat itself: it is scaled by sqrt(1 - abar_prev - sigma^2)":
+                    ref + (1 - c_dir.sqrt()) * ed,
+                "x0_hat divides by abar_t without the sqrt: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
+                    ref + ab_prev.sqrt() * (x0_hat * ab_t.sqrt() / ab_t - x0_hat),
             }
             context = f" for eta={eta:g}, shape {list(shape)}"
             try:
-                compare(name, out, ref, mistakes, tol=1e-4, context=context)
+                compare(name, out, ref, mistakes, tol=1e-4, context=context, reference=samplers.ddim_step, args=args)
             except AssertionError:
                 deterministic(name, student_fn, args, out)
                 raise
@@ -136,7 +132,7 @@ def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5,
 
 
 def _lam(ab):
-    return 0.5 * torch.log(ab / (1 - ab))  # lambda = log(alpha / sigma)
+    return 0.5 * torch.log(schedules.snr(ab))  # DPM-Solver's lambda = log(alpha / sigma), half the log-SNR
 
 
 def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 4, 4))) -> None:
@@ -145,34 +141,6 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
     x0_prev / alpha_bar_last: the previous step's x0_hat and its alpha_bar, or None on the first step
     (then the update is first order, D = x0_hat). All alpha_bar_* are [B,1,1,1] float64 in (0, 1), with
     alpha_bar_last < alpha_bar_t < alpha_bar_prev (noise decreases step by step)."""
-    def variant(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last, *, mode):
-        """DPM-Solver++(2M) with one named mistake (float64)."""
-        x, d0 = x.double(), x0_hat.double()
-        sig_t, sig_p, alpha_p = (1 - ab_t).sqrt(), (1 - ab_prev).sqrt(), ab_prev.sqrt()
-        lam_t, lam_p = _lam(ab_t), _lam(ab_prev)
-        if mode == "full_logsnr":
-            lam_t, lam_p = 2 * lam_t, 2 * lam_p
-        h = lam_p - lam_t
-        D = d0
-        if x0_prev is not None and mode != "first_order":
-            lam_l = _lam(ab_last) * (2 if mode == "full_logsnr" else 1)
-            r = (lam_t - lam_l) / h
-            if mode == "r_inverted":
-                r = 1 / r
-            c = 1 / (2 * r)
-            D = (1 + c) * d0 - c * x0_prev.double()
-            if mode == "D_swapped":
-                D = (1 + c) * x0_prev.double() - c * d0
-        if mode == "exp_sign":
-            return sig_p / sig_t * x - alpha_p * torch.expm1(h) * D
-        if mode == "ratio_inverted":
-            return sig_t / sig_p * x - alpha_p * torch.expm1(-h) * D
-        if mode == "sigma_prev":
-            return sig_p / sig_t * x - sig_p * torch.expm1(-h) * D
-        if mode == "plus":
-            return sig_p / sig_t * x + alpha_p * torch.expm1(-h) * D
-        return sig_p / sig_t * x - alpha_p * torch.expm1(-h) * D
-
     name = "check_dpmpp_2m_step"
     g = generator(seed)
     for shape in sizes:
@@ -188,26 +156,46 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
             args = (x, d0, None, ab_t, ab_prev, None) if first else (x, d0, d1, ab_t, ab_prev, ab_last)
             out = expect_tensor(name, call(name, student_fn, *args, names=[
                 "x_t", "x0_hat", "x0_prev", "alpha_bar_t", "alpha_bar_prev", "alpha_bar_last"]), shape)
-            ref = samplers.dpmpp_2m_step(*(a.double() if isinstance(a, torch.Tensor) else a for a in args))
-            R = lambda mode: variant(*args, mode=mode)  # noqa: E731
+            xd, d0d, d1d = x.double(), d0.double(), (None if first else d1.double())
+
+            def S(x_t=xd, x0_hat=d0d, x0_prev=d1d, alpha_bar_last=None if first else ab_last):
+                """labkit's step with some of its inputs changed (the step is linear in x_t and in D)."""
+                return samplers.dpmpp_2m_step(x_t, x0_hat, x0_prev, ab_t, ab_prev, alpha_bar_last)
+
+            def scaled_D(k):  # the same step with D scaled by k per image (both x0 estimates scaled)
+                return S(x0_hat=k * d0d, x0_prev=None if first else k * d1d)
+
+            ref = S()
+            h = _lam(ab_prev) - _lam(ab_t)
+            sig_t, sig_p = (1 - ab_t).sqrt(), (1 - ab_prev).sqrt()
             mistakes = {
                 "exp(-h) - 1 has the wrong sign in the exponent: the factor is (e^{-h} - 1) with "
-                "h = lambda_prev - lambda_t > 0": R("exp_sign"),
-                "the x_t coefficient is inverted: sigma_prev / sigma_t (it shrinks the noise)": R("ratio_inverted"),
+                "h = lambda_prev - lambda_t > 0": scaled_D(torch.expm1(h) / torch.expm1(-h)),
+                "the x_t coefficient is inverted: sigma_prev / sigma_t (it shrinks the noise)":
+                    S(x_t=xd * (sig_t / sig_p) ** 2),
                 "the D term is scaled by sigma_prev; in the data-prediction form it is alpha_prev = sqrt(abar_prev)":
-                    R("sigma_prev"),
+                    scaled_D(sig_p / ab_prev.sqrt()),
                 "the D term has the wrong sign: x_prev = (sigma_prev/sigma_t) x_t - alpha_prev (e^{-h} - 1) D":
-                    R("plus"),
+                    scaled_D(-torch.ones_like(h)),
                 "lambda is the full log-SNR; DPM-Solver's lambda = log(alpha / sigma) is half of it":
-                    R("full_logsnr"),
+                    scaled_D(torch.expm1(-2 * h) / torch.expm1(-h)),
+                "e^{-h} where the factor is e^{-h} - 1 (expm1): the D term is alpha_prev (e^{-h} - 1) D":
+                    scaled_D(torch.exp(-h) / torch.expm1(-h)),
+                "the x_t coefficient is missing: x_prev starts from (sigma_prev / sigma_t) x_t":
+                    S(x_t=xd * sig_t / sig_p),
             }
             if not first:
+                h_last = _lam(ab_t) - _lam(ab_last)
+                lam_last_inverted = _lam(ab_t) - h * h / h_last  # makes r = h_last / h into h / h_last
                 mistakes.update({
                     "the second-order correction is missing: with a previous x0_hat use "
-                    "D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev": R("first_order"),
-                    "r is inverted: r = h_last / h with h_last = lambda_t - lambda_last": R("r_inverted"),
-                    "x0_hat and x0_prev are swapped in D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev": R("D_swapped"),
+                    "D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev": S(x0_prev=None, alpha_bar_last=None),
+                    "r is inverted: r = h_last / h with h_last = lambda_t - lambda_last":
+                        S(alpha_bar_last=torch.sigmoid(2 * lam_last_inverted)),
+                    "x0_hat and x0_prev are swapped in D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev":
+                        S(x0_hat=d1d, x0_prev=d0d),
                 })
             context = " on the first step (x0_prev is None)" if first else " on a later step"
-            compare(name, out, ref, mistakes, tol=1e-4, context=context + f", shape {list(shape)}")
+            compare(name, out, ref, mistakes, tol=1e-4, context=context + f", shape {list(shape)}",
+                    reference=samplers.dpmpp_2m_step, args=args)
     passed(name, f"first and later steps, shapes {[list(s) for s in sizes]}, seed {seed}")

@@ -16,7 +16,7 @@ from labkit import clip_guidance
 from labkit.checks._common import call, compare, expect_tensor, generator, passed
 
 
-def check_guided_eps(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 1, 28, 28)), scales=(0.0, 2.0)) -> None:
+def check_guided_eps(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 1, 28, 28)), scales=(2.0, 0.0)) -> None:
     """student_fn(eps_hat [B,C,H,W], grad [B,C,H,W], alpha_bar_t [B,1,1,1] float64, scale: float) -> [B,C,H,W]."""
     name = "check_guided_eps"
     g = generator(seed)
@@ -39,6 +39,15 @@ def check_guided_eps(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 1, 2
                 "1 - alpha_bar_t without the sqrt: the factor is the noise standard deviation sqrt(1 - alpha_bar_t)":
                     e - s * (1 - ab) * gr,
                 "the scale is missing": e - (1 - ab).sqrt() * gr,
+                "divided by sqrt(1 - alpha_bar_t): it multiplies (eps = -sqrt(1 - alpha_bar_t) * score)":
+                    e - s * gr / (1 - ab).sqrt(),
+                "sqrt(1 - alpha_bar_t) divides the whole guided eps: only the gradient term is scaled by it":
+                    (e - s * gr) * (1 - ab).sqrt(),
+                "the gradient replaced eps_hat: guidance adds a correction to the model's eps_hat":
+                    -s * (1 - ab).sqrt() * gr,
+                "the scale was applied to eps_hat too: eps_hat - scale * sqrt(1 - alpha_bar_t) * grad":
+                    s * e - s * (1 - ab).sqrt() * gr,
             }
-            compare(name, out, ref, mistakes, tol=1e-5, context=f" for scale={scale:g}, shape {list(shape)}")
+            compare(name, out, ref, mistakes, tol=1e-5, context=f" for scale={scale:g}, shape {list(shape)}",
+                    reference=clip_guidance.guided_eps, args=(eps, grad, ab, float(scale)))
     passed(name, f"scales {list(scales)}, seed {seed}")

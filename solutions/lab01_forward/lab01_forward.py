@@ -157,7 +157,7 @@ def q_sample(x0, t, noise, alpha_bars):
 checks.check_q_sample(q_sample)
 ### BEGIN HIDDEN TESTS
 checks.check_q_sample(q_sample, seed=3, sizes=((5, 1, 8, 8), (2, 3, 6, 4)), T=1000)
-checks.check_q_sample(q_sample, seed=4, sizes=((1, 1, 28, 28),), T=10)
+checks.check_q_sample(q_sample, seed=4, sizes=((3, 1, 28, 28),), T=10)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -107,7 +107,7 @@ def p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
 checks.check_p_sample_step(p_sample_step)
 ### BEGIN HIDDEN TESTS
 checks.check_p_sample_step(p_sample_step, seed=7, sizes=((5, 1, 28, 28), (3, 3, 4, 4)), T=1000)
-checks.check_p_sample_step(p_sample_step, seed=8, sizes=((2, 1, 6, 6),), T=3)
+checks.check_p_sample_step(p_sample_step, seed=8, sizes=((3, 1, 6, 6),), T=3)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -1,0 +1,636 @@
+"""Plausible wrong answers to every exercise, as students write them, with the phrase a helpful message contains.
+
+``SUITE[(lab, exercise)]`` is a list of ``(label, wrong_function, phrase)``. ``phrase`` is a regular expression
+that the check's message must contain for the mistake to count as *named*; ``None`` marks a mistake no check
+is expected to name (it must still fail). ``tests/test_mistake_naming.py`` runs them all and
+``benchmarks/mistake_naming.py`` prints the naming rate per lab (docs/checks.md).
+
+Written from the mistakes seen in the labs' tests, the issue reports and the families a check should know
+(a constant factor or offset, a flipped sign, a transpose, swapped halves, an edge step), not from the checks'
+catalogues: a new check must name them without knowing this list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _b(v, x):  # per-image [B] -> [B, 1, 1, 1]
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+# --- lab 00 ----------------------------------------------------------------------------------------------
+LAB00 = [
+    ("x / 2", lambda x: x / 2, "shift the range up by 1"),
+    ("x + 1", lambda x: x + 1, "also divide by 2"),
+    ("x / 2 + 1", lambda x: x / 2 + 1, "add 1 before dividing"),
+    ("x * 2 - 1", lambda x: x * 2 - 1, "opposite direction"),
+    ("clamp", lambda x: x.clamp(0, 1), "clamping"),
+    ("x + 1 / 2 (precedence)", lambda x: x + 1 / 2, "operator precedence"),
+    ("(x - 1) / 2", lambda x: (x - 1) / 2, "shift up by 1, not down"),
+    ("(x + 1) * 2", lambda x: (x + 1) * 2, "width of the range"),
+    ("(x + 0.5) / 2", lambda x: (x + 0.5) / 2, "shifted by 0.5"),
+    ("(x + 1) / 4", lambda x: (x + 1) / 4, "constant factor"),
+    ("-(x + 1) / 2", lambda x: -(x + 1) / 2, "sign error"),
+    ("(x + 1) / 2 + 0.1", lambda x: (x + 1) / 2 + 0.1, "constant offset"),
+    ("numpy", lambda x: ((x + 1) / 2).numpy(), "numpy"),
+    ("no return", lambda x: None, "return"),
+    ("sigmoid", lambda x: torch.sigmoid(x), None),
+]
+
+# --- lab 01 ----------------------------------------------------------------------------------------------
+LAB01_ALPHA = [
+    ("cumprod(beta)", lambda b: torch.cumprod(b, 0), "cumprod of the betas"),
+    ("1 - cumprod(beta)", lambda b: 1 - torch.cumprod(b, 0), "1 - cumprod"),
+    ("cumsum", lambda b: torch.cumsum(1 - b, 0), "cumulative sum"),
+    ("1 - cumsum(beta)", lambda b: 1 - torch.cumsum(b, 0), "first-order"),
+    ("shifted by one", lambda b: torch.cat([torch.ones(1, dtype=b.dtype), torch.cumprod(1 - b, 0)[:-1]]), "off by one"),
+    ("prod (one number)", lambda b: torch.prod(1 - b), "single number"),
+    ("sqrt", lambda b: torch.cumprod(1 - b, 0).sqrt(), "square root"),
+    ("alphas", lambda b: 1 - b, "running product"),
+    ("reversed", lambda b: torch.cumprod(1 - b, 0).flip(0), "reverse order"),
+    ("product from the end", lambda b: torch.cumprod((1 - b).flip(0), 0).flip(0), "from the last step"),
+    ("squared", lambda b: torch.cumprod(1 - b, 0) ** 2, "squared"),
+    ("float16", lambda b: torch.cumprod(1 - b.half(), 0), "half precision"),
+    ("in place", lambda b: torch.cumprod(b.mul_(-1).add_(1), 0), "in place"),
+]
+
+LAB01_SNR = [
+    ("inverted", lambda ab: (1 - ab) / ab, "inverted"),
+    ("sqrt", lambda ab: (ab / (1 - ab)).sqrt(), "square root of the SNR"),
+    ("log", lambda ab: torch.log(ab / (1 - ab)), "log of the SNR"),
+    ("1 + ab", lambda ab: ab / (1 + ab), "1 \\+ alpha_bar"),
+    ("1 / (1 - ab)", lambda ab: 1 / (1 - ab), "missing from the numerator"),
+    ("squared denominator", lambda ab: ab / (1 - ab) ** 2, "noise variance 1 - alpha_bar itself"),
+    ("sqrt numerator", lambda ab: ab.sqrt() / (1 - ab), "numerator is the signal variance"),
+    ("sqrt denominator", lambda ab: ab / (1 - ab).sqrt(), "not its std"),
+    ("log10", lambda ab: torch.log10(ab / (1 - ab)), "log10"),
+    ("2x", lambda ab: 2 * ab / (1 - ab), "constant factor"),
+    ("negative", lambda ab: -ab / (1 - ab), "sign error"),
+    ("numpy", lambda ab: (ab / (1 - ab)).numpy(), "numpy"),
+]
+
+
+def _q(x0, t, noise, ab, *, sa=None, sn=None, idx=None):
+    a = _b(ab[t if idx is None else idx(t, len(ab))], x0)
+    return (a.sqrt() if sa is None else sa(a)) * x0 + ((1 - a).sqrt() if sn is None else sn(a)) * noise
+
+
+LAB01_Q = [
+    ("variances", lambda x0, t, n, ab: _q(x0, t, n, ab, sa=lambda a: a, sn=lambda a: 1 - a), "variance instead of std"),
+    ("noise variance", lambda x0, t, n, ab: _q(x0, t, n, ab, sn=lambda a: 1 - a), "sqrt missing on the noise"),
+    ("signal variance", lambda x0, t, n, ab: _q(x0, t, n, ab, sa=lambda a: a), "sqrt missing on the signal"),
+    ("swapped", lambda x0, t, n, ab: _q(x0, t, n, ab, sa=lambda a: (1 - a).sqrt(), sn=lambda a: a.sqrt()), "swapped"),
+    ("t - 1", lambda x0, t, n, ab: _q(x0, t, n, ab, idx=lambda t, T: t - 1), "alpha_bars\\[t - 1\\]"),
+    ("t - 1 clamped", lambda x0, t, n, ab: _q(x0, t, n, ab, idx=lambda t, T: (t - 1).clamp(min=0)), "alpha_bars\\[t - 1\\]"),
+    ("t + 1", lambda x0, t, n, ab: _q(x0, t, n, ab, idx=lambda t, T: (t + 1).clamp(max=T - 1)), "alpha_bars\\[t \\+ 1\\]"),
+    ("t[0]", lambda x0, t, n, ab: _q(x0, t, n, ab, idx=lambda t, T: t[:1].expand(len(t))), "the same step t\\[0\\]"),
+    ("no noise", lambda x0, t, n, ab: _q(x0, t, n, ab, sn=lambda a: 0 * a), "noise term is missing"),
+    ("unscaled noise", lambda x0, t, n, ab: _q(x0, t, n, ab, sn=lambda a: 1 + 0 * a), "added unscaled"),
+    ("unscaled x0", lambda x0, t, n, ab: _q(x0, t, n, ab, sa=lambda a: 1 + 0 * a), "x0 is not scaled"),
+    ("1 - sqrt", lambda x0, t, n, ab: _q(x0, t, n, ab, sn=lambda a: 1 - a.sqrt()), "1 - sqrt"),
+    ("cumprod again", lambda x0, t, n, ab: _q(x0, t, n, torch.cumprod(ab, 0)), "multiplied up again"),
+    ("noise subtracted", lambda x0, t, n, ab: _q(x0, t, n, ab, sn=lambda a: -(1 - a).sqrt()), "subtracted"),
+    ("fresh noise", lambda x0, t, n, ab: _q(x0, t, torch.randn_like(n), ab), "use the inputs you are given"),
+    ("no reshape", lambda x0, t, n, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * n, "\\[B, 1, 1, 1\\]"),
+]
+
+# --- lab 02 ----------------------------------------------------------------------------------------------
+LAB02_CAT = [
+    ("skip first", lambda h, s: torch.cat([s, h], 1), "wrong order"),
+    ("dim 0", lambda h, s: torch.cat([h, s], 0), "dim 0"),
+    ("dim 3", lambda h, s: torch.cat([h, s], 3), "dim 3"),
+    ("added", lambda h, s: h + s, "instead of concatenated"),
+    ("stacked", lambda h, s: torch.stack([h, s]), "torch.stack"),
+    ("interleaved", lambda h, s: torch.stack([h, s], 2).flatten(1, 2), "interleaved"),
+    ("h twice", lambda h, s: torch.cat([h, h], 1), "skip's channels are missing"),
+    ("numpy", lambda h, s: torch.cat([h, s], 1).numpy(), "numpy"),
+]
+
+LAB02_UP = [
+    ("factor 2", lambda h, s: torch.cat([F.interpolate(h, scale_factor=2), s], 1), "fixed factor 2"),
+    ("no upsampling", lambda h, s: torch.cat([h, s], 1), "upsample h"),
+    ("bilinear", lambda h, s: torch.cat([F.interpolate(h, size=s.shape[-2:], mode="bilinear"), s], 1), "bilinear"),
+    ("bilinear corners", lambda h, s: torch.cat([F.interpolate(h, size=s.shape[-2:], mode="bilinear",
+                                                              align_corners=True), s], 1), "align_corners"),
+    ("nearest-exact", lambda h, s: torch.cat([F.interpolate(h, size=s.shape[-2:], mode="nearest-exact"), s], 1),
+     "nearest-exact"),
+    ("bicubic", lambda h, s: torch.cat([F.interpolate(h, size=s.shape[-2:], mode="bicubic"), s], 1), "bicubic"),
+    ("skip first", lambda h, s: torch.cat([s, F.interpolate(h, size=s.shape[-2:])], 1), "wrong order"),
+    ("no join", lambda h, s: F.interpolate(h, size=s.shape[-2:]), "instead of concatenated"),
+    ("skip pooled down", lambda h, s: torch.cat([h, F.adaptive_avg_pool2d(s, h.shape[-2:])], 1), "down"),
+]
+
+# --- lab 03 ----------------------------------------------------------------------------------------------
+
+
+def _pe(t, dim, *, order="interleave", exponent=lambda i, d: 2 * i / d, mult=False, tscale=1.0, toff=0, fn=None):
+    i = torch.arange(dim // 2, dtype=torch.float32)
+    freqs = torch.exp(math.log(10000.0) * exponent(i, dim) * (1 if mult else -1))
+    a = (t.float() + toff)[:, None] * freqs[None, :] * tscale
+    s, c = (torch.sin(a), torch.cos(a)) if fn is None else fn(a)
+    if order == "interleave":
+        return torch.stack([s, c], dim=-1).flatten(1)
+    if order == "swap":
+        return torch.stack([c, s], dim=-1).flatten(1)
+    return torch.cat([s, c], 1) if order == "sincos" else torch.cat([c, s], 1)
+
+
+LAB03_PE = [
+    ("swapped", lambda t, d: _pe(t, d, order="swap"), "swapped"),
+    ("sin block", lambda t, d: _pe(t, d, order="sincos"), "all sines first"),
+    ("cos block", lambda t, d: _pe(t, d, order="cossin"), "all cosines first"),
+    ("i / dim", lambda t, d: _pe(t, d, exponent=lambda i, d_: i / d_), "wrong frequency exponent"),
+    ("multiplied", lambda t, d: _pe(t, d, mult=True), "multiplied by 10000"),
+    ("2 pi", lambda t, d: _pe(t, d, tscale=2 * math.pi), "2\\*pi"),
+    ("sin only", lambda t, d: _pe(t, d, fn=lambda a: (torch.sin(a), torch.sin(a))), "sines in every column"),
+    ("cos only", lambda t, d: _pe(t, d, fn=lambda a: (torch.cos(a), torch.cos(a))), "cosines in every column"),
+    ("i + 1", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * (i + 1) / d_), "frequency index"),
+    ("t + 1", lambda t, d: _pe(t, d, toff=1), "t \\+ 1"),
+    ("dim - 2", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * i / max(d_ - 2, 1)), "dim - 1"),
+    ("transposed", lambda t, d: _pe(t, d).T, "transposed"),
+    ("half the columns", lambda t, d: _pe(t, d)[:, : d // 2], "only dim/2"),
+    ("max period 1000", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * i / d_ * math.log(1000) / math.log(10000)),
+     None),
+]
+
+
+def _unit(v, dim=-1):
+    return v / v.norm(dim=dim, keepdim=True)
+
+
+LAB03_COS = [
+    ("dot products", lambda e: e @ e.T, "raw dot products"),
+    ("columns", lambda e: _unit(e, 0) @ _unit(e, 0).T, "wrong dimension"),
+    ("distance", lambda e: 1 - _unit(e) @ _unit(e).T, "distance"),
+    ("euclidean", lambda e: torch.cdist(e, e), "Euclidean"),
+    ("squared lengths", lambda e: (e @ e.T) / (e.norm(dim=1) ** 2)[:, None] / (e.norm(dim=1) ** 2)[None], "squared"),
+    ("one side", lambda e: _unit(e) @ e.T, "only one side"),
+    ("matrix norm", lambda e: (e @ e.T) / e.norm() ** 2, "whole matrix"),
+    ("softmax", lambda e: (_unit(e) @ _unit(e).T).softmax(1), "softmax"),
+    ("columns compared", lambda e: _unit(e, 0).T @ _unit(e, 0), "columns"),
+]
+
+LAB03_FILM = [
+    ("no 1 +", lambda h, s, b: h * s[:, :, None, None] + b[:, :, None, None], "'1 \\+' is missing"),
+    ("swapped", lambda h, s, b: h * (1 + b[:, :, None, None]) + s[:, :, None, None], "swapped"),
+    ("shift first", lambda h, s, b: (h + b[:, :, None, None]) * (1 + s[:, :, None, None]), "before scaling"),
+    ("no shift", lambda h, s, b: h * (1 + s[:, :, None, None]), "shift is missing"),
+    ("minus shift", lambda h, s, b: h * (1 + s[:, :, None, None]) - b[:, :, None, None], "subtracted"),
+    ("1 - scale", lambda h, s, b: h * (1 - s[:, :, None, None]) + b[:, :, None, None], "1 - scale"),
+    ("times shift", lambda h, s, b: h * (1 + s[:, :, None, None]) * b[:, :, None, None], "multiplies instead"),
+    ("scale + shift", lambda h, s, b: h * (1 + s[:, :, None, None] + b[:, :, None, None]), "added together"),
+    ("no reshape", lambda h, s, b: h * (1 + s) + b, "reshape them"),
+    ("wrong axes", lambda h, s, b: h * (1 + s[:, None, None, :]) + b[:, None, None, :], "\\[B, C, 1, 1\\]"),
+]
+
+# --- lab 04 ----------------------------------------------------------------------------------------------
+
+
+def _loss(model, x0, y, t, noise, ab, *, xt=None, target=None, reduce=None, tt=None, yy=None, fresh=False):
+    a = _b(ab[t], x0).float()
+    if fresh:
+        noise = torch.randn_like(noise)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise if xt is None else xt(a, x0, noise)
+    eps = model(x_t, t if tt is None else tt(t, len(ab)), y if yy is None else yy(y))
+    tgt = noise if target is None else target(x0, x_t, noise)
+    d = eps - tgt
+    return (d ** 2).mean() if reduce is None else reduce(d)
+
+
+LAB04_LOSS = [
+    ("model sees x0", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, xt=lambda a, x, e: x), "given x0"),
+    ("target x0", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, target=lambda x, xt, e: x), "target is x0"),
+    ("target xt", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, target=lambda x, xt, e: xt), "target is x_t"),
+    ("variances", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, xt=lambda a, x, e: a * x + (1 - a) * e),
+     "uses variances"),
+    ("sum", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, reduce=lambda d: (d ** 2).sum()), "a sum instead"),
+    ("sum over pixels", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, reduce=lambda d: (d ** 2).flatten(1)
+                                                         .sum(1).mean()), "summed over pixels"),
+    ("L1", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, reduce=lambda d: d.abs().mean()), "absolute error"),
+    ("RMSE", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, reduce=lambda d: (d ** 2).mean().sqrt()),
+     "square root of the MSE"),
+    ("no class", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, yy=lambda y: torch.full_like(y, 10)), "no class"),
+    ("t + 1", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, tt=lambda t, T: (t + 1).clamp(max=T - 1)),
+     "t \\+ 1"),
+    ("unscaled noise", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, xt=lambda a, x, e: a.sqrt() * x + e),
+     "noise coefficient is missing"),
+    ("half MSE", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, reduce=lambda d: 0.5 * (d ** 2).mean()),
+     "half the mean squared error"),
+    (".item()", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab).item(), "Python float"),
+    ("detached", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab).detach(), "carries no gradient"),
+    ("per image", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, reduce=lambda d: (d ** 2).flatten(1).mean(1)),
+     "single number"),
+    ("fresh noise", lambda m, x0, y, t, n, ab: _loss(m, x0, y, t, n, ab, fresh=True), "use the inputs you are given"),
+]
+
+
+def _step(order, *, ret="item", loss_calls=1):
+    def fn(model, optimizer, compute_loss):
+        loss = None
+        for op in order:
+            if op == "zero":
+                optimizer.zero_grad()
+            elif op == "loss":
+                loss = compute_loss()
+                for _ in range(loss_calls - 1):
+                    loss = compute_loss()
+            elif op == "back":
+                loss.backward()
+            elif op == "neg":
+                (-loss).backward()
+            elif op == "step":
+                optimizer.step()
+        return None if ret is None else loss.item()
+    return fn
+
+
+LAB04_STEP = [
+    ("no zero_grad", _step(["loss", "back", "step"]), "not cleared"),
+    ("zero_grad after backward", _step(["loss", "back", "zero", "step"]), "did not move"),
+    ("step before backward", _step(["zero", "loss", "step", "back"]), "wrong order"),
+    ("step twice", _step(["zero", "loss", "back", "step", "step"]), "twice"),
+    ("loss twice", _step(["zero", "loss", "back", "step"], loss_calls=2), "called 2 times"),
+    ("no return", _step(["zero", "loss", "back", "step"], ret=None), "nothing was returned"),
+    ("no step", _step(["zero", "loss", "back"]), "did not move"),
+    ("uphill", _step(["zero", "loss", "neg", "step"]), "uphill"),
+    ("zero_grad after step only", _step(["loss", "back", "step", "zero"]), "not cleared"),
+    ("no loss", lambda m, o, c: 0.0, "never called"),
+]
+
+# --- lab 05 ----------------------------------------------------------------------------------------------
+
+
+def _ps(x, t, eps, betas, ab, z, *, var=None, mean=None, noise_at_0=False, z_new=False):
+    b, a = _b(betas[t], x), _b(ab[t], x)
+    a_prev = _b(torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t])), x)
+    m = (x - b / (1 - a).sqrt() * eps) / (1 - b).sqrt() if mean is None else mean(x, eps, b, a)
+    v = (1 - a_prev) / (1 - a) * b if var is None else var(b, a, a_prev, t, ab, x)
+    if not noise_at_0:
+        v = torch.where(_b(t, x) == 0, torch.zeros_like(v), v)
+    if z_new:
+        z = torch.randn_like(z)
+    return (m + v.sqrt() * z).to(x.dtype)
+
+
+def _wrap_prev(b, a, a_prev, t, ab, x):
+    return (1 - _b(ab[t - 1], x)) / (1 - a) * b
+
+
+LAB05 = [
+    ("variance as std", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: ((1 - p) / (1 - a_) * b) ** 2),
+     "variance was used as the standard deviation"),
+    ("ab[t - 1] wraps", lambda *a: _ps(*a, var=_wrap_prev, noise_at_0=True), "wraps negative"),
+    ("beta_t", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: b), "sigma_t\\^2 = beta_t"),
+    ("ab[t + 1]", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: (1 - _b(ab[(t + 1).clamp(max=len(ab) - 1)], x))
+                                 / (1 - a_) * b), "alpha_bars\\[t \\+ 1\\]"),
+    ("noise at t = 0", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: torch.where(_b(t, x) == 0, b, (1 - p) /
+                                                                                   (1 - a_) * b), noise_at_0=True),
+     "noise was added at t = 0"),
+    ("no noise", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: 0 * b), "no noise was added"),
+    ("sqrt(alpha_bar)", lambda *a: _ps(*a, mean=lambda x, e, b, a_: (x - b / (1 - a_).sqrt() * e) / a_.sqrt()),
+     "divides by sqrt\\(alpha_bar_t\\)"),
+    ("times sqrt(alpha)", lambda *a: _ps(*a, mean=lambda x, e, b, a_: (1 - b).sqrt() * (x - b / (1 - a_).sqrt() * e)),
+     "multiplies by sqrt"),
+    ("coef no sqrt", lambda *a: _ps(*a, mean=lambda x, e, b, a_: (x - b / (1 - a_) * e) / (1 - b).sqrt()),
+     "lacks its sqrt"),
+    ("x0 coef", lambda *a: _ps(*a, mean=lambda x, e, b, a_: (x - (1 - a_).sqrt() * e) / (1 - b).sqrt()),
+     "x0 formula"),
+    ("eps added", lambda *a: _ps(*a, mean=lambda x, e, b, a_: (x + b / (1 - a_).sqrt() * e) / (1 - b).sqrt()),
+     "is added to x_t"),
+    ("tilde inverted", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: (1 - a_) / (1 - p).clamp(min=1e-12) * b),
+     "other way round"),
+    ("forward std", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: 1 - a_), "forward process"),
+    ("z unscaled", lambda *a: _ps(*a, var=lambda b, a_, p, t, ab, x: 1 + 0 * b), "z was added unscaled"),
+    ("mean is x0_hat", lambda *a: _ps(*a, mean=lambda x, e, b, a_: (x - (1 - a_).sqrt() * e) / a_.sqrt()),
+     "mean is x0_hat"),
+    ("new noise", lambda *a: _ps(*a, z_new=True), "use the inputs you are given"),
+    ("t[0] for all", lambda x, t, e, b, ab, z: _ps(x, t[:1].expand(len(t)), e, b, ab, z), "same step t\\[0\\]"),
+]
+
+# --- lab 06 ----------------------------------------------------------------------------------------------
+LAB06_COS = [
+    ("no normalisation", lambda i, t: i @ t.T, "no normalisation"),
+    ("images only", lambda i, t: _unit(i) @ t.T, "only the image"),
+    ("texts only", lambda i, t: i @ _unit(t).T, "only the text"),
+    ("columns", lambda i, t: _unit(i, 0) @ _unit(t, 0).T, "wrong dimension"),
+    ("softmax", lambda i, t: (_unit(i) @ _unit(t).T).softmax(1), "softmax"),
+    ("squared lengths", lambda i, t: (i / (i * i).sum(1, keepdim=True)) @ (t / (t * t).sum(1, keepdim=True)).T,
+     "squared lengths"),
+    ("transposed", lambda i, t: _unit(t) @ _unit(i).T, "transposed"),
+    ("matrix norms", lambda i, t: (i @ t.T) / (i.norm() * t.norm()), "total lengths"),
+    ("images with themselves", lambda i, t: _unit(i) @ _unit(i).T, "with themselves"),
+    ("distance", lambda i, t: 1 - _unit(i) @ _unit(t).T, "distance"),
+]
+
+LAB06_ZS = [
+    ("dim 0", lambda c, s: (s * c).softmax(0), "over the images"),
+    ("no scale", lambda c, s: c.softmax(1), "logit_scale is missing"),
+    ("divided", lambda c, s: (c / s).softmax(1), "divided by logit_scale"),
+    ("log_softmax", lambda c, s: (s * c).log_softmax(1), "log-probabilities"),
+    ("scale after", lambda c, s: s * c.softmax(1), "after the softmax"),
+    ("sigmoid", lambda c, s: torch.sigmoid(s * c), "sigmoid"),
+    ("no exp", lambda c, s: (s * c) / (s * c).sum(1, keepdim=True), "without exp"),
+    ("whole matrix", lambda c, s: (s * c).exp() / (s * c).exp().sum(), "whole matrix"),
+    ("exp only", lambda c, s: (s * c).exp(), "exp"),
+    ("argmax", lambda c, s: (s * c).argmax(1), "one number per image"),
+    ("transposed", lambda c, s: (s * c).softmax(1).T, "transposed"),
+]
+
+# --- lab 07 ----------------------------------------------------------------------------------------------
+LAB07_CFG = [
+    ("scale convention", lambda c, u, w: w * c - (w - 1) * u, "'scale' convention"),
+    ("swapped", lambda c, u, w: (1 + w) * u - w * c, "swapped"),
+    ("no 1 +", lambda c, u, w: w * (c - u), "'1 \\+' is missing"),
+    ("wrong sign", lambda c, u, w: c - w * (c - u), "wrong sign"),
+    ("uncond added", lambda c, u, w: (1 + w) * c + w * u, "eps_uncond was added"),
+    ("(1 + w) c", lambda c, u, w: (1 + w) * c, "unconditional term is missing"),
+    ("c + w u", lambda c, u, w: c + w * u, "difference"),
+    ("c - w u", lambda c, u, w: c - w * u, "keeps eps_cond"),
+    ("average", lambda c, u, w: (c + u) / 2, "average"),
+    ("numpy", lambda c, u, w: ((1 + w) * c - w * u).numpy(), "numpy"),
+]
+
+
+def _ddim(x, eps, ab_t, ab_p, eta, z, *, sig=None, dirc=None, x0f=None, noise=True, x0scale=True):
+    x0 = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt() if x0f is None else x0f(x, eps, ab_t)
+    s = eta * ((1 - ab_p) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_p).sqrt()
+    s = s if sig is None else sig(s, eta, ab_t, ab_p)
+    d = (1 - ab_p - s ** 2).clamp(min=0).sqrt() if dirc is None else dirc(s, ab_t, ab_p)
+    out = (ab_p.sqrt() if x0scale else 1) * x0 + d * eps
+    return out + s * z if noise else out
+
+
+LAB07_DDIM = [
+    ("no noise", lambda *a: _ddim(*a, noise=False), "noise term sigma \\* z is missing"),
+    ("no eta", lambda *a: _ddim(*a, sig=lambda s, eta, a_t, a_p: s / eta if eta else s * 0 + ((1 - a_p) / (1 - a_t))
+                                .sqrt() * (1 - a_t / a_p).sqrt()), "ignores eta"),
+    ("sigma squared", lambda *a: _ddim(*a, sig=lambda s, eta, a_t, a_p: eta * (s / eta) ** 2 if eta else s),
+     "sigma was squared"),
+    ("eta squared", lambda *a: _ddim(*a, sig=lambda s, eta, a_t, a_p: s * eta), "eta was squared"),
+    ("direction without sigma", lambda *a: _ddim(*a, dirc=lambda s, a_t, a_p: (1 - a_p).sqrt()), "forgets sigma"),
+    ("direction with abar_t", lambda *a: _ddim(*a, dirc=lambda s, a_t, a_p: (1 - a_t).sqrt()), "uses abar_t"),
+    ("direction variance", lambda *a: _ddim(*a, dirc=lambda s, a_t, a_p: (1 - a_p - s ** 2).clamp(min=0)),
+     "lacks its sqrt"),
+    ("x0 variances", lambda *a: _ddim(*a, x0f=lambda x, e, a_t: (x - (1 - a_t) * e) / a_t), "x0_hat uses variances"),
+    ("x0 not scaled", lambda *a: _ddim(*a, x0scale=False), "not scaled by sqrt\\(abar_prev\\)"),
+    ("direction is eps", lambda *a: _ddim(*a, dirc=lambda s, a_t, a_p: 1 + 0 * a_p), "eps_hat itself"),
+    ("x0 no sqrt", lambda *a: _ddim(*a, x0f=lambda x, e, a_t: (x - (1 - a_t).sqrt() * e) / a_t), "without the sqrt"),
+    ("new noise", lambda x, e, a_t, a_p, eta, z: _ddim(x, e, a_t, a_p, eta, torch.randn_like(z)),
+     "use the inputs you are given"),
+]
+
+
+def _dpm(x, d0, d1, ab_t, ab_p, ab_l, *, lam_k=1.0, h_sign=1, ratio="ok", coef="alpha", plus=False, first=False,
+         r_inv=False, swap=False, expm1=True):
+    lam = lambda a: lam_k * 0.5 * torch.log(a / (1 - a))  # noqa: E731
+    h = h_sign * (lam(ab_p) - lam(ab_t))
+    D = d0
+    if d1 is not None and not first:
+        r = (lam(ab_t) - lam(ab_l)) / (lam(ab_p) - lam(ab_t))
+        r = 1 / r if r_inv else r
+        a, b = (d1, d0) if swap else (d0, d1)
+        D = (1 + 1 / (2 * r)) * a - 1 / (2 * r) * b
+    s_t, s_p = (1 - ab_t).sqrt(), (1 - ab_p).sqrt()
+    rx = {"ok": s_p / s_t, "inverted": s_t / s_p, "none": 1.0}[ratio]
+    c = ab_p.sqrt() if coef == "alpha" else s_p
+    f = torch.expm1(-h) if expm1 else torch.exp(-h)
+    return rx * x + (1 if plus else -1) * c * f * D
+
+
+LAB07_DPM = [
+    ("exp sign", lambda *a: _dpm(*a, h_sign=-1), "wrong sign in the exponent"),
+    ("ratio inverted", lambda *a: _dpm(*a, ratio="inverted"), "inverted: sigma_prev / sigma_t"),
+    ("sigma_prev", lambda *a: _dpm(*a, coef="sigma"), "alpha_prev"),
+    ("plus", lambda *a: _dpm(*a, plus=True), "D term has the wrong sign"),
+    ("full log-SNR", lambda *a: _dpm(*a, lam_k=2.0), "full log-SNR"),
+    ("first order", lambda *a: _dpm(*a, first=True), "second-order correction is missing"),
+    ("r inverted", lambda *a: _dpm(*a, r_inv=True), "r is inverted"),
+    ("D swapped", lambda *a: _dpm(*a, swap=True), "swapped"),
+    ("exp not expm1", lambda *a: _dpm(*a, expm1=False), "expm1"),
+    ("no x_t ratio", lambda *a: _dpm(*a, ratio="none"), "x_t coefficient is missing"),
+]
+
+# --- lab 08 ----------------------------------------------------------------------------------------------
+LAB08 = [
+    ("added", lambda e, g, a, s: e + s * (1 - a).sqrt() * g, "gradient was added"),
+    ("no factor", lambda e, g, a, s: e - s * g, "sqrt\\(1 - alpha_bar_t\\) is missing"),
+    ("sqrt(alpha_bar)", lambda e, g, a, s: e - s * a.sqrt() * g, "sqrt\\(alpha_bar_t\\) was used"),
+    ("no sqrt", lambda e, g, a, s: e - s * (1 - a) * g, "without the sqrt"),
+    ("no scale", lambda e, g, a, s: e - (1 - a).sqrt() * g, "scale is missing"),
+    ("divided", lambda e, g, a, s: e - s * g / (1 - a).sqrt(), "divided by sqrt"),
+    ("all scaled", lambda e, g, a, s: (e - s * g) * (1 - a).sqrt(), "divides the whole"),
+    ("gradient only", lambda e, g, a, s: -s * (1 - a).sqrt() * g, "replaced eps_hat"),
+    ("scale on eps", lambda e, g, a, s: s * e - s * (1 - a).sqrt() * g, "applied to eps_hat too"),
+    ("float64 kept", lambda e, g, a, s: (e - s * (1 - a).sqrt() * g).half(), "half precision"),
+]
+
+# --- lab 09 ----------------------------------------------------------------------------------------------
+
+
+def _first_true(above):
+    S = above.shape[0]
+    idx = torch.arange(S).view(S, 1).expand_as(above)
+    return torch.where(above, idx, torch.full_like(idx, S)).min(0).values
+
+
+def _final_run(probs, thr, *, strict=False):
+    above = probs > thr if strict else probs >= thr
+    return probs.shape[0] - above.flip(0).long().cumprod(0).sum(0)
+
+
+LAB09_REC = [
+    ("first crossing", lambda p, thr: _first_true(p >= thr), "first step at which p reaches"),
+    ("strict", lambda p, thr: _final_run(p, thr, strict=True), "p > threshold"),
+    ("minus one", lambda p, thr: _final_run(p, thr) - 1, "last step \\*below\\*"),
+    ("plus one", lambda p, thr: _final_run(p, thr) + 1, "not the one after"),
+    ("-1 for never", lambda p, thr: torch.where(_final_run(p, thr) == p.shape[0], -1, _final_run(p, thr)), "not -1"),
+    ("steps - 1 for never", lambda p, thr: _final_run(p, thr).clamp(max=p.shape[0] - 1), "not steps - 1"),
+    ("steps left", lambda p, thr: p.shape[0] - _final_run(p, thr), "counted from the end"),
+    ("first drop", lambda p, thr: _first_true(p < thr), "falls below"),
+    ("bool", lambda p, thr: p >= thr, "\\[steps, N\\] comparison"),
+    ("float answer", lambda p, thr: _final_run(p, thr).float() + 0.5, "constant offset"),
+    ("rows", lambda p, thr: _final_run(p.T.contiguous(), thr), "rows are steps"),
+]
+
+
+def _qpd(values, labels, K, fn):
+    return torch.stack([fn(values[labels == k]) for k in range(K)])
+
+
+_Q = torch.tensor([0.25, 0.5, 0.75])
+
+LAB09_QUART = [
+    ("torch.median", lambda v, y, K: _qpd(v, y, K, lambda x: torch.stack([torch.quantile(x, 0.25), x.median(),
+                                                                         torch.quantile(x, 0.75)])), "torch.median"),
+    ("mean", lambda v, y, K: _qpd(v, y, K, lambda x: torch.stack([torch.quantile(x, 0.25), x.mean(),
+                                                                  torch.quantile(x, 0.75)])), "the mean where"),
+    ("mean +- std", lambda v, y, K: _qpd(v, y, K, lambda x: torch.stack([x.mean() - x.std(), x.mean(),
+                                                                         x.mean() + x.std()])), "standard deviation"),
+    ("lower", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q, interpolation="lower")), "'lower'"),
+    ("higher", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q, interpolation="higher")), "'higher'"),
+    ("nearest", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q, interpolation="nearest")), "'nearest'"),
+    ("midpoint", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q, interpolation="midpoint")), "midpoint"),
+    ("sorted index", lambda v, y, K: _qpd(v, y, K, lambda x: x.sort().values[(_Q * len(x)).long().clamp(max=len(x) - 1)]),
+     "sorted"),
+    ("transposed", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q)).T, "transposed"),
+    ("columns reversed", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q)).flip(1), "wrong order"),
+    ("all values", lambda v, y, K: torch.quantile(v, _Q).expand(K, 3), "all values together"),
+    ("two columns", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q[[0, 2]])), "two columns"),
+]
+
+
+def _means(s, y, K):
+    return torch.stack([s[y == k].mean() for k in range(K)])
+
+
+LAB09_REL = [
+    ("inverted", lambda gs, gy, rs, ry, K: _means(rs, ry, K) / _means(gs, gy, K), "inverted"),
+    ("difference", lambda gs, gy, rs, ry, K: _means(gs, gy, K) - _means(rs, ry, K), "difference"),
+    ("all real", lambda gs, gy, rs, ry, K: _means(gs, gy, K) / rs.mean(), "over \\*all\\* real"),
+    ("all generated", lambda gs, gy, rs, ry, K: gs.mean() / _means(rs, ry, K), "average the generated"),
+    ("medians", lambda gs, gy, rs, ry, K: torch.stack([torch.quantile(gs[gy == k], 0.5) for k in range(K)])
+     / torch.stack([torch.quantile(rs[ry == k], 0.5) for k in range(K)]), "medians"),
+    ("torch.median", lambda gs, gy, rs, ry, K: torch.stack([gs[gy == k].median() for k in range(K)])
+     / torch.stack([rs[ry == k].median() for k in range(K)]), "medians"),
+    ("sums", lambda gs, gy, rs, ry, K: torch.stack([gs[gy == k].sum() for k in range(K)])
+     / torch.stack([rs[ry == k].sum() for k in range(K)]), "sums"),
+    ("labels mixed up", lambda gs, gy, rs, ry, K: _means(gs, gy, K) / _means(rs, gy, K), "same set"),
+    ("per image", lambda gs, gy, rs, ry, K: gs / _means(rs, ry, K)[gy], "average per class first"),
+]
+
+
+def _pairs(x, p=2.0, denom=None, power=1.0):
+    n = len(x)
+    d = torch.cdist(x, x, p=p) ** power
+    return d.sum() / (n * (n - 1) if denom is None else denom(n))
+
+
+LAB09_DIV = [
+    ("self pairs", lambda f, y, K: _qpd(f, y, K, lambda x: _pairs(x, denom=lambda n: n * n)), "to itself"),
+    ("squared", lambda f, y, K: _qpd(f, y, K, lambda x: _pairs(x, power=2.0)), "squared distances"),
+    ("half", lambda f, y, K: _qpd(f, y, K, lambda x: _pairs(x) / 2), "counted once"),
+    ("double", lambda f, y, K: _qpd(f, y, K, lambda x: _pairs(x) * 2), "counted twice"),
+    ("to the mean", lambda f, y, K: _qpd(f, y, K, lambda x: (x - x.mean(0)).norm(dim=1).mean()), "class mean"),
+    ("std", lambda f, y, K: _qpd(f, y, K, lambda x: x.std(0).mean()), "standard deviation"),
+    ("sum", lambda f, y, K: _qpd(f, y, K, lambda x: torch.cdist(x, x).sum()), "sum of the distances"),
+    ("all together", lambda f, y, K: _pairs(f).expand(K), "all samples together"),
+    ("manhattan", lambda f, y, K: _qpd(f, y, K, lambda x: _pairs(x, p=1.0)), "Manhattan"),
+    ("median", lambda f, y, K: _qpd(f, y, K, lambda x: torch.cdist(x, x)[~torch.eye(len(x), dtype=torch.bool)]
+                                    .quantile(0.5)), "median distance"),
+]
+
+
+def _fastest(seconds, quality, target, base, *, ok=None, pick="min", never=0.0, invert=False):
+    ok = quality >= target if ok is None else ok(quality, target)
+    inf = torch.full_like(seconds, math.inf)
+    if pick == "min":
+        t = torch.where(ok, seconds, inf).min(1).values
+    else:
+        t = torch.where(ok, seconds, -inf).max(1).values.where(ok.any(1), inf[:, 0])
+    speed = t / base if invert else base / t
+    return torch.where(torch.isinf(t), torch.full_like(t, never), speed)
+
+
+LAB09_SPEED = [
+    ("inverted", lambda s, q, tg, b: _fastest(s, q, tg, b, invert=True), "inverted"),
+    ("regardless of quality", lambda s, q, tg, b: b / s.min(1).values, "regardless of quality"),
+    ("strict", lambda s, q, tg, b: _fastest(s, q, tg, b, ok=lambda q_, t_: q_ > t_), "quality > target"),
+    ("slowest", lambda s, q, tg, b: _fastest(s, q, tg, b, pick="max"), "slowest setting"),
+    ("reversed comparison", lambda s, q, tg, b: _fastest(s, q, tg, b, ok=lambda q_, t_: q_ <= t_), "reversed"),
+    ("best quality", lambda s, q, tg, b: b / s.gather(1, q.argmax(1, keepdim=True))[:, 0], "best-quality"),
+    ("time", lambda s, q, tg, b: 1 / _fastest(s, q, tg, b, never=math.inf) * b, "time itself"),
+    ("1.0 for never", lambda s, q, tg, b: _fastest(s, q, tg, b, never=1.0), "not 1.0"),
+    ("inf for never", lambda s, q, tg, b: _fastest(s, q, tg, b, never=math.inf), "not inf or NaN"),
+    ("per setting", lambda s, q, tg, b: b / s, "one value per setting"),
+    ("meta device", lambda s, q, tg, b: _fastest(s, q, tg, b).to("meta"), "meta"),
+]
+
+SUITE = {
+    ("lab00_setup", "to_unit_range"): LAB00,
+    ("lab01_forward", "alpha_bars_from_betas"): LAB01_ALPHA,
+    ("lab01_forward", "snr"): LAB01_SNR,
+    ("lab01_forward", "q_sample"): LAB01_Q,
+    ("lab02_unet", "concat_skip"): LAB02_CAT,
+    ("lab02_unet", "upsample_merge"): LAB02_UP,
+    ("lab03_embeddings", "sinusoidal_embedding"): LAB03_PE,
+    ("lab03_embeddings", "cosine_similarity"): LAB03_COS,
+    ("lab03_embeddings", "film"): LAB03_FILM,
+    ("lab04_training", "noise_prediction_loss"): LAB04_LOSS,
+    ("lab04_training", "train_step"): LAB04_STEP,
+    ("lab05_sampling", "p_sample_step"): LAB05,
+    ("lab06_clip", "cosine_similarity"): LAB06_COS,
+    ("lab06_clip", "zero_shot_probs"): LAB06_ZS,
+    ("lab07_improvements", "cfg_combine"): LAB07_CFG,
+    ("lab07_improvements", "ddim_step"): LAB07_DDIM,
+    ("lab07_improvements", "dpmpp_2m_step"): LAB07_DPM,
+    ("lab08_beyond", "guided_eps"): LAB08,
+    ("lab09_report", "recognisable_from"): LAB09_REC,
+    ("lab09_report", "quartiles_per_digit"): LAB09_QUART,
+    ("lab09_report", "relative_clip_score"): LAB09_REL,
+    ("lab09_report", "within_class_diversity"): LAB09_DIV,
+    ("lab09_report", "speedup_at_quality"): LAB09_SPEED,
+}
+
+
+# --- running it ------------------------------------------------------------------------------------------
+
+def _rounded_differently(fn):
+    """The same wrong answer with its float result moved by up to 4 float32 rounding steps per entry (what
+    another CPU's kernels may do): the message must not change with the machine."""
+    eps = torch.finfo(torch.float32).eps
+
+    def run(*args, **kwargs):
+        g = torch.Generator().manual_seed(7)  # the same rounding on every call: a machine is deterministic
+        out = fn(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.requires_grad \
+                and out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
+            wobble = (torch.rand(out.shape, generator=g, dtype=torch.float64) * 2 - 1) * 4 * eps
+            return (out.double() * (1 + wobble)).to(out.dtype)
+        return out
+    return run
+
+
+def message(lab: str, name: str, fn, *, rounded: bool = False) -> str | None:
+    """The check's message for answer ``fn`` on the lab's visible test line (None: it passed)."""
+    import contextlib
+    import importlib
+    import io
+
+    from solution_code import test_calls
+
+    checks = importlib.import_module(f"labkit.checks.{lab}")
+    line = test_calls(lab, name)[0]
+    answer = _rounded_differently(fn) if rounded else fn
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            eval(line, {"checks": checks, name: answer, "torch": torch})  # noqa: S307 (our own source)
+    except AssertionError as exc:
+        return str(exc)
+    return None
+
+
+def run_suite(rounded: bool = False) -> list[dict]:
+    """One row per wrong answer: lab, exercise, label, message, named (the phrase found)."""
+    import re
+
+    rows = []
+    for (lab, name), wrongs in SUITE.items():
+        for label, fn, phrase in wrongs:
+            text = message(lab, name, fn, rounded=rounded)
+            named = text is not None and phrase is not None and re.search(phrase, text) is not None
+            rows.append({"lab": lab, "exercise": name, "label": label, "message": text, "named": named,
+                         "phrase": phrase})
+    return rows
+
+
+def rates(rows: list[dict]) -> dict[str, tuple[int, int, int]]:
+    """lab -> (mistakes, caught, named)."""
+    out: dict[str, tuple[int, int, int]] = {}
+    for r in rows:
+        n, c, k = out.get(r["lab"], (0, 0, 0))
+        out[r["lab"]] = (n + 1, c + (r["message"] is not None), k + r["named"])
+    return out
