@@ -35,7 +35,33 @@ import sys
 # in the environment overrides it at build time. A tag (``...labkit.git@v1.0``) pins the version installed.
 LABKIT_GIT_URL = "git+https://github.com/YOUR-ORG/labkit.git"
 
-PLACEHOLDER = "__LABKIT_PIP_SPEC__"  # what lab sources hold in their first cell; replaced by the build
+PLACEHOLDER = "__LABKIT_PIP_SPEC__"  # in INSTALL_CELL: replaced by pip_spec() at build time
+INSTALL_MARKER = "# __LABKIT_COLAB_INSTALL__"  # the line each lab source's setup cell holds; the build writes
+                                               # INSTALL_CELL there, so the ~20 lines exist once, here
+
+INSTALL_CELL = """\
+# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
+# every package Colab already has at its version; anywhere else it does nothing (see the README).
+import os, sys
+if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
+    try:
+        import labkit
+    except ImportError:
+        import re, subprocess, tempfile
+        from importlib import metadata
+        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
+        for d in metadata.distributions():
+            name = d.metadata["Name"] or ""
+            if re.fullmatch(r"[\\w.-]+", name) and re.fullmatch(r"[\\w.!+-]+", d.version or ""):
+                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\\n".join(pins.values()))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)"""
+
+
+def install_cell() -> str:
+    """The Colab install lines of every lab's setup cell, with this course's ``pip_spec()``."""
+    return INSTALL_CELL.replace(PLACEHOLDER, pip_spec())
 
 
 def git_url() -> str:

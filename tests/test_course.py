@@ -44,6 +44,10 @@ def test_source_metadata_and_kernel(lab):
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert "google.colab" in first_code.source and colab.pip_spec() in first_code.source
     assert colab.PLACEHOLDER not in first_code.source
+    # one template for the ten labs (issue 24, item 6): the source holds the marker, the build the install cell
+    source = (REPO / "solutions" / lab / f"{lab}.py").read_text(encoding="utf-8")
+    assert source.count(colab.INSTALL_MARKER) == 1 and "subprocess.run" not in source
+    assert first_code.source.count(colab.install_cell()) == 1 and colab.INSTALL_MARKER not in first_code.source
     assert "jupyterlab" not in first_code.source and "nbgrader" not in first_code.source.replace("NBGRADER_EXECUTION", "")
     for cell in nb.cells:
         assert not re.search(r"^\s*from\s+\S+\s+import\s+\*", cell.source, re.M)

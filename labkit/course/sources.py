@@ -122,7 +122,8 @@ def source_to_notebook(py_path: str | os.PathLike):
     """Read a lab source (jupytext percent script) into a clean, validated notebook.
 
     Deterministic: cell ids come from grade ids (or the cell's position), notebook metadata is just the
-    python3 kernelspec and language_info, the Colab install line gets ``labkit.colab.pip_spec()`` and the
+    python3 kernelspec and language_info, the setup cell's ``INSTALL_MARKER`` line becomes
+    ``labkit.colab.install_cell()`` (the Colab install, with ``pip_spec()``) and the
     first markdown cell an "Open in Colab" badge (``labkit.colab.badge_markdown``) when the repository is on GitHub.
     """
     import jupytext
@@ -141,7 +142,7 @@ def source_to_notebook(py_path: str | os.PathLike):
     for i, cell in enumerate(nb.cells):
         md = cell.metadata.get("nbgrader")
         cell.metadata = nbf.from_dict({"nbgrader": dict(md)} if md else {})
-        cell.source = cell.source.replace(colab.PLACEHOLDER, colab.pip_spec())
+        cell.source = _with_install_cell(cell.source, colab)
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     validate_nbgrader_metadata(nb, py_path.name)  # grade ids are now valid and unique: use them as cell ids
@@ -150,6 +151,13 @@ def source_to_notebook(py_path: str | os.PathLike):
         cell.id = md["grade_id"] if md else f"cell-{i:03d}"
     nbf.validate(nb)
     return nb
+
+
+def _with_install_cell(source: str, colab) -> str:
+    """The setup cell's marker line replaced by the Colab install lines (one template for every lab)."""
+    lines = source.split("\n")
+    out = [colab.install_cell() if line.startswith(colab.INSTALL_MARKER) else line for line in lines]
+    return "\n".join(out)
 
 
 def notebook_json(nb) -> str:

@@ -22,23 +22,7 @@
 # The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
-# Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
-# every package Colab already has at its version; anywhere else it does nothing (see the README).
-import os, sys
-if "google.colab" in sys.modules and not os.environ.get("NBGRADER_EXECUTION"):
-    try:
-        import labkit
-    except ImportError:
-        import re, subprocess, tempfile
-        from importlib import metadata
-        pins = {}  # name -> "name==version" of every installed package: pip may add packages, never change one
-        for d in metadata.distributions():
-            name = d.metadata["Name"] or ""
-            if re.fullmatch(r"[\w.-]+", name) and re.fullmatch(r"[\w.!+-]+", d.version or ""):
-                pins.setdefault(re.sub(r"[-_.]+", "-", name).lower(), f"{name}=={d.version}")
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-            f.write("\n".join(pins.values()))
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-c", f.name, "__LABKIT_PIP_SPEC__"], check=True)
+# __LABKIT_COLAB_INSTALL__ (labkit build writes labkit.colab.INSTALL_CELL here: the Colab install)
 from labkit import colab
 DEVICE = colab.setup()
 
