@@ -118,6 +118,11 @@ class Sandbox:
             "IPYTHONDIR": f"{home}/.ipython", "MPLCONFIGDIR": f"{home}/.matplotlib", "XDG_CACHE_HOME": f"{home}/.cache",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_PROXY": "*",
         }
+        # the kernel imports the grader's own labkit (its half of the graded calls must match this one's):
+        # for a source checkout that is the folder above the package, where the sandbox holds the package only
+        import labkit
+
+        env["PYTHONPATH"] = str(Path(labkit.__file__).resolve().parent.parent)
         for key in ("LABKIT_FAST", "LABKIT_DATA", "NBGRADER_EXECUTION", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MPLBACKEND", "TZ"):
             if os.environ.get(key):
