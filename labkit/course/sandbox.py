@@ -9,6 +9,7 @@ What the kernel sees (everything else of the machine does not exist for it):
                                   ``solutions/``, no course folder, no gradebook, no other student)
     /usr /bin /lib* /etc          read-only system files
     MNIST (``LABKIT_DATA``)       read-only, when the grader has it
+    the grader's channel folder   read-only: the socket of the graded calls (``labkit.course.channel``)
     network                       none (a new network namespace holds only loopback)
     processes                     only its own (new PID namespace): when the kernel ends, the namespace's
                                   init ends and the Linux kernel kills every process left in it, detached
