@@ -180,7 +180,9 @@ def trusted_execute_class(base):
                 km.box = self._box
                 km.transport = "ipc"  # unix sockets in the shared work folder: the sandbox has no network
                 km.ip = str(self._box.workdir / "kernel")
-            km.connection_file = str(self._box.workdir / "kernel.json")
+            # the kernel only reads its connection file: it lives in the grader's folder, so that a kernel
+            # restart never writes where the student could have left a link
+            km.connection_file = str(self._channel.folder / "kernel.json")
             if resources.get("metadata") is not None:
                 resources["metadata"]["path"] = str(self._box.workdir)  # the kernel's working folder
             try:
