@@ -28,9 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 # --- the wire: data only, both ways -------------------------------------------------------------------
 
 def _roundtrip(tmp_path, value):
-    path = tmp_path / "reply.out"
-    wire.write_atomic(path, wire.encode_reply({"result": value}))
-    return wire.decode_reply(path)["result"]
+    return wire.decode_reply(wire.encode_reply({"result": value}))["result"]
 
 
 def test_wire_carries_tensors_numbers_and_structure(tmp_path):
@@ -59,10 +57,8 @@ def test_wire_turns_other_objects_into_named_stand_ins(tmp_path):
     (struct.pack("<Q", 2) + b"{}", "header"),  # valid JSON, no labkit tree
 ])
 def test_wire_refuses_what_labkit_does_not_write(tmp_path, payload, phrase):
-    path = tmp_path / "forged.out"
-    path.write_bytes(payload)
     with pytest.raises(wire.WireError, match=phrase):
-        wire.decode_reply(path)
+        wire.decode_reply(payload)
     assert not Path("/tmp/labkit-never").exists()
 
 
@@ -70,18 +66,14 @@ def test_wire_refuses_a_forged_tree(tmp_path):
     from safetensors.torch import save
 
     for tree in ({"t": "missing"}, {"v": {"nested": "dict"}}, {"code": "import os"}, [1, 2]):
-        path = tmp_path / "tree.out"
-        path.write_bytes(save({}, metadata={"labkit": json.dumps(tree)}))
         with pytest.raises(wire.WireError):
-            wire.decode_reply(path)
+            wire.decode_reply(save({}, metadata={"labkit": json.dumps(tree)}))
 
 
 def test_wire_refuses_an_oversized_reply(tmp_path, monkeypatch):
     monkeypatch.setattr(wire, "MAX_REPLY_BYTES", 1000)
-    path = tmp_path / "big.out"
-    wire.write_atomic(path, wire.encode_reply({"result": torch.zeros(1000)}))
     with pytest.raises(wire.WireError, match="limit"):
-        wire.decode_reply(path)
+        wire.decode_reply(wire.encode_reply({"result": torch.zeros(1000)}))
 
 
 def test_call_inputs_travel_with_gradients(tmp_path):
@@ -92,8 +84,7 @@ def test_call_inputs_travel_with_gradients(tmp_path):
         p.grad = torch.full_like(p, 0.25)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = BatchLoss(model, torch.zeros(2, 1, 3, 3), torch.tensor([0, 1]), torch.tensor([0, 1]), torch.zeros(2, 1, 3, 3))
-    wire.save_call(tmp_path / "in", (model, opt, loss), {})
-    (m2, o2, l2), _ = wire.load_call(tmp_path / "in")
+    (m2, o2, l2), _ = wire.decode_call(wire.encode_call((model, opt, loss), {}))
     assert all(float(p.grad.mean()) == 0.25 for p in m2.parameters())
     assert o2.param_groups[0]["params"][0] is next(m2.parameters()) and l2.model is m2
 

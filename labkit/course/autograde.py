@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from labkit.course.discover import read_submission
 from labkit.course.forensics import execution_report, review_notes
 from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_env, nbgrader_failure, write_course_config
 from labkit.course.restore import restore_submission
@@ -95,9 +96,9 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
 
     nbf = import_nbformat()
     lab, student = res.lab, res.student
-    try:
-        nb = nbf.read(str(path), as_version=4)
-    except Exception as exc:  # not JSON, truncated upload, ...
+    try:  # a regular file, not a link, of bounded size (discover.read_submission), then nbformat
+        nb = nbf.reads(read_submission(path).decode("utf-8"), as_version=4)
+    except Exception as exc:  # not JSON, truncated upload, a link put there after discovery, ...
         res.status, res.score, res.max_score = "failed", 0.0, release_max_score(release)
         res.notes.append(f"unreadable notebook {path.name}: {type(exc).__name__}: {str(exc)[:200]}")
         return

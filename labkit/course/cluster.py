@@ -52,6 +52,7 @@ from typing import Sequence
 
 from labkit.course.autograde import (feedback_lab, grade_one_submission, release_max_score, prepare_lab, quiet_warnings,
                                      read_scores)
+from labkit.course.discover import read_submission
 from labkit.course.pool import worker_pool
 from labkit.course.results import GradeResult
 from labkit.course.sources import import_nbformat, SOURCE_DIR
@@ -414,7 +415,7 @@ class ClusterStats:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashlib.sha256(read_submission(path)).hexdigest()
 
 
 def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: Sequence[str], releases: dict,
@@ -442,7 +443,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
         results.append(res)
         try:
             sha = _sha256(Path(s.path))
-        except OSError as exc:
+        except (OSError, LabkitError) as exc:
             res.status, res.score = "failed", 0.0
             res.notes.append(f"cannot read {Path(s.path).name}: {exc}")
             continue
@@ -629,8 +630,8 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
         while queue:
             p = queue.pop()
             try:
-                data = p.path.read_bytes()
-            except OSError as exc:  # gone or unreadable since it was listed
+                data = read_submission(p.path)  # a regular file, never a link (discover.read_submission)
+            except (OSError, LabkitError) as exc:  # gone, unreadable or replaced since it was listed
                 p.res.status, p.res.score = "failed", 0.0
                 p.res.notes.append(f"cannot read {p.path.name}: {exc}")
                 finished(p.res)

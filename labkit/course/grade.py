@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from labkit.course.autograde import feedback_lab, grade_one_submission, release_max_score, prepare_lab
-from labkit.course.discover import empty_students, find_submissions, Submission  # noqa: F401 - re-exported
+from labkit.course.discover import discover, empty_students, find_submissions, Submission  # noqa: F401 - re-exported
 from labkit.course.forensics import execution_report, MEMORY_ERRORS, TAMPER_ROOTS, tampering_notes  # noqa: F401
 from labkit.course.pool import worker_pool
 from labkit.course.results import GradeResult, write_scores_csv
@@ -76,11 +76,11 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         path = repo_root / STUDENT_DIR / f"{lab}.ipynb"
         if path.exists():
             releases[lab] = nbf.read(str(path), as_version=4)
-    subs, problems = find_submissions(submissions_dir, chosen, releases)
+    found = discover(submissions_dir, chosen, releases)
+    subs, empty = found.subs, found.empty
     if verbose:
-        for p in problems:
+        for p in found.problems:
             print(f"note: {p}")
-    empty = empty_students(Path(submissions_dir), subs)
     active = [lab for lab in chosen if any(s.lab == lab for s in subs)]
     empty_labs = active or chosen[:1]
     jobs = max(1, min(jobs or min(4, os.cpu_count() or 1), len(subs) or 1))
@@ -100,10 +100,15 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
                                  timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
                                  memory_limit_gb=memory_limit_gb, sandbox=sandbox)
     for r in results:
+        if r.status != "no submission":  # a skipped link, an odd name: said on the student's own rows
+            r.notes += found.notes.get(r.student, [])
         html = out_dir / "nbgrader" / r.lab / "feedback" / r.student / r.lab / f"{r.lab}.html"
-        if html.exists():
-            (out_dir / "feedback" / r.student).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(html, out_dir / "feedback" / r.student / f"{r.lab}.html")
+        try:
+            if html.is_file():
+                (out_dir / "feedback" / r.student).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(html, out_dir / "feedback" / r.student / f"{r.lab}.html")
+        except OSError as exc:  # a missing feedback page never costs the scores
+            r.notes.append(f"feedback not copied: {exc.strerror}")
     write_scores_csv(results, out_dir / "scores.csv")
     if verbose:
         print(f"{len(results)} submissions, {sum(r.status == 'graded' for r in results)} graded; "
@@ -147,6 +152,6 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
                                                     for r in results)]
         if feedback:
             for lab, warning in zip(graded_labs, run(feedback_lab, [(courses[lab], lab) for lab in graded_labs])):
-                if warning:
+                if warning:  # a string from nbgrader, or the exception of a worker that died
                     print(f"warning: feedback for {lab} failed: {warning}", file=sys.stderr)
     return results

@@ -3,9 +3,10 @@
 While grading, the grader never sends a test cell to the student's kernel. It runs the test cell itself
 and, each time a check calls the student's function, asks the kernel to run
 
-    serve(globals(), "q_sample", "<dir>/call-3.in", "<dir>/call-3.out")
+    serve(globals(), "q_sample", "/tmp/lkc-.../<name>.sock", "<this call's token>")
 
-which loads the inputs, calls the function, and writes back only data (``wire.encode_reply``): the
+which connects to the grader's socket (``labkit.course.channel``: a folder the kernel can only read), gets
+the inputs, calls the function, and sends back only data (``wire.encode_reply``): the
 result, or the exception's type and message, and the state of each argument afterwards (so that the
 grader can see in-place edits and what a training step did to a model). Nothing here decides a grade:
 code in the student's kernel can replace this module, and then it only loses the student's points.
@@ -18,10 +19,16 @@ import io
 import sys
 import warnings
 
-from labkit.course import wire
+from labkit.course import channel, wire
 
 
-def serve(namespace: dict, name: str, in_path: str, out_path: str) -> None:
+def serve(namespace: dict, name: str, address: str, token: str) -> None:
+    channel.kernel_exchange(address, token, lambda inputs: answer(namespace, name, inputs))
+    sys.stdout.flush()
+
+
+def answer(namespace: dict, name: str, inputs: bytes) -> bytes:
+    """The reply to one call, as bytes: ``namespace[name]`` run on the decoded ``inputs``."""
     reply: dict = {"status": "ok"}
     fn = namespace.get(name)
     if fn is None:
@@ -29,7 +36,7 @@ def serve(namespace: dict, name: str, in_path: str, out_path: str) -> None:
     elif not callable(fn):
         reply = {"status": "not_callable", "type": f"{type(fn).__module__}.{type(fn).__qualname__}"}
     else:
-        args, kwargs = wire.load_call(in_path)
+        args, kwargs = wire.decode_call(inputs)
         out = None
         printed = io.StringIO()
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed), \
@@ -49,8 +56,6 @@ def serve(namespace: dict, name: str, in_path: str, out_path: str) -> None:
             reply["result"] = out
         reply["after"] = [wire.state_of(a) for a in args]
     try:
-        data = wire.encode_reply(reply)
+        return wire.encode_reply(reply)
     except Exception as exc:  # e.g. a tensor that cannot be copied to the CPU
-        data = wire.encode_reply({"status": "unsendable", "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
-    wire.write_atomic(out_path, data)
-    sys.stdout.flush()
+        return wire.encode_reply({"status": "unsendable", "message": f"{type(exc).__name__}: {str(exc)[:300]}"})

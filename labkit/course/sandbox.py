@@ -9,6 +9,7 @@ What the kernel sees (everything else of the machine does not exist for it):
                                   ``solutions/``, no course folder, no gradebook, no other student)
     /usr /bin /lib* /etc          read-only system files
     MNIST (``LABKIT_DATA``)       read-only, when the grader has it
+    the grader's channel folder   read-only: the socket of the graded calls (``labkit.course.channel``)
     network                       none (a new network namespace holds only loopback)
     processes                     only its own (new PID namespace): when the kernel ends, the namespace's
                                   init ends and the Linux kernel kills every process left in it, detached
@@ -118,6 +119,11 @@ class Sandbox:
             "IPYTHONDIR": f"{home}/.ipython", "MPLCONFIGDIR": f"{home}/.matplotlib", "XDG_CACHE_HOME": f"{home}/.cache",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_PROXY": "*",
         }
+        # the kernel imports the grader's own labkit (its half of the graded calls must match this one's):
+        # for a source checkout that is the folder above the package, where the sandbox holds the package only
+        import labkit
+
+        env["PYTHONPATH"] = str(Path(labkit.__file__).resolve().parent.parent)
         for key in ("LABKIT_FAST", "LABKIT_DATA", "NBGRADER_EXECUTION", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MPLBACKEND", "TZ"):
             if os.environ.get(key):

@@ -6,7 +6,8 @@ place of nbgrader's ``Execute``) changes two things:
 * the kernel runs in a sandbox (``labkit.course.sandbox``) holding none of the course's files;
 * **test cells never run in the student's kernel.** The grader runs each one itself, in its own process,
   with the real ``labkit.checks`` module of the lab. Where a check calls the student's function, the
-  grader sends the inputs it chose to the kernel, the kernel runs the student's function on them and
+  grader sends the inputs it chose to the kernel (over its own socket, ``labkit.course.channel``: nothing
+  passes through the student's folder), the kernel runs the student's function on them and
   sends back data only (``labkit.course.wire``), and the comparison against the reference happens here.
   Whatever the student's code patched in its kernel (``checks``, ``torch.Tensor.item``, builtins,
   ``sys.modules``), it patched a kernel that decides nothing. Hidden tests (their source, seeds and
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import importlib
 import io
 import re
 import time
 
 MAX_OUTPUT_CHARS = 200_000  # per student cell; the rest is dropped (a cell printing gigabytes)
+REPLY_GRACE_SECONDS = 10.0  # after the kernel says a call is done, the most the grader waits for its reply
 
 _TRUSTED_EXECUTE = None
 
@@ -133,7 +136,7 @@ def trusted_execute_class(base):
     from nbformat.notebooknode import NotebookNode
     from traitlets import Any, Bool, Integer, Unicode
 
-    from labkit.course import sandbox, wire
+    from labkit.course import channel, sandbox, wire
 
     class SandboxKernelManager(AsyncKernelManager):
         box = Any(None, allow_none=True)
@@ -168,13 +171,18 @@ def trusted_execute_class(base):
             here = (resources.get("metadata") or {}).get("path")
             self._box = sandbox.Sandbox.create(here, limits=sandbox.Limits(data_gb=self.memory_limit_gb or 0,
                                                                           total_gb=(self.memory_limit_gb or 4) * 1.5))
+            # the graded calls' line: a socket in a folder of the grader's, which the sandbox sees read-only
+            self._channel = channel.Channel()
+            self._box = dataclasses.replace(self._box, extra_ro=self._box.extra_ro + (str(self._channel.folder),))
             self._calls, self._dead, self._out_chars = 0, False, {}
             km = SandboxKernelManager(kernel_name=self.kernel_name or "python3", config=self.config)
             if self.sandbox:
                 km.box = self._box
                 km.transport = "ipc"  # unix sockets in the shared work folder: the sandbox has no network
                 km.ip = str(self._box.workdir / "kernel")
-            km.connection_file = str(self._box.workdir / "kernel.json")
+            # the kernel only reads its connection file: it lives in the grader's folder, so that a kernel
+            # restart never writes where the student could have left a link
+            km.connection_file = str(self._channel.folder / "kernel.json")
             if resources.get("metadata") is not None:
                 resources["metadata"]["path"] = str(self._box.workdir)  # the kernel's working folder
             try:
@@ -184,6 +192,7 @@ def trusted_execute_class(base):
                     if km.has_kernel:
                         run_sync(km.shutdown_kernel)(now=True)
                 self._box.cleanup()
+                self._channel.close()
 
         def preprocess_cell(self, cell, resources, index):
             md = cell.metadata.get("nbgrader", {}) if cell.cell_type == "code" else {}
@@ -250,13 +259,11 @@ def trusted_execute_class(base):
             if self._dead:
                 raise CheckFailed("the kernel had to be restarted earlier in this test cell: your function was not run again")
             self._calls += 1
-            box = self._box.workdir
-            inp, outp = box / f"call-{self._calls}.in", box / f"call-{self._calls}.out"
-            wire.save_call(inp, args, kwargs)
+            call = self._channel.call(wire.encode_call(args, kwargs), (self.timeout or 120) + self.responsive_timeout + 30)
             code = (f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
-                    f"{str(inp)!r}, {str(outp)!r})")
-            status = run_sync(self._remote)(code, self.timeout or 120)
+                    f"{self._channel.address!r}, {call.token!r})")
             try:
+                status = run_sync(self._remote)(code, self.timeout or 120)
                 if status == "timeout":
                     raise _as_check_failure(RemoteTimeout(
                         f"your function `{name}` did not finish within {self.timeout} s (an endless loop?)"))
@@ -264,17 +271,16 @@ def trusted_execute_class(base):
                     self._dead = True
                     raise _as_check_failure(RemoteDied(
                         f"the kernel died while running your function `{name}` (it exited or crashed)"))
-                if not outp.exists():
-                    raise CheckFailed(f"your notebook's kernel did not run `{name}` for the grader (did the "
-                                      "notebook replace labkit, `globals` or `__import__`?)")
                 try:
-                    reply = wire.decode_reply(outp)
+                    data = call.reply(grace=REPLY_GRACE_SECONDS)
+                    if data is None:
+                        raise CheckFailed(f"your notebook's kernel did not run `{name}` for the grader (did the "
+                                          "notebook replace labkit, `globals` or `__import__`?)")
+                    reply = wire.decode_reply(data)
                 except wire.WireError as exc:
                     raise CheckFailed(f"the result of `{name}` could not be read: {exc}") from None
             finally:
-                for p in (inp, outp):
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+                call.cancel()
             if not isinstance(reply, dict):
                 raise CheckFailed(f"the result of `{name}` could not be read")
             state = reply.get("status")

@@ -1,11 +1,14 @@
 """What crosses between the grader and a student's kernel, and in which format.
 
-Grader -> kernel: the inputs of one call of a student's function (``save_call`` / ``load_call``). The grader
+Both directions travel as bytes over the grader's own socket (``labkit.course.channel``), never as files in
+the student's folder.
+
+Grader -> kernel: the inputs of one call of a student's function (``encode_call`` / ``decode_call``). The grader
 trusts itself, so this direction may use ``torch.save``'s full pickle (models, optimisers, small callable
 objects). Parameters' ``.grad`` do not survive pickling and travel beside them.
 
 Kernel -> grader: the answer (``encode_reply`` / ``decode_reply``). The kernel is the student's, so this
-direction is **data only**: one safetensors file (tensors, nothing executable) whose metadata holds a JSON
+direction is **data only**: safetensors bytes (tensors, nothing executable) whose metadata holds a JSON
 tree of plain values (None, bool, int, float, str, lists, tuples, str-keyed dicts) that point at those
 tensors. Anything else the student returns (a numpy array, a module, a generator...) arrives as a
 ``Foreign`` stand-in that only remembers its type's name, so a check can say "you returned a numpy array".
@@ -16,10 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,19 +38,22 @@ class WireError(Exception):
 
 # --- grader -> kernel --------------------------------------------------------------------------------
 
-def save_call(path: str | os.PathLike, args: tuple, kwargs: dict) -> None:
-    """Write the inputs of one call for the kernel (pickle: this direction is trusted)."""
+def encode_call(args: tuple, kwargs: dict) -> bytes:
+    """The inputs of one call, as bytes for the kernel (pickle: this direction is trusted)."""
+    import io
+
     modules = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.nn.Module)]
     grads = {i: [None if p.grad is None else p.grad.detach().clone() for p in m.parameters()] for i, m in modules}
-    tmp = Path(str(path) + ".tmp")
-    torch.save({"args": tuple(args), "kwargs": dict(kwargs), "grads": grads}, tmp)
-    os.chmod(tmp, 0o644)  # the sandboxed kernel may run as another user
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save({"args": tuple(args), "kwargs": dict(kwargs), "grads": grads}, buf)
+    return buf.getvalue()
 
 
-def load_call(path: str | os.PathLike) -> tuple[tuple, dict]:
+def decode_call(data: bytes) -> tuple[tuple, dict]:
     """Read the inputs of one call (in the kernel): ``(args, kwargs)`` with gradients restored."""
-    payload = torch.load(path, weights_only=False)
+    import io
+
+    payload = torch.load(io.BytesIO(data), weights_only=False)
     args = payload["args"]
     for i, grads in payload["grads"].items():
         for p, g in zip(args[i].parameters(), grads):
@@ -130,13 +134,11 @@ def encode_reply(reply: dict) -> bytes:
     return save(tensors, metadata={"labkit": json.dumps(tree)})
 
 
-def decode_reply(path: str | os.PathLike) -> Any:
-    """Read a reply written by the kernel (in the grader): plain values and tensors only, never code."""
-    path = Path(path)
-    size = path.stat().st_size
+def decode_reply(data: bytes) -> Any:
+    """Read a reply sent by the kernel (in the grader): plain values and tensors only, never code."""
+    size = len(data)
     if size > MAX_REPLY_BYTES:
         raise WireError(f"the reply is {size / 2 ** 20:.0f} MB (limit {MAX_REPLY_BYTES // 2 ** 20} MB)")
-    data = path.read_bytes()
     if len(data) < 8:
         raise WireError("the reply is truncated")
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -194,11 +196,3 @@ def decode_reply(path: str | os.PathLike) -> Any:
         raise WireError("the reply's structure is malformed")
 
     return dec(tree, 0)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
