@@ -39,6 +39,8 @@ LAB00 = [
     ("numpy", lambda x: ((x + 1) / 2).numpy(), "numpy"),
     ("no return", lambda x: None, "return"),
     ("sigmoid", lambda x: torch.sigmoid(x), None),
+    ("min-max (outside suite)", lambda x: (x - x.min()) / (x.max() - x.min()), "min and max"),
+    ("floor division (outside suite)", lambda x: (x + 1) // 2, "floor division"),
 ]
 
 # --- lab 01 ----------------------------------------------------------------------------------------------
@@ -71,6 +73,7 @@ LAB01_SNR = [
     ("2x", lambda ab: 2 * ab / (1 - ab), "constant factor"),
     ("negative", lambda ab: -ab / (1 - ab), "sign error"),
     ("numpy", lambda ab: (ab / (1 - ab)).numpy(), "numpy"),
+    ("precedence (outside suite)", lambda ab: ab / 1 - ab, "operator precedence"),
 ]
 
 
@@ -154,7 +157,9 @@ LAB03_PE = [
     ("transposed", lambda t, d: _pe(t, d).T, "transposed"),
     ("half the columns", lambda t, d: _pe(t, d)[:, : d // 2], "only dim/2"),
     ("max period 1000", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * i / d_ * math.log(1000) / math.log(10000)),
-     None),
+     "10000"),
+    ("base 1000 (outside suite)", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * i / d_ * math.log(1000) / math.log(10000)),
+     "10000"),
 ]
 
 
@@ -185,6 +190,9 @@ LAB03_FILM = [
     ("scale + shift", lambda h, s, b: h * (1 + s[:, :, None, None] + b[:, :, None, None]), "added together"),
     ("no reshape", lambda h, s, b: h * (1 + s) + b, "reshape them"),
     ("wrong axes", lambda h, s, b: h * (1 + s[:, None, None, :]) + b[:, None, None, :], "\\[B, C, 1, 1\\]"),
+    ("precedence (outside suite)", lambda h, s, b: 1 + s[:, :, None, None] * h + b[:, :, None, None], "precedence"),
+    ("normalised h (outside suite)", lambda h, s, b: F.group_norm(h, h.shape[1]) * (1 + s[:, :, None, None])
+     + b[:, :, None, None], "normalised"),
 ]
 
 # --- lab 04 ----------------------------------------------------------------------------------------------
@@ -309,6 +317,8 @@ LAB05 = [
      "mean is x0_hat"),
     ("new noise", lambda *a: _ps(*a, z_new=True), "use the inputs you are given"),
     ("t[0] for all", lambda x, t, e, b, ab, z: _ps(x, t[:1].expand(len(t)), e, b, ab, z), "same step t\\[0\\]"),
+    ("divides by alpha (outside suite)", lambda *a: _ps(*a, mean=lambda x, e, b, a_: (x - b / (1 - a_).sqrt() * e)
+                                                         / (1 - b)), "divides by alpha_t"),
 ]
 
 # --- lab 06 ----------------------------------------------------------------------------------------------
@@ -352,6 +362,7 @@ LAB07_CFG = [
     ("c - w u", lambda c, u, w: c - w * u, "keeps eps_cond"),
     ("average", lambda c, u, w: (c + u) / 2, "average"),
     ("numpy", lambda c, u, w: ((1 + w) * c - w * u).numpy(), "numpy"),
+    ("precedence (outside suite)", lambda c, u, w: 1 + w * c - w * u, "operator precedence"),
 ]
 
 
@@ -381,6 +392,10 @@ LAB07_DDIM = [
     ("x0 no sqrt", lambda *a: _ddim(*a, x0f=lambda x, e, a_t: (x - (1 - a_t).sqrt() * e) / a_t), "without the sqrt"),
     ("new noise", lambda x, e, a_t, a_p, eta, z: _ddim(x, e, a_t, a_p, eta, torch.randn_like(z)),
      "use the inputs you are given"),
+    ("x0 multiplied (outside suite)", lambda *a: _ddim(*a, x0f=lambda x, e, a_t: (x - (1 - a_t).sqrt() * e) * a_t.sqrt()),
+     "multiplies by sqrt"),
+    ("sigma not squared (outside suite)", lambda *a: _ddim(*a, dirc=lambda s, a_t, a_p: (1 - a_p - s).clamp(min=0).sqrt()),
+     "not squared"),
 ]
 
 
@@ -426,6 +441,7 @@ LAB08 = [
     ("gradient only", lambda e, g, a, s: -s * (1 - a).sqrt() * g, "replaced eps_hat"),
     ("scale on eps", lambda e, g, a, s: s * e - s * (1 - a).sqrt() * g, "applied to eps_hat too"),
     ("float64 kept", lambda e, g, a, s: (e - s * (1 - a).sqrt() * g).half(), "half precision"),
+    ("1 - sqrt (outside suite)", lambda e, g, a, s: e - s * (1 - a.sqrt()) * g, "1 - sqrt"),
 ]
 
 # --- lab 09 ----------------------------------------------------------------------------------------------
@@ -452,8 +468,11 @@ LAB09_REC = [
     ("steps left", lambda p, thr: p.shape[0] - _final_run(p, thr), "counted from the end"),
     ("first drop", lambda p, thr: _first_true(p < thr), "falls below"),
     ("bool", lambda p, thr: p >= thr, "\\[steps, N\\] comparison"),
-    ("float answer", lambda p, thr: _final_run(p, thr).float() + 0.5, "constant offset"),
+    ("float answer", lambda p, thr: _final_run(p, thr).float() + 0.5, "int64"),
     ("rows", lambda p, thr: _final_run(p.T.contiguous(), thr), "rows are steps"),
+    ("no flip (outside suite)", lambda p, thr: p.shape[0] - (p >= thr).long().cumprod(0).sum(0), "at the \\*start\\*"),
+    ("steps below (outside suite)", lambda p, thr: (p < thr).long().sum(0), "steps below"),
+    ("float dtype (outside suite)", lambda p, thr: _final_run(p, thr).float(), "int64"),
 ]
 
 
@@ -480,6 +499,7 @@ LAB09_QUART = [
     ("columns reversed", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q)).flip(1), "wrong order"),
     ("all values", lambda v, y, K: torch.quantile(v, _Q).expand(K, 3), "all values together"),
     ("two columns", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q[[0, 2]])), "two columns"),
+    ("percents (outside suite)", lambda v, y, K: _qpd(v, y, K, lambda x: torch.quantile(x, _Q * 100)), "not percents"),
 ]
 
 
@@ -521,6 +541,9 @@ LAB09_DIV = [
     ("manhattan", lambda f, y, K: _qpd(f, y, K, lambda x: _pairs(x, p=1.0)), "Manhattan"),
     ("median", lambda f, y, K: _qpd(f, y, K, lambda x: torch.cdist(x, x)[~torch.eye(len(x), dtype=torch.bool)]
                                     .quantile(0.5)), "median distance"),
+    ("other classes (outside suite)", lambda f, y, K: torch.stack([torch.cdist(f[y == k], f).sum()
+                                                                 / ((y == k).sum() * (len(f) - 1)) for k in range(K)]),
+     "other"),
 ]
 
 
@@ -547,6 +570,11 @@ LAB09_SPEED = [
     ("inf for never", lambda s, q, tg, b: _fastest(s, q, tg, b, never=math.inf), "not inf or NaN"),
     ("per setting", lambda s, q, tg, b: b / s, "one value per setting"),
     ("meta device", lambda s, q, tg, b: _fastest(s, q, tg, b).to("meta"), "meta"),
+    ("best quality, 0 for never (outside suite)", lambda s, q, tg, b: torch.where(
+        q.max(1).values >= tg, b / s.gather(1, q.argmax(1, keepdim=True))[:, 0], torch.zeros_like(s[:, 0])), "best-quality"),
+    ("last good column (outside suite)", lambda s, q, tg, b: torch.stack([
+        b / s[i, (q[i] >= tg).nonzero()[-1, 0]] if bool((q[i] >= tg).any()) else s.new_zeros(()) for i in range(len(s))]),
+     "last good-enough"),
 ]
 
 SUITE = {

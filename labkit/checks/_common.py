@@ -236,11 +236,12 @@ def float32_tolerance(reference: Callable, args: Sequence, ref: torch.Tensor, *,
     return max(floor, MARGIN * err) if math.isfinite(err) else floor
 
 
-def _mistake_distance(out: torch.Tensor, wrong: torch.Tensor, tol: float, relative: bool) -> float:
+def _mistake_distance(out: torch.Tensor, wrong: torch.Tensor, tol: float, relative: bool, err: float) -> float:
     """How far ``out`` is from a catalogue entry, in units of that entry's own tolerance (<= 1: a match). The
-    tolerance scales with the entry: float32 rounds an entry of size 170 about 170x more than one of size 1."""
+    tolerance scales with the entry (float32 rounds an entry of size 170 about 170x more than one of size 1),
+    but stays under a tenth of the answer's own error ``err``: an entry must explain the error, not tie with it."""
     if isinstance(wrong, (tuple, list)):  # several ways to compute the same mistake (float32 and float64)
-        return min(_mistake_distance(out, w, tol, relative) for w in wrong)
+        return min(_mistake_distance(out, w, tol, relative, err) for w in wrong)
     if tuple(out.shape) != tuple(wrong.shape):
         return math.inf
     w = wrong.detach().cpu().double()
@@ -248,8 +249,8 @@ def _mistake_distance(out: torch.Tensor, wrong: torch.Tensor, tol: float, relati
     if not math.isfinite(scale):
         return math.inf
     if relative:
-        return max_rel_diff(out, w, floor=max(1e-3 * scale, 1e-12)) / max(tol, MISTAKE_RTOL)
-    return max_abs_diff(out, w) / max(tol, MISTAKE_RTOL * scale, 1e-12)
+        return max_rel_diff(out, w, floor=max(1e-3 * scale, 1e-12)) / max(tol, min(MISTAKE_RTOL, 0.1 * err))
+    return max_abs_diff(out, w) / max(tol, min(MISTAKE_RTOL * scale, 0.1 * err), 1e-12)
 
 
 def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[str, torch.Tensor] | None = None, *,
@@ -277,7 +278,7 @@ def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[
         first = wrong[0] if isinstance(wrong, (tuple, list)) else wrong
         if first is None or diff(first, ref) <= tol:  # this mistake gives the right answer on these inputs
             continue
-        d = _mistake_distance(out, wrong, tol, relative)
+        d = _mistake_distance(out, wrong, tol, relative, err)
         if d <= 1.0 and d < best:
             best, best_name = d, name
     if best_name is not None:

@@ -63,12 +63,19 @@ def _family(o, r, tol, relative, where) -> str | None:
     scale = r.abs().max().item() if r.numel() else 0.0
     if scale == 0.0 or r.numel() < 3:  # one or two numbers: any answer is "a factor" or "an offset" of them
         return None
-    # tolerances of a family match: as loose as a catalogue entry's (labkit.checks._common.MISTAKE_RTOL)
-    atol, rtol = (1e-12 * scale, max(tol, 1e-4)) if relative else (max(tol, 1e-4 * scale), 0.0)
+    # tolerances of a family match: as loose as a catalogue entry's (labkit.checks._common.MISTAKE_RTOL), but
+    # the family must explain the error: what it leaves is under 1% of the error itself
+    err = float((o - r).abs().max())
+    atol, rtol = (1e-12 * scale, max(tol, min(1e-4, 0.01 * float(((o - r).abs() / r.abs().clamp(min=1e-12)).max())))) \
+        if relative else (max(tol, min(1e-4 * scale, 0.01 * err)), 0.0)
 
     def close(a, b):
         return _close(a, b, atol, rtol)
 
+    if float(o.max() - o.min()) <= atol and float(r.max() - r.min()) > 10 * atol:
+        return (f"a constant answer: every value is {float(o.flatten()[0]):.4g}, whatever the input. Something "
+                "cancels out or is never used: check the operator precedence (a / 1 - a is a - a) and which "
+                "variables your formula reads")
     if close(o, -r):
         return ("a sign error: every value has the opposite sign of the expected one (a term subtracted "
                 "where it is added, or the other way round)")

@@ -81,6 +81,8 @@ def check_snr(student_fn, *, seed: int = 0, sizes=(5, 100)) -> None:
             "alpha_bar / sqrt(1 - alpha_bar): the denominator is the noise variance, not its std":
                 ab / (1 - ab).sqrt(),
             "log10 of the SNR: return the SNR itself (the plot uses a log scale)": torch.log10(ab / (1 - ab)),
+            "operator precedence: alpha_bar / 1 - alpha_bar divides by 1 first and is 0; the denominator needs "
+            "parentheses": ab / 1 - ab,
         }
         compare(name, out, ref, mistakes, tol=1e-5, relative=True, context=f" for T={T}", reference=schedules.snr,
                 args=(ab,))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from labkit import embeddings, unet
 from labkit.checks._common import call, compare, expect_tensor, generator, passed
@@ -73,6 +74,8 @@ def check_sinusoidal_embedding(student_fn, *, seed: int = 0, sizes=((6, 16), (3,
                 _interleave(torch.sin(_angles(t, dim, lambda i: 2 * (i + 1))), torch.cos(_angles(t, dim, lambda i: 2 * (i + 1)))),
             "t + 1 was embedded: embed the step t itself (t = 0 is the first step)":
                 _interleave(torch.sin(_angles(t + 1, dim, lambda i: 2 * i)), torch.cos(_angles(t + 1, dim, lambda i: 2 * i))),
+            "the base of the frequencies is 10000 (the longest period), not 1000":
+                _interleave(torch.sin(_angles(t, dim, lambda i: 2 * i, 1000.0)), torch.cos(_angles(t, dim, lambda i: 2 * i, 1000.0))),
             "the frequency exponent divides by dim - 1 or dim / 2 - 1; it is 2i / dim":
                 _interleave(torch.sin(_angles(t, dim, lambda i: 2 * i * dim / max(dim - 2, 1))),
                             torch.cos(_angles(t, dim, lambda i: 2 * i * dim / max(dim - 2, 1)))) if dim > 2 else None,
@@ -145,6 +148,10 @@ def check_film(student_fn, *, seed: int = 0, sizes=((2, 8, 5, 5), (3, 4, 7, 6)))
             "the shift multiplies instead of adds: h * (1 + scale) + shift": hd * (1 + s) * b,
             "scale and shift were added together before multiplying: only the scale multiplies h":
                 hd * (1 + s + b),
+            "operator precedence: 1 + scale * h + shift multiplies h by scale alone; h is multiplied by (1 + scale)":
+                1 + s * hd + b,
+            "h was normalised inside FiLM: the block normalises before FiLM, which only scales and shifts":
+                F.group_norm(hd, hd.shape[1]) * (1 + s) + b,
         }
         compare(name, out, unet.film(hd, scale.double(), shift.double()), mistakes, tol=1e-5,
                 context=f" for h of shape {[B, C, H, W]}", reference=unet.film, args=(h, scale, shift))

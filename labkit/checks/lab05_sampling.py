@@ -101,6 +101,8 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
             "no noise was added: x_{t-1} = mean + sigma_t * z for t > 0": S(torch.zeros_like(tilde)),
             "the mean divides by sqrt(alpha_bar_t) instead of sqrt(alpha_t) = sqrt(1 - beta_t)":
                 S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a).sqrt() * e) / a.sqrt()),
+            "the mean divides by alpha_t = 1 - beta_t; it divides by its square root sqrt(alpha_t)":
+                S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a).sqrt() * e) / al),
             "the mean multiplies by sqrt(alpha_t); it divides: 1/sqrt(alpha_t) * (x_t - ...)":
                 S(tilde, mean_coef=lambda x_, e, b, a, al: al.sqrt() * (x_ - b / (1 - a).sqrt() * e)),
             "the eps coefficient lacks its sqrt: beta_t / sqrt(1 - alpha_bar_t), not beta_t / (1 - alpha_bar_t)":

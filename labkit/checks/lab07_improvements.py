@@ -51,6 +51,8 @@ def check_cfg_combine(student_fn, *, seed: int = 0, sizes=((3, 1, 8, 8), (2, 1, 
                     cd + w * ud,
                 "the guidance direction without the conditional prediction itself: eps_cond + w (eps_cond - "
                 "eps_uncond) keeps eps_cond": cd - w * ud,
+                "operator precedence: 1 + w * eps_cond - w * eps_uncond adds the number 1; (1 + w) multiplies "
+                "eps_cond": 1 + w * cd - w * ud,
                 "an average of the two predictions: guidance extrapolates past eps_cond, it does not interpolate":
                     (cd + ud) / 2 if w != 0 else None,
             }
@@ -118,6 +120,10 @@ def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5,
                     ref + (1 - c_dir.sqrt()) * ed,
                 "x0_hat divides by abar_t without the sqrt: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
                     ref + ab_prev.sqrt() * (x0_hat * ab_t.sqrt() / ab_t - x0_hat),
+                "x0_hat multiplies by sqrt(abar_t); it divides: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
+                    ref + ab_prev.sqrt() * (x0_hat * ab_t - x0_hat),
+                "sigma is not squared in the direction: its coefficient is sqrt(1 - abar_prev - sigma^2)":
+                    ref + ((1 - ab_prev - sigma).clamp(min=0).sqrt() - c_dir.sqrt()) * ed,
             }
             context = f" for eta={eta:g}, shape {list(shape)}"
             try:
@@ -183,6 +189,12 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
                     scaled_D(torch.exp(-h) / torch.expm1(-h)),
                 "the x_t coefficient is missing: x_prev starts from (sigma_prev / sigma_t) x_t":
                     S(x_t=xd * sig_t / sig_p),
+                "the x_t coefficient lacks its sqrt: sigma_prev / sigma_t = sqrt((1 - abar_prev) / (1 - abar_t))":
+                    S(x_t=xd * sig_p / sig_t),
+                "the D term uses abar_prev without the sqrt: alpha_prev = sqrt(abar_prev)":
+                    scaled_D(ab_prev.sqrt()),
+                "the x_t coefficient is alpha_prev / alpha_t; in the data-prediction form it is sigma_prev / sigma_t":
+                    S(x_t=xd * (ab_prev / ab_t).sqrt() * sig_t / sig_p),
             }
             if not first:
                 h_last = _lam(ab_t) - _lam(ab_last)

@@ -39,6 +39,8 @@ def check_guided_eps(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 1, 2
                 "1 - alpha_bar_t without the sqrt: the factor is the noise standard deviation sqrt(1 - alpha_bar_t)":
                     e - s * (1 - ab) * gr,
                 "the scale is missing": e - (1 - ab).sqrt() * gr,
+                "1 - sqrt(alpha_bar_t) where sqrt(1 - alpha_bar_t) belongs (the noise std at step t)":
+                    e - s * (1 - ab.sqrt()) * gr,
                 "divided by sqrt(1 - alpha_bar_t): it multiplies (eps = -sqrt(1 - alpha_bar_t) * score)":
                     e - s * gr / (1 - ab).sqrt(),
                 "sqrt(1 - alpha_bar_t) divides the whole guided eps: only the gradient term is scaled by it":

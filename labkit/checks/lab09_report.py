@@ -85,6 +85,9 @@ def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 4
         })
         if out.dtype == torch.bool:
             fail(name, "the result is a bool tensor; return step indices (int64)")
+        if out.is_floating_point():
+            fail(name, f"the result has dtype {out.dtype}: step indices are whole numbers, return int64 "
+                       "(.long()) so they can index the steps")
         above = probs >= threshold
         ref = measures.recognisable_from(probs.double(), threshold)
         trailing = S - ref
@@ -106,6 +109,10 @@ def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 4
             "step 0 = pure noise": trailing,
             "the first step at which p falls below the threshold (the digit was recognisable before); "
             "the answer is where the final run at or above the threshold starts": first_true(~above),
+            "the run at the *start* was counted (no flip of the step axis): the answer is where the *final* run "
+            "at or above the threshold starts": S - above.long().cumprod(0).sum(0),
+            "the number of steps below the threshold: a dip late in sampling must reset the count; the answer is "
+            "where the final run at or above the threshold starts": (~above).long().sum(0),
         }
         context = f" for probs of shape [{S}, {N}], threshold {threshold:g}"
         try:
@@ -142,7 +149,8 @@ def check_quartiles_per_digit(student_fn, *, seed: int = 0, sizes=((45, 10), (23
     for N, K in sizes:
         N, K = int(N), int(K)
         values, labels = _grouped(N, K, g)
-        out = call(name, student_fn, values, labels, K, names=["values", "labels"])
+        out = call(name, student_fn, values, labels, K, names=["values", "labels"], hints={
+            "q values must be in the range": "quantiles are fractions of the data (0.25, 0.5, 0.75), not percents"})
         out = expect_tensor(name, out, (K, 3), shape_hints={
             (3, K): "the result is transposed: one row per class, columns [25th percentile, median, 75th percentile]",
             (K,): "one number per class: return three, [25th percentile, median, 75th percentile]",
@@ -294,6 +302,9 @@ def check_within_class_diversity(student_fn, *, seed: int = 0, sizes=((30, 16, 4
             "the sum of the distances; average them": per_class(lambda x: dist(x).sum()),
             "all samples together in every entry: compute it per class, features[labels == k]":
                 pairs_mean(f).expand(K),
+            "distances to samples of *other* classes were included: take both samples of a pair from class k":
+                torch.stack([((f[labels == k][:, None, :] - f[None, :, :]) ** 2).sum(-1).sqrt().sum()
+                             / ((labels == k).sum() * (N - 1)) for k in range(K)]),
             "Manhattan (L1) distances: the measure asked for is the Euclidean distance":
                 per_class(lambda x: (x[:, None, :] - x[None, :, :]).abs().sum(-1).sum() / (len(x) * (len(x) - 1))),
             "squared distances, with the zeros of each sample to itself averaged in":
@@ -324,9 +335,19 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
         slowest = int(seconds[0].argmax())  # sampler 0: only its slowest setting is good enough, exactly on target
         quality[0] = torch.minimum(quality[0], torch.full_like(quality[0], target - 1 / 64))
         quality[0, slowest] = target
-        if S >= 3 and K >= 3:  # sampler 1: its first column is a middling setting of the best quality, and
-            order = seconds[1].argsort()  # its fastest and slowest settings are good enough too: "first in column
-            mid = int(order[K // 2])      # order", "fastest", "slowest" and "best quality" all differ
+        if S >= 3 and K >= 4:  # sampler 1: good-enough settings placed so that "first in column order", "last in
+            ts = seconds[1].sort().values  # column order", "fastest", "slowest" and "best quality" pick different ones
+            cols = [0, 1, 2, 3] + ([K - 1] if K >= 5 else [])
+            picks = [ts[1], ts[0], ts[2], ts[-1]] + ([ts[3]] if K >= 5 else [])
+            rest = [c for c in range(K) if c not in cols]
+            seconds[1, cols] = torch.stack(picks)
+            seconds[1, rest] = ts[4:4 + len(rest)]
+            quality[1] = target - 1 / 64
+            quality[1, cols] = target + 1 / 64  # strictly above: "quality <= target" differs too
+            quality[1, 2] = 1.0 + 1 / 64  # the best quality: neither the first, the last, the fastest nor the slowest
+        elif S >= 3 and K >= 3:  # sampler 1: its first column is a middling setting of the best quality, and
+            order = seconds[1].argsort()  # its fastest and slowest settings are good enough too
+            mid = int(order[K // 2])
             seconds[1, [0, mid]] = seconds[1, [mid, 0]]
             order = seconds[1].argsort()
             quality[1, 0] = 1.0
@@ -375,7 +396,7 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
             "the first setting (in column order) that reaches the target; the question is the *fastest* one":
                 fastest(ok, first_in_order),
             "the time of each sampler's best-quality setting; the question is the fastest setting that is good enough":
-                baseline / best_q,
+                (baseline / best_q, torch.where(ok.any(1), baseline / best_q, torch.zeros_like(best_q))),
             "the time itself; return the speed-up, baseline_seconds / time":
                 torch.where(ok.any(1), torch.where(ok, s, torch.full_like(s, math.inf)).min(1).values, torch.zeros_like(ref)),
             "a sampler that never reaches the target should get 0.0, not 1.0":
@@ -385,6 +406,10 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
                         .where(ok_.any(1), torch.full_like(s[:, 0], math.inf))),
             "the comparison is reversed (quality <= target): a setting counts when its quality is *at least* "
             "the target": fastest(qd <= target),
+            "the last good-enough setting in column order: the columns are in no particular order, so take the "
+            "fastest of the good-enough settings": fastest(ok, lambda masked, ok_: torch.where(
+                ok_.any(1), s.gather(1, (K - 1 - ok_.flip(1).long().argmax(1))[:, None])[:, 0],
+                torch.full_like(s[:, 0], math.inf))),
             "the speed-up over the sampler's own slowest setting; divide baseline_seconds by the time":
                 torch.where(ok.any(1), s.max(1).values / torch.where(ok, s, torch.full_like(s, math.inf)).min(1).values,
                             torch.zeros_like(ref)),
