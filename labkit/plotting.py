@@ -157,7 +157,7 @@ def plot_schedules(schedules, *, title: str | None = None):
         a2.plot(t, s.snr().numpy(), label=label, color=color, lw=2)
     a1.set(xlabel="step t", ylabel=r"$\bar\alpha_t$ (signal variance kept)", title=r"$\bar\alpha_t$")
     a2.set(xlabel="step t", ylabel=r"SNR$(t) = \bar\alpha_t / (1-\bar\alpha_t)$", title="signal-to-noise ratio", yscale="log")
-    a2.axhline(1.0, color="grey", lw=0.8, ls="--")
+    a2.axhline(1.0, color="grey", lw=0.8, ls="--", label="SNR = 1 (signal = noise)")
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)

@@ -112,6 +112,7 @@ if not PRETRAINED_CLIP:
     print("=" * 78 + "\n!!  TINY RANDOM CLIP MODEL: every CLIP number and picture below is MEANINGLESS.  !!\n"
           "!!  (offline or fast mode). Run in Colab with internet for the real model.       !!\n" + "=" * 78)
 print(f"CLIP model: {scorer.name}, image size {scorer.image_size}, logit_scale {scorer.logit_scale:.1f}")
+CLIP_TAG = "" if PRETRAINED_CLIP else " [random CLIP (offline)]"  # on every CLIP figure's title
 
 # %% [markdown]
 # Your two functions, applied to real CLIP embeddings of ten real digits (one of each). Each row is an image,
@@ -127,8 +128,8 @@ cos = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T  # labkit
 probs = (scorer.logit_scale * cos).softmax(dim=-1)  # and to exercise 2
 fig = plotting.image_grid(ten * 2 - 1, ncols=10, title="the ten images (rows of the matrices below)", size=0.8)
 fig = plotting.plot_matrix(cos, xlabel='caption "a handwritten number k"', ylabel="image of digit",
-                           title="cosine similarity", symmetric=False, cmap="viridis")
-fig = plotting.plot_matrix(probs, xlabel="k", ylabel="image of digit", title="zero-shot p(k | image)",
+                           title="cosine similarity" + CLIP_TAG, symmetric=False, cmap="viridis")
+fig = plotting.plot_matrix(probs, xlabel="k", ylabel="image of digit", title="zero-shot p(k | image)" + CLIP_TAG,
                            symmetric=False, cmap="viridis")
 
 # %% [markdown]
@@ -160,7 +161,7 @@ for ax, (title, gen_v, real_v) in zip(axes, bars):
     ks = torch.arange(10)
     ax.bar(ks - 0.2, [v if v is not None else 0 for v in gen_v], 0.4, label="generated")
     ax.bar(ks + 0.2, [v if v is not None else 0 for v in real_v], 0.4, label="real MNIST", color="0.6")
-    ax.set(title=title, xlabel="digit", xticks=list(range(10)), ylim=(0, 1.05))
+    ax.set(title=title + CLIP_TAG, xlabel="digit", xticks=list(range(10)), ylim=(0, 1.05))
     ax.legend(frameon=False, fontsize=8)
 fig.tight_layout()
 print(f"overall      CLIP clear  CLIP zero-shot acc  classifier acc")
@@ -193,12 +194,12 @@ for true, pred in zip(y_real.tolist(), real_clip.predicted.tolist()):
     confusion[true, pred] += 1
 confusion = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)
 fig = plotting.plot_matrix(confusion, xlabel="CLIP's zero-shot answer", ylabel="true digit (real MNIST)",
-                           title="CLIP zero-shot confusion on real digits", symmetric=False, cmap="viridis")
+                           title="CLIP zero-shot confusion on real digits" + CLIP_TAG, symmetric=False, cmap="viridis")
 
 fig, ax = plt.subplots(figsize=(5, 3.8))
 ax.scatter(gen_cls["intended_prob"], gen_clip.intended_prob, c=y_gen, cmap="tab10", s=14)
 ax.set(xlabel="classifier p(intended digit)", ylabel="CLIP zero-shot p(intended digit)",
-       title="generated digits: do the two judges agree?")
+       title="generated digits: do the two judges agree?" + CLIP_TAG)
 ax.grid(alpha=0.3)
 r = torch.corrcoef(torch.stack([gen_cls["intended_prob"].float(), gen_clip.intended_prob.float()]))[0, 1]
 print(f"correlation between the two judges over {len(y_gen)} generated digits: {float(r):.2f}")
@@ -208,7 +209,7 @@ wrong = (real_clip.predicted != y_real) & (real_clip.probs.max(dim=1).values > 0
 idx = wrong.nonzero()[:, 0][:10]
 if len(idx):
     titles = [f"{int(y_real[i])} -> CLIP {int(real_clip.predicted[i])} ({float(real_clip.probs[i].max()):.0%})" for i in idx]
-    fig = plotting.image_grid(real01[idx] * 2 - 1, ncols=5, titles=titles, title="real digits CLIP gets confidently wrong")
+    fig = plotting.image_grid(real01[idx] * 2 - 1, ncols=5, titles=titles, title="real digits CLIP gets confidently wrong" + CLIP_TAG)
 else:
     print("CLIP was never confidently wrong on these real digits.")
 

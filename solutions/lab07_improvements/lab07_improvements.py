@@ -44,9 +44,19 @@ STEPS = colab.pick(20, 4)  # DPM-Solver++ steps per sample where the sampler is 
 # Real digits to compare against (the MNIST test set when `labkit` finds it), and the judge used throughout:
 # the shipped MNIST classifier says how often a sample is recognised as its intended digit (**accuracy**:
 # fidelity), and the Fréchet distance between classifier features of the samples and of real digits
-# (**FID**: fidelity *and* diversity). FID depends on the number of samples, so it is always printed beside
-# the **floor**, the FID of as many *real* digits (lab 06 and `labkit.evaluation` explain both). The judge
-# computes both exactly as `labkit evaluate` does, so its "x the floor" matches that command's report.
+# (**FID**: fidelity *and* diversity).
+#
+# **What FID measures.** Run the classifier on each image and keep its last hidden layer, a feature vector.
+# Fit one Gaussian (mean and covariance) to the features of the samples, another to those of real held-out
+# digits; FID is the Fréchet distance between the two Gaussians (Heusel et al. 2017):
+# $\lVert\mu_s - \mu_r\rVert^2 + \mathrm{tr}\big(\Sigma_s + \Sigma_r - 2(\Sigma_s\Sigma_r)^{1/2}\big)$. Samples that all
+# look alike (no diversity) shrink $\Sigma_s$; samples unlike real digits move $\mu_s$: both raise it.
+# **Why it has a floor.** Even real digits do not score 0: a finite sample estimates mean and covariance with
+# an error that shrinks as $n$ grows. So FID is always printed beside the **floor**, the FID of $n$ *real*
+# training digits against the same reference: "2x the floor" means twice what a perfect model would score
+# at this $n$. At small $n$ both are noisy, and a sample can land slightly *below* the floor by chance
+# (0.5-0.8x at n = 40-120 happens); only differences larger than that noise mean anything. The judge computes
+# both exactly as `labkit evaluate` does, so its "x the floor" matches that command's report.
 
 # %%
 test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
@@ -329,25 +339,28 @@ if not meta["pretrained"]:
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
-# **Question 3 (1 point).** Samplers: at 5-10 NFE, which sampler gives recognisable digits, and what do the
-# others' failures look like in the strips? Where do the curves flatten, and what does that mean for the time
-# you need per sample?
+# **Question 3 (1 point).** Samplers: read your table and strips at the smallest NFE (5 and 10). Which samplers
+# give recognisable digits there, and how do the others fail (if any do)? Where do the curves flatten, and what
+# does that mean for the time you need per sample?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** At 5-10 NFE DPM-Solver++ (and nearly as well DDIM) already give recognisable digits; DDPM
-# gives noisy, grainy or blob-like images because its few big steps leave noise it cannot remove. DPM-Solver++
-# flattens around 10-20 NFE, DDIM a little later, DDPM only after 100 or more. Time per sample is proportional
-# to the NFE, so past the knee more steps cost time for nothing: 10-20 DPM-Solver++ steps are about ten times
-# faster than DDPM at equal quality.
+# **Model answer.** It depends on the run; answer from the student's own table. On 2 CPU cores with the shipped
+# model, all three samplers already gave recognisable digits at 5 NFE, and at 10 NFE DDPM matched
+# DPM-Solver++ in accuracy. Where a sampler fails at low NFE, DDPM's failures are grainy or blob-like (noise
+# left that no later step removes), DDIM's are smooth but vague. Accuracy flattens within 10-20 NFE for all
+# three here; FID/floor keeps improving a little longer. Time per sample is proportional to the NFE, so past
+# the knee more steps cost time for nothing.
 #
-# **Rubric (1 point).** 1/2 point: which sampler works at low NFE and what the failures look like. 1/2 point:
-# where the curves flatten and the consequence for time (time proportional to NFE).
+# **Rubric (1 point).** 1/2 point: which samplers work at 5-10 NFE *as the student's own table shows*, with a
+# description of any failure. 1/2 point: where the curves flatten and the consequence for time (time
+# proportional to NFE).
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
 # **Question 4 (1 point).** DDPM adds fresh noise at every step; DDIM ($\eta = 0$) and DPM-Solver++ add none
-# after the start. Use that to explain why DDPM needs many more steps.
+# after the start. Why does theory expect DDPM to need more steps than the other two? Does your table show it,
+# and if not, what could make few-step DDPM work well on this model?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
@@ -355,7 +368,12 @@ if not meta["pretrained"]:
 # noise injected and the error of each step are large, and they only average out over many small steps (it
 # solves a stochastic equation). DDIM with $\eta = 0$ and DPM-Solver++ follow a deterministic, smooth trajectory
 # (the probability-flow ODE) that a few large, (for DPM-Solver++) second-order steps can follow accurately.
+# With the shipped model the table shows little of this at 5-10 NFE. Possible reasons (plausible, not measured
+# in this lab): the step grid is evenly spaced in log-SNR and starts at the floor, x0_hat is clipped at every
+# step, and a classifier-accuracy judge forgives some grain. FID/floor at the smallest NFE is where a
+# difference shows, if it shows.
 #
-# **Rubric (1 point).** 1/2 point: the injected noise must be removed by later steps, so many small steps. 1/2
-# point: the deterministic samplers follow a smooth path that large steps integrate accurately.
+# **Rubric (1 point).** 1/2 point: the injected noise must be removed by later steps, so theory wants many
+# small steps; the deterministic samplers follow a smooth path. 1/2 point: says honestly whether the
+# student's own numbers show it, with a plausible reason if not.
 # ### END SOLUTION

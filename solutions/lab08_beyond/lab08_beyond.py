@@ -52,6 +52,7 @@ ON_GPU = DEVICE.type == "cuda"
 model, schedule, meta = lab_model(DEVICE)
 prompts = PromptSet(clear=("a handwritten number {k}",), blurry=("a blurry number",))
 scorer, PRETRAINED_CLIP = lab_clip(DEVICE, prompts)
+CLIP_TAG = "" if PRETRAINED_CLIP else " [random CLIP (offline)]"  # on every figure CLIP shaped
 test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
 judge = DigitJudge(device=DEVICE)  # the judge of `labkit evaluate` (and of lab 07)
 
@@ -149,11 +150,11 @@ if not meta["pretrained"]:
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
 xs = list(scales)
 axes[0].plot(xs, [measured[s]["accuracy"] for s in xs], "o-")
-axes[0].set(ylabel="classifier accuracy", title="does the classifier see the digit?")
+axes[0].set(ylabel="classifier accuracy", title="does the classifier see the digit?" + CLIP_TAG)
 axes[1].plot(xs, [measured[s]["fid_ratio"] for s in xs], "o-", color="C1")
-axes[1].set(ylabel="FID / real floor", title="distance to real digits")
+axes[1].set(ylabel="FID / real floor", title="distance to real digits" + CLIP_TAG)
 axes[2].plot(xs, [measured[s]["clip_logit"] for s in xs], "o-", color="C2", label="caption logit (pushed up)")
-axes[2].set(ylabel="CLIP logit", title="what CLIP thinks")
+axes[2].set(ylabel="CLIP logit", title="what CLIP thinks" + CLIP_TAG)
 ax2 = axes[2].twinx()
 ax2.plot(xs, [measured[s]["clip_prob"] for s in xs], "s--", color="C3", label="zero-shot p(intended)")
 ax2.set_ylabel("CLIP zero-shot p(intended)")
@@ -162,7 +163,7 @@ for ax in axes:
     ax.grid(alpha=0.3)
 fig.tight_layout()
 fig = plotting.compare_rows({f"s={s:g}": grids[s][:10] for s in scales}, col_titles=[str(d) for d in range(10)],
-                            title="same noise, more and more CLIP guidance")
+                            title="same noise, more and more CLIP guidance" + CLIP_TAG)
 
 # %% [markdown]
 # ## 4. Fooling the critic
@@ -190,7 +191,7 @@ pred_r, p_r = verdict(moved, other)
 titles = [f"CLIP {float(b):.1f}->{float(a):.1f}\nclf says {int(p)}" for b, a, p in zip(before, after, pred_g)]
 titles += [f"CLIP {float(b):.1f}->{float(a):.1f}\nwant {int(o)}, clf {int(p)}" for b, a, o, p in zip(before_r, after_r, other, pred_r)]
 fig = plotting.image_grid(torch.cat([made, moved]), ncols=5, titles=titles, unit_range=True,
-                          title="optimised for CLIP's caption alone (top: from grey, bottom: from real digits)")
+                          title="optimised for CLIP's caption alone (top: from grey, bottom: from real digits)" + CLIP_TAG)
 print(f"CLIP logit rose by {float((after - before).mean()):.1f} (grey) and {float((after_r - before_r).mean()):.1f} "
       f"(real digits); the classifier agrees with the caption for {int((pred_g == targets).sum())}/5 and "
       f"{int((pred_r == other).sum())}/5 of them.")

@@ -328,8 +328,9 @@ fig = plotting.compare_rows(rows, col_titles=[str(d) for d in range(10)], title=
 # levels, so they cannot be compared directly (lab 04). Every run is therefore also judged on held-out digits
 # at the *same* three noise levels (log-SNR 2, 0 and -2, whatever $T$ and the schedule): the median error of
 # its one-step guess $\hat x_0$ (lower is better); on a GPU, where the runs are long enough to draw digits,
-# also by the accuracy of its samples. A run whose loss becomes NaN is reported as diverged. On a GPU each
-# setting runs with two seeds, so you can see how much of a difference is the seed.
+# also by the accuracy of its samples. A run whose loss becomes NaN is reported as diverged; one whose loss
+# ends within 10% of its first value as "did not learn" (a loss stuck near 1.0 means the network predicts no
+# noise at all). On a GPU each setting runs with two seeds, so you can see how much of a difference is the seed.
 
 # %%
 if FAST:
@@ -379,8 +380,10 @@ for name, change in SWEEP.items():
             xs, ys = draw(colab.pick(10, 1), net=res.ema, sched=res.schedule, sampler="dpmpp_2m",
                           steps=colab.pick(10, 4), w=1.0, seed=seed)
             accuracy = judge(xs, ys)["accuracy"]
+        first, last = res.losses[0][1], res.losses[-1][1]
+        stuck = " (did not learn: within 10% of its first value)" if last >= 0.9 * first else ""
         sweep[name].append({"losses": res.losses, "error": heldout_error(res), "accuracy": accuracy,
-                            "note": f"final loss {res.losses[-1][1]:.3f}"})
+                            "note": f"final loss {last:.3f}{stuck}"})
 print(f"{len(SWEEP) * len(seeds)} runs of {sweep_base.total_steps} steps in {time.perf_counter() - start:.0f} s")
 print(f"{'run':>32}   held-out x0 error per seed (lower is better)   sample accuracy   training loss")
 for name, runs in sweep.items():
@@ -406,7 +409,7 @@ for ax, (title, names) in zip(axes, groups):
     ax.set(title=title, xlabel="training step", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
-axes[0].set_ylabel("training loss (dotted: second seed)")
+axes[0].set_ylabel("training loss" + (" (dotted: second seed)" if len(seeds) > 1 else ""))
 for i, (name, runs) in enumerate(sweep.items()):
     values = [r["error"] for r in runs if r["error"] is not None]
     axes[3].plot([i] * len(values), values, "o", color="0.3")
