@@ -97,7 +97,7 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         results = grade_on_cluster(subs, chosen, empty, empty_labs, releases, courses, repo_root=repo_root,
                                    timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
                                    memory_limit_gb=memory_limit_gb, sandbox=sandbox, scheduler=scheduler,
-                                   out_dir=out_dir, stats=stats)
+                                   out_dir=out_dir, stats=stats, notebook_timeout=notebook_timeout)
     else:
         results = _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, repo_root=repo_root,
                                  timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
