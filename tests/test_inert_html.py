@@ -65,9 +65,10 @@ WRITTEN = {  # one per written answer of lab 01 (4 answers)
     "link": lambda: (f"My answer, see [{MARK}-link](javascript:{_run_js('link')}) and "
                      f"<a href=\"javascript:{_run_js('anchor')}\">{MARK}-anchor</a>."),
 }
+HTML_OUTPUT = f"<b onmouseover=\"{_run_js('html')}\">hover</b><script>{_run_js('html2')}</script>"
 OUTPUT_CELL = (f"from IPython.display import display, HTML, Javascript\n"
                f"display(Javascript({_run_js('js')!r}))\n"
-               f"display(HTML('<b onmouseover=\"{_run_js('html')}\">hover</b><script>' + {_run_js('html2')!r} + '</script>'))\n")
+               f"display(HTML({HTML_OUTPUT!r}))\n")
 
 
 class _LiveMarkup(HTMLParser):
@@ -125,9 +126,7 @@ def hostile_notebook(outputs: bool = True) -> nbformat.NotebookNode:
     if outputs:
         cell.outputs = [
             nbformat.v4.new_output("display_data", data={"application/javascript": _run_js("js"), "text/plain": "<js>"}),
-            nbformat.v4.new_output("display_data", data={
-                "text/html": f"<b onmouseover=\"{_run_js('html')}\">hover</b><script>{_run_js('html2')}</script>",
-                "text/plain": "<html>"}),
+            nbformat.v4.new_output("display_data", data={"text/html": HTML_OUTPUT, "text/plain": "<html>"}),
         ]
     nb.cells.insert(first + 1, cell)
     return nb
