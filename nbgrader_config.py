@@ -23,6 +23,9 @@
 #   OverwriteCells.add_missing_cells = True   deleted test cells come back (nbgrader #1682)
 #   GenerateFeedback.preprocessors  GetGrades, RedactHiddenTestOutputs, ClearHiddenTests, CSS: feedback shows
 #                                   whether hidden tests passed, never their code or their tracebacks
+#   GuardedExecute.notebook_timeout = 600   seconds for a whole notebook; later cells are not run (tests: 0)
+#   HTMLExporter (labkit.course.inert)      inert HTML: the formgrader's view of a submission and the feedback
+#                                   never run a student's script, event attribute, frame or javascript: link
 #
 # Notebooks gate expensive cells on labkit.colab.fast_mode(), which is on while nbgrader executes them
 # (nbgrader sets NBGRADER_EXECUTION); export LABKIT_FAST=1 as well when grading from the command line.

@@ -28,6 +28,7 @@ _EXPORTS = {
     "STUDENT_DIR": "sources",
     "KERNELSPEC": "sources",
     "DEFAULT_TIMEOUT": "sources",
+    "DEFAULT_NOTEBOOK_TIMEOUT": "sources",
     "DEFAULT_MEMORY_LIMIT_GB": "sources",
     "BEGIN_HIDDEN": "sources",
     "SOLUTION_RE": "sources",

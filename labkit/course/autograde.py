@@ -10,7 +10,8 @@ from labkit.course.forensics import execution_report, review_notes
 from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_env, nbgrader_failure, write_course_config
 from labkit.course.restore import restore_submission
 from labkit.course.results import GradeResult
-from labkit.course.sources import import_nbformat, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT, SOURCE_DIR, source_to_notebook
+from labkit.course.sources import (import_nbformat, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT,
+                                  SOURCE_DIR, source_to_notebook)
 from labkit.errors import LabkitError
 
 
@@ -69,7 +70,8 @@ def feedback_lab(course_dir: str, lab: str) -> str | None:
 
 
 def grade_one_submission(student: str, lab: str, path: str, course_dir: str, timeout: int,
-                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True) -> GradeResult:
+                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
+                      notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> GradeResult:
     """Restore, autograde and score one submission in the prepared course ``course_dir`` (runs in a worker
     process; never raises)."""
     res = GradeResult(student, lab)
@@ -80,7 +82,7 @@ def grade_one_submission(student: str, lab: str, path: str, course_dir: str, tim
         release = nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4)
         solution_ids = [r.metadata["nbgrader"]["grade_id"] for r in release.cells
                         if (r.metadata.get("nbgrader") or {}).get("solution")]
-        _grade_one(res, Path(path), course, release, solution_ids, timeout, memory_limit_gb, sandbox)
+        _grade_one(res, Path(path), course, release, solution_ids, timeout, memory_limit_gb, sandbox, notebook_timeout)
     except Exception as exc:  # never stop on one bad submission
         res.status = "failed"
         res.notes.append(f"grading error: {type(exc).__name__}: {str(exc)[:300]}")
@@ -90,7 +92,8 @@ def grade_one_submission(student: str, lab: str, path: str, course_dir: str, tim
 
 
 def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids, timeout: int,
-               memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True) -> None:
+               memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
+               notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> None:
     """Restore, autograde and score one submission, filling in ``res``."""
     from nbgrader.api import Gradebook
 
@@ -121,7 +124,7 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     # The course lock keeps nbgrader's gradebook to one writer; it is let go while the notebook executes.
     with temporary_env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), course_lock(course):
         result = nbgrader_api(course, timeout=timeout, add_missing_cells=safe, memory_limit_gb=memory_limit_gb,
-                      sandbox=sandbox).autograde(lab, student, force=True, create=True)
+                      sandbox=sandbox, notebook_timeout=notebook_timeout).autograde(lab, student, force=True, create=True)
         if not result.get("success"):
             res.status = "failed"
             log = nbgrader_failure(result)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from labkit.course.build import build_notebooks, check_notebooks_fresh
 from labkit.course.grade import grade_submissions
-from labkit.course.sources import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT, find_repo_root
+from labkit.course.sources import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, find_repo_root
 from labkit.errors import LabkitError
 
 
@@ -28,6 +28,8 @@ def add_grade_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--lab", action="append", default=None, metavar="LAB", help="grade only this lab (repeatable)")
     parser.add_argument("--repo", default=None, help="the labkit repository (default: found from the current folder)")
     parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT, help="seconds per cell (default: %(default)s)")
+    parser.add_argument("--notebook-timeout", type=int, default=DEFAULT_NOTEBOOK_TIMEOUT, metavar="SECONDS",
+                        help="seconds for a whole notebook; the cells not run by then score 0 (default: %(default)s)")
     parser.add_argument("--no-feedback", action="store_true", help="skip the feedback HTML")
     parser.add_argument("--jobs", type=int, default=None,
                         help="submissions autograded in parallel (default: one per CPU, up to 4)")
@@ -70,7 +72,8 @@ def cli_grade(args) -> int:
                                 feedback=not args.no_feedback, jobs=getattr(args, "jobs", None),
                                 memory_limit_gb=getattr(args, "memory_limit", DEFAULT_MEMORY_LIMIT_GB),
                                 sandbox=not getattr(args, "unsafe_no_sandbox", False),
-                                scheduler=getattr(args, "scheduler", None) or getattr(args, "cluster", None))
+                                scheduler=getattr(args, "scheduler", None) or getattr(args, "cluster", None),
+                                notebook_timeout=getattr(args, "notebook_timeout", DEFAULT_NOTEBOOK_TIMEOUT))
     return 0 if results and all(r.status != "failed" for r in results) else 1
 
 

@@ -55,7 +55,7 @@ from labkit.course.autograde import (feedback_lab, grade_one_submission, release
 from labkit.course.discover import read_submission
 from labkit.course.pool import worker_pool
 from labkit.course.results import GradeResult
-from labkit.course.sources import import_nbformat, SOURCE_DIR
+from labkit.course.sources import import_nbformat, DEFAULT_NOTEBOOK_TIMEOUT, SOURCE_DIR
 from labkit.errors import LabkitError
 
 MANIFEST_NAME = "cluster-manifest.jsonl"
@@ -91,11 +91,14 @@ def code_fingerprint() -> str:
 
 
 def grader_fingerprint(repo_root: str | os.PathLike, lab: str, timeout: int, memory_limit_gb: float,
-                       sandbox: bool) -> str:
+                       sandbox: bool, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> str:
     """What a result depends on besides the notebook: the lab's source, the grading code, the settings."""
     src = Path(repo_root) / SOURCE_DIR / lab / f"{lab}.py"
     h = hashlib.sha256(src.read_bytes() if src.exists() else b"")
-    h.update(json.dumps([code_fingerprint(), int(timeout), float(memory_limit_gb or 0), bool(sandbox)]).encode())
+    settings = [code_fingerprint(), int(timeout), float(memory_limit_gb or 0), bool(sandbox)]
+    if notebook_timeout != DEFAULT_NOTEBOOK_TIMEOUT:  # (so that the default keeps earlier manifests valid)
+        settings.append(int(notebook_timeout))
+    h.update(json.dumps(settings).encode())
     return h.hexdigest()[:32]
 
 
@@ -227,7 +230,7 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
 
 
 def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str, timeout: int,
-               memory_limit_gb: float, sandbox: bool) -> dict:
+               memory_limit_gb: float, sandbox: bool, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> dict:
     """One submission, on a worker: autograded in a private course unpacked from ``template`` by the same
     ``grade_one_submission`` as the local path. Returns data only: the ``GradeResult`` fields, the restored
     submitted notebook and the files of the autograded folder (bytes), the seconds it took and where.
@@ -250,7 +253,8 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
             upload.mkdir()
             path = upload / (Path(filename).name or f"{lab}.ipynb")
             path.write_bytes(notebook)
-            res = grade_one_submission(student, lab, str(path), str(course), timeout, memory_limit_gb, sandbox)
+            res = grade_one_submission(student, lab, str(path), str(course), timeout, memory_limit_gb, sandbox,
+                                       notebook_timeout)
             submitted = course / "submitted" / student / lab / f"{lab}.ipynb"
             payload = {
                 "result": asdict(res),
@@ -421,13 +425,13 @@ def _sha256(path: Path) -> str:
 def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: Sequence[str], releases: dict,
                      courses: dict, *, repo_root: Path, timeout: int, feedback: bool, jobs: int, verbose: bool,
                      memory_limit_gb: float, sandbox: bool, scheduler: str, out_dir: Path,
-                     stats: dict | None = None) -> list[GradeResult]:
+                     stats: dict | None = None, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> list[GradeResult]:
     """The cluster half of ``grade_submissions``: grade ``subs`` on the Dask scheduler ``scheduler``
     (``local:N`` for a LocalCluster here), merge into ``courses``, write feedback; returns the results,
     the empty students' ``no submission`` rows included (``grade_submissions`` writes scores.csv)."""
     st = ClusterStats()
     manifest = Manifest(Path(out_dir) / MANIFEST_NAME)
-    graders = {lab: grader_fingerprint(repo_root, lab, timeout, memory_limit_gb, sandbox)
+    graders = {lab: grader_fingerprint(repo_root, lab, timeout, memory_limit_gb, sandbox, notebook_timeout)
                for lab in {s.lab for s in subs}}
     results: list[GradeResult] = []
     pending: list[_Pending] = []
@@ -461,7 +465,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     if pending:
         _run_pending(pending, chosen, courses, st, manifest, merged_labs, report, repo_root=repo_root,
                      out_dir=out_dir, timeout=timeout, jobs=jobs, verbose=verbose, memory_limit_gb=memory_limit_gb,
-                     sandbox=sandbox, scheduler=scheduler)
+                     sandbox=sandbox, scheduler=scheduler, notebook_timeout=notebook_timeout)
 
     for lab in empty_labs:
         max_score = release_max_score(releases.get(lab))
@@ -483,7 +487,8 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
 
 
 def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, manifest: Manifest, merged_labs: set,
-                 report, *, repo_root, out_dir, timeout, jobs, verbose, memory_limit_gb, sandbox, scheduler) -> None:
+                 report, *, repo_root, out_dir, timeout, jobs, verbose, memory_limit_gb, sandbox, scheduler,
+                 notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> None:
     # 1. the cluster, and whether its workers can grade (before any work here: a refusal comes at once)
     t0 = time.monotonic()
     client, cluster = connect(scheduler)
@@ -538,7 +543,8 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         todo = [p for p in pending if p.res.lab in templates]
         if todo:
             _submit_and_merge(client, todo, templates, courses, code, st, manifest, merged_labs, report,
-                              timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox, verbose=verbose)
+                              timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox, verbose=verbose,
+                              notebook_timeout=notebook_timeout)
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -604,7 +610,8 @@ def _window(client, current: int) -> int:
 
 
 def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st: ClusterStats, manifest: Manifest,
-                      merged_labs: set, report, *, timeout, memory_limit_gb, sandbox, verbose) -> None:
+                      merged_labs: set, report, *, timeout, memory_limit_gb, sandbox, verbose,
+                      notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -643,7 +650,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
         if sha != p.sha:  # the file changed since it was listed: grade what is there now
             p.sha, p.key = sha, task_key(p.res.lab, p.res.student, sha)
         fut = client.submit(grade_task, p.res.lab, p.res.student, p.path.name, data, templates[p.res.lab], code,
-                            timeout, memory_limit_gb, sandbox, key=p.key, pure=False, retries=0)
+                            timeout, memory_limit_gb, sandbox, notebook_timeout, key=p.key, pure=False, retries=0)
         by_key[fut.key] = p
         ac.add(fut)
         st.submitted += 1

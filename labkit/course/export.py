@@ -1,7 +1,8 @@
 """``labkit report NOTEBOOK``: one self-contained HTML file of a notebook with its outputs (lab 09's hand-in).
 
 The HTML is nbconvert's (the same as ``jupyter nbconvert --to html --embed-images``): pictures are embedded
-as base64, so the file can be mailed or uploaded alone. nbconvert comes with Jupyter and Colab; a plain
+as base64, so the file can be mailed or uploaded alone. It is inert (``labkit.course.inert``): no script, frame
+or event handler of the notebook's survives, since the person who opens it is usually not its author. nbconvert comes with Jupyter and Colab; a plain
 ``pip install labkit`` does not install it, and the command then says so in one line.
 """
 
@@ -44,8 +45,13 @@ def export_html(notebook, out=None) -> tuple[Path, list[str]]:
         notes.append(f"{blank} written answer{'s' if blank > 1 else ''} still {'say' if blank > 1 else 'says'} "
                      f"{UNANSWERED!r}")
     try:
-        body, _ = HTMLExporter(embed_images=True).from_notebook_node(
-            nb, resources={"metadata": {"name": src.stem, "path": str(src.parent.resolve())}})
+        from traitlets.config import Config
+
+        from labkit.course.inert import inert_html
+
+        # inert: the instructor opens this file, and the notebook is the student's (see labkit.course.inert)
+        body, _ = HTMLExporter(config=inert_html(Config()), embed_images=True).from_notebook_node(
+            nb, resources={"metadata": {"name": src.stem, "path": str(src.parent.resolve())}, "embed_images": True})
     except Exception as exc:
         raise LabkitError(f"could not export {src} to HTML ({one_line(f'{type(exc).__name__}: {exc}', 200)})") from None
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -13,10 +13,13 @@ def execution_report(nb, timeout: int | None = None, memory_limit_gb: float | No
     with an error output. Status: ``kernel died`` (a DeadKernelError output, see ``GuardedExecute``) before
     ``out of memory`` (an error that names a failed allocation)."""
     died = oom = False
-    notes = []
+    notes, not_run = [], []
     for i, cell in enumerate(nb.cells):
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
         if cell.cell_type != "code" or not errors:
+            continue
+        if errors[0].get("ename") == "NotebookTimeout":  # ended with the notebook: one note for all of them
+            not_run.append(cell)
             continue
         md = cell.metadata.get("nbgrader") or {}
         gid = md.get("grade_id")
@@ -40,6 +43,11 @@ def execution_report(nb, timeout: int | None = None, memory_limit_gb: float | No
             notes.append(f"{label} failed: {what}")
         else:
             notes.append(f"{label}: {what}")
+    if not_run:
+        tests = sum(1 for c in not_run if (c.metadata.get("nbgrader") or {}).get("grade")
+                    and not (c.metadata.get("nbgrader") or {}).get("solution"))
+        notes.append(f"the notebook ran longer than its time limit (--notebook-timeout) and grading ended it: "
+                     f"{len(not_run)} code cells were not run, {tests} of them test cells (scored 0)")
     status = "kernel died" if died else "out of memory" if oom else None
     return status, notes
 

@@ -23,6 +23,7 @@ from labkit.course.sources import (
     import_nbformat,
     select_labs,
     DEFAULT_MEMORY_LIMIT_GB,
+    DEFAULT_NOTEBOOK_TIMEOUT,
     DEFAULT_TIMEOUT,
     discover_labs,
     find_repo_root,
@@ -35,7 +36,8 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
                       *, repo_root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
                       feedback: bool = True, jobs: int | None = None, verbose: bool = True,
                       memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
-                      scheduler: str | None = None, stats: dict | None = None) -> list[GradeResult]:
+                      scheduler: str | None = None, stats: dict | None = None,
+                      notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> list[GradeResult]:
     """Autograde every submission in ``submissions_dir``; write results under ``out_dir``:
 
         out_dir/nbgrader/<lab>/      one nbgrader course per lab (source, release, submitted, autograded,
@@ -44,7 +46,8 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         out_dir/feedback/<student>/<lab>.html
 
     Submissions are autograded in parallel processes (``jobs``, default: up to 4, one per CPU), each in its
-    own kernel with a finite per-cell ``timeout`` and a memory cap of ``memory_limit_gb`` (0: none). The
+    own kernel with a finite per-cell ``timeout``, a limit for the whole notebook (``notebook_timeout`` seconds:
+    the cells not run by then score 0, and the notes say so) and a memory cap of ``memory_limit_gb`` (0: none). The
     kernel runs in a bubblewrap sandbox (``labkit.course.sandbox``; ``sandbox=False`` only for trusted
     notebooks) and test cells run in the grader's own process (``labkit.course.trusted``). One bad
     submission (unreadable file, infinite loop, dead kernel, memory blow-up) is reported and never stops
@@ -94,11 +97,11 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         results = grade_on_cluster(subs, chosen, empty, empty_labs, releases, courses, repo_root=repo_root,
                                    timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
                                    memory_limit_gb=memory_limit_gb, sandbox=sandbox, scheduler=scheduler,
-                                   out_dir=out_dir, stats=stats)
+                                   out_dir=out_dir, stats=stats, notebook_timeout=notebook_timeout)
     else:
         results = _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, repo_root=repo_root,
                                  timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
-                                 memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+                                 memory_limit_gb=memory_limit_gb, sandbox=sandbox, notebook_timeout=notebook_timeout)
     for r in results:
         if r.status != "no submission":  # a skipped link, an odd name: said on the student's own rows
             r.notes += found.notes.get(r.student, [])
@@ -117,7 +120,7 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
 
 
 def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *, repo_root, timeout, feedback, jobs,
-                   verbose, memory_limit_gb, sandbox) -> list[GradeResult]:
+                   verbose, memory_limit_gb, sandbox, notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> list[GradeResult]:
     """The local half of ``grade_submissions``: prepare, autograde and write feedback in ``jobs`` processes."""
     with worker_pool(jobs) as run:
         prepared = dict(zip(active, run(prepare_lab, [(str(repo_root), lab, courses[lab], timeout, memory_limit_gb,
@@ -130,7 +133,8 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
                 res.status = "failed"
                 res.notes.append(f"could not prepare {s.lab}: {str(prepared[s.lab])[-300:]}")
             else:
-                tasks.append((res, (s.student, s.lab, str(s.path), courses[s.lab], timeout, memory_limit_gb, sandbox)))
+                tasks.append((res, (s.student, s.lab, str(s.path), courses[s.lab], timeout, memory_limit_gb, sandbox,
+                                    notebook_timeout)))
 
         def report(res: GradeResult) -> None:
             if verbose:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from labkit.course.sources import import_nbformat, BEGIN_HIDDEN, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_TIMEOUT
+from labkit.course.sources import import_nbformat, BEGIN_HIDDEN, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT
 
 
 try:  # The feedback preprocessor is a real nbconvert Preprocessor when nbconvert is installed.
@@ -115,7 +115,9 @@ def guarded_execute_class():
       points of every other exercise;
     * restarts the kernel the same way when a cell timed out and the kernel still does not answer after the
       interrupt (an infinite loop that swallows KeyboardInterrupt), instead of timing out on every later cell;
-    * re-executes the ``labkit.checks`` modules before each graded test cell (``RELOAD_CHECKS``).
+    * re-executes the ``labkit.checks`` modules before each graded test cell (``RELOAD_CHECKS``);
+    * ends a notebook that runs longer than ``notebook_timeout`` seconds in all: the cell running then times
+      out, every later code cell is marked ``NotebookTimeout`` and not run (a test cell scores 0).
     """
     global _GUARDED_EXECUTE
     if _GUARDED_EXECUTE is not None:
@@ -134,10 +136,14 @@ def guarded_execute_class():
         max_restarts = Integer(3, help="kernel restarts allowed per notebook before autograde gives up").tag(config=True)
         reload_checks = Bool(True, help="re-execute labkit.checks before each graded test cell").tag(config=True)
         responsive_timeout = Integer(20, help="seconds a kernel has to answer after a timed-out cell").tag(config=True)
+        notebook_timeout = Integer(DEFAULT_NOTEBOOK_TIMEOUT, help="seconds for the whole notebook (0: no limit)").tag(config=True)
 
         def preprocess(self, nb, resources=None, km=None):
+            import time
+
             self._skip: set[int] = set()
             self._restarts = 0
+            self._deadline = time.monotonic() + self.notebook_timeout if self.notebook_timeout > 0 else None
             args = [a for a in self.extra_arguments if not a.startswith("--IPKernelApp.exec_lines=")]
             if self.memory_limit_gb and self.memory_limit_gb > 0:
                 args.append("--IPKernelApp.exec_lines=" + _memory_limit_line(self.memory_limit_gb))
@@ -145,7 +151,31 @@ def guarded_execute_class():
             with _course_unlocked():
                 return super().preprocess(nb, resources, km)
 
+        def out_of_time(self, cell, index: int) -> bool:
+            """True once the notebook's time is up: the code cell is then marked as not run (no kernel, no grader)."""
+            import time
+
+            if cell.cell_type != "code" or self._deadline is None or time.monotonic() < self._deadline:
+                return False
+            cell.outputs = [error_output("NotebookTimeout", f"not run: the notebook ran longer than "
+                                         f"{self.notebook_timeout} s in all, and grading ended it here")]
+            cell.execution_count = None
+            self._skip.add(index)
+            return True
+
+        def _get_timeout(self, cell):
+            """A cell's timeout, never past the notebook's end."""
+            import time
+
+            timeout = super()._get_timeout(cell)
+            if self._deadline is None:
+                return timeout
+            left = max(1, int(self._deadline - time.monotonic()) + 1)
+            return left if timeout is None else min(timeout, left)
+
         def preprocess_cell(self, cell, resources, index):
+            if self.out_of_time(cell, index):
+                return cell, self.resources
             md = cell.metadata.get("nbgrader", {}) if cell.cell_type == "code" else {}
             if self.reload_checks and md.get("grade") and not md.get("solution"):
                 run_sync(self._run_quietly)(RELOAD_CHECKS, 30)
@@ -217,7 +247,7 @@ def guarded_execute_class():
 
 def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
                        add_missing_cells: bool = True, memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB,
-                       sandbox: bool = True):
+                       sandbox: bool = True, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT):
     """Apply labkit's grading settings to a traitlets Config ``c`` (used by the API and nbgrader_config.py).
 
     Autograde executes with ``labkit.course.trusted.TrustedExecute``: test cells run in the grader's own
@@ -239,13 +269,19 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
 
     executor = trusted_execute_class(guarded_execute_class())
     c.GuardedExecute.memory_limit_gb = float(memory_limit_gb or 0)
+    c.GuardedExecute.notebook_timeout = int(notebook_timeout or 0)
     c.TrustedExecute.sandbox = bool(sandbox)
     c.Autograde.autograde_preprocessors = [executor if p is Execute else p
                                            for p in Autograde.class_traits()["autograde_preprocessors"].default()]
     c.OverwriteCells.add_missing_cells = bool(add_missing_cells)
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     c.GenerateFeedback.preprocessors = [GetGrades, RedactHiddenTestOutputs, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+    from labkit.course.inert import inert_html
+
+    inert_html(c)
     return c
+
+
 
 
 class _Api:

@@ -32,6 +32,7 @@ def notebook_metadata(nbf):
     """The metadata of every built notebook: the python3 kernelspec and the kernel's language_info."""
     return nbf.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": language_info()})
 DEFAULT_TIMEOUT = 120  # seconds per cell while autograding (fast mode keeps every cell far below this)
+DEFAULT_NOTEBOOK_TIMEOUT = 600  # seconds for a whole notebook, restarts included (a lab in fast mode: ~20 s)
 DEFAULT_MEMORY_LIMIT_GB = 4.0  # memory cap of each autograde kernel (RLIMIT_DATA); a lab in fast mode needs < 1 GB
 BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
 SOLUTION_RE = re.compile(r"^[ \t]*### BEGIN SOLUTION[ \t]*\n(.*?)^[ \t]*### END SOLUTION[ \t]*$", re.S | re.M)

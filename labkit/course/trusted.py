@@ -143,7 +143,8 @@ def trusted_execute_class(base):
 
         def format_kernel_cmd(self, extra_arguments=None):
             cmd = super().format_kernel_cmd(extra_arguments)
-            return self.box.wrap(cmd) if self.box is not None else cmd
+            # the connection file is the grader's: hand it to the kernel's user (nobody, when grading as root)
+            return self.box.wrap(cmd, give=(self.connection_file,)) if self.box is not None else cmd
 
         async def interrupt_kernel(self):
             """Interrupt through the kernel's control channel: a SIGINT to the process group would reach
@@ -195,6 +196,8 @@ def trusted_execute_class(base):
                 self._channel.close()
 
         def preprocess_cell(self, cell, resources, index):
+            if self.out_of_time(cell, index):  # the notebook's time is up (GuardedExecute.notebook_timeout)
+                return cell, self.resources
             md = cell.metadata.get("nbgrader", {}) if cell.cell_type == "code" else {}
             if md.get("grade") and not md.get("solution"):
                 return self._judge(cell, index), self.resources
