@@ -148,3 +148,126 @@ def test_solutions_of_every_lab_are_not_flagged():
 def test_a_cell_that_does_not_parse_runs_nothing_and_is_not_read():
     spec = {"q_sample": SIGNATURE + "    return diffusion.q_sample(x0, t, noise, alpha_bars\n"}  # a syntax error
     assert static_notes(disguised(spec), _notebook(LAB, "notebooks")) == []
+
+
+# --- the dynamic layer: what a call ran ------------------------------------------------------------
+
+def _solution_functions() -> dict[tuple[str, str], object]:
+    """(lab, name) -> the instructor's answer, defined from the solution source (in this process)."""
+    import ast
+    import math
+
+    import torch
+
+    found = {}
+    for path in sorted((REPO / "solutions").glob("lab*/lab*.py")):
+        source = path.read_text()
+        for node in ast.parse(source).body:
+            segment = ast.get_source_segment(source, node) or ""
+            if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in segment:
+                scope = {"torch": torch, "F": torch.nn.functional, "math": math}
+                exec(compile(segment, str(path), "exec"), scope)  # noqa: S102 (our own solutions)
+                found[(path.stem, node.name)] = scope[node.name]
+    return found
+
+
+def _watched(name: str, fn, seen: list):
+    from labkit.course.kernel_side import watch_library
+
+    def call(*args, **kwargs):
+        with watch_library(name) as report:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seen.append(report)
+    return call
+
+
+def test_the_dynamic_review_sees_no_library_call_in_any_solution(capsys):
+    """Every visible and hidden test line of every lab, the instructor's answer watched: nothing of labkit's
+    answers runs (a U-Net's own calls to concat_skip inside a training step do not count)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_one_formula import _test_calls
+
+    answers = _solution_functions()
+    assert len(answers) >= 23
+    for (lab, name), fn in sorted(answers.items()):
+        checks = importlib.import_module(f"labkit.checks.{lab}")
+        seen: list = []
+        for line in _test_calls(lab, name):
+            eval(line, {"checks": checks, name: _watched(name, fn, seen)})  # noqa: S307 (our own source)
+        assert seen and all(r["watched"] and r["ran"] == [] for r in seen), (lab, name, seen)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["sys_modules", "getattr_concat", "default_argument", "subclasses_globals",
+                                  "getattr_builtins", "gc_objects", "closure", "class_method"])
+def test_the_dynamic_review_sees_the_library_run_however_it_is_reached(name):
+    """The disguised answers, run here: whatever the spelling, labkit's q_sample is what ran."""
+    import gc
+    import sys
+
+    import torch
+
+    from labkit import diffusion, schedules
+
+    spec = {**DISGUISES, **MORE}[name]
+    import builtins
+
+    scope = {"diffusion": diffusion, "sys": sys, "gc": gc, "torch": torch, "__builtins__": builtins}  # as in IPython
+    exec(spec["q_sample"], scope)  # noqa: S102 (the test's own strings)
+    seen: list = []
+    x0, noise = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    ab = schedules.make_schedule("cosine", 10).alpha_bars
+    _watched("q_sample", scope["q_sample"], seen)(x0, torch.tensor([1, 3]), noise, ab)
+    assert seen[0]["ran"] == ["labkit.diffusion.q_sample"] and seen[0]["watched"], seen
+
+
+def test_a_function_that_switches_the_watch_off_is_reported():
+    import sys
+
+    from labkit import diffusion
+
+    def q_sample(*a):
+        sys.settrace(None)
+        return diffusion.q_sample(*a)
+
+    seen: list = []
+    import torch
+
+    _watched("q_sample", q_sample, seen)(torch.zeros(1, 1, 2, 2), torch.tensor([0]), torch.zeros(1, 1, 2, 2),
+                                         torch.full((3,), 0.5))
+    assert seen[0]["watched"] is False and seen[0]["ran"] == []
+    assert sys.gettrace() is None
+
+
+def test_dynamic_notes_read_only_plain_names_from_the_kernel():
+    from labkit.course.review import dynamic_finding, dynamic_notes
+
+    cell = nbformat.v4.new_code_cell("checks.check_q_sample(q_sample)",
+                                     metadata={"nbgrader": {"grade_id": "test_q_sample", "grade": True}})
+    forged = {"status": "ok", "library": {"ran": ["labkit.diffusion.q_sample", "<script>x</script>", 7] * 30,
+                                          "watched": "yes"}}
+    cell.metadata["labkit"] = {"library": [dynamic_finding("q_sample", forged),
+                                           dynamic_finding("snr", {"status": "ok"}),
+                                           dynamic_finding("alpha_bars_from_betas", {"status": "missing"})]}
+    notes = dynamic_notes(nbformat.v4.new_notebook(cells=[cell]))
+    assert notes[0] == ("REVIEW cell 0 (test_q_sample): while the grader called q_sample, it ran "
+                        "labkit.diffusion.q_sample (labkit's own answer, seen by the dynamic review)")
+    assert "switched off" in notes[1] and "q_sample" in notes[1]  # "watched" must be True, not truthy
+    assert "said nothing about what ran" in notes[2] and "snr" in notes[2] and "alpha_bars" not in notes[2]
+    assert len(notes) == 3 and "<script>" not in " ".join(notes)
+
+
+def test_the_exercise_list_matches_the_solutions():
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_one_formula import LIBRARY
+
+    from labkit.course.exercises import LIBRARY_ANSWERS
+
+    assert {(name, module) for (_, name), module in LIBRARY.items()} == set(LIBRARY_ANSWERS.items())

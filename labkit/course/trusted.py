@@ -134,6 +134,7 @@ def trusted_execute_class(base):
     from traitlets import Any, Bool, Integer, Unicode
 
     from labkit.course import sandbox, wire
+    from labkit.course.review import dynamic_finding
 
     class SandboxKernelManager(AsyncKernelManager):
         box = Any(None, allow_none=True)
@@ -209,6 +210,7 @@ def trusted_execute_class(base):
             from labkit.checks._common import CheckFailed
 
             self._skip.add(index)  # never replayed in the kernel after a restart
+            self._library = []  # what each call of this cell ran of labkit (review.dynamic_finding)
             printed, error = io.StringIO(), None
             if self._checks is None:
                 error = ("CheckFailed", "the grader found no checks for this lab")
@@ -236,6 +238,8 @@ def trusted_execute_class(base):
                 outputs.append(NotebookNode(output_type="error", ename=ename, evalue=evalue,
                                             traceback=[f"{ename}: {evalue}"]))
             cell.outputs = outputs
+            if self._library:
+                cell.metadata["labkit"] = {"library": self._library[:20]}  # read by review.dynamic_notes
             # a count like the kernel's: the cell did run (in the grader), one after the cell above it
             counts = [c.get("execution_count") or 0 for c in self.nb.cells[:index] if c.cell_type == "code"]
             cell.execution_count = max(counts, default=0) + 1
@@ -277,6 +281,7 @@ def trusted_execute_class(base):
                         p.unlink()
             if not isinstance(reply, dict):
                 raise CheckFailed(f"the result of `{name}` could not be read")
+            self._library.append(dynamic_finding(name, reply))
             state = reply.get("status")
             printed = str(reply.get("printed") or "")
             if printed:
