@@ -271,3 +271,95 @@ def test_the_exercise_list_matches_the_solutions():
     from labkit.course.exercises import LIBRARY_ANSWERS
 
     assert {(name, module) for (_, name), module in LIBRARY.items()} == set(LIBRARY_ANSWERS.items())
+
+
+# --- hidden seeds drawn per graded notebook (issue 23, item 6) ---------------------------------------
+
+def _hidden_test_cells() -> list[tuple[str, str, str]]:
+    """(lab, grade id, source) of every test cell that holds hidden tests, from the solution notebooks."""
+    out = []
+    for lab in sorted(p.name for p in (REPO / "solutions").iterdir() if (p / f"{p.name}.py").exists()):
+        for c in _notebook(lab, "solutions").cells:
+            if "### BEGIN HIDDEN TESTS" in c.source:
+                out.append((lab, c.metadata["nbgrader"]["grade_id"], c.source))
+    return out
+
+
+def test_hidden_seeds_are_drawn_per_run_and_visible_lines_stay():
+    from labkit.course.hidden_seeds import reseed_hidden_tests
+
+    cells = _hidden_test_cells()
+    assert len(cells) >= 20
+    secret = b"s" * 64
+    for lab, gid, source in cells:
+        one, two = (reseed_hidden_tests(source, secret, run, gid) for run in ("run-1", "run-2"))
+        assert one == reseed_hidden_tests(source, secret, "run-1", gid)  # the secret and run id replay it
+        assert one != source and one != two and two != source, (lab, gid)
+        visible = source.split("### BEGIN HIDDEN TESTS")[0]
+        assert one.startswith(visible) and two.startswith(visible)  # public tests keep their inputs
+        for a, b in zip(one.splitlines(), source.splitlines()):  # only seed= numbers change
+            assert a.split("seed=")[0] == b.split("seed=")[0]
+
+
+def test_a_correct_answer_passes_the_hidden_tests_on_drawn_seeds(capsys):
+    """Every hidden test line of every lab, with two runs' drawn seeds and labkit's own answer: all pass."""
+    import importlib
+
+    from labkit.course.exercises import LIBRARY_ANSWERS
+    from labkit.course.hidden_seeds import passes_with_library, reseed_hidden_tests
+
+    lines = 0
+    for lab, gid, source in _hidden_test_cells():
+        checks = importlib.import_module(f"labkit.checks.{lab}")
+        names = {n: getattr(importlib.import_module(m), n) for n, m in LIBRARY_ANSWERS.items()}
+        for run in ("first", "second"):
+            hidden = reseed_hidden_tests(source, b"k" * 64, run, gid, passes_with_library(checks))
+            hidden = hidden.split("### BEGIN HIDDEN TESTS")[1]
+            exec(hidden, {"checks": checks, **names})  # noqa: S102 (our own solutions); raises on a failure
+            lines += hidden.count("checks.check_")
+    assert capsys.readouterr().out.count("passed") == lines > 40
+
+
+def test_the_course_secret_is_private_and_never_read_through_a_link(tmp_path):
+    import os
+    import stat
+
+    from labkit.course.hidden_seeds import course_secret, SECRET_FILE
+
+    secret = course_secret(tmp_path)
+    assert len(secret) == 64 and course_secret(tmp_path) == secret  # made once, then kept
+    assert stat.S_IMODE((tmp_path / SECRET_FILE).stat().st_mode) == 0o600
+    target = tmp_path / "elsewhere"
+    target.write_text("x" * 64)
+    for odd in ("link", "fifo"):
+        course = tmp_path / odd
+        course.mkdir()
+        if odd == "link":
+            (course / SECRET_FILE).symlink_to(target)
+        else:
+            os.mkfifo(course / SECRET_FILE)
+        with pytest.raises(OSError):
+            course_secret(course)
+    assert target.read_text() == "x" * 64
+
+
+def test_a_seed_on_which_labkits_own_answer_fails_is_never_used(capsys):
+    """lab 01's hidden ``check_q_sample(..., T=10)`` line: its rescaled linear schedule goes negative at late
+    steps, so about one seed in three makes even labkit's q_sample fail (NaN). Drawn seeds are checked
+    against labkit's own answer first, so a correct answer never pays for it."""
+    import importlib
+
+    from labkit import diffusion
+    from labkit.course.hidden_seeds import passes_with_library, reseed_hidden_tests
+
+    checks = importlib.import_module("labkit.checks.lab01_forward")
+    source = next(s for lab, gid, s in _hidden_test_cells() if gid == "test_q_sample")
+    line = next(ln for ln in source.splitlines() if ln.endswith("T=10)"))
+    raw = [reseed_hidden_tests(line.join(["### BEGIN HIDDEN TESTS\n", "\n"]), b"k" * 64, f"r{k}", "c")
+           for k in range(12)]
+    accept = passes_with_library(checks)
+
+    assert not all(accept(r.splitlines()[1]) for r in raw)  # the unchecked draws do hit the bad seeds ...
+    for k in range(12):  # ... the checked ones never do
+        drawn = reseed_hidden_tests(line.join(["### BEGIN HIDDEN TESTS\n", "\n"]), b"k" * 64, f"r{k}", "c", accept)
+        exec(drawn.splitlines()[1], {"checks": checks, "q_sample": diffusion.q_sample})  # noqa: S102

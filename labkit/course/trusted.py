@@ -45,6 +45,20 @@ class _StudentNames(dict):
         return RemoteFunction(self._executor, key)
 
 
+def hidden_seeds_for(nb, config) -> tuple[bytes, str]:
+    """(the course's secret, a new run id) for one graded notebook; the run id goes into the notebook's
+    metadata, so that the same hidden inputs can be drawn again (``labkit.course.hidden_seeds``)."""
+    import secrets
+
+    from labkit.course.hidden_seeds import course_secret
+
+    root = (config.get("CourseDirectory") or {}).get("root")
+    secret = course_secret(root) if root else secrets.token_hex(32).encode()  # no course: seeds never replayed
+    run = secrets.token_hex(8)
+    nb.metadata.setdefault("labkit", {})["hidden_seed_run"] = run
+    return secret, run
+
+
 class RemoteFunction:
     """Stands for the student's function ``name``: calling it runs it in the student's kernel."""
 
@@ -135,6 +149,7 @@ def trusted_execute_class(base):
 
     from labkit.course import sandbox, wire
     from labkit.course.review import dynamic_finding
+    from labkit.course.hidden_seeds import passes_with_library, reseed_hidden_tests
 
     class SandboxKernelManager(AsyncKernelManager):
         box = Any(None, allow_none=True)
@@ -170,6 +185,7 @@ def trusted_execute_class(base):
             self._box = sandbox.Sandbox.create(here, limits=sandbox.Limits(data_gb=self.memory_limit_gb or 0,
                                                                           total_gb=(self.memory_limit_gb or 4) * 1.5))
             self._calls, self._dead, self._out_chars = 0, False, {}
+            self._seeds = hidden_seeds_for(nb, self.config)  # (secret, run): this notebook's hidden inputs
             km = SandboxKernelManager(kernel_name=self.kernel_name or "python3", config=self.config)
             if self.sandbox:
                 km.box = self._box
@@ -217,9 +233,11 @@ def trusted_execute_class(base):
             else:
                 names = _StudentNames(self, self._checks)
                 scope = {"__builtins__": builtins, "__name__": "__labkit_test__"}
+                gid = (cell.metadata.get("nbgrader") or {}).get("grade_id") or str(index)
+                source = reseed_hidden_tests(cell.source, *self._seeds, gid, passes_with_library(self._checks))
                 try:
                     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-                        exec(compile(cell.source, "<test cell>", "exec"), scope, names)
+                        exec(compile(source, "<test cell>", "exec"), scope, names)
                 except RemoteTimeout as exc:
                     error = ("CellTimeoutError", str(exc))
                 except RemoteDied as exc:
