@@ -23,8 +23,8 @@ LAB = "lab01_forward"
 SIGNATURE = "def q_sample(x0, t, noise, alpha_bars):\n"
 CALL = "(x0, t, noise, alpha_bars)"
 
-# The 13 disguises that got full marks with status `graded` (issue 23), each a working q_sample answer:
-# {"q_sample": answer cell source, "before": a cell inserted above it, "cell": how the answer cell is dressed}
+# The 13 disguises that got full marks with status `graded` (issue 23), each a working answer: {grade id of the
+# answer cell: its new source, "before": a cell inserted above it, "cell": how the answer cell is dressed}
 DISGUISES = {
     "sys_modules": {"q_sample": SIGNATURE + f"    return sys.modules['labkit.diffusion'].q_sample{CALL}\n"},
     "getattr_concat": {"q_sample": SIGNATURE + f"    return getattr(diffusion, 'q_' + 'sample'){CALL}\n"},
@@ -35,11 +35,9 @@ DISGUISES = {
     "decorator": {"q_sample": "def _borrow(f):\n    return diffusion.q_sample\n\n@_borrow\n" + SIGNATURE
                               + "    raise NotImplementedError()\n"},
     "lambda": {"q_sample": "q_sample = lambda x0, t, noise, alpha_bars: diffusion.q_sample(x0, t, noise, alpha_bars)\n"},
-    "subclasses_globals": {"q_sample": SIGNATURE + "    for c in ().__class__.__base__.__subclasses__():\n"
-                                       "        if c.__name__ == 'Schedule':\n"
-                                       "            g = c.snr.__globals__\n"
-                                       "    return g['torch'].sqrt(g['torch'].zeros(1)) + "
-                                       f"__import__('labkit.diffusion', fromlist=['x']).q_sample{CALL}\n"},
+    "subclasses_globals": {"snr": "def snr(alpha_bars):\n    for c in ().__class__.__base__.__subclasses__():\n"
+                                  "        if c.__name__ == 'Schedule':  # labkit's; its method's globals hold snr\n"
+                                  "            return c.snr.__globals__['snr'](alpha_bars)\n"},
     "getattr_builtins": {"q_sample": SIGNATURE + "    imp = getattr(__builtins__, '__imp' + 'ort__')\n"
                                      f"    return imp('labkit.diffusion', fromlist=['q_sample']).q_sample{CALL}\n"},
     "gc_objects": {"q_sample": "import gc\n\n" + SIGNATURE
@@ -81,13 +79,14 @@ def _notebook(lab: str, folder: str) -> nbformat.NotebookNode:
 
 
 def disguised(spec: dict) -> nbformat.NotebookNode:
-    """The lab 01 release with its q_sample answer replaced (and dressed) as ``spec`` says, restored as the
-    grader restores it."""
+    """The lab 01 release with one answer replaced (and dressed) as ``spec`` says, restored as the grader
+    restores it."""
     release = _notebook(LAB, "notebooks")
     nb = copy.deepcopy(release)
-    at = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "q_sample")
+    gid = target(spec)
+    at = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == gid)
     cell = nb.cells[at]
-    cell.source = spec["q_sample"]
+    cell.source = spec[gid]
     if spec.get("cell") == "locked":
         cell.metadata["nbgrader"]["locked"] = True
     if spec.get("cell") == "markdown":
@@ -96,6 +95,11 @@ def disguised(spec: dict) -> nbformat.NotebookNode:
         nb.cells.insert(at, nbformat.v4.new_code_cell(spec["before"]))
     restore_submission(nb, release)
     return nb
+
+
+def target(spec: dict) -> str:
+    """The exercise a disguise answers."""
+    return "snr" if "snr" in spec else "q_sample"
 
 
 @pytest.mark.parametrize("name", sorted(DISGUISES))
@@ -218,12 +222,16 @@ def test_the_dynamic_review_sees_the_library_run_however_it_is_reached(name):
     import builtins
 
     scope = {"diffusion": diffusion, "sys": sys, "gc": gc, "torch": torch, "__builtins__": builtins}  # as in IPython
-    exec(spec["q_sample"], scope)  # noqa: S102 (the test's own strings)
+    exec(spec[target(spec)], scope)  # noqa: S102 (the test's own strings)
     seen: list = []
     x0, noise = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     ab = schedules.make_schedule("cosine", 10).alpha_bars
-    _watched("q_sample", scope["q_sample"], seen)(x0, torch.tensor([1, 3]), noise, ab)
-    assert seen[0]["ran"] == ["labkit.diffusion.q_sample"] and seen[0]["watched"], seen
+    if target(spec) == "snr":
+        _watched("snr", scope["snr"], seen)(ab)
+    else:
+        _watched("q_sample", scope["q_sample"], seen)(x0, torch.tensor([1, 3]), noise, ab)
+    module = "schedules" if target(spec) == "snr" else "diffusion"
+    assert seen[0]["ran"] == [f"labkit.{module}.{target(spec)}"] and seen[0]["watched"], seen
 
 
 def test_a_function_that_switches_the_watch_off_is_reported():
