@@ -9,9 +9,10 @@ place of nbgrader's ``Execute``) changes two things:
   grader sends the inputs it chose to the kernel, the kernel runs the student's function on them and
   sends back data only (``labkit.course.wire``), and the comparison against the reference happens here.
   Whatever the student's code patched in its kernel (``checks``, ``torch.Tensor.item``, builtins,
-  ``sys.modules``), it patched a kernel that decides nothing. Hidden tests (their source, seeds and
-  reference values) never enter the kernel; the test cell's outputs are written by the grader: the
-  check's one-line verdict, or its ``CheckFailed`` message with no traceback.
+  ``sys.modules``), it patched a kernel that decides nothing. Hidden tests' source and reference values
+  never enter the kernel (their inputs do, so their seeds are drawn anew for every graded notebook:
+  ``labkit.course.hidden_seeds``); the test cell's outputs are written by the grader: the check's one-line
+  verdict, or its ``CheckFailed`` message with no traceback.
 
 A student working in Jupyter or Colab runs the same checks in their own kernel and sees the same
 messages: only the grading path differs.
