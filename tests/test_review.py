@@ -34,14 +34,16 @@ DISGUISES = {
                                      f"    return _f{CALL}\n"},
     "decorator": {"q_sample": "def _borrow(f):\n    return diffusion.q_sample\n\n@_borrow\n" + SIGNATURE
                               + "    raise NotImplementedError()\n"},
-    "lambda": {"q_sample": "q_sample = lambda x0, t, noise, alpha_bars: diffusion.q_sample(x0, t, noise, alpha_bars)\n"},
+    "lambda": {"q_sample": "q_sample = lambda x0, t, noise, alpha_bars: "
+                           "diffusion.q_sample(x0, t, noise, alpha_bars)\n"},
     "subclasses_globals": {"snr": "def snr(alpha_bars):\n    for c in ().__class__.__base__.__subclasses__():\n"
                                   "        if c.__name__ == 'Schedule':  # labkit's; its method's globals hold snr\n"
                                   "            return c.snr.__globals__['snr'](alpha_bars)\n"},
     "getattr_builtins": {"q_sample": SIGNATURE + "    imp = getattr(__builtins__, '__imp' + 'ort__')\n"
                                      f"    return imp('labkit.diffusion', fromlist=['q_sample']).q_sample{CALL}\n"},
     "gc_objects": {"q_sample": "import gc\n\n" + SIGNATURE
-                               + "    f = [o for o in gc.get_objects() if callable(o) and getattr(o, '__qualname__', '')"
+                               + "    f = [o for o in gc.get_objects() if callable(o)"
+                               " and getattr(o, '__qualname__', '')"
                                " == 'q_sample' and getattr(o, '__module__', '') == 'labkit.diffusion'][0]\n"
                                f"    return f{CALL}\n"},
     "locked_metadata": {"cell": "locked", "q_sample": SIGNATURE + f"    return diffusion.q_sample{CALL}\n"},
@@ -54,7 +56,8 @@ DISGUISES = {
 MORE = {
     "container": {"before": "_BOX = {'f': [diffusion]}",
                   "q_sample": SIGNATURE + f"    return _BOX['f'][0].q_sample{CALL}\n"},
-    "filled_list": {"before": "_L = []\n_L.append(diffusion.q_sample)", "q_sample": SIGNATURE + f"    return _L[0]{CALL}\n"},
+    "filled_list": {"before": "_L = []\n_L.append(diffusion.q_sample)",
+                    "q_sample": SIGNATURE + f"    return _L[0]{CALL}\n"},
     "closure": {"q_sample": "def _make():\n    f = diffusion.q_sample\n    def inner(*a):\n        return f(*a)\n"
                             "    return inner\n\nq_sample = _make()\n"},
     "global_in_function": {"before": "def _setup():\n    global _G\n    _G = diffusion\n_setup()",
@@ -130,7 +133,8 @@ def test_the_note_says_how_the_answer_reaches_labkit(name, phrase):
 
 
 def test_a_plain_honest_answer_in_any_dress_is_not_flagged():
-    honest = SIGNATURE + "    ab = alpha_bars[t].view(-1, 1, 1, 1)\n    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise\n"
+    honest = SIGNATURE + ("    ab = alpha_bars[t].view(-1, 1, 1, 1)\n"
+                          "    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise\n")
     for dress in (None, "locked", "markdown"):
         spec = {"q_sample": honest, "cell": dress, "before": "here = %pwd\nprint(diffusion.q_sample)"}
         assert static_notes(disguised(spec), _notebook(LAB, "notebooks")) == [], dress
@@ -337,6 +341,9 @@ def test_the_course_secret_is_private_and_never_read_through_a_link(tmp_path):
     secret = course_secret(tmp_path)
     assert len(secret) == 64 and course_secret(tmp_path) == secret  # made once, then kept
     assert stat.S_IMODE((tmp_path / SECRET_FILE).stat().st_mode) == 0o600
+    (tmp_path / SECRET_FILE).chmod(0o644)  # as unpacked from a zip
+    assert course_secret(tmp_path) == secret and stat.S_IMODE((tmp_path / SECRET_FILE).stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [SECRET_FILE]  # no temporary file left
     target = tmp_path / "elsewhere"
     target.write_text("x" * 64)
     for odd in ("link", "fifo"):

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from labkit.course.forensics import execution_report, review_notes
+from labkit.course.hidden_seeds import course_secret
 from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_env, nbgrader_failure, write_course_config
 from labkit.course.restore import restore_submission
 from labkit.course.review import dynamic_notes
@@ -44,6 +45,7 @@ def prepare_lab(repo_root: str, lab: str, course_dir: str, timeout: int = DEFAUL
     course = Path(course_dir)
     course.mkdir(parents=True, exist_ok=True)
     write_course_config(course, timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+    course_secret(course)  # the hidden seeds' secret, made once here, before parallel grading reads it
     src = course / "source" / lab
     if src.exists():
         shutil.rmtree(src)

@@ -35,21 +35,30 @@ SEED = re.compile(r"\bseed\s*=\s*\d+")
 
 
 def course_secret(course: str | os.PathLike) -> bytes:
-    """The course's secret (made the first time, 32 random bytes as hex). Read without following a link,
-    only from a regular file, at most 200 bytes; a bad one is an error, never silently replaced."""
+    """The course's secret (made the first time: 32 random bytes as hex, written to a temporary file and
+    linked into place, so that two grading processes never see half a secret). Read without following a
+    link, only from a regular file, at most 200 bytes, and kept readable by its owner only (a course
+    unpacked from a zip, as on a Dask worker, loses the mode); a bad one is an error, never replaced."""
     path = Path(course) / SECRET_FILE
     nofollow = getattr(os, "O_NOFOLLOW", 0)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
-    except FileExistsError:
-        pass
-    else:
+    if not os.path.lexists(path):
+        tmp = path.with_name(f"{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # fails if another process was first: then its secret is the one
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
     fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(f"{path} is not a regular file")
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
         data = os.read(fd, 200).strip()
     finally:
         os.close(fd)
@@ -77,8 +86,9 @@ def reseed_hidden_tests(source: str, secret: bytes, run: str, cell: str, accept=
             hidden = False
         elif hidden and SEED.search(line):
             for attempt in range(8):
-                count = iter(range(1_000))
-                drawn = SEED.sub(lambda m: f"seed={draw_seed(secret, run, f'{cell}|{i}|{attempt}|{next(count)}')}", line)
+                count = iter(range(1_000))  # the n-th seed= of the line
+                drawn = SEED.sub(lambda m: f"seed={draw_seed(secret, run, f'{cell}|{i}|{attempt}|{next(count)}')}",
+                                 line)
                 if accept(drawn):
                     lines[i] = drawn
                     break

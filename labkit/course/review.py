@@ -54,7 +54,7 @@ HISTORY = re.compile(r"^(Out|In|_oh|_ih|_dh|_ii?i?|_i\d+|_\d+|__|___)$")
 # Magics: those whose argument is Python code run in the notebook, and those that run nothing.
 CODE_MAGICS = {"time", "timeit", "prun", "capture"}
 HARMLESS_MAGICS = {"pwd", "matplotlib", "who", "whos", "who_ls", "lsmagic", "magic", "pinfo", "pinfo2",
-                   "precision", "history", "pdoc", "pdef", "config", "xmode", "autosave", "ls"}
+                   "precision", "history", "pdoc", "pdef", "xmode", "autosave", "ls", "autoreload"}
 
 
 # --- the notebook as the kernel runs it -------------------------------------------------------------
