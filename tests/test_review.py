@@ -140,6 +140,10 @@ def test_a_plain_honest_answer_in_any_dress_is_not_flagged():
         assert static_notes(disguised(spec), _notebook(LAB, "notebooks")) == [], dress
     spec = {"q_sample": "%time x = 1\nimport math, sys\n" + honest.replace("return", "print(sys.version)\n    return")}
     assert static_notes(disguised(spec), _notebook(LAB, "notebooks")) == []
+    # the lab's own data (the device, fast mode, a schedule it built) is the student's to use
+    spec = {"q_sample": honest.replace("return", "if FAST: print(linear.T)\n    return").replace(
+        "* noise", "* noise.to(DEVICE)")}
+    assert static_notes(disguised(spec), _notebook(LAB, "notebooks")) == []
 
 
 def test_solutions_of_every_lab_are_not_flagged():

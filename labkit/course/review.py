@@ -252,12 +252,18 @@ def _installed(top: str) -> bool:
 def _taint(statements: list[_Statement], imported_modules: dict[str, str]) -> dict[str, str]:
     """``{name: why}`` for every global name that may hold something built from labkit: imported from
     it, or bound, filled or called on by a statement that reads such a name or uses reflection. Followed
-    to a fixed point over the whole notebook, in any order (a cell can be run again later)."""
+    to a fixed point over the whole notebook, in any order (a cell can be run again later). Not followed:
+    what the lab's own cells compute by calling labkit (``DEVICE = colab.setup()``, ``linear =
+    schedules.make_schedule(...)``): an answer may use that data, and a method of such an object that runs
+    labkit's answer is the dynamic review's to see."""
     tainted: dict[str, str] = {}
     changed = True
     while changed:
         changed = False
         for st in statements:
+            if not st.written and isinstance(st.tree, ast.Assign) and isinstance(st.tree.value, ast.Call) \
+                    and not st.touches:
+                continue  # the lab's own results (DEVICE = colab.setup(), a schedule): data it hands the student
             via = sorted(st.names.reads & set(tainted))
             if not (st.touches or via or st.concerns):
                 continue
