@@ -382,3 +382,11 @@ def test_a_seed_on_which_labkits_own_answer_fails_is_never_used(capsys):
     for k in range(12):  # ... the checked ones never do
         drawn = reseed_hidden_tests(line.join(["### BEGIN HIDDEN TESTS\n", "\n"]), b"k" * 64, f"r{k}", "c", accept)
         exec(drawn.splitlines()[1], {"checks": checks, "q_sample": diffusion.q_sample})  # noqa: S102
+
+
+def test_code_too_deep_to_parse_here_is_flagged_not_skipped():
+    """The kernel may raise its recursion limit and run what this process cannot even parse."""
+    spec = {"q_sample": "import sys\nsys.setrecursionlimit(100000)\n",
+            "before": "q_sample = diffusion" + ".q_sample" * 1 + ".__call__" * 4000}
+    notes = static_notes(disguised(spec), _notebook(LAB, "notebooks"))
+    assert any("nested too deeply" in n for n in notes), notes

@@ -137,9 +137,17 @@ def _code_in_magic(texts: list[str], depth: int) -> list[ast.Module] | None:
 class _Statement:
     def __init__(self, tree: ast.stmt, where: str, gid: str | None, written: bool):
         self.tree, self.where, self.gid, self.written = tree, where, gid, written
-        self.names = statement_names(tree)
         self.concerns: list[str] = []  # reflection and dynamic code, as the note names them
+        try:
+            self.names = statement_names(tree)
+        except RecursionError:
+            self.names, self.tree = statement_names(ast.Pass()), ast.Pass()
+            self.concerns.append(TOO_DEEP)
         self.touches = any(m.split(".")[0] == LIBRARY for m in self.names.imports)
+
+
+# A cell nested deeper than this process can parse: a notebook may raise its kernel's recursion limit first.
+TOO_DEEP = "code nested too deeply for the review to read"
 
 
 def _statements(nb, release) -> list[_Statement]:
@@ -151,6 +159,11 @@ def _statements(nb, release) -> list[_Statement]:
             tree = ast.parse(source)
         except (SyntaxError, ValueError):
             continue  # the kernel cannot run it either: the cell fails and defines nothing
+        except (RecursionError, MemoryError):
+            deep = _Statement(ast.Pass(), label, gid, True)
+            deep.concerns.append(TOO_DEEP)
+            out.append(deep)
+            continue
         out += _expand(tree.body, label, gid, written, 0)
     return out
 
@@ -325,7 +338,7 @@ def static_notes(nb, release) -> list[str]:
     bound = set().union(*(st.names.binds for st in statements)) if statements else set()
     for st in statements:
         if st.written:
-            st.concerns = _concerns(st, imported, bound)
+            st.concerns = st.concerns + _concerns(st, imported, bound)
     tainted = _taint(statements, imported)
     functions = {st.tree.name for st in statements if isinstance(st.tree, (ast.FunctionDef, ast.AsyncFunctionDef))}
     notes = []
