@@ -73,6 +73,12 @@ MORE = {
     "cell_magic": {"q_sample": "%%capture\nfrom labkit.diffusion import q_sample\n"},
     "shell_escape": {"q_sample": "!echo 'from labkit.diffusion import q_sample' > m2.py\nfrom m2 import *\n"},
     "exec_string": {"q_sample": "exec('from labkit.diffusion import q_' + 'sample')\n"},
+    "star_import": {"q_sample": "from labkit.diffusion import *\n"},
+    "sys_alias": {"before": "_s = sys",
+                  "q_sample": SIGNATURE + f"    return _s.modules['labkit.diffusion'].q_sample{CALL}\n"},
+    "sys_in_a_box": {"q_sample": SIGNATURE + f"    return [sys][0].modules['labkit.diffusion'].q_sample{CALL}\n"},
+    "frame_walk": {"q_sample": SIGNATURE + "    import sys as s\n"
+                               f"    return s._getframe(1).f_globals['diffusion'].q_sample{CALL}\n"},
 }
 
 
@@ -118,7 +124,8 @@ def test_more_routes_to_labkit_are_flagged(name):
 
 
 @pytest.mark.parametrize("name, phrase", [
-    ("alias_in_another_cell", "_D (built from diffusion)"),
+    ("alias_in_another_cell", "labkit.diffusion.q_sample (as _D.q_sample)"),
+    ("container", "_BOX (built from diffusion)"),
     ("default_argument", "labkit.diffusion.q_sample"),
     ("time_magic", "labkit.diffusion.q_sample"),
     ("sys_modules", "sys.modules"),
@@ -128,7 +135,7 @@ def test_more_routes_to_labkit_are_flagged(name):
     ("getattr_concat", "getattr() with a computed name"),
 ])
 def test_the_note_says_how_the_answer_reaches_labkit(name, phrase):
-    notes = " | ".join(static_notes(disguised(DISGUISES[name]), _notebook(LAB, "notebooks")))
+    notes = " | ".join(static_notes(disguised({**DISGUISES, **MORE}[name]), _notebook(LAB, "notebooks")))
     assert phrase in notes, notes
 
 

@@ -38,6 +38,9 @@ REFLECTIVE_MODULES = {"gc", "importlib", "inspect", "ctypes", "builtins", "types
 # Modules an answer never needs that open files, processes or the network, or hide code in data.
 DYNAMIC_MODULES = {"subprocess", "socket", "urllib", "http", "requests", "multiprocessing", "base64", "codecs",
                    "site", "zipimport", "shutil", "tempfile", "pty", "signal", "threading", "_thread"}
+# Attributes that only sys (or an alias of it) has, and that reach modules, frames or the tracer.
+SYS_REFLECTIVE = {"_getframe", "meta_path", "path_hooks", "path_importer_cache", "settrace", "setprofile",
+                  "gettrace", "getprofile", "monitoring", "_current_frames"}
 SYS_HARMLESS = {"version", "version_info", "platform", "stdout", "stderr", "maxsize", "float_info", "int_info",
                 "getsizeof", "getrecursionlimit", "setrecursionlimit", "byteorder", "hexversion", "implementation"}
 DYNAMIC_CALLS = {"exec", "eval", "compile", "__import__", "globals", "vars", "locals", "breakpoint", "open",
@@ -220,6 +223,9 @@ def _concerns(st: _Statement, imported_modules: dict[str, str], bound: set[str])
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
                 and imported_modules.get(node.value.id) == "sys" and node.attr not in SYS_HARMLESS:
             found.append(f"sys.{node.attr}")
+        elif isinstance(node, ast.Attribute) and (node.attr in SYS_REFLECTIVE or (
+                node.attr == "modules" and not _called(node, st.tree))):  # ``model.modules()`` is a call
+            found.append(f"the attribute {node.attr} (of sys?)")
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) \
                 and imported_modules.get(node.id, "").split(".")[0] in REFLECTIVE_MODULES:
             found.append(imported_modules[node.id].split(".")[0])
@@ -290,7 +296,8 @@ def _taint(statements: list[_Statement], imported_modules: dict[str, str]) -> di
 
 
 def _imported_modules(statements: list[_Statement]) -> dict[str, str]:
-    """``{global name: module}`` for names bound by ``import m`` / ``import m as x`` / ``from p import m``."""
+    """``{global name: module}`` for names bound by ``import m`` / ``import m as x`` / ``from p import m``,
+    and by a plain alias of one (``s = sys``, ``m = np.linalg``), followed from cell to cell."""
     out = {}
     for st in statements:
         if isinstance(st.tree, ast.Import):
@@ -299,7 +306,27 @@ def _imported_modules(statements: list[_Statement]) -> dict[str, str]:
         elif isinstance(st.tree, ast.ImportFrom) and st.tree.module:
             for a in st.tree.names:
                 out[a.asname or a.name] = f"{st.tree.module}.{a.name}"
+    aliases = [(t.id, st.tree.value) for st in statements if isinstance(st.tree, ast.Assign)
+               and isinstance(st.tree.value, (ast.Name, ast.Attribute))
+               for t in st.tree.targets if isinstance(t, ast.Name)]
+    for _ in range(len(aliases)):
+        grew = False
+        for name, value in aliases:
+            dotted = _dotted_name(value)
+            root = dotted.split(".")[0] if dotted else None
+            if root in out and name not in out:
+                out[name], grew = out[root] + dotted[len(root):], True
+        if not grew:
+            break
     return out
+
+
+def _dotted_name(node) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else None
 
 
 def _labkit_names(st: _Statement, imported_modules: dict[str, str], tainted: dict[str, str],
@@ -310,7 +337,9 @@ def _labkit_names(st: _Statement, imported_modules: dict[str, str], tainted: dic
     for name in sorted(st.names.reads & set(tainted)):
         module = imported_modules.get(name, "")
         if module.split(".")[0] == LIBRARY:
-            uses = sorted(module + d[len(name):] for d in st.names.dotted if d.split(".")[0] == name)
+            alias = name != module.split(".")[-1]  # ``_D = diffusion``: say so
+            uses = sorted(module + d[len(name):] + (f" (as {d})" if alias else "")
+                          for d in st.names.dotted if d.split(".")[0] == name)
             out += uses or [module]
         else:
             out.append(f"{name} uses labkit" if name in functions else f"{name} ({tainted[name]})")
@@ -343,7 +372,7 @@ def static_notes(nb, release) -> list[str]:
     functions = {st.tree.name for st in statements if isinstance(st.tree, (ast.FunctionDef, ast.AsyncFunctionDef))}
     notes = []
     for st in statements:
-        named = sorted(st.names.binds & set(exercises))
+        named = sorted(set(exercises) if "*" in st.names.binds else st.names.binds & set(exercises))
         how = _labkit_names(st, imported, tainted, functions) if named else []
         if how:  # (an answer that reaches labkit only by reflection gets the note on reflection below)
             outside = [n for n in named if exercises[n] != st.gid]

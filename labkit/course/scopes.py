@@ -161,8 +161,8 @@ def _visit(node, scope: _Scope, out: Names) -> None:
         for a in node.names:
             full = a.name if isinstance(node, ast.Import) else f"{node.module or ''}.{a.name}"
             out.imports.add(full)
-            if a.name != "*":
-                _store((a.asname or a.name).split(".")[0], scope, out)
+            # ``from m import *`` binds names nobody wrote down: "*" stands for all of them
+            _store((a.asname or a.name).split(".")[0] if a.name != "*" else "*", scope, out)
         return
     if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
         name = _dotted(node)
