@@ -7,8 +7,10 @@ from pathlib import Path
 
 from labkit.course.discover import read_submission
 from labkit.course.forensics import execution_report, review_notes
+from labkit.course.hidden_seeds import course_secret
 from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_env, nbgrader_failure, write_course_config
 from labkit.course.restore import restore_submission
+from labkit.course.review import dynamic_notes
 from labkit.course.results import GradeResult
 from labkit.course.sources import (import_nbformat, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT,
                                   SOURCE_DIR, source_to_notebook)
@@ -45,6 +47,7 @@ def prepare_lab(repo_root: str, lab: str, course_dir: str, timeout: int = DEFAUL
     course = Path(course_dir)
     course.mkdir(parents=True, exist_ok=True)
     write_course_config(course, timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+    course_secret(course)  # the hidden seeds' secret, made once here, before parallel grading reads it
     src = course / "source" / lab
     if src.exists():
         shutil.rmtree(src)
@@ -139,8 +142,12 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
             res.notes.append("no score recorded")
     graded = course / "autograded" / student / lab / f"{lab}.ipynb"
     if graded.exists():
-        status, notes = execution_report(nbf.read(str(graded), as_version=4), timeout, memory_limit_gb)
+        graded_nb = nbf.read(str(graded), as_version=4)
+        status, notes = execution_report(graded_nb, timeout, memory_limit_gb)
         res.notes += notes
+        watched = dynamic_notes(graded_nb)  # what the student's functions ran while the grader called them
+        res.notes += watched
+        review = review + watched
         if status and res.status != "failed":
             res.status = status
     if review and res.status == "graded":

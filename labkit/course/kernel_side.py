@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
+import threading
 import warnings
 
 from labkit.course import channel, wire
+from labkit.course.exercises import LIBRARY_ANSWERS
 
 
 def serve(namespace: dict, name: str, address: str, token: str) -> None:
@@ -42,8 +45,10 @@ def answer(namespace: dict, name: str, inputs: bytes) -> bytes:
         with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed), \
                 contextlib.redirect_stdout(printed):
             warnings.simplefilter("always")
+            seen = None
             try:
-                out = fn(*args, **kwargs)
+                with watch_library(name) as seen:
+                    out = fn(*args, **kwargs)
             except NotImplementedError:
                 reply = {"status": "not_implemented"}
             except KeyboardInterrupt:
@@ -55,7 +60,54 @@ def answer(namespace: dict, name: str, inputs: bytes) -> bytes:
         if reply["status"] == "ok":
             reply["result"] = out
         reply["after"] = [wire.state_of(a) for a in args]
+        reply["library"] = seen  # the dynamic review: data only, and only a hint (see watch_library)
     try:
         return wire.encode_reply(reply)
     except Exception as exc:  # e.g. a tensor that cannot be copied to the CPU
         return wire.encode_reply({"status": "unsendable", "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
+
+
+# --- the dynamic review: did this call run labkit's own answer? ---------------------------------------
+
+@contextlib.contextmanager
+def watch_library(graded: str):
+    """Watch one call of the student's function ``graded`` and fill in ``{"ran": [...], "watched": bool}``:
+    the exercise functions of labkit (``LIBRARY_ANSWERS``) it entered, however their names were spelled or
+    reached (an alias, ``getattr``, ``sys.modules``, ``gc``...), since what is recognised is the function's
+    code, by name and file. Counted: one called straight from code outside labkit, or labkit's function
+    of the graded name at any depth. Not counted: labkit code calling its own functions (a U-Net's forward
+    runs ``concat_skip``; a training step may run the model).
+
+    ``sys.settrace`` with a global hook sees only function entries and returns None, so it costs
+    one Python call per function call, and nothing per line. This runs in the student's kernel, which the
+    student controls: ``watched`` is False when the hook was gone by the end of the call, and a reply
+    saying nothing ran is a hint, never proof."""
+    import labkit
+
+    home = os.path.dirname(os.path.abspath(labkit.__file__))
+    files = {}
+    for name, module in LIBRARY_ANSWERS.items():
+        path = os.path.join(home, *module.split(".")[1:]) + ".py"
+        files.setdefault(name, set()).update({path, os.path.realpath(path)})
+    seen = {"ran": [], "watched": True}
+
+    def hook(frame, event, arg):
+        code = frame.f_code
+        if code.co_name in files and code.co_filename in files[code.co_name]:
+            caller = frame.f_back.f_code.co_filename if frame.f_back is not None else ""
+            outside = not (caller.startswith(home) or os.path.realpath(caller).startswith(home))
+            if (outside or code.co_name == graded) and len(seen["ran"]) < 20:
+                what = f"{LIBRARY_ANSWERS[code.co_name]}.{code.co_name}"
+                if what not in seen["ran"]:
+                    seen["ran"].append(what)
+        return None  # no line-by-line tracing
+
+    before, before_threads = sys.gettrace(), threading.gettrace()
+    sys.settrace(hook)
+    threading.settrace(hook)
+    try:
+        yield seen
+    finally:
+        seen["watched"] = sys.gettrace() is hook
+        sys.settrace(before)
+        threading.settrace(before_threads)

@@ -10,9 +10,10 @@ place of nbgrader's ``Execute``) changes two things:
   passes through the student's folder), the kernel runs the student's function on them and
   sends back data only (``labkit.course.wire``), and the comparison against the reference happens here.
   Whatever the student's code patched in its kernel (``checks``, ``torch.Tensor.item``, builtins,
-  ``sys.modules``), it patched a kernel that decides nothing. Hidden tests (their source, seeds and
-  reference values) never enter the kernel; the test cell's outputs are written by the grader: the
-  check's one-line verdict, or its ``CheckFailed`` message with no traceback.
+  ``sys.modules``), it patched a kernel that decides nothing. Hidden tests' source and reference values
+  never enter the kernel (their inputs do, so their seeds are drawn anew for every graded notebook:
+  ``labkit.course.hidden_seeds``); the test cell's outputs are written by the grader: the check's one-line
+  verdict, or its ``CheckFailed`` message with no traceback.
 
 A student working in Jupyter or Colab runs the same checks in their own kernel and sees the same
 messages: only the grading path differs.
@@ -46,6 +47,20 @@ class _StudentNames(dict):
         if hasattr(builtins, key):
             raise KeyError(key)  # fall through to the builtins
         return RemoteFunction(self._executor, key)
+
+
+def hidden_seeds_for(nb, config) -> tuple[bytes, str]:
+    """(the course's secret, a new run id) for one graded notebook; the run id goes into the notebook's
+    metadata, so that the same hidden inputs can be drawn again (``labkit.course.hidden_seeds``)."""
+    import secrets
+
+    from labkit.course.hidden_seeds import course_secret
+
+    root = (config.get("CourseDirectory") or {}).get("root")
+    secret = course_secret(root) if root else secrets.token_hex(32).encode()  # no course: seeds never replayed
+    run = secrets.token_hex(8)
+    nb.metadata.setdefault("labkit", {})["hidden_seed_run"] = run
+    return secret, run
 
 
 class RemoteFunction:
@@ -137,6 +152,8 @@ def trusted_execute_class(base):
     from traitlets import Any, Bool, Integer, Unicode
 
     from labkit.course import channel, sandbox, wire
+    from labkit.course.review import dynamic_finding
+    from labkit.course.hidden_seeds import passes_with_library, reseed_hidden_tests
 
     class SandboxKernelManager(AsyncKernelManager):
         box = Any(None, allow_none=True)
@@ -176,6 +193,7 @@ def trusted_execute_class(base):
             self._channel = channel.Channel()
             self._box = dataclasses.replace(self._box, extra_ro=self._box.extra_ro + (str(self._channel.folder),))
             self._calls, self._dead, self._out_chars = 0, False, {}
+            self._seeds = hidden_seeds_for(nb, self.config)  # (secret, run): this notebook's hidden inputs
             km = SandboxKernelManager(kernel_name=self.kernel_name or "python3", config=self.config)
             if self.sandbox:
                 km.box = self._box
@@ -221,15 +239,18 @@ def trusted_execute_class(base):
             from labkit.checks._common import CheckFailed
 
             self._skip.add(index)  # never replayed in the kernel after a restart
+            self._library = []  # what each call of this cell ran of labkit (review.dynamic_finding)
             printed, error = io.StringIO(), None
             if self._checks is None:
                 error = ("CheckFailed", "the grader found no checks for this lab")
             else:
                 names = _StudentNames(self, self._checks)
                 scope = {"__builtins__": builtins, "__name__": "__labkit_test__"}
+                gid = (cell.metadata.get("nbgrader") or {}).get("grade_id") or str(index)
+                source = reseed_hidden_tests(cell.source, *self._seeds, gid, passes_with_library(self._checks))
                 try:
                     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-                        exec(compile(cell.source, "<test cell>", "exec"), scope, names)
+                        exec(compile(source, "<test cell>", "exec"), scope, names)
                 except RemoteTimeout as exc:
                     error = ("CellTimeoutError", str(exc))
                 except RemoteDied as exc:
@@ -248,6 +269,8 @@ def trusted_execute_class(base):
                 outputs.append(NotebookNode(output_type="error", ename=ename, evalue=evalue,
                                             traceback=[f"{ename}: {evalue}"]))
             cell.outputs = outputs
+            if self._library:
+                cell.metadata["labkit"] = {"library": self._library[:20]}  # read by review.dynamic_notes
             # a count like the kernel's: the cell did run (in the grader), one after the cell above it
             counts = [c.get("execution_count") or 0 for c in self.nb.cells[:index] if c.cell_type == "code"]
             cell.execution_count = max(counts, default=0) + 1
@@ -286,6 +309,7 @@ def trusted_execute_class(base):
                 call.cancel()
             if not isinstance(reply, dict):
                 raise CheckFailed(f"the result of `{name}` could not be read")
+            self._library.append(dynamic_finding(name, reply))
             state = reply.get("status")
             printed = str(reply.get("printed") or "")
             if printed:
