@@ -104,3 +104,28 @@ def grade_folder(submissions: Path, out: Path, labs, **options) -> list:
         return course.grade_submissions(submissions, out, labs, repo_root=REPO, **options)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def bwrap():
+    """Skips a test where bubblewrap cannot start a sandbox here (the reason says why)."""
+    from labkit.course import sandbox
+
+    why = sandbox.probe()
+    if why:
+        pytest.skip(why)
+
+
+def run_sandboxed(code: str, **limits):
+    """``python -c code`` in a fresh grading sandbox with these ``sandbox.Limits``; the CompletedProcess."""
+    import subprocess
+    import sys
+
+    from labkit.course import sandbox
+
+    box = sandbox.Sandbox.create(limits=sandbox.Limits(**limits))
+    try:
+        return subprocess.run(box.wrap([sys.executable, "-c", code], quiet=False), capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        box.cleanup()

@@ -22,27 +22,13 @@ import pytest
 from labkit.course import sandbox
 from labkit.course.forensics import execution_report
 
+from conftest import run_sandboxed
+
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_forward"
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="grading as an ordinary user, the kernel is that user already "
                                 "(no /etc/shadow to read, no tmpfs to mount); CI grades as root and runs this")
-
-
-@pytest.fixture(scope="module")
-def bwrap():
-    why = sandbox.probe()
-    if why:
-        pytest.skip(why)
-
-
-def _run(code: str, **limits) -> subprocess.CompletedProcess:
-    box = sandbox.Sandbox.create(limits=sandbox.Limits(**limits))
-    try:
-        return subprocess.run(box.wrap([sys.executable, "-c", code], quiet=False), capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
-    finally:
-        box.cleanup()
 
 
 ETC_CODE = """
@@ -62,7 +48,7 @@ print("imports ok")
 
 @pytest.fixture(scope="module")
 def etc_seen(bwrap) -> str:
-    return _run(ETC_CODE).stdout
+    return run_sandboxed(ETC_CODE).stdout
 
 
 def test_the_kernel_is_not_root_and_sees_only_the_etc_it_needs(etc_seen):
@@ -100,7 +86,7 @@ except OSError as e:
 
 @needs_root
 def test_the_work_folder_fills_up_at_its_size(bwrap):
-    out = _run(FILL_CODE, work_mb=24).stdout
+    out = run_sandboxed(FILL_CODE, work_mb=24).stdout
     assert "stopped" in out, out
     code, megabytes = (int(x) for x in out.split("stopped")[1].split())
     assert code == errno.ENOSPC and 16 <= megabytes <= 24, out

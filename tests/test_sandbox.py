@@ -22,6 +22,8 @@ from labkit.course.forensics import answer_notes, review_notes
 from labkit.course.trusted import apply_after
 from labkit.errors import LabkitError
 
+from conftest import run_sandboxed
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -163,22 +165,6 @@ def test_grading_refuses_without_bubblewrap(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out" / "scores.csv").exists()
 
 
-@pytest.fixture(scope="module")
-def bwrap():
-    why = sandbox.probe()
-    if why:
-        pytest.skip(why)
-
-
-def _run_sandboxed(code: str, **limits) -> subprocess.CompletedProcess:
-    box = sandbox.Sandbox.create(limits=sandbox.Limits(**limits))
-    try:
-        return subprocess.run(box.wrap([sys.executable, "-c", code], quiet=False), capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
-    finally:
-        box.cleanup()
-
-
 def test_inside_the_sandbox(bwrap, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("nope")
@@ -197,7 +183,7 @@ except OSError:
     print("write no")
 print("pid1", open("/proc/1/cmdline").read().split("\\0")[0].split("/")[-1])
 """
-    out = _run_sandboxed(code).stdout
+    out = run_sandboxed(code).stdout
     repo_line = next(ln for ln in out.splitlines() if ln.startswith("repo"))
     assert "solutions" not in repo_line and "notebooks" not in repo_line and "labkit" in repo_line
     assert "secret False" in out and "home True" in out and "net no" in out and "write no" in out
@@ -217,7 +203,7 @@ except OSError:
     pass
 print("forked", n)
 """
-    out = _run_sandboxed(code, nproc=64).stdout
+    out = run_sandboxed(code, nproc=64).stdout
     forked = int(out.split("forked")[1].split()[0])
     assert 10 < forked < 64, out
 
