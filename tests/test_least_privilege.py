@@ -12,8 +12,6 @@ import copy
 import errno
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
