@@ -308,3 +308,28 @@ class TestOneGradingRun:
     def test_run_time_is_recorded(self, graded):
         print(f"\nfile red-team run: {len(graded['results'])} rows in {graded['seconds']:.0f} s (2 workers)")
         assert graded["seconds"] > 0
+
+
+def test_links_at_the_kernels_socket_paths_are_removed_before_each_start(tmp_path):
+    """The kernel's unix sockets live in the student's work folder; before every (re)start the grader removes
+    whatever the student's code left at their paths, links included, and never touches a link's target."""
+    import os
+    import types
+
+    from labkit.course.trusted import clear_ipc_paths
+
+    host = tmp_path / "host-file"
+    host.write_text("the grader's")
+    work = tmp_path / "work"
+    work.mkdir()
+    km = types.SimpleNamespace(transport="ipc", ip=str(work / "kernel"), shell_port=1, iopub_port=2, stdin_port=3,
+                               control_port=4, hb_port=5)
+    os.symlink(host, work / "kernel-1")  # a link to a host path
+    os.symlink(tmp_path / "nowhere", work / "kernel-2")  # a dangling link
+    os.mkfifo(work / "kernel-3")
+    (work / "kernel-4").mkdir()  # a folder: cannot be removed, the kernel then fails its own start
+    removed = clear_ipc_paths(km)
+    assert sorted(removed) == [str(work / f"kernel-{k}") for k in (1, 2, 3)]
+    assert not os.path.lexists(work / "kernel-1") and not os.path.lexists(work / "kernel-2")
+    assert host.read_text() == "the grader's"
+    assert clear_ipc_paths(types.SimpleNamespace(transport="tcp")) == []

@@ -138,6 +138,29 @@ def apply_after(args: tuple, after) -> None:
                 apply(arg, state)
 
 
+def clear_ipc_paths(km) -> list[str]:
+    """Before every start of a sandboxed kernel (restarts too), remove whatever sits at its unix-socket paths
+    (``<ip>-<port>`` in the student's work folder): a link the student's code planted there would otherwise
+    lead the grader's connection to another socket of the host. ``os.unlink`` removes a link itself, never its
+    target. Nothing of the student's runs between this and the new kernel binding fresh sockets there (the
+    old kernel's processes ended with its sandbox, and no cell runs before the grader has connected).
+    Returns the paths removed."""
+    import os
+
+    if getattr(km, "transport", "tcp") != "ipc":
+        return []
+    removed = []
+    for port in (km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port):
+        if port:
+            path = f"{km.ip}-{port}"
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:  # nothing there, or a folder: then the kernel cannot bind and fails its own start
+                pass
+    return removed
+
+
 def trusted_execute_class(base):
     """The executor class, built on ``base`` (``nbgrader_setup.guarded_execute_class()``: kernel restarts,
     memory cap); created on first use, since importing nbgrader's preprocessors is slow."""
@@ -159,6 +182,7 @@ def trusted_execute_class(base):
         box = Any(None, allow_none=True)
 
         def format_kernel_cmd(self, extra_arguments=None):
+            clear_ipc_paths(self)
             cmd = super().format_kernel_cmd(extra_arguments)
             # the connection file is the grader's: hand it to the kernel's user (nobody, when grading as root)
             return self.box.wrap(cmd, give=(self.connection_file,)) if self.box is not None else cmd
