@@ -5,10 +5,8 @@ The whole path, against submissions written to cheat, is tests/test_redteam.py."
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import nbformat

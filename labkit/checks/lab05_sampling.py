@@ -57,7 +57,7 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
     g = generator(seed)
     for shape in sizes:
         shape = tuple(int(s) for s in shape)
-        B, nd = shape[0], len(shape)
+        B = shape[0]
         betas = _random_betas(T, g)
         ab = torch.cumprod(1 - betas, 0)
         t = spread_steps(B, T, g, also=(1,))  # 0 (the last step), 1 (beta_tilde and beta differ most), T - 1, ...

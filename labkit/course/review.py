@@ -28,7 +28,7 @@ import ast
 import re
 import sys
 
-from labkit.course.scopes import statement_names
+from labkit.course.scopes import dotted_name, statement_names
 
 LIBRARY = "labkit"
 # Modules whose every use is reflection: they reach objects by name, frame or memory, not by a path the
@@ -312,21 +312,13 @@ def _imported_modules(statements: list[_Statement]) -> dict[str, str]:
     for _ in range(len(aliases)):
         grew = False
         for name, value in aliases:
-            dotted = _dotted_name(value)
+            dotted = dotted_name(value)
             root = dotted.split(".")[0] if dotted else None
             if root in out and name not in out:
                 out[name], grew = out[root] + dotted[len(root):], True
         if not grew:
             break
     return out
-
-
-def _dotted_name(node) -> str | None:
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    return ".".join([node.id] + parts[::-1]) if isinstance(node, ast.Name) else None
 
 
 def _labkit_names(st: _Statement, imported_modules: dict[str, str], tainted: dict[str, str],

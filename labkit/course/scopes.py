@@ -100,7 +100,8 @@ def _root(node) -> ast.Name | None:
     return node if isinstance(node, ast.Name) else None
 
 
-def _dotted(node) -> str | None:
+def dotted_name(node) -> str | None:
+    """``a.b.c`` for an attribute chain on a plain name, else None."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
@@ -165,7 +166,7 @@ def _visit(node, scope: _Scope, out: Names) -> None:
             _store((a.asname or a.name).split(".")[0] if a.name != "*" else "*", scope, out)
         return
     if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
-        name = _dotted(node)
+        name = dotted_name(node)
         if name and _is_global(name.split(".")[0], scope):
             out.dotted.add(name)
     if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
