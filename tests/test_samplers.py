@@ -363,7 +363,7 @@ def _tiny_unet():
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, patch=2)).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # random weights in the zero-initialised layers, so the output is not just 0
-        for conv in [model.out] + [m.conv2 for m in model.modules() if isinstance(m, ResBlock)]:
+        for conv in [model.out] + [m.block2.conv for m in model.modules() if isinstance(m, ResBlock)]:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.05)
     return model
 
