@@ -72,6 +72,11 @@ class RemoteFunction:
     def __call__(self, *args, **kwargs):
         return self._executor.remote_call(self.__name__, args, kwargs)
 
+    def _labkit_probe(self, request: dict):
+        """For a module check: build the student's class ``name`` in the kernel, load the grader's weights, run
+        it on the grader's inputs (``labkit.checks._modules.probe``); only data comes back."""
+        return self._executor.remote_call(self.__name__, (request,), {}, mode="probe")
+
     def __repr__(self) -> str:
         return f"<the student's {self.__name__}>"
 
@@ -303,7 +308,7 @@ def trusted_execute_class(base):
                 self._recover(index)
             return cell
 
-        def remote_call(self, name: str, args: tuple, kwargs: dict):
+        def remote_call(self, name: str, args: tuple, kwargs: dict, mode: str = "call"):
             from labkit.checks._common import CheckFailed
 
             if self._dead:
@@ -311,7 +316,7 @@ def trusted_execute_class(base):
             self._calls += 1
             call = self._channel.call(wire.encode_call(args, kwargs), (self.timeout or 120) + self.responsive_timeout + 30)
             code = (f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
-                    f"{self._channel.address!r}, {call.token!r})")
+                    f"{self._channel.address!r}, {call.token!r}, {mode!r})")
             try:
                 status = run_sync(self._remote)(code, self.timeout or 120)
                 if status == "timeout":
