@@ -125,3 +125,46 @@ def test_library_code_calls_the_exercise_functions(monkeypatch):
     loss = diffusion.diffusion_loss(model, x0, y, schedule, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(diffusion, "noise_prediction_loss", _spoiled(diffusion.noise_prediction_loss))
     assert diffusion.diffusion_loss(model, x0, y, schedule, generator=torch.Generator().manual_seed(0)) != loss
+
+
+# --- the modules the student builds (lab 02): labkit's class is the reference the checks load -------------
+
+CLASS_LIBRARY = {
+    ("lab02_unet", "ConvBlock"): "labkit.unet",
+    ("lab02_unet", "ResBlock"): "labkit.unet",
+    ("lab02_unet", "Down"): "labkit.unet",
+    ("lab02_unet", "Up"): "labkit.unet",
+    ("lab02_unet", "UNet"): "labkit.unet",
+}
+CLASS_CHECKS = {"ConvBlock": "check_conv_block", "ResBlock": "check_res_block", "Down": "check_down", "Up": "check_up",
+                "UNet": "check_unet"}
+
+
+def test_every_module_exercise_has_a_library_class():
+    assert set(solution_code.CLASSES) == set(CLASS_LIBRARY)
+
+
+@pytest.mark.parametrize("lab, name", sorted(CLASS_LIBRARY))
+def test_library_class_has_the_students_arguments(lab, name):
+    """labkit's class takes the student's constructor arguments, in order (the U-Net: through the lab's
+    ``labkit_unet``, which maps them onto a UNetConfig)."""
+    student = solution_code.CLASSES[(lab, name)]
+    if name == "UNet":
+        checks = importlib.import_module(f"labkit.checks.{lab}")
+        cfg = checks.lab02_config(**{a: checks.DEFAULTS[a] for a in student if a in checks.DEFAULTS})
+        assert all(hasattr(cfg, a) for a in student)
+        return
+    params = list(inspect.signature(getattr(importlib.import_module(CLASS_LIBRARY[(lab, name)]), name)).parameters)
+    assert params[:len(student)] == student
+
+
+@pytest.mark.parametrize("lab, name", sorted(CLASS_LIBRARY))
+def test_library_class_passes_the_labs_checks(lab, name, capsys):
+    checks = importlib.import_module(f"labkit.checks.{lab}")
+    answer = checks.labkit_unet if name == "UNet" else getattr(importlib.import_module(CLASS_LIBRARY[(lab, name)]), name)
+    lines = [line.strip() for line in solution_code._source(lab).splitlines()
+             if line.strip().startswith(f"checks.{CLASS_CHECKS[name]}({name}")]
+    assert len(lines) >= 2
+    for line in lines:
+        eval(line, {"checks": checks, name: answer, "torch": torch})  # noqa: S307 (our own source)
+    assert capsys.readouterr().out.count("passed") == len(lines)

@@ -86,7 +86,7 @@ def run_module(check: str, student_cls, request: Mapping, *, hints: Mapping[str,
     """Run ``probe`` on the student's class: in this process, or through the grader's channel when
     ``student_cls`` stands for a class in the student's kernel (it then has ``_labkit_probe``)."""
     remote = getattr(type(student_cls), "_labkit_probe", None)
-    if not isinstance(student_cls, type) and remote is None:
+    if not callable(student_cls):
         fail(check, f"expected a class (class ...(nn.Module)), got {type(student_cls).__name__}")
     runner = (lambda r: remote(student_cls, r)) if remote is not None else (lambda r: probe(student_cls, r))
     report = call(check, runner, request, hints=hints)
