@@ -14,7 +14,7 @@
 #    without its skips.
 #
 # **Time budget.** Running all cells: about 5 minutes on 2 laptop CPU cores (two trainings of 900 steps), about
-# a minute on a Colab T4 (an estimate: no GPU was measured). Working through the lab: about 2 hours.
+# a minute on a Colab T4 (an estimate: no GPU was measured). Working through the lab: about 120 minutes.
 #
 # **How it is graded.** Seven exercises (16 points), each followed by a test cell that runs your code on inputs
 # and weights the grader chooses and compares it with `labkit.unet`. Later cells use your network when its check
@@ -422,7 +422,15 @@ fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "w
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** MODEL_ANSWER_1
+# **Model answer.** Outside the middle (148,224 parameters in its two blocks), the deepest up level `up[2]` holds
+# the most: 156,288 of 671,364. Its first block reads 128 channels (64 from the middle plus the 64 of skip 2), and a
+# 3x3 convolution's size grows with (channels in) x (channels out), not with the resolution. The smallest
+# resolution is 4x4 (14 -> 7 -> 4 after the pixel-unshuffle to 14x14). The first block of `up[1]` reads 128
+# channels: the 64 that `up[2]`'s final conv hands on (c_1) plus the 64 of skip 1, concatenated.
+#
+# **Rubric (1 point).** 1/2 point: the level with the most parameters read correctly from the summary (up level 2,
+# or the middle if the answer counts it as a level), with the reason (channels squared), and 4x4. 1/2 point:
+# 128 = 64 from below + 64 from the skip (concatenation).
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
@@ -434,6 +442,11 @@ fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "w
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
 # **Model answer.** MODEL_ANSWER_2
+#
+# **Rubric (1 point).** 1/2 point: where it beats the noisy input, read from the student's own table, and that at
+# sigma = 4 it returns a blurry average digit, about as far from the clean digit as the mean digit is. 1/2 point:
+# why (with almost no signal, the minimum-MSE guess is the average of the data, E[x | noisy] ~ E[x]); and that
+# the network must be told the noise level (the time step t: lab 03) to work at every level.
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
@@ -444,6 +457,10 @@ fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "w
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
 # **Model answer.** MODEL_ANSWER_3
+#
+# **Rubric (1 point).** 1/2 point: what is lost without skips, read from the student's own rows and numbers
+# (edges and thin strokes, or whatever their run shows). 1/2 point: the middle sees only a coarse 4x4 summary;
+# the skips carry the full-resolution detail around it.
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
