@@ -99,3 +99,12 @@ def test_an_in_place_forward_is_named():
 def test_a_function_instead_of_a_module_is_named():
     with pytest.raises(CheckFailed, match="nn.Module"):
         checks.check_conv_block(lambda c_in, c_out, groups: torch.zeros(1))
+
+
+def test_a_wrong_network_is_located_level_by_level():
+    """No catalogue entry for this one: the message says where the network first differs from labkit's (the
+    probe records each level's output; the check runs labkit's network with the same weights)."""
+    wrong = solution_namespace(LAB, {"h = self.mid2(self.mid1(h))": "h = self.mid1(self.mid2(h))"})["UNet"]
+    with pytest.raises(CheckFailed) as err:
+        checks.check_unet(wrong)
+    assert "first differs from labkit's at `mid2` (same shape" in str(err.value), str(err.value)

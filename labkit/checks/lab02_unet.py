@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit import unet
-from labkit.checks._common import call, compare, expect_tensor, generator, passed
+from labkit.checks._common import CheckFailed, call, compare, expect_tensor, generator, passed
 
 _CAT_HINT = ("the tensors do not fit together along the dimension you joined them: the skip's channels are "
              "stacked onto h's, so join along the channel dimension of [B, C, H, W] tensors")
@@ -232,13 +232,13 @@ _BUILD_HINTS = {
 
 
 def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, context, outputs=1, shapes=None,
-                 shape_hints=None, load_hints=(), hints=None):
+                 shape_hints=None, load_hints=(), hints=None, trace=()):
     """One case of a module check: the student's class built with ``init`` and labkit's weights, run on
     ``inputs``, compared with labkit's module (float64) and its mistakes."""
     _modules.seeded_weights(ref, seed)
     weights = _modules.weights_of(ref)
-    report = _modules.run_module(name, student_cls, {"init": init, "weights": weights, "calls": [(inputs, {})]},
-                                 hints={**_BUILD_HINTS, **(hints or {})})
+    report = _modules.run_module(name, student_cls, {"init": init, "weights": weights, "calls": [(inputs, {})],
+                                                     "trace": list(trace)}, hints={**_BUILD_HINTS, **(hints or {})})
     count = sum(w.numel() for _, w in weights)
     mine = sum(int(torch.Size(s).numel()) for _, s in report.get("params") or [])
     _modules.expect_loaded(name, report, weights, context, load_hints)
@@ -255,10 +255,16 @@ def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, con
     ref32 = copy.deepcopy(ref).eval()
     for k, (o, e) in enumerate(zip(outs, expected)):
         what = "the result" if outputs == 1 else ("the next level's input", "the skip")[k]
-        o = expect_tensor(name, o, tuple(e.shape), what=what, shape_hints=(shape_hints or [{}] * outputs)[k])
         wrong = {msg: _nth(v, k) for msg, v in variants.items()}
-        compare(name, o, e, wrong, tol=1e-5, context=context,
-                reference=(lambda *a, k=k: _nth(ref32(*a), k)), args=inputs)
+        try:
+            o = expect_tensor(name, o, tuple(e.shape), what=what, shape_hints=(shape_hints or [{}] * outputs)[k])
+            compare(name, o, e, wrong, tol=1e-5, context=context,
+                    reference=(lambda *a, k=k: _nth(ref32(*a), k)), args=inputs)
+        except CheckFailed as exc:
+            where = _modules.first_difference(name, (report.get("traces") or [[]])[0], ref32, inputs, tol=1e-4)
+            if where is None:
+                raise
+            raise CheckFailed(f"{exc}\n  your network first differs from labkit's at {where}: look there first") from None
     if mine != count:  # (loaded by order but with other sizes cannot happen: shapes were compared)
         _modules.fail(name, f"your module has {mine:,} parameters, the table {count:,}{context}")
     return report
@@ -359,6 +365,8 @@ def check_up(student_cls, *, seed: int = 0,
     passed(name, f"{len(cases)} up levels with labkit's weights, seed {seed}")
 
 
+_LEVELS = ("stem", *(f"down.{i}" for i in range(6)), "mid1", "mid2", *(f"up.{i}" for i in range(6)), "out_norm", "out")
+
 _UNET_HINTS = {
     "expected input": "a layer got another channel count than it was built for: compare your shapes with the table, "
                       "level by level. A common cause: the skips joined first-in-first-out; the deepest up level "
@@ -399,7 +407,7 @@ def check_unet(student_cls, *, seed: int = 0, cases=(dict(), dict(channel_mults=
                         "(deepest first), out_norm, out",
                         "Down(c_in, c_out, ...): level i reads the previous level's channels; Up(c, c, c, c_next, "
                         "...) ends with the next (larger) level's channels"),
-            hints=_UNET_HINTS)
+            hints=_UNET_HINTS, trace=_LEVELS)
         del report
     # behaviour: the skips matter (the student's skips=False network differs from the one with skips)
     passed(name, f"{len(cases)} networks with labkit's weights, seed {seed}")
