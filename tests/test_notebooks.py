@@ -201,3 +201,17 @@ def test_the_class_report_counts_each_named_mistake(graded):
     page = (out / f"report_{REPORT_LAB}.html").read_text(encoding="utf-8")
     assert "cumulative sum" in page and "2 (50%)" in page
     assert "data:image/png;base64," in page  # the score histogram
+
+
+def test_feedback_says_which_points_are_not_graded_yet(graded):
+    """Before manual grading, a written answer reads "not graded yet / 1.0", never "Score: 0.0 / 1.0", and the
+    page's total says how many of its points are still to be graded; autograded cells keep their scores."""
+    _, out = graded
+    raw = (out / "feedback" / "solution" / f"{REPORT_LAB}.html").read_text()
+    text = htmllib.unescape(re.sub(r"<[^>]+>", "", raw))
+    written = re.findall(r"Written response \(Score: ([^)]*)\)", text)
+    assert written and all(w.startswith("not graded yet / ") for w in written), written
+    assert "of these points are not graded yet" in text
+    tests = re.findall(r"Test cell \(Score: ([^)]*)\)", text)
+    assert tests and all(re.fullmatch(r"[\d.]+ / [\d.]+", t) and t.split(" / ")[0] == t.split(" / ")[1]
+                         for t in tests), tests
