@@ -8,14 +8,17 @@
 # **Learning objectives.** After this lab you can
 # 1. write the sinusoidal time embedding (Vaswani et al. 2017, section 3.5) and explain its many frequencies;
 # 2. read the similarity between embeddings of different $t$: what the network can and cannot tell apart;
-# 3. explain the class embedding's extra "no class" slot and how conditioning enters a block (FiLM).
+# 3. explain the class embedding's extra "no class" slot and how conditioning enters a block (FiLM);
+# 4. build the conditioned U-Net yourself: the time and class embeddings, the residual block that reads them,
+#    and the network that hands them to every block.
 #
-# **Time budget.** Running all cells: under a minute on a laptop CPU or a Colab T4. Working through the lab:
-# about 40 minutes.
+# **Time budget.** Running all cells: TIME_RUN. Working through the lab: about 90 minutes.
 #
-# **How it is graded.** Three small functions, each followed by a test cell. Later cells use `labkit`'s
-# reference code, so a bug in your answer never breaks the rest of the lab.
-# The questions at the end are answered in writing and graded by hand (4 points).
+# **How it is graded.** Eight exercises, each followed by a test cell (13 points): three functions (4 points),
+# then five classes (9 points). A class's check builds it with its own arguments, loads labkit's weights into it
+# and compares its outputs with labkit's module. Later cells use `labkit`'s reference code, so a bug in your
+# answer never breaks the rest of the lab. The questions at the end are answered in writing and graded by hand
+# (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
 # __LABKIT_COLAB_INSTALL__ (labkit build writes labkit.colab.INSTALL_CELL here: the Colab install)
@@ -24,10 +27,12 @@ DEVICE = colab.setup()
 
 # %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
+from torch import nn
 
 from labkit import embeddings, plotting, unet
 from labkit.checks import lab03_embeddings as checks
@@ -182,7 +187,7 @@ checks.check_film(film, seed=19, sizes=((1, 16, 3, 3), (4, 2, 5, 9)))
 
 # %%
 net = unet.UNet(unet.UNetConfig(base_channels=32, channel_mults=(1, 2), attention=False))
-block = net.down[0][0]  # the first ResBlock
+block = net.down[0].blocks[0]  # the first ResBlock
 steps = torch.arange(0, T, 10)
 with torch.no_grad():
     emb_uncond = net.time_embed(steps) + net.class_embed(torch.full_like(steps, net.config.null_class))
@@ -194,6 +199,265 @@ fig = plotting.plot_matrix(scale.T, xlabel="step t", ylabel="channel", title="Fi
 fig = plotting.plot_curves(steps.tolist(), {"channel 0, no class": scale[:, 0].tolist(),
                                             "channel 0, class 7": scale7[:, 0].tolist()},
                            xlabel="step t", ylabel="scale", marker="", title="one channel's scale over t")
+
+# %% [markdown]
+# ## 5. The time embedding as a module
+#
+# Now the pieces become your network's. The DDPM recipe (Ho et al. 2020, appendix B) does not feed the sinusoids to
+# the blocks directly: a small MLP first turns them into the vector the blocks read,
+#
+# $$\mathrm{emb}(t) = W_2\,\mathrm{SiLU}\big(W_1\,\mathrm{PE}(t) + b_1\big) + b_2,$$
+#
+# with $\mathrm{PE}(t)$ your `sinusoidal_embedding(t, base)` (`base` columns) and an output of `dim` columns.
+#
+# ### Exercise 4 (2 points)
+# Write the class `TimeEmbedding(base, dim)`: `forward(t)` takes `t` int64 `[B]` and returns `[B, dim]`. Keep the
+# MLP in one attribute `self.mlp = nn.Sequential(Linear(base, dim), SiLU, Linear(dim, dim))`, as labkit's
+# `embeddings.TimeEmbedding` does (the check loads its weights into yours, by these names or in this order).
+
+# %% nbgrader={"grade": false, "grade_id": "TimeEmbedding", "locked": false, "schema_version": 3, "solution": true}
+class TimeEmbedding(nn.Module):
+    """t int64 [B] -> [B, dim]: your sinusoidal_embedding(t, base), then Linear -> SiLU -> Linear."""
+
+    def __init__(self, base, dim):
+        super().__init__()
+        self.base = base
+        ### BEGIN SOLUTION
+        self.mlp = nn.Sequential(nn.Linear(base, dim), nn.SiLU(), nn.Linear(dim, dim))
+        ### END SOLUTION
+
+    def forward(self, t):
+        ### BEGIN SOLUTION
+        return self.mlp(sinusoidal_embedding(t, self.base))  # [B, base] -> [B, dim]
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_TimeEmbedding", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_time_embedding(TimeEmbedding)
+### BEGIN HIDDEN TESTS
+checks.check_time_embedding(TimeEmbedding, seed=23, sizes=((32, 128), (6, 10)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 6. The class embedding, with its "no class" row
+#
+# ### Exercise 5 (1 point)
+# Write the class `ClassEmbedding(num_classes, dim)`: `forward(y)` takes labels `y` int64 `[B]` in
+# $0 \dots$ `num_classes` and returns `[B, dim]`, one learned row per label. The label `num_classes` means "no
+# class" and has a row of its own (section 3). Keep the rows in `self.table`, an `nn.Embedding`.
+
+# %% nbgrader={"grade": false, "grade_id": "ClassEmbedding", "locked": false, "schema_version": 3, "solution": true}
+class ClassEmbedding(nn.Module):
+    """y int64 [B] in 0..num_classes (num_classes = "no class") -> [B, dim], one learned row per label."""
+
+    def __init__(self, num_classes, dim):
+        super().__init__()
+        self.num_classes = num_classes
+        ### BEGIN SOLUTION
+        self.table = nn.Embedding(num_classes + 1, dim)  # the last row: "no class"
+        ### END SOLUTION
+
+    def forward(self, y):
+        ### BEGIN SOLUTION
+        return self.table(y)
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ClassEmbedding", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_class_embedding(ClassEmbedding)
+### BEGIN HIDDEN TESTS
+checks.check_class_embedding(ClassEmbedding, seed=29, sizes=((10, 64), (1, 3)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 7. Conditioning inside the residual block
+#
+# Your lab 02 blocks, now told $t$ and $y$. The conv block takes an optional `scale` and `shift` and applies your
+# `film` to the **normalised** features, before the activation:
+#
+# GroupNorm $\to$ [FiLM] $\to$ SiLU $\to$ dropout $\to$ 3x3 conv.
+#
+# The residual block turns the embedding `emb` `[B, emb_dim]` into one `(scale, shift)` per channel with
+# `Linear(emb_dim, 2 * c_out)` applied to `SiLU(emb)`; the first `c_out` columns are the scale, the last `c_out`
+# the shift. They go into the **second** conv block:
+#
+# $$\mathrm{out} = \mathrm{shortcut}(x) + \mathrm{block2}\big(\mathrm{block1}(x);\ \mathrm{scale}, \mathrm{shift}\big).$$
+#
+# Create the layers in the order of labkit's blocks (or with their names); for `ResBlock(8, 16, groups=4, emb_dim=32)`:
+
+# %%
+for name, p in unet.ResBlock(8, 16, 4, emb_dim=32).named_parameters():
+    print(f"{name:<20} {list(p.shape)}")
+
+# %% [markdown]
+# ### Exercise 6 (1 point)
+# Write `ConvBlock(c_in, c_out, groups, dropout=0.0)` with `forward(x, scale=None, shift=None)`: your lab 02 conv
+# block plus one step, FiLM with your `film` when `scale` is given (`scale`, `shift`: `[B, c_in]`).
+
+# %% nbgrader={"grade": false, "grade_id": "ConvBlock", "locked": false, "schema_version": 3, "solution": true}
+class ConvBlock(nn.Module):
+    """x [B, c_in, H, W] -> [B, c_out, H, W]: GroupNorm -> [FiLM(scale, shift)] -> SiLU -> dropout -> 3x3 conv."""
+
+    def __init__(self, c_in, c_out, groups, dropout=0.0):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.norm = nn.GroupNorm(groups, c_in)
+        self.dropout = nn.Dropout(dropout)
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        ### END SOLUTION
+
+    def forward(self, x, scale=None, shift=None):
+        ### BEGIN SOLUTION
+        h = self.norm(x)
+        if scale is not None:
+            h = film(h, scale, shift)
+        return self.conv(self.dropout(F.silu(h)))
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ConvBlock", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_conv_block(ConvBlock)
+### BEGIN HIDDEN TESTS
+checks.check_conv_block(ConvBlock, seed=31, sizes=((4, 4, 2, 4), (8, 12, 4, 6)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 7 (2 points)
+# Write `ResBlock(c_in, c_out, groups, emb_dim, dropout=0.0)` with `forward(x, emb)`: `block1` (a `ConvBlock` from
+# `c_in` to `c_out`), the projection `emb` (`Linear(emb_dim, 2 * c_out)`), `block2` (a `ConvBlock` from `c_out` to
+# `c_out`, with the dropout), and the `shortcut` (a 1x1 conv when `c_in != c_out`, else `nn.Identity()`).
+
+# %% nbgrader={"grade": false, "grade_id": "ResBlock", "locked": false, "schema_version": 3, "solution": true}
+class ResBlock(nn.Module):
+    """x [B, c_in, H, W], emb [B, emb_dim] -> [B, c_out, H, W]: shortcut(x) + block2(block1(x), scale, shift)."""
+
+    def __init__(self, c_in, c_out, groups, emb_dim, dropout=0.0):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.block1 = ConvBlock(c_in, c_out, groups)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)  # -> (scale, shift)
+        self.block2 = ConvBlock(c_out, c_out, groups, dropout)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        ### END SOLUTION
+
+    def forward(self, x, emb):
+        ### BEGIN SOLUTION
+        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # 2 x [B, c_out]
+        h = self.block2(self.block1(x), scale, shift)
+        return self.shortcut(x) + h
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ResBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_resblock(ResBlock)
+### BEGIN HIDDEN TESTS
+checks.check_resblock(ResBlock, seed=37, sizes=((16, 8, 8, 64, 7), (4, 4, 2, 8, 4)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 8. Your conditioned U-Net
+#
+# Assemble the network as in lab 02, and tell it $t$ and $y$: one embedding per image,
+# `emb = time_embed(t) + class_embed(y)` (`[B, emb_dim]`, `emb_dim = config.emb_dim`, four times `base_channels`,
+# with `base_channels` columns of sinusoids), passed into **every** residual block.
+#
+# The levels are labkit's `unet.Down` and `unet.Up`, the same as your lab 02 classes, with one more argument:
+# `block=ResBlock` makes them out of *your* residual block. Their `forward` takes `emb` as the last argument and
+# hands it to each block. No attention layer (`config.attention` is False) and no patches (`config.patch` is 1).
+# The parameter table of labkit's network, to create yours in the same order (or with the same names):
+
+# %%
+CONFIG = unet.UNetConfig(base_channels=32, channel_mults=(1, 2), blocks_per_level=2, attention=False)
+rows = {}  # layer -> [(parameter name, shape)]; a residual block is one row
+for name, p in unet.UNet(CONFIG).named_parameters():
+    block = re.match(r"(.*blocks\.\d+|mid\d)\.", name)
+    rows.setdefault(block.group(1) if block else name.rsplit(".", 1)[0], []).append((name, list(p.shape)))
+for layer, params in rows.items():
+    if re.search(r"blocks\.\d+$|mid\d$", layer):
+        conv = dict(params)[f"{layer}.block1.conv.weight"]
+        print(f"{layer:<18} ResBlock({conv[1]} -> {conv[0]} channels): its {len(params)} tensors as in the table above")
+    else:
+        print(f"{layer:<18} " + ", ".join(f"{n.rsplit('.', 1)[1]} {shape}" for n, shape in params))
+
+# %% [markdown]
+# ### Exercise 8 (3 points)
+# Write `UNet(config)` with `forward(x, t, y)`: `x` `[B, C, H, W]`, `t` and `y` int64 `[B]` → `[B, C, H, W]`. In
+# order: `time_embed`, `class_embed`, `stem` (3x3 conv to level 0's channels), `down` (one `unet.Down` per level;
+# the last keeps its size), `mid1`, `mid2` (your `ResBlock`s), `up` (one `unet.Up` per level, from the smallest
+# back to level 0; the last has no final conv), `out_norm`, `out` (GroupNorm, SiLU, 3x3 conv back to `C`).
+
+# %% nbgrader={"grade": false, "grade_id": "UNet", "locked": false, "schema_version": 3, "solution": true}
+class UNet(nn.Module):
+    """model(x [B, C, H, W], t int64 [B], y int64 [B]) -> eps_hat [B, C, H, W]; config: a unet.UNetConfig."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = cfg = config
+        chans = [cfg.base_channels * m for m in cfg.channel_mults]  # channels of each level
+        n, groups, emb_dim, last = cfg.blocks_per_level, cfg.groups, cfg.emb_dim, len(chans) - 1
+        ### BEGIN SOLUTION
+        self.time_embed = TimeEmbedding(cfg.base_channels, emb_dim)
+        self.class_embed = ClassEmbedding(cfg.num_classes, emb_dim)
+        self.stem = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
+        self.down = nn.ModuleList([
+            unet.Down(chans[i - 1] if i else chans[0], ch, n, groups, emb_dim, cfg.dropout, downsample=i < last,
+                      block=ResBlock)
+            for i, ch in enumerate(chans)])
+        self.mid1 = ResBlock(chans[-1], chans[-1], groups, emb_dim, cfg.dropout)
+        self.mid2 = ResBlock(chans[-1], chans[-1], groups, emb_dim, cfg.dropout)
+        self.up = nn.ModuleList([
+            unet.Up(ch, ch, ch, chans[i - 1] if i else None, n, groups, emb_dim, cfg.dropout, block=ResBlock)
+            for i, ch in reversed(list(enumerate(chans)))])
+        self.out_norm = nn.GroupNorm(groups, chans[0])
+        self.out = nn.Conv2d(chans[0], cfg.in_channels, 3, padding=1)
+        ### END SOLUTION
+
+    def forward(self, x, t, y):
+        ### BEGIN SOLUTION
+        emb = self.time_embed(t) + self.class_embed(y)  # [B, emb_dim]
+        h = self.stem(x)
+        skips = []
+        for down in self.down:
+            h, skip = down(h, emb)
+            skips.append(skip)
+        h = self.mid2(self.mid1(h, emb), emb)
+        for up in self.up:
+            h = up(h, skips.pop(), emb)  # the last skip saved is the first one used
+        return self.out(F.silu(self.out_norm(h)))
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_UNet", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+checks.check_unet(UNet)
+### BEGIN HIDDEN TESTS
+checks.check_unet(UNet, seed=41, sizes=((4, (1, 2, 2), 1, 10, 2, 10), (8, (1, 1), 2, 3, 8, 8)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 9. Your network on a batch
+#
+# Your U-Net where its check passes, else labkit's. Given random weights (an untrained network would answer 0
+# everywhere: its output conv starts at zero), one noisy digit, the same step $t$, and each label in turn,
+# 0 to 9 and then "no class": the label alone changes the prediction. Training (lab 04) makes these differences
+# mean "draw a 7".
+
+# %%
+from labkit.checks import _modules
+
+Net = UNet if checks.passes(checks.check_unet, UNet) else unet.UNet
+print("running", "your UNet" if Net is UNet else "labkit's unet.UNet (your UNet's check does not pass yet)")
+model = _modules.seeded_weights(Net(CONFIG), seed=0).eval()
+print(f"{sum(p.numel() for p in model.parameters()):,} parameters "
+      f"(labkit's: {unet.UNet(CONFIG).num_parameters():,})")
+g = torch.Generator().manual_seed(0)
+x_t = torch.randn(1, 1, 28, 28, generator=g).repeat(11, 1, 1, 1)  # one image, 11 times
+labels = torch.arange(11)  # 0..9, then 10 = "no class"
+with torch.no_grad():
+    eps_hat = model(x_t, torch.full((11,), 500), labels)  # [11, 1, 28, 28]
+print("x_t", list(x_t.shape), "-> eps_hat", list(eps_hat.shape))
+spread = (eps_hat - eps_hat[10:]).flatten(1).norm(dim=1) / eps_hat[10:].norm()
+print("distance from the 'no class' prediction, per label:", [round(float(s), 2) for s in spread[:10]])
+fig = plotting.image_grid(eps_hat, ncols=11, titles=[str(k) for k in range(10)] + ["none"])
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
