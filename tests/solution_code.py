@@ -1,6 +1,7 @@
 """The exercises of the labs, read from ``solutions/`` (shared by the tests of the checks).
 
-    EXERCISES                      (lab, function name) -> the student's argument names
+    EXERCISES                      (lab, function or class name) -> the student's argument names (a class: __init__'s)
+    CLASSES                        the exercises that are classes
     test_calls(lab, name)          the visible and hidden test lines of that exercise, as source text
     solution_function(lab, name)   the instructor's solution itself, compiled from the lab's source
 """
@@ -25,7 +26,14 @@ def _exercises() -> dict[tuple[str, str], list[str]]:
         for node in ast.parse(source).body:
             if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, node) or ""):
                 found[(path.stem, node.name)] = [a.arg for a in node.args.args]
+            elif isinstance(node, ast.ClassDef) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, node) or ""):
+                init = [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+                found[(path.stem, node.name)] = [a.arg for a in init[0].args.args[1:]] if init else []
+                CLASSES.add((path.stem, node.name))
     return found
+
+
+CLASSES: set[tuple[str, str]] = set()  # the exercises that are classes (lab 03's modules): (lab, name)
 
 
 EXERCISES = _exercises()
@@ -44,6 +52,9 @@ def solution_function(lab: str, name: str):
     tree = ast.parse(source)
     keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
             or (isinstance(n, ast.FunctionDef) and n.name == name)]
+    if (lab, name) in CLASSES:  # a class uses the lab's other answers (the UNet its ResBlock, ...): all of them
+        keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                or ((lab, getattr(n, "name", None)) in EXERCISES)]
     namespace: dict = {}
     exec(compile(ast.Module(body=keep, type_ignores=[]), f"solutions/{lab}.py", "exec"), namespace)  # noqa: S102
     return namespace[name]

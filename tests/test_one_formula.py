@@ -27,6 +27,11 @@ LIBRARY = {
     ("lab03_embeddings", "sinusoidal_embedding"): "labkit.embeddings",
     ("lab03_embeddings", "cosine_similarity"): "labkit.embeddings",
     ("lab03_embeddings", "film"): "labkit.unet",
+    ("lab03_embeddings", "TimeEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ClassEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ConvBlock"): "labkit.unet",
+    ("lab03_embeddings", "ResBlock"): "labkit.unet",
+    ("lab03_embeddings", "UNet"): "labkit.unet",
     ("lab04_training", "noise_prediction_loss"): "labkit.diffusion",
     ("lab04_training", "train_step"): "labkit.training",
     ("lab05_sampling", "p_sample_step"): "labkit.samplers",
@@ -81,7 +86,11 @@ def test_library_function_passes_the_labs_checks(lab, name, capsys):
 
 
 def _spoiled(fn):
-    """fn, but with a wrong result: tensors shifted by 0.25, or (a training step) every weight nudged."""
+    """fn, but with a wrong result: tensors shifted by 0.25, or (a training step) every weight nudged; a class
+    (a module exercise): the same class with its output shifted by 0.25."""
+    if isinstance(fn, type):
+        return type(fn.__name__, (fn,), {"forward": lambda self, *a, **k: fn.forward(self, *a, **k) + 0.25})
+
     def wrong(*args, **kwargs):
         out = fn(*args, **kwargs)
         if isinstance(out, torch.Tensor):
