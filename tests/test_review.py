@@ -404,3 +404,19 @@ def test_code_too_deep_to_parse_here_is_flagged_not_skipped():
             "before": "q_sample = diffusion" + ".q_sample" * 1 + ".__call__" * 4000}
     notes = static_notes(disguised(spec), _notebook(LAB, "notebooks"))
     assert any("nested too deeply" in n for n in notes), notes
+
+
+def test_lab03_unet_may_use_the_given_levels_but_not_labkits_network():
+    """Lab 03's UNet is given labkit's Down and Up (exercises.GIVEN): not flagged; labkit's UNet or ResBlock is.
+    A class's super().__init__() does not carry labkit from one class to the next."""
+    lab = "lab03_embeddings"
+    release, solution = _notebook(lab, "notebooks"), _notebook(lab, "solutions")
+    assert static_notes(solution, release) == []
+    answer = next(c for c in solution.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "UNet")
+    for wrong, phrase in [("class UNet(unet.UNet):\n    pass\n", "labkit.unet.UNet"),
+                          (answer.source.replace("self.mid1 = ResBlock(", "self.mid1 = unet.ResBlock("),
+                           "labkit.unet.ResBlock")]:
+        nb = copy.deepcopy(solution)
+        next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "UNet").source = wrong
+        notes = static_notes(nb, release)
+        assert len(notes) == 1 and "cell" in notes[0] and "(UNet)" in notes[0] and phrase in notes[0], notes

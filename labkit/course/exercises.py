@@ -32,3 +32,9 @@ LIBRARY_ANSWERS = {
     "within_class_diversity": "labkit.evaluation.measures",
     "speedup_at_quality": "labkit.evaluation.measures",
 }
+
+# What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.
+# Lab 03's UNet is assembled from labkit's Down and Up levels (lab 02's classes), given the student's ResBlock.
+GIVEN = {
+    "UNet": ("labkit.unet.Down", "labkit.unet.Up"),
+}

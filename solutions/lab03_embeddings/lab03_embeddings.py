@@ -16,9 +16,9 @@
 #
 # **How it is graded.** Eight exercises, each followed by a test cell (13 points): three functions (4 points),
 # then five classes (9 points). A class's check builds it with its own arguments, loads labkit's weights into it
-# and compares its outputs with labkit's module. Later cells use `labkit`'s reference code, so a bug in your
-# answer never breaks the rest of the lab. The questions at the end are answered in writing and graded by hand
-# (4 points).
+# and compares its outputs with labkit's module. The cells between the exercises use `labkit`'s reference code
+# (or your class once its check passes), so a bug in your answer never breaks the rest of the lab. The questions
+# at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
 # __LABKIT_COLAB_INSTALL__ (labkit build writes labkit.colab.INSTALL_CELL here: the Colab install)
@@ -385,6 +385,7 @@ for layer, params in rows.items():
 # order: `time_embed`, `class_embed`, `stem` (3x3 conv to level 0's channels), `down` (one `unet.Down` per level;
 # the last keeps its size), `mid1`, `mid2` (your `ResBlock`s), `up` (one `unet.Up` per level, from the smallest
 # back to level 0; the last has no final conv), `out_norm`, `out` (GroupNorm, SiLU, 3x3 conv back to `C`).
+# Your network is made of your `TimeEmbedding`, `ClassEmbedding` and `ResBlock`: their checks should pass first.
 
 # %% nbgrader={"grade": false, "grade_id": "UNet", "locked": false, "schema_version": 3, "solution": true}
 class UNet(nn.Module):
