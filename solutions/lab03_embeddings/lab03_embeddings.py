@@ -437,15 +437,16 @@ checks.check_unet(UNet, seed=41, sizes=((4, (1, 2, 2), 1, 10, 2, 10), (8, (1, 1)
 # %% [markdown]
 # ## 9. Your network on a batch
 #
-# Your U-Net where its check passes, else labkit's. Given random weights (an untrained network would answer 0
-# everywhere: its output conv starts at zero), one noisy digit, the same step $t$, and each label in turn,
-# 0 to 9 and then "no class": the label alone changes the prediction. Training (lab 04) makes these differences
-# mean "draw a 7".
+# Your U-Net where its check passes, else labkit's, with random weights (labkit's untrained network answers 0
+# everywhere: its output conv starts at zero). It gets one noisy image eleven times, the same step $t$, and each
+# label in turn, 0 to 9 and then "no class". The label alone changes the predicted noise: the numbers below are
+# each label's distance from the "no class" prediction, relative to its size, and the picture shows where the
+# pixels change. Training (lab 04) makes these differences mean "draw a 7".
 
 # %%
 from labkit.checks import _modules
 
-Net = UNet if checks.passes(checks.check_unet, UNet) else unet.UNet
+Net = UNet if checks.passes(checks.check_unet, UNet, sizes=((8, (1, 2), 1, 4, 4, 12),)) else unet.UNet
 print("running", "your UNet" if Net is UNet else "labkit's unet.UNet (your UNet's check does not pass yet)")
 model = _modules.seeded_weights(Net(CONFIG), seed=0).eval()
 print(f"{sum(p.numel() for p in model.parameters()):,} parameters "
@@ -458,7 +459,9 @@ with torch.no_grad():
 print("x_t", list(x_t.shape), "-> eps_hat", list(eps_hat.shape))
 spread = (eps_hat - eps_hat[10:]).flatten(1).norm(dim=1) / eps_hat[10:].norm()
 print("distance from the 'no class' prediction, per label:", [round(float(s), 2) for s in spread[:10]])
-fig = plotting.image_grid(eps_hat, ncols=11, titles=[str(k) for k in range(10)] + ["none"])
+change = eps_hat[:10] - eps_hat[10:]  # [10, 1, 28, 28]: what each label changes, pixel by pixel
+fig = plotting.image_grid(change / change.abs().max(), ncols=10, titles=[str(k) for k in range(10)],
+                          title="eps_hat for label y minus eps_hat for 'no class' (grey: no change; random weights)")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
