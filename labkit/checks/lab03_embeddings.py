@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit import embeddings, unet
-from labkit.checks import _modules
+from labkit.checks._modules import expect_loaded, output_of, run_module, seeded_weights, weights_of
 from labkit.checks._common import (call, compare, expect_tensor, fail, generator, max_abs_diff, passed, passes,  # noqa: F401
                                   spread_steps)
 
@@ -186,8 +186,8 @@ def _reference(cls, init: dict, seed: int):
     """labkit's module built with ``init`` and seeded weights: (float32 module, float64 copy, weights)."""
     import copy
 
-    ref32 = _modules.seeded_weights(cls(**init), seed).eval()
-    return ref32, copy.deepcopy(ref32).double(), _modules.weights_of(ref32)
+    ref32 = seeded_weights(cls(**init), seed).eval()
+    return ref32, copy.deepcopy(ref32).double(), weights_of(ref32)
 
 
 def _run(name: str, student_cls, init: dict, weights, calls, hints=None, param_hints=(), missing_hints=(),
@@ -196,10 +196,10 @@ def _run(name: str, student_cls, init: dict, weights, calls, hints=None, param_h
     A hint of ``param_hints`` speaks when the student's module has that shape and labkit's has not; one of
     ``missing_hints`` when labkit's has it and the student's has not."""
     request = {"init": init, "weights": weights, "calls": [(list(a), {}) for a in calls]}
-    report = _modules.run_module(name, student_cls, request, hints={"must match the size": _BROADCAST, **(hints or {})})
+    report = run_module(name, student_cls, request, hints={"must match the size": _BROADCAST, **(hints or {})})
     found = {tuple(s) for _, s in report.get("params") or []}
     expected = {tuple(w.shape) for _, w in weights}
-    _modules.expect_loaded(name, report, weights, context,
+    expect_loaded(name, report, weights, context,
                            hints=[h for shape, h in param_hints if shape in found and shape not in expected] +
                                  [h for shape, h in missing_hints if shape in expected and shape not in found])
     return report
@@ -325,7 +325,7 @@ def check_conv_block(student_cls, *, seed: int = 0, sizes=((8, 16, 4, 8), (6, 4,
             ((c_out,), "the norm comes first, on the input's c_in channels; the conv then goes from c_in to c_out"),
             ((c_out, c_out, 3, 3), "the conv goes from c_in to c_out channels")])
         for k, args in enumerate([(x,), (x, scale, shift)]):
-            out = _modules.output_of(name, report, k)
+            out = output_of(name, report, k)
             out = expect_tensor(name, out, (2, c_out, H, H), what=f"the output{context}")
             a64 = [_d(a) for a in args]
             mistakes = lambda: {text: _block(ref, *a64, v={key}) for key, text in CONV_BLOCK_MISTAKES.items()}  # noqa: E731
@@ -372,7 +372,7 @@ def check_resblock(student_cls, *, seed: int = 0, sizes=((8, 8, 4, 16, 8), (8, 1
                                   "Linear(emb_dim, 2 * c_out)"),
             ((c_out, c_in, 3, 3), "a shortcut conv is needed only when c_in != c_out (a 1x1 conv), else x itself")])
         for k, args in enumerate(calls):
-            out = _modules.output_of(name, report, k)
+            out = output_of(name, report, k)
             out = expect_tensor(name, out, (3, c_out, H, H), what=f"the output{context}")
             a64 = [_d(a) for a in args]
             mistakes = lambda: {text: _res(ref, *a64, v={key}) for key, text in RES_BLOCK_MISTAKES.items()}  # noqa: E731
@@ -417,7 +417,7 @@ def check_time_embedding(student_cls, *, seed: int = 0, sizes=((16, 32), (8, 12)
             ((dim, dim), None), ((base, base), "the MLP goes from base to dim: Linear(base, dim), SiLU, "
                                                "Linear(dim, dim)"),
             ((dim, 1), "the MLP takes the sinusoidal embedding of t ([B, base]), not t itself")])
-        out = _modules.output_of(name, report, 0)
+        out = output_of(name, report, 0)
         out = expect_tensor(name, out, (6, dim), what=f"the embedding{context}", shape_hints={
             (6, base): "that is the size of the sinusoids: the MLP maps them to dim columns"})
         a = _angles(t, base, lambda i: 2 * i)
@@ -455,7 +455,7 @@ def check_class_embedding(student_cls, *, seed: int = 0, sizes=((10, 16), (3, 5)
             ((dim, K + 1), "a table of learned rows, one per label (nn.Embedding(num_classes + 1, dim)), not a Linear "
                            "layer"),
             ((dim, K), "a table of learned rows with num_classes + 1 rows (nn.Embedding), not a Linear layer")])
-        out = _modules.output_of(name, report, 0)
+        out = output_of(name, report, 0)
         out = expect_tensor(name, out, (len(y), dim), what=f"the embedding{context}")
         table = ref.table.weight
         mistakes = {
@@ -568,7 +568,7 @@ def check_unet(student_cls, *, seed: int = 0,
         ref_out = [ref(*[_d(a) for a in args]) for args in calls]
         outs = []
         for k, args in enumerate(calls):
-            out = _modules.output_of(name, report, k)
+            out = output_of(name, report, k)
             outs.append(expect_tensor(name, out, tuple(x.shape), what=f"the output{context}", shape_hints={
                 (B, base, H, H): "the output head maps back to the image's channels: GroupNorm -> SiLU -> conv"}))
         what = ["", " with other steps t", " with other labels y", " with every label 'no class'"]

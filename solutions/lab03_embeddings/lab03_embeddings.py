@@ -444,11 +444,9 @@ checks.check_unet(UNet, seed=41, sizes=((4, (1, 2, 2), 1, 10, 2, 10), (8, (1, 1)
 # pixels change. Training (lab 04) makes these differences mean "draw a 7".
 
 # %%
-from labkit.checks import _modules
-
 Net = UNet if checks.passes(checks.check_unet, UNet, sizes=((8, (1, 2), 1, 4, 4, 12),)) else unet.UNet
 print("running", "your UNet" if Net is UNet else "labkit's unet.UNet (your UNet's check does not pass yet)")
-model = _modules.seeded_weights(Net(CONFIG), seed=0).eval()
+model = checks.seeded_weights(Net(CONFIG), seed=0).eval()  # random weights, the same on every run
 print(f"{sum(p.numel() for p in model.parameters()):,} parameters "
       f"(labkit's: {unet.UNet(CONFIG).num_parameters():,})")
 g = torch.Generator().manual_seed(0)
