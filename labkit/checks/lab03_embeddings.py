@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from labkit import embeddings, unet
 from labkit.checks._modules import expect_loaded, output_of, run_module, seeded_weights, weights_of
-from labkit.checks._common import (call, compare, expect_tensor, fail, generator, max_abs_diff, passed, passes,  # noqa: F401
-                                  spread_steps)
+from labkit.checks._common import (call, compare, expect_tensor, fail, generator, max_abs_diff, passed,
+                                  passes, spread_steps)  # noqa: F401 (passes: for the notebook, checks.passes)
 
 
 def _angles(t: torch.Tensor, dim: int, exponent, max_period: float = 10000.0) -> torch.Tensor:
@@ -214,6 +214,12 @@ def _compare(name, out, ref, mistakes, **kwargs):
         compare(name, out, ref, mistakes(), **kwargs)
 
 
+def _named(table: dict, run):
+    """The named mistakes of ``table`` ({variant: message}) as ``_compare`` takes them: a function that computes
+    ``{message: run({variant})}``."""
+    return lambda: {text: run({key}) for key, text in table.items()}
+
+
 def _d(v):
     return v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
@@ -308,7 +314,8 @@ CONV_BLOCK_MISTAKES = {
 
 def check_conv_block(student_cls, *, seed: int = 0, sizes=((8, 16, 4, 8), (6, 4, 2, 5))) -> None:
     """student_cls(c_in, c_out, groups, dropout=0.0) with forward(x, scale=None, shift=None):
-    GroupNorm -> [FiLM with scale, shift [B, c_in]] -> SiLU -> dropout -> 3x3 conv, x [B, c_in, H, W] -> [B, c_out, H, W].
+    GroupNorm -> [FiLM with scale, shift [B, c_in]] -> SiLU -> dropout -> 3x3 conv,
+    x [B, c_in, H, W] -> [B, c_out, H, W].
 
     sizes: (c_in, c_out, groups, H) per case, with W = H; a case with H = c_in makes a scale broadcast over the
     image's width run without an error, so that mistake is named rather than raised.
@@ -328,9 +335,9 @@ def check_conv_block(student_cls, *, seed: int = 0, sizes=((8, 16, 4, 8), (6, 4,
             out = output_of(name, report, k)
             out = expect_tensor(name, out, (2, c_out, H, H), what=f"the output{context}")
             a64 = [_d(a) for a in args]
-            mistakes = lambda: {text: _block(ref, *a64, v={key}) for key, text in CONV_BLOCK_MISTAKES.items()}  # noqa: E731
             how = "without scale and shift" if k == 0 else "with scale and shift"
-            _compare(name, out, ref(*a64), mistakes, tol=1e-5, context=f"{context} {how}", reference=ref32, args=args)
+            _compare(name, out, ref(*a64), _named(CONV_BLOCK_MISTAKES, lambda v: _block(ref, *a64, v=v)), tol=1e-5,
+                     context=f"{context} {how}", reference=ref32, args=args)
     passed(name, f"{len(sizes)} blocks, seed {seed}")
 
 
@@ -375,8 +382,8 @@ def check_resblock(student_cls, *, seed: int = 0, sizes=((8, 8, 4, 16, 8), (8, 1
             out = output_of(name, report, k)
             out = expect_tensor(name, out, (3, c_out, H, H), what=f"the output{context}")
             a64 = [_d(a) for a in args]
-            mistakes = lambda: {text: _res(ref, *a64, v={key}) for key, text in RES_BLOCK_MISTAKES.items()}  # noqa: E731
-            _compare(name, out, ref(*a64), mistakes, tol=1e-5, context=context, reference=ref32, args=args)
+            _compare(name, out, ref(*a64), _named(RES_BLOCK_MISTAKES, lambda v: _res(ref, *a64, v=v)), tol=1e-5,
+                     context=context, reference=ref32, args=args)
     passed(name, f"{len(sizes)} blocks, seed {seed}")
 
 
@@ -423,7 +430,8 @@ def check_time_embedding(student_cls, *, seed: int = 0, sizes=((16, 32), (8, 12)
         a = _angles(t, base, lambda i: 2 * i)
         pe = embeddings.sinusoidal_embedding(t, base, dtype=torch.float64)
         mistakes = {text: _time_mlp(ref, pe, {key}) for key, text in TIME_MISTAKES.items()}
-        layout = "the sinusoids differ from exercise 1's: use your sinusoidal_embedding(t, base) (check_sinusoidal_embedding)"
+        layout = ("the sinusoids differ from exercise 1's: use your sinusoidal_embedding(t, base) "
+                  "(check_sinusoidal_embedding)")
         mistakes[f"{layout}; here sines and cosines are not interleaved"] = _time_mlp(
             ref, torch.cat([torch.sin(a), torch.cos(a)], dim=1))
         mistakes[f"{layout}; here sin and cos are swapped"] = _time_mlp(ref, _interleave(torch.cos(a), torch.sin(a)))
@@ -574,10 +582,9 @@ def check_unet(student_cls, *, seed: int = 0,
         what = ["", " with other steps t", " with other labels y", " with every label 'no class'"]
         for k, args in enumerate(calls):
             a64 = [_d(a) for a in args]
-            mistakes = lambda: {text: _net(ref, *a64, v={key}) for key, text in UNET_MISTAKES.items()}  # noqa: E731
             try:
-                _compare(name, outs[k], ref_out[k], mistakes, tol=1e-5, context=context + what[k], reference=ref32,
-                         args=args)
+                _compare(name, outs[k], ref_out[k], _named(UNET_MISTAKES, lambda v: _net(ref, *a64, v=v)), tol=1e-5,
+                         context=context + what[k], reference=ref32, args=args)
             except AssertionError as exc:
                 if "known mistake" in str(exc):
                     raise
