@@ -185,8 +185,8 @@ class Down(nn.Module):
     the student's own: block(c_in, c_out, groups, emb_dim, dropout)).
     """
 
-    def __init__(self, c_in: int, c_out: int, n_blocks: int, groups: int, emb_dim: int | None = None,
-                 dropout: float = 0.0, downsample: bool = True, block: type | None = None):
+    def __init__(self, c_in: int, c_out: int, n_blocks: int, groups: int, downsample: bool = True,
+                 emb_dim: int | None = None, dropout: float = 0.0, block: type | None = None):
         super().__init__()
         block = block or ResBlock
         self.blocks = nn.ModuleList([block(c_in if j == 0 else c_out, c_out, groups, emb_dim, dropout)
@@ -244,7 +244,7 @@ class UNet(nn.Module):
 
         n, last = cfg.blocks_per_level, len(chans) - 1
         self.down = nn.ModuleList([
-            Down(chans[i - 1] if i else chans[0], ch, n, cfg.groups, emb_dim, cfg.dropout, downsample=i < last)
+            Down(chans[i - 1] if i else chans[0], ch, n, cfg.groups, i < last, emb_dim, cfg.dropout)
             for i, ch in enumerate(chans)])
         c = chans[-1]
         self.mid1 = ResBlock(c, c, cfg.groups, emb_dim, cfg.dropout)

@@ -120,34 +120,37 @@ def classes(mistake: str | None = None) -> dict:
             return F.silu(out) if m == "act_after_sum" else out
 
     class UNet(nn.Module):
-        def __init__(self, config):
+        def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), blocks_per_level=1, groups=8,
+                     patch=2, num_classes=10):
             super().__init__()
-            self.config = cfg = config
-            chans = [cfg.base_channels * k for k in cfg.channel_mults]
-            n, groups, emb_dim, last = cfg.blocks_per_level, cfg.groups, cfg.emb_dim, len(chans) - 1
-            mid = lambda: ResBlock(chans[-1], chans[-1], groups, emb_dim, cfg.dropout)  # noqa: E731
+            self.patch = patch
+            emb_dim = 4 * base_channels
+            chans = [base_channels * k for k in channel_mults]
+            c_img = in_channels * patch * patch
+            n, last = blocks_per_level, len(chans) - 1
+            mid = lambda: ResBlock(chans[-1], chans[-1], groups, emb_dim)  # noqa: E731
             if m == "unet_mid_first":  # other names, created in another order: labkit's weights cannot go in
                 self.middle1, self.middle2 = mid(), mid()
-            self.time_embed = TimeEmbedding(cfg.base_channels, emb_dim)
-            self.class_embed = ClassEmbedding(cfg.num_classes, emb_dim)
-            self.stem = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
+            self.time_embed = TimeEmbedding(base_channels, emb_dim)
+            self.class_embed = ClassEmbedding(num_classes, emb_dim)
+            self.stem = nn.Conv2d(c_img, chans[0], 3, padding=1)
             self.down = nn.ModuleList([
-                unet.Down(chans[i - 1] if i else chans[0], ch, n, groups, emb_dim, cfg.dropout,
-                          downsample=i < last, block=ResBlock) for i, ch in enumerate(chans)])
+                unet.Down(chans[i - 1] if i else chans[0], ch, n, groups, downsample=i < last, emb_dim=emb_dim,
+                          block=ResBlock) for i, ch in enumerate(chans)])
             if m != "unet_mid_first":
                 self.middle1, self.middle2 = mid(), mid()
             self.up = nn.ModuleList([
-                unet.Up(ch, ch, ch, chans[i - 1] if i else None, n, groups, emb_dim, cfg.dropout, block=ResBlock)
+                unet.Up(ch, ch, ch, chans[i - 1] if i else None, n, groups, emb_dim=emb_dim, block=ResBlock)
                 for i, ch in reversed(list(enumerate(chans)))])
             self.out_norm = nn.GroupNorm(groups, chans[0])
-            self.out = nn.Conv2d(chans[0], cfg.in_channels, 3, padding=1)
+            self.out = nn.Conv2d(chans[0], c_img, 3, padding=1)
 
         def forward(self, x, t, y):
             te, ce = self.time_embed(t), self.class_embed(y)
             emb = {"time_only": te, "class_only": ce, "emb_product": te * ce}.get(m, te + ce)
             if m == "t_ignored":
                 emb = self.time_embed(torch.zeros_like(t)) + ce
-            h = self.stem(x)
+            h = self.stem(F.pixel_unshuffle(x, self.patch))
             skips = []
             for down in self.down:
                 h, skip = down(h, None if m in ("no_down_emb", "last_only") else emb)
@@ -158,7 +161,7 @@ def classes(mistake: str | None = None) -> dict:
                 up_emb = None if m == "last_only" and k < len(self.up) - 1 else emb
                 h = up(h, skips.pop(), up_emb)
             h = h if m == "no_out_norm" else self.out_norm(h)
-            return self.out(F.silu(h))
+            return F.pixel_shuffle(self.out(F.silu(h)), self.patch)
 
     if m in ("no_mid_emb", "last_only"):  # a ResBlock that skips FiLM when it gets no embedding
         forward = ResBlock.forward

@@ -1,7 +1,7 @@
 """The exercises of the labs, read from ``solutions/`` (shared by the tests of the checks).
 
-    EXERCISES                      (lab, function or class name) -> the student's argument names (a class: __init__'s)
-    CLASSES                        the exercises that are classes
+    EXERCISES                      (lab, function name) -> the student's argument names
+    CLASSES                        (lab, class name) -> the constructor's argument names (module exercises)
     test_calls(lab, name)          the visible and hidden test lines of that exercise, as source text
     solution_function(lab, name)   the instructor's solution itself, compiled from the lab's source
 """
@@ -26,17 +26,40 @@ def _exercises() -> dict[tuple[str, str], list[str]]:
         for node in ast.parse(source).body:
             if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, node) or ""):
                 found[(path.stem, node.name)] = [a.arg for a in node.args.args]
-            elif isinstance(node, ast.ClassDef) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, node) or ""):
-                init = [f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
-                found[(path.stem, node.name)] = [a.arg for a in init[0].args.args[1:]] if init else []
-                CLASSES.add((path.stem, node.name))
     return found
 
 
-CLASSES: set[tuple[str, str]] = set()  # the exercises that are classes (lab 03's modules): (lab, name)
-
-
 EXERCISES = _exercises()
+
+
+def _classes() -> dict[tuple[str, str], list[str]]:
+    found = {}
+    for path in sorted(ROOT.glob("solutions/lab*/lab*.py")):
+        source = path.read_text()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.ClassDef) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, node) or ""):
+                init = next(n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+                found[(path.stem, node.name)] = [a.arg for a in init.args.args[1:]]
+    return found
+
+
+CLASSES = _classes()
+
+
+def solution_namespace(lab: str, replace: dict[str, str] | None = None) -> dict:
+    """Every top-level import, function and class of the lab's solution, run in one namespace (the classes
+    use each other and the lab's functions). ``replace``: {text: new text} applied to the source first,
+    to make a plausible wrong answer from the right one."""
+    source = _source(lab)
+    for old, new in (replace or {}).items():
+        assert old in source, f"{lab}: {old!r} is not in the solution"
+        source = source.replace(old, new)
+    tree = ast.parse(source)
+    keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) or (
+        isinstance(n, (ast.FunctionDef, ast.ClassDef)) and "### BEGIN SOLUTION" in (ast.get_source_segment(source, n) or ""))]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), f"solutions/{lab}.py", "exec"), namespace)  # noqa: S102
+    return namespace
 
 
 def test_calls(lab: str, name: str) -> list[str]:
@@ -52,9 +75,6 @@ def solution_function(lab: str, name: str):
     tree = ast.parse(source)
     keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
             or (isinstance(n, ast.FunctionDef) and n.name == name)]
-    if (lab, name) in CLASSES:  # a class uses the lab's other answers (the UNet its ResBlock, ...): all of them
-        keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-                or ((lab, getattr(n, "name", None)) in EXERCISES)]
     namespace: dict = {}
     exec(compile(ast.Module(body=keep, type_ignores=[]), f"solutions/{lab}.py", "exec"), namespace)  # noqa: S102
     return namespace[name]

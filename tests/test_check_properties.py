@@ -78,14 +78,12 @@ VARIANTS = {"as written": lambda f: f, "float32": _cast(torch.float32), "float64
 def test_solution_passes_every_line_on_50_seeds(lab, name, line, variant, capsys):
     if variant in ("float32", "float64", "rounded differently") and _takes_a_model(lab, name):
         pytest.skip("takes a float32 model: its inputs keep the model's dtype (run 'as written')")
-    if variant != "as written" and (lab, name) in solution_code.CLASSES:
-        pytest.skip("a class: the check builds it and loads float32 weights (run 'as written')")
     if variant == "rounded differently" and name in EXACT:
         pytest.skip("copies values without arithmetic: no machine rounds them differently")
     checks = importlib.import_module(f"labkit.checks.{lab}")
     answer = VARIANTS[variant](solution_function(lab, name))
     failures = []
-    for seed in (SEEDS if (lab, name) not in solution_code.CLASSES else SEEDS[:10]):  # a class: whole networks
+    for seed in SEEDS:
         try:
             eval(_with_seed(line, seed), {"checks": checks, name: answer, "torch": torch})  # noqa: S307 (our source)
         except AssertionError as exc:
@@ -99,8 +97,6 @@ def test_solution_passes_every_line_on_50_seeds(lab, name, line, variant, capsys
 
 def _recorded_inputs(lab: str, name: str, line: str) -> list[dict]:
     """The arguments the check passed to the answer, one dict (argument name -> value) per call."""
-    if (lab, name) in solution_code.CLASSES:
-        pytest.skip("a class: the check builds it with its own arguments (tests/test_checks_lab01_03.py)")
     calls = []
     solution = solution_function(lab, name)
     names = EXERCISES[(lab, name)]

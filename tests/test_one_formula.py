@@ -27,11 +27,6 @@ LIBRARY = {
     ("lab03_embeddings", "sinusoidal_embedding"): "labkit.embeddings",
     ("lab03_embeddings", "cosine_similarity"): "labkit.embeddings",
     ("lab03_embeddings", "film"): "labkit.unet",
-    ("lab03_embeddings", "TimeEmbedding"): "labkit.embeddings",
-    ("lab03_embeddings", "ClassEmbedding"): "labkit.embeddings",
-    ("lab03_embeddings", "ConvBlock"): "labkit.unet",
-    ("lab03_embeddings", "ResBlock"): "labkit.unet",
-    ("lab03_embeddings", "UNet"): "labkit.unet",
     ("lab04_training", "noise_prediction_loss"): "labkit.diffusion",
     ("lab04_training", "train_step"): "labkit.training",
     ("lab05_sampling", "p_sample_step"): "labkit.samplers",
@@ -86,11 +81,7 @@ def test_library_function_passes_the_labs_checks(lab, name, capsys):
 
 
 def _spoiled(fn):
-    """fn, but with a wrong result: tensors shifted by 0.25, or (a training step) every weight nudged; a class
-    (a module exercise): the same class with its output shifted by 0.25."""
-    if isinstance(fn, type):
-        return type(fn.__name__, (fn,), {"forward": lambda self, *a, **k: fn.forward(self, *a, **k) + 0.25})
-
+    """fn, but with a wrong result: tensors shifted by 0.25, or (a training step) every weight nudged."""
     def wrong(*args, **kwargs):
         out = fn(*args, **kwargs)
         if isinstance(out, torch.Tensor):
@@ -134,3 +125,52 @@ def test_library_code_calls_the_exercise_functions(monkeypatch):
     loss = diffusion.diffusion_loss(model, x0, y, schedule, generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(diffusion, "noise_prediction_loss", _spoiled(diffusion.noise_prediction_loss))
     assert diffusion.diffusion_loss(model, x0, y, schedule, generator=torch.Generator().manual_seed(0)) != loss
+
+
+# --- the modules the student builds (lab 02): labkit's class is the reference the checks load -------------
+
+CLASS_LIBRARY = {
+    ("lab02_unet", "ConvBlock"): "labkit.unet",
+    ("lab02_unet", "ResBlock"): "labkit.unet",
+    ("lab02_unet", "Down"): "labkit.unet",
+    ("lab02_unet", "Up"): "labkit.unet",
+    ("lab02_unet", "UNet"): "labkit.unet",
+    ("lab03_embeddings", "TimeEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ClassEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ConvBlock"): "labkit.unet",
+    ("lab03_embeddings", "ResBlock"): "labkit.unet",
+    ("lab03_embeddings", "UNet"): "labkit.unet",
+}
+CLASS_CHECKS = {"ConvBlock": "check_conv_block", "ResBlock": "check_res_block", "Down": "check_down", "Up": "check_up",
+                "UNet": "check_unet", "TimeEmbedding": "check_time_embedding", "ClassEmbedding": "check_class_embedding"}
+
+
+def test_every_module_exercise_has_a_library_class():
+    assert set(solution_code.CLASSES) == set(CLASS_LIBRARY)
+
+
+@pytest.mark.parametrize("lab, name", sorted(CLASS_LIBRARY))
+def test_library_class_has_the_students_arguments(lab, name):
+    """labkit's class takes the student's constructor arguments, in order (the U-Net: through the lab's
+    ``labkit_unet``, which maps them onto a UNetConfig)."""
+    student = solution_code.CLASSES[(lab, name)]
+    if name == "UNet":
+        checks = importlib.import_module(f"labkit.checks.{lab}")
+        config = getattr(checks, f"{lab[:5]}_config")  # lab02_config, lab03_config
+        cfg = config(**{a: checks.DEFAULTS[a] for a in student if a in checks.DEFAULTS})
+        assert all(hasattr(cfg, a) for a in student)
+        return
+    params = list(inspect.signature(getattr(importlib.import_module(CLASS_LIBRARY[(lab, name)]), name)).parameters)
+    assert params[:len(student)] == student
+
+
+@pytest.mark.parametrize("lab, name", sorted(CLASS_LIBRARY))
+def test_library_class_passes_the_labs_checks(lab, name, capsys):
+    checks = importlib.import_module(f"labkit.checks.{lab}")
+    answer = checks.labkit_unet if name == "UNet" else getattr(importlib.import_module(CLASS_LIBRARY[(lab, name)]), name)
+    lines = [line.strip() for line in solution_code._source(lab).splitlines()
+             if line.strip().startswith(f"checks.{CLASS_CHECKS[name]}({name}")]
+    assert len(lines) >= 2
+    for line in lines:
+        eval(line, {"checks": checks, name: answer, "torch": torch})  # noqa: S307 (our own source)
+    assert capsys.readouterr().out.count("passed") == len(lines)

@@ -293,7 +293,10 @@ def test_the_exercise_list_matches_the_solutions():
 
     from labkit.course.exercises import LIBRARY_ANSWERS
 
-    assert {(name, module) for (_, name), module in LIBRARY.items()} == set(LIBRARY_ANSWERS.items())
+    from test_one_formula import CLASS_LIBRARY
+
+    pairs = {(name, module) for (_, name), module in {**LIBRARY, **CLASS_LIBRARY}.items()}
+    assert pairs == set(LIBRARY_ANSWERS.items())
 
 
 # --- hidden seeds drawn per graded notebook (issue 23, item 6) ---------------------------------------
@@ -404,6 +407,60 @@ def test_code_too_deep_to_parse_here_is_flagged_not_skipped():
             "before": "q_sample = diffusion" + ".q_sample" * 1 + ".__call__" * 4000}
     notes = static_notes(disguised(spec), _notebook(LAB, "notebooks"))
     assert any("nested too deeply" in n for n in notes), notes
+
+
+# --- module exercises (lab 02): the dynamic review watches classes too ---------------------------------
+
+def _probe_reply(namespace: dict, name: str, request: dict) -> dict:
+    from labkit.course import kernel_side, wire
+
+    return wire.decode_reply(kernel_side.answer(namespace, name, wire.encode_call((request,), {}), "probe"))
+
+
+def _conv_request():
+    import torch
+
+    from labkit import unet
+    from labkit.checks import _modules
+
+    ref = _modules.seeded_weights(unet.ConvBlock(8, 16, 4), 0)
+    return {"init": dict(c_in=8, c_out=16, groups=4), "weights": _modules.weights_of(ref),
+            "calls": [((torch.randn(2, 8, 5, 5),), {})]}
+
+
+def test_the_dynamic_review_sees_a_class_that_borrows_labkits():
+    """A student's ConvBlock that subclasses labkit's (or builds labkit's inside) runs labkit's answer: the
+    probe's reply says so; the instructor's own class runs none of labkit's modules."""
+    import sys
+
+    import torch
+
+    from labkit import unet
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from solution_code import solution_namespace
+
+    class ConvBlock(unet.ConvBlock):  # the copy: same weights, same outputs, labkit's code
+        pass
+
+    class Wrapper(torch.nn.Module):  # the disguise: labkit's block inside a module of the student's
+        def __init__(self, c_in, c_out, groups):
+            super().__init__()
+            self.inner = unet.ConvBlock(c_in, c_out, groups)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    for cls in (ConvBlock, Wrapper):
+        reply = _probe_reply({"ConvBlock": cls}, "ConvBlock", _conv_request())
+        assert reply["status"] == "ok" and reply["result"]["loaded"] in ("names", "order")
+        assert reply["library"]["ran"] == ["labkit.unet.ConvBlock"], reply["library"]
+    own = solution_namespace("lab02_unet")
+    for name in ("ConvBlock", "UNet"):
+        request = _conv_request() if name == "ConvBlock" else {"init": {}, "weights": None,
+                                                               "calls": [((torch.randn(1, 1, 28, 28),), {})]}
+        reply = _probe_reply(own, name, request)
+        assert reply["status"] == "ok" and reply["library"] == {"ran": [], "watched": True}, reply
 
 
 def test_lab03_unet_may_use_the_given_levels_but_not_labkits_network():

@@ -17,6 +17,7 @@ comparison with labkit's module, loaded with the same weights, happens in the ch
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -41,15 +42,39 @@ def probe(cls: Callable, request: Mapping) -> dict:
         if report["loaded"] is None:
             return report
     module.train(bool(request.get("train", False)))
+    levels = request.get("trace") or []
     for args, kwargs in request.get("calls") or []:
         saved = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-        with torch.set_grad_enabled(bool(request.get("grad", False))):
+        with torch.set_grad_enabled(bool(request.get("grad", False))), traced(module, levels) as trace:
             out = module(*args, **dict(kwargs))
         report["outputs"].append(_detached(out))
+        report.setdefault("traces", []).append(trace)
         report["inplace"].append(any(isinstance(a, torch.Tensor) and not torch.equal(a, b)
                                      for a, b in zip(saved, args)))
     report["training"] = module.training
     return report
+
+
+@contextlib.contextmanager
+def traced(module: nn.Module, names: Sequence[str]):
+    """Record ``[[name, output], ...]`` of the submodules ``names`` (e.g. "stem", "down.0"), in the order they
+    ran (the first tensor of a tuple output): where a network's outputs first differ from labkit's."""
+    trace: list = []
+    wanted = dict(module.named_modules())
+    handles = []
+    for name in names[:64]:
+        sub = wanted.get(name)
+        if sub is not None and sub is not module:
+            def hook(_m, _inputs, output, name=name):
+                first = output[0] if isinstance(output, (tuple, list)) and output else output
+                if isinstance(first, torch.Tensor) and len(trace) < 64:
+                    trace.append([name, first.detach().clone()])
+            handles.append(sub.register_forward_hook(hook))
+    try:
+        yield trace
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def load_weights(module: nn.Module, weights: Sequence[tuple[str, torch.Tensor]]) -> str | None:
@@ -86,7 +111,7 @@ def run_module(check: str, student_cls, request: Mapping, *, hints: Mapping[str,
     """Run ``probe`` on the student's class: in this process, or through the grader's channel when
     ``student_cls`` stands for a class in the student's kernel (it then has ``_labkit_probe``)."""
     remote = getattr(type(student_cls), "_labkit_probe", None)
-    if not isinstance(student_cls, type) and remote is None:
+    if not callable(student_cls):
         fail(check, f"expected a class (class ...(nn.Module)), got {type(student_cls).__name__}")
     runner = (lambda r: remote(student_cls, r)) if remote is not None else (lambda r: probe(student_cls, r))
     report = call(check, runner, request, hints=hints)
@@ -167,3 +192,23 @@ def output_of(check: str, report: dict, k: int = 0):
         fail(check, "your forward changed its input in place (x += ..., relu_(), ...): compute new tensors, "
                     "the caller still needs x (the residual adds it back)")
     return outs[k]
+
+
+def first_difference(check: str, trace: list, reference: nn.Module, args: tuple, tol: float) -> str | None:
+    """The first level (in the order the student's network ran them) whose output differs from labkit's
+    module on the same weights and inputs: "down.1 (shape [...] where labkit's is [...])" or "up.0 (values)"."""
+    names = [n for n, _ in trace if isinstance(n, str)]
+    if not names:
+        return None
+    with traced(reference, names) as expected, torch.no_grad():
+        reference(*args)
+    ref = {n: v for n, v in expected}
+    for name, value in trace:
+        want = ref.get(name)
+        if not isinstance(value, torch.Tensor) or want is None:
+            continue
+        if tuple(value.shape) != tuple(want.shape):
+            return f"`{name}` (its output has shape {list(value.shape)}, labkit's {list(want.shape)})"
+        if (value.double() - want.double()).abs().max().item() > tol:
+            return f"`{name}` (same shape {list(value.shape)}, other values)"
+    return None

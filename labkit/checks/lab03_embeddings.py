@@ -9,8 +9,8 @@ for the classes, labkit's module of the same name built with the same arguments 
     check_time_embedding(cls)        TimeEmbedding(base, dim): sinusoids -> Linear -> SiLU -> Linear
     check_class_embedding(cls)       ClassEmbedding(num_classes, dim): a table with a "no class" row
     check_conv_block(cls)            ConvBlock(c_in, c_out, groups): GroupNorm -> [FiLM] -> SiLU -> conv
-    check_resblock(cls)              ResBlock(c_in, c_out, groups, emb_dim): FiLM from the embedding in block2
-    check_unet(cls)                  UNet(UNetConfig(conditional=True, attention=False)): model(x, t, y)
+    check_res_block(cls)              ResBlock(c_in, c_out, groups, emb_dim): FiLM from the embedding in block2
+    check_unet(cls)                  UNet(in_channels, ..., patch, num_classes): lab 02's network, model(x, t, y)
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from labkit import embeddings, unet
-from labkit.checks._modules import expect_loaded, output_of, run_module, seeded_weights, weights_of
-from labkit.checks._common import (call, compare, expect_tensor, fail, generator, max_abs_diff, passed,
-                                  passes, spread_steps)  # noqa: F401 (passes: for the notebook, checks.passes)
+from labkit.checks._modules import (expect_loaded, first_difference, output_of, run_module, seeded_weights,
+                                   weights_of)
+from labkit.checks._common import (call, compare, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
+                                  yours_or_labkit)  # noqa: F401 (yours_or_labkit: for the notebook)
 
 
 def _angles(t: torch.Tensor, dim: int, exponent, max_period: float = 10000.0) -> torch.Tensor:
@@ -186,16 +187,16 @@ def _reference(cls, init: dict, seed: int):
     """labkit's module built with ``init`` and seeded weights: (float32 module, float64 copy, weights)."""
     import copy
 
-    ref32 = seeded_weights(cls(**init), seed).eval()
+    ref32 = seeded_weights(cls(**init), seed).eval()  # cls: a class, or labkit_unet
     return ref32, copy.deepcopy(ref32).double(), weights_of(ref32)
 
 
 def _run(name: str, student_cls, init: dict, weights, calls, hints=None, param_hints=(), missing_hints=(),
-         context=""):
+         context="", trace=()):
     """Build, load and run the student's class (``_modules.run_module``); fail when labkit's weights do not fit.
     A hint of ``param_hints`` speaks when the student's module has that shape and labkit's has not; one of
     ``missing_hints`` when labkit's has it and the student's has not."""
-    request = {"init": init, "weights": weights, "calls": [(list(a), {}) for a in calls]}
+    request = {"init": init, "weights": weights, "calls": [(list(a), {}) for a in calls], "trace": list(trace)}
     report = run_module(name, student_cls, request, hints={"must match the size": _BROADCAST, **(hints or {})})
     found = {tuple(s) for _, s in report.get("params") or []}
     expected = {tuple(w.shape) for _, w in weights}
@@ -353,7 +354,7 @@ RES_BLOCK_MISTAKES = {
 }
 
 
-def check_resblock(student_cls, *, seed: int = 0, sizes=((8, 8, 4, 16, 8), (8, 16, 4, 24, 5))) -> None:
+def check_res_block(student_cls, *, seed: int = 0, sizes=((8, 8, 4, 16, 8), (8, 16, 4, 24, 5))) -> None:
     """student_cls(c_in, c_out, groups, emb_dim, dropout=0.0) with forward(x, emb): block1, then block2 with
     (scale, shift) = Linear(SiLU(emb)) split in two, plus the shortcut of x.
     x [B, c_in, H, W], emb [B, emb_dim] -> [B, c_out, H, W].
@@ -361,7 +362,7 @@ def check_resblock(student_cls, *, seed: int = 0, sizes=((8, 8, 4, 16, 8), (8, 1
     sizes: (c_in, c_out, groups, emb_dim, H) per case; one with c_in = c_out (no shortcut conv, and FiLM in the
     wrong block runs), one with H = c_out (a scale broadcast over the width runs).
     """
-    name = "check_resblock"
+    name = "check_res_block"
     g = generator(seed)
     for c_in, c_out, groups, emb_dim, H in sizes:
         init = {"c_in": c_in, "c_out": c_out, "groups": groups, "emb_dim": emb_dim}
@@ -496,7 +497,8 @@ def _net(net, x, t, y, v=frozenset()):
             return part == "up" and k == last
         return True
 
-    h = net.stem(x)
+    p = net.config.patch
+    h = net.stem(F.pixel_unshuffle(x, p) if p > 1 else x)
     skips = []
     for down in net.down:
         for block in down.blocks:
@@ -511,7 +513,8 @@ def _net(net, x, t, y, v=frozenset()):
             h = _res(block, h, emb if gets("up", k) else None, v)
         h = up.to_next(h)
     h = h if "no_out_norm" in v else net.out_norm(h)
-    return net.out(h if "no_out_act" in v else F.silu(h))
+    h = net.out(h if "no_out_act" in v else F.silu(h))
+    return F.pixel_shuffle(h, p) if p > 1 else h
 
 
 def _behaviour(name: str, outs: list, context: str) -> None:
@@ -540,39 +543,61 @@ UNET_MISTAKES = {
 }
 
 
-def check_unet(student_cls, *, seed: int = 0,
-               sizes=((8, (1, 2), 1, 4, 4, 12), (8, (1, 2, 2), 2, 10, 4, 14))) -> None:
-    """student_cls(config: unet.UNetConfig) with forward(x [B, C, H, W], t int64 [B], y int64 [B]) -> [B, C, H, W]:
-    labkit's conditioned UNet without attention (``UNetConfig(conditional=True, attention=False)``), its
-    parameters created in the same order (or with the same names).
+DEFAULTS = dict(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), blocks_per_level=1, groups=8, patch=2,
+                num_classes=10)
+_LEVELS = ("time_embed", "class_embed", "stem", *(f"down.{i}" for i in range(6)), "mid1", "mid2",
+           *(f"up.{i}" for i in range(6)), "out_norm", "out")
 
-    sizes: (base_channels, channel_mults, blocks_per_level, num_classes, groups, image size) per case. The
-    network runs four times: on (x, t, y), with other steps, with other labels, and with every label
-    "no class" (y = num_classes); the output must change with t and with y.
+
+def lab03_config(**overrides) -> unet.UNetConfig:
+    """labkit's configuration of lab 03's network (lab 02's, plus the embeddings; no attention) for the
+    student's ``UNet(...)`` arguments."""
+    return unet.UNetConfig(**{**DEFAULTS, **overrides}, conditional=True, attention=False)
+
+
+def labkit_unet(**kwargs) -> unet.UNet:
+    """labkit's version of lab 03's network, built from the same arguments (and defaults) as the student's."""
+    return unet.UNet(lab03_config(**kwargs))
+
+
+def check_unet(student_cls, *, seed: int = 0,
+               cases=(dict(base_channels=8, channel_mults=(1, 2), groups=4, num_classes=4, patch=1),
+                      dict(base_channels=8, channel_mults=(1, 2, 2), blocks_per_level=2, groups=4)),
+               sizes=(12, 28)) -> None:
+    """UNet(in_channels, base_channels, channel_mults, blocks_per_level, groups, patch, num_classes): lab 02's network
+    with forward(x [B, C, H, W], t int64 [B], y int64 [B]) -> [B, C, H, W] and emb = time_embed(t) + class_embed(y)
+    passed into every residual block. Compared with ``labkit_unet(...)`` (labkit's UNet, conditional, no attention),
+    its parameters created in the same order (or with the same names).
+
+    cases: the constructor's arguments (over ``DEFAULTS``), one per image size in ``sizes``. The network runs four
+    times: on (x, t, y), with other steps, with other labels, and with every label "no class" (y = num_classes);
+    the output must change with t and with y.
     """
     name = "check_unet"
     g = generator(seed)
-    for base, mults, n, K, groups, H in sizes:
-        cfg = unet.UNetConfig(in_channels=1, base_channels=base, channel_mults=tuple(mults), blocks_per_level=n,
-                              num_classes=K, groups=groups, attention=False, conditional=True)
-        ref32, ref, weights = _reference(unet.UNet, {"config": cfg}, seed)
+    for over, H in zip(cases, sizes):
+        init = {**DEFAULTS, **over}
+        cfg = lab03_config(**over)
+        K, base = cfg.num_classes, cfg.base_channels
+        ref32, ref, weights = _reference(labkit_unet, over, seed)
         B = 4
-        x = torch.randn(B, 1, H, H, generator=g)
+        x = torch.randn(B, cfg.in_channels, H, H, generator=g)
         t = spread_steps(B, 1000, g)
         t_other = (t + torch.randint(100, 900, (B,), generator=g)) % 1000
         y = torch.randint(0, K, (B,), generator=g)
         y[0] = K  # one image without a class
         y_other = (y + torch.randint(1, K + 1, (B,), generator=g)) % (K + 1)
         calls = [(x, t, y), (x, t_other, y), (x, t, y_other), (x, t, torch.full_like(y, K))]
-        context = (f" for UNet(UNetConfig(base_channels={base}, channel_mults={tuple(mults)}, blocks_per_level={n}, "
-                   f"num_classes={K}, groups={groups}, attention=False))")
-        report = _run(name, student_cls, {"config": cfg}, weights, calls, context=context, hints={
+        context = f" for UNet({', '.join(f'{a}={v}' for a, v in init.items())})"
+        report = _run(name, student_cls, init, weights, calls, trace=_LEVELS, context=context, hints={
             "silu(): argument": _NO_EMB, "NoneType": _NO_EMB,
             "out of range in self": "an embedding table was indexed out of range: the class embedding takes y "
-                                    "(0..num_classes, num_classes = no class), the time embedding takes t"},
+                                    "(0..num_classes, num_classes = no class), the time embedding takes t",
+            "expected input": "a layer got another channel count than it was built for: compare your shapes with "
+                              "the table, level by level (the deepest up level takes the skip saved last)"},
             param_hints=[((K, cfg.emb_dim), "the class table needs num_classes + 1 rows (the last: 'no class')"),
-                         ((base, base), "the embeddings have config.emb_dim (4 * base_channels) columns, and "
-                                        "every block projects from emb_dim")])
+                         ((base, base), "the embeddings have 4 * base_channels columns, and every block projects "
+                                        "from that size")])
         ref_out = [ref(*[_d(a) for a in args]) for args in calls]
         outs = []
         for k, args in enumerate(calls):
@@ -589,6 +614,8 @@ def check_unet(student_cls, *, seed: int = 0,
                 if "known mistake" in str(exc):
                     raise
                 _behaviour(name, outs, context)  # a plainer message first, where one applies
-                raise type(exc)(f"{exc}\n  hint: {_FIRST}") from None
+                where = first_difference(name, (report.get("traces") or [[]] * 4)[k], ref32, args, tol=1e-4)
+                at = f"\n  your network first differs from labkit's at {where}: look there first" if where else ""
+                raise type(exc)(f"{exc}{at}\n  hint: {_FIRST}") from None
         _behaviour(name, outs, context)
-    passed(name, f"{len(sizes)} networks, 4 inputs each, seed {seed}")
+    passed(name, f"{len(cases)} networks, 4 inputs each, seed {seed}")

@@ -349,27 +349,27 @@ class ResBlock(nn.Module):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_ResBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false}
-checks.check_resblock(ResBlock)
+checks.check_res_block(ResBlock)
 ### BEGIN HIDDEN TESTS
-checks.check_resblock(ResBlock, seed=37, sizes=((16, 8, 8, 64, 7), (4, 4, 2, 8, 4)))
+checks.check_res_block(ResBlock, seed=37, sizes=((16, 8, 8, 64, 7), (4, 4, 2, 8, 4)))
 ### END HIDDEN TESTS
 
 # %% [markdown]
 # ## 8. Your conditioned U-Net
 #
 # Assemble the network as in lab 02, and tell it $t$ and $y$: one embedding per image,
-# `emb = time_embed(t) + class_embed(y)` (`[B, emb_dim]`, `emb_dim = config.emb_dim`, four times `base_channels`,
-# with `base_channels` columns of sinusoids), passed into **every** residual block.
+# `emb = time_embed(t) + class_embed(y)` (`[B, emb_dim]` with `emb_dim = 4 * base_channels`, from `base_channels`
+# columns of sinusoids), passed into **every** residual block.
 #
-# The levels are labkit's `unet.Down` and `unet.Up`, the same as your lab 02 classes, with one more argument:
-# `block=ResBlock` makes them out of *your* residual block. Their `forward` takes `emb` as the last argument and
-# hands it to each block. No attention layer (`config.attention` is False) and no patches (`config.patch` is 1).
-# The parameter table of labkit's network, to create yours in the same order (or with the same names):
+# The levels are labkit's `unet.Down` and `unet.Up`, the same as your lab 02 classes, with two more arguments:
+# `emb_dim`, and `block=ResBlock`, which makes them out of *your* residual block. Their `forward` takes `emb` as
+# the last argument and hands it to each block. The parameter table of labkit's network, to create yours in the
+# same order (or with the same names):
 
 # %%
-CONFIG = unet.UNetConfig(base_channels=32, channel_mults=(1, 2), blocks_per_level=2, attention=False)
+SIZES = dict(base_channels=32, channel_mults=(1, 2), blocks_per_level=2)  # (the other arguments: their defaults)
 rows = {}  # layer -> [(parameter name, shape)]; a residual block is one row
-for name, p in unet.UNet(CONFIG).named_parameters():
+for name, p in checks.labkit_unet(**SIZES).named_parameters():
     block = re.match(r"(.*blocks\.\d+|mid\d)\.", name)
     rows.setdefault(block.group(1) if block else name.rsplit(".", 1)[0], []).append((name, list(p.shape)))
 for layer, params in rows.items():
@@ -381,57 +381,61 @@ for layer, params in rows.items():
 
 # %% [markdown]
 # ### Exercise 8 (3 points)
-# Write `UNet(config)` with `forward(x, t, y)`: `x` `[B, C, H, W]`, `t` and `y` int64 `[B]` → `[B, C, H, W]`. In
-# order: `time_embed`, `class_embed`, `stem` (3x3 conv to level 0's channels), `down` (one `unet.Down` per level;
-# the last keeps its size), `mid1`, `mid2` (your `ResBlock`s), `up` (one `unet.Up` per level, from the smallest
-# back to level 0; the last has no final conv), `out_norm`, `out` (GroupNorm, SiLU, 3x3 conv back to `C`).
+# Write `UNet(in_channels, base_channels, channel_mults, blocks_per_level, groups, patch, num_classes)` with
+# `forward(x, t, y)`: `x` `[B, C, H, W]`, `t` and `y` int64 `[B]` → `[B, C, H, W]`. Your lab 02 network (with
+# its pixel-unshuffle and pixel-shuffle, without the `skips` switch), and in this order: `time_embed`,
+# `class_embed`, `stem`, `down` (one `unet.Down` per level; the last keeps its size), `mid1`, `mid2` (your
+# `ResBlock`s), `up` (one `unet.Up` per level, from the deepest back to level 0; the last has no final conv),
+# `out_norm`, `out`.
 # Your network is made of your `TimeEmbedding`, `ClassEmbedding` and `ResBlock`: their checks should pass first.
 
 # %% nbgrader={"grade": false, "grade_id": "UNet", "locked": false, "schema_version": 3, "solution": true}
 class UNet(nn.Module):
-    """model(x [B, C, H, W], t int64 [B], y int64 [B]) -> eps_hat [B, C, H, W]; config: a unet.UNetConfig."""
+    """model(x [B, in_channels, H, W], t int64 [B], y int64 [B]) -> eps_hat [B, in_channels, H, W]."""
 
-    def __init__(self, config):
+    def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), blocks_per_level=1, groups=8,
+                 patch=2, num_classes=10):
         super().__init__()
-        self.config = cfg = config
-        chans = [cfg.base_channels * m for m in cfg.channel_mults]  # channels of each level
-        n, groups, emb_dim, last = cfg.blocks_per_level, cfg.groups, cfg.emb_dim, len(chans) - 1
+        self.patch = patch
+        emb_dim = 4 * base_channels
         ### BEGIN SOLUTION
-        self.time_embed = TimeEmbedding(cfg.base_channels, emb_dim)
-        self.class_embed = ClassEmbedding(cfg.num_classes, emb_dim)
-        self.stem = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
-        self.down = nn.ModuleList([
-            unet.Down(chans[i - 1] if i else chans[0], ch, n, groups, emb_dim, cfg.dropout, downsample=i < last,
-                      block=ResBlock)
-            for i, ch in enumerate(chans)])
-        self.mid1 = ResBlock(chans[-1], chans[-1], groups, emb_dim, cfg.dropout)
-        self.mid2 = ResBlock(chans[-1], chans[-1], groups, emb_dim, cfg.dropout)
-        self.up = nn.ModuleList([
-            unet.Up(ch, ch, ch, chans[i - 1] if i else None, n, groups, emb_dim, cfg.dropout, block=ResBlock)
-            for i, ch in reversed(list(enumerate(chans)))])
+        chans = [base_channels * m for m in channel_mults]
+        c_img = in_channels * patch * patch
+        n, last = blocks_per_level, len(chans) - 1
+        self.time_embed = TimeEmbedding(base_channels, emb_dim)
+        self.class_embed = ClassEmbedding(num_classes, emb_dim)
+        self.stem = nn.Conv2d(c_img, chans[0], 3, padding=1)
+        self.down = nn.ModuleList([unet.Down(chans[i - 1] if i else chans[0], c, n, groups, downsample=i < last,
+                                             emb_dim=emb_dim, block=ResBlock) for i, c in enumerate(chans)])
+        self.mid1 = ResBlock(chans[-1], chans[-1], groups, emb_dim)
+        self.mid2 = ResBlock(chans[-1], chans[-1], groups, emb_dim)
+        self.up = nn.ModuleList([unet.Up(c, c, c, chans[i - 1] if i else None, n, groups, emb_dim=emb_dim,
+                                         block=ResBlock) for i, c in reversed(list(enumerate(chans)))])
         self.out_norm = nn.GroupNorm(groups, chans[0])
-        self.out = nn.Conv2d(chans[0], cfg.in_channels, 3, padding=1)
+        self.out = nn.Conv2d(chans[0], c_img, 3, padding=1)
         ### END SOLUTION
 
     def forward(self, x, t, y):
         ### BEGIN SOLUTION
-        emb = self.time_embed(t) + self.class_embed(y)  # [B, emb_dim]
-        h = self.stem(x)
-        skips = []
+        emb = self.time_embed(t) + self.class_embed(y)  # [B, emb_dim]: one vector per image
+        h = self.stem(F.pixel_unshuffle(x, self.patch))
+        saved = []
         for down in self.down:
             h, skip = down(h, emb)
-            skips.append(skip)
+            saved.append(skip)
         h = self.mid2(self.mid1(h, emb), emb)
         for up in self.up:
-            h = up(h, skips.pop(), emb)  # the last skip saved is the first one used
-        return self.out(F.silu(self.out_norm(h)))
+            h = up(h, saved.pop(), emb)  # the last skip saved is the first one used
+        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), self.patch)
         ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_UNet", "locked": true, "points": 3, "schema_version": 3, "solution": false}
 checks.check_unet(UNet)
 ### BEGIN HIDDEN TESTS
-checks.check_unet(UNet, seed=41, sizes=((4, (1, 2, 2), 1, 10, 2, 10), (8, (1, 1), 2, 3, 8, 8)))
+checks.check_unet(UNet, seed=41, cases=(dict(base_channels=4, channel_mults=(1, 2, 2), groups=2, patch=1),
+                                        dict(base_channels=8, channel_mults=(1, 1), blocks_per_level=2, num_classes=3)),
+                  sizes=(10, 8))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -444,11 +448,11 @@ checks.check_unet(UNet, seed=41, sizes=((4, (1, 2, 2), 1, 10, 2, 10), (8, (1, 1)
 # pixels change. Training (lab 04) makes these differences mean "draw a 7".
 
 # %%
-Net = UNet if checks.passes(checks.check_unet, UNet, sizes=((8, (1, 2), 1, 4, 4, 12),)) else unet.UNet
-print("running", "your UNet" if Net is UNet else "labkit's unet.UNet (your UNet's check does not pass yet)")
-model = checks.seeded_weights(Net(CONFIG), seed=0).eval()  # random weights, the same on every run
+Net = checks.yours_or_labkit(lambda cls: checks.check_unet(cls, cases=(dict(base_channels=8, groups=4),), sizes=(16,)),
+                             UNet, checks.labkit_unet, "UNet")
+model = checks.seeded_weights(Net(**SIZES), seed=0).eval()  # random weights, the same on every run
 print(f"{sum(p.numel() for p in model.parameters()):,} parameters "
-      f"(labkit's: {unet.UNet(CONFIG).num_parameters():,})")
+      f"(labkit's: {checks.labkit_unet(**SIZES).num_parameters():,})")
 g = torch.Generator().manual_seed(0)
 x_t = torch.randn(1, 1, 28, 28, generator=g).repeat(11, 1, 1, 1)  # one image, 11 times
 labels = torch.arange(11)  # 0..9, then 10 = "no class"
