@@ -433,9 +433,7 @@ class UNet(nn.Module):
 # %% nbgrader={"grade": true, "grade_id": "test_UNet", "locked": true, "points": 3, "schema_version": 3, "solution": false}
 checks.check_unet(UNet)
 ### BEGIN HIDDEN TESTS
-checks.check_unet(UNet, seed=41, cases=(dict(base_channels=4, channel_mults=(1, 2, 2), groups=2, patch=1),
-                                        dict(base_channels=8, channel_mults=(1, 1), blocks_per_level=2, num_classes=3)),
-                  sizes=(10, 8))
+checks.check_unet(UNet, seed=41, cases=(dict(base_channels=4, groups=2, patch=1), dict(base_channels=8, channel_mults=(1, 1), blocks_per_level=2, num_classes=3)), sizes=(10, 8))
 ### END HIDDEN TESTS
 
 # %% [markdown]
