@@ -39,7 +39,14 @@ class CheckFailed(AssertionError):
     traceback through this module. nbgrader still sees an error (ename ``CheckFailed``, the message as
     evalue) and scores the test cell 0. While a student works (not under nbgrader),
     ``labkit.runall`` shows the same message without failing the cell, so Run All goes on.
+
+    As data (what the grader records per test cell, for the class report): ``check`` names the check and
+    ``mistake`` the catalogue entry the answer matched, when it matched one.
     """
+
+    def __init__(self, message: str = "", *, check: str | None = None, mistake: str | None = None):
+        super().__init__(message)
+        self.check, self.mistake = check, mistake
 
     def friendly(self, color: bool = True) -> str:
         """The message a student reads: ``✘ check: what went wrong`` (+ where in their code)."""
@@ -78,8 +85,8 @@ def _student_line(exc: BaseException | None) -> str | None:
     return found
 
 
-def fail(check: str, message: str) -> None:
-    raise CheckFailed(f"{check}: {message}")
+def fail(check: str, message: str, *, mistake: str | None = None) -> None:
+    raise CheckFailed(f"{check}: {message}", check=check, mistake=mistake)
 
 
 def passed(check: str, detail: str) -> None:
@@ -139,7 +146,7 @@ def call(check: str, fn: Callable, *args, names: Sequence[str] | None = None,
         message = f"your function raised {text}"
         if hint:
             message += f"\n  hint: {hint}"
-        raise CheckFailed(f"{check}: {message}") from exc
+        raise CheckFailed(f"{check}: {message}", check=check) from exc
     if out is NotImplemented:
         fail(check, "not implemented yet: replace `raise NotImplementedError()` with your code and run the cell again")
     for k, (before, after) in enumerate(zip(saved, args)):
@@ -282,7 +289,7 @@ def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[
         if d <= 1.0 and d < best:
             best, best_name = d, name
     if best_name is not None:
-        fail(check, f"wrong values{context}. This looks like a known mistake: {best_name}")
+        fail(check, f"wrong values{context}. This looks like a known mistake: {best_name}", mistake=best_name)
     from labkit.checks._families import describe
 
     fail(check, f"wrong values{context}. " + describe(out, ref, tol, relative=relative, where=where))

@@ -187,7 +187,7 @@ def expect_loaded(check: str, report: dict, expected: list, context: str = "", h
 def output_of(check: str, report: dict, k: int = 0):
     outs = report.get("outputs") or []
     if k >= len(outs):
-        raise CheckFailed(f"{check}: the module returned nothing for input {k + 1}")
+        raise CheckFailed(f"{check}: the module returned nothing for input {k + 1}", check=check)
     if (report.get("inplace") or [False] * len(outs))[k]:
         fail(check, "your forward changed its input in place (x += ..., relu_(), ...): compute new tensors, "
                     "the caller still needs x (the residual adds it back)")

@@ -264,7 +264,8 @@ def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, con
             where = _modules.first_difference(name, (report.get("traces") or [[]])[0], ref32, inputs, tol=1e-4)
             if where is None:
                 raise
-            raise CheckFailed(f"{exc}\n  your network first differs from labkit's at {where}: look there first") from None
+            raise CheckFailed(f"{exc}\n  your network first differs from labkit's at {where}: look there first",
+                              check=name, mistake=exc.mistake) from None
     if mine != count:  # (loaded by order but with other sizes cannot happen: shapes were compared)
         _modules.fail(name, f"your module has {mine:,} parameters, the table {count:,}{context}")
     return report
