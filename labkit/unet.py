@@ -181,13 +181,15 @@ class Down(nn.Module):
 
     h: [B, c_in, H, W] -> (the next level's input [B, c_out, ceil(H/2), ceil(W/2)], the skip [B, c_out, H, W]).
     The skip is the level's output *before* down-sampling: the full-resolution detail its up level needs.
-    downsample=False (the last level) keeps the resolution.
+    downsample=False (the last level) keeps the resolution. block: the residual block class (lab 03 passes
+    the student's own: block(c_in, c_out, groups, emb_dim, dropout)).
     """
 
     def __init__(self, c_in: int, c_out: int, n_blocks: int, groups: int, downsample: bool = True,
-                 emb_dim: int | None = None, dropout: float = 0.0):
+                 emb_dim: int | None = None, dropout: float = 0.0, block: type | None = None):
         super().__init__()
-        self.blocks = nn.ModuleList([ResBlock(c_in if j == 0 else c_out, c_out, groups, emb_dim, dropout)
+        block = block or ResBlock
+        self.blocks = nn.ModuleList([block(c_in if j == 0 else c_out, c_out, groups, emb_dim, dropout)
                                      for j in range(n_blocks)])
         self.downsample = nn.Conv2d(c_out, c_out, 3, stride=2, padding=1) if downsample else nn.Identity()
 
@@ -203,15 +205,16 @@ class Up(nn.Module):
 
     h: [B, c_in, h, w], skip: [B, c_skip, H, W] -> [B, c_next, H, W].
     skips=False drops the skip's channels (the ablation) but still uses its size.
-    c_next=None (the last level) keeps c_out channels and skips the final conv.
+    c_next=None (the last level) keeps c_out channels and skips the final conv. block: as in ``Down``.
     """
 
     def __init__(self, c_in: int, c_skip: int, c_out: int, c_next: int | None, n_blocks: int, groups: int,
-                 emb_dim: int | None = None, dropout: float = 0.0, skips: bool = True):
+                 emb_dim: int | None = None, dropout: float = 0.0, skips: bool = True, block: type | None = None):
         super().__init__()
         self.skips = skips
+        block = block or ResBlock
         first = c_in + (c_skip if skips else 0)  # concatenation adds the skip's channels
-        self.blocks = nn.ModuleList([ResBlock(first if j == 0 else c_out, c_out, groups, emb_dim, dropout)
+        self.blocks = nn.ModuleList([block(first if j == 0 else c_out, c_out, groups, emb_dim, dropout)
                                      for j in range(n_blocks)])
         self.to_next = nn.Conv2d(c_out, c_next, 3, padding=1) if c_next is not None else nn.Identity()
 

@@ -577,6 +577,16 @@ LAB09_SPEED = [
      "last good-enough"),
 ]
 
+def _lab03_class(name: str, mistake: str):
+    import lab03_modules
+
+    return lab03_modules.classes(mistake)[name]
+
+
+LAB03_CLASSES = {}  # lab 03's classes (module exercises): each with one mistake, as tests/lab03_modules.py writes them
+for _mistake, (_name, _phrase) in __import__("lab03_modules").MISTAKES.items():
+    LAB03_CLASSES.setdefault(_name, []).append((_mistake.replace("_", " "), _lab03_class(_name, _mistake), _phrase))
+
 SUITE = {
     ("lab00_setup", "to_unit_range"): LAB00,
     ("lab01_forward", "alpha_bars_from_betas"): LAB01_ALPHA,
@@ -587,6 +597,7 @@ SUITE = {
     ("lab03_embeddings", "sinusoidal_embedding"): LAB03_PE,
     ("lab03_embeddings", "cosine_similarity"): LAB03_COS,
     ("lab03_embeddings", "film"): LAB03_FILM,
+    **{("lab03_embeddings", name): wrongs for name, wrongs in LAB03_CLASSES.items()},
     ("lab04_training", "noise_prediction_loss"): LAB04_LOSS,
     ("lab04_training", "train_step"): LAB04_STEP,
     ("lab05_sampling", "p_sample_step"): LAB05,
@@ -608,8 +619,11 @@ SUITE = {
 
 def _rounded_differently(fn):
     """The same wrong answer with its float result moved by up to 4 float32 rounding steps per entry (what
-    another CPU's kernels may do): the message must not change with the machine."""
+    another CPU's kernels may do): the message must not change with the machine. A class: its forward's."""
     eps = torch.finfo(torch.float32).eps
+    if isinstance(fn, type):  # a module exercise: the same class, its output rounded differently
+        rounded = _rounded_differently(fn.forward)
+        return type(fn.__name__, (fn,), {"forward": lambda self, *a, **k: rounded(self, *a, **k)})
 
     def run(*args, **kwargs):
         g = torch.Generator().manual_seed(7)  # the same rounding on every call: a machine is deterministic

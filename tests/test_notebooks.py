@@ -215,3 +215,13 @@ def test_feedback_says_which_points_are_not_graded_yet(graded):
     tests = re.findall(r"Test cell \(Score: ([^)]*)\)", text)
     assert tests and all(re.fullmatch(r"[\d.]+ / [\d.]+", t) and t.split(" / ")[0] == t.split(" / ")[1]
                          for t in tests), tests
+
+
+def test_lab03_demo_runs_the_students_network_only_where_its_check_passes(graded):
+    """Lab 03's last cells run the student's conditioned UNet when check_unet passes, else labkit's, and say which."""
+    _, out = graded
+    lab = "lab03_embeddings"
+    said = {who: "".join(o.get("text", "") for c in _autograded(out, who, lab).cells for o in c.get("outputs", [])
+                         if o.get("output_type") == "stream") for who in ("solution", "blank")}
+    assert "using your UNet" in said["solution"] and "using labkit's UNet" not in said["solution"]
+    assert "using labkit's UNet (yours does not pass its check yet" in said["blank"]

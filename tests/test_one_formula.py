@@ -135,9 +135,14 @@ CLASS_LIBRARY = {
     ("lab02_unet", "Down"): "labkit.unet",
     ("lab02_unet", "Up"): "labkit.unet",
     ("lab02_unet", "UNet"): "labkit.unet",
+    ("lab03_embeddings", "TimeEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ClassEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ConvBlock"): "labkit.unet",
+    ("lab03_embeddings", "ResBlock"): "labkit.unet",
+    ("lab03_embeddings", "UNet"): "labkit.unet",
 }
 CLASS_CHECKS = {"ConvBlock": "check_conv_block", "ResBlock": "check_res_block", "Down": "check_down", "Up": "check_up",
-                "UNet": "check_unet"}
+                "UNet": "check_unet", "TimeEmbedding": "check_time_embedding", "ClassEmbedding": "check_class_embedding"}
 
 
 def test_every_module_exercise_has_a_library_class():
@@ -151,7 +156,8 @@ def test_library_class_has_the_students_arguments(lab, name):
     student = solution_code.CLASSES[(lab, name)]
     if name == "UNet":
         checks = importlib.import_module(f"labkit.checks.{lab}")
-        cfg = checks.lab02_config(**{a: checks.DEFAULTS[a] for a in student if a in checks.DEFAULTS})
+        config = getattr(checks, f"{lab[:5]}_config")  # lab02_config, lab03_config
+        cfg = config(**{a: checks.DEFAULTS[a] for a in student if a in checks.DEFAULTS})
         assert all(hasattr(cfg, a) for a in student)
         return
     params = list(inspect.signature(getattr(importlib.import_module(CLASS_LIBRARY[(lab, name)]), name)).parameters)

@@ -337,7 +337,8 @@ def test_a_correct_answer_passes_the_hidden_tests_on_drawn_seeds(capsys):
     lines = 0
     for lab, gid, source in _hidden_test_cells():
         checks = importlib.import_module(f"labkit.checks.{lab}")
-        names = {n: getattr(importlib.import_module(m), n) for n, m in LIBRARY_ANSWERS.items()}
+        names = {n: getattr(checks, f"labkit_{n.lower()}", None) or getattr(importlib.import_module(m), n)
+                 for n, m in LIBRARY_ANSWERS.items()}  # labkit_unet: labkit's network from the student's arguments
         for run in ("first", "second"):
             hidden = reseed_hidden_tests(source, b"k" * 64, run, gid, passes_with_library(checks))
             hidden = hidden.split("### BEGIN HIDDEN TESTS")[1]
@@ -461,3 +462,19 @@ def test_the_dynamic_review_sees_a_class_that_borrows_labkits():
                                                                "calls": [((torch.randn(1, 1, 28, 28),), {})]}
         reply = _probe_reply(own, name, request)
         assert reply["status"] == "ok" and reply["library"] == {"ran": [], "watched": True}, reply
+
+
+def test_lab03_unet_may_use_the_given_levels_but_not_labkits_network():
+    """Lab 03's UNet is given labkit's Down and Up (exercises.GIVEN): not flagged; labkit's UNet or ResBlock is.
+    A class's super().__init__() does not carry labkit from one class to the next."""
+    lab = "lab03_embeddings"
+    release, solution = _notebook(lab, "notebooks"), _notebook(lab, "solutions")
+    assert static_notes(solution, release) == []
+    answer = next(c for c in solution.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "UNet")
+    for wrong, phrase in [("class UNet(unet.UNet):\n    pass\n", "labkit.unet.UNet"),
+                          (answer.source.replace("self.mid1 = ResBlock(", "self.mid1 = unet.ResBlock("),
+                           "labkit.unet.ResBlock")]:
+        nb = copy.deepcopy(solution)
+        next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "UNet").source = wrong
+        notes = static_notes(nb, release)
+        assert len(notes) == 1 and "cell" in notes[0] and "(UNet)" in notes[0] and phrase in notes[0], notes

@@ -18,6 +18,11 @@ LIBRARY_ANSWERS = {
     "sinusoidal_embedding": "labkit.embeddings",
     "cosine_similarity": "labkit.embeddings",
     "film": "labkit.unet",
+    "TimeEmbedding": "labkit.embeddings",
+    "ClassEmbedding": "labkit.embeddings",
+    "ConvBlock": "labkit.unet",
+    "ResBlock": "labkit.unet",
+    "UNet": "labkit.unet",
     "noise_prediction_loss": "labkit.diffusion",
     "train_step": "labkit.training",
     "p_sample_step": "labkit.samplers",
@@ -31,4 +36,10 @@ LIBRARY_ANSWERS = {
     "relative_clip_score": "labkit.evaluation.measures",
     "within_class_diversity": "labkit.evaluation.measures",
     "speedup_at_quality": "labkit.evaluation.measures",
+}
+
+# What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.
+# Lab 03's UNet is assembled from labkit's Down and Up levels (lab 02's classes), given the student's ResBlock.
+GIVEN = {
+    "UNet": ("labkit.unet.Down", "labkit.unet.Up"),
 }
