@@ -328,7 +328,7 @@ def toy_trajectories(mixture, paths: torch.Tensor, *, title: str | None = "sampl
 
 
 def toy_animation(mixture, trajectory, schedule, *, frames: int = 20, size: float = 3.6, fps: float = 4):
-    """An ``Animation`` of a toy sampling run recorded by ``toy2d.Trajectory``: at each shown step, the points
+    """An ``Animation`` of a toy sampling run recorded by ``samplers.Trajectory``: at each shown step, the points
     x_t (blue dots), the model's guesses x0_hat (red crosses) and the score arrows of q_t at that step."""
     plt = _plt()
     S = len(trajectory.ts)
@@ -437,7 +437,7 @@ def animate(frames, *, fps: float = 4, dpi: int = 80) -> Animation:
 def denoising_animation(x_t: torch.Tensor, x0_hat: torch.Tensor, ts: Sequence[int], *, frames: int = 20,
                         fps: float = 4, size: float = 1.0) -> Animation:
     """Images along a sampling run: x_t [S, B, 1, H, W] and x0_hat [S, B, 1, H, W] recorded at steps ts [S]
-    (e.g. by ``toy2d.Trajectory`` as a sampler callback); each frame is two rows, x_t over x0_hat, titled by t."""
+    (e.g. by ``samplers.Trajectory`` as a sampler callback); each frame is two rows, x_t over x0_hat, titled by t."""
     S = len(ts)
     picks = sorted({round(i * (S - 1) / max(1, frames - 1)) for i in range(min(frames, S))})
     figs = (compare_rows({"x_t": x_t[i], "x0_hat": x0_hat[i]}, title=f"step {i + 1}/{S}: t = {int(ts[i])}", size=size)

@@ -17,12 +17,13 @@ Gaussian, so the noised density is again a mixture (ab_t = alpha_bar_t):
 Points are [N, 2] tensors throughout (no [B, C, H, W] reshaping is needed: labkit's ``gather`` gives [B, 1]
 for a [B, 2] x, and the samplers' steps broadcast over it). A model is ``model(x, t, y) -> eps_hat`` as
 everywhere in labkit, with y = k meaning "component k" and y = K meaning "no class" (the whole mixture).
+To record a sampling run, pass ``samplers.Trajectory()`` as the sampler's callback.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -164,29 +165,3 @@ def exact_model(mixture: GaussianMixture, schedule: Schedule) -> Model:
         return eps_from_score(score(mixture, x, ab, y), ab)
 
     return model
-
-
-@dataclass
-class Trajectory:
-    """A sampler callback that keeps every state: pass ``callback=trajectory`` to ``samplers.sample``.
-
-    After sampling: steps [S], ts [S] (the time step of each state), x_t [S, B, 2] (the state the step
-    started from) and x0_hat [S, B, 2] (the model's guess of the clean point at that state).
-    """
-
-    ts: list[int] = field(default_factory=list)
-    xs: list[torch.Tensor] = field(default_factory=list)
-    x0s: list[torch.Tensor] = field(default_factory=list)
-
-    def __call__(self, step: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
-        self.ts.append(int(t))
-        self.xs.append(x_t.detach().cpu().clone())
-        self.x0s.append(x0_hat.detach().cpu().clone())
-
-    @property
-    def x_t(self) -> torch.Tensor:
-        return torch.stack(self.xs)  # [S, B, ...]
-
-    @property
-    def x0_hat(self) -> torch.Tensor:
-        return torch.stack(self.x0s)  # [S, B, ...]

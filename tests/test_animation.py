@@ -22,7 +22,7 @@ COSINE = make_schedule("cosine", 1000)
 @pytest.fixture(scope="module")
 def run():
     """A recorded DDIM run of the exact toy model: 30 points, 12 steps."""
-    n, traj = 30, toy2d.Trajectory()
+    n, traj = 30, samplers.Trajectory()
     x = samplers.sample(toy2d.exact_model(MIX, COSINE), (n, 2), torch.full((n,), MIX.K), COSINE, sampler="ddim",
                         steps=12, null_class=MIX.K, generator=torch.Generator().manual_seed(0), callback=traj)
     return traj, x

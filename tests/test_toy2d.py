@@ -135,7 +135,7 @@ def test_conditional_sampling_stays_in_its_component():
 
 
 def test_trajectory_records_every_step():
-    traj = toy2d.Trajectory()
+    traj = samplers.Trajectory()
     n, steps = 16, 12
     out = samplers.sample(toy2d.exact_model(MIX, COSINE), (n, 2), torch.full((n,), MIX.K), COSINE, sampler="ddim",
                           steps=steps, null_class=MIX.K, generator=torch.Generator().manual_seed(12), callback=traj)
