@@ -15,6 +15,7 @@ named in ``SAMPLER_FUNCTIONS``. Guidance lives outside the samplers: a guided mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -242,6 +243,33 @@ def _grid_steps(grid: torch.Tensor, batch: int):
     end = torch.tensor(-1, device=grid.device)
     for i in range(len(grid)):
         yield i, grid[i].expand(batch), (grid[i + 1] if i + 1 < len(grid) else end).expand(batch)
+
+
+@dataclass
+class Trajectory:
+    """A sampler callback that keeps every state, on the CPU: ``sample(..., callback=trajectory)``.
+
+    After sampling with S steps: ts [S] (the time step of each state), x_t [S, *shape] (the state each step
+    started from) and x0_hat [S, *shape] (the model's guess of the clean data at that state). Images or the
+    2D points of ``labkit.toy2d`` alike; ``plotting.denoising_animation`` and ``toy_animation`` replay it.
+    """
+
+    ts: list[int] = field(default_factory=list)
+    xs: list[torch.Tensor] = field(default_factory=list)
+    x0s: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, step: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        self.ts.append(int(t))
+        self.xs.append(x_t.detach().cpu().clone())
+        self.x0s.append(x0_hat.detach().cpu().clone())
+
+    @property
+    def x_t(self) -> torch.Tensor:
+        return torch.stack(self.xs)  # [S, B, ...]
+
+    @property
+    def x0_hat(self) -> torch.Tensor:
+        return torch.stack(self.x0s)  # [S, B, ...]
 
 
 @torch.no_grad()
