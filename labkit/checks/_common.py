@@ -44,9 +44,10 @@ class CheckFailed(AssertionError):
     ``mistake`` the catalogue entry the answer matched, when it matched one.
     """
 
-    def __init__(self, message: str = "", *, check: str | None = None, mistake: str | None = None):
+    def __init__(self, message: str = "", *, check: str | None = None, mistake: str | None = None,
+                 outcome: str = "failed"):
         super().__init__(message)
-        self.check, self.mistake = check, mistake
+        self.check, self.mistake, self.outcome = check, mistake, outcome
 
     def friendly(self, color: bool = True) -> str:
         """The message a student reads: ``✘ check: what went wrong`` (+ where in their code)."""
@@ -85,8 +86,8 @@ def _student_line(exc: BaseException | None) -> str | None:
     return found
 
 
-def fail(check: str, message: str, *, mistake: str | None = None) -> None:
-    raise CheckFailed(f"{check}: {message}", check=check, mistake=mistake)
+def fail(check: str, message: str, *, mistake: str | None = None, outcome: str = "failed") -> None:
+    raise CheckFailed(f"{check}: {message}", check=check, mistake=mistake, outcome=outcome)
 
 
 def passed(check: str, detail: str) -> None:
@@ -148,7 +149,8 @@ def call(check: str, fn: Callable, *args, names: Sequence[str] | None = None,
             message += f"\n  hint: {hint}"
         raise CheckFailed(f"{check}: {message}", check=check) from exc
     if out is NotImplemented:
-        fail(check, "not implemented yet: replace `raise NotImplementedError()` with your code and run the cell again")
+        fail(check, "not implemented yet: replace `raise NotImplementedError()` with your code and run the cell again",
+             outcome="not implemented")
     for k, (before, after) in enumerate(zip(saved, args)):
         if isinstance(before, torch.Tensor):
             label = names[k] if names and k < len(names) else f"argument {k + 1}"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit import unet
-from labkit.checks._common import CheckFailed, call, compare, expect_tensor, generator, passed
+from labkit.checks._common import CheckFailed, call, compare, expect_tensor, fail, generator, passed
 
 _CAT_HINT = ("the tensors do not fit together along the dimension you joined them: the skip's channels are "
              "stacked onto h's, so join along the channel dimension of [B, C, H, W] tensors")
@@ -108,7 +108,8 @@ def check_upsample_merge(student_fn, *, seed: int = 0,
 
 import copy  # noqa: E402
 
-from labkit.checks import _modules  # noqa: E402
+from labkit.checks._modules import (expect_loaded, first_difference, output_of, run_module,  # noqa: E402
+                                     seeded_weights, weights_of)
 
 MISTAKES = {
     # the conv block
@@ -235,14 +236,14 @@ def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, con
                  shape_hints=None, load_hints=(), hints=None, trace=()):
     """One case of a module check: the student's class built with ``init`` and labkit's weights, run on
     ``inputs``, compared with labkit's module (float64) and its mistakes."""
-    _modules.seeded_weights(ref, seed)
-    weights = _modules.weights_of(ref)
-    report = _modules.run_module(name, student_cls, {"init": init, "weights": weights, "calls": [(inputs, {})],
+    seeded_weights(ref, seed)
+    weights = weights_of(ref)
+    report = run_module(name, student_cls, {"init": init, "weights": weights, "calls": [(inputs, {})],
                                                      "trace": list(trace)}, hints={**_BUILD_HINTS, **(hints or {})})
     count = sum(w.numel() for _, w in weights)
     mine = sum(int(torch.Size(s).numel()) for _, s in report.get("params") or [])
-    _modules.expect_loaded(name, report, weights, context, load_hints)
-    out = _modules.output_of(name, report)
+    expect_loaded(name, report, weights, context, load_hints)
+    out = output_of(name, report)
     ref64 = copy.deepcopy(ref).double().eval()
     args64 = tuple(a.double() if a.is_floating_point() else a for a in inputs)
     with torch.no_grad():
@@ -250,7 +251,7 @@ def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, con
     expected = expected if isinstance(expected, tuple) else (expected,)
     outs = out if isinstance(out, (list, tuple)) and outputs > 1 else [out]
     if len(outs) != outputs:
-        _modules.fail(name, f"forward should return {outputs} tensors{context}, got {len(outs)}")
+        fail(name, f"forward should return {outputs} tensors{context}, got {len(outs)}")
     variants = _variants(mistakes_fn, MISTAKES_FOR[name], ref64, *args64)
     ref32 = copy.deepcopy(ref).eval()
     for k, (o, e) in enumerate(zip(outs, expected)):
@@ -261,13 +262,13 @@ def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, con
             compare(name, o, e, wrong, tol=1e-5, context=context,
                     reference=(lambda *a, k=k: _nth(ref32(*a), k)), args=inputs)
         except CheckFailed as exc:
-            where = _modules.first_difference(name, (report.get("traces") or [[]])[0], ref32, inputs, tol=1e-4)
+            where = first_difference(name, (report.get("traces") or [[]])[0], ref32, inputs, tol=1e-4)
             if where is None:
                 raise
             raise CheckFailed(f"{exc}\n  your network first differs from labkit's at {where}: look there first",
                               check=name, mistake=exc.mistake) from None
     if mine != count:  # (loaded by order but with other sizes cannot happen: shapes were compared)
-        _modules.fail(name, f"your module has {mine:,} parameters, the table {count:,}{context}")
+        fail(name, f"your module has {mine:,} parameters, the table {count:,}{context}")
     return report
 
 

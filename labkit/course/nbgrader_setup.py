@@ -280,10 +280,10 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
     from labkit.course.inert import inert_html
 
     inert_html(c)
-    # labkit's copy of nbgrader's feedback page: points nobody has graded yet say so, instead of "Score: 0.0"
+    # labkit's copy of nbgrader's feedback page ("feedback", found first): points nobody has graded yet say so,
+    # instead of "Score: 0.0"
     import nbgrader
 
-    c.HTMLExporter.template_name = "labkit_feedback"
     c.HTMLExporter.extra_template_basedirs = [
         str(Path(__file__).resolve().parent / "templates"),
         str(Path(nbgrader.__file__).resolve().parent / "server_extensions" / "formgrader" / "templates")]

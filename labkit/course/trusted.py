@@ -291,7 +291,8 @@ def trusted_execute_class(base):
                     error = ("DeadKernelError", str(exc))
                 except CheckFailed as exc:
                     error = ("CheckFailed", str(exc))
-                    outcome.update(check=getattr(exc, "check", None), mistake=getattr(exc, "mistake", None))
+                    outcome.update(check=getattr(exc, "check", None), mistake=getattr(exc, "mistake", None),
+                                   status=getattr(exc, "outcome", None))
                 except AssertionError as exc:
                     error = ("AssertionError", str(exc))
                 except Exception as exc:
@@ -304,7 +305,10 @@ def trusted_execute_class(base):
                 outputs.append(NotebookNode(output_type="error", ename=ename, evalue=evalue,
                                             traceback=[f"{ename}: {evalue}"]))
             cell.outputs = outputs
-            outcome["status"] = OUTCOMES.get(error[0], "error") if error else "passed"
+            if error:
+                outcome["status"] = outcome.get("status") or OUTCOMES.get(error[0], "error")
+            else:
+                outcome["status"] = "passed"
             if error:
                 outcome["message"] = str(error[1]).splitlines()[0][:500] if error[1] else error[0]
             cell.metadata["labkit"] = {"outcome": {k: v for k, v in outcome.items() if v is not None}}
