@@ -183,8 +183,10 @@ checks.check_film(film, seed=19, sizes=((1, 16, 3, 3), (4, 2, 5, 9)))
 
 # %% [markdown]
 # Now inside a real (untrained) U-Net: for the first residual block we compute the `(scale, shift)` that each
-# step $t$ produces, the same way `ResBlock.forward` does. Training shapes these maps; even untrained, each
-# channel's scale is a smooth function of $t$, and the class moves it further.
+# step $t$ produces, the same way `ResBlock.forward` does. Training shapes these maps. Untrained, each channel's
+# scale mixes all of the embedding's waves: look for a slow trend over $t$ (the slow waves) under fast wiggles
+# (the fastest wave turns one radian per step, and the curve is sampled every 10 steps), and for how class 7
+# changes the curve.
 
 # %%
 net = unet.UNet(unet.UNetConfig(base_channels=32, channel_mults=(1, 2), attention=False))
