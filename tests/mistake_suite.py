@@ -352,7 +352,7 @@ LAB05_LOOP = [
     ("stops before k = 0", lambda *a: _loop05(*a, ks=lambda S: range(S - 1, 0, -1)), "stops before the last step"),
     ("starts at S", lambda *a: _loop05(*a, ks=lambda S: range(S, -1, -1)), "index is out of range"),
     ("skips the first step", lambda *a: _loop05(*a, ks=lambda S: range(S - 2, -1, -1)), "skips its first step"),
-    ("model sees k", lambda *a: _loop05(*a, model_t=lambda k, ts: torch.tensor(k)), "real time step timesteps\[k\]"),
+    ("model sees k", lambda *a: _loop05(*a, model_t=lambda k, ts: torch.tensor(k)), "real time step timesteps\\[k\\]"),
     ("step gets timesteps[k]", lambda m, x, y, ts, b, ab, n: _loop05(m, x, y, ts, b, ab, n, ks=lambda S: [int(t) for t in
                                                                                                        ts.flip(0)]),
      "chain's step k"),
@@ -361,7 +361,7 @@ LAB05_LOOP = [
     ("z in loop order", lambda *a: _loop05(*a, z_of=lambda k, S: S - 1 - k), "order of the loop"),
     ("x not updated", lambda *a: _loop05(*a, from_x_T=True), "starts again from x_T"),
     ("model once", lambda *a: _loop05(*a, once=True), "called once"),
-    ("scalar t", lambda *a: _loop05(*a, scalar_t=True), "shape \[B\]"),
+    ("scalar t", lambda *a: _loop05(*a, scalar_t=True), "shape \\[B\\]"),
     ("float64 x", lambda *a: _loop05(*a, cast=False), "dtype"),
     ("x_T in place", lambda *a: _loop05(*a, inplace=True), "in place"),
     ("returns the trajectory", lambda *a: torch.stack(_loop05(*a, ret=lambda xs: xs)), "only the last x"),
