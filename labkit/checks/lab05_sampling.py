@@ -183,7 +183,8 @@ class SamplingModel(ToyEpsModel):
                                  f"got a {type(v).__name__}")
             if v.dtype != torch.long or tuple(v.shape) != (B,):
                 raise ValueError(f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
-                                 f"got {v.dtype} of shape {list(v.shape)} (t.expand(B) or torch.full((B,), ...))")
+                                 f"got {v.dtype} of shape {list(v.shape)}" + (" (t.expand(B) or torch.full((B,), ...))"
+                                                                               if name == "t" else ""))
             if int(v.min()) < 0 or int(v.max()) >= n:
                 raise ValueError(f"model(x, t, y): {name} must be in 0..{n - 1}, got {int(v.min())}..{int(v.max())}")
         return super().forward(x, t, y)
@@ -197,7 +198,8 @@ def loop_case(shape, T: int, steps: int | None, seed: int, g: torch.Generator):
     if steps is None:
         timesteps = torch.arange(T)
     else:
-        timesteps = torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(T - 1, generator=g)[:steps - 1]]).sort().values
+        later = 1 + torch.randperm(T - 1, generator=g)[:steps - 1]  # steps - 1 distinct steps in 1..T-1
+        timesteps = torch.cat([torch.zeros(1, dtype=torch.long), later]).sort().values  # [S] ascending, from 0
     betas, alpha_bars = samplers.respaced(schedule, timesteps.flip(0))  # [S] each; the schedule itself when full
     model = SamplingModel(shape[1], T, seed=seed).requires_grad_(False)
     x_T = torch.randn(shape, generator=g)
@@ -231,11 +233,11 @@ def compare_loop(check, out, ref, mistakes, *, context, reference, args, tol=1e-
         compare(check, out, ref, mistakes(), tol=tol, context=context, reference=reference, args=args)
 
 
-LOOP_HINTS = {  # keys distinct from _common.COMMON_HINTS', which would replace them
-    "out of bounds for dimension": "an index is out of range: p_sample_step takes the chain's step k = S-1, ..., 0 (an index into "
-    "betas and alpha_bars, which have S entries); the model takes the real time step timesteps[k]",
-    "index out of range in self": "an index is out of range: p_sample_step takes the chain's step k = S-1, ..., 0 (an index into "
-    "betas and alpha_bars, which have S entries); the model takes the real time step timesteps[k]",
+_CHAIN_INDEX = ("an index is out of range: p_sample_step takes the chain's step k = S-1, ..., 0 (an index into betas "
+                "and alpha_bars, which have S entries); the model takes the real time step timesteps[k]")
+LOOP_HINTS = {  # keys other than _common.COMMON_HINTS' own, which would replace them
+    "out of bounds for dimension": _CHAIN_INDEX,
+    "index out of range in self": _CHAIN_INDEX,
 }
 
 
@@ -271,19 +273,22 @@ def check_sample_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 
                     "the loop runs forwards (k = 0, 1, ...): sampling starts from noise at the last step, k = S-1, "
                     "and walks down to k = 0": V(order=range(S_)),
                     "the loop stops before the last step k = 0: it must run k = S-1, ..., 1, 0 (range(S - 1, -1, -1)), "
-                    "since the step at k = 0 turns x_0's noisy version into the clean image": V(order=range(S_ - 1, 0, -1)),
+                    "since the step at k = 0 turns x_0's noisy version into the clean image":
+                        V(order=range(S_ - 1, 0, -1)),
                     "the loop skips its first step k = S-1: it runs k = S-1, ..., 0, S steps in all":
                         V(order=range(S_ - 2, -1, -1)),
                     "the model was given the chain's step k; it must see the real time step timesteps[k] (they differ "
                     "when the chain skips steps)": V(model_t=lambda k: torch.tensor(k)),
-                    "the same noise at every step (noises[0]): step k uses its own z = noises[k]": V(noise_of=lambda k: 0),
+                    "the same noise at every step (noises[0]): step k uses its own z = noises[k]":
+                        V(noise_of=lambda k: 0),
                     "the same noise at every step (noises[-1]): step k uses its own z = noises[k]":
                         V(noise_of=lambda k: S_ - 1),
                     "the noise was taken in the order of the loop (noises[0] on the first step): step k uses "
                     "noises[k]": V(noise_of=lambda k: S_ - 1 - k),
                     "every step starts again from x_T: x must be updated (x = p_sample_step(x, ...)) so that each step "
                     "starts where the previous one ended": V(from_x_T=True),
-                    "the model was called once, before the loop: eps_hat changes with x and t, so call it at every step":
+                    "the model was called once, before the loop: eps_hat changes with x and t, so call it at every "
+                    "step":
                         V(eps_once=True),
                     "the model was told 'no class' (y = 10): give it the labels y":
                         _ancestral(model64, wide[1], torch.full_like(y, 10), *wide[3:]),

@@ -28,7 +28,7 @@ from labkit.checks._common import (
     yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
 from labkit.checks.fixtures import DigitJudge, lab_model  # noqa: F401  (the lab's model and judge)
-from labkit.checks.lab05_sampling import LOOP_HINTS, SamplingModel, compare_loop
+from labkit.checks.lab05_sampling import SamplingModel, compare_loop
 
 # --- classifier-free guidance ----------------------------------------------------------------------
 
@@ -308,6 +308,11 @@ def _walk(model, x_T, y, grid, alpha_bars, step, *, order=None, last=-1, prev_of
     return x
 
 
+_GRID_INDEX = ("an index is out of range: the step after grid[i] is grid[i + 1] only while i + 1 < len(grid); after "
+               "the last grid step comes clean data, where alpha_bar = 1 (alpha_bars has T entries, one per time step)")
+GRID_HINTS = {"out of bounds for dimension": _GRID_INDEX, "index out of range in self": _GRID_INDEX}
+
+
 def _grid_mistakes(walk, grid, T):
     """The mistakes every grid loop can make (``walk(**change)`` runs the loop with that change)."""
     ts = [int(v) for v in grid]
@@ -337,7 +342,7 @@ def _check_grid_loop(name, student_fn, extra, reference, step_of, own, *, seed, 
                 args = (model, x_T, y, grid, alpha_bars, *more(noises))
                 context = (f" for x_T of shape {list(shape)}, grid {[int(v) for v in grid]} of a T={T} schedule"
                            + "".join(f", eta={a:g}" for a in args[5:6] if isinstance(a, float)))
-                out = call(name, student_fn, *args, hints=LOOP_HINTS,
+                out = call(name, student_fn, *args, hints=GRID_HINTS,
                            names=["model", "x_T", "y", "grid", "alpha_bars", "eta", "noises"][:len(args)])
                 if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
                     fail(name, f"the result holds NaN or infinity{context}. " + nan_hint)
