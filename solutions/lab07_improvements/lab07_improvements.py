@@ -102,7 +102,8 @@ for name in ("linear", "cosine"):
     start = time.perf_counter()
     result = training.train(make(name), data=train_digits, device=DEVICE, progress=not FAST)
     trained[name] = result
-    print(f"{name}: {result.step} steps in {time.perf_counter() - start:.0f} s, final loss {result.losses[-1][1]:.4f}")
+    loss = f"final loss {result.losses[-1][1]:.4f}" if result.losses else "too few steps to log a loss"
+    print(f"{name}: {result.step} steps in {time.perf_counter() - start:.0f} s, {loss}")
 
 # %%
 n_cmp = colab.pick(50, 2)  # samples per digit
