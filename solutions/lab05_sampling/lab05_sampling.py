@@ -287,12 +287,15 @@ elif FAST:
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** The first guesses are a blurry grey blob, like lab 01's mean digit. Next the overall shape
-# and position appear, then the identity, and last the stroke thickness and sharp edges. Most strips stop
-# changing identity early in sampling, around $t$ = 950-750 with the shipped model (the later steps only
-# sharpen); the exact $t$ differs per digit.
+# **Model answer.** The very first guess (t = 994) is black-and-white noise: there $\sqrt{\bar\alpha_t} \approx 0.007$,
+# so dividing by it blows the model's small errors up, and the picture shows them clamped to [-1, 1]. A few steps
+# later (t about 980) it is a grey blob, like lab 01's mean digit. Next the overall shape and position appear
+# (t about 925), then the identity, and last the stroke thickness and sharp edges. Most strips stop changing
+# identity early in sampling, around $t$ = 950-700 with the shipped model (the later steps only sharpen); the
+# exact $t$ differs per digit, and a strip can still change late (in one run the 8 turned into a 6-like shape
+# between t = 713 and 266).
 #
-# **Rubric (1 point).** 1/2 point: blob first, identity next, fine detail (thickness, edges) last. 1/2 point: a
+# **Rubric (1 point).** 1/2 point: noise or a blob first, identity next, fine detail (thickness, edges) last. 1/2 point: a
 # t per strip (or a range) read from the student's own strips.
 # ### END SOLUTION
 
