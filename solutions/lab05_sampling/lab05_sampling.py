@@ -112,10 +112,10 @@ checks.check_p_sample_step(p_sample_step, seed=8, sizes=((3, 1, 6, 6),), T=3)
 # Write `sample_loop(model, x_T, y, timesteps, betas, alpha_bars, noises)`, which returns $x_0$:
 #
 # ```
-# x = x_T
+# x <- x_T
 # for k = S-1, ..., 1, 0:
-#     eps_hat = model(x, t, y)          with t = timesteps[k], one per image: int64 [B]
-#     x = p_sample_step(x, k, eps_hat, betas, alpha_bars, noises[k])      k also as an int64 [B] tensor
+#     eps_hat <- model(x, t, y)          with t = timesteps[k], one per image: int64 [B]
+#     x <- p_sample_step(x, k, eps_hat, betas, alpha_bars, noises[k])      k also as an int64 [B] tensor
 # ```
 #
 # * `model(x, t, y)`: the noise predictor; `x_T`: `[B, C, H, W]`; `y`: int64 `[B]`;

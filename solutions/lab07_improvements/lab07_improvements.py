@@ -256,10 +256,10 @@ checks.check_ddim_step(ddim_step, seed=3, sizes=((5, 1, 28, 28),), etas=(0.2, 1.
 # Write `ddim_loop(model, x_T, y, grid, alpha_bars, eta, noises)`, which returns $x_0$, with **your** `ddim_step`:
 #
 # ```
-# x = x_T
+# x <- x_T
 # for i, t in enumerate(grid):
-#     eps_hat = model(x, t, y)                     t one per image: int64 [B]
-#     x = ddim_step(x, eps_hat, alpha_bar at t, alpha_bar at the next grid step (1 after the last), eta, noises[i])
+#     eps_hat <- model(x, t, y)                     t one per image: int64 [B]
+#     x <- ddim_step(x, eps_hat, alpha_bar at t, alpha_bar at the next grid step (1 after the last), eta, noises[i])
 # ```
 #
 # `grid`: int64 `[S]`, descending; `alpha_bars`: `[T]`, the whole schedule; `eta`: a float; `noises`:
@@ -344,10 +344,8 @@ def dpmpp_2m_loop(model, x_T, y, grid, alpha_bars):
         eps_hat = model(x, grid[i].expand(x.shape[0]), y)
         ab_t = alpha_bars[grid[i]]  # a 0-d tensor: broadcasts like [B, 1, 1, 1]
         x0_hat = (x - (1 - ab_t).sqrt() * eps_hat) / ab_t.sqrt()
-        if i + 1 < len(grid):
-            x = dpmpp_2m_step(x, x0_hat, x0_prev, ab_t, alpha_bars[grid[i + 1]], ab_last)
-        else:
-            x = x0_hat  # the last step, to clean data
+        last = i + 1 == len(grid)  # the step to clean data: there the answer is x0_hat itself
+        x = x0_hat if last else dpmpp_2m_step(x, x0_hat, x0_prev, ab_t, alpha_bars[grid[i + 1]], ab_last)
         x0_prev, ab_last = x0_hat, ab_t  # the history of the next step
     return x
     ### END SOLUTION
