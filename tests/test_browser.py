@@ -279,5 +279,5 @@ def test_run_all_on_the_untouched_build_lab(lab_server, browser, artifacts):
         text = "\n".join(o["text"] for o in c["outputs"])
         assert "not implemented yet" in text and "Traceback" not in text, text
     others = "\n".join(o["text"] for c in code if c not in tests for o in c["outputs"])
-    assert "using labkit's U-Net" in others, others[-2000:]
+    assert "Using labkit's U-Net" in others, others[-2000:]
     assert "Traceback" not in others, others[-2000:]

@@ -223,5 +223,5 @@ def test_lab03_demo_runs_the_students_network_only_where_its_check_passes(graded
     lab = "lab03_embeddings"
     said = {who: "".join(o.get("text", "") for c in _autograded(out, who, lab).cells for o in c.get("outputs", [])
                          if o.get("output_type") == "stream") for who in ("solution", "blank")}
-    assert "using your UNet" in said["solution"] and "using labkit's UNet" not in said["solution"]
-    assert "using labkit's UNet (yours does not pass its check yet" in said["blank"]
+    assert "Using your UNet" in said["solution"] and "Using labkit's UNet" not in said["solution"]
+    assert "Using labkit's UNet: yours does not pass its check yet" in said["blank"]

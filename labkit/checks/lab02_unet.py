@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from labkit import unet
-from labkit.checks._common import CheckFailed, call, compare, expect_tensor, fail, generator, passed
+from labkit.checks._common import CheckFailed, call, compare, expect_tensor, fail, generator, passed, yours_or_labkit  # noqa: F401
 
 _CAT_HINT = ("the tensors do not fit together along the dimension you joined them: the skip's channels are "
              "stacked onto h's, so join along the channel dimension of [B, C, H, W] tensors")

@@ -35,7 +35,6 @@ from torch import nn
 
 from labkit import plotting, unet
 from labkit.checks import lab02_unet as checks
-from labkit.checks._common import yours_or_labkit
 
 torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: the trainings shrink to a few steps
@@ -307,7 +306,7 @@ checks.check_unet(UNet, seed=2, cases=(dict(channel_mults=(1, 1, 2), base_channe
 # the parameters per level of the default network; your network has the same numbers when its check passes.
 
 # %%
-Net = yours_or_labkit(checks.check_unet, UNet, checks.labkit_unet, "U-Net")
+Net = checks.yours_or_labkit(checks.check_unet, UNet, checks.labkit_unet, "U-Net")
 model = Net()
 print(f"your choice of network: {sum(p.numel() for p in model.parameters()):,} parameters")
 print(checks.labkit_unet().summary())
