@@ -212,6 +212,16 @@ fig = plotting.compare_rows({f"{d}: x0_hat": torch.stack([frames[i][2][d] for i 
                             col_titles=cols, title="the model's guess of the clean digit at the same steps")
 
 # %% [markdown]
+# The same run as an animation (your loop's steps, all ten digits): top row $x_t$, bottom row $\hat x_0$. It plays
+# in JupyterLab, Colab and the feedback page (an animated PNG); a viewer that cannot animate shows its first frame.
+
+# %%
+ts_run = [f[0] for f in frames]
+anim = plotting.denoising_animation(torch.stack([f[1] for f in frames]), torch.stack([f[2] for f in frames]), ts_run,
+                                    frames=colab.pick(25, 4))
+anim
+
+# %% [markdown]
 # Look at the first columns: are the model's earliest guesses $\hat x_0$ noise, a blurry average digit (compare
 # the "ideal denoiser" of lab 01), or already a digit? Then follow a strip to the right: where does it stop
 # changing identity? Question 1 asks for what you see. The classifier below gives a number for "when".
