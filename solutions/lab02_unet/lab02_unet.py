@@ -433,19 +433,27 @@ fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "w
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
-# **Question 2 (1 point).** Your denoiser was trained at $\sigma = 0.5$ only. In the table and the pictures, at
-# which $\sigma$ does it beat doing nothing (the noisy input), and what does it return at $\sigma = 4$? Compare its
-# error there with the mean digit's. Why is that the best a one-step denoiser can do when the input holds almost
-# no signal, and what would the network need to be told to work at every noise level?
+# **Question 2 (1 point).** Your denoiser was trained at $\sigma = 0.5$ only. In the table and the pictures: at
+# which $\sigma$ does it beat doing nothing (the noisy input), and up to which $\sigma$ does it beat the mean digit?
+# What does it draw at $\sigma = 4$? A denoiser that minimised the squared error at $\sigma = 4$ would answer
+# something close to the mean digit (lab 01's ideal denoiser): why doesn't yours, and what would a network need
+# to be told to denoise at every noise level?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** MODEL_ANSWER_2
+# **Model answer.** From the student's own table. In a run on 2 CPU cores (900 steps): it beats the noisy input at
+# every sigma (0.007 against 0.010 at sigma = 0.1, 0.015 against 0.251 at 0.5, 0.442 against 16.1 at 4), but the
+# mean digit (0.252) only up to sigma = 2 (0.230); at sigma = 4 its error, 0.442, is 1.75 times the mean digit's.
+# There it draws stroke-like scribbles, neither a digit nor the blurry mean (its output is 0.345 away from the mean
+# digit). With that much noise the input says almost nothing about the digit, so the best guess in squared error is
+# close to the average digit. But this network has only ever seen noise of size 0.5: it treats every input as if
+# its noise were that small and "finds" strokes in the noise. It would need to be told the noise level (the step
+# t, lab 03) and be trained at every level: that is what a diffusion model's network is.
 #
-# **Rubric (1 point).** 1/2 point: where it beats the noisy input, read from the student's own table, and that at
-# sigma = 4 it returns a blurry average digit, about as far from the clean digit as the mean digit is. 1/2 point:
-# why (with almost no signal, the minimum-MSE guess is the average of the data, E[x | noisy] ~ E[x]); and that
-# the network must be told the noise level (the time step t: lab 03) to work at every level.
+# **Rubric (1 point).** 1/2 point: where it beats the noisy input and the mean digit, read from the student's own
+# table, and what it draws at sigma = 4 (worse than the mean digit in this run). 1/2 point: why (trained at one
+# noise level, it cannot know the input is noisier; the minimum-error answer with no signal is the average), and
+# that the network must be told the noise level (t) and trained at all levels.
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
@@ -455,7 +463,12 @@ fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "w
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** MODEL_ANSWER_3
+# **Model answer.** In the run above both networks return the right digit with its overall shape at sigma = 0.5;
+# without skips the strokes come out softer and thicker and the edges blurrier (the 0, the foot of the 2), and its
+# error is 0.024 against 0.015. The ratio is largest on an almost clean input (sigma = 0.1: 0.019 against 0.007):
+# without skips even copying the input is hard, since everything must pass through the 4x4 middle, a coarse
+# summary that cannot hold a stroke's exact position; the skips carry the 14x14 and 7x7 detail around it. (At
+# sigma >= 1 the network without skips is slightly better, 0.405 against 0.442 at sigma = 4: skips also copy noise.)
 #
 # **Rubric (1 point).** 1/2 point: what is lost without skips, read from the student's own rows and numbers
 # (edges and thin strokes, or whatever their run shows). 1/2 point: the middle sees only a coarse 4x4 summary;
