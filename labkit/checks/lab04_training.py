@@ -368,6 +368,8 @@ LOOP_MISTAKES = {
               "generator=generator) (randint's upper end is excluded)",
     "noise_twice": "the noise was drawn twice in a step: draw it once, after t, and use that one tensor both to "
                    "make x_t and as the target",
+    "noise_twice_target": "the noise was drawn twice in a step (x_t was made with one, the loss compared with the "
+                          "other): draw it once, after t, and use that one tensor both to make x_t and as the target",
     "target_x0": "the loss compares the network's output with x0: the network predicts the noise, so the target "
                  "is the noise (noise_prediction_loss)",
     "no_dropout": "no label was dropped: each batch's labels go through drop_labels(y, label_dropout, "
@@ -405,8 +407,10 @@ def _loop(model, ema, optimizer, images, labels, alpha_bars, steps, batch_size, 
                 draws["t"] = torch.randint(lo, hi, (B,), generator=gen)
             else:
                 draws["noise"] = torch.randn((B, *images.shape[1:]), generator=gen)
-                if mistake == "noise_twice":
-                    draws["noise"] = torch.randn((B, *images.shape[1:]), generator=gen)
+                if mistake in ("noise_twice", "noise_twice_target"):
+                    draws["noise2"] = torch.randn((B, *images.shape[1:]), generator=gen)
+                    if mistake == "noise_twice":
+                        draws["noise"] = draws["noise2"]
         idx, u, t, noise = draws["idx"], draws["u"], draws["t"], draws["noise"]
         x0, y = images[idx], labels[idx]
         if mistake == "dropout_reversed":
@@ -417,7 +421,7 @@ def _loop(model, ema, optimizer, images, labels, alpha_bars, steps, batch_size, 
             x0, noise = x0.to(dtype), noise.to(dtype)
         a = alpha_bars[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))  # [B, 1, 1, 1]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        target = x0 if mistake == "target_x0" else noise
+        target = {"target_x0": x0, "noise_twice_target": draws.get("noise2")}.get(mistake, noise)
         number = {"ema_step_plus_1": step + 1, "ema_first_step_ignored": step - first_step}.get(mistake, step)
         d = decay if mistake == "ema_constant" else training.ema_decay_at(number, decay)
         with torch.no_grad():
@@ -521,7 +525,9 @@ def check_train_loop(student_fn, *, seed: int = 0, shape=(1, 8, 8), steps: int =
     out = call(name, student_fn, model, ema, opt, *data, *settings, generator(seed), *tail,
                names=["model", "ema", "optimizer", "images", "labels", "alpha_bars"], hints={
                    "out of bounds": "an index is out of range: t is drawn from 0..T-1, "
-                   "torch.randint(0, T, (B,), generator=generator) (randint's upper end is excluded)"})
+                   "torch.randint(0, T, (B,), generator=generator) (randint's upper end is excluded)",
+                   "time steps must be in": "t is drawn from 0..T-1: torch.randint(0, T, (B,), "
+                   "generator=generator) (randint's upper end is excluded)"})
     got = _state(model, ema)
     n_model = len(ref) - sum(p_.numel() for p_ in ref_ema.parameters())
     err = max_abs_diff(got, ref)
