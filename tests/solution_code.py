@@ -39,11 +39,13 @@ def test_calls(lab: str, name: str) -> list[str]:
 
 
 def solution_function(lab: str, name: str):
-    """The solution's ``def name`` compiled with the lab's top-level imports (the code a student would write)."""
+    """The solution's ``def name`` compiled with the lab's top-level imports and its other exercises (the code a
+    student would write: lab 04's training loop calls the student's loss, step, label dropout and EMA)."""
     source = _source(lab)
     tree = ast.parse(source)
+    exercises = {n for (l, n) in EXERCISES if l == lab}
     keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-            or (isinstance(n, ast.FunctionDef) and n.name == name)]
+            or (isinstance(n, ast.FunctionDef) and n.name in exercises)]
     namespace: dict = {}
     exec(compile(ast.Module(body=keep, type_ignores=[]), f"solutions/{lab}.py", "exec"), namespace)  # noqa: S102
     return namespace[name]

@@ -181,10 +181,10 @@ def _solution_functions() -> dict[tuple[str, str], object]:
     found = {}
     for path in sorted((REPO / "solutions").glob("lab*/lab*.py")):
         source = path.read_text()
+        scope = {"torch": torch, "F": torch.nn.functional, "math": math}  # one per lab: an answer may call another
         for node in ast.parse(source).body:
             segment = ast.get_source_segment(source, node) or ""
             if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in segment:
-                scope = {"torch": torch, "F": torch.nn.functional, "math": math}
                 exec(compile(segment, str(path), "exec"), scope)  # noqa: S102 (our own solutions)
                 found[(path.stem, node.name)] = scope[node.name]
     return found

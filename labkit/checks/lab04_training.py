@@ -300,10 +300,11 @@ def check_ema_update(student_fn, *, seed: int = 0, decay: float = 0.9, channels=
         model = ToyEpsModel(int(C), T, seed=seed * 100 + k)
         ema = ToyEpsModel(int(C), T, seed=seed * 100 + k + 50)  # an average that has drifted from the weights
         e0, m0 = _params(ema), _params(model)
-        expected = [decay * e.double() + (1 - decay) * m.double() for e, m in zip(e0, m0)]
-        ref32 = [e.clone() for e in e0]
-        training.ema_update(ref32, m0, decay)  # labkit's, in float32: how far rounding alone moves it
-        tol = max(1e-7, MARGIN * _moved(ref32, expected))
+        ref64, ref32 = copy.deepcopy(ema).double(), copy.deepcopy(ema)
+        training.ema_update(ref64, copy.deepcopy(model).double(), decay)  # labkit's, in float64: the answer
+        training.ema_update(ref32, copy.deepcopy(model), decay)  # and in float32: how far rounding alone moves it
+        expected = _params(ref64)
+        tol = max(1e-7, MARGIN * _moved(_params(ref32), expected))
         call(name, student_fn, ema, model, decay, names=["ema", "model", "decay"], hints={
             "leaf variable that requires grad": "the EMA's parameters require gradients, so change them in place "
             "inside `with torch.no_grad():` (an average is not part of any loss)"})
@@ -356,10 +357,10 @@ LOOP_MISTAKES = {
     "ema_reversed": "the EMA decay is reversed: ema <- d * ema + (1 - d) * weights keeps most of the old average "
                     "(d close to 1)",
     "ema_constant": "the EMA used ema_decay from the first step: use the warm-up decay "
-                    "training.ema_decay_at(step, ema_decay), which averages less of the random start",
+                    "min(ema_decay, (1 + step) / (10 + step)), which averages less of the random start",
     "ema_first": "the EMA was updated before the optimizer step: average the weights after they have changed",
     "ema_step_plus_1": "the steps are numbered from 1: the first step of this call is number first_step "
-                       "(ema_decay_at(first_step, ema_decay))",
+                       "(its EMA decay is min(ema_decay, (1 + first_step) / (10 + first_step)))",
     "ema_first_step_ignored": "the steps were numbered from 0 although first_step was given: number them "
                               "first_step, first_step + 1, ... (the EMA warm-up continues a run)",
     "t_from_1": "t was drawn from 1..T-1: diffusion steps are numbered 0..T-1, torch.randint(0, T, (B,), "
@@ -389,7 +390,7 @@ LOOP_MISTAKES = {
 def _loop(model, ema, optimizer, images, labels, alpha_bars, steps, batch_size, gen, p, decay, first_step,
           null_class=10, mistake=None, dtype=None):
     """The reference loop written out (``labkit.training.train_loop``, which the tests compare it with) with
-    one named mistake switched on, and optionally in float64 (``dtype``) with the same float32 draws."""
+    one named mistake switched on (for the messages only: the answer itself comes from labkit's loop)."""
     if mistake != "eval_mode":
         model.train()
     T, N, B = len(alpha_bars), len(images), batch_size
@@ -504,7 +505,7 @@ def check_train_loop(student_fn, *, seed: int = 0, shape=(1, 8, 8), steps: int =
     Determinism: from a generator seeded with ``seed``, ``steps`` steps of the student's loop on a small model
     (``ToyNormEpsModel``, passed in eval mode with stale gradients) must reach the parameters, BatchNorm
     statistics and EMA of ``labkit.training.train_loop`` on a copy, within MARGIN times the float32 error of
-    that loop (measured against the same loop in float64). Then a ``short_steps`` run must lower the loss."""
+    that loop (measured against the same loop in float64, at most 1e-3). Then a ``short_steps`` run must lower the loss."""
     name = "check_train_loop"
     shape = tuple(int(s) for s in shape)
     setup = _LoopSetup(seed, shape, T, N)
@@ -515,10 +516,10 @@ def check_train_loop(student_fn, *, seed: int = 0, shape=(1, 8, 8), steps: int =
     ref_model, ref_ema, ref_opt = setup.fresh()
     ref_losses = training.train_loop(ref_model, ref_ema, ref_opt, *data, *settings, generator(seed), *tail)
     ref = _state(ref_model, ref_ema)
-    m64, e64, o64 = setup.fresh(torch.float64)
-    _loop(m64, e64, o64, setup.images.double(), setup.labels, setup.alpha_bars, steps, batch_size, generator(seed),
-          p, decay, first_step, dtype=torch.float64)
-    tol = max(1e-6, MARGIN * max_abs_diff(ref, _state(m64, e64)))
+    m64, e64, o64 = setup.fresh(torch.float64)  # the same loop in float64 (the same float32 random draws)
+    training.train_loop(m64, e64, o64, setup.images.double(), setup.labels, setup.alpha_bars, *settings,
+                        generator(seed), *tail)
+    tol = min(1e-3, max(1e-6, MARGIN * max_abs_diff(ref, _state(m64, e64))))  # every named mistake is > 1e-2 away
 
     model, ema, opt = setup.fresh()
     start = _state(model, ema)
@@ -537,7 +538,7 @@ def check_train_loop(student_fn, *, seed: int = 0, shape=(1, 8, 8), steps: int =
                        "loss, backward, optimizer.step) on the model it was given")
         if max_abs_diff(got[n_model:], start[n_model:]) == 0.0:
             fail(name, "the EMA's parameters did not change: after every optimizer step call "
-                       "ema_update(ema, model, ema_decay_at(step, ema_decay))")
+                       "ema_update(ema, model, decay) with the warm-up decay of that step")
         for mistake, message in LOOP_MISTAKES.items():
             if mistake == "ema_first_step_ignored" and first_step == 0:
                 continue
@@ -552,8 +553,8 @@ def check_train_loop(student_fn, *, seed: int = 0, shape=(1, 8, 8), steps: int =
         fail(name, f"after {steps} steps your {'EMA' if model_ok else 'weights'} differ from the reference "
                    f"loop's by up to {max_abs_diff(got[n_model:] if model_ok else got[:n_model], ref[n_model:] if model_ok else ref[:n_model]):.3g}. "
                    "Per step: batch indices, dropout mask, t, noise (in this order, all from `generator`), "
-                   "then train_step on the noise-prediction loss, then ema_update with ema_decay_at(step, "
-                   "ema_decay) for step = first_step, first_step + 1, ...")
+                   "then train_step on the noise-prediction loss, then ema_update with the warm-up decay "
+                   "min(ema_decay, (1 + step) / (10 + step)) for step = first_step, first_step + 1, ...")
     losses = _loss_values(name, out, steps)
     loss_err = max(abs(a - b) for a, b in zip(losses, ref_losses))
     if loss_err > max(tol, 1e-5 * max(1.0, max(abs(v) for v in ref_losses))):

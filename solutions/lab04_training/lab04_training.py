@@ -202,9 +202,9 @@ checks.check_ema_update(ema_update, seed=2, decay=0.99)
 # 3. `noise = torch.randn(x0.shape, device=..., generator=generator)`, once;
 # 4. `train_step(model, optimizer, compute_loss)` where `compute_loss` returns
 #    `noise_prediction_loss(model, x0, y, t, noise, alpha_bars)` (a `lambda:` does it);
-# 5. `ema_update(ema, model, training.ema_decay_at(step, ema_decay))`: labkit's warm-up,
-#    $d = \min(\text{ema\_decay}, (1 + \text{step}) / (10 + \text{step}))$, so a short run does not average in
-#    its random start;
+# 5. `ema_update(ema, model, decay)` with a warm-up of the decay,
+#    `decay = min(ema_decay, (1 + step) / (10 + step))` (labkit's `training.ema_decay_at`), so that a short run
+#    does not keep averaging in its random start;
 #
 # and return the list of the `steps` losses (what `train_step` returns). Every random number comes from
 # `generator`, in exactly this order (indices, dropout mask, $t$, noise): the check runs your loop and
@@ -226,7 +226,7 @@ def train_loop(model, ema, optimizer, images, labels, alpha_bars, steps, batch_s
         t = torch.randint(0, T, (batch_size,), device=device, generator=generator)  # [B]
         noise = torch.randn(x0.shape, device=device, generator=generator)  # [B, C, H, W]
         loss = train_step(model, optimizer, lambda: noise_prediction_loss(model, x0, y, t, noise, alpha_bars))
-        ema_update(ema, model, training.ema_decay_at(step, ema_decay))
+        ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))  # EMA decay with a warm-up
         losses.append(loss)
     return losses
     ### END SOLUTION
