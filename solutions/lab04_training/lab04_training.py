@@ -261,7 +261,7 @@ checks.check_train_loop(train_loop, seed=3, shape=(3, 6, 6), first_step=7, p=0.5
 
 # %%
 USE_SHIPPED = False  # CPU only: True skips training and loads labkit's pretrained checkpoint
-STEPS = 3000  # CPU: a budget in steps (2 idle cores: about __CPU_MINUTES__ minutes)
+STEPS = 4000  # CPU: a budget in steps (2 idle cores: about __CPU_MINUTES__ minutes)
 PATIENCE_MIN = 15  # more than this many minutes projected for STEPS: say so, and offer the shipped checkpoint
 if colab.in_colab() and not FAST:
     from google.colab import drive  # noqa: E402  (Colab only)
