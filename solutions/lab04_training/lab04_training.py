@@ -171,7 +171,7 @@ checks.check_drop_labels(drop_labels, seed=3, sizes=(5, 40), p=0.5)
 def ema_update(ema, model, decay):
     """ema <- decay * ema + (1 - decay) * model, parameter by parameter, in place."""
     ### BEGIN SOLUTION
-    with torch.no_grad():
+    with torch.no_grad():  # an average is not part of any loss: no gradients
         for e, p in zip(ema.parameters(), model.parameters()):
             e.mul_(decay).add_(p, alpha=1 - decay)
     ### END SOLUTION
