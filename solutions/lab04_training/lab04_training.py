@@ -216,9 +216,9 @@ def train_loop(model, ema, optimizer, images, labels, alpha_bars, steps, batch_s
                label_dropout, ema_decay, first_step=0):
     """steps steps of Algorithm 1 with label dropout and an EMA; returns the list of losses."""
     ### BEGIN SOLUTION
-    model.train()
+    model.train()  # normalisation and dropout layers behave as in training
     device, T = images.device, len(alpha_bars)
-    losses = []
+    losses = []  # one float per step
     for step in range(first_step, first_step + steps):
         idx = torch.randint(0, len(images), (batch_size,), device=device, generator=generator)  # [B]
         x0 = images[idx]  # [B, C, H, W]
