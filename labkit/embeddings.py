@@ -64,7 +64,7 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(base, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.base))
+        return self.mlp(sinusoidal_embedding(t, self.base, dtype=self.mlp[0].weight.dtype))  # model.double() works
 
 
 class ClassEmbedding(nn.Module):

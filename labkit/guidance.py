@@ -38,12 +38,23 @@ def cfg_combine(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w: float) -> t
     return (1 + w) * eps_cond - w * eps_uncond
 
 
+def cfg_eps(model: Model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, w: float, null_class: int) -> torch.Tensor:
+    """The guided noise prediction of ``model`` at (x, t, y) with weight w (Ho & Salimans 2022, eq. 6):   (lab 07)
+
+        cfg_combine(model(x, t, y), model(x, t, null), w),   null = null_class for every image
+
+    Both predictions come from one forward pass on a doubled batch [conditional; unconditional], which is
+    faster than two passes on a GPU. x: [B, C, H, W]; t, y: int64 [B] -> [B, C, H, W]."""
+    B = x.shape[0]
+    null = torch.full_like(y, null_class)  # [B]: "no class" for every image
+    eps = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # [2B, C, H, W]
+    return cfg_combine(eps[:B], eps[B:], w)
+
+
 class ClassifierFreeGuidance:
     """model(x, t, y) -> the guided noise prediction with weight w (Ho & Salimans 2022, eq. 6).
 
-    Both predictions come from one forward pass on a doubled batch [conditional; unconditional],
-    which is faster than two passes on a GPU. Rows whose label already is the null class stay
-    unconditional.
+    ``cfg_eps`` at every call. Rows whose label already is the null class stay unconditional.
     """
 
     def __init__(self, model: Model, w: float, null_class: int):
@@ -52,11 +63,7 @@ class ClassifierFreeGuidance:
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.w == 0:
             return self.model(x, t, y)
-        B = x.shape[0]
-        null = torch.full_like(y, self.null_class)
-        eps = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # [2B, ...]
-        eps_cond, eps_uncond = eps[:B], eps[B:]
-        return cfg_combine(eps_cond, eps_uncond, self.w)
+        return cfg_eps(self.model, x, t, y, self.w, self.null_class)
 
 
 def guided(model: Model, w: float, null_class: int) -> Model:

@@ -8,6 +8,11 @@ the lab asks the student to write it (same name, same arguments); a *sampler* is
     ddim_step / sample_ddim          Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12, any eta
     dpmpp_2m_step / sample_dpmpp_2m  Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep second order)
 
+The labs also ask for the loops, in their plainest form (no clipping, no callback, the noise given as a tensor
+so that a check can fix it): ``sample_loop`` (lab 05), ``ddim_loop`` and ``dpmpp_2m_loop`` (lab 07). They call the
+same steps; ``sample_ddpm``, ``sample_ddim`` and ``sample_dpmpp_2m`` are the same loops with clipping, a callback
+and noise drawn on the fly (tests/test_samplers.py checks that both agree).
+
 ``sample`` checks its arguments, builds the grid and the starting noise, and hands over to the sampler
 named in ``SAMPLER_FUNCTIONS``. Guidance lives outside the samplers: a guided model is a model
 (``labkit.guidance.guided``); ``sample(..., guidance=w)`` only wraps the model with it before dispatching.
@@ -15,6 +20,7 @@ named in ``SAMPLER_FUNCTIONS``. Guidance lives outside the samplers: a guided mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -149,6 +155,99 @@ def dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_l
     return ratio * x_t - alpha_bar_prev.sqrt() * torch.expm1(-h) * D
 
 
+# --- The loops the labs ask for: the plainest form of each sampler, on given noise ----------------------
+
+
+@torch.no_grad()
+def sample_loop(model, x_T, y, timesteps, betas, alpha_bars, noises):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) down a chain of S steps:   (lab 05)
+
+        x = x_T
+        for k = S-1, ..., 1, 0:
+            eps_hat = model(x, timesteps[k], y)                                  the network sees the real step
+            x = p_sample_step(x, k, eps_hat, betas, alpha_bars, noises[k])      step k of the chain: x_k -> x_{k-1}
+        return x                                                                 x_{-1}, the clean sample x_0
+
+    x_T: [B, C, H, W]; y: int64 [B]; timesteps: int64 [S] ascending, the model's time step for chain step k
+    (``torch.arange(T)`` for the full chain); betas, alpha_bars: [S], the schedule at those steps (``respaced``);
+    noises: [S, B, C, H, W], the z of step k is noises[k] (noises[0] goes unused: sigma_0 = 0) -> x_0 [B, C, H, W].
+    """
+    x = x_T
+    B = x.shape[0]
+    for k in range(len(timesteps) - 1, -1, -1):
+        t = timesteps[k].expand(B)  # [B]: the model's time step
+        k_b = torch.full((B,), k, dtype=torch.long, device=x.device)  # [B]: the chain's step, an index into betas
+        eps_hat = model(x, t, y)
+        x = p_sample_step(x, k_b, eps_hat, betas, alpha_bars, noises[k])
+    return x
+
+
+class Watched:
+    """``model(x, t, y)`` that also calls ``watch(t, x, eps_hat)`` after every call: what any sampling loop,
+    yours included, shows its model, step by step (for denoising trajectories without a callback argument)."""
+
+    def __init__(self, model: Model, watch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]):
+        self.model, self.watch = model, watch
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        eps_hat = self.model(x, t, y)
+        self.watch(t, x, eps_hat)
+        return eps_hat
+
+
+def _abar_pair(alpha_bars, grid, i, x):
+    """alpha_bar at grid[i] and at the next grid step (1 after the last: clean data), each [B, 1, 1, 1]."""
+    ab_t = gather(alpha_bars, grid[i].expand(x.shape[0]), x)
+    ab_prev = gather(alpha_bars, grid[i + 1].expand(x.shape[0]), x) if i + 1 < len(grid) else torch.ones_like(ab_t)
+    return ab_t, ab_prev
+
+
+@torch.no_grad()
+def ddim_loop(model, x_T, y, grid, alpha_bars, eta, noises):
+    """DDIM (Song et al. 2021, eq. 12) down a descending grid of time steps:   (lab 07)
+
+        x = x_T
+        for i, t in enumerate(grid):                   t = grid[i]; the next step is grid[i + 1], or clean data
+            x = ddim_step(x, model(x, t, y), alpha_bar_t, alpha_bar_next, eta, noises[i])    alpha_bar_next = 1 last
+
+    x_T: [B, C, H, W]; y: int64 [B]; grid: int64 [S] descending (``timestep_grid``); alpha_bars: [T];
+    eta: 0 deterministic; noises: [S, B, C, H, W], noises[i] for step i (unused when eta = 0) -> x_0 [B, C, H, W].
+    """
+    x = x_T
+    for i in range(len(grid)):
+        eps_hat = model(x, grid[i].expand(x.shape[0]), y)
+        ab_t, ab_prev = _abar_pair(alpha_bars, grid, i, x)  # [B, 1, 1, 1] each
+        x = ddim_step(x, eps_hat, ab_t, ab_prev, eta, noises[i]).to(x_T.dtype)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m_loop(model, x_T, y, grid, alpha_bars):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) down a descending grid of time steps:   (lab 07)
+
+        x, x0_prev, alpha_bar_last = x_T, None, None            the first step has no history: first order
+        for i, t in enumerate(grid):
+            x0_hat = (x - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t),   eps_hat = model(x, t, y)
+            x = dpmpp_2m_step(x, x0_hat, x0_prev, alpha_bar_t, alpha_bar_next, alpha_bar_last)   but x0_hat on the last
+            x0_prev, alpha_bar_last = x0_hat, alpha_bar_t        carried to the next step
+
+    x_T: [B, C, H, W]; y: int64 [B]; grid: int64 [S] descending; alpha_bars: [T] -> x_0 [B, C, H, W]. The last
+    step goes to clean data (lambda = infinity), where the answer is x0_hat itself, as in k-diffusion.
+    """
+    x, x0_prev, ab_last = x_T, None, None
+    for i in range(len(grid)):
+        t = grid[i].expand(x.shape[0])  # [B]
+        eps_hat = model(x, t, y)
+        ab_t, ab_prev = _abar_pair(alpha_bars, grid, i, x)  # [B, 1, 1, 1] each
+        x0_hat = (x - (1 - ab_t).sqrt() * eps_hat) / ab_t.sqrt()
+        if i + 1 < len(grid):
+            x = dpmpp_2m_step(x, x0_hat, x0_prev, ab_t, ab_prev, ab_last).to(x_T.dtype)
+        else:
+            x = x0_hat.to(x_T.dtype)
+        x0_prev, ab_last = x0_hat, ab_t
+    return x
+
+
 def respaced(schedule: Schedule, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The schedule seen only at the steps of ``grid`` (Nichol & Dhariwal 2021, section 4, "respacing"):
     alpha_bars [S] = alpha_bar at the grid's steps in ascending order, betas [S] = 1 - alpha_bar_k / alpha_bar_{k-1}
@@ -242,6 +341,33 @@ def _grid_steps(grid: torch.Tensor, batch: int):
     end = torch.tensor(-1, device=grid.device)
     for i in range(len(grid)):
         yield i, grid[i].expand(batch), (grid[i + 1] if i + 1 < len(grid) else end).expand(batch)
+
+
+@dataclass
+class Trajectory:
+    """A sampler callback that keeps every state, on the CPU: ``sample(..., callback=trajectory)``.
+
+    After sampling with S steps: ts [S] (the time step of each state), x_t [S, *shape] (the state each step
+    started from) and x0_hat [S, *shape] (the model's guess of the clean data at that state). Images or the
+    2D points of ``labkit.toy2d`` alike; ``plotting.denoising_animation`` and ``toy_animation`` replay it.
+    """
+
+    ts: list[int] = field(default_factory=list)
+    xs: list[torch.Tensor] = field(default_factory=list)
+    x0s: list[torch.Tensor] = field(default_factory=list)
+
+    def __call__(self, step: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> None:
+        self.ts.append(int(t))
+        self.xs.append(x_t.detach().cpu().clone())
+        self.x0s.append(x0_hat.detach().cpu().clone())
+
+    @property
+    def x_t(self) -> torch.Tensor:
+        return torch.stack(self.xs)  # [S, B, ...]
+
+    @property
+    def x0_hat(self) -> torch.Tensor:
+        return torch.stack(self.x0s)  # [S, B, ...]
 
 
 @torch.no_grad()

@@ -443,6 +443,56 @@ LAB05 = [
                                                          / (1 - b)), "divides by alpha_t"),
 ]
 
+
+# The sampling loop, as students write it around their (here: labkit's) p_sample_step.
+def _loop05(model, x_T, y, timesteps, betas, alpha_bars, noises, *, ks=None, model_t=None, z_of=None, from_x_T=False,
+            once=False, k_int=False, ret=None, scalar_t=False, cast=True, inplace=False):
+    from labkit.samplers import p_sample_step
+
+    S, B = len(timesteps), x_T.shape[0]
+    x, eps = (x_T if not inplace else x_T), None
+    xs = []
+    for k in (range(S - 1, -1, -1) if ks is None else ks(S)):
+        t = timesteps[k] if model_t is None else model_t(k, timesteps)
+        t = t if scalar_t else t.expand(B) if t.dim() == 0 else t
+        src = x_T if from_x_T else x
+        if eps is None or not once:
+            eps = model(src, t, y)
+        kk = k if k_int else torch.full((B,), k)
+        new = p_sample_step(src, kk, eps, betas, alpha_bars, noises[k if z_of is None else z_of(k, S)])
+        new = new.to(x_T.dtype) if cast else new.double()
+        if inplace:
+            x.copy_(new)
+        else:
+            x = new
+        xs.append(x)
+    return x if ret is None else ret(xs)
+
+
+LAB05_LOOP = [
+    ("forwards", lambda *a: _loop05(*a, ks=lambda S: range(S)), "runs forwards"),
+    ("stops before k = 0", lambda *a: _loop05(*a, ks=lambda S: range(S - 1, 0, -1)), "stops before the last step"),
+    ("starts at S", lambda *a: _loop05(*a, ks=lambda S: range(S, -1, -1)), "index is out of range"),
+    ("skips the first step", lambda *a: _loop05(*a, ks=lambda S: range(S - 2, -1, -1)), "skips its first step"),
+    ("model sees k", lambda *a: _loop05(*a, model_t=lambda k, ts: torch.tensor(k)), "real time step timesteps\\[k\\]"),
+    ("step gets timesteps[k]", lambda m, x, y, ts, b, ab, n: _loop05(m, x, y, ts, b, ab, n, ks=lambda S: [int(t) for t in
+                                                                                                       ts.flip(0)]),
+     "chain's step k"),
+    ("same z (noises[0])", lambda *a: _loop05(*a, z_of=lambda k, S: 0), "same noise at every step"),
+    ("same z (noises[-1])", lambda *a: _loop05(*a, z_of=lambda k, S: -1), "same noise at every step"),
+    ("z in loop order", lambda *a: _loop05(*a, z_of=lambda k, S: S - 1 - k), "order of the loop"),
+    ("x not updated", lambda *a: _loop05(*a, from_x_T=True), "starts again from x_T"),
+    ("model once", lambda *a: _loop05(*a, once=True), "called once"),
+    ("scalar t", lambda *a: _loop05(*a, scalar_t=True), "shape \\[B\\]"),
+    ("float64 x", lambda *a: _loop05(*a, cast=False), "dtype"),
+    ("x_T in place", lambda *a: _loop05(*a, inplace=True), "in place"),
+    ("returns the trajectory", lambda *a: torch.stack(_loop05(*a, ret=lambda xs: xs)), "only the last x"),
+    ("fresh noise", lambda m, x, y, ts, b, ab, n: _loop05(m, x, y, ts, b, ab, torch.randn_like(n)),
+     "use the inputs you are given"),
+    ("no class (outside suite)", lambda m, x, y, ts, b, ab, n: _loop05(m, x, torch.full_like(y, 10), ts, b, ab, n),
+     "no class"),
+]
+
 # --- lab 06 ----------------------------------------------------------------------------------------------
 LAB06_COS = [
     ("no normalisation", lambda i, t: i @ t.T, "no normalisation"),
@@ -549,6 +599,107 @@ LAB07_DPM = [
     ("D swapped", lambda *a: _dpm(*a, swap=True), "swapped"),
     ("exp not expm1", lambda *a: _dpm(*a, expm1=False), "expm1"),
     ("no x_t ratio", lambda *a: _dpm(*a, ratio="none"), "x_t coefficient is missing"),
+]
+
+
+# Guidance around a model and the two grid loops, as students write them (with labkit's steps as theirs).
+def _cfg_eps(model, x, t, y, w, null_class, *, uncond_y=None, combine=None, null=None):
+    from labkit.guidance import cfg_combine
+
+    cond = model(x, t, y)
+    uncond = model(x, t, uncond_y(y) if uncond_y else torch.full_like(y, null_class if null is None else null))
+    return (combine or cfg_combine)(cond, uncond, w)
+
+
+LAB07_CFG_EPS = [
+    ("real class in the uncond branch", lambda *a: _cfg_eps(*a, uncond_y=lambda y: y), "real labels y"),
+    ("scale convention", lambda *a: _cfg_eps(*a, combine=lambda c, u, w: w * c - (w - 1) * u), "'scale' convention"),
+    ("swapped", lambda *a: _cfg_eps(*a, combine=lambda c, u, w: (1 + w) * u - w * c), "swapped"),
+    ("null class 10 hard-coded", lambda *a: _cfg_eps(*a, null=10), "null_class, the argument"),
+    ("null class 0", lambda *a: _cfg_eps(*a, null=0), "real class 0 as 'no class'"),
+    ("uncond only", lambda *a: _cfg_eps(*a, combine=lambda c, u, w: u), "only the unconditional"),
+    ("cond only", lambda m, x, t, y, w, n: m(x, t, y), "real labels y"),
+    ("(1 + w) cond", lambda *a: _cfg_eps(*a, combine=lambda c, u, w: (1 + w) * c), "unconditional term is missing"),
+]
+
+
+def _ab07(ab, t, x):
+    return (ab[t] if t >= 0 else ab.new_ones(())).to(x.dtype).view(1, 1, 1, 1)
+
+
+def _loop07(model, x_T, y, grid, ab, step, *, order=None, nxt=None, last=-1, model_t=None, from_x_T=False, once=False):
+    ts = [int(v) for v in grid] if order is None else order(grid)
+    x, eps = x_T, None
+    for i, t in enumerate(ts):
+        t_next = nxt(i, t, ts) if nxt else (ts[i + 1] if i + 1 < len(ts) else last)
+        src = x_T if from_x_T else x
+        if eps is None or not once:
+            eps = model(src, torch.full((x_T.shape[0],), t if model_t is None else model_t(i, t)), y)
+        x = step(i, src, eps, t, t_next).to(x_T.dtype)
+    return x
+
+
+def _ddim_loop(model, x_T, y, grid, ab, eta, noises, *, z_of=None, eta_used=None, **change):
+    from labkit.samplers import ddim_step
+
+    def step(i, x, eps, t, t_next):
+        z = noises[i if z_of is None else z_of(i, len(grid))]
+        return ddim_step(x, eps, _ab07(ab, t, x), _ab07(ab, t_next, x), eta if eta_used is None else eta_used, z)
+    return _loop07(model, x_T, y, grid, ab, step, **change)
+
+
+def _dpm_loop(model, x_T, y, grid, ab, *, carry=True, before=False, formula_last=False, x0f=None, **change):
+    from labkit.samplers import dpmpp_2m_step
+
+    st = {"x0": None, "ab": None}
+
+    def step(i, x, eps, t, t_next):
+        a_t, a_n = _ab07(ab, t, x), _ab07(ab, t_next, x)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt() if x0f is None else x0f(x, eps, a_t)
+        if before:
+            st.update(x0=x0, ab=a_t)
+        if t_next < 0 and not formula_last:
+            out = x0
+        else:
+            out = dpmpp_2m_step(x, x0, st["x0"], a_t, a_n, st["ab"])
+        if carry:
+            st.update(x0=x0, ab=a_t)
+        return out
+    return _loop07(model, x_T, y, grid, ab, step, **change)
+
+
+_GRID_MISTAKES = [  # (label, the change as a function of the grid, phrase)
+    ("grid reversed", lambda g: dict(order=lambda g_: [int(v) for v in g_.flip(0)]), "walked backwards"),
+    ("last step to alpha_bars[0]", lambda g: dict(last=0), "does not go to clean data"),
+    ("stops one step early", lambda g: dict(order=lambda g_: [int(v) for v in g_[:-1]],
+                                            nxt=lambda i, t, ts: int(g[i + 1])), "stop one step early"),
+    ("next alpha_bar at t - 1", lambda g: dict(nxt=lambda i, t, ts: t - 1), "taken at t - 1"),
+    ("x not updated", lambda g: dict(from_x_T=True), "starts again from x_T"),
+    ("model once", lambda g: dict(once=True), "called once"),
+    ("model sees i", lambda g: dict(model_t=lambda i, t: i), "loop index i"),
+]
+
+
+def _grid_mistake(loop, change):
+    def run(*args):
+        return loop(*args, **change(args[3]))
+    return run
+
+
+LAB07_DDIM_LOOP = [(label, _grid_mistake(_ddim_loop, change), phrase) for label, change, phrase in _GRID_MISTAKES] + [
+    ("eta not passed", lambda *a: _ddim_loop(*a, eta_used=0.0), "eta was not passed"),
+    ("same noise", lambda *a: _ddim_loop(*a, z_of=lambda i, S: 0), "same noise at every step"),
+    ("noise reversed", lambda *a: _ddim_loop(*a, z_of=lambda i, S: S - 1 - i), "reverse order"),
+    ("fresh noise", lambda m, x, y, g, ab, eta, n: _ddim_loop(m, x, y, g, ab, eta, torch.randn_like(n)),
+     "use the inputs you are given"),
+]
+
+LAB07_DPM_LOOP = [(label, _grid_mistake(_dpm_loop, change), phrase) for label, change, phrase in _GRID_MISTAKES] + [
+    ("x0_prev not carried", lambda *a: _dpm_loop(*a, carry=False), "x0_prev was not carried"),
+    ("carried before the step", lambda *a: _dpm_loop(*a, before=True), "after the step"),
+    ("formula on the last step", lambda *a: _dpm_loop(*a, formula_last=True), "returns x0_hat"),
+    ("x0_hat with variances", lambda *a: _dpm_loop(*a, x0f=lambda x, e, a_: (x - (1 - a_) * e) / a_), "variances"),
+    ("x0_hat no sqrt", lambda *a: _dpm_loop(*a, x0f=lambda x, e, a_: (x - (1 - a_).sqrt() * e) / a_), "without the sqrt"),
 ]
 
 # --- lab 08 ----------------------------------------------------------------------------------------------
@@ -699,6 +850,16 @@ LAB09_SPEED = [
      "last good-enough"),
 ]
 
+def _lab03_class(name: str, mistake: str):
+    import lab03_modules
+
+    return lab03_modules.classes(mistake)[name]
+
+
+LAB03_CLASSES = {}  # lab 03's classes (module exercises): each with one mistake, as tests/lab03_modules.py writes them
+for _mistake, (_name, _phrase) in __import__("lab03_modules").MISTAKES.items():
+    LAB03_CLASSES.setdefault(_name, []).append((_mistake.replace("_", " "), _lab03_class(_name, _mistake), _phrase))
+
 SUITE = {
     ("lab00_setup", "to_unit_range"): LAB00,
     ("lab01_forward", "alpha_bars_from_betas"): LAB01_ALPHA,
@@ -709,17 +870,22 @@ SUITE = {
     ("lab03_embeddings", "sinusoidal_embedding"): LAB03_PE,
     ("lab03_embeddings", "cosine_similarity"): LAB03_COS,
     ("lab03_embeddings", "film"): LAB03_FILM,
+    **{("lab03_embeddings", name): wrongs for name, wrongs in LAB03_CLASSES.items()},
     ("lab04_training", "noise_prediction_loss"): LAB04_LOSS,
     ("lab04_training", "train_step"): LAB04_STEP,
     ("lab04_training", "drop_labels"): LAB04_DROP,
     ("lab04_training", "ema_update"): LAB04_EMA,
     ("lab04_training", "train_loop"): LAB04_LOOP,
     ("lab05_sampling", "p_sample_step"): LAB05,
+    ("lab05_sampling", "sample_loop"): LAB05_LOOP,
     ("lab06_clip", "cosine_similarity"): LAB06_COS,
     ("lab06_clip", "zero_shot_probs"): LAB06_ZS,
     ("lab07_improvements", "cfg_combine"): LAB07_CFG,
     ("lab07_improvements", "ddim_step"): LAB07_DDIM,
     ("lab07_improvements", "dpmpp_2m_step"): LAB07_DPM,
+    ("lab07_improvements", "cfg_eps"): LAB07_CFG_EPS,
+    ("lab07_improvements", "ddim_loop"): LAB07_DDIM_LOOP,
+    ("lab07_improvements", "dpmpp_2m_loop"): LAB07_DPM_LOOP,
     ("lab08_beyond", "guided_eps"): LAB08,
     ("lab09_report", "recognisable_from"): LAB09_REC,
     ("lab09_report", "quartiles_per_digit"): LAB09_QUART,
@@ -733,8 +899,11 @@ SUITE = {
 
 def _rounded_differently(fn):
     """The same wrong answer with its float result moved by up to 4 float32 rounding steps per entry (what
-    another CPU's kernels may do): the message must not change with the machine."""
+    another CPU's kernels may do): the message must not change with the machine. A class: its forward's."""
     eps = torch.finfo(torch.float32).eps
+    if isinstance(fn, type):  # a module exercise: the same class, its output rounded differently
+        rounded = _rounded_differently(fn.forward)
+        return type(fn.__name__, (fn,), {"forward": lambda self, *a, **k: rounded(self, *a, **k)})
 
     def run(*args, **kwargs):
         g = torch.Generator().manual_seed(7)  # the same rounding on every call: a machine is deterministic

@@ -32,6 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_forward"
+BUILD_LAB = "lab02_unet"  # the lab whose exercises are classes (the student builds the U-Net)
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.extended]
 
 # Console entries that are not the page's fault: the browser's own request for /favicon.ico, and images from
@@ -66,7 +67,8 @@ def lab_server(tmp_path_factory):
     pytest.importorskip("jupyterlab", reason="JupyterLab is not installed (pip install -e '.[course]')")
     work = tmp_path_factory.mktemp("jupyterlab")
     (work / "nb").mkdir()
-    shutil.copy(REPO / "notebooks" / f"{LAB}.ipynb", work / "nb" / f"{LAB}.ipynb")
+    for lab in (LAB, BUILD_LAB):
+        shutil.copy(REPO / "notebooks" / f"{lab}.ipynb", work / "nb" / f"{lab}.ipynb")
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, LABKIT_FAST="1", MPLBACKEND="module://matplotlib_inline.backend_inline",
                OMP_NUM_THREADS="1", JUPYTER_CONFIG_DIR=str(work / "config"),
@@ -241,3 +243,41 @@ def test_run_all_in_jupyterlab_runs_every_cell_and_the_slider_redraws(lab_server
               and not any(p.search(e.get("message", "")) for p in IGNORED_CONSOLE)]
     assert severe == [], severe
     assert time.monotonic() - started < 240
+
+
+def test_run_all_on_the_untouched_build_lab(lab_server, browser, artifacts):
+    """Lab 02 untouched (every class still raises NotImplementedError): Run All reaches the last cell, each test
+    cell says "not implemented yet" without a traceback, and the later cells say they use labkit's U-Net."""
+    from selenium.webdriver.common.by import By
+
+    base, token, log = lab_server
+    browser.get(f"{base}/lab/tree/{BUILD_LAB}.ipynb?token={token}&reset")
+    _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Notebook .jp-Cell"), 90,
+          "the notebook to open")
+    _wait(lambda: browser.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']")
+          or "Idle" in browser.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel-toolbar").text, 90, "the kernel")
+    menu = _wait(lambda: [e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-MenuBar-itemLabel")
+                          if e.text.strip() == "Run"], 30, "the Run menu")
+    menu[0].click()
+    item = _wait(lambda: [e for e in browser.find_elements(By.CSS_SELECTOR, ".lm-Menu-itemLabel")
+                          if e.text.strip() == "Run All Cells"], 10, "Run All Cells")
+    item[0].click()
+
+    def finished():
+        cells = browser.execute_script(STATE_JS)
+        prompts = [c["prompt"].strip() for c in cells if c["code"]]
+        return cells if prompts and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts) else None
+
+    try:
+        cells = _wait(finished, 240, "every code cell of lab 02 to get an execution count", poll=1.0)
+    finally:
+        browser.save_screenshot(str(artifacts / "05-lab02-after-run-all.png"))
+    code = [c for c in cells if c["code"]]
+    tests = [c for c in code if c["source"].lstrip().startswith("checks.check_")]
+    assert len(tests) == 7
+    for c in tests:
+        text = "\n".join(o["text"] for o in c["outputs"])
+        assert "not implemented yet" in text and "Traceback" not in text, text
+    others = "\n".join(o["text"] for c in code if c not in tests for o in c["outputs"])
+    assert "Using labkit's U-Net" in others, others[-2000:]
+    assert "Traceback" not in others, others[-2000:]

@@ -285,3 +285,66 @@ def test_all_checks_fast():
     c03.check_cosine_similarity(cos_sim_ok)
     c03.check_film(film_ok)
     assert time.perf_counter() - start < 1.0
+
+
+# --- lab 03: the classes (module checks) ----------------------------------------------------------
+
+import lab03_modules  # noqa: E402
+from labkit.checks import _modules  # noqa: E402
+
+MODULE_CHECKS = {"TimeEmbedding": c03.check_time_embedding, "ClassEmbedding": c03.check_class_embedding,
+                 "ConvBlock": c03.check_conv_block, "ResBlock": c03.check_res_block, "UNet": c03.check_unet}
+LIBRARY_CLASSES = {"TimeEmbedding": embeddings.TimeEmbedding, "ClassEmbedding": embeddings.ClassEmbedding,
+                   "ConvBlock": unet.ConvBlock, "ResBlock": unet.ResBlock, "UNet": c03.labkit_unet}
+
+
+@pytest.mark.parametrize("name", list(MODULE_CHECKS))
+def test_module_checks_accept_labkit_and_a_students_classes(name, capsys):
+    MODULE_CHECKS[name](LIBRARY_CLASSES[name])
+    MODULE_CHECKS[name](lab03_modules.classes()[name])  # its own names for the middle: loaded by order
+    MODULE_CHECKS[name](lab03_modules.classes()[name], seed=3)
+    assert capsys.readouterr().out.count("passed") == 3
+
+
+def test_module_checks_accept_the_instructor_solution(capsys):
+    import solution_code
+
+    namespace = solution_code.solution_namespace("lab03_embeddings")
+    for name, check in MODULE_CHECKS.items():
+        check(namespace[name])
+    assert capsys.readouterr().out.count("passed") == len(MODULE_CHECKS)
+
+
+@pytest.mark.parametrize("mistake", list(lab03_modules.MISTAKES))
+def test_module_checks_name_mistakes(mistake):
+    name, phrase = lab03_modules.MISTAKES[mistake]
+    with pytest.raises(AssertionError, match=phrase):
+        MODULE_CHECKS[name](lab03_modules.classes(mistake)[name])
+
+
+def test_the_named_mistakes_are_the_reference_computed_another_way():
+    """The hand-written forward passes behind the named mistakes give labkit's output without a mistake."""
+    g = torch.Generator().manual_seed(0)
+    net = c03.labkit_unet(base_channels=8, channel_mults=(1, 2), blocks_per_level=2, num_classes=3, groups=4)
+    net = _modules.seeded_weights(net, 1).double().eval()
+    x, t, y = torch.randn(2, 1, 10, 10, generator=g).double(), torch.tensor([0, 999]), torch.tensor([1, 3])
+    with torch.no_grad():
+        assert (c03._net(net, x, t, y) - net(x, t, y)).abs().max() < 1e-12
+        te = net.time_embed
+        pe = embeddings.sinusoidal_embedding(t, te.base, dtype=torch.float64)
+        assert (c03._time_mlp(te, pe) - te(t)).abs().max() < 1e-12
+        assert te(t).dtype == torch.float64  # TimeEmbedding follows its weights' dtype (model.double() works)
+
+
+def test_module_checks_say_what_is_not_a_class_or_not_written():
+    with pytest.raises(AssertionError, match="expected a class"):
+        c03.check_res_block(42)
+
+    class NotYet(torch.nn.Module):
+        def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), blocks_per_level=1, groups=8,
+                     patch=2, num_classes=10):
+            super().__init__()
+            raise NotImplementedError()
+    with pytest.raises(AssertionError, match="not implemented yet"):
+        c03.check_unet(NotYet)
+    assert c03.yours_or_labkit(c03.check_unet, NotYet, c03.labkit_unet, "UNet") is c03.labkit_unet

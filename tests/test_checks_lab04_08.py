@@ -125,6 +125,54 @@ def test_sample_ddpm_walks_the_posterior_between_grid_steps(steps):
     assert (got - x).abs().max() < 1e-9
 
 
+# --- lab 05: the sampling loop (wrong loops, each named: tests/mistake_suite.py) -----------------------
+
+def sample_loop_ok(model, x_T, y, timesteps, betas, alpha_bars, noises):
+    """What a student writes: Algorithm 2 around their step (here this file's), k counting down."""
+    x = x_T
+    for k in reversed(range(len(timesteps))):
+        t = torch.full((len(x),), int(timesteps[k]))
+        x = p_sample_ok(x, torch.full((len(x),), k), model(x, t, y), betas, alpha_bars, noises[k]).to(x_T.dtype)
+    return x
+
+
+@pytest.mark.parametrize("fn", [samplers.sample_loop, sample_loop_ok])
+def test_sample_loop_accepts_correct(fn, capsys):
+    c05.check_sample_loop(fn)
+    c05.check_sample_loop(fn, seed=4, sizes=((2, 1, 28, 28),), T=100, steps=(None, 3))
+    assert capsys.readouterr().out.count("passed") == 2
+
+
+def test_sample_loop_check_names_a_wrong_step_as_the_cause():
+    """A right loop around a wrong step fails, and the message sends the student to the step's check."""
+    def loop_with_wrong_step(model, x_T, y, timesteps, betas, alpha_bars, noises):
+        x = x_T
+        for k in reversed(range(len(timesteps))):
+            kk = torch.full((len(x),), k)
+            x = (1.01 * p_sample_ok(x, kk, model(x, timesteps[k].expand(len(x)), y), betas, alpha_bars, noises[k]))
+        return x.float()
+    _raises(c05.check_sample_loop, loop_with_wrong_step, "fix that first")
+
+
+def test_sampling_model_says_which_input_is_wrong():
+    model = c05.SamplingModel(1, 10)
+    x, t, y = torch.randn(2, 1, 4, 4), torch.tensor([3, 4]), torch.tensor([1, 10])
+    assert model(x, t, y).shape == x.shape
+    for bad, phrase in [((x.double(), t, y), "float64"), ((x, 3, y), "t must be an int64 tensor"),
+                        ((x, t.float(), y), "shape \\[B\\]"), ((x, t[:1], y), "\\[B\\] = \\[2\\]"),
+                        ((x, t + 7, y), "t must be in 0..9"), ((x, t, y + 1), "y must be in 0..10")]:
+        with pytest.raises(ValueError, match=phrase):
+            model(*bad)
+
+
+def test_yours_or_labkit_picks_what_passes(capsys):
+    assert c05.yours_or_labkit(c05.check_sample_loop, sample_loop_ok, samplers.sample_loop, "loop") is sample_loop_ok
+    assert "Using your loop" in capsys.readouterr().out
+    stub = lambda *a: (_ for _ in ()).throw(NotImplementedError())  # noqa: E731
+    assert c05.yours_or_labkit(c05.check_sample_loop, stub, samplers.sample_loop, "loop") is samplers.sample_loop
+    assert capsys.readouterr().out.strip() == "Using labkit's loop: yours does not pass its check yet (see the test cell above)."
+
+
 # --- lab 07: guidance and fast samplers -------------------------------------------------------------
 
 @pytest.mark.parametrize("fn", [guidance.cfg_combine, lambda c, u, w: c + w * (c - u)])
@@ -206,6 +254,62 @@ def test_labkit_dpmpp_2m_step_is_algorithm_2():
     for prev, last in ((None, None), (d1, ab_l)):
         out = samplers.dpmpp_2m_step(x, d0, prev, ab_t, ab_p, last)
         assert (out - dpmpp_ok(x, d0, prev, ab_t, ab_p, last)).abs().max() < 1e-9
+
+
+def cfg_eps_two_calls(model, x, t, y, w, null_class):
+    return guidance.cfg_combine(model(x, t, y), model(x, t, torch.full_like(y, null_class)), w)
+
+
+@pytest.mark.parametrize("fn", [guidance.cfg_eps, cfg_eps_two_calls])
+def test_cfg_eps_accepts_correct(fn, capsys):
+    c07.check_cfg_eps(fn)
+    c07.check_cfg_eps(fn, seed=2, ws=(7.5,), classes=(3,))
+    assert capsys.readouterr().out.count("passed") == 2
+
+
+def test_classifier_free_guidance_runs_cfg_eps(monkeypatch):
+    """labkit's guided model is cfg_eps around the model: one formula, in one place."""
+    model = c05.SamplingModel(1, 10).requires_grad_(False)
+    x, t, y = torch.randn(2, 1, 4, 4), torch.tensor([3, 4]), torch.tensor([1, 2])
+    assert (guidance.guided(model, 2.0, 10)(x, t, y) - guidance.cfg_eps(model, x, t, y, 2.0, 10)).abs().max() == 0
+    monkeypatch.setattr(guidance, "cfg_eps", lambda *a: torch.zeros(2, 1, 4, 4))
+    assert guidance.guided(model, 2.0, 10)(x, t, y).abs().max() == 0
+
+
+def ddim_loop_ok(model, x_T, y, grid, alpha_bars, eta, noises):
+    x = x_T
+    for i, t in enumerate(grid):
+        ab_t = alpha_bars[t]
+        ab_prev = alpha_bars[grid[i + 1]] if i + 1 < len(grid) else torch.tensor(1.0, dtype=torch.float64)
+        x = ddim_ok(x, model(x, t.repeat(len(x)), y), ab_t, ab_prev, eta, noises[i])
+    return x
+
+
+def dpmpp_2m_loop_ok(model, x_T, y, grid, alpha_bars):
+    x, prev, last = x_T, None, None
+    for i, t in enumerate(grid.tolist()):
+        ab_t = alpha_bars[t].float()
+        x0 = (x - (1 - ab_t).sqrt() * model(x, torch.full((len(x),), t), y)) / ab_t.sqrt()
+        x = dpmpp_ok(x, x0, prev, ab_t, alpha_bars[grid[i + 1]].float(), last) if i + 1 < len(grid) else x0
+        prev, last = x0, ab_t
+    return x
+
+
+@pytest.mark.parametrize("check, fn", [(c07.check_ddim_loop, samplers.ddim_loop), (c07.check_ddim_loop, ddim_loop_ok),
+                                       (c07.check_dpmpp_2m_loop, samplers.dpmpp_2m_loop),
+                                       (c07.check_dpmpp_2m_loop, dpmpp_2m_loop_ok)])
+def test_grid_loops_accept_correct(check, fn, capsys):
+    check(fn)
+    check(fn, seed=8, sizes=((2, 1, 28, 28),), T=200, steps=(12, 1))
+    assert capsys.readouterr().out.count("passed") == 2
+
+
+def test_grid_loop_grids_start_at_T_minus_1_and_end_at_0():
+    g = torch.Generator().manual_seed(0)
+    for S, first in ((6, True), (3, False), (1, True)):
+        grid = c07.grid_case((2, 1, 4, 4), 40, S, 0, g, first=first)[3]
+        assert len(grid) == S and int(grid[-1]) == 0 and bool((grid[:-1] > grid[1:]).all())
+        assert (int(grid[0]) == 39) == (first and S > 1)
 
 
 # --- lab 06: CLIP scores ------------------------------------------------------------------------------
@@ -515,6 +619,8 @@ ALL = [
     (c04.check_drop_labels, __import__("labkit.training").training.drop_labels),
     (c04.check_ema_update, __import__("labkit.training").training.ema_update),
     (c04.check_train_loop, __import__("labkit.training").training.train_loop),
+    (c05.check_sample_loop, sample_loop_ok), (c07.check_cfg_eps, cfg_eps_two_calls),
+    (c07.check_ddim_loop, ddim_loop_ok), (c07.check_dpmpp_2m_loop, dpmpp_2m_loop_ok),
 ]
 
 

@@ -89,7 +89,7 @@ def test_doubled_batch_equals_two_separate_calls_on_a_real_unet():
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4)).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # random weights where the U-Net starts at zero, so y actually matters
-        for conv in [model.out] + [m.conv2 for m in model.modules() if isinstance(m, ResBlock)]:
+        for conv in [model.out] + [m.block2.conv for m in model.modules() if isinstance(m, ResBlock)]:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.05)
         x = torch.randn(3, 1, 12, 12, generator=g)
         t = torch.tensor([10, 500, 990])

@@ -440,3 +440,19 @@ def test_release_holds_no_model_answer_or_rubric():
             if len(line) > 12:
                 assert line not in student, f"model answer leaked: {line!r}"
     assert "Rubric" not in student
+
+
+def test_above_control_subtracts_what_the_judge_gives_the_digit_on_other_digits():
+    """Golden values by hand, and the case it exists for: a judge that calls every sample an 8 gives the 8s
+    no margin at all (and the others a negative one), however sure it is."""
+    from labkit.evaluation import measures
+
+    p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]])
+    y = torch.tensor([0, 0, 1, 1])
+    assert torch.allclose(measures.above_control(p, y), torch.tensor([0.5, 0.4, 0.15, 0.75], dtype=torch.float64))
+    biased = torch.zeros(20, 10)
+    biased[:, 8] = 1.0  # "everything is an 8"
+    labels = torch.arange(20) % 10
+    margins = measures.above_control(biased, labels)
+    assert torch.all(margins[labels == 8] == 0) and torch.all(margins[labels != 8] == 0)
+    assert torch.all(measures.recognisable_from(margins[None].expand(5, -1), 0.5) == 5)  # never recognisable

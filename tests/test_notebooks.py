@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 LABS = [lab for lab in course.discover_labs(REPO)
         if lab in ("lab00_setup", "lab01_forward", "lab02_unet", "lab03_embeddings")]
 DAMAGED_LAB = "lab00_setup"
+REPORT_LAB = "lab01_forward"
 
 
 def _solution_cells(nb):
@@ -63,6 +64,17 @@ def _make_submissions(folder: Path) -> None:
     nbformat.write(messy, str(folder / f"messy_{DAMAGED_LAB}.ipynb"))
 
     (folder / f"broken_{DAMAGED_LAB}.ipynb").write_text('{"cells": [')  # truncated upload
+
+    # Two students with a known mistake in lab 01 (a cumulative sum for alpha_bar), for the class report.
+    solution = nbformat.read(str(REPO / "solutions" / REPORT_LAB / f"{REPORT_LAB}.ipynb"), as_version=4)
+    for student, extra in (("mistaken_a", ""), ("mistaken_b", "  # the same mistake, written by another student")):
+        nb = copy.deepcopy(solution)
+        for cell in nb.cells:
+            if "return torch.cumprod(1 - betas, dim=0)" in cell.source:
+                cell.source = cell.source.replace("return torch.cumprod(1 - betas, dim=0)",
+                                                  "return torch.cumsum(1 - betas, dim=0)" + extra)
+        (folder / student).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(folder / student / f"{REPORT_LAB}.ipynb"))
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +179,49 @@ def test_feedback_hides_hidden_tests(graded):
                 assert "Tests in this cell failed" in html
                 for line in solution_lines:
                     assert line not in html
+
+
+def test_the_class_report_counts_each_named_mistake(graded):
+    """report_<lab>.csv / .html beside scores.csv: the two students who summed instead of multiplying are
+    counted under that mistake, with the message they saw; the untouched release is "not implemented"; the
+    HTML escapes everything."""
+    import csv
+
+    results, out = graded
+    rows = list(csv.DictReader(open(out / f"report_{REPORT_LAB}.csv", encoding="utf-8")))
+    mistakes = [r for r in rows if r["kind"] == "mistake"]
+    assert [(r["exercise"], r["students"]) for r in mistakes] == [("test_alpha_bars_from_betas", "2")], mistakes
+    assert "cumulative sum" in mistakes[0]["what"]
+    outcomes = {(r["exercise"], r["what"]): int(r["students"]) for r in rows if r["kind"] == "outcome"}
+    students = sum(1 for (s, lab) in results if lab == REPORT_LAB)
+    assert outcomes[("test_alpha_bars_from_betas", "passed")] == 1  # the solution
+    assert outcomes[("test_alpha_bars_from_betas", "failed")] == 2
+    assert outcomes[("test_alpha_bars_from_betas", "not implemented")] == 1  # the untouched release
+    assert sum(v for (gid, _), v in outcomes.items() if gid == "test_alpha_bars_from_betas") == students == 4
+    page = (out / f"report_{REPORT_LAB}.html").read_text(encoding="utf-8")
+    assert "cumulative sum" in page and "2 (50%)" in page
+    assert "data:image/png;base64," in page  # the score histogram
+
+
+def test_feedback_says_which_points_are_not_graded_yet(graded):
+    """Before manual grading, a written answer reads "not graded yet / 1.0", never "Score: 0.0 / 1.0", and the
+    page's total says how many of its points are still to be graded; autograded cells keep their scores."""
+    _, out = graded
+    raw = (out / "feedback" / "solution" / f"{REPORT_LAB}.html").read_text()
+    text = htmllib.unescape(re.sub(r"<[^>]+>", "", raw))
+    written = re.findall(r"Written response \(Score: ([^)]*)\)", text)
+    assert written and all(w.startswith("not graded yet / ") for w in written), written
+    assert "of these points are not graded yet" in text
+    tests = re.findall(r"Test cell \(Score: ([^)]*)\)", text)
+    assert tests and all(re.fullmatch(r"[\d.]+ / [\d.]+", t) and t.split(" / ")[0] == t.split(" / ")[1]
+                         for t in tests), tests
+
+
+def test_lab03_demo_runs_the_students_network_only_where_its_check_passes(graded):
+    """Lab 03's last cells run the student's conditioned UNet when check_unet passes, else labkit's, and say which."""
+    _, out = graded
+    lab = "lab03_embeddings"
+    said = {who: "".join(o.get("text", "") for c in _autograded(out, who, lab).cells for o in c.get("outputs", [])
+                         if o.get("output_type") == "stream") for who in ("solution", "blank")}
+    assert "Using your UNet" in said["solution"] and "Using labkit's UNet" not in said["solution"]
+    assert "Using labkit's UNet: yours does not pass its check yet" in said["blank"]

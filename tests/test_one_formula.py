@@ -33,11 +33,15 @@ LIBRARY = {
     ("lab04_training", "ema_update"): "labkit.training",
     ("lab04_training", "train_loop"): "labkit.training",
     ("lab05_sampling", "p_sample_step"): "labkit.samplers",
+    ("lab05_sampling", "sample_loop"): "labkit.samplers",
     ("lab06_clip", "cosine_similarity"): "labkit.embeddings",
     ("lab06_clip", "zero_shot_probs"): "labkit.evaluation.clip",
     ("lab07_improvements", "cfg_combine"): "labkit.guidance",
     ("lab07_improvements", "ddim_step"): "labkit.samplers",
     ("lab07_improvements", "dpmpp_2m_step"): "labkit.samplers",
+    ("lab07_improvements", "cfg_eps"): "labkit.guidance",
+    ("lab07_improvements", "ddim_loop"): "labkit.samplers",
+    ("lab07_improvements", "dpmpp_2m_loop"): "labkit.samplers",
     ("lab08_beyond", "guided_eps"): "labkit.clip_guidance",
     ("lab09_report", "recognisable_from"): "labkit.evaluation.measures",
     ("lab09_report", "quartiles_per_digit"): "labkit.evaluation.measures",
@@ -158,3 +162,50 @@ def test_the_training_loop_calls_the_exercise_functions(piece, module, monkeypat
     else:
         monkeypatch.setattr(target, piece, _spoiled(original))
     assert (run() - before).abs().max() > 1e-3, f"train_loop does not call {piece}"
+# --- the modules the student builds (lab 02): labkit's class is the reference the checks load -------------
+
+CLASS_LIBRARY = {
+    ("lab02_unet", "ConvBlock"): "labkit.unet",
+    ("lab02_unet", "ResBlock"): "labkit.unet",
+    ("lab02_unet", "Down"): "labkit.unet",
+    ("lab02_unet", "Up"): "labkit.unet",
+    ("lab02_unet", "UNet"): "labkit.unet",
+    ("lab03_embeddings", "TimeEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ClassEmbedding"): "labkit.embeddings",
+    ("lab03_embeddings", "ConvBlock"): "labkit.unet",
+    ("lab03_embeddings", "ResBlock"): "labkit.unet",
+    ("lab03_embeddings", "UNet"): "labkit.unet",
+}
+CLASS_CHECKS = {"ConvBlock": "check_conv_block", "ResBlock": "check_res_block", "Down": "check_down", "Up": "check_up",
+                "UNet": "check_unet", "TimeEmbedding": "check_time_embedding", "ClassEmbedding": "check_class_embedding"}
+
+
+def test_every_module_exercise_has_a_library_class():
+    assert set(solution_code.CLASSES) == set(CLASS_LIBRARY)
+
+
+@pytest.mark.parametrize("lab, name", sorted(CLASS_LIBRARY))
+def test_library_class_has_the_students_arguments(lab, name):
+    """labkit's class takes the student's constructor arguments, in order (the U-Net: through the lab's
+    ``labkit_unet``, which maps them onto a UNetConfig)."""
+    student = solution_code.CLASSES[(lab, name)]
+    if name == "UNet":
+        checks = importlib.import_module(f"labkit.checks.{lab}")
+        config = getattr(checks, f"{lab[:5]}_config")  # lab02_config, lab03_config
+        cfg = config(**{a: checks.DEFAULTS[a] for a in student if a in checks.DEFAULTS})
+        assert all(hasattr(cfg, a) for a in student)
+        return
+    params = list(inspect.signature(getattr(importlib.import_module(CLASS_LIBRARY[(lab, name)]), name)).parameters)
+    assert params[:len(student)] == student
+
+
+@pytest.mark.parametrize("lab, name", sorted(CLASS_LIBRARY))
+def test_library_class_passes_the_labs_checks(lab, name, capsys):
+    checks = importlib.import_module(f"labkit.checks.{lab}")
+    answer = checks.labkit_unet if name == "UNet" else getattr(importlib.import_module(CLASS_LIBRARY[(lab, name)]), name)
+    lines = [line.strip() for line in solution_code._source(lab).splitlines()
+             if line.strip().startswith(f"checks.{CLASS_CHECKS[name]}({name}")]
+    assert len(lines) >= 2
+    for line in lines:
+        eval(line, {"checks": checks, name: answer, "torch": torch})  # noqa: S307 (our own source)
+    assert capsys.readouterr().out.count("passed") == len(lines)

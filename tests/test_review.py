@@ -181,7 +181,7 @@ def _solution_functions() -> dict[tuple[str, str], object]:
     found = {}
     for path in sorted((REPO / "solutions").glob("lab*/lab*.py")):
         source = path.read_text()
-        scope = {"torch": torch, "F": torch.nn.functional, "math": math}  # one per lab: an answer may call another
+        scope = {"torch": torch, "F": torch.nn.functional, "math": math}  # one per lab: a loop calls its step
         for node in ast.parse(source).body:
             segment = ast.get_source_segment(source, node) or ""
             if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in segment:
@@ -293,7 +293,10 @@ def test_the_exercise_list_matches_the_solutions():
 
     from labkit.course.exercises import LIBRARY_ANSWERS
 
-    assert {(name, module) for (_, name), module in LIBRARY.items()} == set(LIBRARY_ANSWERS.items())
+    from test_one_formula import CLASS_LIBRARY
+
+    pairs = {(name, module) for (_, name), module in {**LIBRARY, **CLASS_LIBRARY}.items()}
+    assert pairs == set(LIBRARY_ANSWERS.items())
 
 
 # --- hidden seeds drawn per graded notebook (issue 23, item 6) ---------------------------------------
@@ -334,7 +337,8 @@ def test_a_correct_answer_passes_the_hidden_tests_on_drawn_seeds(capsys):
     lines = 0
     for lab, gid, source in _hidden_test_cells():
         checks = importlib.import_module(f"labkit.checks.{lab}")
-        names = {n: getattr(importlib.import_module(m), n) for n, m in LIBRARY_ANSWERS.items()}
+        names = {n: getattr(checks, f"labkit_{n.lower()}", None) or getattr(importlib.import_module(m), n)
+                 for n, m in LIBRARY_ANSWERS.items()}  # labkit_unet: labkit's network from the student's arguments
         for run in ("first", "second"):
             hidden = reseed_hidden_tests(source, b"k" * 64, run, gid, passes_with_library(checks))
             hidden = hidden.split("### BEGIN HIDDEN TESTS")[1]
@@ -404,3 +408,73 @@ def test_code_too_deep_to_parse_here_is_flagged_not_skipped():
             "before": "q_sample = diffusion" + ".q_sample" * 1 + ".__call__" * 4000}
     notes = static_notes(disguised(spec), _notebook(LAB, "notebooks"))
     assert any("nested too deeply" in n for n in notes), notes
+
+
+# --- module exercises (lab 02): the dynamic review watches classes too ---------------------------------
+
+def _probe_reply(namespace: dict, name: str, request: dict) -> dict:
+    from labkit.course import kernel_side, wire
+
+    return wire.decode_reply(kernel_side.answer(namespace, name, wire.encode_call((request,), {}), "probe"))
+
+
+def _conv_request():
+    import torch
+
+    from labkit import unet
+    from labkit.checks import _modules
+
+    ref = _modules.seeded_weights(unet.ConvBlock(8, 16, 4), 0)
+    return {"init": dict(c_in=8, c_out=16, groups=4), "weights": _modules.weights_of(ref),
+            "calls": [((torch.randn(2, 8, 5, 5),), {})]}
+
+
+def test_the_dynamic_review_sees_a_class_that_borrows_labkits():
+    """A student's ConvBlock that subclasses labkit's (or builds labkit's inside) runs labkit's answer: the
+    probe's reply says so; the instructor's own class runs none of labkit's modules."""
+    import sys
+
+    import torch
+
+    from labkit import unet
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from solution_code import solution_namespace
+
+    class ConvBlock(unet.ConvBlock):  # the copy: same weights, same outputs, labkit's code
+        pass
+
+    class Wrapper(torch.nn.Module):  # the disguise: labkit's block inside a module of the student's
+        def __init__(self, c_in, c_out, groups):
+            super().__init__()
+            self.inner = unet.ConvBlock(c_in, c_out, groups)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    for cls in (ConvBlock, Wrapper):
+        reply = _probe_reply({"ConvBlock": cls}, "ConvBlock", _conv_request())
+        assert reply["status"] == "ok" and reply["result"]["loaded"] in ("names", "order")
+        assert reply["library"]["ran"] == ["labkit.unet.ConvBlock"], reply["library"]
+    own = solution_namespace("lab02_unet")
+    for name in ("ConvBlock", "UNet"):
+        request = _conv_request() if name == "ConvBlock" else {"init": {}, "weights": None,
+                                                               "calls": [((torch.randn(1, 1, 28, 28),), {})]}
+        reply = _probe_reply(own, name, request)
+        assert reply["status"] == "ok" and reply["library"] == {"ran": [], "watched": True}, reply
+
+
+def test_lab03_unet_may_use_the_given_levels_but_not_labkits_network():
+    """Lab 03's UNet is given labkit's Down and Up (exercises.GIVEN): not flagged; labkit's UNet or ResBlock is.
+    A class's super().__init__() does not carry labkit from one class to the next."""
+    lab = "lab03_embeddings"
+    release, solution = _notebook(lab, "notebooks"), _notebook(lab, "solutions")
+    assert static_notes(solution, release) == []
+    answer = next(c for c in solution.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "UNet")
+    for wrong, phrase in [("class UNet(unet.UNet):\n    pass\n", "labkit.unet.UNet"),
+                          (answer.source.replace("self.mid1 = ResBlock(", "self.mid1 = unet.ResBlock("),
+                           "labkit.unet.ResBlock")]:
+        nb = copy.deepcopy(solution)
+        next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "UNet").source = wrong
+        notes = static_notes(nb, release)
+        assert len(notes) == 1 and "cell" in notes[0] and "(UNet)" in notes[0] and phrase in notes[0], notes

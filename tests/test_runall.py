@@ -123,9 +123,14 @@ def test_run_all_runs_every_cell_of_untouched_lab01(kernel_factory, frontend):
 
 
 @pytest.mark.slow
-def test_run_all_untouched_lab05_runs_every_cell(kernel_factory):
-    nb = nbformat.read(str(REPO / "notebooks" / "lab05_sampling.ipynb"), as_version=4)
-    _assert_every_cell_ran_with_friendly_checks(nb, run_all(kernel_factory(NBGRADER_EXECUTION=None), nb))
+@pytest.mark.parametrize("lab", ["lab05_sampling", "lab07_improvements"])
+def test_run_all_untouched_sampling_labs_run_every_cell(kernel_factory, lab):
+    """Labs 05 and 07 run the student's loops when they pass their checks: untouched, labkit's run instead."""
+    nb = nbformat.read(str(REPO / "notebooks" / f"{lab}.ipynb"), as_version=4)
+    ran = run_all(kernel_factory(NBGRADER_EXECUTION=None), nb)
+    _assert_every_cell_ran_with_friendly_checks(nb, ran)
+    text = "".join(_text(o) for *_, o in ran)
+    assert "Using labkit's" in text and "Using your" not in text
 
 
 @pytest.mark.slow

@@ -363,7 +363,7 @@ def _tiny_unet():
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, patch=2)).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # random weights in the zero-initialised layers, so the output is not just 0
-        for conv in [model.out] + [m.conv2 for m in model.modules() if isinstance(m, ResBlock)]:
+        for conv in [model.out] + [m.block2.conv for m in model.modules() if isinstance(m, ResBlock)]:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.05)
     return model
 
@@ -428,3 +428,55 @@ def test_max_batch_rejects_bad_values(bad):
     with pytest.raises(LabkitValueError, match="max_batch"):
         SM.sample(gaussian_eps(SCHEDULES["cosine"], MU, SD), (4, 3), torch.zeros(4, dtype=torch.long),
                   SCHEDULES["cosine"], steps=2, max_batch=bad)
+
+
+# --- the loops the labs ask for (lab 05: sample_loop, lab 07: ddim_loop, dpmpp_2m_loop) -----------------
+
+def _loop_setup(steps):
+    s = make_schedule("cosine", 60)
+    model = lambda x, t, y: 0.3 * x + t.view(-1, 1, 1, 1).to(x.dtype) / 100  # noqa: E731
+    x_T = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return s, model, x_T, SM.timestep_grid(s, steps)
+
+
+def _drawn(grid, x_T, seed):
+    """The noise sample_ddpm / sample_ddim draw, step i of the grid in row i (none on the last step: zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randn(x_T.shape, generator=g, dtype=x_T.dtype) for _ in range(len(grid) - 1)]
+    return torch.stack(rows + [torch.zeros_like(x_T)])  # [S, B, C, H, W]
+
+
+@pytest.mark.parametrize("steps", [60, 7, 1])
+def test_sample_loop_is_sample_ddpm_on_the_same_noise(steps):
+    """Lab 05's loop (p_sample_step on the chain of the grid, noises[k] at chain step k) = sample_ddpm."""
+    s, model, x_T, grid = _loop_setup(steps)
+    want = SM.sample_ddpm(model, x_T, None, grid, s, generator=torch.Generator().manual_seed(1))
+    betas, alpha_bars = SM.respaced(s, grid)
+    noises = _drawn(grid, x_T, 1).flip(0)  # chain step k = S - 1 - i
+    got = SM.sample_loop(model, x_T, None, grid.flip(0), betas, alpha_bars, noises)
+    assert (got - want).abs().max() < 1e-9 * (1 + want.abs().max())  # x0_hat = x_T / sqrt(abar): large
+
+
+@pytest.mark.parametrize("steps, eta", [(10, 0.0), (10, 0.7), (2, 1.0), (1, 0.5)])
+def test_ddim_loop_is_sample_ddim_on_the_same_noise(steps, eta):
+    s, model, x_T, grid = _loop_setup(steps)
+    want = SM.sample_ddim(model, x_T, None, grid, s, eta=eta, generator=torch.Generator().manual_seed(2))
+    noises = _drawn(grid, x_T, 2) if eta > 0 else torch.zeros((steps,) + tuple(x_T.shape), dtype=x_T.dtype)
+    got = SM.ddim_loop(model, x_T, None, grid, s.alpha_bars, eta, noises)
+    assert (got - want).abs().max() < 1e-9 * (1 + want.abs().max())  # x0_hat = x_T / sqrt(abar): large
+
+
+@pytest.mark.parametrize("steps", [10, 2, 1])
+def test_dpmpp_2m_loop_is_sample_dpmpp_2m(steps):
+    s, model, x_T, grid = _loop_setup(steps)
+    want = SM.sample_dpmpp_2m(model, x_T, None, grid, s)
+    got = SM.dpmpp_2m_loop(model, x_T, None, grid, s.alpha_bars)
+    assert (got - want).abs().max() < 1e-9 * (1 + want.abs().max())  # x0_hat = x_T / sqrt(abar): large
+
+
+def test_watched_sees_every_call_of_any_loop():
+    s, model, x_T, grid = _loop_setup(5)
+    seen = []
+    out = SM.dpmpp_2m_loop(SM.Watched(model, lambda t, x, eps: seen.append(int(t[0]))), x_T, None, grid,
+                                 s.alpha_bars)
+    assert seen == grid.tolist() and (out - SM.dpmpp_2m_loop(model, x_T, None, grid, s.alpha_bars)).abs().max() == 0

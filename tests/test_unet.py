@@ -26,7 +26,7 @@ def _perturb(model: UNet, seed: int = 0) -> UNet:
     only ``model.out`` would not make the output depend on time or class.
     """
     g = torch.Generator().manual_seed(seed)
-    convs = [model.out] + [m.conv2 for m in model.modules() if isinstance(m, ResBlock)]
+    convs = [model.out] + [m.block2.conv for m in model.modules() if isinstance(m, ResBlock)]
     with torch.no_grad():
         for conv in convs:
             conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.05)
@@ -153,7 +153,7 @@ def test_turning_skips_off_changes_the_architecture():
     assert not any("skip" in n for n in names_off)
     # the concatenation adds the down level's channels
     trace = dict(with_skips.shape_trace(x, t, y))
-    assert trace["up level 0 + skip"][1] == trace["up level 1"][1] // 2 + trace["down level 0"][1]
+    assert trace["up level 0 + skip"][1] == trace["up level 1"][1] + trace["down level 0"][1]
     # ... and the skip-less net still runs and trains one step
     _perturb(no_skips)
     opt = torch.optim.SGD(no_skips.parameters(), lr=0.1)
@@ -206,7 +206,8 @@ def test_shape_trace_rows(patch):
     sizes = [s, (s + 1) // 2, ((s + 1) // 2 + 1) // 2]  # stride-2 conv with padding 1 rounds up
     for i, (mult, side) in enumerate(zip(cfg.channel_mults, sizes)):
         assert shapes[f"down level {i}"] == (B, 8 * mult, side, side)
-        assert shapes[f"up level {i}"] == (B, 8 * mult, side, side)
+        next_mult = cfg.channel_mults[i - 1] if i else mult  # each up level ends with the next level's channels
+        assert shapes[f"up level {i}"] == (B, 8 * next_mult, side, side)
     assert shapes["middle"] == (B, 16, sizes[-1], sizes[-1])
     assert names.index("middle") < names.index("up level 2") < names.index("up level 1") < names.index("up level 0")
     assert len(trace) == len(set(names)), "each stage is listed once"
@@ -219,7 +220,9 @@ def test_summary_text():
     for name, shape in model.shape_trace(*_inputs(SMALL, 28, batch=1)):  # summary() defaults to 28x28
         assert any(line.startswith(name) and str(list(shape)) in line for line in lines), name
     counts = {}
-    for part in ("embeddings", "down path", "middle", "up path", "total parameters"):
+    parts = ("embeddings", "stem", "down level 0", "down level 1", "middle", "up level 1", "up level 0", "output",
+             "total parameters")
+    for part in parts:
         match = [m for line in lines if (m := re.fullmatch(rf"{part}\s+([\d,]+)", line))]
         assert len(match) == 1, part
         counts[part] = int(match[0].group(1).replace(",", ""))

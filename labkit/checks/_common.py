@@ -39,7 +39,15 @@ class CheckFailed(AssertionError):
     traceback through this module. nbgrader still sees an error (ename ``CheckFailed``, the message as
     evalue) and scores the test cell 0. While a student works (not under nbgrader),
     ``labkit.runall`` shows the same message without failing the cell, so Run All goes on.
+
+    As data (what the grader records per test cell, for the class report): ``check`` names the check and
+    ``mistake`` the catalogue entry the answer matched, when it matched one.
     """
+
+    def __init__(self, message: str = "", *, check: str | None = None, mistake: str | None = None,
+                 outcome: str = "failed"):
+        super().__init__(message)
+        self.check, self.mistake, self.outcome = check, mistake, outcome
 
     def friendly(self, color: bool = True) -> str:
         """The message a student reads: ``✘ check: what went wrong`` (+ where in their code)."""
@@ -78,8 +86,8 @@ def _student_line(exc: BaseException | None) -> str | None:
     return found
 
 
-def fail(check: str, message: str) -> None:
-    raise CheckFailed(f"{check}: {message}")
+def fail(check: str, message: str, *, mistake: str | None = None, outcome: str = "failed") -> None:
+    raise CheckFailed(f"{check}: {message}", check=check, mistake=mistake, outcome=outcome)
 
 
 def passed(check: str, detail: str) -> None:
@@ -139,9 +147,10 @@ def call(check: str, fn: Callable, *args, names: Sequence[str] | None = None,
         message = f"your function raised {text}"
         if hint:
             message += f"\n  hint: {hint}"
-        raise CheckFailed(f"{check}: {message}") from exc
+        raise CheckFailed(f"{check}: {message}", check=check) from exc
     if out is NotImplemented:
-        fail(check, "not implemented yet: replace `raise NotImplementedError()` with your code and run the cell again")
+        fail(check, "not implemented yet: replace `raise NotImplementedError()` with your code and run the cell again",
+             outcome="not implemented")
     for k, (before, after) in enumerate(zip(saved, args)):
         if isinstance(before, torch.Tensor):
             label = names[k] if names and k < len(names) else f"argument {k + 1}"
@@ -282,7 +291,7 @@ def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[
         if d <= 1.0 and d < best:
             best, best_name = d, name
     if best_name is not None:
-        fail(check, f"wrong values{context}. This looks like a known mistake: {best_name}")
+        fail(check, f"wrong values{context}. This looks like a known mistake: {best_name}", mistake=best_name)
     from labkit.checks._families import describe
 
     fail(check, f"wrong values{context}. " + describe(out, ref, tol, relative=relative, where=where))
@@ -301,3 +310,20 @@ def deterministic(check: str, fn: Callable, args: tuple, first: torch.Tensor, *,
     if max_abs_diff(first, again) > 1e-6:
         fail(check, "two calls with the same inputs gave different results: use the inputs you are given "
                     "(e.g. the `noise` argument) instead of drawing new random numbers")
+
+
+def yours_or_labkit(check: Callable, yours: Callable, labkit_fn: Callable, what: str) -> Callable:
+    """``yours`` if ``check(yours)`` passes (run quietly), else labkit's ``labkit_fn``; one printed line says which.
+
+    The cells after an exercise run with the student's own function when it is right, and with labkit's
+    when it is not, so that one wrong answer never breaks the rest of the lab."""
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            check(yours)
+    except Exception:
+        print(f"Using labkit's {what}: yours does not pass its check yet (see the test cell above).")
+        return labkit_fn
+    print(f"Using your {what} (it passes its check).")
+    return yours

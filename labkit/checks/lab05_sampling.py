@@ -9,18 +9,29 @@
     not the other choice sigma_t^2 = beta_t that the paper also allows. With beta_tilde the variance of
     the last step (t = 0 in code) is exactly 0: no noise is added there.
 
+    check_sample_loop(sample_loop)       the whole loop of Algorithm 2 around the student's p_sample_step:
+
+        for k = S-1, ..., 0:   x = p_sample_step(x, k, model(x, timesteps[k], y), betas, alpha_bars, noises[k])
+
+    Graded on a model the check names (``SamplingModel``: lab 04's seeded toy noise predictor, which also
+    checks its inputs as a real network needs them), with the noise given, so only tensors come back.
+
 Also here: ``lab_model`` (from ``labkit.checks.fixtures``), the model labs 05-08 sample from.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
-from labkit import samplers
+from labkit import samplers, schedules
 from labkit.checks._common import (
     call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
+    yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
 from labkit.checks.fixtures import lab_model  # noqa: F401  (the model labs 05-08 sample from)
+from labkit.checks.lab04_training import ToyEpsModel
 
 
 def _random_betas(T: int, g: torch.Generator) -> torch.Tensor:
@@ -146,3 +157,149 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
                            "z, not a new random tensor, is used")
             raise
     passed(name, f"shapes {[list(s) for s in sizes]}, T={T}, seed {seed}")
+
+
+# --- the sampling loop ---------------------------------------------------------------------------------
+
+
+class SamplingModel(ToyEpsModel):
+    """model(x [B,C,H,W], t [B], y [B]) -> eps_hat: lab 04's seeded toy noise predictor, strict about its inputs
+    as a real network is (a float tensor x of its own dtype, int64 t and y of shape [B] in range), with a
+    message that says which input is wrong. The loop checks of labs 05 and 07 sample from it."""
+
+    def forward(self, x, t, y):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+            raise ValueError("model(x, t, y): x must be a float tensor [B, C, H, W], got "
+                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else list(x.shape)}")
+        B, dtype = x.shape[0], self.conv.weight.dtype
+        if x.dtype != dtype:
+            raise ValueError(f"model(x, t, y): x is {x.dtype} but the model computes in {dtype}: a step returned "
+                             f"another dtype than x_T (betas and alpha_bars are float64); give the model x in x_T's "
+                             "dtype (.to(x_T.dtype))")
+        for name, v, n in (("t", t, self.t_emb.shape[0]), ("y", y, self.y_emb.shape[0])):
+            what = "one time step per image" if name == "t" else "one label per image"
+            if not isinstance(v, torch.Tensor):
+                raise ValueError(f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
+                                 f"got a {type(v).__name__}")
+            if v.dtype != torch.long or tuple(v.shape) != (B,):
+                raise ValueError(f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
+                                 f"got {v.dtype} of shape {list(v.shape)}" + (" (t.expand(B) or torch.full((B,), ...))"
+                                                                               if name == "t" else ""))
+            if int(v.min()) < 0 or int(v.max()) >= n:
+                raise ValueError(f"model(x, t, y): {name} must be in 0..{n - 1}, got {int(v.min())}..{int(v.max())}")
+        return super().forward(x, t, y)
+
+
+def loop_case(shape, T: int, steps: int | None, seed: int, g: torch.Generator):
+    """One sampling problem: (model, x_T, y, timesteps, betas, alpha_bars, noises) on a linear T-step schedule;
+    steps=None is the full chain (timesteps = 0..T-1), else a random sub-chain of that many steps with t = 0 in
+    it and its respaced betas / alpha_bars (the model sees the real t, p_sample_step the chain's k)."""
+    schedule = schedules.make_schedule("linear", T)
+    if steps is None:
+        timesteps = torch.arange(T)
+    else:
+        later = 1 + torch.randperm(T - 1, generator=g)[:steps - 1]  # steps - 1 distinct steps in 1..T-1
+        timesteps = torch.cat([torch.zeros(1, dtype=torch.long), later]).sort().values  # [S] ascending, from 0
+    betas, alpha_bars = samplers.respaced(schedule, timesteps.flip(0))  # [S] each; the schedule itself when full
+    model = SamplingModel(shape[1], T, seed=seed).requires_grad_(False)
+    x_T = torch.randn(shape, generator=g)
+    y = torch.randint(0, 11, (shape[0],), generator=g)
+    noises = torch.randn((len(timesteps),) + tuple(shape), generator=g)
+    return model, x_T, y, timesteps, betas, alpha_bars, noises
+
+
+@torch.no_grad()
+def _ancestral(model, x_T, y, timesteps, betas, alpha_bars, noises, *, order=None, model_t=None, noise_of=None,
+               from_x_T=False, eps_once=False):
+    """The loop with one thing changed (the catalogue of loop mistakes); labkit's step does the maths."""
+    S, B = len(timesteps), x_T.shape[0]
+    x, eps = x_T, None
+    for k in (range(S - 1, -1, -1) if order is None else order):
+        t = (timesteps[k] if model_t is None else model_t(k)).expand(B)
+        source = x_T if from_x_T else x
+        if eps is None or not eps_once:
+            eps = model(source, t, y)
+        z = noises[k if noise_of is None else noise_of(k)]
+        x = samplers.p_sample_step(source, torch.full((B,), k), eps, betas, alpha_bars, z).to(x_T.dtype)
+    return x
+
+
+def compare_loop(check, out, ref, mistakes, *, context, reference, args, tol=1e-5):
+    """``compare`` for a whole loop: the catalogue (a function returning it, each entry a loop of its own) is
+    built only when the answer is wrong."""
+    try:
+        compare(check, out, ref, {}, tol=tol, context=context, reference=reference, args=args)
+    except AssertionError:
+        compare(check, out, ref, mistakes(), tol=tol, context=context, reference=reference, args=args)
+
+
+_CHAIN_INDEX = ("an index is out of range: p_sample_step takes the chain's step k = S-1, ..., 0 (an index into betas "
+                "and alpha_bars, which have S entries); the model takes the real time step timesteps[k]")
+LOOP_HINTS = {  # keys other than _common.COMMON_HINTS' own, which would replace them
+    "out of bounds for dimension": _CHAIN_INDEX,
+    "index out of range in self": _CHAIN_INDEX,
+}
+
+
+def check_sample_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40,
+                      steps=(None, 6)) -> None:
+    """student_fn(model, x_T [B,C,H,W], y int64 [B], timesteps int64 [S], betas [S], alpha_bars [S],
+    noises [S,B,C,H,W]) -> x_0 [B,C,H,W]: Algorithm 2 around the student's p_sample_step. For each shape, the
+    full chain of a linear T-step schedule (steps None) and random sub-chains (respaced) of the given lengths."""
+    name = "check_sample_loop"
+    g = generator(seed)
+    for n, shape in enumerate(sizes):
+        shape = tuple(int(s) for s in shape)
+        for S in steps:
+            args = loop_case(shape, T, S, seed * 100 + n, g)
+            model, x_T, y, timesteps, betas, alpha_bars, noises = args
+            context = f" for x_T of shape {list(shape)}, " + (f"the full chain of T={T} steps" if S is None else
+                                                              f"a respaced chain of {S} steps")
+            out = call(name, student_fn, *args, hints=LOOP_HINTS,
+                       names=["model", "x_T", "y", "timesteps", "betas", "alpha_bars", "noises"])
+            out = expect_tensor(name, out, shape, shape_hints={
+                (len(timesteps),) + shape: "that is one image per step: return only the last x (x_0)",
+                (len(timesteps) + 1,) + shape: "that is one image per step: return only the last x (x_0)"})
+            model64 = copy.deepcopy(model).double()
+            wide = (model64, x_T.double(), y, timesteps, betas, alpha_bars, noises.double())
+            ref = samplers.sample_loop(*wide)
+            S_ = len(timesteps)
+
+            def V(**change):
+                return _ancestral(*wide, **change)
+
+            def mistakes():  # a whole loop each: built only for a wrong answer
+                return {
+                    "the loop runs forwards (k = 0, 1, ...): sampling starts from noise at the last step, k = S-1, "
+                    "and walks down to k = 0": V(order=range(S_)),
+                    "the loop stops before the last step k = 0: it must run k = S-1, ..., 1, 0 (range(S - 1, -1, -1)), "
+                    "since the step at k = 0 turns x_0's noisy version into the clean image":
+                        V(order=range(S_ - 1, 0, -1)),
+                    "the loop skips its first step k = S-1: it runs k = S-1, ..., 0, S steps in all":
+                        V(order=range(S_ - 2, -1, -1)),
+                    "the model was given the chain's step k; it must see the real time step timesteps[k] (they differ "
+                    "when the chain skips steps)": V(model_t=lambda k: torch.tensor(k)),
+                    "the same noise at every step (noises[0]): step k uses its own z = noises[k]":
+                        V(noise_of=lambda k: 0),
+                    "the same noise at every step (noises[-1]): step k uses its own z = noises[k]":
+                        V(noise_of=lambda k: S_ - 1),
+                    "the noise was taken in the order of the loop (noises[0] on the first step): step k uses "
+                    "noises[k]": V(noise_of=lambda k: S_ - 1 - k),
+                    "every step starts again from x_T: x must be updated (x = p_sample_step(x, ...)) so that each step "
+                    "starts where the previous one ended": V(from_x_T=True),
+                    "the model was called once, before the loop: eps_hat changes with x and t, so call it at every "
+                    "step":
+                        V(eps_once=True),
+                    "the model was told 'no class' (y = 10): give it the labels y":
+                        _ancestral(model64, wide[1], torch.full_like(y, 10), *wide[3:]),
+                }
+            try:
+                compare_loop(name, out, ref, mistakes, context=context, reference=samplers.sample_loop, args=args)
+            except AssertionError as exc:
+                if "This looks like a known mistake" in str(exc):
+                    raise
+                deterministic(name, student_fn, args, out)
+                fail(name, f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your p_sample_step: if "
+                           "check_p_sample_step failed above, fix that first)")
+    passed(name, f"shapes {[list(s) for s in sizes]}, T={T}, chains {['full' if s is None else s for s in steps]}, "
+                 f"seed {seed}")

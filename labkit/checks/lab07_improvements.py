@@ -7,17 +7,28 @@ swapped...) or the step plus the one term that differs: the formulas live once, 
     check_ddim_step(ddim_step)          DDIM update with eta                     Song et al. 2021, eqs. 12 and 16
     check_dpmpp_2m_step(dpmpp_2m_step)  DPM-Solver++(2M), data prediction        Lu et al. 2022, Algorithm 2
 
-For the two samplers, alpha_bar values arrive per image, already shaped [B, 1, 1, 1] (float64), so that
-they broadcast against x; ``alpha_bar_prev = 1`` means the step to clean data.
+    check_cfg_eps(cfg_eps)              guidance around a model: cfg_combine(model(x,t,y), model(x,t,null), w)
+    check_ddim_loop(ddim_loop)          DDIM down a grid of time steps, on given noise
+    check_dpmpp_2m_loop(dpmpp_2m_loop)  DPM-Solver++(2M) down a grid, carrying the previous x0_hat
+
+For the two steps, alpha_bar values arrive per image, already shaped [B, 1, 1, 1] (float64), so that
+they broadcast against x; ``alpha_bar_prev = 1`` means the step to clean data. The loops get the whole
+schedule alpha_bars [T] and a descending grid of time steps, and run on lab 05's ``SamplingModel``.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from labkit import guidance, samplers, schedules
-from labkit.checks._common import call, compare, deterministic, expect_tensor, generator, passed
+from labkit.checks._common import (
+    call, compare, deterministic, expect_tensor, fail, generator, passed, spread_steps,
+    yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
+)
 from labkit.checks.fixtures import DigitJudge, lab_model  # noqa: F401  (the lab's model and judge)
+from labkit.checks.lab05_sampling import SamplingModel, compare_loop
 
 # --- classifier-free guidance ----------------------------------------------------------------------
 
@@ -211,3 +222,233 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
             compare(name, out, ref, mistakes, tol=1e-4, context=context + f", shape {list(shape)}",
                     reference=samplers.dpmpp_2m_step, args=args)
     passed(name, f"first and later steps, shapes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- the loops: guidance as a wrapper, DDIM and DPM-Solver++(2M) down a grid ---------------------------
+#
+# Graded on a model the check names (lab 05's ``SamplingModel``, strict about its inputs), with fixed noise
+# and grids the check draws: only tensors come back. Each known mistake is labkit's loop with one thing
+# changed, run on labkit's steps.
+
+
+def check_cfg_eps(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), ws=(2.0, 0.5, 0.0),
+                  classes=(10, 4)) -> None:
+    """student_fn(model, x [B,C,H,W], t int64 [B], y int64 [B], w: float, null_class: int) -> guided eps [B,C,H,W]:
+    cfg_combine(model(x, t, y), model(x, t, null), w) with every image's label replaced by null_class in the
+    unconditional prediction. ``classes``: models with that many classes (null_class = that number)."""
+    name = "check_cfg_eps"
+    g = generator(seed)
+    for n, shape in enumerate(sizes):
+        shape = tuple(int(s) for s in shape)
+        B = shape[0]
+        for classes_n in classes:
+            model = SamplingModel(shape[1], 50, num_classes=classes_n, seed=seed * 100 + n).requires_grad_(False)
+            model64 = copy.deepcopy(model).double()
+            for w in ws:
+                x = torch.randn(shape, generator=g)
+                t = spread_steps(B, 50, g)
+                y = torch.randint(0, classes_n, (B,), generator=g)
+                args = (model, x, t, y, float(w), classes_n)
+                out = expect_tensor(name, call(name, student_fn, *args, names=["model", "x", "t", "y"], hints={
+                    "must be in 0..": "a label is outside the model's classes: the unconditional prediction uses "
+                    "the class null_class, the argument (models differ in their number of classes)"}), shape)
+                xd = x.double()
+                cond, uncond = model64(xd, t, y), model64(xd, t, torch.full_like(y, classes_n))
+                ref = guidance.cfg_eps(model64, xd, t, y, float(w), classes_n)
+                mistakes = {
+                    "the unconditional prediction was given the real labels y: it needs 'no class', y = null_class "
+                    "for every image (torch.full_like(y, null_class))": cond,
+                    "the 'scale' convention w * eps_cond - (w - 1) * eps_uncond: here w = 0 is the plain "
+                    "conditional model, (1 + w) eps_cond - w eps_uncond": w * cond - (w - 1) * uncond,
+                    "conditional and unconditional predictions swapped: (1 + w) multiplies model(x, t, y)":
+                        guidance.cfg_combine(uncond, cond, float(w)),
+                    "only the unconditional prediction: guidance combines it with the conditional one": uncond,
+                    "the unconditional term is missing: (1 + w) eps_cond - w eps_uncond": (1 + w) * cond,
+                    **{f"the unconditional prediction used the real class {c} as 'no class': use null_class, the "
+                       f"argument": guidance.cfg_combine(cond, model64(xd, t, torch.full_like(y, c)), float(w))
+                       for c in range(classes_n)},
+                }
+                compare(name, out, ref, mistakes, tol=1e-5, context=f" for w={w:g}, {classes_n} classes "
+                        f"(null_class={classes_n}), shape {list(shape)}", reference=guidance.cfg_eps, args=args)
+    passed(name, f"w in {list(ws)}, null_class in {list(classes)}, seed {seed}")
+
+
+def grid_case(shape, T: int, S: int, seed: int, g: torch.Generator, *, first: bool):
+    """(model, x_T, y, grid, alpha_bars, noises): a descending grid of S distinct steps of a linear T-step
+    schedule, ending at t = 0 and, with ``first``, starting at T - 1 (where alpha_bar is smallest)."""
+    alpha_bars = schedules.make_schedule("linear", T).alpha_bars  # [T] float64
+    keep = [0] + ([T - 1] if first and S > 1 else [])
+    rest = [int(v) for v in 1 + torch.randperm(T - 2, generator=g) if int(v) not in keep][:S - len(keep)]
+    grid = torch.tensor(sorted(keep + rest, reverse=True))  # [S], descending
+    model = SamplingModel(shape[1], T, seed=seed).requires_grad_(False)
+    x_T = torch.randn(shape, generator=g)
+    y = torch.randint(0, 11, (shape[0],), generator=g)
+    noises = torch.randn((S,) + tuple(shape), generator=g)
+    return model, x_T, y, grid, alpha_bars, noises
+
+
+def _ab(alpha_bars, t, x):  # alpha_bar at step t (an int; -1 = clean data, 1), [1, 1, 1, 1] in x's dtype
+    return (alpha_bars[t] if t >= 0 else alpha_bars.new_ones(())).to(x.dtype).view(1, 1, 1, 1)
+
+
+@torch.no_grad()
+def _walk(model, x_T, y, grid, alpha_bars, step, *, order=None, last=-1, prev_of=None, model_t=None,
+          from_x_T=False, eps_once=False):
+    """A grid loop with one thing changed (the catalogue of loop mistakes): ``step(i, x, eps, t, t_prev)`` does
+    the maths with labkit's steps. ``last``: where the final step goes (-1 = clean data); ``prev_of(i, t)``: the
+    step after t."""
+    ts = [int(v) for v in grid] if order is None else order
+    x, eps = x_T, None
+    for i, t in enumerate(ts):
+        t_prev = (ts[i + 1] if i + 1 < len(ts) else last) if prev_of is None else prev_of(i, t)
+        source = x_T if from_x_T else x
+        if eps is None or not eps_once:
+            eps = model(source, torch.full((x_T.shape[0],), t if model_t is None else model_t(i, t)), y)
+        x = step(i, source, eps, t, t_prev).to(x_T.dtype)
+    return x
+
+
+_GRID_INDEX = ("an index is out of range: the step after grid[i] is grid[i + 1] only while i + 1 < len(grid); after "
+               "the last grid step comes clean data, where alpha_bar = 1 (alpha_bars has T entries, one per time step)")
+GRID_HINTS = {"out of bounds for dimension": _GRID_INDEX, "index out of range in self": _GRID_INDEX}
+
+
+def _grid_mistakes(walk, grid, T):
+    """The mistakes every grid loop can make (``walk(**change)`` runs the loop with that change)."""
+    ts = [int(v) for v in grid]
+    return {
+        "the grid was walked backwards (from its smallest step up): sampling starts at grid[0], the noisiest "
+        "step, and goes down": walk(order=ts[::-1]),
+        "the last step does not go to clean data: the loop ends with the step from grid[-1] to alpha_bar = 1 (it "
+        "must not stop one step early, nor step to alpha_bars[0])": (walk(last=0), walk(order=ts[:-1], last=ts[-1])),
+        "the next alpha_bar was taken at t - 1; the next step is the next grid entry, grid[i + 1]":
+            walk(prev_of=lambda i, t: t - 1),
+        "every step starts again from x_T: update x at every step": walk(from_x_T=True),
+        "the model was called once, before the loop: call it at every step, on the current x": walk(eps_once=True),
+        "the model was given the loop index i; it must see the time step t = grid[i]":
+            walk(model_t=lambda i, t: min(i, T - 1)),
+    }
+
+
+def _check_grid_loop(name, student_fn, extra, reference, step_of, own, *, seed, sizes, T, steps, nan_hint):
+    """Run ``student_fn(model, x_T, y, grid, alpha_bars, *extra(noises))`` on each shape x grid length; compare
+    with ``reference`` (labkit's loop, in float64) and name the mistakes of ``_grid_mistakes`` plus ``own``."""
+    g = generator(seed)
+    for n, shape in enumerate(sizes):
+        shape = tuple(int(s) for s in shape)
+        for k, S in enumerate(steps):
+            for more in extra:
+                model, x_T, y, grid, alpha_bars, noises = grid_case(shape, T, S, seed * 100 + n, g, first=k == 0)
+                args = (model, x_T, y, grid, alpha_bars, *more(noises))
+                context = (f" for x_T of shape {list(shape)}, grid {[int(v) for v in grid]} of a T={T} schedule"
+                           + "".join(f", eta={a:g}" for a in args[5:6] if isinstance(a, float)))
+                out = call(name, student_fn, *args, hints=GRID_HINTS,
+                           names=["model", "x_T", "y", "grid", "alpha_bars", "eta", "noises"][:len(args)])
+                if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                    fail(name, f"the result holds NaN or infinity{context}. " + nan_hint)
+                out = expect_tensor(name, out, shape)
+                wide = (copy.deepcopy(model).double(), x_T.double(), y, grid, alpha_bars,
+                        *[a.double() if isinstance(a, torch.Tensor) else a for a in args[5:]])
+                ref = reference(*wide)
+                step = step_of(wide)
+
+                def walk(**change):
+                    return _walk(*wide[:5], step(), **change)
+
+                try:
+                    compare_loop(name, out, ref, lambda: {**_grid_mistakes(walk, grid, T), **own(wide, walk, step)},
+                                 context=context, reference=reference, args=args)
+                except AssertionError as exc:
+                    if "This looks like a known mistake" in str(exc):
+                        raise
+                    deterministic(name, student_fn, args, out)
+                    fail(name, f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your step: if its check failed "
+                               "above, fix that first)")
+    return g
+
+
+BACKWARDS = ("Was the grid walked backwards? Sampling starts at grid[0], the noisiest step, and goes down, so that "
+             "alpha_bar grows from step to step")
+DDIM_NAN = BACKWARDS + " (else sigma takes the square root of a negative number)."
+DPM_NAN = ("Does the last step go to clean data with the step formula? There alpha_bar = 1 and lambda = infinity: "
+           "DPM-Solver++'s last step returns x0_hat itself. Are x0_prev and alpha_bar_last updated after the step "
+           "(before it, h_last = 0)? " + BACKWARDS + ".")
+
+
+def check_ddim_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40, steps=(6, 3, 1),
+                    etas=(0.0, 1.0)) -> None:
+    """student_fn(model, x_T [B,C,H,W], y int64 [B], grid int64 [S] descending, alpha_bars [T], eta: float,
+    noises [S,B,C,H,W]) -> x_0 [B,C,H,W]: DDIM down the grid with the student's ddim_step, noises[i] at step i,
+    alpha_bar = 1 after the last grid step. The first grid of each shape starts at T - 1."""
+    name = "check_ddim_loop"
+
+    def step_of(wide):
+        alpha_bars, eta, noises = wide[4], wide[5], wide[6]
+
+        def make(eta=eta, noise_of=None):
+            def step(i, x, eps, t, t_prev):
+                z = noises[i if noise_of is None else noise_of(i)]
+                return samplers.ddim_step(x, eps, _ab(alpha_bars, t, x), _ab(alpha_bars, t_prev, x), eta, z)
+            return step
+        return make
+
+    def own(wide, walk, step):
+        S, eta = len(wide[3]), wide[5]
+        return {
+            "eta was not passed on to ddim_step (it was 0): use the loop's eta": _walk(*wide[:5], step(eta=0.0)),
+            "the same noise at every step (noises[0]): step i uses noises[i]":
+                _walk(*wide[:5], step(noise_of=lambda i: 0)),
+            "the noise was taken in reverse order: step i (at t = grid[i]) uses noises[i]":
+                _walk(*wide[:5], step(noise_of=lambda i: S - 1 - i)),
+        } if eta > 0 else {}
+
+    _check_grid_loop(name, student_fn, [lambda z, e=float(e): (e, z) for e in etas], samplers.ddim_loop, step_of,
+                     own, seed=seed, sizes=sizes, T=T, steps=steps, nan_hint=DDIM_NAN)
+    passed(name, f"grids of {list(steps)} steps, eta in {list(etas)}, shapes {[list(s) for s in sizes]}, seed {seed}")
+
+
+def check_dpmpp_2m_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40,
+                        steps=(6, 3, 1)) -> None:
+    """student_fn(model, x_T [B,C,H,W], y int64 [B], grid int64 [S] descending, alpha_bars [T]) -> x_0: DPM-Solver++(2M)
+    down the grid with the student's dpmpp_2m_step, carrying the previous step's x0_hat and its alpha_bar; the
+    last step returns x0_hat. The first grid of each shape starts at T - 1."""
+    name = "check_dpmpp_2m_loop"
+
+    def step_of(wide):
+        alpha_bars = wide[4]
+
+        def make(carry=True, keep_first_last=False, x0_of=None):
+            state = {}
+
+            def step(i, x, eps, t, t_prev):
+                if i == 0:
+                    state.clear()
+                ab_t, ab_prev = _ab(alpha_bars, t, x), _ab(alpha_bars, t_prev, x)
+                x0_hat = (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt() if x0_of is None else x0_of(x, eps, ab_t)
+                if t_prev < 0:
+                    new = x0_hat
+                else:
+                    new = samplers.dpmpp_2m_step(x, x0_hat, state.get("x0"), ab_t, ab_prev, state.get("ab"))
+                if carry and not (keep_first_last and "ab" in state):
+                    state.update(x0=x0_hat, ab=ab_t)
+                elif carry:
+                    state.update(x0=x0_hat)
+                return new
+            return step
+        return make
+
+    def own(wide, walk, step):
+        return {
+            "x0_prev was not carried from step to step (every step was first order, D = x0_hat): keep each step's "
+            "x0_hat and alpha_bar for the next one": _walk(*wide[:5], step(carry=False)),
+            "alpha_bar_last stayed at the first step's value: update it with x0_prev after every step":
+                _walk(*wide[:5], step(keep_first_last=True)),
+            "x0_hat uses variances: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
+                _walk(*wide[:5], step(x0_of=lambda x, e, a: (x - (1 - a) * e) / a)),
+            "x0_hat divides by abar_t without the sqrt: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
+                _walk(*wide[:5], step(x0_of=lambda x, e, a: (x - (1 - a).sqrt() * e) / a)),
+        }
+
+    _check_grid_loop(name, student_fn, [lambda z: ()], samplers.dpmpp_2m_loop, step_of, own, seed=seed,
+                     sizes=sizes, T=T, steps=steps, nan_hint=DPM_NAN)
+    passed(name, f"grids of {list(steps)} steps, shapes {[list(s) for s in sizes]}, seed {seed}")

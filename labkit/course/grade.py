@@ -18,6 +18,7 @@ from labkit.course.autograde import feedback_lab, grade_one_submission, release_
 from labkit.course.discover import discover, empty_students, find_submissions, Submission  # noqa: F401 - re-exported
 from labkit.course.forensics import execution_report, MEMORY_ERRORS, TAMPER_ROOTS, tampering_notes  # noqa: F401
 from labkit.course.pool import worker_pool
+from labkit.course.report import write_class_reports
 from labkit.course.results import GradeResult, write_scores_csv
 from labkit.course.sources import (
     import_nbformat,
@@ -43,6 +44,8 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         out_dir/nbgrader/<lab>/      one nbgrader course per lab (source, release, submitted, autograded,
                                      feedback, gradebook.db): open it with nbgrader for manual grading
         out_dir/scores.csv           student, lab, score, max_score, manual_score, manual_max, status, notes
+        out_dir/report_<lab>.html    the class report (and .csv): score histogram, per exercise the share that
+                                     passed, each named mistake with how many students made it
         out_dir/feedback/<student>/<lab>.html
 
     Submissions are autograded in parallel processes (``jobs``, default: up to 4, one per CPU), each in its
@@ -113,9 +116,15 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         except OSError as exc:  # a missing feedback page never costs the scores
             r.notes.append(f"feedback not copied: {exc.strerror}")
     write_scores_csv(results, out_dir / "scores.csv")
+    try:
+        reports = write_class_reports(out_dir, results)
+    except Exception as exc:  # the class report never costs the scores
+        reports = []
+        print(f"warning: the class report could not be written ({type(exc).__name__}: {exc})", file=sys.stderr)
     if verbose:
         print(f"{len(results)} submissions, {sum(r.status == 'graded' for r in results)} graded; "
-              f"scores in {out_dir / 'scores.csv'}")
+              f"scores in {out_dir / 'scores.csv'}" + (f"; class reports: {', '.join(p.name for p in reports)}"
+                                                       if reports else ""))
     return results
 
 

@@ -275,11 +275,43 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
                                            for p in Autograde.class_traits()["autograde_preprocessors"].default()]
     c.OverwriteCells.add_missing_cells = bool(add_missing_cells)
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-    c.GenerateFeedback.preprocessors = [GetGrades, RedactHiddenTestOutputs, ClearHiddenTests, CSSHTMLHeaderPreprocessor]
+    c.GenerateFeedback.preprocessors = [get_grades_showing_pending(), RedactHiddenTestOutputs, ClearHiddenTests,
+                                        CSSHTMLHeaderPreprocessor]
     from labkit.course.inert import inert_html
 
     inert_html(c)
+    # labkit's copy of nbgrader's feedback page ("feedback", found first): points nobody has graded yet say so,
+    # instead of "Score: 0.0"
+    import nbgrader
+
+    c.HTMLExporter.extra_template_basedirs = [
+        str(Path(__file__).resolve().parent / "templates"),
+        str(Path(nbgrader.__file__).resolve().parent / "server_extensions" / "formgrader" / "templates")]
     return c
+
+
+def get_grades_showing_pending():
+    """nbgrader's GetGrades, which also marks each graded cell that no one has scored yet (a written answer
+    before manual grading: neither an automatic nor a manual score) as ``pending``, and sums those points."""
+    from nbgrader.preprocessors import GetGrades
+
+    class GetGradesShowingPending(GetGrades):
+        def preprocess(self, nb, resources):
+            self._pending = 0.0
+            nb, resources = super().preprocess(nb, resources)
+            resources["nbgrader"]["pending"] = self._pending
+            return nb, resources
+
+        def _get_score(self, cell, resources):
+            super()._get_score(cell, resources)
+            grade = self.gradebook.find_grade(cell.metadata["nbgrader"]["grade_id"], self.notebook_id,
+                                              self.assignment_id, self.student_id)
+            pending = grade.auto_score is None and grade.manual_score is None
+            cell.metadata.nbgrader["pending"] = pending
+            if pending:
+                self._pending += float(grade.max_score or 0)
+
+    return GetGradesShowingPending
 
 
 

@@ -25,9 +25,11 @@ tell a formula a student retyped from labkit's source from one they wrote: that 
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 import sys
 
+from labkit.course.exercises import GIVEN
 from labkit.course.scopes import dotted_name, statement_names
 
 LIBRARY = "labkit"
@@ -276,6 +278,8 @@ def _taint(statements: list[_Statement], imported_modules: dict[str, str]) -> di
     schedules.make_schedule(...)``): an answer may use that data, and a method of such an object that runs
     labkit's answer is the dynamic review's to see."""
     tainted: dict[str, str] = {}
+    bound = set().union(*(st.names.binds for st in statements)) if statements else set()
+    builtin = set(dir(builtins)) - bound
     changed = True
     while changed:
         changed = False
@@ -289,7 +293,8 @@ def _taint(statements: list[_Statement], imported_modules: dict[str, str]) -> di
             why = ("imports " + ", ".join(sorted(m for m in st.names.imports if m.split(".")[0] == LIBRARY))
                    if st.touches else f"built from {', '.join(via)}" if via else "reflection")
             modules = {n for n, m in imported_modules.items() if m.split(".")[0] != LIBRARY}
-            for name in st.names.binds | st.names.filled | (st.names.receivers - modules):
+            # a builtin the notebook never rebinds (super().__init__() in a class) holds nothing of labkit
+            for name in st.names.binds | st.names.filled | (st.names.receivers - modules - builtin):
                 if name not in tainted:
                     tainted[name], changed = why, True
     return tainted
@@ -365,7 +370,8 @@ def static_notes(nb, release) -> list[str]:
     notes = []
     for st in statements:
         named = sorted(set(exercises) if "*" in st.names.binds else st.names.binds & set(exercises))
-        how = _labkit_names(st, imported, tainted, functions) if named else []
+        given = set.intersection(*(set(GIVEN.get(n, ())) for n in named)) if named else set()
+        how = [h for h in (_labkit_names(st, imported, tainted, functions) if named else []) if h not in given]
         if how:  # (an answer that reaches labkit only by reflection gets the note on reflection below)
             outside = [n for n in named if exercises[n] != st.gid]
             if outside:

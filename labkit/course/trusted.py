@@ -34,6 +34,10 @@ REPLY_GRACE_SECONDS = 10.0  # after the kernel says a call is done, the most the
 
 _TRUSTED_EXECUTE = None
 
+# A test cell's outcome, as data (cell.metadata["labkit"]["outcome"]["status"]), from the error it ended with.
+OUTCOMES = {"CheckFailed": "failed", "AssertionError": "failed", "CellTimeoutError": "timed out",
+            "DeadKernelError": "kernel died", "NotImplementedError": "not implemented"}
+
 
 class _StudentNames(dict):
     """The namespace a test cell runs in on the grader's side: ``checks`` is the real module; any other
@@ -71,6 +75,11 @@ class RemoteFunction:
 
     def __call__(self, *args, **kwargs):
         return self._executor.remote_call(self.__name__, args, kwargs)
+
+    def _labkit_probe(self, request: dict):
+        """For a module check: build the student's class ``name`` in the kernel, load the grader's weights, run
+        it on the grader's inputs (``labkit.checks._modules.probe``); only data comes back."""
+        return self._executor.remote_call(self.__name__, (request,), {}, mode="probe")
 
     def __repr__(self) -> str:
         return f"<the student's {self.__name__}>"
@@ -265,6 +274,7 @@ def trusted_execute_class(base):
             self._skip.add(index)  # never replayed in the kernel after a restart
             self._library = []  # what each call of this cell ran of labkit (review.dynamic_finding)
             printed, error = io.StringIO(), None
+            outcome: dict = {}  # what the class report counts: the check and the named mistake, when known
             if self._checks is None:
                 error = ("CheckFailed", "the grader found no checks for this lab")
             else:
@@ -281,6 +291,8 @@ def trusted_execute_class(base):
                     error = ("DeadKernelError", str(exc))
                 except CheckFailed as exc:
                     error = ("CheckFailed", str(exc))
+                    outcome.update(check=getattr(exc, "check", None), mistake=getattr(exc, "mistake", None),
+                                   status=getattr(exc, "outcome", None))
                 except AssertionError as exc:
                     error = ("AssertionError", str(exc))
                 except Exception as exc:
@@ -293,8 +305,15 @@ def trusted_execute_class(base):
                 outputs.append(NotebookNode(output_type="error", ename=ename, evalue=evalue,
                                             traceback=[f"{ename}: {evalue}"]))
             cell.outputs = outputs
+            if error:
+                outcome["status"] = outcome.get("status") or OUTCOMES.get(error[0], "error")
+            else:
+                outcome["status"] = "passed"
+            if error:
+                outcome["message"] = str(error[1]).splitlines()[0][:500] if error[1] else error[0]
+            cell.metadata["labkit"] = {"outcome": {k: v for k, v in outcome.items() if v is not None}}
             if self._library:
-                cell.metadata["labkit"] = {"library": self._library[:20]}  # read by review.dynamic_notes
+                cell.metadata["labkit"]["library"] = self._library[:20]  # read by review.dynamic_notes
             # a count like the kernel's: the cell did run (in the grader), one after the cell above it
             counts = [c.get("execution_count") or 0 for c in self.nb.cells[:index] if c.cell_type == "code"]
             cell.execution_count = max(counts, default=0) + 1
@@ -303,7 +322,7 @@ def trusted_execute_class(base):
                 self._recover(index)
             return cell
 
-        def remote_call(self, name: str, args: tuple, kwargs: dict):
+        def remote_call(self, name: str, args: tuple, kwargs: dict, mode: str = "call"):
             from labkit.checks._common import CheckFailed
 
             if self._dead:
@@ -311,7 +330,7 @@ def trusted_execute_class(base):
             self._calls += 1
             call = self._channel.call(wire.encode_call(args, kwargs), (self.timeout or 120) + self.responsive_timeout + 30)
             code = (f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
-                    f"{self._channel.address!r}, {call.token!r})")
+                    f"{self._channel.address!r}, {call.token!r}, {mode!r})")
             try:
                 status = run_sync(self._remote)(code, self.timeout or 120)
                 if status == "timeout":

@@ -117,7 +117,7 @@ def classifier_accuracy(
       accuracy        overall fraction of argmax(logits) == label
       confidence      mean softmax probability of the intended digit (a softer score than accuracy)
       per_digit       {"accuracy": [10], "confidence": [10], "count": [10]} (None where a digit is absent)
-      predicted       int64 [N] argmax classes;  intended_prob  float32 [N]
+      predicted       int64 [N] argmax classes;  intended_prob  float32 [N];  probs  float32 [N, 10]
     """
     check_images(images)
     labels = torch.as_tensor(labels).long().cpu()
@@ -140,6 +140,7 @@ def classifier_accuracy(
         },
         "predicted": predicted,
         "intended_prob": intended,
+        "probs": probs,
     }
 
 

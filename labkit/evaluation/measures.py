@@ -2,6 +2,8 @@
 
     recognisable_from(probs, threshold)        [steps, N] -> int64 [N]: the first sampling step from which the
                                                classifier's p(intended digit | x0_hat) stays >= threshold
+    above_control(probs, labels)               [N, K] -> [N]: p(intended | x_n) minus what the classifier gives
+                                               the same digit on the samples meant to be other digits
     quartiles_per_digit(values, labels)        -> [K, 3]: 25th percentile, median, 75th percentile per class
     relative_clip_score(gen, gen_y, real, real_y)  -> [K]: per-class mean of generated / mean of real scores
     within_class_diversity(features, labels)   -> [K]: mean distance between two different samples of a class
@@ -26,6 +28,26 @@ def recognisable_from(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     above = probs >= threshold  # [steps, N]
     trailing = above.flip(0).long().cumprod(dim=0).sum(dim=0)  # length of the final run at or above it
     return probs.shape[0] - trailing
+
+
+def above_control(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """probs [N, K] (the judge's class probabilities for N samples of one step), labels [N] -> [N] float64:
+
+        margin_n = p(y_n | x_n) - mean_{m : y_m != y_n} p(y_n | x_m)
+
+    how much more the judge believes "this is a y_n" of the sample meant to be a y_n than of the samples meant
+    to be other digits, at the same step. A judge that reads one digit into noise (every early guess "is an 8")
+    gives that digit a margin near 0 until the samples really differ: the per-digit control, built into the
+    measure. NaN for a digit without samples of other digits."""
+    p, y = probs.detach().double().cpu(), labels.detach().long().cpu()
+    own = p.gather(1, y[:, None])[:, 0]  # [N] p(y_n | x_n)
+    K = p.shape[1]
+    onehot = torch.nn.functional.one_hot(y, K).double()  # [N, K]
+    totals = p.sum(0)  # [K]: sum over all samples of p(k | x_m)
+    same = (onehot * p).sum(0)  # [K]: the part from samples meant to be k
+    others = len(y) - onehot.sum(0)  # [K]: how many samples are meant to be another digit
+    control = (totals - same) / others  # [K]: mean p(k | x_m) over samples meant to be another digit
+    return own - control[y]
 
 
 def quartiles_per_digit(values: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:

@@ -1,21 +1,24 @@
 # %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
-# # Lab 02 — The U-Net: a noise predictor with skip connections
+# # Lab 02 — Build the U-Net: blocks, skips, and a one-step denoiser
 #
-# The network of a diffusion model gets a noisy image $x_t$ (and the step $t$, and a class $y$) and predicts
-# the noise $\varepsilon$ in it: an image-to-image function. Almost every diffusion model uses a **U-Net**
-# for this: it shrinks the image to see the whole digit, then grows it back, and *skip connections* carry
-# the fine detail across.
+# The network of a diffusion model gets a noisy image and predicts what is in it: an image-to-image function.
+# Almost every diffusion model uses a **U-Net** for this: it shrinks the image to see the whole digit, then grows
+# it back, and *skip connections* carry the fine detail across. In this lab you build one yourself, block by
+# block, from the table in section 2, train it as a **one-step denoiser**, and find out where one step fails.
 #
 # **Learning objectives.** After this lab you can
-# 1. read a U-Net level by level: which shapes flow where, and where the parameters are;
-# 2. write the skip connection (a channel-wise concatenation) and the up-path merge;
-# 3. show, with a small experiment, what a U-Net loses without its skips.
+# 1. write a U-Net's blocks (a norm/activation/conv block, a residual block, a down and an up level) and
+#    assemble them into a network from an architecture table;
+# 2. read a U-Net level by level: which shapes flow where, and where the parameters are;
+# 3. show with your own network what a denoiser trained at one noise level does at others, and what it loses
+#    without its skips.
 #
-# **Time budget.** Running all cells: about 3 minutes on a laptop CPU (two trainings of about a minute),
-# under a minute on a Colab T4. Working through the lab: about 45 minutes.
+# **Time budget.** Running all cells: about 5 minutes on 2 laptop CPU cores (two trainings of 900 steps), about
+# a minute on a Colab T4 (an estimate: no GPU was measured). Working through the lab: about 120 minutes.
 #
-# **How it is graded.** Two small functions, each followed by a test cell. Later cells use `labkit`'s
-# reference U-Net, so a bug in your answer never breaks the rest of the lab.
+# **How it is graded.** Seven exercises (16 points), each followed by a test cell that runs your code on inputs
+# and weights the grader chooses and compares it with `labkit.unet`. Later cells use your network when its check
+# passes, else labkit's, and print which: a bug in one answer never breaks the rest of the lab.
 # The questions at the end are answered in writing and graded by hand (3 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
@@ -28,41 +31,19 @@ import time
 
 import torch
 import torch.nn.functional as F
-import matplotlib.pyplot as plt
+from torch import nn
 
-from labkit import diffusion, plotting, schedules, unet
+from labkit import plotting, unet
 from labkit.checks import lab02_unet as checks
 
 torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: the trainings shrink to a few steps
 
 # %% [markdown]
-# ## 1. The building block
+# ## 1. The skip connection
 #
-# Each level of the U-Net is a few **residual blocks** (`labkit.unet.ResBlock`):
-# GroupNorm → SiLU → 3×3 conv → GroupNorm, scaled and shifted by the time/class embedding → SiLU → 3×3 conv,
-# plus the input (through a 1×1 conv if the channel count changes). The block keeps the height and width;
-# only the channels may change. (How the embedding enters is the subject of lab 03.)
-
-# %%
-block = unet.ResBlock(c_in=16, c_out=32, emb_dim=64, groups=8, dropout=0.0)
-h = torch.randn(2, 16, 28, 28)  # [B, C, H, W]
-emb = torch.randn(2, 64)  # [B, emb_dim]: one embedding vector per image
-print(block)
-print("in:", list(h.shape), "-> out:", list(block(h, emb).shape))
-print(f"parameters: {sum(p.numel() for p in block.parameters()):,}")
-
-# %% [markdown]
-# ## 2. The whole network, level by level
-#
-# `UNet.summary()` pushes one zero image through the network and lists each stage's output shape, then the
-# parameters per part. Read it top to bottom: the **down path** halves the resolution and doubles the
-# channels, the **middle** works at the smallest resolution (with self-attention), the **up path** mirrors
-# the down path. Lines marked `+ skip` are where the skip connections come in.
-
-# %%
-model = unet.UNet(unet.UNetConfig())  # the default configuration
-print(model.summary())
+# Going down, a U-Net saves each level's output (the **skip**); going up, each level joins the saved features of
+# the matching down level to its own. You write the join first: the rest of the network is built on it.
 
 # %% [markdown]
 # ### Exercise 1 (1 point): the skip connection
@@ -112,155 +93,375 @@ checks.check_upsample_merge(upsample_merge, seed=8, sizes=((3, 4, 4, 2, 2, 3, 3)
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 3. The ablation: a U-Net with and without skips
+# ## 2. The architecture table
 #
-# We train two small U-Nets for the same number of steps on the same digits: one as usual, one with
-# `UNetConfig(skips=False)`, which removes every skip connection (the up path then only sees what squeezed
-# through the middle). Training is Algorithm 1 of Ho et al. (2020): draw $t$ and $\varepsilon$, noise the
-# digits with $q(x_t \mid x_0)$, regress the noise (`labkit.diffusion.diffusion_loss`).
+# The network you build, for an image `[B, 1, 28, 28]` and the default arguments
+# `UNet(in_channels=1, base_channels=32, channel_mults=(1, 2, 2), blocks_per_level=1, groups=8, patch=2)`;
+# `c_i = base_channels * channel_mults[i]` is level *i*'s channel count (32, 64, 64).
 #
-# To fit a CPU, the networks are small (about 0.8M parameters) and work on 14×14×4 "pixel-unshuffled" images
-# (`patch=2`: each 2×2 block of pixels becomes 4 channels). Both train for the same `STEPS` = 900 steps from
-# the same seed (about a minute each on 2 idle CPU cores; a slower machine says so and takes longer).
+# | step | what | output shape |
+# |---|---|---|
+# | pixel-unshuffle | `F.pixel_unshuffle(x, patch)`: each 2×2 block of pixels becomes 4 channels | `[B, 4, 14, 14]` |
+# | `stem` | `nn.Conv2d(4, c_0, 3, padding=1)` | `[B, 32, 14, 14]` |
+# | `down[0]` | `Down(c_0, c_0, ...)`: blocks at 14×14, skip 0, stride-2 conv | `[B, 32, 7, 7]`, skip `[B, 32, 14, 14]` |
+# | `down[1]` | `Down(c_0, c_1, ...)`: blocks at 7×7, skip 1, stride-2 conv | `[B, 64, 4, 4]`, skip `[B, 64, 7, 7]` |
+# | `down[2]` | `Down(c_1, c_2, ..., downsample=False)`: the last level keeps its size | `[B, 64, 4, 4]`, skip `[B, 64, 4, 4]` |
+# | `mid1`, `mid2` | `ResBlock(c_2, c_2, groups)` twice | `[B, 64, 4, 4]` |
+# | `up[0]` | `Up(c_2, c_2, c_2, c_1, ...)`: join skip 2, blocks, conv to `c_1` | `[B, 64, 4, 4]` |
+# | `up[1]` | `Up(c_1, c_1, c_1, c_0, ...)`: upsample to 7×7, join skip 1, blocks, conv to `c_0` | `[B, 32, 7, 7]` |
+# | `up[2]` | `Up(c_0, c_0, c_0, None, ...)`: upsample to 14×14, join skip 0, blocks (no final conv) | `[B, 32, 14, 14]` |
+# | `out_norm`, `out` | `nn.GroupNorm(groups, c_0)` → SiLU → `nn.Conv2d(c_0, 4, 3, padding=1)` | `[B, 4, 14, 14]` |
+# | pixel-shuffle | `F.pixel_shuffle(h, patch)`: back to the image's size | `[B, 1, 28, 28]` |
+#
+# The skips are joined **last in, first out**: the deepest up level takes the skip saved last.
+# The blocks inside the levels, from the inside out:
+#
+# * `ConvBlock(c_in, c_out, groups)`: `norm = nn.GroupNorm(groups, c_in)` → SiLU → `conv = nn.Conv2d(c_in, c_out, 3,
+#   padding=1)`. "Pre-activation": normalise, then the non-linearity, then the weights (He et al. 2016).
+# * `ResBlock(c_in, c_out, groups)`: `block1 = ConvBlock(c_in, c_out, groups)`, `block2 = ConvBlock(c_out, c_out,
+#   groups)`, and `shortcut = nn.Conv2d(c_in, c_out, 1)` when `c_in != c_out` (else nothing: `nn.Identity()`);
+#   returns `shortcut(x) + block2(block1(x))`. The block can always fall back to passing `x` through.
+# * `Down(c_in, c_out, n_blocks, groups, downsample=True)`: `blocks` = `n_blocks` ResBlocks (the first `c_in → c_out`),
+#   then `downsample = nn.Conv2d(c_out, c_out, 3, stride=2, padding=1)` (`nn.Identity()` when `downsample=False`);
+#   `forward(h)` returns `(downsample(h), h)`: the next level's input, and the skip **before** down-sampling.
+# * `Up(c_in, c_skip, c_out, c_next, n_blocks, groups)`: `forward(h, skip)` = your `upsample_merge(h, skip)` →
+#   `blocks` (the first `c_in + c_skip → c_out`) → `to_next = nn.Conv2d(c_out, c_next, 3, padding=1)` (`nn.Identity()`
+#   when `c_next is None`).
+#
+# Create the layers **in this order and with these names**: the checks load labkit's weights into your module by
+# name, or else in order of creation. (In lab 03 every block also gets the time step and the class.)
+
+# %% [markdown]
+# ### Exercise 3 (2 points): the conv block
+
+# %% nbgrader={"grade": false, "grade_id": "ConvBlock", "locked": false, "schema_version": 3, "solution": true}
+class ConvBlock(nn.Module):
+    """x [B, c_in, H, W] -> GroupNorm -> SiLU -> 3x3 conv -> [B, c_out, H, W]."""
+
+    def __init__(self, c_in, c_out, groups):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.norm = nn.GroupNorm(groups, c_in)
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        ### END SOLUTION
+
+    def forward(self, x):
+        ### BEGIN SOLUTION
+        return self.conv(F.silu(self.norm(x)))
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ConvBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_conv_block(ConvBlock)
+### BEGIN HIDDEN TESTS
+checks.check_conv_block(ConvBlock, seed=5, cases=((8, 24, 2, (2, 8, 6, 5)), (24, 8, 6, (1, 24, 9, 9))))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 4 (2 points): the residual block
+
+# %% nbgrader={"grade": false, "grade_id": "ResBlock", "locked": false, "schema_version": 3, "solution": true}
+class ResBlock(nn.Module):
+    """x [B, c_in, H, W] -> shortcut(x) + block2(block1(x)) [B, c_out, H, W]."""
+
+    def __init__(self, c_in, c_out, groups):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.block1 = ConvBlock(c_in, c_out, groups)
+        self.block2 = ConvBlock(c_out, c_out, groups)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        ### END SOLUTION
+
+    def forward(self, x):
+        ### BEGIN SOLUTION
+        return self.shortcut(x) + self.block2(self.block1(x))
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ResBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_res_block(ResBlock)
+### BEGIN HIDDEN TESTS
+checks.check_res_block(ResBlock, seed=9, cases=((6, 12, 3, (2, 6, 5, 5)), (20, 20, 5, (1, 20, 4, 6))))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 5 (2 points): a level going down
+#
+# `forward(h)` returns two tensors: `(downsample(h), h)`, after the blocks.
+
+# %% nbgrader={"grade": false, "grade_id": "Down", "locked": false, "schema_version": 3, "solution": true}
+class Down(nn.Module):
+    """h [B, c_in, H, W] -> (next level's input [B, c_out, ceil(H/2), ceil(W/2)], skip [B, c_out, H, W])."""
+
+    def __init__(self, c_in, c_out, n_blocks, groups, downsample=True):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.blocks = nn.ModuleList([ResBlock(c_in if j == 0 else c_out, c_out, groups) for j in range(n_blocks)])
+        self.downsample = nn.Conv2d(c_out, c_out, 3, stride=2, padding=1) if downsample else nn.Identity()
+        ### END SOLUTION
+
+    def forward(self, h):
+        ### BEGIN SOLUTION
+        for block in self.blocks:
+            h = block(h)
+        return self.downsample(h), h
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_Down", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_down(Down)
+### BEGIN HIDDEN TESTS
+checks.check_down(Down, seed=3, cases=((4, 8, 1, 4, (2, 4, 9, 9), True), (8, 8, 2, 2, (1, 8, 6, 6), True)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 6 (2 points): a level going up
+#
+# Use your `upsample_merge` from exercise 2 for the join.
+
+# %% nbgrader={"grade": false, "grade_id": "Up", "locked": false, "schema_version": 3, "solution": true}
+class Up(nn.Module):
+    """(h [B, c_in, h, w], skip [B, c_skip, H, W]) -> [B, c_next, H, W] (c_out channels when c_next is None)."""
+
+    def __init__(self, c_in, c_skip, c_out, c_next, n_blocks, groups):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.blocks = nn.ModuleList([ResBlock(c_in + c_skip if j == 0 else c_out, c_out, groups) for j in range(n_blocks)])
+        self.to_next = nn.Conv2d(c_out, c_next, 3, padding=1) if c_next is not None else nn.Identity()
+        ### END SOLUTION
+
+    def forward(self, h, skip):
+        ### BEGIN SOLUTION
+        h = upsample_merge(h, skip)
+        for block in self.blocks:
+            h = block(h)
+        return self.to_next(h)
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_Up", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_up(Up)
+### BEGIN HIDDEN TESTS
+checks.check_up(Up, seed=4, cases=((8, 8, 8, 4, 1, 2, (2, 8, 3, 3), (2, 8, 5, 5)), (12, 12, 12, None, 2, 3, (1, 12, 4, 4), (1, 12, 7, 7))))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 7 (5 points): the whole network
+#
+# Assemble `UNet` from your blocks as in the table. `skips=False` builds the same network without its skip
+# connections (for section 4): then every `Up` gets `c_skip = 0` and joins nothing, but still upsamples `h` to
+# the skip's size (`F.interpolate(h, size=skip.shape[-2:], mode="nearest")`). Attribute names: `stem`, `down`
+# (an `nn.ModuleList` of `Down`), `mid1`, `mid2`, `up` (an `nn.ModuleList` of `Up`, deepest first), `out_norm`,
+# `out`.
+
+# %% nbgrader={"grade": false, "grade_id": "UNet", "locked": false, "schema_version": 3, "solution": true}
+class UNet(nn.Module):
+    """x [B, in_channels, H, W] -> [B, in_channels, H, W] (H and W divisible by patch)."""
+
+    def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), blocks_per_level=1, groups=8,
+                 patch=2, skips=True):
+        super().__init__()
+        self.patch, self.skips = patch, skips
+        ### BEGIN SOLUTION
+        chans = [base_channels * m for m in channel_mults]
+        c_img = in_channels * patch * patch
+        n, last = blocks_per_level, len(chans) - 1
+        self.stem = nn.Conv2d(c_img, chans[0], 3, padding=1)
+        self.down = nn.ModuleList([Down(chans[i - 1] if i else chans[0], c, n, groups, downsample=i < last)
+                                   for i, c in enumerate(chans)])
+        self.mid1 = ResBlock(chans[-1], chans[-1], groups)
+        self.mid2 = ResBlock(chans[-1], chans[-1], groups)
+        self.up = nn.ModuleList([Up(c, c if skips else 0, c, chans[i - 1] if i else None, n, groups)
+                                 for i, c in reversed(list(enumerate(chans)))])
+        self.out_norm = nn.GroupNorm(groups, chans[0])
+        self.out = nn.Conv2d(chans[0], c_img, 3, padding=1)
+        ### END SOLUTION
+
+    def forward(self, x):
+        ### BEGIN SOLUTION
+        h = self.stem(F.pixel_unshuffle(x, self.patch))
+        saved = []
+        for down in self.down:
+            h, skip = down(h)
+            saved.append(skip)
+        h = self.mid2(self.mid1(h))
+        for up in self.up:
+            skip = saved.pop()
+            h = up(h, skip if self.skips else skip[:, :0])  # no skip: zero channels, but the skip's size
+        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), self.patch)
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_UNet", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+checks.check_unet(UNet)
+### BEGIN HIDDEN TESTS
+checks.check_unet(UNet, seed=2, cases=(dict(channel_mults=(1, 1, 2), base_channels=4, groups=2), dict(patch=1, blocks_per_level=2, channel_mults=(1, 2), base_channels=6, groups=3)), sizes=((1, 1, 28, 28), (2, 1, 12, 12)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3. Your network, level by level
+#
+# From here on the lab uses your `UNet` when its check passes, else labkit's (`labkit.unet.UNet`, built from the
+# same blocks), and the next line says which. `labkit.unet.UNet.summary()` lists each stage's output shape and
+# the parameters per level of the default network; your network has the same numbers when its check passes.
+
+# %%
+Net = checks.yours_or_labkit(checks.check_unet, UNet, checks.labkit_unet, "U-Net")
+model = Net()
+print(f"your choice of network: {sum(p.numel() for p in model.parameters()):,} parameters")
+print(checks.labkit_unet().summary())
+
+# %% [markdown]
+# ## 4. A one-step denoiser, and its skips
+#
+# Train the network to undo one amount of noise: from $x + \sigma\varepsilon$ with $\sigma = 0.5$ (pixels are in
+# $[-1, 1]$) it predicts the clean digit $x$, by plain regression: `F.mse_loss(model(noisy), x)`. We train two
+# networks for the same `STEPS` from the same seed: yours as defined, and the same class with `skips=False`,
+# whose up path only sees what squeezed through the 4×4 middle.
+#
+# Both train for `STEPS` = 900 steps (about 2 minutes each on 2 idle CPU cores; a slower machine says so and
+# takes longer: the pictures need the full budget).
 
 # %%
 digits, real = colab.lab_digits(train=True)
 test_digits, _ = colab.lab_digits(train=False, verbose=False) if real else (digits, None)
-schedule = schedules.make_schedule("cosine", T=1000)
+SIGMA = 0.5  # the one noise level the denoiser is trained at
 STEPS = colab.pick(900, 3)  # a budget in steps, not seconds: both networks train exactly this long
-PATIENCE_S = 300  # more than this many seconds projected: say so (the pictures need the full STEPS)
+PATIENCE_S = 300  # more than this many seconds projected: say so
 BATCH = colab.pick(64, 8)
-
-# In fast mode (CI, grading) an even smaller network: the point there is only that the cells run.
-small = dict(base_channels=colab.pick(32, 8), channel_mults=colab.pick((1, 2, 2), (1, 2)), blocks_per_level=1,
-             attention=False, patch=2)
+SMALL = colab.pick({}, dict(base_channels=8, channel_mults=(1, 2), groups=4))  # fast mode: only that the cells run
 
 
-def train(config, *, steps=STEPS, seed=0):
-    """Train a fresh U-Net with the DDPM loss for `steps` steps."""
+def train_denoiser(skips, *, steps=STEPS, seed=0):
+    """A fresh network trained for `steps` steps to map x + SIGMA * noise back to x."""
     torch.manual_seed(seed)
-    model = unet.UNet(config).to(DEVICE)
+    model = Net(**SMALL, skips=skips).to(DEVICE)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    images, labels = digits.images.to(DEVICE), digits.labels.to(DEVICE)
+    images = digits.images.to(DEVICE)
     g = torch.Generator(device=DEVICE).manual_seed(seed)
-    losses, start, step = [], time.perf_counter(), 0
-    while step < steps:
+    losses, start = [], time.perf_counter()
+    for step in range(steps):
         if step == 20 and not FAST and (time.perf_counter() - start) / 20 * steps > PATIENCE_S:
             print(f"NOTE: this machine needs about {(time.perf_counter() - start) / 20 * steps / 60:.0f} minutes "
                   f"for the {steps} steps the pictures below need: let it run (fewer steps show no difference).")
-        idx = torch.randint(0, len(images), (BATCH,), device=DEVICE, generator=g)
-        loss = diffusion.diffusion_loss(model, images[idx], labels[idx], schedule, generator=g)
+        x = images[torch.randint(0, len(images), (BATCH,), device=DEVICE, generator=g)]
+        noisy = x + SIGMA * torch.randn(x.shape, device=DEVICE, generator=g)
+        loss = F.mse_loss(model(noisy), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        step += 1
     took = time.perf_counter() - start
-    print(f"skips={config.skips}: {step} steps in {took:.0f} s ({step * BATCH / took:.0f} images/s), "
-          f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    print(f"skips={skips}: {steps} steps in {took:.0f} s ({steps * BATCH / took:.0f} images/s), "
+          f"loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
     return model.eval(), losses
 
 
-model_skips, loss_skips = train(unet.UNetConfig(**small, skips=True))
-model_plain, loss_plain = train(unet.UNetConfig(**small, skips=False))
+model_skips, loss_skips = train_denoiser(skips=True)
+model_plain, loss_plain = train_denoiser(skips=False)
 
 # %% [markdown]
-# **How good is each network at denoising?** For held-out digits we noise to several $t$, let each network
-# predict the noise, turn that into a guess of the clean digit
-# ($\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$,
-# `labkit.diffusion.predict_x0_from_eps`), and measure the mean squared error to the real digit.
+# **Where does one step work?** For held-out digits we add noise of several $\sigma$, the denoiser trained at
+# $\sigma = 0.5$ cleans them, and we measure the mean squared error to the clean digit. Two baselines: the noisy
+# input itself (doing nothing), and the **mean digit** of the training set (the best single guess for an
+# input that tells you nothing).
 
 # %%
-@torch.no_grad()
-def denoise(model, x0, y, t, noise):
-    """Noise x0 to step t, then the model's one-step guess of x0 (as in lab 01's ideal denoiser)."""
-    tt = torch.full((x0.shape[0],), t, device=DEVICE)
-    xt = diffusion.q_sample(x0, tt, noise, schedule)
-    eps_hat = model(xt, tt, y)
-    return xt, diffusion.predict_x0_from_eps(xt, tt, eps_hat, schedule).clamp(-1, 1)
-
-
 n_eval = colab.pick(256, 16)
-x0, y0 = test_digits.images[:n_eval].to(DEVICE), test_digits.labels[:n_eval].to(DEVICE)
+x0 = test_digits.images[:n_eval].to(DEVICE)
+mean_digit = digits.images.mean(0, keepdim=True).to(DEVICE)  # [1, 1, 28, 28]
 noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-ts = [25, 100, 250, 500, 750]
-mse = {"with skips": [], "without skips": []}
-for t in ts:
-    for label, m in (("with skips", model_skips), ("without skips", model_plain)):
-        _, x0_hat = denoise(m, x0, y0, t, noise)
-        mse[label].append(float(((x0_hat - x0) ** 2).mean()))
-for label, values in mse.items():
-    print(f"{label:>14}: " + "  ".join(f"t={t}: {v:.3f}" for t, v in zip(ts, values)))
-fig = plotting.plot_curves(ts, mse, xlabel="step t", ylabel="MSE of the predicted x0", logy=True,
-                           title="one-step denoising error (lower is better)")
+sigmas = [0.1, 0.25, 0.5, 1.0, 2.0, 4.0]
+table = {"with skips": [], "without skips": [], "noisy input": [], "mean digit": [], "skips: distance to mean": []}
+with torch.no_grad():
+    for s in sigmas:
+        noisy = x0 + s * noise
+        out = model_skips(noisy)
+        table["with skips"].append(float(((out - x0) ** 2).mean()))
+        table["without skips"].append(float(((model_plain(noisy) - x0) ** 2).mean()))
+        table["noisy input"].append(float(((noisy - x0) ** 2).mean()))
+        table["mean digit"].append(float(((mean_digit - x0) ** 2).mean()))
+        table["skips: distance to mean"].append(float(((out - mean_digit) ** 2).mean()))
+print("MSE to the clean digit (and, last row, of the denoiser's output to the mean digit):")
+print(f"{'sigma':>24}: " + "  ".join(f"{s:>6g}" for s in sigmas))
+for label, values in table.items():
+    print(f"{label:>24}: " + "  ".join(f"{v:6.3f}" for v in values))
+fig = plotting.plot_curves(sigmas, {k: v for k, v in table.items() if k != "skips: distance to mean"},
+                           xlabel="noise level sigma (trained at 0.5)", ylabel="MSE to the clean digit",
+                           logy=True, title="a one-step denoiser away from its noise level (lower is better)")
 
 # %%
-t_show = 250
-xt, with_skips = denoise(model_skips, x0[:8], y0[:8], t_show, noise[:8])
-_, without_skips = denoise(model_plain, x0[:8], y0[:8], t_show, noise[:8])
-fig = plotting.compare_rows({f"x_t (t={t_show})": xt, "with skips": with_skips, "without skips": without_skips,
-                             "clean x0": x0[:8]}, title="predicted clean digits, side by side")
+rows = {}
+with torch.no_grad():
+    for s in (0.25, 0.5, 1.0, 4.0):
+        noisy = x0[:8] + s * noise[:8]
+        rows[f"input, sigma={s:g}"] = noisy.clamp(-1, 1)
+        rows[f"denoised, sigma={s:g}"] = model_skips(noisy).clamp(-1, 1)
+rows["clean x"] = x0[:8]
+rows["mean digit"] = mean_digit.expand(8, -1, -1, -1)
+fig = plotting.compare_rows(rows, title="your denoiser (with skips), trained at sigma = 0.5")
+
+# %%
+with torch.no_grad():
+    noisy = x0[:8] + SIGMA * noise[:8]
+    fig = plotting.compare_rows({f"input, sigma={SIGMA}": noisy.clamp(-1, 1), "with skips": model_skips(noisy).clamp(-1, 1),
+                                 "without skips": model_plain(noisy).clamp(-1, 1), "clean x": x0[:8]},
+                                title="the skip ablation at the training noise level")
 fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "without skips": loss_plain},
-                           xlabel="training step", ylabel="loss", marker="", logy=True, title="training loss")
+                           xlabel="training step", ylabel="loss (MSE)", marker="", logy=True, title="training loss")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
-# ## Questions (look at the pictures)
+# ## Questions (look at the outputs)
 #
-# Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
-# or a curve. Your answers are graded by hand (3 points, 1 per question).
+# Answer each question in the cell below it, in a few sentences, with what you saw: a number, a row or a curve.
+# Your answers are graded by hand (3 points, 1 per question).
 #
-# **Question 1 (1 point).** In the summary, at which level are the most parameters, and what is the smallest
-# resolution the default network reaches? How many channels does the first up block receive, and why that many?
+# **Question 1 (1 point).** In the summary, which level holds the most parameters, and what is the smallest
+# resolution the network reaches? How many channels does the first block of `up[1]` read, and why that many?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** The parameters sit where the channels are widest: the 128-channel levels (14x14 and 7x7),
-# and the up path holds the most of all (about 2.3 M of 4.9 M: its blocks also read the concatenated skips); a
-# convolution's size grows with channels squared, not with the resolution. The smallest resolution is 7x7 (28 ->
-# 14 -> 7). The first up block receives 256 channels: the 128 coming from the middle plus the 128 of the skip
-# from down level 2, concatenated.
+# **Model answer.** Outside the middle (148,224 parameters in its two blocks), the deepest up level `up[2]` holds
+# the most: 156,288 of 671,364. Its first block reads 128 channels (64 from the middle plus the 64 of skip 2), and a
+# 3x3 convolution's size grows with (channels in) x (channels out), not with the resolution. The smallest
+# resolution is 4x4 (14 -> 7 -> 4 after the pixel-unshuffle to 14x14). The first block of `up[1]` reads 128
+# channels: the 64 that `up[2]`'s final conv hands on (c_1) plus the 64 of skip 1, concatenated.
 #
-# **Rubric (1 point).** 1/2 point: the widest (128-channel) levels / the up path, and 7x7. 1/2 point: 256 = 128
-# from below + 128 from the skip (concatenation).
+# **Rubric (1 point).** 1/2 point: the level with the most parameters read correctly from the summary (up level 2,
+# or the middle if the answer counts it as a level), with the reason (channels squared), and 4x4. 1/2 point:
+# 128 = 64 from below + 64 from the skip (concatenation).
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
-# **Question 2 (1 point).** Compare the rows "with skips" and "without skips": what exactly is missing without
-# skips: the overall shape of the digit, or its edges and thin strokes? Why would that be, given what the middle
-# of the network sees?
+# **Question 2 (1 point).** Your denoiser was trained at $\sigma = 0.5$ only. In the table and the pictures, at
+# which $\sigma$ does it beat doing nothing (the noisy input), and what does it return at $\sigma = 4$? Compare its
+# error there with the mean digit's. Why is that the best a one-step denoiser can do when the input holds almost
+# no signal, and what would the network need to be told to work at every noise level?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** Without skips the overall shape and position are roughly right, but the edges are soft and
-# thin strokes are smeared or missing: the digits look like blurry blobs. The middle only sees a coarse 7x7
-# (here 3x3 or 4x4 after the patches) summary: fine spatial detail is lost on the way down, and without skips
-# the up path has nothing but that summary to redraw the details from.
+# **Model answer.** MODEL_ANSWER_2
 #
-# **Rubric (1 point).** 1/2 point: shape kept, edges and thin strokes lost. 1/2 point: the bottleneck is
-# low-resolution, so only coarse information passes; skips carry the full-resolution detail.
+# **Rubric (1 point).** 1/2 point: where it beats the noisy input, read from the student's own table, and that at
+# sigma = 4 it returns a blurry average digit, about as far from the clean digit as the mean digit is. 1/2 point:
+# why (with almost no signal, the minimum-MSE guess is the average of the data, E[x | noisy] ~ E[x]); and that
+# the network must be told the noise level (the time step t: lab 03) to work at every level.
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
-# **Question 3 (1 point).** In the error plot (a log scale), where is the gap between the two networks largest:
-# in absolute terms (the printed numbers), and as a ratio (the distance between the curves)? What must a network
-# copy from its input at small $t$, and what can it only guess at large $t$?
+# **Question 3 (1 point).** Compare "with skips" and "without skips" at $\sigma = 0.5$ (the rows and the table):
+# what is missing without skips: the overall shape of the digit, or its edges and thin strokes? Why, given what
+# the middle of the network sees?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** From the student's own numbers. In a run on 2 CPU cores (900 steps each) the gap grows with
-# $t$ both ways: equal at $t = 25$ (0.001 for both), 2x at $t = 100$ (0.004 vs 0.009), 4x at $t = 250$, 5-6x
-# at $t = 500$-$750$ (0.052 vs 0.261, 0.141 vs 0.875). At small $t$ the input is nearly the answer: there is
-# little to do, and even the network without skips copies a 14x14 patch image through its bottleneck well
-# enough. At large $t$ the network must draw a digit from a faint signal, and the one without skips, trained
-# as long, does that much worse (its training loss stayed at 0.50 against 0.07): without the skips' short
-# paths it also learns more slowly. The textbook picture ("skips matter most at small $t$") is not what this
-# run shows.
+# **Model answer.** MODEL_ANSWER_3
 #
-# **Rubric (1 point).** 1/2 point: where the gap is largest, read correctly from the student's own numbers and
-# plot (absolute and ratio). 1/2 point: what each network must do at small t (copy detail) and at large t
-# (guess from a faint signal), and a reason consistent with the numbers.
+# **Rubric (1 point).** 1/2 point: what is lost without skips, read from the student's own rows and numbers
+# (edges and thin strokes, or whatever their run shows). 1/2 point: the middle sees only a coarse 4x4 summary;
+# the skips carry the full-resolution detail around it.
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
 # **Question 4.** (Colab GPU, optional, not graded) Set `STEPS = 3000` and rerun: does the network without
-# skips catch up?
+# skips catch up at $\sigma = 0.5$?

@@ -8,14 +8,18 @@
 # **Learning objectives.** After this lab you can
 # 1. write the sinusoidal time embedding (Vaswani et al. 2017, section 3.5) and explain its many frequencies;
 # 2. read the similarity between embeddings of different $t$: what the network can and cannot tell apart;
-# 3. explain the class embedding's extra "no class" slot and how conditioning enters a block (FiLM).
+# 3. explain the class embedding's extra "no class" slot and how conditioning enters a block (FiLM);
+# 4. build the conditioned U-Net yourself: the time and class embeddings, the residual block that reads them,
+#    and the network that hands them to every block.
 #
-# **Time budget.** Running all cells: under a minute on a laptop CPU or a Colab T4. Working through the lab:
-# about 40 minutes.
+# **Time budget.** Running all cells: under a minute on a laptop CPU (36 s measured on 2 busy cores, 10 s of it the
+# U-Net's check) or a Colab T4. Working through the lab: about 90 minutes.
 #
-# **How it is graded.** Three small functions, each followed by a test cell. Later cells use `labkit`'s
-# reference code, so a bug in your answer never breaks the rest of the lab.
-# The questions at the end are answered in writing and graded by hand (4 points).
+# **How it is graded.** Eight exercises, each followed by a test cell (13 points): three functions (4 points),
+# then five classes (9 points). A class's check builds it with its own arguments, loads labkit's weights into it
+# and compares its outputs with labkit's module. The cells between the exercises use `labkit`'s reference code
+# (or your class once its check passes), so a bug in your answer never breaks the rest of the lab. The questions
+# at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
 # __LABKIT_COLAB_INSTALL__ (labkit build writes labkit.colab.INSTALL_CELL here: the Colab install)
@@ -24,10 +28,12 @@ DEVICE = colab.setup()
 
 # %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 import matplotlib.pyplot as plt
+from torch import nn
 
 from labkit import embeddings, plotting, unet
 from labkit.checks import lab03_embeddings as checks
@@ -177,12 +183,14 @@ checks.check_film(film, seed=19, sizes=((1, 16, 3, 3), (4, 2, 5, 9)))
 
 # %% [markdown]
 # Now inside a real (untrained) U-Net: for the first residual block we compute the `(scale, shift)` that each
-# step $t$ produces, the same way `ResBlock.forward` does. Training shapes these maps; even untrained, each
-# channel's scale is a smooth function of $t$, and the class moves it further.
+# step $t$ produces, the same way `ResBlock.forward` does. Training shapes these maps. Untrained, each channel's
+# scale mixes all of the embedding's waves: look for a slow trend over $t$ (the slow waves) under fast wiggles
+# (the fastest wave turns one radian per step, and the curve is sampled every 10 steps), and for how class 7
+# changes the curve.
 
 # %%
 net = unet.UNet(unet.UNetConfig(base_channels=32, channel_mults=(1, 2), attention=False))
-block = net.down[0][0]  # the first ResBlock
+block = net.down[0].blocks[0]  # the first ResBlock
 steps = torch.arange(0, T, 10)
 with torch.no_grad():
     emb_uncond = net.time_embed(steps) + net.class_embed(torch.full_like(steps, net.config.null_class))
@@ -194,6 +202,269 @@ fig = plotting.plot_matrix(scale.T, xlabel="step t", ylabel="channel", title="Fi
 fig = plotting.plot_curves(steps.tolist(), {"channel 0, no class": scale[:, 0].tolist(),
                                             "channel 0, class 7": scale7[:, 0].tolist()},
                            xlabel="step t", ylabel="scale", marker="", title="one channel's scale over t")
+
+# %% [markdown]
+# ## 5. The time embedding as a module
+#
+# Now the pieces become your network's. The DDPM recipe (Ho et al. 2020, appendix B) does not feed the sinusoids to
+# the blocks directly: a small MLP first turns them into the vector the blocks read,
+#
+# $$\mathrm{emb}(t) = W_2\,\mathrm{SiLU}\big(W_1\,\mathrm{PE}(t) + b_1\big) + b_2,$$
+#
+# with $\mathrm{PE}(t)$ your `sinusoidal_embedding(t, base)` (`base` columns) and an output of `dim` columns.
+#
+# ### Exercise 4 (2 points)
+# Write the class `TimeEmbedding(base, dim)`: `forward(t)` takes `t` int64 `[B]` and returns `[B, dim]`. Keep the
+# MLP in one attribute `self.mlp = nn.Sequential(Linear(base, dim), SiLU, Linear(dim, dim))`, as labkit's
+# `embeddings.TimeEmbedding` does (the check loads its weights into yours, by these names or in this order).
+
+# %% nbgrader={"grade": false, "grade_id": "TimeEmbedding", "locked": false, "schema_version": 3, "solution": true}
+class TimeEmbedding(nn.Module):
+    """t int64 [B] -> [B, dim]: your sinusoidal_embedding(t, base), then Linear -> SiLU -> Linear."""
+
+    def __init__(self, base, dim):
+        super().__init__()
+        self.base = base
+        ### BEGIN SOLUTION
+        self.mlp = nn.Sequential(nn.Linear(base, dim), nn.SiLU(), nn.Linear(dim, dim))
+        ### END SOLUTION
+
+    def forward(self, t):
+        ### BEGIN SOLUTION
+        return self.mlp(sinusoidal_embedding(t, self.base))  # [B, base] -> [B, dim]
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_TimeEmbedding", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_time_embedding(TimeEmbedding)
+### BEGIN HIDDEN TESTS
+checks.check_time_embedding(TimeEmbedding, seed=23, sizes=((32, 128), (6, 10)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 6. The class embedding, with its "no class" row
+#
+# ### Exercise 5 (1 point)
+# Write the class `ClassEmbedding(num_classes, dim)`: `forward(y)` takes labels `y` int64 `[B]` in
+# $0 \dots$ `num_classes` and returns `[B, dim]`, one learned row per label. The label `num_classes` means "no
+# class" and has a row of its own (section 3). Keep the rows in `self.table`, an `nn.Embedding`.
+
+# %% nbgrader={"grade": false, "grade_id": "ClassEmbedding", "locked": false, "schema_version": 3, "solution": true}
+class ClassEmbedding(nn.Module):
+    """y int64 [B] in 0..num_classes (num_classes = "no class") -> [B, dim], one learned row per label."""
+
+    def __init__(self, num_classes, dim):
+        super().__init__()
+        self.num_classes = num_classes
+        ### BEGIN SOLUTION
+        self.table = nn.Embedding(num_classes + 1, dim)  # the last row: "no class"
+        ### END SOLUTION
+
+    def forward(self, y):
+        ### BEGIN SOLUTION
+        return self.table(y)
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ClassEmbedding", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_class_embedding(ClassEmbedding)
+### BEGIN HIDDEN TESTS
+checks.check_class_embedding(ClassEmbedding, seed=29, sizes=((10, 64), (1, 3)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 7. Conditioning inside the residual block
+#
+# Your lab 02 blocks, now told $t$ and $y$. The conv block takes an optional `scale` and `shift` and applies your
+# `film` to the **normalised** features, before the activation:
+#
+# GroupNorm $\to$ [FiLM] $\to$ SiLU $\to$ dropout $\to$ 3x3 conv.
+#
+# The residual block turns the embedding `emb` `[B, emb_dim]` into one `(scale, shift)` per channel with
+# `Linear(emb_dim, 2 * c_out)` applied to `SiLU(emb)`; the first `c_out` columns are the scale, the last `c_out`
+# the shift. They go into the **second** conv block:
+#
+# $$\mathrm{out} = \mathrm{shortcut}(x) + \mathrm{block2}\big(\mathrm{block1}(x);\ \mathrm{scale}, \mathrm{shift}\big).$$
+#
+# Create the layers in the order of labkit's blocks (or with their names); for `ResBlock(8, 16, groups=4, emb_dim=32)`:
+
+# %%
+for name, p in unet.ResBlock(8, 16, 4, emb_dim=32).named_parameters():
+    print(f"{name:<20} {list(p.shape)}")
+
+# %% [markdown]
+# ### Exercise 6 (1 point)
+# Write `ConvBlock(c_in, c_out, groups, dropout=0.0)` with `forward(x, scale=None, shift=None)`: your lab 02 conv
+# block plus one step, FiLM with your `film` when `scale` is given (`scale`, `shift`: `[B, c_in]`).
+
+# %% nbgrader={"grade": false, "grade_id": "ConvBlock", "locked": false, "schema_version": 3, "solution": true}
+class ConvBlock(nn.Module):
+    """x [B, c_in, H, W] -> [B, c_out, H, W]: GroupNorm -> [FiLM(scale, shift)] -> SiLU -> dropout -> 3x3 conv."""
+
+    def __init__(self, c_in, c_out, groups, dropout=0.0):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.norm = nn.GroupNorm(groups, c_in)
+        self.dropout = nn.Dropout(dropout)
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        ### END SOLUTION
+
+    def forward(self, x, scale=None, shift=None):
+        ### BEGIN SOLUTION
+        h = self.norm(x)
+        if scale is not None:
+            h = film(h, scale, shift)
+        return self.conv(self.dropout(F.silu(h)))
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ConvBlock", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_conv_block(ConvBlock)
+### BEGIN HIDDEN TESTS
+checks.check_conv_block(ConvBlock, seed=31, sizes=((4, 4, 2, 4), (8, 12, 4, 6)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 7 (2 points)
+# Write `ResBlock(c_in, c_out, groups, emb_dim, dropout=0.0)` with `forward(x, emb)`: `block1` (a `ConvBlock` from
+# `c_in` to `c_out`), the projection `emb` (`Linear(emb_dim, 2 * c_out)`), `block2` (a `ConvBlock` from `c_out` to
+# `c_out`, with the dropout), and the `shortcut` (a 1x1 conv when `c_in != c_out`, else `nn.Identity()`).
+
+# %% nbgrader={"grade": false, "grade_id": "ResBlock", "locked": false, "schema_version": 3, "solution": true}
+class ResBlock(nn.Module):
+    """x [B, c_in, H, W], emb [B, emb_dim] -> [B, c_out, H, W]: shortcut(x) + block2(block1(x), scale, shift)."""
+
+    def __init__(self, c_in, c_out, groups, emb_dim, dropout=0.0):
+        super().__init__()
+        ### BEGIN SOLUTION
+        self.block1 = ConvBlock(c_in, c_out, groups)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)  # -> (scale, shift)
+        self.block2 = ConvBlock(c_out, c_out, groups, dropout)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        ### END SOLUTION
+
+    def forward(self, x, emb):
+        ### BEGIN SOLUTION
+        scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # 2 x [B, c_out]
+        h = self.block2(self.block1(x), scale, shift)
+        return self.shortcut(x) + h
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ResBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_res_block(ResBlock)
+### BEGIN HIDDEN TESTS
+checks.check_res_block(ResBlock, seed=37, sizes=((16, 8, 8, 64, 7), (4, 4, 2, 8, 4)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 8. Your conditioned U-Net
+#
+# Assemble the network as in lab 02, and tell it $t$ and $y$: one embedding per image,
+# `emb = time_embed(t) + class_embed(y)` (`[B, emb_dim]` with `emb_dim = 4 * base_channels`, from `base_channels`
+# columns of sinusoids), passed into **every** residual block.
+#
+# The levels are labkit's `unet.Down` and `unet.Up`, the same as your lab 02 classes, with two more arguments:
+# `emb_dim`, and `block=ResBlock`, which makes them out of *your* residual block. Their `forward` takes `emb` as
+# the last argument and hands it to each block. The parameter table of labkit's network, to create yours in the
+# same order (or with the same names):
+
+# %%
+SIZES = dict(base_channels=32, channel_mults=(1, 2), blocks_per_level=2)  # (the other arguments: their defaults)
+rows = {}  # layer -> [(parameter name, shape)]; a residual block is one row
+for name, p in checks.labkit_unet(**SIZES).named_parameters():
+    block = re.match(r"(.*blocks\.\d+|mid\d)\.", name)
+    rows.setdefault(block.group(1) if block else name.rsplit(".", 1)[0], []).append((name, list(p.shape)))
+for layer, params in rows.items():
+    if re.search(r"blocks\.\d+$|mid\d$", layer):
+        conv = dict(params)[f"{layer}.block1.conv.weight"]
+        print(f"{layer:<18} ResBlock({conv[1]} -> {conv[0]} channels): its {len(params)} tensors as in the table above")
+    else:
+        print(f"{layer:<18} " + ", ".join(f"{n.rsplit('.', 1)[1]} {shape}" for n, shape in params))
+
+# %% [markdown]
+# ### Exercise 8 (3 points)
+# Write `UNet(in_channels, base_channels, channel_mults, blocks_per_level, groups, patch, num_classes)` with
+# `forward(x, t, y)`: `x` `[B, C, H, W]`, `t` and `y` int64 `[B]` → `[B, C, H, W]`. Your lab 02 network (with
+# its pixel-unshuffle and pixel-shuffle, without the `skips` switch), and in this order: `time_embed`,
+# `class_embed`, `stem`, `down` (one `unet.Down` per level; the last keeps its size), `mid1`, `mid2` (your
+# `ResBlock`s), `up` (one `unet.Up` per level, from the deepest back to level 0; the last has no final conv),
+# `out_norm`, `out`.
+# Your network is made of your `TimeEmbedding`, `ClassEmbedding` and `ResBlock`: their checks should pass first.
+
+# %% nbgrader={"grade": false, "grade_id": "UNet", "locked": false, "schema_version": 3, "solution": true}
+class UNet(nn.Module):
+    """model(x [B, in_channels, H, W], t int64 [B], y int64 [B]) -> eps_hat [B, in_channels, H, W]."""
+
+    def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), blocks_per_level=1, groups=8,
+                 patch=2, num_classes=10):
+        super().__init__()
+        self.patch = patch
+        emb_dim = 4 * base_channels
+        ### BEGIN SOLUTION
+        chans = [base_channels * m for m in channel_mults]
+        c_img = in_channels * patch * patch
+        n, last = blocks_per_level, len(chans) - 1
+        self.time_embed = TimeEmbedding(base_channels, emb_dim)
+        self.class_embed = ClassEmbedding(num_classes, emb_dim)
+        self.stem = nn.Conv2d(c_img, chans[0], 3, padding=1)
+        self.down = nn.ModuleList([unet.Down(chans[i - 1] if i else chans[0], c, n, groups, downsample=i < last,
+                                             emb_dim=emb_dim, block=ResBlock) for i, c in enumerate(chans)])
+        self.mid1 = ResBlock(chans[-1], chans[-1], groups, emb_dim)
+        self.mid2 = ResBlock(chans[-1], chans[-1], groups, emb_dim)
+        self.up = nn.ModuleList([unet.Up(c, c, c, chans[i - 1] if i else None, n, groups, emb_dim=emb_dim,
+                                         block=ResBlock) for i, c in reversed(list(enumerate(chans)))])
+        self.out_norm = nn.GroupNorm(groups, chans[0])
+        self.out = nn.Conv2d(chans[0], c_img, 3, padding=1)
+        ### END SOLUTION
+
+    def forward(self, x, t, y):
+        ### BEGIN SOLUTION
+        emb = self.time_embed(t) + self.class_embed(y)  # [B, emb_dim]: one vector per image
+        h = self.stem(F.pixel_unshuffle(x, self.patch))
+        saved = []
+        for down in self.down:
+            h, skip = down(h, emb)
+            saved.append(skip)
+        h = self.mid2(self.mid1(h, emb), emb)
+        for up in self.up:
+            h = up(h, saved.pop(), emb)  # the last skip saved is the first one used
+        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), self.patch)
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_UNet", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+checks.check_unet(UNet)
+### BEGIN HIDDEN TESTS
+checks.check_unet(UNet, seed=41, cases=(dict(base_channels=4, groups=2, patch=1), dict(base_channels=8, channel_mults=(1, 1), blocks_per_level=2, num_classes=3)), sizes=(10, 8))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 9. Your network on a batch
+#
+# Your U-Net where its check passes, else labkit's, with random weights (labkit's untrained network answers 0
+# everywhere: its output conv starts at zero). It gets one noisy image eleven times, the same step $t$, and each
+# label in turn, 0 to 9 and then "no class". The label alone changes the predicted noise: the numbers below are
+# each label's distance from the "no class" prediction, relative to its size, and the picture shows where the
+# pixels change. Training (lab 04) makes these differences mean "draw a 7".
+
+# %%
+Net = checks.yours_or_labkit(lambda cls: checks.check_unet(cls, cases=(dict(base_channels=8, groups=4),), sizes=(16,)),
+                             UNet, checks.labkit_unet, "UNet")
+model = checks.seeded_weights(Net(**SIZES), seed=0).eval()  # random weights, the same on every run
+print(f"{sum(p.numel() for p in model.parameters()):,} parameters "
+      f"(labkit's: {checks.labkit_unet(**SIZES).num_parameters():,})")
+g = torch.Generator().manual_seed(0)
+x_t = torch.randn(1, 1, 28, 28, generator=g).repeat(11, 1, 1, 1)  # one image, 11 times
+labels = torch.arange(11)  # 0..9, then 10 = "no class"
+with torch.no_grad():
+    eps_hat = model(x_t, torch.full((11,), 500), labels)  # [11, 1, 28, 28]
+print("x_t", list(x_t.shape), "-> eps_hat", list(eps_hat.shape))
+spread = (eps_hat - eps_hat[10:]).flatten(1).norm(dim=1) / eps_hat[10:].norm()
+print("distance from the 'no class' prediction, per label:", [round(float(s), 2) for s in spread[:10]])
+change = eps_hat[:10] - eps_hat[10:]  # [10, 1, 28, 28]: what each label changes, pixel by pixel
+fig = plotting.image_grid(change / change.abs().max(), ncols=10, titles=[str(k) for k in range(10)],
+                          title="eps_hat for label y minus eps_hat for 'no class' (grey: no change; random weights)")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)

@@ -3,21 +3,24 @@
 #
 # A trained noise predictor $\hat\varepsilon_\theta(x_t, t, y)$ does not draw anything by itself. A *sampler*
 # starts from pure noise $x_{T-1} \sim \mathcal N(0, I)$ and walks back to $x_0$, asking the network at every
-# step which noise to remove. In this lab you write that step, then use it (through `labkit`) with a
+# step which noise to remove. In this lab you write that step and the loop around it, then run your loop on a
 # pretrained model to watch digits appear.
 #
 # **Learning objectives.** After this lab you can
 # 1. write the ancestral sampling step of DDPM (Ho et al. 2020, Algorithm 2) and say what its two terms do;
-# 2. explain why no noise is added on the last step, and why the noise term uses a standard deviation;
-# 3. read a denoising trajectory: the noisy $x_t$ and the model's guess $\hat x_0$ along the way;
-# 4. measure when, during sampling, a digit becomes recognisable, and which digits commit first.
+# 2. write the sampling loop around it, on a chain of fewer steps than training used;
+# 3. explain why no noise is added on the last step, and why the noise term uses a standard deviation;
+# 4. read a denoising trajectory: the noisy $x_t$ and the model's guess $\hat x_0$ along the way;
+# 5. measure when, during sampling, a digit becomes recognisable, and which digits commit first.
 #
-# **Time budget.** Running all cells: about 3 minutes on a laptop CPU, about 1 minute on a Colab T4.
-# Working through the lab: about 60 minutes.
+# **Time budget.** Running all cells: about 1 minute on a quiet laptop CPU (measured: 340 s on 2 CPU cores
+# shared with other jobs, load about 11), about 1 minute on a Colab T4.
+# Working through the lab: about 75 minutes.
 #
-# **How it is graded.** One function (3 points), followed by a test cell (the tests you see, plus hidden
-# ones with other inputs). Everything after it uses `labkit`'s reference sampler, so a bug in your answer
-# never breaks the rest of the lab. Run the cells from top to bottom.
+# **How it is graded.** Two functions (3 + 3 points), each followed by a test cell (the tests you see, plus
+# hidden ones with other inputs). The cells after them run *your* sampling loop when it passes its check, and
+# `labkit`'s when it does not (a line says which), so a bug in your answer never breaks the rest of the lab.
+# Run the cells from top to bottom.
 # The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
@@ -31,7 +34,7 @@ import time
 import torch
 import matplotlib.pyplot as plt
 
-from labkit import plotting, samplers
+from labkit import diffusion, plotting, samplers
 from labkit.evaluation import classifier_accuracy, load_classifier, measures
 from labkit.checks import lab05_sampling as checks
 
@@ -95,77 +98,158 @@ checks.check_p_sample_step(p_sample_step, seed=8, sizes=((3, 1, 6, 6),), T=3)
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 2. Ten digits from a pretrained model
+# ## 2. The sampling loop
 #
-# From here on the lab uses `labkit.samplers.sample`, which runs the loop of Algorithm 2 with labkit's
-# version of your step (`samplers.p_sample_step`, the function the check compared yours with). It also allows
-# fewer steps than $T$: it then walks down a subset of the time steps, a "respaced" schedule whose betas are the
-# variance added between the steps it visits (Nichol & Dhariwal 2021, section 4). The model is the pretrained checkpoint that ships with `labkit` (trained as in lab 04).
+# Algorithm 2 repeats your step from pure noise down to the clean image. Training used $T = 1000$ steps; a
+# sampler may visit fewer, a *chain* of $S$ of them: step $k = S-1, \dots, 0$ of the chain is the time step
+# `timesteps[k]` of the training schedule. Between two visited steps the chain adds the noise the skipped steps
+# would have added together: its own `betas` and `alpha_bars`, of length $S$ (a "respaced" schedule, Nichol &
+# Dhariwal 2021, section 4: $\bar\alpha$ at the visited steps, $\beta_k = 1 - \bar\alpha_k / \bar\alpha_{k-1}$).
+# Your step does not change at all: it only sees a shorter schedule. With every step visited
+# (`timesteps = torch.arange(T)`), the chain is the schedule itself.
+#
+# ### Exercise 2 (3 points)
+# Write `sample_loop(model, x_T, y, timesteps, betas, alpha_bars, noises)`, which returns $x_0$:
+#
+# ```
+# x <- x_T
+# for k = S-1, ..., 1, 0:
+#     eps_hat <- model(x, t, y)          with t = timesteps[k], one per image: int64 [B]
+#     x <- p_sample_step(x, k, eps_hat, betas, alpha_bars, noises[k])      k also as an int64 [B] tensor
+# ```
+#
+# * `model(x, t, y)`: the noise predictor; `x_T`: `[B, C, H, W]`; `y`: int64 `[B]`;
+# * `timesteps`: int64 `[S]`, ascending; `betas`, `alpha_bars`: `[S]` (float64), the chain's schedule;
+# * `noises`: `[S, B, C, H, W]`; the $z$ of step $k$ is `noises[k]` (the check fixes the randomness this way;
+#   `noises[0]` goes unused, since $\sigma_0 = 0$).
+#
+# Call **your** `p_sample_step`. Two indices, two jobs: the model needs the real time step `timesteps[k]`, your
+# step needs the chain's $k$ (it indexes `betas` and `alpha_bars`). `torch.full((B,), k)` and `t.expand(B)` make
+# the `[B]` tensors. Your step computes in float64 if you let it (the schedule is float64) while the model's
+# weights are float32: give the model `x` in `x_T`'s dtype. The check runs your loop on a small test model that
+# says which of its inputs is wrong.
+
+# %% nbgrader={"grade": false, "grade_id": "sample_loop", "locked": false, "schema_version": 3, "solution": true}
+def sample_loop(model, x_T, y, timesteps, betas, alpha_bars, noises):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) down the chain k = S-1, ..., 0 -> x_0 [B, C, H, W]."""
+    ### BEGIN SOLUTION
+    x = x_T
+    B = x.shape[0]
+    for k in range(len(timesteps) - 1, -1, -1):
+        t = timesteps[k].expand(B)  # [B]: the model's time step
+        k_b = torch.full((B,), k, dtype=torch.long, device=x.device)  # [B]: the chain's step
+        eps_hat = model(x, t, y)
+        x = p_sample_step(x, k_b, eps_hat, betas, alpha_bars, noises[k]).to(x_T.dtype)
+    return x
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_sample_loop", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+checks.check_sample_loop(sample_loop)
+### BEGIN HIDDEN TESTS
+checks.check_sample_loop(sample_loop, seed=5, sizes=((4, 1, 8, 8),), T=60, steps=(None, 2, 11))
+checks.check_sample_loop(sample_loop, seed=6, sizes=((1, 3, 4, 4), (5, 1, 6, 6)), T=25, steps=(7,))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3. Ten digits from a pretrained model
+#
+# Your loop, on the pretrained checkpoint that ships with `labkit` (trained as in lab 04), on a chain of `STEPS`
+# steps spread over the 1000 (`samplers.timestep_grid`, the spacing `labkit`'s samplers use). `draw` makes the
+# starting noise and every step's noise from one seed.
 
 # %%
 model, schedule, meta = checks.lab_model(DEVICE)
 PRETRAINED = meta["pretrained"]
-STEPS = colab.pick(250 if DEVICE.type == "cuda" else 100, 8)  # DDPM steps per sample (T = 1000 on a GPU is fine too)
-print(f"{schedule}; sampling with {STEPS} DDPM steps")
+loop = checks.yours_or_labkit(checks.check_sample_loop, sample_loop, samplers.sample_loop, "sample_loop")
+STEPS = colab.pick(250 if DEVICE.type == "cuda" else 100, 8)  # steps in the chain (T = 1000 on a GPU is fine too)
+grid = samplers.timestep_grid(schedule, STEPS)  # [STEPS] descending, ends at t = 0
+timesteps = grid.flip(0).to(DEVICE)  # [STEPS] ascending: the model's t at chain step k
+betas, alpha_bars = samplers.respaced(schedule, grid)  # [STEPS] each: the chain's schedule
+print(f"{schedule}; sampling with a chain of {STEPS} steps, t = {timesteps[-1].item()} ... {timesteps[0].item()}")
+
+
+def draw(y, seed, model=model):
+    """x_0 [B, 1, 28, 28] for labels y, from your loop (or labkit's), all noise drawn from one seed."""
+    g = torch.Generator(DEVICE).manual_seed(seed)
+    x_T = torch.randn((len(y), 1, 28, 28), generator=g, device=DEVICE)
+    noises = torch.randn((STEPS, len(y), 1, 28, 28), generator=g, device=DEVICE)
+    with torch.no_grad():
+        return loop(model, x_T, y, timesteps, betas, alpha_bars, noises)
+
 
 per_digit = colab.pick(4, 1)
 y = torch.arange(10, device=DEVICE).repeat(per_digit)  # [10 * per_digit]: 0..9, 0..9, ...
 start = time.perf_counter()
-x0 = samplers.sample(model, (len(y), 1, 28, 28), y, schedule, sampler="ddpm", steps=STEPS, clip=1.0,
-                     generator=torch.Generator(DEVICE).manual_seed(0))
+x0 = draw(y, seed=0)
 print(f"{len(y)} digits in {time.perf_counter() - start:.1f} s on {DEVICE}")
-fig = plotting.image_grid(x0, ncols=10, title="one column per digit 0..9 (DDPM ancestral sampling)")
+fig = plotting.image_grid(x0.clamp(-1, 1), ncols=10, title="one column per digit 0..9 (DDPM ancestral sampling)")
 
 # %% [markdown]
-# ## 3. The denoising trajectory
+# ## 4. The denoising trajectory
 #
-# `samplers.sample` calls `callback(step, t, x_t, x0_hat)` at every step: the noisy sample $x_t$ and the
-# model's current guess of the clean digit, $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$.
-# We keep a few of them for one sample of each digit and draw them as strips, noise on the left.
+# To see inside the loop without changing it, wrap the model: `samplers.Watched(model, watch)` is a model that
+# also calls `watch(t, x_t, eps_hat)` every time the loop asks it. From what it sees we compute the model's current
+# guess of the clean digit, $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$
+# (`diffusion.predict_x0_from_eps`), and keep a few steps for one sample of each digit, drawn as strips, noise on the left.
 
 # %%
-frames = []  # (step, t, x_t, x0_hat) on the CPU
-def keep(step, t, x_t, x0_hat):
-    frames.append((step, t, x_t.float().cpu(), x0_hat.float().cpu()))
+frames = []  # (t, x_t, x0_hat) on the CPU, one per step
+
+
+def keep(t, x_t, eps_hat):
+    x0_hat = diffusion.predict_x0_from_eps(x_t, t, eps_hat, schedule)
+    frames.append((int(t[0]), x_t.float().cpu(), x0_hat.float().clamp(-1, 1).cpu()))
+
 
 y10 = torch.arange(10, device=DEVICE)
-samplers.sample(model, (10, 1, 28, 28), y10, schedule, sampler="ddpm", steps=STEPS, clip=1.0,
-                generator=torch.Generator(DEVICE).manual_seed(1), callback=keep)
+draw(y10, seed=1, model=samplers.Watched(model, keep))
 show = sorted(set(torch.linspace(0, len(frames) - 1, min(8, len(frames))).round().long().tolist()))
-cols = [f"t={frames[i][1]}" for i in show]
-fig = plotting.compare_rows({f"{d}: x_t": torch.stack([frames[i][2][d] for i in show]) for d in range(0, 10, 2)},
+cols = [f"t={frames[i][0]}" for i in show]
+fig = plotting.compare_rows({f"{d}: x_t": torch.stack([frames[i][1][d] for i in show]) for d in range(0, 10, 2)},
                             col_titles=cols, title="the noisy sample x_t on its way to a digit")
-fig = plotting.compare_rows({f"{d}: x0_hat": torch.stack([frames[i][3][d] for i in show]) for d in range(0, 10, 2)},
+fig = plotting.compare_rows({f"{d}: x0_hat": torch.stack([frames[i][2][d] for i in show]) for d in range(0, 10, 2)},
                             col_titles=cols, title="the model's guess of the clean digit at the same steps")
+
+# %% [markdown]
+# The same run as an animation (your loop's steps, all ten digits): top row $x_t$, bottom row $\hat x_0$. It plays
+# in JupyterLab, Colab and the feedback page (an animated PNG); a viewer that cannot animate shows its first frame.
+
+# %%
+ts_run = [f[0] for f in frames]
+anim = plotting.denoising_animation(torch.stack([f[1] for f in frames]), torch.stack([f[2] for f in frames]), ts_run,
+                                    frames=colab.pick(25, 4))
+anim
 
 # %% [markdown]
 # Look at the first columns: are the model's earliest guesses $\hat x_0$ noise, a blurry average digit (compare
 # the "ideal denoiser" of lab 01), or already a digit? Then follow a strip to the right: where does it stop
 # changing identity? Question 1 asks for what you see. The classifier below gives a number for "when".
 #
-# ## 4. When does the digit appear?
+# ## 5. When does the digit appear?
 #
-# Let the shipped MNIST classifier judge every $\hat x_0$ along the way: its probability for the *intended*
-# digit, as a function of the step, averaged over many samples of each digit.
+# Let the shipped MNIST classifier judge every $\hat x_0$ along the way, again as your loop passes it: its
+# probability for the *intended* digit, as a function of the step, averaged over many samples of each digit.
 
 # %%
 clf = load_classifier(DEVICE)
 n_each = colab.pick(20 if DEVICE.type == "cuda" else 10, 2)  # samples per digit
 y_many = torch.arange(10, device=DEVICE).repeat_interleave(n_each)  # [10 * n_each]
-conf_by_step, t_by_step = [], []
+conf_by_step, t_by_step, first_calls = [], [], []
 
-def judge(step, t, x_t, x0_hat):
-    images = ((x0_hat.float().clamp(-1, 1) + 1) / 2)  # [-1, 1] -> [0, 1], what the classifier reads
+
+def judge(t, x_t, eps_hat):
+    x0_hat = diffusion.predict_x0_from_eps(x_t, t, eps_hat, schedule)
+    images = (x0_hat.float().clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1], what the classifier reads
     judged = classifier_accuracy(images, y_many, clf)
     conf_by_step.append(judged["intended_prob"])  # [N]
-    if step == 0:
+    if not t_by_step:
         first_calls.append(judged["predicted"])  # [N]: what it calls the very first guesses
-    t_by_step.append(t)
+    t_by_step.append(int(t[0]))
 
-first_calls = []
+
 start = time.perf_counter()
-samplers.sample(model, (len(y_many), 1, 28, 28), y_many, schedule, sampler="ddpm", steps=STEPS, clip=1.0,
-                generator=torch.Generator(DEVICE).manual_seed(2), callback=judge)
+draw(y_many, seed=2, model=samplers.Watched(model, judge))
 print(f"{len(y_many)} trajectories in {time.perf_counter() - start:.1f} s")
 conf = torch.stack(conf_by_step)  # [steps, N]
 per_digit_conf = conf.view(len(t_by_step), 10, n_each).mean(dim=2)  # [steps, 10]
@@ -213,12 +297,15 @@ elif FAST:
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** The first guesses are a blurry grey blob, like lab 01's mean digit. Next the overall shape
-# and position appear, then the identity, and last the stroke thickness and sharp edges. Most strips stop
-# changing identity early in sampling, around $t$ = 950-750 with the shipped model (the later steps only
-# sharpen); the exact $t$ differs per digit.
+# **Model answer.** The very first guess (t = 994) is black-and-white noise: there $\sqrt{\bar\alpha_t} \approx 0.007$,
+# so dividing by it blows the model's small errors up, and the picture shows them clamped to [-1, 1]. A few steps
+# later (t about 980) it is a grey blob, like lab 01's mean digit. Next the overall shape and position appear
+# (t about 925), then the identity, and last the stroke thickness and sharp edges. Most strips stop changing
+# identity early in sampling, around $t$ = 950-700 with the shipped model (the later steps only sharpen); the
+# exact $t$ differs per digit, and a strip can still change late (in one run the 8 turned into a 6-like shape
+# between t = 713 and 266).
 #
-# **Rubric (1 point).** 1/2 point: blob first, identity next, fine detail (thickness, edges) last. 1/2 point: a
+# **Rubric (1 point).** 1/2 point: noise or a blob first, identity next, fine detail (thickness, edges) last. 1/2 point: a
 # t per strip (or a range) read from the student's own strips.
 # ### END SOLUTION
 
@@ -245,8 +332,8 @@ elif FAST:
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** In the shipped-model run (10 per digit, 100 steps, 2 CPU cores), 0, 7, 1 and 4 stay above 0.5
-# first (t about 910-890) and 3, 9, 6 and 5 last (t about 780-820). 8's number means nothing: the control shows
+# **Model answer.** In the shipped-model run (10 per digit, a chain of 100 steps, 2 CPU cores), 0, 7 and 1 stay
+# above 0.5 first (t about 920-890), then 2 and 4 (865, 836), and 3, 6, 9 and 5 last (t about 820-780). 8's number means nothing: the control shows
 # the classifier calls 100% of the very first guesses an 8, so its curve starts high before any digit. Digits with
 # a distinctive coarse outline (a ring, one stroke) are settled by the coarse structure that appears first;
 # digits that share parts with others (3/5/8, 4/9/7) need finer detail, which appears later. The curves rise
