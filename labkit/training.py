@@ -173,9 +173,16 @@ def ema_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def ema_update(ema: list[torch.Tensor], current: list[torch.Tensor], decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * current, for all tensors in one fused call (no Python loop)."""
-    torch._foreach_lerp_(ema, current, 1.0 - decay)
+def ema_update(ema, model, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, in place, weight by weight.   (lab 04)
+
+    ``ema`` and ``model`` are two modules of the same architecture (the EMA copy and the weights being
+    trained: every parameter and float buffer, ``ema_tensors``), or two lists of tensors. decay close to 1
+    (0.999): the average changes slowly and forgets the noisy single steps. One fused ``_foreach`` call.
+    """
+    if isinstance(ema, torch.nn.Module):
+        ema, model = ema_tensors(ema), ema_tensors(model)
+    torch._foreach_lerp_(ema, model, 1.0 - decay)  # e + (1 - decay) (m - e) = decay e + (1 - decay) m
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -239,17 +246,130 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, compute
     return loss.item() if as_float else loss.detach()
 
 
+def drop_labels(y: torch.Tensor, p: float, null_class: int, generator: torch.Generator) -> torch.Tensor:
+    """Label dropout for classifier-free guidance (Ho & Salimans 2022, Algorithm 1, line 3):   (lab 04)
+
+        u ~ U[0, 1) per label (one torch.rand(B) from ``generator``);  y_i -> null_class where u_i < p
+
+    so one network also learns the unconditional model eps(x_t, t, "no class"). y: int64 [B] -> new [B]."""
+    drop = torch.rand(y.shape, device=y.device, generator=generator) < p  # [B] bool, True with probability p
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
 def draw_batch(data: Digits, batch_size: int, generator: torch.Generator, *, null_class: int, label_dropout: float,
                memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """A random batch (with replacement) of images [B, C, H, W] and labels [B]; each label becomes
-    ``null_class`` ("no class") with probability ``label_dropout``, so one network also learns the
-    unconditional model that classifier-free guidance needs (Ho & Salimans 2022, Algorithm 1)."""
+    ``null_class`` ("no class") with probability ``label_dropout`` (``drop_labels``)."""
     device = data.images.device
     idx = torch.randint(0, len(data), (batch_size,), device=device, generator=generator)  # [B]
     x0 = data.images[idx].contiguous(memory_format=memory_format)  # [B, C, H, W]
-    y = data.labels[idx]
-    drop = torch.rand(batch_size, device=device, generator=generator) < label_dropout
-    return x0, torch.where(drop, torch.full_like(y, null_class), y)
+    return x0, drop_labels(data.labels[idx], label_dropout, null_class, generator)
+
+
+# --- The training loop, as plainly as the paper writes it (lab 04) -------------------------------------
+
+
+def train_loop(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor, alpha_bars: torch.Tensor, steps: int, batch_size: int,
+               generator: torch.Generator, label_dropout: float = 0.1, ema_decay: float = 0.999,
+               first_step: int = 0, null_class: int = 10) -> list[float]:
+    """``steps`` steps of Algorithm 1 (Ho et al. 2020) with label dropout and an EMA; returns the losses.   (lab 04)
+
+        repeat:  x_0, y ~ data                      (batch indices: torch.randint(0, N, (B,)))
+                 y -> null_class with probability p  (drop_labels: torch.rand(B))
+                 t ~ Uniform{0, ..., T-1}            (torch.randint(0, T, (B,)))
+                 eps ~ N(0, I)                       (torch.randn(x_0.shape))
+                 gradient step on || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t, y) ||^2
+                 ema <- d ema + (1 - d) weights,  d = ema_decay_at(step, ema_decay)
+
+    Every random number comes from ``generator``, in this order, so the same generator state gives the same
+    weights. images: [N, C, H, W] in [-1, 1]; labels: int64 [N]; alpha_bars: [T]. ``first_step`` numbers the
+    steps (for the EMA warm-up) when a run continues in several calls. The model trains in train mode.
+    ``labkit.training.train`` is this loop plus speed and safety (mixed precision, lr schedule, clipping,
+    Min-SNR weighting, checkpoints); labkit's lab 04 drives this one in chunks, with checkpoints between.
+    """
+    from labkit.diffusion import noise_prediction_loss
+
+    model.train()
+    T, device = len(alpha_bars), images.device
+    losses = []
+    for step in range(first_step, first_step + steps):
+        idx = torch.randint(0, len(images), (batch_size,), device=device, generator=generator)  # [B]
+        x0 = images[idx]  # [B, C, H, W]
+        y = drop_labels(labels[idx], label_dropout, null_class, generator)  # [B]
+        t = torch.randint(0, T, (batch_size,), device=device, generator=generator)  # [B]
+        noise = torch.randn(x0.shape, device=device, generator=generator)  # [B, C, H, W]
+        loss = train_step(model, optimizer, lambda: noise_prediction_loss(model, x0, y, t, noise, alpha_bars))
+        ema_update(ema, model, ema_decay_at(step, ema_decay))
+        losses.append(loss)
+    return losses
+
+
+def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, chunk: int = 100,
+             report: Callable | None = None, report_every_s: float = 120.0) -> TrainResult:
+    """Drive a training loop such as ``train_loop`` (lab 04's, or a student's) through a real run, in chunks.
+
+    Before each chunk of ``chunk`` steps the learning rate is set (``lr_at``: warmup, then cosine); after it
+    the chunk's mean loss is logged, ``config.out_dir/loop.pt`` is saved (atomically) every
+    ``config.checkpoint_every`` steps and at the end, and ``report(step, losses, ema)`` runs every
+    ``report_every_s`` seconds of training and at the end (a loss curve, a grid of samples). Calling again
+    with the same config continues from the checkpoint: the weights, EMA, optimiser and generator come back,
+    so the run ends where an unbroken one would. The loop gets the whole data set on ``device``.
+    Not here, unlike ``train``: mixed precision, gradient clipping and Min-SNR weighting (the loop decides).
+    """
+    check_data(data, config)
+    device = pick_device(device)
+    data = data.to(device)
+    schedule = make_schedule(config.schedule, config.T)
+    channels_last = device.type == "cuda" if config.channels_last == "auto" else bool(config.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format  # faster convolutions
+    run = new_run(config, device, use_scaler=False, memory_format=memory_format)
+    model, ema = run.model, run.ema
+    ckpt_path = Path(config.out_dir) / "loop.pt" if config.out_dir else None
+    losses: list = []
+    if ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location="cpu")
+        check_same(ckpt_path, "train", state.get("train", {}), config.to_dict(), ignore=RESUMABLE_CHANGES)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.gen.set_state(state["generator"])
+        run.step, run.elapsed, losses = int(state["step"]), float(state["elapsed_s"]), list(state["losses"])
+
+    def save() -> None:
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": run.opt.state_dict(),
+                "generator": run.gen.get_state(), "step": run.step, "elapsed_s": run.elapsed, "losses": losses,
+                "unet": config.unet.to_dict(), "schedule": config.schedule, "T": config.T, "train": config.to_dict()})
+
+    seconds, last_report, start_step = 0.0, 0.0, run.step
+    while run.step < config.total_steps:
+        n = min(chunk, config.total_steps - run.step)
+        for group in run.opt.param_groups:
+            group["lr"] = lr_at(run.step, config)
+        t0 = time.perf_counter()
+        values = loop(model, ema, run.opt, data.images, data.labels, schedule.alpha_bars, n, config.batch_size,
+                      run.gen, config.label_dropout, config.ema_decay, run.step)
+        seconds += time.perf_counter() - t0
+        run.elapsed += time.perf_counter() - t0
+        run.step += n
+        mean = sum(float(v) for v in values) / max(1, len(values))
+        if not math.isfinite(mean):
+            raise LabkitError(f"loss became NaN/inf before step {run.step}: lower the lr; the last good "
+                              f"checkpoint is {ckpt_path}")
+        losses.append((run.step, mean))
+        done = run.step >= config.total_steps
+        if done or (config.checkpoint_every and run.step % config.checkpoint_every < n):
+            save()
+        if report is not None and (done or seconds - last_report >= report_every_s):
+            last_report = seconds
+            ema.eval()
+            report(run.step, losses, ema)
+    ema.eval()
+    images_seen = (run.step - start_step) * config.batch_size
+    return TrainResult(model, ema, schedule, config, run.step, seconds, images_seen / max(seconds, 1e-9), losses,
+                       ckpt_path)
 
 
 # --- Checkpoints of a run ------------------------------------------------------------------------------

@@ -269,6 +269,128 @@ LAB04_STEP = [
     ("no loss", lambda m, o, c: 0.0, "never called"),
 ]
 
+
+def _drop(y, p, null_class, generator, *, keep=False, value=None, mask=None, in_place=False, global_rng=False):
+    u = torch.rand(y.shape, generator=None if global_rng else generator)
+    drop = mask(u, p) if mask is not None else ((u >= p) if keep else (u < p))
+    if in_place:
+        y[drop] = null_class
+        return y
+    return torch.where(drop, torch.full_like(y, null_class if value is None else value), y)
+
+
+LAB04_DROP = [
+    ("keep probability", lambda y, p, n, g: _drop(y, p, n, g, keep=True), "probability 1 - p"),
+    ("null class 0", lambda y, p, n, g: _drop(y, p, n, g, value=0), "null_class"),
+    ("u > 1 - p", lambda y, p, n, g: _drop(y, p, n, g, mask=lambda u, p: u > 1 - p), "u < p"),
+    ("never dropped", lambda y, p, n, g: y.clone(), "no label was dropped"),
+    ("all dropped", lambda y, p, n, g: torch.full_like(y, n), "every label was dropped"),
+    ("global RNG", lambda y, p, n, g: _drop(y, p, n, g, global_rng=True), "generator"),
+    ("in place", lambda y, p, n, g: _drop(y, p, n, g, in_place=True), "in place"),
+    ("randint mask", lambda y, p, n, g: torch.where(torch.randint(0, 100, y.shape, generator=g) < 100 * p,
+                                                    torch.full_like(y, n), y), "torch.rand"),
+    ("float labels", lambda y, p, n, g: _drop(y, p, n, g).float(), "int64"),
+]
+
+
+def _ema(ema, model, decay, *, rule=None, no_grad=True, target="ema"):
+    import contextlib
+
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        for e, m in zip(ema.parameters(), model.parameters()):
+            new = rule(e, m, decay) if rule else decay * e + (1 - decay) * m
+            (e if target == "ema" else m).copy_(new)
+
+
+LAB04_EMA = [
+    ("reversed", lambda e, m, d: _ema(e, m, d, rule=lambda e_, m_, d_: (1 - d_) * e_ + d_ * m_), "reversed"),
+    ("copy", lambda e, m, d: _ema(e, m, d, rule=lambda e_, m_, d_: m_), "copy of the model"),
+    ("no model share", lambda e, m, d: _ema(e, m, d, rule=lambda e_, m_, d_: d_ * e_), "model's share"),
+    ("plain average", lambda e, m, d: _ema(e, m, d, rule=lambda e_, m_, d_: (e_ + m_) / 2), "plain average"),
+    ("updates the model", lambda e, m, d: _ema(e, m, d, target="model"), "model's weights changed"),
+    ("no no_grad", lambda e, m, d: [x.mul_(d).add_((1 - d) * y) for x, y in zip(e.parameters(), m.parameters())],
+     "no_grad"),
+    ("local name only", lambda e, m, d: [d * x + (1 - d) * y for x, y in zip(e.parameters(), m.parameters())],
+     "did not change"),
+    ("buffers only", lambda e, m, d: None, "did not change"),
+]
+
+
+def _loop(model, ema, optimizer, images, labels, alpha_bars, steps, batch_size, generator, label_dropout, ema_decay,
+          first_step=0, *, no_train=False, t_lo=0, t_hi=None, noise_twice=False, target_x0=False, no_drop=False,
+          no_zero=False, ema_rule=None, order="idtn", step_offset=0, ignore_first=False, ret=True, no_ema=False):
+    """A student's train_loop, with labkit's pieces, and one mistake switched on."""
+    from labkit import diffusion, training
+
+    if not no_train:
+        model.train()
+    T, N, B = len(alpha_bars), len(images), batch_size
+    losses = []
+    steps_range = range(steps) if ignore_first else range(first_step, first_step + steps)
+    for step in steps_range:
+        d = {}
+        for what in order:
+            if what == "i":
+                d["idx"] = torch.randint(0, N, (B,), generator=generator)
+            elif what == "d":
+                d["drop"] = torch.rand(B, generator=generator) < label_dropout
+            elif what == "t":
+                d["t"] = torch.randint(t_lo, T if t_hi is None else t_hi, (B,), generator=generator)
+            else:
+                d["noise"] = torch.randn((B, *images.shape[1:]), generator=generator)
+                if noise_twice:
+                    d["noise2"] = torch.randn((B, *images.shape[1:]), generator=generator)
+        x0, y = images[d["idx"]], labels[d["idx"]]
+        if not no_drop:
+            y = torch.where(d["drop"], torch.full_like(y, 10), y)
+        t, noise = d["t"], d["noise"]
+
+        def compute_loss():
+            if target_x0 or noise_twice:
+                a = alpha_bars[t].float().view(-1, 1, 1, 1)
+                xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                return F.mse_loss(model(xt, t, y), x0 if target_x0 else d["noise2"])
+            return diffusion.noise_prediction_loss(model, x0, y, t, noise, alpha_bars)
+
+        if no_zero:
+            loss = compute_loss()
+            loss.backward()
+            optimizer.step()
+            loss = loss.item()
+        else:
+            loss = training.train_step(model, optimizer, compute_loss)
+        decay = training.ema_decay_at(step + step_offset, ema_decay)
+        if not no_ema:
+            with torch.no_grad():
+                for e, m in zip(ema.parameters(), model.parameters()):
+                    e.copy_(ema_rule(e, m, decay, ema_decay) if ema_rule else decay * e + (1 - decay) * m)
+        losses.append(loss)
+    return losses if ret else None
+
+
+def _loop_with(**mistake):
+    return lambda *args: _loop(*args, **mistake)
+
+
+LAB04_LOOP = [
+    ("no model.train()", _loop_with(no_train=True), "eval mode"),
+    ("no zero_grad", _loop_with(no_zero=True), "never cleared"),
+    ("EMA decay reversed", _loop_with(ema_rule=lambda e, m, d, d0: (1 - d) * e + d * m), "reversed"),
+    ("EMA without warm-up", _loop_with(ema_rule=lambda e, m, d, d0: d0 * e + (1 - d0) * m), "warm-up"),
+    ("no EMA", _loop_with(no_ema=True), "EMA's parameters did not change"),
+    ("t in 1..T-1", _loop_with(t_lo=1), "0..T-1"),
+    ("t in 1..T", lambda *a: _loop(*a, t_lo=1, t_hi=len(a[5]) + 1), "0..T-1"),
+    ("noise drawn twice", _loop_with(noise_twice=True), "drawn twice"),
+    ("loss on x0", _loop_with(target_x0=True), "target"),
+    ("no label dropout", _loop_with(no_drop=True), "no label was dropped"),
+    ("t before the batch", _loop_with(order="tidn"), "order"),
+    ("noise before t", _loop_with(order="idnt"), "order"),
+    ("dropout mask last", _loop_with(order="itnd"), "after t and the noise"),
+    ("steps counted from 1", _loop_with(step_offset=1), "numbered from 1"),
+    ("no return", _loop_with(ret=False), "nothing was returned"),
+    ("no step at all", lambda *a: [0.0] * a[6], "did not change"),
+]
+
 # --- lab 05 ----------------------------------------------------------------------------------------------
 
 
@@ -751,6 +873,9 @@ SUITE = {
     **{("lab03_embeddings", name): wrongs for name, wrongs in LAB03_CLASSES.items()},
     ("lab04_training", "noise_prediction_loss"): LAB04_LOSS,
     ("lab04_training", "train_step"): LAB04_STEP,
+    ("lab04_training", "drop_labels"): LAB04_DROP,
+    ("lab04_training", "ema_update"): LAB04_EMA,
+    ("lab04_training", "train_loop"): LAB04_LOOP,
     ("lab05_sampling", "p_sample_step"): LAB05,
     ("lab05_sampling", "sample_loop"): LAB05_LOOP,
     ("lab06_clip", "cosine_similarity"): LAB06_COS,

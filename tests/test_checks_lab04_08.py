@@ -489,6 +489,76 @@ def test_train_step_names_mistakes(fn, phrase):
     _raises(c04.check_train_step, fn, phrase)
 
 
+# --- lab 04: label dropout, EMA, the training loop ------------------------------------------------------
+
+def test_new_lab04_checks_accept_labkit():
+    from labkit import training
+
+    c04.check_drop_labels(training.drop_labels)
+    c04.check_drop_labels(training.drop_labels, seed=2, sizes=(3,), p=0.9)
+    c04.check_ema_update(training.ema_update)
+    c04.check_ema_update(training.ema_update, seed=1, decay=0.5)
+    c04.check_train_loop(training.train_loop)
+    c04.check_train_loop(training.train_loop, seed=2, shape=(2, 4, 6), first_step=30, p=0.0, steps=2)
+
+
+@pytest.mark.parametrize("exercise", ["drop_labels", "ema_update", "train_loop"])
+def test_new_lab04_checks_name_the_suites_mistakes(exercise):
+    """Every wrong answer of tests/mistake_suite.py fails with its phrase (also run by test_mistake_naming)."""
+    import re
+
+    import mistake_suite
+
+    for label, fn, phrase in mistake_suite.SUITE[("lab04_training", exercise)]:
+        text = mistake_suite.message("lab04_training", exercise, fn)
+        assert text is not None and re.search(phrase, text), f"{label}: {text}"
+
+
+def test_check_side_loop_is_labkits_train_loop():
+    """The check's own loop (used for its named mistakes) without a mistake is labkit.training.train_loop."""
+    from labkit import training
+
+    for seed, first in ((0, 0), (1, 12)):
+        setup = c04._LoopSetup(seed, (2, 6, 6), 20, 30)
+        data = (setup.images, setup.labels, setup.alpha_bars)
+        m1, e1, o1 = setup.fresh()
+        l1 = training.train_loop(m1, e1, o1, *data, 5, 4, c04.generator(seed), 0.4, 0.9, first)
+        m2, e2, o2 = setup.fresh()
+        l2 = c04._loop(m2, e2, o2, *data, 5, 4, c04.generator(seed), 0.4, 0.9, first)
+        assert c04.max_abs_diff(c04._state(m1, e1), c04._state(m2, e2)) < 1e-6
+        assert max(abs(a - b) for a, b in zip(l1, l2)) < 1e-6
+        m3, e3, o3 = setup.fresh()  # the draws are all there is to it: same generator state, same numbers
+        training.train_loop(m3, e3, o3, *data, 5, 4, c04.generator(seed), 0.4, 0.9, first)
+        assert torch.equal(c04._state(m1, e1), c04._state(m3, e3))
+
+
+def test_every_loop_mistake_is_far_from_the_reference():
+    """Each named loop mistake moves the weights by much more than the pass tolerance (so none passes)."""
+    from labkit import training
+
+    setup = c04._LoopSetup(0, (1, 8, 8), 20, 40)
+    data = (setup.images, setup.labels, setup.alpha_bars)
+    m, e, o = setup.fresh()
+    training.train_loop(m, e, o, *data, 4, 6, c04.generator(0), 0.3, 0.9, 0)
+    ref = c04._state(m, e)
+    for mistake in c04.LOOP_MISTAKES:
+        if mistake in ("t_to_T", "ema_first_step_ignored"):  # crashes on these inputs / needs first_step > 0
+            continue
+        wm, we, wo = setup.fresh()
+        c04._loop(wm, we, wo, *data, 4, 6, c04.generator(0), 0.3, 0.9, 0, mistake=mistake)
+        assert c04.max_abs_diff(c04._state(wm, we), ref) > 1e-3, mistake
+
+
+def test_loop_to_use_falls_back_to_labkits_loop():
+    from labkit import training
+
+    def stub(*args):
+        raise NotImplementedError()
+
+    assert c04.loop_to_use(stub)[0] is training.train_loop
+    assert c04.loop_to_use(training.train_loop)[1] == "your train_loop"
+
+
 # --- lab 08: CLIP guidance -----------------------------------------------------------------------------
 
 def test_guided_eps_accepts_reference():
@@ -546,6 +616,9 @@ ALL = [
     (c05.check_p_sample_step, p_sample_ok), (c06.check_cosine_similarity, cos_ok),
     (c06.check_zero_shot_probs, lambda c, s: (s * c).softmax(1)), (c07.check_cfg_combine, guidance.cfg_combine),
     (c07.check_ddim_step, ddim_ok), (c07.check_dpmpp_2m_step, dpmpp_ok), (c08.check_guided_eps, guided_eps),
+    (c04.check_drop_labels, __import__("labkit.training").training.drop_labels),
+    (c04.check_ema_update, __import__("labkit.training").training.ema_update),
+    (c04.check_train_loop, __import__("labkit.training").training.train_loop),
     (c05.check_sample_loop, sample_loop_ok), (c07.check_cfg_eps, cfg_eps_two_calls),
     (c07.check_ddim_loop, ddim_loop_ok), (c07.check_dpmpp_2m_loop, dpmpp_2m_loop_ok),
 ]

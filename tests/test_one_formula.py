@@ -29,6 +29,9 @@ LIBRARY = {
     ("lab03_embeddings", "film"): "labkit.unet",
     ("lab04_training", "noise_prediction_loss"): "labkit.diffusion",
     ("lab04_training", "train_step"): "labkit.training",
+    ("lab04_training", "drop_labels"): "labkit.training",
+    ("lab04_training", "ema_update"): "labkit.training",
+    ("lab04_training", "train_loop"): "labkit.training",
     ("lab05_sampling", "p_sample_step"): "labkit.samplers",
     ("lab05_sampling", "sample_loop"): "labkit.samplers",
     ("lab06_clip", "cosine_similarity"): "labkit.embeddings",
@@ -131,6 +134,34 @@ def test_library_code_calls_the_exercise_functions(monkeypatch):
     assert diffusion.diffusion_loss(model, x0, y, schedule, generator=torch.Generator().manual_seed(0)) != loss
 
 
+@pytest.mark.parametrize("piece, module", [("drop_labels", "labkit.training"), ("ema_update", "labkit.training"),
+                                           ("train_step", "labkit.training"),
+                                           ("noise_prediction_loss", "labkit.diffusion")])
+def test_the_training_loop_calls_the_exercise_functions(piece, module, monkeypatch):
+    """labkit.training.train_loop (lab 04's reference loop) runs through lab 04's other exercise functions."""
+    from labkit import training
+    from labkit.checks.lab04_training import ToyEpsModel, _state
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        images, labels = torch.rand(20, 1, 4, 4, generator=g), torch.randint(0, 10, (20,), generator=g)
+        model = ToyEpsModel(1, 10)
+        ema = __import__("copy").deepcopy(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ab = torch.linspace(0.99, 0.1, 10, dtype=torch.float64)
+        training.train_loop(model, ema, opt, images, labels, ab, 3, 4, g, 0.3, 0.9)
+        return _state(model, ema)
+
+    before = run()
+    target = importlib.import_module(module)
+    original = getattr(target, piece)
+    if piece == "drop_labels":
+        monkeypatch.setattr(target, piece, lambda y, p, n, g: original(y, 1.0 - p, n, g))
+    elif piece == "noise_prediction_loss":  # a constant shift has no gradient: scale it
+        monkeypatch.setattr(target, piece, lambda *a: 2 * original(*a))
+    else:
+        monkeypatch.setattr(target, piece, _spoiled(original))
+    assert (run() - before).abs().max() > 1e-3, f"train_loop does not call {piece}"
 # --- the modules the student builds (lab 02): labkit's class is the reference the checks load -------------
 
 CLASS_LIBRARY = {

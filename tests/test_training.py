@@ -1,6 +1,7 @@
 """The trainer on a tiny U-Net and synthetic digits: resume exactness, NaN detection, config checks."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -167,3 +168,56 @@ def test_min_snr_gamma_reaches_the_loss(digits):
                               progress=False)
     assert weighted.losses[0][1] < plain.losses[0][1]  # weights <= 1, most of them < 1 at gamma = 0.5
     assert training.TrainConfig.from_dict(weighted.config.to_dict()).min_snr_gamma == 0.5
+
+
+# --- lab 04's loop: train_loop, drop_labels, ema_update on modules, run_loop -------------------------------
+
+
+def test_drop_labels_is_the_trainers_label_dropout():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    y = torch.randint(0, 10, (1000,), generator=torch.Generator().manual_seed(0))
+    out = training.drop_labels(y, 0.25, 10, g1)
+    drop = torch.rand(1000, generator=g2) < 0.25
+    assert torch.equal(out, torch.where(drop, torch.full_like(y, 10), y))
+    assert 0.2 < (out == 10).float().mean() < 0.3 and out.dtype == y.dtype
+
+
+def test_ema_update_on_modules_averages_parameters_and_buffers():
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        b.weight.fill_(3.0)
+        b.running_mean.fill_(1.0)
+    training.ema_update(a, b, 0.75)
+    assert torch.allclose(a.weight, torch.full((3,), 1.5)) and torch.allclose(a.running_mean, torch.full((3,), 0.25))
+    assert torch.equal(b.weight, torch.full((3,), 3.0))
+
+
+def test_run_loop_resumes_exactly_and_reports(tmp_path, digits):
+    config = recipes.tiny(steps=4, out_dir=str(tmp_path / "a"), checkpoint_every=1)
+    seen = []
+    first = training.run_loop(training.train_loop, replace(config, total_steps=2), digits, chunk=1)
+    second = training.run_loop(training.train_loop, config, digits, chunk=1,
+                               report=lambda step, losses, ema: seen.append((step, len(losses))), report_every_s=0)
+    unbroken = training.run_loop(training.train_loop, replace(config, out_dir=str(tmp_path / "b")), digits, chunk=1)
+    assert (first.step, second.step, unbroken.step) == (2, 4, 4)
+    assert seen == [(3, 3), (4, 4)]
+    for a, b in zip(list(second.model.parameters()) + list(second.ema.parameters()),
+                    list(unbroken.model.parameters()) + list(unbroken.ema.parameters())):
+        assert torch.equal(a, b)
+    state = load_checkpoint(tmp_path / "a" / "loop.pt")
+    assert state["step"] == 4 and len(state["losses"]) == 4 and not second.ema.training
+
+
+def test_train_loop_lowers_the_loss_and_leaves_global_rng_alone(digits):
+    from labkit.unet import UNet
+
+    config = recipes.tiny()
+    model = UNet(config.unet)
+    ema = __import__("copy").deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    ab = training.make_schedule("cosine", 1000).alpha_bars
+    state = torch.get_rng_state()
+    losses = training.train_loop(model, ema, opt, digits.images, digits.labels, ab, 60, 32,
+                                 torch.Generator().manual_seed(0), 0.1, 0.9)
+    assert torch.equal(state, torch.get_rng_state())
+    assert len(losses) == 60 and sum(losses[-10:]) < 0.7 * sum(losses[:10])

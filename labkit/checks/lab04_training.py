@@ -8,9 +8,14 @@ trainer's step).
     check_train_step(train_step)
         optimizer.zero_grad(); loss = compute_loss(); loss.backward(); optimizer.step(); return loss.item()
         (the check compares the parameters afterwards with those of the same step done by the reference)
+    check_drop_labels(drop_labels)        labkit.training.drop_labels: y -> null_class where rand < p
+    check_ema_update(ema_update)          labkit.training.ema_update: ema <- d ema + (1 - d) weights
+    check_train_loop(train_loop)          labkit.training.train_loop: N steps of Algorithm 1 from a seeded
+        generator reach the reference loop's weights and EMA (determinism), and a short run's loss falls
 
-Both run on a tiny seeded stand-in for the U-Net (``ToyEpsModel``): a 3x3 convolution plus a learned
-vector per time step and per class. It has the U-Net's interface, model(x, t, y) -> eps_hat.
+They run on a tiny seeded stand-in for the U-Net (``ToyEpsModel``): a 3x3 convolution plus a learned
+vector per time step and per class. It has the U-Net's interface, model(x, t, y) -> eps_hat. The loop's
+check puts a BatchNorm in front (``ToyNormEpsModel``), so a model left in eval mode computes other numbers.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from torch import nn
 
 from labkit import diffusion, training
 from labkit.checks._common import (
-    call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
+    MARGIN, call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
 )
 
 
@@ -234,3 +239,357 @@ def check_train_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 6
             fail(name, f"returned {value:.6g}, but this batch's loss (before the update) is {float(ref_loss):.6g}: "
                        "return the value of the loss you back-propagated")
     passed(name, f"shapes {[list(s) for s in sizes]}, SGD lr={lr}, seed {seed}")
+
+
+# --- label dropout ---------------------------------------------------------------------------------------
+
+
+def check_drop_labels(student_fn, *, seed: int = 0, sizes=(64, 9), p: float = 0.3, null_class: int = 10) -> None:
+    """student_fn(y [B], p, null_class, generator) -> int64 [B]: each label becomes ``null_class`` where
+    u < p, with u = torch.rand(B) drawn from ``generator`` (one number per label)."""
+    name = "check_drop_labels"
+    g = generator(seed)
+    for k, B in enumerate(sizes):
+        y = torch.randint(0, null_class, (int(B),), generator=g)
+        gen_seed = 1000 * seed + k
+        ref = training.drop_labels(y, p, null_class, generator(gen_seed))
+        out = call(name, student_fn, y, p, null_class, generator(gen_seed), names=["y", "p", "null_class", "generator"])
+        out = expect_tensor(name, out, (int(B),), what="the labels", floating=False)
+        if out.is_floating_point() or out.dtype == torch.bool:
+            fail(name, f"the labels have dtype {out.dtype}; keep them int64 like y (torch.where(drop, "
+                       "torch.full_like(y, null_class), y) keeps y's dtype)")
+        if torch.equal(out, ref):
+            continue
+        u = torch.rand(int(B), generator=generator(gen_seed))  # [B] the draws a correct answer makes
+        null = torch.full_like(y, null_class)
+        wrong = {
+            "no label was dropped: where u < p, the label becomes null_class": y,
+            "every label was dropped: only those where u < p become null_class": null,
+            "labels were dropped with probability 1 - p: drop where u < p (p is the chance of *dropping*)":
+                torch.where(u >= p, null, y),
+            "a dropped label became 0, a real digit: it becomes null_class (the extra 'no class' index, "
+            f"{null_class} here)": torch.where(u < p, torch.zeros_like(y), y),
+            "the mask u > 1 - p drops as often, but other labels: draw u = torch.rand(B, generator=generator) "
+            "and drop where u < p, so that a run can be replayed": torch.where(u > 1 - p, null, y),
+        }
+        for message, labels in wrong.items():
+            if torch.equal(out, labels):
+                fail(name, message)
+        again = call(name, student_fn, y, p, null_class, generator(gen_seed))
+        if not (isinstance(again, torch.Tensor) and torch.equal(again.detach().cpu(), out)):
+            fail(name, "two calls with generators in the same state gave different labels: draw the random "
+                       "numbers from `generator` (torch.rand(y.shape, generator=generator)), not from torch's "
+                       "global random state")
+        changed = out != y
+        if bool((changed & (out != null_class)).any()):
+            fail(name, "some labels changed to something other than null_class: a label is either kept or "
+                       "replaced by null_class")
+        fail(name, f"{int((out != ref).sum())} of {B} labels differ from the reference (p = {p}): draw one "
+                   "u = torch.rand(y.shape, generator=generator) and replace the labels where u < p")
+    passed(name, f"batches {list(sizes)}, p = {p}, seed {seed}")
+
+
+# --- the EMA of the weights --------------------------------------------------------------------------------
+
+
+def check_ema_update(student_fn, *, seed: int = 0, decay: float = 0.9, channels=(1, 3), T: int = 20) -> None:
+    """student_fn(ema, model, decay) -> None: for every parameter, ema_p <- decay * ema_p + (1 - decay) * p,
+    in place; the model itself does not change."""
+    name = "check_ema_update"
+    for k, C in enumerate(channels):
+        model = ToyEpsModel(int(C), T, seed=seed * 100 + k)
+        ema = ToyEpsModel(int(C), T, seed=seed * 100 + k + 50)  # an average that has drifted from the weights
+        e0, m0 = _params(ema), _params(model)
+        ref64, ref32 = copy.deepcopy(ema).double(), copy.deepcopy(ema)
+        training.ema_update(ref64, copy.deepcopy(model).double(), decay)  # labkit's, in float64: the answer
+        training.ema_update(ref32, copy.deepcopy(model), decay)  # and in float32: how far rounding alone moves it
+        expected = _params(ref64)
+        tol = max(1e-7, MARGIN * _moved(_params(ref32), expected))
+        call(name, student_fn, ema, model, decay, names=["ema", "model", "decay"], hints={
+            "leaf variable that requires grad": "the EMA's parameters require gradients, so change them in place "
+            "inside `with torch.no_grad():` (an average is not part of any loss)"})
+        e1, m1 = _params(ema), _params(model)
+        if _moved(m1, m0) > 0.0:
+            fail(name, "the model's weights changed: only the EMA copy moves towards the model, the weights "
+                       "being trained stay as they are")
+        err = _moved(e1, expected)
+        if err <= tol:
+            continue
+        if _moved(e1, e0) == 0.0:
+            fail(name, "the EMA's parameters did not change: update each of them in place (e.g. with "
+                       "mul_ and add_, or lerp_); assigning a new tensor to a local name changes nothing")
+        variants = {
+            f"the decay is reversed: the EMA keeps decay = {decay} of its old value and takes 1 - decay of the "
+            "model (ema <- decay * ema + (1 - decay) * model)":
+                [(1 - decay) * e.double() + decay * m.double() for e, m in zip(e0, m0)],
+            "the EMA became a copy of the model: it should move only a fraction 1 - decay of the way":
+                [m.double() for m in m0],
+            "the model's share is missing: ema <- decay * ema + (1 - decay) * model": [decay * e.double() for e in e0],
+            "a plain average of the two: the weights are decay and 1 - decay":
+                [(e.double() + m.double()) / 2 for e, m in zip(e0, m0)],
+        }
+        for message, params in variants.items():
+            if _moved(e1, params) <= max(tol, 1e-6):
+                fail(name, message)
+        fail(name, f"the EMA's parameters differ from decay * ema + (1 - decay) * model by up to {err:.3g}")
+    passed(name, f"channels {list(channels)}, decay {decay}, seed {seed}")
+
+
+# --- the training loop -----------------------------------------------------------------------------------
+
+
+class ToyNormEpsModel(ToyEpsModel):
+    """``ToyEpsModel`` behind a BatchNorm: in train mode it normalises with the batch's statistics (and
+    updates its running ones), in eval mode with the running ones, so a loop that forgot model.train()
+    computes other numbers."""
+
+    def __init__(self, channels: int, T: int, num_classes: int = 10, seed: int = 0):
+        super().__init__(channels, T, num_classes, seed)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x, t, y):
+        return super().forward(self.norm(x), t, y)
+
+
+LOOP_MISTAKES = {
+    "no_zero_grad": "the gradients were never cleared: every step must start with optimizer.zero_grad() "
+                    "(backward adds to .grad); your train_step does it, so let the loop call it",
+    "ema_reversed": "the EMA decay is reversed: ema <- d * ema + (1 - d) * weights keeps most of the old average "
+                    "(d close to 1)",
+    "ema_constant": "the EMA used ema_decay from the first step: use the warm-up decay "
+                    "min(ema_decay, (1 + step) / (10 + step)), which averages less of the random start",
+    "ema_first": "the EMA was updated before the optimizer step: average the weights after they have changed",
+    "ema_step_plus_1": "the steps are numbered from 1: the first step of this call is number first_step "
+                       "(its EMA decay is min(ema_decay, (1 + first_step) / (10 + first_step)))",
+    "ema_first_step_ignored": "the steps were numbered from 0 although first_step was given: number them "
+                              "first_step, first_step + 1, ... (the EMA warm-up continues a run)",
+    "t_from_1": "t was drawn from 1..T-1: diffusion steps are numbered 0..T-1, torch.randint(0, T, (B,), "
+                "generator=generator)",
+    "t_to_T": "t was drawn from 1..T: diffusion steps are numbered 0..T-1, torch.randint(0, T, (B,), "
+              "generator=generator) (randint's upper end is excluded)",
+    "noise_twice": "the noise was drawn twice in a step: draw it once, after t, and use that one tensor both to "
+                   "make x_t and as the target",
+    "noise_twice_target": "the noise was drawn twice in a step (x_t was made with one, the loss compared with the "
+                          "other): draw it once, after t, and use that one tensor both to make x_t and as the target",
+    "target_x0": "the loss compares the network's output with x0: the network predicts the noise, so the target "
+                 "is the noise (noise_prediction_loss)",
+    "no_dropout": "no label was dropped: each batch's labels go through drop_labels(y, label_dropout, "
+                  "null_class, generator)",
+    "dropout_reversed": "labels were dropped with probability 1 - p: drop where u < p",
+    "eval_mode": "the model stayed in eval mode (the grader passes it in eval mode, as after sampling): call "
+                 "model.train() before the loop, since normalisation and dropout layers train differently",
+    "t_first": "the random numbers were drawn in another order: per step, the batch indices, then the dropout "
+               "mask, then t, then the noise",
+    "noise_first": "the random numbers were drawn in another order: per step, the batch indices, then the dropout "
+                   "mask, then t, then the noise",
+    "drop_last": "the dropout mask was drawn after t and the noise: per step, the batch indices, then the dropout "
+                 "mask, then t, then the noise",
+}
+
+
+def _loop(model, ema, optimizer, images, labels, alpha_bars, steps, batch_size, gen, p, decay, first_step,
+          null_class=10, mistake=None, dtype=None):
+    """The reference loop written out (``labkit.training.train_loop``, which the tests compare it with) with
+    one named mistake switched on (for the messages only: the answer itself comes from labkit's loop)."""
+    if mistake != "eval_mode":
+        model.train()
+    T, N, B = len(alpha_bars), len(images), batch_size
+    losses = []
+    for step in range(first_step, first_step + steps):
+        draws = {}
+        order = {"t_first": "tidn", "noise_first": "idnt", "drop_last": "itnd"}.get(mistake, "idtn")
+        for what in order:  # i: batch indices, d: dropout mask, t: steps, n: noise
+            if what == "i":
+                draws["idx"] = torch.randint(0, N, (B,), generator=gen)
+            elif what == "d":
+                draws["u"] = torch.rand(B, generator=gen)
+            elif what == "t":
+                lo, hi = {"t_from_1": (1, T), "t_to_T": (1, T + 1)}.get(mistake, (0, T))
+                draws["t"] = torch.randint(lo, hi, (B,), generator=gen)
+            else:
+                draws["noise"] = torch.randn((B, *images.shape[1:]), generator=gen)
+                if mistake in ("noise_twice", "noise_twice_target"):
+                    draws["noise2"] = torch.randn((B, *images.shape[1:]), generator=gen)
+                    if mistake == "noise_twice":
+                        draws["noise"] = draws["noise2"]
+        idx, u, t, noise = draws["idx"], draws["u"], draws["t"], draws["noise"]
+        x0, y = images[idx], labels[idx]
+        if mistake == "dropout_reversed":
+            y = torch.where(u >= p, torch.full_like(y, null_class), y)
+        elif mistake != "no_dropout":
+            y = torch.where(u < p, torch.full_like(y, null_class), y)
+        if dtype is not None:
+            x0, noise = x0.to(dtype), noise.to(dtype)
+        a = alpha_bars[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))  # [B, 1, 1, 1]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = {"target_x0": x0, "noise_twice_target": draws.get("noise2")}.get(mistake, noise)
+        number = {"ema_step_plus_1": step + 1, "ema_first_step_ignored": step - first_step}.get(mistake, step)
+        d = decay if mistake == "ema_constant" else training.ema_decay_at(number, decay)
+        with torch.no_grad():
+            if mistake == "ema_first":
+                for e, m in zip(ema.parameters(), model.parameters()):
+                    e.copy_(d * e + (1 - d) * m)
+        if mistake != "no_zero_grad":
+            optimizer.zero_grad()
+        loss = ((model(xt, t, y) - target) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for e, m in zip(ema.parameters(), model.parameters()):
+                if mistake == "ema_reversed":
+                    e.copy_((1 - d) * e + d * m)
+                elif mistake != "ema_first":
+                    e.copy_(d * e + (1 - d) * m)
+        losses.append(loss.item())
+    return losses
+
+
+class _LoopSetup:
+    """The seeded inputs of one determinism test: data, a model in eval mode with stale gradients, its EMA
+    copy and an SGD optimiser with momentum; ``fresh()`` builds new copies each time."""
+
+    def __init__(self, seed, shape, T, N):
+        g = generator(seed)
+        C, H, W = shape
+        self.images = torch.rand((N, C, H, W), generator=g) * 2 - 1
+        self.labels = torch.randint(0, 10, (N,), generator=g)
+        betas = 1e-3 + 0.2 * torch.rand(T, generator=g, dtype=torch.float64)
+        self.alpha_bars = torch.cumprod(1 - betas, 0)  # [T] float64
+        self.model = ToyNormEpsModel(C, T, seed=seed * 100 + 7).eval()
+        self.stale = [0.5 * torch.randn(p.shape, generator=g) for p in self.model.parameters()]
+
+    def fresh(self, dtype=None, lr=0.05):
+        model = copy.deepcopy(self.model)
+        if dtype is not None:
+            model = model.to(dtype)
+        for p, s in zip(model.parameters(), self.stale):
+            p.grad = s.clone().to(p.dtype)
+        ema = copy.deepcopy(model)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        return model, ema, opt
+
+
+def _state(model, ema) -> torch.Tensor:
+    """The model's parameters and BatchNorm statistics, then the EMA's parameters, as one float64 vector."""
+    parts = [v.detach().double().flatten() for v in model.state_dict().values() if v.is_floating_point()]
+    parts += [p.detach().double().flatten() for p in ema.parameters()]
+    return torch.cat(parts)
+
+
+def _loss_values(name, out, steps) -> list[float]:
+    if out is None:
+        fail(name, "nothing was returned: return the list of the losses of every step (train_step's values)")
+    if isinstance(out, torch.Tensor):
+        out = out.detach().reshape(-1).tolist()
+    if not isinstance(out, (list, tuple)):
+        fail(name, f"return a list of the {steps} losses (one float per step), got {type(out).__name__}")
+    if len(out) != steps:
+        fail(name, f"returned {len(out)} losses for {steps} steps: append each step's loss to the list")
+    values = []
+    for v in out:
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = float(v.detach().reshape(()))
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            fail(name, f"the list holds a {type(v).__name__}; append each step's loss as a float (train_step "
+                       "returns one)")
+        values.append(float(v))
+    return values
+
+
+def check_train_loop(student_fn, *, seed: int = 0, shape=(1, 8, 8), steps: int = 4, batch_size: int = 6,
+                     p: float = 0.3, decay: float = 0.9, first_step: int = 0, T: int = 20, N: int = 40,
+                     short_steps: int = 40) -> None:
+    """student_fn(model, ema, optimizer, images, labels, alpha_bars, steps, batch_size, generator,
+    label_dropout, ema_decay, first_step) -> the list of the step losses.
+
+    Determinism: from a generator seeded with ``seed``, ``steps`` steps of the student's loop on a small model
+    (``ToyNormEpsModel``, passed in eval mode with stale gradients) must reach the parameters, BatchNorm
+    statistics and EMA of ``labkit.training.train_loop`` on a copy, within MARGIN times the float32 error of
+    that loop (measured against the same loop in float64, at most 1e-3). Then a ``short_steps`` run must lower the loss."""
+    name = "check_train_loop"
+    shape = tuple(int(s) for s in shape)
+    setup = _LoopSetup(seed, shape, T, N)
+    data = (setup.images, setup.labels, setup.alpha_bars)
+    settings = (steps, batch_size)
+    tail = (p, decay, first_step)
+
+    ref_model, ref_ema, ref_opt = setup.fresh()
+    ref_losses = training.train_loop(ref_model, ref_ema, ref_opt, *data, *settings, generator(seed), *tail)
+    ref = _state(ref_model, ref_ema)
+    m64, e64, o64 = setup.fresh(torch.float64)  # the same loop in float64 (the same float32 random draws)
+    training.train_loop(m64, e64, o64, setup.images.double(), setup.labels, setup.alpha_bars, *settings,
+                        generator(seed), *tail)
+    tol = min(1e-3, max(1e-6, MARGIN * max_abs_diff(ref, _state(m64, e64))))  # every named mistake is > 1e-2 away
+
+    model, ema, opt = setup.fresh()
+    start = _state(model, ema)
+    out = call(name, student_fn, model, ema, opt, *data, *settings, generator(seed), *tail,
+               names=["model", "ema", "optimizer", "images", "labels", "alpha_bars"], hints={
+                   "out of bounds": "an index is out of range: t is drawn from 0..T-1, "
+                   "torch.randint(0, T, (B,), generator=generator) (randint's upper end is excluded)",
+                   "time steps must be in": "t is drawn from 0..T-1: torch.randint(0, T, (B,), "
+                   "generator=generator) (randint's upper end is excluded)"})
+    got = _state(model, ema)
+    n_model = len(ref) - sum(p_.numel() for p_ in ref_ema.parameters())
+    err = max_abs_diff(got, ref)
+    if err > tol:
+        if max_abs_diff(got[:n_model], start[:n_model]) == 0.0:
+            fail(name, "the model's parameters did not change: each step must call train_step (zero_grad, "
+                       "loss, backward, optimizer.step) on the model it was given")
+        if max_abs_diff(got[n_model:], start[n_model:]) == 0.0:
+            fail(name, "the EMA's parameters did not change: after every optimizer step call "
+                       "ema_update(ema, model, decay) with the warm-up decay of that step")
+        for mistake, message in LOOP_MISTAKES.items():
+            if mistake == "ema_first_step_ignored" and first_step == 0:
+                continue
+            wm, we, wo = setup.fresh()
+            try:
+                _loop(wm, we, wo, *data, *settings, generator(seed), *tail, mistake=mistake)
+            except (IndexError, RuntimeError):  # t = T drawn: this mistake crashes on these inputs
+                continue
+            if max_abs_diff(got, _state(wm, we)) <= tol:
+                fail(name, message)
+        model_ok = max_abs_diff(got[:n_model], ref[:n_model]) <= tol
+        fail(name, f"after {steps} steps your {'EMA' if model_ok else 'weights'} differ from the reference "
+                   f"loop's by up to {max_abs_diff(got[n_model:] if model_ok else got[:n_model], ref[n_model:] if model_ok else ref[:n_model]):.3g}. "
+                   "Per step: batch indices, dropout mask, t, noise (in this order, all from `generator`), "
+                   "then train_step on the noise-prediction loss, then ema_update with the warm-up decay "
+                   "min(ema_decay, (1 + step) / (10 + step)) for step = first_step, first_step + 1, ...")
+    losses = _loss_values(name, out, steps)
+    loss_err = max(abs(a - b) for a, b in zip(losses, ref_losses))
+    if loss_err > max(tol, 1e-5 * max(1.0, max(abs(v) for v in ref_losses))):
+        fail(name, f"the weights are right, but the returned losses differ from the steps' losses by up to "
+                   f"{loss_err:.3g}: append the value train_step returns, once per step")
+
+    # a short run: the loss must fall (Adam, a larger batch, the same model)
+    sm, se, _ = setup.fresh()
+    s_opt = torch.optim.Adam(sm.parameters(), lr=0.02)
+    rm, re_, _ = setup.fresh()
+    r_losses = training.train_loop(rm, re_, torch.optim.Adam(rm.parameters(), lr=0.02), *data, short_steps, 16,
+                                   generator(seed + 1), p, decay)
+    k = max(1, short_steps // 8)
+    first, last = sum(r_losses[:k]) / k, sum(r_losses[-k:]) / k
+    bound = last + 0.25 * (first - last)  # a quarter of the way back up from where the reference ends
+    got_losses = _loss_values(name, call(name, student_fn, sm, se, s_opt, *data, short_steps, 16,
+                                         generator(seed + 1), p, decay, 0), short_steps)
+    mean_last = sum(got_losses[-k:]) / k
+    if not math.isfinite(mean_last) or mean_last > bound:
+        fail(name, f"in a {short_steps}-step run your loss went from {sum(got_losses[:k]) / k:.3g} to "
+                   f"{mean_last:.3g} (mean of the first and last {k} steps); the reference falls from {first:.3g} "
+                   f"to {last:.3g}, and a loop must reach {bound:.3g}")
+    passed(name, f"{steps} steps reach the reference weights and EMA (within {tol:.1g}); a {short_steps}-step "
+                 f"run's loss fell from {sum(got_losses[:k]) / k:.3f} to {mean_last:.3f}; seed {seed}")
+
+
+def loop_to_use(student_loop):
+    """(loop, who) for the lab's real training: the student's ``train_loop`` when it passes its check (run
+    quietly), else ``labkit.training.train_loop``, so a bug in the exercise never stops the rest of the lab."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            check_train_loop(student_loop)
+        return student_loop, "your train_loop"
+    except Exception:  # any failure, NotImplementedError included
+        return training.train_loop, "labkit's training.train_loop (yours does not pass its check yet)"
