@@ -201,3 +201,87 @@ def lab_digits(n: int | None = None, *, train: bool = True, seed: int = 0, verbo
     if verbose and real:
         print(f"MNIST: {len(digits)} {'training' if train else 'test'} images, {tuple(digits.images.shape[1:])}, values in [-1, 1]")
     return digits, real
+
+
+# --- Your network, from lab 03 to lab 04 -------------------------------------------------------------
+#
+# Notebooks are independent (each runs in its own kernel, in Colab on its own machine), so lab 03 writes the
+# student's network as a small Python file into the runs folder (your Google Drive in Colab), and lab 04 trains
+# it from there when it is present and still passes lab 03's check; else labkit's, and it says which.
+
+MY_NETWORK = "my_unet.py"
+_NETWORK_HEADER = '''"""Your conditioned U-Net from lab 03, written by labkit.colab.save_my_network (edit lab 03, not this file)."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit import embeddings, unet
+'''
+
+
+def runs_dir(mount: bool = True) -> str:
+    """Where runs and your network live: ``/content/drive/MyDrive/labkit-runs`` in Colab (mounting your Drive, so
+    that they survive the runtime and other notebooks find them), else ``runs`` beside the notebook."""
+    if in_colab() and not fast_mode():
+        if mount and not os.path.isdir("/content/drive/MyDrive"):
+            from google.colab import drive  # Colab only
+
+            drive.mount("/content/drive")
+        return "/content/drive/MyDrive/labkit-runs"
+    return "runs"
+
+
+def source_of(obj) -> str:
+    """The source of a function or class defined in a notebook cell (or a file). ``inspect.getsource`` finds a
+    function's cell through its code's file name; a class has no such name, so its cell is found through one of
+    its methods, and the class is cut out of that cell."""
+    import ast
+    import inspect
+    import linecache
+    import textwrap
+
+    if inspect.isfunction(obj):
+        return textwrap.dedent(inspect.getsource(obj))
+    methods = [v for v in vars(obj).values() if inspect.isfunction(v)]
+    if not methods:
+        raise TypeError(f"{obj.__name__}: no method to find its source by")
+    lines = linecache.getlines(methods[0].__code__.co_filename)
+    text = "".join(lines)
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef) and node.name == obj.__name__:
+            return textwrap.dedent(ast.get_source_segment(text, node, padded=True))
+    raise TypeError(f"{obj.__name__}: its source was not found")
+
+
+def save_my_network(namespace: dict, names, folder: str | None = None) -> str:
+    """Write the functions and classes ``names`` of the notebook's ``namespace`` (your U-Net and everything it
+    uses, in an order where each comes after what it needs) to ``<folder>/my_unet.py``, atomically. Returns the path."""
+    folder = folder or runs_dir()
+    os.makedirs(folder, exist_ok=True)
+    parts = [_NETWORK_HEADER] + [source_of(namespace[n]) for n in names]
+    path = os.path.join(folder, MY_NETWORK)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n\n".join(p.rstrip() + "\n" for p in parts))
+    os.replace(tmp, path)
+    return path
+
+
+def load_my_network(folder: str | None = None):
+    """The module written by ``save_my_network``, or None when there is none (or it does not import: the
+    reason is printed). Runs the file: it is your own code, in your own kernel."""
+    import importlib.util
+
+    path = os.path.join(folder or runs_dir(), MY_NETWORK)
+    if not os.path.isfile(path):
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location("my_unet", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except Exception as exc:  # noqa: BLE001 (any failure: labkit's network is used instead)
+        print(f"NOTE: {path} did not import ({type(exc).__name__}: {str(exc)[:200]})")
+        return None

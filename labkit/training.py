@@ -306,7 +306,8 @@ def train_loop(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.op
 
 
 def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, chunk: int = 100,
-             report: Callable | None = None, report_every_s: float = 120.0) -> TrainResult:
+             report: Callable | None = None, report_every_s: float = 120.0,
+             network: Callable | None = None) -> TrainResult:
     """Drive a training loop such as ``train_loop`` (lab 04's, or a student's) through a real run, in chunks.
 
     Before each chunk of ``chunk`` steps the learning rate is set (``lr_at``: warmup, then cosine); after it
@@ -316,6 +317,9 @@ def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, 
     with the same config continues from the checkpoint: the weights, EMA, optimiser and generator come back,
     so the run ends where an unbroken one would. The loop gets the whole data set on ``device``.
     Not here, unlike ``train``: mixed precision, gradient clipping and Min-SNR weighting (the loop decides).
+    network(config.unet) builds the model instead of ``UNet`` (a student's own U-Net from lab 03, with the same
+    parameters: ``config.unet`` must describe it). The checkpoint then also holds its EMA under labkit's names
+    (matched by name, else by order and shape), so that ``labkit.checkpoint.load_model`` and labs 05-09 load it.
     """
     check_data(data, config)
     device = pick_device(device)
@@ -323,7 +327,7 @@ def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, 
     schedule = make_schedule(config.schedule, config.T)
     channels_last = device.type == "cuda" if config.channels_last == "auto" else bool(config.channels_last)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format  # faster convolutions
-    run = new_run(config, device, use_scaler=False, memory_format=memory_format)
+    run = new_run(config, device, use_scaler=False, memory_format=memory_format, network=network)
     model, ema = run.model, run.ema
     ckpt_path = Path(config.out_dir) / "loop.pt" if config.out_dir else None
     losses: list = []
@@ -331,15 +335,17 @@ def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, 
         state = load_checkpoint(ckpt_path, map_location="cpu")
         check_same(ckpt_path, "train", state.get("train", {}), config.to_dict(), ignore=RESUMABLE_CHANGES)
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict(state.get("ema_own", state["ema"]))
         run.opt.load_state_dict(state["optimizer"])
         run.gen.set_state(state["generator"])
         run.step, run.elapsed, losses = int(state["step"]), float(state["elapsed_s"]), list(state["losses"])
 
     def save() -> None:
         if ckpt_path is not None:
+            own = {"ema_own": ema.state_dict()} if network is not None else {}  # the student's names, to resume
             save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": run.opt.state_dict(),
+                "model": model.state_dict(), "ema": as_labkit_weights(ema, config.unet), **own,
+                "optimizer": run.opt.state_dict(),
                 "generator": run.gen.get_state(), "step": run.step, "elapsed_s": run.elapsed, "losses": losses,
                 "unet": config.unet.to_dict(), "schedule": config.schedule, "T": config.T, "train": config.to_dict()})
 
@@ -370,6 +376,27 @@ def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, 
     images_seen = (run.step - start_step) * config.batch_size
     return TrainResult(model, ema, schedule, config, run.step, seconds, images_seen / max(seconds, 1e-9), losses,
                        ckpt_path)
+
+
+def as_labkit_weights(model: torch.nn.Module, unet_config) -> dict:
+    """``model``'s weights under labkit's UNet names: its own state dict when it is labkit's UNet, else its
+    parameters copied into ``UNet(unet_config)`` by name, or else in order where every shape agrees."""
+    if isinstance(model, UNet):
+        return model.state_dict()
+    target = UNet(unet_config)
+    mine = [(n, p.detach().float().cpu()) for n, p in model.named_parameters()]
+    theirs = dict(target.named_parameters())
+    if set(theirs) == {n for n, _ in mine} and all(theirs[n].shape == w.shape for n, w in mine):
+        pairs = [(theirs[n], w) for n, w in mine]
+    elif len(mine) == len(theirs) and all(p.shape == w.shape for p, (_, w) in zip(theirs.values(), mine)):
+        pairs = list(zip(theirs.values(), (w for _, w in mine)))
+    else:
+        raise LabkitError("this network's parameters do not match labkit's UNet for its config: the checkpoint "
+                          "could not be written in labkit's format")
+    with torch.no_grad():
+        for p, w in pairs:
+            p.copy_(w)
+    return target.state_dict()
 
 
 # --- Checkpoints of a run ------------------------------------------------------------------------------
@@ -423,11 +450,13 @@ class Run:
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
 
 
-def new_run(config: TrainConfig, device: torch.device, *, use_scaler: bool, memory_format) -> Run:
-    """Seeded weights (without touching the caller's global RNG), their EMA, AdamW and the batch generator."""
+def new_run(config: TrainConfig, device: torch.device, *, use_scaler: bool, memory_format,
+            network: Callable | None = None) -> Run:
+    """Seeded weights (without touching the caller's global RNG), their EMA, AdamW and the batch generator.
+    network(config.unet) builds the model instead of labkit's UNet (a student's own, lab 04)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = UNet(config.unet)
+        model = (network or UNet)(config.unet)
     model = model.to(device, memory_format=memory_format).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,

@@ -17,6 +17,37 @@ from labkit.colab import lab_digits  # noqa: F401  (one place to find every lab 
 _MODELS: dict = {}
 
 
+def lab04_checkpoint(runs: str | None = None) -> str | None:
+    """The checkpoint your lab 04 run wrote (``<runs>/lab04-gpu/loop.pt`` or ``lab04-cpu/loop.pt``, the newest),
+    or None. ``runs``: lab 04's runs folder (``labkit.colab.runs_dir``; default ``runs``)."""
+    import os
+
+    found = [os.path.join(runs or "runs", name, "loop.pt") for name in ("lab04-gpu", "lab04-cpu")]
+    found = [p for p in found if os.path.isfile(p) and not os.path.islink(p)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def trained_model(device=None, *, runs: str | None = None, verbose: bool = True):
+    """``(model, schedule, meta)``: your lab 04 model when its checkpoint is in ``runs`` (and loads), else the
+    shipped one (``lab_model``); one printed line says which, ``meta["yours"]`` too. While grading there is no
+    such file: the shipped model is used."""
+    from labkit.checkpoint import load_model
+    from labkit.errors import LabkitError
+
+    path = lab04_checkpoint(runs)
+    if path:
+        try:
+            model, schedule, meta = load_model(path, device=device)
+            if verbose:
+                print(f"Your lab 04 model: {path} ({meta.get('step')} training steps).")
+            return model, schedule, dict(meta, pretrained=True, yours=True)
+        except (LabkitError, OSError) as exc:
+            if verbose:
+                print(f"NOTE: could not load {path} ({exc}); using the shipped checkpoint instead.")
+    model, schedule, meta = lab_model(device, verbose=verbose)
+    return model, schedule, dict(meta, yours=False)
+
+
 def lab_model(device=None, *, verbose: bool = True):
     """``(model, schedule, meta)``: the shipped pretrained checkpoint (``labkit.checkpoint.load_model(None)``),
     or, where it is missing (a checkout without assets), an untrained tiny stand-in whose samples

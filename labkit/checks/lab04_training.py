@@ -26,7 +26,7 @@ import math
 import torch
 from torch import nn
 
-from labkit import diffusion, training
+from labkit import diffusion, training, unet
 from labkit.checks._common import (
     MARGIN, call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
 )
@@ -593,3 +593,28 @@ def loop_to_use(student_loop):
         return student_loop, "your train_loop"
     except Exception:  # any failure, NotImplementedError included
         return training.train_loop, "labkit's training.train_loop (yours does not pass its check yet)"
+
+
+def network_to_use(my_network):
+    """(network, who) for the lab's real training. ``my_network`` is the module lab 03 wrote (``colab.
+    load_my_network()``) or None. When its ``UNet`` still passes lab 03's check (run quietly), ``network(cfg)``
+    builds it from a ``UNetConfig`` (attention off: lab 03's network has none); else ``network`` is None and
+    the run trains labkit's ``UNet``."""
+    import contextlib
+    import io
+
+    from labkit.checks import lab03_embeddings
+
+    if my_network is None or not hasattr(my_network, "UNet"):
+        return None, "labkit's UNet (lab 03 has not saved a network of yours here: run its last cells)"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            lab03_embeddings.check_unet(my_network.UNet)
+    except Exception:  # any failure: labkit's network
+        return None, "labkit's UNet (the network lab 03 saved does not pass lab 03's check)"
+
+    def network(cfg: unet.UNetConfig):
+        return my_network.UNet(in_channels=cfg.in_channels, base_channels=cfg.base_channels,
+                               channel_mults=tuple(cfg.channel_mults), blocks_per_level=cfg.blocks_per_level,
+                               groups=cfg.groups, patch=cfg.patch, num_classes=cfg.num_classes)
+    return network, "your UNet from lab 03"

@@ -30,7 +30,7 @@ from labkit.checks._common import (
     call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
     yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
-from labkit.checks.fixtures import lab_model  # noqa: F401  (the model labs 05-08 sample from)
+from labkit.checks.fixtures import lab04_checkpoint, lab_model, trained_model  # noqa: F401  (the labs' model)
 from labkit.checks.lab04_training import ToyEpsModel
 
 

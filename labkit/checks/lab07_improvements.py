@@ -27,7 +27,7 @@ from labkit.checks._common import (
     call, compare, deterministic, expect_tensor, fail, generator, passed, spread_steps,
     yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
-from labkit.checks.fixtures import DigitJudge, lab_model  # noqa: F401  (the lab's model and judge)
+from labkit.checks.fixtures import DigitJudge, lab_model, trained_model  # noqa: F401  (the lab's model and judge)
 from labkit.checks.lab05_sampling import SamplingModel, compare_loop
 
 # --- classifier-free guidance ----------------------------------------------------------------------

@@ -466,6 +466,21 @@ change = eps_hat[:10] - eps_hat[10:]  # [10, 1, 28, 28]: what each label changes
 fig = plotting.image_grid(change / change.abs().max(), ncols=10, titles=[str(k) for k in range(10)],
                           title="eps_hat for label y minus eps_hat for 'no class' (grey: no change; random weights)")
 
+# %% [markdown]
+# ## 10. Keep your network for lab 04
+#
+# Each notebook runs on its own, so lab 04 cannot see the classes you wrote here. When your `UNet` passes its
+# check, this cell writes it, with the classes and functions it uses, to `my_unet.py` in the runs folder (`runs/`
+# beside the notebook; in Colab your Google Drive, which it mounts). Lab 04 trains it from there if it still passes
+# this lab's check, and labkit's U-Net otherwise; it says which. Run this cell again whenever you change them.
+
+# %%
+MINE = ["sinusoidal_embedding", "film", "TimeEmbedding", "ClassEmbedding", "ConvBlock", "ResBlock", "UNet"]
+if Net is UNet:
+    print(f"your network is in {colab.save_my_network(globals(), MINE)}: lab 04 trains it")
+else:
+    print("your UNet does not pass its check yet, so nothing was saved: lab 04 will train labkit's U-Net")
+
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
 #

@@ -246,7 +246,10 @@ checks.check_train_loop(train_loop, seed=3, shape=(3, 6, 6), first_step=7, p=0.5
 # (a short warmup, then a cosine decay), logs the chunk's mean loss, saves a checkpoint (atomically: a crash
 # never leaves half a file), and every two minutes shows the loss curve and one sample of each digit from the
 # EMA. If your `train_loop` passes its check it is the loop that trains; otherwise labkit's
-# `training.train_loop` does (the cell says which).
+# `training.train_loop` does (the cell says which). The network it trains is **your U-Net from lab 03** when lab
+# 03's last cells saved it (`my_unet.py` in the runs folder: `runs/`, or your Google Drive in Colab) and it still
+# passes lab 03's check; otherwise labkit's `UNet` (again, the cell says which). The checkpoint also holds the
+# EMA under labkit's names, so labs 05-09 can load your trained network.
 #
 # The checkpoint holds the weights, the EMA, the optimiser and the generator's state: **run the cell again
 # after an interruption and it continues where it stopped**, and ends with the weights an unbroken run would
@@ -263,12 +266,7 @@ checks.check_train_loop(train_loop, seed=3, shape=(3, 6, 6), first_step=7, p=0.5
 USE_SHIPPED = False  # CPU only: True skips training and loads labkit's pretrained checkpoint
 STEPS = 4000  # CPU: a budget in steps (2 idle cores: about 10 minutes; readable digits from ~2000)
 PATIENCE_MIN = 15  # more than this many minutes projected for STEPS: say so, and offer the shipped checkpoint
-if colab.in_colab() and not FAST:
-    from google.colab import drive  # noqa: E402  (Colab only)
-    drive.mount("/content/drive")
-    RUNS = "/content/drive/MyDrive/labkit-runs"
-else:
-    RUNS = "runs"
+RUNS = colab.runs_dir()  # in Colab your Google Drive (mounted here), so the run survives the runtime
 if FAST:
     config = recipes.tiny(steps=4, out_dir=None)
 elif ON_GPU:
@@ -276,7 +274,10 @@ elif ON_GPU:
 else:
     config = recipes.cpu(minutes=None, total_steps=STEPS, out_dir=f"{RUNS}/lab04-cpu")
 LOOP, whose = checks.loop_to_use(train_loop)
-print(f"training with {whose}: {config.total_steps} steps of {config.batch_size} images, lr {config.lr}, "
+NETWORK, whose_net = checks.network_to_use(colab.load_my_network(RUNS))  # the U-Net lab 03 saved, if it passes
+if NETWORK is not None:
+    config = replace(config, unet=replace(config.unet, attention=False))  # lab 03's network has no attention
+print(f"training {whose_net} with {whose}: {config.total_steps} steps of {config.batch_size} images, lr {config.lr}, "
       f"checkpoints in {config.out_dir}")
 
 # %%
@@ -309,7 +310,7 @@ if USE_SHIPPED and not ON_GPU and not FAST:
 else:
     start = time.perf_counter()
     result = training.run_loop(LOOP, config, digits, device=DEVICE, chunk=colab.pick(100, 2), report=show,
-                               report_every_s=colab.pick(120, 1e9))
+                               report_every_s=colab.pick(120, 1e9), network=NETWORK)
     model, losses = result.ema, result.losses
     print(f"{result.step} steps, {result.images_per_s:.0f} images/s, {time.perf_counter() - start:.0f} s "
           f"(checkpoint: {result.checkpoint})")

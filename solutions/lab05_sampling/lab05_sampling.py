@@ -152,14 +152,16 @@ checks.check_sample_loop(sample_loop, seed=6, sizes=((1, 3, 4, 4), (5, 1, 6, 6))
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 3. Ten digits from a pretrained model
+# ## 3. Ten digits from a trained model
 #
-# Your loop, on the pretrained checkpoint that ships with `labkit` (trained as in lab 04), on a chain of `STEPS`
+# Your loop, on your lab 04 model when its checkpoint is in the runs folder (`runs/lab04-cpu/loop.pt`; in Colab
+# only if your Drive is already mounted), else on the pretrained checkpoint that ships with `labkit` (trained as
+# in lab 04); the first line below says which. A chain of `STEPS`
 # steps spread over the 1000 (`samplers.timestep_grid`, the spacing `labkit`'s samplers use). `draw` makes the
 # starting noise and every step's noise from one seed.
 
 # %%
-model, schedule, meta = checks.lab_model(DEVICE)
+model, schedule, meta = checks.trained_model(DEVICE, runs=colab.runs_dir(mount=False))  # yours from lab 04, if here
 PRETRAINED = meta["pretrained"]
 loop = checks.yours_or_labkit(checks.check_sample_loop, sample_loop, samplers.sample_loop, "sample_loop")
 STEPS = colab.pick(250 if DEVICE.type == "cuda" else 100, 8)  # steps in the chain (T = 1000 on a GPU is fine too)

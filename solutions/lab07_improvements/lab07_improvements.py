@@ -192,13 +192,14 @@ checks.check_cfg_eps(cfg_eps, seed=3, sizes=((4, 1, 8, 8),), ws=(7.5, 1.0), clas
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# Now the pretrained model, guided by your `cfg_eps` (or labkit's, if yours does not pass yet). We sweep $w$ and
+# Now a trained model (yours from lab 04 when its checkpoint is in the runs folder, else the one that ships with
+# labkit: the first line says which), guided by your `cfg_eps` (or labkit's, if yours does not pass yet). We sweep $w$ and
 # measure fidelity (accuracy) against fidelity-and-diversity (FID) for the same starting noise; `labkit`'s
 # DPM-Solver++ draws the samples (you write its loop below).
 
 # %%
-model, schedule, meta = checks.lab_model(DEVICE)
-NULL = 10  # the shipped model's "no class" label
+model, schedule, meta = checks.trained_model(DEVICE, runs=colab.runs_dir(mount=False))  # yours from lab 04, if here
+NULL = model.config.null_class  # the model's "no class" label (10 for MNIST)
 guide = checks.yours_or_labkit(checks.check_cfg_eps, cfg_eps, guidance.cfg_eps, "cfg_eps")
 
 

@@ -61,13 +61,15 @@ NUMBERS = {}  # every number the report quotes, collected as the lab goes (print
 # %% [markdown]
 # ## 0. Your model
 #
-# Point `MY_CHECKPOINT` at the checkpoint your lab 04 run wrote (`runs/mnist-gpu/last.pt` on your machine; in
-# Colab `/content/drive/MyDrive/labkit-runs/mnist-gpu/last.pt` after mounting your Drive). Leave it `None` to use
-# the checkpoint that ships with labkit. Whichever it is, **say so in your report**. (While the notebook is
-# graded, your file is not there, and the shipped model is used.)
+# `MY_CHECKPOINT` is the checkpoint your lab 04 run wrote, found in the runs folder (`runs/lab04-cpu/loop.pt` or
+# `runs/lab04-gpu/loop.pt` beside the notebook; in Colab on your Google Drive, which this cell mounts), or `None`
+# when there is none: then the checkpoint that ships with labkit is used. You may also point it at another
+# checkpoint. Whichever it is, **say so in your report**. (While the notebook is graded, your file is not there,
+# and the shipped model is used.)
 
 # %%
-MY_CHECKPOINT = None  # e.g. "runs/mnist-gpu/last.pt"
+MY_CHECKPOINT = checks.lab04_checkpoint(colab.runs_dir())  # or a path, e.g. "runs/lab04-cpu/loop.pt"
+print(f"MY_CHECKPOINT = {MY_CHECKPOINT!r}")
 
 # %% [markdown]
 # The model samples with its own recipe's settings (sampler, number of steps, guidance weight $w$). The judge is
