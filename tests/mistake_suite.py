@@ -860,6 +860,11 @@ LAB03_CLASSES = {}  # lab 03's classes (module exercises): each with one mistake
 for _mistake, (_name, _phrase) in __import__("lab03_modules").MISTAKES.items():
     LAB03_CLASSES.setdefault(_name, []).append((_mistake.replace("_", " "), _lab03_class(_name, _mistake), _phrase))
 
+LAB02_CLASSES = {}  # lab 02's classes: each made from the solution by one edit (tests/lab02_modules.py)
+for _name, _edit, _phrase in __import__("lab02_modules").WRONG:
+    LAB02_CLASSES.setdefault(_name, []).append((" / ".join(_edit.values())[:60] or "a line removed",
+                                               __import__("lab02_modules").wrong_class(_name, _edit), _phrase))
+
 SUITE = {
     ("lab00_setup", "to_unit_range"): LAB00,
     ("lab01_forward", "alpha_bars_from_betas"): LAB01_ALPHA,
@@ -867,6 +872,7 @@ SUITE = {
     ("lab01_forward", "q_sample"): LAB01_Q,
     ("lab02_unet", "concat_skip"): LAB02_CAT,
     ("lab02_unet", "upsample_merge"): LAB02_UP,
+    **{("lab02_unet", name): wrongs for name, wrongs in LAB02_CLASSES.items()},
     ("lab03_embeddings", "sinusoidal_embedding"): LAB03_PE,
     ("lab03_embeddings", "cosine_similarity"): LAB03_COS,
     ("lab03_embeddings", "film"): LAB03_FILM,
