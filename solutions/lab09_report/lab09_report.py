@@ -723,16 +723,15 @@ for key, value in NUMBERS.items():
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 2, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** (CPU: the shipped model's U-Net with one block per level and no attention, trained 1 minute
-# with skips, 139 steps, then 139 steps without; 512 held-out digits.) Without skips the one-step $\hat x_0$ error
-# is higher at every $t$ but the smallest (figure "one-step x0 error"): median 0.101 against 0.046 at $t = 400$
-# and 0.91 against 0.31 at $t = 800$ over the whole image; on the edge pixels 0.23 against 0.18 at $t = 400$ and
-# 0.54 against 0.38 at $t = 600$. At $t = 50$ the two are within 10% (0.0091 against 0.0086 on edges): with little
-# noise the input itself still shows the edges. The training loss ends at 0.070 against 0.227. After 139 steps
-# neither network draws digits yet (samples at 10% accuracy, FID 269 against 858 times the floor), so "shapes"
-# cannot be judged from samples here. Verdict: **confirmed for this short training**, more for the overall
-# shape at mid and high noise than for edges at low noise; whether "vital" holds after full training needs the
-# T4 run.
+# **Model answer.** (CPU: the shipped model's U-Net with one block per level and no attention, trained 600 steps
+# with skips and 600 without, from the same seed; 512 held-out digits.) Without skips the one-step $\hat x_0$ error
+# is higher at every $t$ (figure "one-step x0 error"): median 0.042 against 0.027 at $t = 400$ and 0.36 against
+# 0.16 at $t = 800$ over the whole image; on the edge pixels 0.16 against 0.12 at $t = 400$ and 0.38 against 0.26
+# at $t = 600$. At $t = 50$ the gap is smallest (edges 0.0080 against 0.0069): with little noise the input itself
+# still shows the edges. The training loss ends at 0.066 against 0.034. The samples differ most: with skips 83% are
+# recognised (FID 3.6 times the floor), without skips 10%, chance (FID 179 times). Verdict: **confirmed for this
+# short training**: without skips the network loses the shapes (no recognisable digits) and more of the edges at
+# mid and high noise; whether "vital" holds after full training needs a longer run.
 #
 # **Rubric (2 points).** 1 point: numbers for both networks (error on edges and/or the whole image at named $t$,
 # sample accuracy or FID), the equal budget stated, the figure named. 1 point: a verdict that separates edges
@@ -791,9 +790,10 @@ for key, value in NUMBERS.items():
 # digits (figure "fidelity against diversity"; the $w = 4$ grid shows thick, alike digits). The FID is lowest at
 # $w = 0.5$ (0.79 times the floor, against 1.03 at $w = 0$ and 2.48 at $w = 4$): a little guidance helps both,
 # more buys no accuracy (saturated from $w = 1$) and costs diversity. **Confirmed above $w = 0.5$.** Samplers: the
-# baseline, DDPM with 250 steps, took 83 s for 150 samples (100% accuracy, FID 0.71 times the floor); the time per
-# sample and NFE is the same for all three samplers (2.2-2.3 ms), so time is proportional to the steps. DDPM itself
-# with only 5 steps keeps 100% accuracy (49.8x faster), and with 20 steps its FID (0.7) too (12.6x). DDIM and
+# baseline, DDPM with 250 steps, took 83-126 s for 150 samples in two runs (100% accuracy, FID 0.71 times the
+# floor); the time per sample and NFE is about the same for the three samplers (2.2-3.7 ms, varying with the
+# machine's load), so time is proportional to the steps. DDPM itself with only 5 steps keeps 100% accuracy (50-68x
+# faster), and with 20 steps its FID (0.7) too (13x). DDIM and
 # DPM-Solver++ never reach the baseline's quality here: their accuracy stays at 92-96% up to 50 steps (4 points
 # and more below; 2 standard errors of the difference are 1.9 points with 150 samples, so the 3-point margin
 # decides), and their FID at 1.0-1.5 times the floor with 10 or more steps (DPM-Solver++ at 5 steps: 1.5, DDIM
