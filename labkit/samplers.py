@@ -184,7 +184,8 @@ def sample_loop(model, x_T, y, timesteps, betas, alpha_bars, noises):
 
 class Watched:
     """``model(x, t, y)`` that also calls ``watch(t, x, eps_hat)`` after every call: what any sampling loop,
-    yours included, shows its model, step by step (for denoising trajectories without a callback argument)."""
+    yours included, shows its model, step by step (for denoising trajectories without a callback argument; the
+    x0_hat of each step is eq. 15 of Ho et al. 2020)."""
 
     def __init__(self, model: Model, watch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]):
         self.model, self.watch = model, watch
@@ -345,7 +346,8 @@ def _grid_steps(grid: torch.Tensor, batch: int):
 
 @dataclass
 class Trajectory:
-    """A sampler callback that keeps every state, on the CPU: ``sample(..., callback=trajectory)``.
+    """A sampler callback that keeps every state, on the CPU: ``sample(..., callback=trajectory)``: the x_t of
+    Algorithm 2 of Ho et al. 2020 at every step, with the model's x0_hat (their eq. 15).
 
     After sampling with S steps: ts [S] (the time step of each state), x_t [S, *shape] (the state each step
     started from) and x0_hat [S, *shape] (the model's guess of the clean data at that state). Images or the
