@@ -58,3 +58,21 @@ def test_a_linked_or_huge_notebook_is_not_read(tmp_path, monkeypatch):
     assert rep.exercises["test_0"] == {"passed": 1}  # eve's link was not followed
     monkeypatch.setattr(report, "MAX_NOTEBOOK_BYTES", 10)
     assert report.collect(tmp_path, "lab", results).exercises == {}
+
+
+def test_a_submission_cannot_bring_its_own_outcomes():
+    """Outcomes planted in a submitted notebook (a test cell that claims "passed", forged library findings) are
+    removed when the submission is restored, before grading: only the grader writes them."""
+    import copy
+
+    from labkit.course.restore import restore_submission
+
+    release = nbformat.read(str(Path(__file__).resolve().parents[1] / "notebooks" / "lab01_forward.ipynb"), as_version=4)
+    nb = copy.deepcopy(release)
+    for cell in nb.cells:
+        cell.metadata["labkit"] = {"outcome": {"status": "passed"}, "library": []}
+    notes = restore_submission(nb, release)
+    assert all("labkit" not in c.metadata for c in nb.cells)
+    assert any("only the grader writes" in n for n in notes)
+    untouched = copy.deepcopy(release)
+    assert not any("only the grader writes" in n for n in restore_submission(untouched, release))

@@ -39,10 +39,17 @@ def restore_submission(nb, release) -> list[str]:
       function they define;
     * locked cells that are still missing (deleted tests) are put back after the previous graded cell
       (their hidden tests come back from the source at autograde time);
-    * cell ids are made unique and present; the kernel is set to python3.
+    * cell ids are made unique and present; the kernel is set to python3;
+    * every cell's ``labkit`` metadata is dropped: that is where the grader records a test's outcome and what
+      its calls ran (``trusted``), read by the class report and the review, so a submission may not bring its own.
     """
     nbf = import_nbformat()
     notes: list[str] = []
+    planted = [i for i, c in enumerate(nb.cells) if "labkit" in c.metadata]
+    for i in planted:
+        del nb.cells[i].metadata["labkit"]
+    if planted:
+        notes.append(f"cells {planted[:10]}: metadata only the grader writes (labkit) removed")
     rel_cells = [c for c in release.cells if c.metadata.get("nbgrader")]
     rel_by_id = {c.metadata["nbgrader"]["grade_id"]: c for c in rel_cells}
     order = [c.metadata["nbgrader"]["grade_id"] for c in rel_cells]
