@@ -27,25 +27,30 @@ def lab04_checkpoint(runs: str | None = None) -> str | None:
     return max(found, key=os.path.getmtime) if found else None
 
 
-def trained_model(device=None, *, runs: str | None = None, verbose: bool = True):
-    """``(model, schedule, meta)``: your lab 04 model when its checkpoint is in ``runs`` (and loads), else the
-    shipped one (``lab_model``); one printed line says which, ``meta["yours"]`` too. While grading there is no
-    such file: the shipped model is used."""
+def model_at(path, device=None, *, verbose: bool = True, label: str = "Your model"):
+    """``(model, schedule, meta)``: the checkpoint at ``path`` when it loads, else the shipped one (``lab_model``);
+    one printed line says which, and ``meta["yours"]`` too. While grading there is no such file: the shipped model
+    is used."""
     from labkit.checkpoint import load_model
     from labkit.errors import LabkitError
 
-    path = lab04_checkpoint(runs)
     if path:
         try:
             model, schedule, meta = load_model(path, device=device)
             if verbose:
-                print(f"Your lab 04 model: {path} ({meta.get('step')} training steps).")
+                print(f"{label}: {path} ({meta.get('step')} training steps, schedule {schedule.name}, T = {schedule.T}).")
             return model, schedule, dict(meta, pretrained=True, yours=True)
         except (LabkitError, OSError) as exc:
             if verbose:
-                print(f"NOTE: could not load {path} ({exc}); using the shipped checkpoint instead.")
+                print(f"NOTE: could not load {path} ({exc}).\n      Using the shipped checkpoint instead: the "
+                      "numbers are then about labkit's model, not yours.")
     model, schedule, meta = lab_model(device, verbose=verbose)
     return model, schedule, dict(meta, yours=False)
+
+
+def trained_model(device=None, *, runs: str | None = None, verbose: bool = True):
+    """``model_at`` your lab 04 run when its checkpoint is in ``runs`` (``lab04_checkpoint``), else the shipped one."""
+    return model_at(lab04_checkpoint(runs), device, verbose=verbose, label="Your lab 04 model")
 
 
 def lab_model(device=None, *, verbose: bool = True):

@@ -26,7 +26,7 @@ import torch
 
 from labkit.checks._common import call, compare, deterministic, expect_tensor, fail, generator, passed
 from labkit.evaluation import measures
-from labkit.checks.fixtures import DigitJudge, lab04_checkpoint, lab_clip, lab_model  # noqa: F401  (the labs' model, CLIP and judge)
+from labkit.checks.fixtures import DigitJudge, lab04_checkpoint, lab_clip, lab_model, model_at  # noqa: F401  (the labs' model, CLIP and judge)
 
 
 # --- 1. When does a digit become recognisable? ---------------------------------------------------------
@@ -424,20 +424,6 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
 
 def your_model(path=None, device=None, *, verbose: bool = True):
     """``(model, schedule, meta)`` for the report: the checkpoint at ``path`` (your lab 04 run, e.g.
-    ``runs/lab04-cpu/loop.pt``: ``lab04_checkpoint``) when it can be loaded, else the shipped one (``lab_model``) with a note.
-    ``meta["yours"]`` says which. While grading, the file is not there: the shipped model is used."""
-    from labkit.checkpoint import load_model
-    from labkit.errors import LabkitError
-
-    if path:
-        try:
-            model, schedule, meta = load_model(path, device=device)
-            if verbose:
-                print(f"Your model: {path} ({meta.get('step')} training steps, schedule {schedule.name}, T = {schedule.T}).")
-            return model, schedule, dict(meta, pretrained=True, yours=True)
-        except (LabkitError, OSError) as exc:
-            if verbose:
-                print(f"NOTE: could not load {path} ({exc}).\n      Using the shipped checkpoint instead: "
-                      "the report is then about labkit's model, not yours.")
-    model, schedule, meta = lab_model(device, verbose=verbose)
-    return model, schedule, dict(meta, yours=False)
+    ``runs/lab04-cpu/loop.pt``: ``lab04_checkpoint``) when it can be loaded, else the shipped one (``lab_model``)
+    with a note. ``meta["yours"]`` says which. While grading, the file is not there: the shipped model is used."""
+    return model_at(path, device, verbose=verbose)
