@@ -330,7 +330,7 @@ def trusted_execute_class(base):
             self._calls += 1
             call = self._channel.call(wire.encode_call(args, kwargs), (self.timeout or 120) + self.responsive_timeout + 30)
             code = (f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
-                    f"{self._channel.address!r}, {call.token!r}, {mode!r})")
+                    f"{self._channel.address!r}, {call.token!r}" + (f", {mode!r})" if mode != "call" else ")"))
             try:
                 status = run_sync(self._remote)(code, self.timeout or 120)
                 if status == "timeout":
