@@ -28,6 +28,7 @@ import importlib
 import io
 import re
 import time
+import warnings
 
 MAX_OUTPUT_CHARS = 200_000  # per student cell; the rest is dropped (a cell printing gigabytes)
 REPLY_GRACE_SECONDS = 10.0  # after the kernel says a call is done, the most the grader waits for its reply
@@ -332,7 +333,9 @@ def trusted_execute_class(base):
             code = (f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
                     f"{self._channel.address!r}, {call.token!r}" + (f", {mode!r})" if mode != "call" else ")"))
             try:
-                status = run_sync(self._remote)(code, self.timeout or 120)
+                with warnings.catch_warnings():  # the grader's own (zmq sockets collected...) are not the student's
+                    warnings.simplefilter("ignore")
+                    status = run_sync(self._remote)(code, self.timeout or 120)
                 if status == "timeout":
                     raise _as_check_failure(RemoteTimeout(
                         f"your function `{name}` did not finish within {self.timeout} s (an endless loop?)"))
