@@ -491,7 +491,19 @@ LAB05_LOOP = [
      "use the inputs you are given"),
     ("no class (outside suite)", lambda m, x, y, ts, b, ab, n: _loop05(m, x, torch.full_like(y, 10), ts, b, ab, n),
      "no class"),
+    ("label dropout at sampling", lambda m, x, y, ts, b, ab, n: _loop05(m, x, _dropped(y), ts, b, ab, n),
+     "label dropout belongs to training"),
 ]
+
+
+def _dropped(y):
+    """Lab 04's label dropout copied into sampling (seeded so that the suite is repeatable): the first image
+    keeps its label, the second is told "no class", the rest at random with p = 0.5."""
+    from labkit.training import drop_labels
+
+    out = drop_labels(y, 0.5, 10, torch.Generator().manual_seed(len(y)))
+    out[0], out[1] = y[0], 10
+    return out
 
 # --- lab 06 ----------------------------------------------------------------------------------------------
 LAB06_COS = [

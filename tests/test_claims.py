@@ -38,3 +38,21 @@ def test_a_claim_needs_a_sentence_and_one_truth_value(monkeypatch):
         claims.check("", True)
     with pytest.raises(RuntimeError):  # a tensor of several values is ambiguous
         claims.check("x", torch.tensor([True, False]))
+
+
+def test_r_squared_of_a_line_a_parabola_and_noise():
+    from labkit.evaluation import measures
+
+    x = torch.arange(100.0)
+    assert measures.r_squared(x, 3 * x - 2) == pytest.approx(1.0, abs=1e-12)
+    assert measures.r_squared(x - 49.5, (x - 49.5) ** 2) == pytest.approx(0.0, abs=1e-9)  # symmetric: no slope
+    noisy = measures.r_squared(x, x + 30 * torch.randn(100, generator=torch.Generator().manual_seed(0)))
+    assert 0.3 < noisy < 0.7  # var(x) = 833 against noise variance 900
+
+
+def test_accuracy_margin_is_three_points_or_two_standard_errors():
+    from labkit.evaluation import measures
+
+    assert measures.accuracy_margin(0.99, 100) == pytest.approx(0.03)
+    assert measures.accuracy_margin(0.5, 100) == pytest.approx(2 * (2 * 0.25 / 100) ** 0.5)  # 0.141
+    assert measures.accuracy_margin(1.0, 100) == pytest.approx(max(0.03, 2 * (2 * 0.01 * 0.99 / 100) ** 0.5))

@@ -245,3 +245,52 @@ def test_lab01_runs_in_the_runtime_with_ipywidgets_7(runtime, monkeypatch, tmp_p
     widget_views = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
                     if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widget_views, "the noise slider was displayed as a widget"
+
+
+CHAIN = ("lab02_unet", "lab03_embeddings", "lab04_training", "lab05_sampling", "lab07_improvements", "lab09_report")
+
+
+def test_the_chain_from_lab02_to_lab09_runs_on_the_students_own_network(runtime, monkeypatch, tmp_path):
+    """Issue 25: labs 02 -> 03 -> 04 -> 05 -> 07 -> 09 in one folder of one fresh Colab-like runtime, each lab's
+    solution notebook top to bottom (fast mode), as a student who did every exercise: lab 03 saves the student's
+    U-Net, lab 04 trains *that* network with the student's loop and writes its checkpoint, and labs 05, 07 and 09
+    sample from that checkpoint. One change to the notebooks: lab 04's fast mode normally writes no checkpoint
+    (grading keeps no files); here it writes it where the normal-mode run does, ``runs/lab04-cpu``."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    assert runtime["run"].returncode == 0, "the install failed (see the first test)"
+    kernels = tmp_path / "jupyter" / "kernels" / "colab"
+    kernels.mkdir(parents=True)
+    env = {"PYTHONPATH": str(runtime["fake"]), "LABKIT_FAST": "1", "MPLBACKEND": "Agg",
+           "LABKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    data = os.environ.get("LABKIT_DATA") or str(REPO.parent / "shared" / "data" / "mnist")
+    if Path(data).is_dir():
+        env["LABKIT_DATA"] = data
+    (kernels / "kernel.json").write_text(json.dumps({
+        "argv": [str(runtime["python"]), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Colab-like", "language": "python", "env": env}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    work = tmp_path / "course"  # the student's folder: every lab runs here, runs/ is shared
+    work.mkdir()
+    said = {}
+    for lab in CHAIN:
+        nb = nbformat.read(str(REPO / "solutions" / lab / f"{lab}.ipynb"), as_version=4)
+        if lab == "lab04_training":
+            cell = next(c for c in nb.cells if "recipes.tiny(steps=4, out_dir=None)" in c.source)
+            cell.source = cell.source.replace("recipes.tiny(steps=4, out_dir=None)",
+                                              'recipes.tiny(steps=4, out_dir=f"{RUNS}/lab04-cpu")')
+        nb.cells.insert(0, nbformat.v4.new_code_cell("import google.colab"))
+        NotebookClient(nb, kernel_name="colab", timeout=600, resources={"metadata": {"path": str(work)}}).execute()
+        errors = [(i, o["ename"], o["evalue"][:200]) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                  for o in c.outputs if o.output_type == "error"]
+        assert errors == [], f"{lab}: {errors}"
+        said[lab] = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                              if o.get("output_type") == "stream")
+    assert (work / "runs" / "my_unet.py").is_file(), "lab 03 saved the student's network"
+    assert "your network is in runs/my_unet.py" in said["lab03_embeddings"]
+    assert "training your UNet from lab 03 with your train_loop" in said["lab04_training"], said["lab04_training"][:3000]
+    assert (work / "runs" / "lab04-cpu" / "loop.pt").is_file(), "lab 04 wrote the checkpoint"
+    for lab in ("lab05_sampling", "lab07_improvements", "lab09_report"):
+        assert "Your lab 04 model: runs/lab04-cpu/loop.pt (4 training steps" in said[lab], (lab, said[lab][:2000])
+        assert "shipped checkpoint" not in said[lab].split("Your lab 04 model")[0], lab

@@ -93,3 +93,22 @@ def speedup_at_quality(seconds: torch.Tensor, quality: torch.Tensor, target: flo
     masked = torch.where(q >= target, s, torch.full_like(s, math.inf))
     fastest = masked.min(dim=1).values
     return torch.where(torch.isfinite(fastest), baseline_seconds / fastest, torch.zeros_like(fastest))
+
+
+def accuracy_margin(p: float, n: int, points: float = 0.03) -> float:
+    """How far below accuracy ``p`` (measured on ``n`` samples) another accuracy on ``n`` samples may fall and
+    still count as "as good": max(``points``, 2 standard errors of the difference of two such accuracies),
+    sqrt(2 p (1 - p) / n). ``p`` is kept within [1/n, 1 - 1/n]: a standard error of 0 at 100% would pretend
+    certainty."""
+    p = min(max(p, 1 / n), 1 - 1 / n)
+    return max(points, 2 * math.sqrt(2 * p * (1 - p) / n))
+
+
+def r_squared(x: torch.Tensor, y: torch.Tensor) -> float:
+    """x, y [N] -> the share of y's variance a straight line a + b x explains (1: y lies on a line; 0: the line
+    explains nothing): R^2 = 1 - sum (y - a - b x)^2 / sum (y - mean y)^2, with a, b fitted by least squares."""
+    x, y = x.double(), y.double()
+    design = torch.stack([x, torch.ones_like(x)], dim=1)  # [N, 2]
+    fit = torch.linalg.lstsq(design, y[:, None]).solution  # [2, 1]
+    residual = y - (design @ fit)[:, 0]
+    return float(1 - residual.pow(2).sum() / (y - y.mean()).pow(2).sum())

@@ -131,7 +131,7 @@ def watch(step, t, x_t, x0_hat):
     margins_by_step.append(measures.above_control(judged["probs"], y_traj.cpu()))  # [N], see below
     t_by_step.append(t)
     if step == 0:
-        first_answers = judged["predicted"]  # [N]: what the classifier calls the very first, blurry guesses
+        first_answers = judged["predicted"]  # [N]: what the classifier calls the very first guesses (from pure noise)
     if step in SHOW:
         strips.append(x0_hat[first.to(DEVICE)].float().cpu())
 
@@ -146,7 +146,7 @@ fig = plotting.compare_rows({f"digit {d}": torch.stack([s[d] for s in strips]) f
 
 # %% [markdown]
 # When is a digit "recognisable"? Not at the first step where the classifier happens to agree: early guesses
-# are blurry averages, and a blur can look like an 8 or a 0 by chance. We use the step **from which on** the
+# are noise or grey blobs (lab 05's strips), and the judge may read a digit into them by chance. We use the step **from which on** the
 # classifier stays convinced.
 #
 # ### Exercise 1 (3 points)
@@ -222,7 +222,8 @@ for d in range(10):
 share = torch.bincount(first_answers.cpu(), minlength=10).double() / len(first_answers)  # [10]
 favourite = int(share.argmax())
 print(f"control: at step 0 the classifier calls {share[favourite]:.0%} of ALL first guesses (whatever the intended "
-      f"digit) a {favourite}: a digit it reads into noise looks 'recognisable' from the start")
+      f"digit) a {favourite}" + (f": it reads a {favourite} into noise, so {favourite}s look 'recognisable' from the start"
+                                 if share[favourite] > 0.5 else ": no digit dominates its reading of noise"))
 NUMBERS["1: median fraction of steps before commitment, per digit (threshold 0.5)"] = [round(float(v), 2) for v in q[:, 1]]
 NUMBERS["1: IQR per digit"] = [round(float(v), 2) for v in q[:, 2] - q[:, 0]]
 NUMBERS["1: median with threshold 0.9"] = [round(float(v), 2) for v in q_strict[:, 1]]
@@ -814,8 +815,8 @@ for key, value in NUMBERS.items():
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_6", "locked": false, "points": 2, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
 # **Model answer.** (1) The judges: every fidelity number comes from one MNIST classifier; it reads an 8 into
-# every blurry first guess, which makes claim 1 unmeasurable for 8s, and "recognisable" depends on its threshold
-# (0.5 against 0.9 moves 5s from 15% to 54% of the steps). CLIP was a random stand-in offline: claim 4 is
+# every first guess (noise), which makes the plain measure of claim 1 useless for 8s (the control fixes it),
+# and "recognisable" depends on its threshold (0.5 against 0.9 moves 5s from 15% to 54% of the steps). CLIP was a random stand-in offline: claim 4 is
 # untested. (2) Sample sizes: 12 trajectories per digit, 60-120 samples per setting; an accuracy step is 1.7
 # points and FID on 60 samples is noisy. (3) Training budgets: the ablation and the sweep train for a minute or
 # less, one seed: they show early training, and a difference there may vanish or grow later. (4) One model, one
