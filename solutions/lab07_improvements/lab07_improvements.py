@@ -67,6 +67,11 @@ STEPS = colab.pick(20, 4)  # DPM-Solver++ steps per sample where the sampler is 
 test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
 judge = checks.DigitJudge(device=DEVICE)  # the judge of `labkit evaluate`: the same samples, the same numbers
 
+def se(r):
+    """One standard error of an accuracy measured on r["n"] samples, sqrt(p (1 - p) / n): the sampling noise."""
+    return (r["accuracy"] * (1 - r["accuracy"]) / r["n"]) ** 0.5
+
+
 def fmt(r):
     return f"accuracy {r['accuracy']:6.1%}   FID {r['fid']:7.3f}  ({r['fid_ratio']:.1f}x the real floor {r['floor']:.3f}, n={r['n']})"
 
@@ -239,10 +244,11 @@ claims.check("guidance trades diversity for fidelity: the largest w is recognise
              f"FID/floor {sweep[ws[-1]]['fid_ratio']:.1f}x there, best {min(sweep[w]['fid_ratio'] for w in ws):.1f}x")
 
 fig, ax = plt.subplots(figsize=(5.5, 3.8))
-ax.plot([sweep[w]["fid_ratio"] for w in ws], [sweep[w]["accuracy"] for w in ws], "o-")
+ax.errorbar([sweep[w]["fid_ratio"] for w in ws], [sweep[w]["accuracy"] for w in ws],
+            yerr=[se(sweep[w]) for w in ws], fmt="o-", capsize=3)  # error bars: one standard error of the accuracy
 for w in ws:
     ax.annotate(f"w={w:g}", (sweep[w]["fid_ratio"], sweep[w]["accuracy"]), textcoords="offset points", xytext=(5, 5))
-ax.set(xlabel="FID / real floor (lower: closer to real digits)", ylabel="classifier accuracy",
+ax.set(xlabel="FID / real floor (lower: closer to real digits)", ylabel="classifier accuracy (bars: 1 s.e.)",
        title="the fidelity-diversity trade-off of guidance")
 ax.grid(alpha=0.3)
 
@@ -457,10 +463,11 @@ if knee in nfes:  # (not in fast mode)
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
 for sampler, by_nfe in results.items():
-    axes[0].plot(nfes, [by_nfe[n]["accuracy"] for n in nfes], "o-", label=sampler)
+    axes[0].errorbar(nfes, [by_nfe[n]["accuracy"] for n in nfes], yerr=[se(by_nfe[n]) for n in nfes], fmt="o-",
+                     capsize=3, label=sampler)
     axes[1].plot(nfes, [by_nfe[n]["fid_ratio"] for n in nfes], "o-", label=sampler)
     axes[2].plot(nfes, [by_nfe[n]["seconds"] for n in nfes], "o-", label=sampler)
-axes[0].set(ylabel="classifier accuracy", title="fidelity")
+axes[0].set(ylabel="classifier accuracy (bars: 1 s.e.)", title=f"fidelity ({len(y_n)} samples per point)")
 axes[1].set(ylabel="FID / real floor", title="distance to real digits", yscale="log")
 axes[2].set(ylabel=f"seconds for {len(y_n)} samples", title=f"wall time on {DEVICE}", yscale="log")
 for ax in axes:
