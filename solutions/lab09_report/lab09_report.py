@@ -462,6 +462,7 @@ fig.tight_layout()
 
 # %%
 scorer, PRETRAINED_CLIP = checks.lab_clip(DEVICE)
+CLIP_TAG = "" if PRETRAINED_CLIP else " [random CLIP (offline)]"  # on every CLIP figure's title, as in lab 06
 x_gen, y_gen = draw(colab.pick(100 if ON_GPU else 30, 2))
 gen01 = ((x_gen + 1) / 2).clamp(0, 1)
 n_real = min(len(test_digits), colab.pick(1000 if ON_GPU else 300, 60))
@@ -508,11 +509,11 @@ fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
 ks = torch.arange(10)
 axes[0].bar(ks - 0.2, clip_gen, 0.4, label="generated")
 axes[0].bar(ks + 0.2, clip_real, 0.4, label="real MNIST", color="0.6")
-axes[0].set(title="CLIP p(intended digit)", ylim=(0, 1.05))
+axes[0].set(title="CLIP p(intended digit)" + CLIP_TAG, ylim=(0, 1.05))
 axes[0].legend(frameon=False, fontsize=8)
 axes[1].bar(ks, clip_rel)
 axes[1].axhline(1.0, color="grey", ls="--", lw=1)
-axes[1].set(title="CLIP score: generated / real")
+axes[1].set(title="CLIP score: generated / real" + CLIP_TAG)
 axes[2].bar(ks, cls_gen, color="0.4")
 axes[2].set(title="classifier accuracy (generated)", ylim=(0, 1.05))
 for ax in axes:
