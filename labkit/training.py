@@ -149,16 +149,35 @@ class TrainResult:
 # --- Learning rate (device and precision choice: labkit.device) -------------------------------------
 
 
-def lr_at(step: int, config: TrainConfig, progress: float | None = None) -> float:
-    """Linear warmup over warmup_steps, then cosine decay to lr_min_ratio * lr at the end.
+def warmup_cosine_lr(steps: torch.Tensor, lr: float, warmup_steps: int, total_steps: int,
+                     min_ratio: float) -> torch.Tensor:
+    """int64 [N] step numbers -> float64 [N] learning rates: a linear warmup, then a cosine decay.   (lab 04)
 
-    progress in [0, 1] is how far through the run we are (step / total_steps, or elapsed / budget).
+        s < W:   lr * (s + 1) / W                                  (warmup, Goyal et al. 2017, section 2.2)
+        s >= W:  lr_min + (lr - lr_min) * (1 + cos(pi * p)) / 2,   (cosine, Loshchilov & Hutter 2017, eq. 5)
+                 p = (s - W) / max(1, S - W) clamped to [0, 1],    lr_min = min_ratio * lr
+
+    with W = warmup_steps and S = total_steps: the first step already trains (lr / W, not 0), the warmup ends at
+    lr, and the decay reaches lr_min at step S and stays there.
     """
+    s = steps.double()  # [N]
+    warm = lr * (s + 1) / max(1, warmup_steps)  # [N]
+    progress = ((s - warmup_steps) / max(1, total_steps - warmup_steps)).clamp(0.0, 1.0)  # [N]
+    lr_min = lr * min_ratio
+    cosine = lr_min + (lr - lr_min) * 0.5 * (1 + torch.cos(math.pi * progress))  # [N]
+    return torch.where(s < warmup_steps, warm, cosine)
+
+
+def lr_at(step: int, config: TrainConfig, progress: float | None = None) -> float:
+    """``warmup_cosine_lr`` at one step of ``config``'s run.
+
+    progress in [0, 1] replaces the cosine's p (``train`` with a time budget: elapsed / budget).
+    """
+    if progress is None:
+        return float(warmup_cosine_lr(torch.tensor([step]), config.lr, config.warmup_steps, config.total_steps,
+                                      config.lr_min_ratio)[0])
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    if progress is None:
-        span = max(1, config.total_steps - config.warmup_steps)
-        progress = (step - config.warmup_steps) / span
     progress = min(max(progress, 0.0), 1.0)
     lo = config.lr * config.lr_min_ratio
     return lo + (config.lr - lo) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -307,10 +326,11 @@ def train_loop(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.op
 
 def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, chunk: int = 100,
              report: Callable | None = None, report_every_s: float = 120.0,
-             network: Callable | None = None) -> TrainResult:
+             network: Callable | None = None, lr_schedule: Callable | None = None) -> TrainResult:
     """Drive a training loop such as ``train_loop`` (lab 04's, or a student's) through a real run, in chunks.
 
-    Before each chunk of ``chunk`` steps the learning rate is set (``lr_at``: warmup, then cosine); after it
+    Before each chunk of ``chunk`` steps the learning rate is set (``lr_schedule``, with ``warmup_cosine_lr``'s
+    arguments: a student's own from lab 04, else ``warmup_cosine_lr``: warmup, then cosine); after it
     the chunk's mean loss is logged, ``config.out_dir/loop.pt`` is saved (atomically) every
     ``config.checkpoint_every`` steps and at the end, and ``report(step, losses, ema)`` runs every
     ``report_every_s`` seconds of training and at the end (a loss curve, a grid of samples). Calling again
@@ -352,8 +372,13 @@ def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, 
     seconds, last_report, start_step = 0.0, 0.0, run.step
     while run.step < config.total_steps:
         n = min(chunk, config.total_steps - run.step)
+        lr = lr_at(run.step, config) if lr_schedule is None else float(lr_schedule(
+            torch.tensor([run.step]), config.lr, config.warmup_steps, config.total_steps, config.lr_min_ratio)[0])
+        if not (math.isfinite(lr) and lr > 0):
+            raise LabkitValueError(f"the learning-rate schedule gave {lr} at step {run.step}: it must be a positive "
+                                   "number (lab 04's check_warmup_cosine_lr says what is wrong)")
         for group in run.opt.param_groups:
-            group["lr"] = lr_at(run.step, config)
+            group["lr"] = lr
         t0 = time.perf_counter()
         values = loop(model, ema, run.opt, data.images, data.labels, schedule.alpha_bars, n, config.batch_size,
                       run.gen, config.label_dropout, config.ema_decay, run.step)

@@ -302,6 +302,38 @@ def _ema(ema, model, decay, *, rule=None, no_grad=True, target="ema"):
             (e if target == "ema" else m).copy_(new)
 
 
+def _lr04(steps, lr, W, S, m, *, warm0=False, le=False, nowarm=False, floor=None, p_from0=False, noclamp=False,
+          linear=False, rising=False, nopi=False, float_out=False, python=False):
+    """A student's warmup_cosine_lr with one mistake switched on."""
+    import math
+
+    s = steps.double()
+    warm = lr * (s if warm0 else s + 1) / max(1, W)
+    p = (s / max(1, S)) if p_from0 else (s - W) / max(1, S - W)
+    p = p if noclamp else p.clamp(0, 1)
+    lo = lr * m if floor is None else floor(lr, m)
+    c = torch.cos(p if nopi else math.pi * p)
+    cos = lo + (lr - lo) * (1 - p) if linear else lo + (lr - lo) * 0.5 * ((1 - c) if rising else (1 + c))
+    out = cos if nowarm else torch.where(s <= W if le else s < W, warm, cos)
+    if python:
+        return [float(v) for v in out]
+    return out.float() if float_out else out
+
+
+LAB04_LR = [
+    ("warmup from 0", lambda *a: _lr04(*a, warm0=True), "warmup starts at 0"),
+    ("warmup s <= W", lambda *a: _lr04(*a, le=True), "one step too long"),
+    ("no warmup", lambda *a: _lr04(*a, nowarm=True), "no warmup"),
+    ("decays to 0", lambda *a: _lr04(*a, floor=lambda lr, m: 0.0), "decays to 0"),
+    ("min_ratio as lr", lambda *a: _lr04(*a, floor=lambda lr, m: m), "a ratio"),
+    ("p from step 0", lambda *a: _lr04(*a, p_from0=True), "counts from step 0"),
+    ("p not clamped", lambda *a: _lr04(*a, noclamp=True), "not clamped"),
+    ("linear decay", lambda *a: _lr04(*a, linear=True), "linear"),
+    ("rising cosine", lambda *a: _lr04(*a, rising=True), "rises instead of falling"),
+    ("no pi", lambda *a: _lr04(*a, nopi=True), "no pi"),
+    ("a list", lambda *a: _lr04(*a, python=True), "torch.Tensor"),
+]
+
 LAB04_EMA = [
     ("reversed", lambda e, m, d: _ema(e, m, d, rule=lambda e_, m_, d_: (1 - d_) * e_ + d_ * m_), "reversed"),
     ("copy", lambda e, m, d: _ema(e, m, d, rule=lambda e_, m_, d_: m_), "copy of the model"),
@@ -894,6 +926,7 @@ SUITE = {
     ("lab04_training", "drop_labels"): LAB04_DROP,
     ("lab04_training", "ema_update"): LAB04_EMA,
     ("lab04_training", "train_loop"): LAB04_LOOP,
+    ("lab04_training", "warmup_cosine_lr"): LAB04_LR,
     ("lab05_sampling", "p_sample_step"): LAB05,
     ("lab05_sampling", "sample_loop"): LAB05_LOOP,
     ("lab06_clip", "cosine_similarity"): LAB06_COS,

@@ -32,6 +32,7 @@ LIBRARY = {
     ("lab04_training", "drop_labels"): "labkit.training",
     ("lab04_training", "ema_update"): "labkit.training",
     ("lab04_training", "train_loop"): "labkit.training",
+    ("lab04_training", "warmup_cosine_lr"): "labkit.training",
     ("lab05_sampling", "p_sample_step"): "labkit.samplers",
     ("lab05_sampling", "sample_loop"): "labkit.samplers",
     ("lab06_clip", "cosine_similarity"): "labkit.embeddings",

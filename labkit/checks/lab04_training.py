@@ -12,6 +12,8 @@ trainer's step).
     check_ema_update(ema_update)          labkit.training.ema_update: ema <- d ema + (1 - d) weights
     check_train_loop(train_loop)          labkit.training.train_loop: N steps of Algorithm 1 from a seeded
         generator reach the reference loop's weights and EMA (determinism), and a short run's loss falls
+    check_warmup_cosine_lr(warmup_cosine_lr)   labkit.training.warmup_cosine_lr: steps [N] -> learning rates
+        [N], lr (s + 1) / W during the warmup, then a cosine from lr down to min_ratio * lr at total_steps
 
 They run on a tiny seeded stand-in for the U-Net (``ToyEpsModel``): a 3x3 convolution plus a learned
 vector per time step and per class. It has the U-Net's interface, model(x, t, y) -> eps_hat. The loop's
@@ -29,6 +31,7 @@ from torch import nn
 from labkit import diffusion, training, unet
 from labkit.checks._common import (
     MARGIN, call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
+    yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
 
 
@@ -618,3 +621,56 @@ def network_to_use(my_network):
                                channel_mults=tuple(cfg.channel_mults), blocks_per_level=cfg.blocks_per_level,
                                groups=cfg.groups, patch=cfg.patch, num_classes=cfg.num_classes)
     return network, "your UNet from lab 03"
+
+
+# --- the learning-rate schedule ---------------------------------------------------------------------
+
+
+def _lr_variants(steps, lr, W, S, m) -> dict[str, torch.Tensor]:
+    """Plausible wrong schedules, each named by what went wrong (a tensor [N] each)."""
+    s = steps.double()
+    lo = lr * m
+
+    def cosine(p, low=lo, rising=False):
+        return low + (lr - low) * 0.5 * (1 - torch.cos(math.pi * p) if rising else 1 + torch.cos(math.pi * p))
+
+    p = ((s - W) / max(1, S - W)).clamp(0, 1)
+    warm = lr * (s + 1) / max(1, W)
+    return {
+        "the warmup starts at 0 (lr * s / W): the first step would not train at all; use lr * (s + 1) / W, which "
+        "reaches lr on the last warmup step": torch.where(s < W, lr * s / max(1, W), cosine(p)),
+        "the warmup lasts one step too long (s <= W): at s = W the lr overshoots to lr (W + 1) / W; the warmup is "
+        "s < W": torch.where(s <= W, warm, cosine(p)),
+        "there is no warmup: the first warmup_steps steps must climb linearly to lr": cosine(p),
+        "the cosine decays to 0: it must end at min_ratio * lr": torch.where(s < W, warm, cosine(p, low=0.0)),
+        "min_ratio was used as the lowest learning rate itself: the lowest is min_ratio * lr (a ratio)":
+            torch.where(s < W, warm, cosine(p, low=m)),
+        "the cosine counts from step 0 (p = s / total_steps): it starts after the warmup, p = (s - W) / (S - W)":
+            torch.where(s < W, warm, cosine((s / max(1, S)).clamp(0, 1))),
+        "p is not clamped to [0, 1]: after total_steps the cosine rises again; keep it at min_ratio * lr "
+        "(.clamp(0, 1))": torch.where(s < W, warm, cosine((s - W) / max(1, S - W))),
+        "the decay is linear: the schedule is a half cosine, (1 + cos(pi p)) / 2":
+            torch.where(s < W, warm, lo + (lr - lo) * (1 - p)),
+        "the cosine rises instead of falling ((1 - cos) / 2): at p = 0 the lr must be the full lr":
+            torch.where(s < W, warm, cosine(p, rising=True)),
+        "cos was given degrees or no pi: the angle is pi * p (radians), from 0 to pi":
+            torch.where(s < W, warm, lo + (lr - lo) * 0.5 * (1 + torch.cos(p))),
+    }
+
+
+def check_warmup_cosine_lr(student_fn, *, seed: int = 0,
+                           cases=((1e-3, 10, 50, 0.1), (2e-4, 0, 20, 0.0), (5e-4, 3, 12, 0.5))) -> None:
+    """student_fn(steps int64 [N], lr, warmup_steps, total_steps, min_ratio) -> learning rates [N]. Each case:
+    every step from 0 to past total_steps, in a shuffled order (the answer must not assume sorted steps)."""
+    name = "check_warmup_cosine_lr"
+    g = generator(seed)
+    for lr, W, S, m in cases:
+        steps = torch.arange(0, S + 5)[torch.randperm(S + 5, generator=g)]  # [N], shuffled, past the end
+        args = (steps, lr, W, S, m)
+        out = call(name, student_fn, *args, names=["steps", "lr", "warmup_steps", "total_steps", "min_ratio"])
+        out = expect_tensor(name, out, (len(steps),)).double()
+        ref = training.warmup_cosine_lr(*args)
+        compare(name, out, ref, _lr_variants(*args), tol=1e-6 * lr, reference=training.warmup_cosine_lr, args=args,
+                context=f" for lr={lr:g}, warmup_steps={W}, total_steps={S}, min_ratio={m:g}",
+                where=("step", steps))
+    passed(name, f"{len(cases)} schedules (warmup 0 included), steps past the end, seed {seed}")

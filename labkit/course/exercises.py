@@ -28,6 +28,7 @@ LIBRARY_ANSWERS = {
     "drop_labels": "labkit.training",
     "ema_update": "labkit.training",
     "train_loop": "labkit.training",
+    "warmup_cosine_lr": "labkit.training",
     "p_sample_step": "labkit.samplers",
     "sample_loop": "labkit.samplers",
     "zero_shot_probs": "labkit.evaluation.clip",

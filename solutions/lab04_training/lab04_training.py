@@ -7,8 +7,8 @@
 # noise was added. Repeat a few hundred thousand times.
 #
 # **Learning objectives.** After this lab you can
-# 1. write the noise-prediction loss (Ho et al. 2020, eq. 14), one optimisation step, label dropout and an
-#    EMA of the weights;
+# 1. write the noise-prediction loss (Ho et al. 2020, eq. 14), one optimisation step, label dropout, an
+#    EMA of the weights and a warmup-cosine learning-rate schedule;
 # 2. write the training loop itself (Algorithm 1), reproducible number for number from a seeded generator, and
 #    run a real training job with it: checkpoints, resuming after an interruption, a loss curve and samples;
 # 3. read a loss curve, and say what the learning rate and the number of diffusion steps $T$ do to it.
@@ -18,7 +18,7 @@
 # the shipped checkpoint (section 5); the other cells take about a minute. On a Colab GPU: a few minutes (not
 # measured yet). Working through the lab: about 90 minutes.
 #
-# **How it is graded.** Five functions (2 + 2 + 1 + 1 + 3 points), each followed by a test cell (the tests you
+# **How it is graded.** Six functions (2 + 2 + 1 + 1 + 3 + 1 points), each followed by a test cell (the tests you
 # see, plus hidden ones with other inputs). Grading never trains the U-Net: the tests use tiny seeded inputs,
 # and your training loop is compared, step by step, with labkit's on a small network. Later cells use
 # `labkit`'s reference code where yours does not pass yet, so a bug in your answer never breaks the rest of
@@ -239,13 +239,52 @@ checks.check_train_loop(train_loop, seed=3, shape=(3, 6, 6), first_step=7, p=0.5
 ### END HIDDEN TESTS
 
 # %% [markdown]
+# **The learning rate over a run.** AdamW takes steps of about the learning rate's size, and the right size
+# changes during training. At the start the weights are random and Adam's estimates of the gradient's scale rest
+# on a handful of batches: full-size steps can throw the network into a bad region (the loss jumps or becomes
+# NaN). So the rate climbs linearly from small to `lr` over the first `warmup_steps` steps (Goyal et al. 2017).
+# At the end, small steps let the weights settle instead of bouncing around the minimum: the rate falls along
+# half a cosine to `min_ratio * lr` (Loshchilov & Hutter 2017). With $W$ = `warmup_steps`, $S$ = `total_steps`:
+#
+# $$\text{lr}(s) = \begin{cases} \text{lr}\cdot\dfrac{s+1}{W} & s < W\\[6pt]
+#   \text{lr}_{\min} + (\text{lr} - \text{lr}_{\min})\,\dfrac{1 + \cos(\pi p)}{2},\quad
+#   p = \min\!\Big(1, \dfrac{s - W}{\max(1, S - W)}\Big) & s \ge W \end{cases}
+#   \qquad \text{lr}_{\min} = \text{min\_ratio}\cdot\text{lr}.$$
+#
+# ### Exercise 6 (1 point)
+# Write `warmup_cosine_lr(steps, lr, warmup_steps, total_steps, min_ratio)`: `steps` is an int64 tensor `[N]` of
+# step numbers (in any order, some past `total_steps`); return the learning rates, a float tensor `[N]`. Compute
+# both branches for every step and pick per step with `torch.where`. With `warmup_steps = 0` there is no warmup.
+# The real training below sets the learning rate with your function (when it passes its check) before every
+# chunk of steps.
+
+# %% nbgrader={"grade": false, "grade_id": "warmup_cosine_lr", "locked": false, "schema_version": 3, "solution": true}
+def warmup_cosine_lr(steps, lr, warmup_steps, total_steps, min_ratio):
+    """steps int64 [N] -> learning rates [N]: linear warmup to lr, then a half cosine down to min_ratio * lr."""
+    ### BEGIN SOLUTION
+    s = steps.double()  # [N]
+    warm = lr * (s + 1) / max(1, warmup_steps)  # [N]
+    p = ((s - warmup_steps) / max(1, total_steps - warmup_steps)).clamp(0.0, 1.0)  # [N], 1 after the end
+    lr_min = min_ratio * lr
+    cosine = lr_min + (lr - lr_min) * 0.5 * (1 + torch.cos(torch.pi * p))  # [N]
+    return torch.where(s < warmup_steps, warm, cosine)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_warmup_cosine_lr", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_warmup_cosine_lr(warmup_cosine_lr)
+### BEGIN HIDDEN TESTS
+checks.check_warmup_cosine_lr(warmup_cosine_lr, seed=4, cases=((3e-4, 7, 30, 0.05), (1e-2, 1, 9, 0.2)))
+### END HIDDEN TESTS
+
+# %% [markdown]
 # ## 5. Real training, with your loop
 #
 # `labkit.training.run_loop` drives a loop through a real run: it builds the U-Net and its EMA, AdamW, and a
 # seeded generator, then calls the loop in chunks of 100 steps. Between chunks it sets the learning rate
-# (a short warmup, then a cosine decay), logs the chunk's mean loss, saves a checkpoint (atomically: a crash
-# never leaves half a file), and every two minutes shows the loss curve and one sample of each digit from the
-# EMA. If your `train_loop` passes its check it is the loop that trains; otherwise labkit's
+# (with your `warmup_cosine_lr` when it passes its check, else labkit's; the cell says which), logs the
+# chunk's mean loss, saves a checkpoint (atomically: a crash never leaves half a file), and every two minutes
+# shows the loss curve and one sample of each digit from the EMA. If your `train_loop` passes its check it is the loop that trains; otherwise labkit's
 # `training.train_loop` does (the cell says which). The network it trains is **your U-Net from lab 03** when lab
 # 03's last cells saved it (`my_unet.py` in the runs folder: `runs/`, or your Google Drive in Colab) and it still
 # passes lab 03's check; otherwise labkit's `UNet` (again, the cell says which). The checkpoint also holds the
@@ -274,6 +313,8 @@ elif ON_GPU:
 else:
     config = recipes.cpu(minutes=None, total_steps=STEPS, out_dir=f"{RUNS}/lab04-cpu")
 LOOP, whose = checks.loop_to_use(train_loop)
+LR = checks.yours_or_labkit(checks.check_warmup_cosine_lr, warmup_cosine_lr, training.warmup_cosine_lr,
+                            "warmup_cosine_lr")
 NETWORK, whose_net = checks.network_to_use(colab.load_my_network(RUNS))  # the U-Net lab 03 saved, if it passes
 if NETWORK is not None:
     config = replace(config, unet=replace(config.unet, attention=False))  # lab 03's network has no attention
@@ -310,7 +351,7 @@ if USE_SHIPPED and not ON_GPU and not FAST:
 else:
     start = time.perf_counter()
     result = training.run_loop(LOOP, config, digits, device=DEVICE, chunk=colab.pick(100, 2), report=show,
-                               report_every_s=colab.pick(120, 1e9), network=NETWORK)
+                               report_every_s=colab.pick(120, 1e9), network=NETWORK, lr_schedule=LR)
     model, losses = result.ema, result.losses
     print(f"{result.step} steps, {result.images_per_s:.0f} images/s, {time.perf_counter() - start:.0f} s "
           f"(checkpoint: {result.checkpoint})")
