@@ -875,6 +875,62 @@ def _fastest(seconds, quality, target, base, *, ok=None, pick="min", never=0.0, 
     return torch.where(torch.isinf(t), torch.full_like(t, never), speed)
 
 
+def _x0err09(model, images, labels, noise, alpha_bars, log_snrs, *, pick="logsnr", weights="sqrt", div="sqrt",
+             clamp=True, reduce="median", shift=0, null=False, as_float=False):
+    """A student's heldout_x0_error with one mistake switched on."""
+    import math
+
+    ls = torch.log(alpha_bars / (1 - alpha_bars))
+    key = {"logsnr": ls, "alpha": alpha_bars, "log10": ls / math.log(10), "snr": ls.exp()}[pick]
+    errors = []
+    for level in log_snrs:
+        t = min(int((key - level).abs().argmin()) + shift, len(alpha_bars) - 1)
+        ab = alpha_bars[t]
+        a, b = (ab.sqrt(), (1 - ab).sqrt()) if weights == "sqrt" else (ab, 1 - ab)
+        xt = a * images + b * noise
+        eps = model(xt, torch.full((len(images),), t), torch.full_like(labels, 10) if null else labels)
+        x0 = (xt - b * eps) / (ab.sqrt() if div == "sqrt" else ab)
+        x0 = x0.clamp(-1, 1) if clamp else x0
+        errors.append(((x0 - images) ** 2).flatten(1).mean(1))
+    e = torch.cat(errors)
+    out = {"median": e.median(), "mean": e.mean(), "levels": torch.stack([v.median() for v in errors]).mean()}[reduce]
+    return float(out) if as_float else out
+
+
+LAB09_X0 = [
+    ("t by alpha_bar", lambda *a: _x0err09(*a, pick="alpha"), "not by the log-SNR"),
+    ("log10", lambda *a: _x0err09(*a, pick="log10"), "log10"),
+    ("SNR not log", lambda *a: _x0err09(*a, pick="snr"), "SNR itself"),
+    ("variances as weights", lambda *a: _x0err09(*a, weights="var", div="abar"), "variances"),
+    ("divide by abar", lambda *a: _x0err09(*a, div="abar"), "divides by abar"),
+    ("no clamp", lambda *a: _x0err09(*a, clamp=False), "not clamped"),
+    ("mean", lambda *a: _x0err09(*a, reduce="mean"), "mean was taken"),
+    ("median per level", lambda *a: _x0err09(*a, reduce="levels"), "one median per level"),
+    ("no class", lambda *a: _x0err09(*a, null=True), "no class"),
+    ("t + 1", lambda *a: _x0err09(*a, shift=1), "one step too late"),
+    ("per image", lambda m, x, y, n, ab, ls: torch.stack([_x0err09(m, x[i:i + 1], y[i:i + 1], n[i:i + 1], ab, ls)
+                                                         for i in range(len(x))]), "one number"),
+]
+
+
+def _margin09(p, n, *, se=2, diff=True, var=False, clamp=True, floor=0.03, fn=torch.clamp):
+    q = p.clamp(1 / n, 1 - 1 / n) if clamp else p
+    v = (2 if diff else 1) * q * (1 - q) / n
+    width = se * (v if var else v.sqrt())
+    return width if floor is None else (fn(width, min=floor) if fn is torch.clamp else fn(width, torch.full_like(width, floor)))
+
+
+LAB09_MARGIN = [
+    ("one s.e. of one accuracy", lambda p, n: _margin09(p, n, se=1, diff=False), "one standard error of one"),
+    ("two s.e. of one accuracy", lambda p, n: _margin09(p, n, diff=False), "not of a difference"),
+    ("variance", lambda p, n: _margin09(p, n, var=True), "variance was used"),
+    ("no clamp", lambda p, n: _margin09(p, n, clamp=False), "not clamped"),
+    ("min", lambda p, n: _margin09(p, n, fn=torch.minimum), "min instead of max"),
+    ("no floor", lambda p, n: _margin09(p, n, floor=None), "left out"),
+    ("3 not 0.03", lambda p, n: _margin09(p, n, floor=3.0), "written as 3"),
+    ("python float", lambda p, n: float(_margin09(p, n)[0]), "torch.Tensor"),
+]
+
 LAB09_SPEED = [
     ("inverted", lambda s, q, tg, b: _fastest(s, q, tg, b, invert=True), "inverted"),
     ("regardless of quality", lambda s, q, tg, b: b / s.min(1).values, "regardless of quality"),
@@ -943,6 +999,8 @@ SUITE = {
     ("lab09_report", "relative_clip_score"): LAB09_REL,
     ("lab09_report", "within_class_diversity"): LAB09_DIV,
     ("lab09_report", "speedup_at_quality"): LAB09_SPEED,
+    ("lab09_report", "heldout_x0_error"): LAB09_X0,
+    ("lab09_report", "accuracy_margin"): LAB09_MARGIN,
 }
 
 

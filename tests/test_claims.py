@@ -53,6 +53,6 @@ def test_r_squared_of_a_line_a_parabola_and_noise():
 def test_accuracy_margin_is_three_points_or_two_standard_errors():
     from labkit.evaluation import measures
 
-    assert measures.accuracy_margin(0.99, 100) == pytest.approx(0.03)
-    assert measures.accuracy_margin(0.5, 100) == pytest.approx(2 * (2 * 0.25 / 100) ** 0.5)  # 0.141
-    assert measures.accuracy_margin(1.0, 100) == pytest.approx(max(0.03, 2 * (2 * 0.01 * 0.99 / 100) ** 0.5))
+    assert float(measures.accuracy_margin(0.99, 100)) == pytest.approx(0.03)
+    assert float(measures.accuracy_margin(0.5, 100)) == pytest.approx(2 * (2 * 0.25 / 100) ** 0.5)  # 0.141
+    assert float(measures.accuracy_margin(1.0, 100)) == pytest.approx(max(0.03, 2 * (2 * 0.01 * 0.99 / 100) ** 0.5))

@@ -49,6 +49,8 @@ LIBRARY = {
     ("lab09_report", "relative_clip_score"): "labkit.evaluation.measures",
     ("lab09_report", "within_class_diversity"): "labkit.evaluation.measures",
     ("lab09_report", "speedup_at_quality"): "labkit.evaluation.measures",
+    ("lab09_report", "heldout_x0_error"): "labkit.evaluation.measures",
+    ("lab09_report", "accuracy_margin"): "labkit.evaluation.measures",
 }
 
 

@@ -10,6 +10,9 @@
                                                       different samples of the same class
     check_speedup_at_quality(speedup_at_quality)      seconds, quality [S, K] -> [S]: baseline time over the time
                                                       of each sampler's fastest setting that is good enough
+    check_heldout_x0_error(heldout_x0_error)          model, x0, y, noise, alpha_bars, log_snrs -> []: median
+                                                      one-step x0 error at fixed log-SNRs (comparable across T)
+    check_accuracy_margin(accuracy_margin)            p [K], n -> [K]: max(0.03, 2 s.e. of a difference)
 
 Every argument a check passes is plain data (tensors, floats, ints) and every answer must be data too: the
 grader calls the student's function in the student's kernel and compares here.
@@ -25,6 +28,7 @@ import math
 import torch
 
 from labkit.checks._common import call, compare, deterministic, expect_tensor, fail, generator, passed
+from labkit.checks._common import yours_or_labkit  # noqa: F401  (the lab's cells: the student's function if it passes)
 from labkit.evaluation import measures
 from labkit.checks.fixtures import DigitJudge, lab04_checkpoint, lab_clip, lab_model, model_at  # noqa: F401  (the labs' model, CLIP and judge)
 
@@ -427,3 +431,121 @@ def your_model(path=None, device=None, *, verbose: bool = True):
     ``runs/lab04-cpu/loop.pt``: ``lab04_checkpoint``) when it can be loaded, else the shipped one (``lab_model``)
     with a note. ``meta["yours"]`` says which. While grading, the file is not there: the shipped model is used."""
     return model_at(path, device, verbose=verbose)
+
+
+# --- 3. A denoising error that compares runs with different T and schedules -----------------------------
+
+
+def _x0_error_variants(model, x0, y, noise, ab, levels) -> dict[str, torch.Tensor]:
+    """Plausible wrong answers to heldout_x0_error, each named."""
+    def run(*, pick=None, alpha=None, clamp=True, reduce="median", labels=None, shift=0, x0_of=None):
+        log_snr = torch.log(ab / (1 - ab))
+        errors = []
+        for level in levels:
+            t = int((log_snr - level).abs().argmin()) if pick is None else pick(level, log_snr)
+            t = min(max(t + shift, 0), len(ab) - 1)
+            a = ab[t].to(x0.dtype)
+            keep, drop = (a.sqrt(), (1 - a).sqrt()) if alpha is None else alpha(a)
+            xt = keep * x0 + drop * noise
+            eps = model(xt, torch.full((len(x0),), t), y if labels is None else labels)
+            guess = (xt - drop * eps) / keep if x0_of is None else x0_of(xt, eps, a)
+            guess = guess.clamp(-1, 1) if clamp else guess
+            errors.append(((guess - x0) ** 2).flatten(1).mean(1))
+        e = torch.cat(errors)
+        return {"median": e.median(), "mean": e.mean(), "max": e.max(),
+                "per level": torch.stack([v.median() for v in errors]).mean()}[reduce]
+
+    return {
+        "t was picked by alpha_bar, not by the log-SNR: the step whose log(abar / (1 - abar)) is closest to each "
+        "level": run(pick=lambda level, ls: int((torch.sigmoid(ls) - level).abs().argmin())),
+        "the log-SNR used log10: it is the natural log, torch.log(abar / (1 - abar))":
+            run(pick=lambda level, ls: int((ls / math.log(10) - level).abs().argmin())),
+        "the SNR itself was compared with the level: the levels are log-SNRs (log(abar / (1 - abar)))":
+            run(pick=lambda level, ls: int((ls.exp() - level).abs().argmin())),
+        "x_t and x0_hat used the variances abar and 1 - abar as weights: they are sqrt(abar) and sqrt(1 - abar) "
+        "(Ho et al. eq. 4)": run(alpha=lambda a: (a, 1 - a)),
+        "x_t used the variances abar and 1 - abar as weights: they are sqrt(abar) and sqrt(1 - abar) (Ho et al. "
+        "eq. 4)": run(alpha=lambda a: (a, 1 - a), x0_of=lambda xt, eps, a: (xt - (1 - a).sqrt() * eps) / a.sqrt()),
+        "x0_hat divides by abar: it is (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)":
+            run(x0_of=lambda xt, eps, a: (xt - (1 - a).sqrt() * eps) / a),
+        "x0_hat subtracts eps_hat without its weight sqrt(1 - abar)":
+            run(x0_of=lambda xt, eps, a: (xt - eps) / a.sqrt()),
+        "x0_hat is not clamped to [-1, 1] (digits live there; one wild pixel must not dominate)": run(clamp=False),
+        "the mean was taken: the median over all images and levels is robust to a few hopeless images":
+            run(reduce="mean"),
+        "one median per level, then their mean: take one median over all images of all levels together":
+            run(reduce="per level"),
+        "the model was told 'no class' (10): give it the labels y": run(labels=torch.full_like(y, 10)),
+        "t is one step too late (t + 1): the step is the index of the closest log-SNR itself": run(shift=1),
+    }
+
+
+def check_heldout_x0_error(student_fn, *, seed: int = 0, sizes=((5, 1, 6, 6), (3, 2, 4, 4)), T: int = 60,
+                           levels=((1.0,), (2.0, 0.0, -2.0))) -> None:
+    """student_fn(model, images [B,C,H,W], labels [B], noise [B,C,H,W], alpha_bars [T], log_snrs) -> a 0-d tensor:
+    the median one-step x0 error at the steps closest to the given log-SNRs. B x len(log_snrs) is odd in every
+    case (the median is then one of the values, whatever the rule for an even count)."""
+    from labkit.checks.lab04_training import ToyEpsModel
+    from labkit.schedules import make_schedule
+
+    name = "check_heldout_x0_error"
+    g = generator(seed)
+    ab = make_schedule("cosine", T).alpha_bars.double()  # [T]
+    for k, shape in enumerate(sizes):
+        shape = tuple(int(v) for v in shape)
+        for log_snrs in levels:
+            log_snrs = tuple(float(v) for v in log_snrs)
+            model = ToyEpsModel(shape[1], T, seed=seed * 100 + k)
+            x0 = (torch.rand(shape, generator=g) * 2 - 1).double()
+            y = torch.randint(0, 10, (shape[0],), generator=g)
+            noise = torch.randn(shape, generator=g, dtype=torch.float64)
+            args = (model.double(), x0, y, noise, ab, log_snrs)
+            out = call(name, student_fn, *args, names=["model", "images", "labels", "noise", "alpha_bars", "log_snrs"])
+            if isinstance(out, float):
+                out = torch.tensor(out, dtype=torch.float64)
+            out = expect_tensor(name, out, None)
+            if out.numel() != 1:
+                fail(name, f"the result has shape {list(out.shape)}: return one number, the median over all images "
+                           "and levels (a 0-d tensor)")
+            with torch.no_grad():
+                ref = measures.heldout_x0_error(*args)
+                wrongs = _x0_error_variants(*args)
+            compare(name, out.reshape(()).double(), ref, wrongs, tol=1e-6 * max(1.0, float(ref)),  # float32 work passes
+                    context=f" for images of shape {list(shape)} and log-SNRs {list(log_snrs)}")
+    passed(name, f"shapes {[list(s) for s in sizes]}, log-SNR levels {[list(v) for v in levels]}, T={T}, seed {seed}")
+
+
+# --- 5. "As good as": a margin that sampling noise cannot fake ----------------------------------------
+
+
+def check_accuracy_margin(student_fn, *, seed: int = 0, ns=(100, 40, 1000)) -> None:
+    """student_fn(p [K] float64 accuracies, n int) -> [K]: max(0.03, 2 sqrt(2 p (1 - p) / n)), p clamped to
+    [1/n, 1 - 1/n]. Accuracies include 0, 1, 0.5 and values where each rule of the formula decides."""
+    name = "check_accuracy_margin"
+    g = generator(seed)
+    for n in ns:
+        n = int(n)
+        p = torch.cat([torch.tensor([0.0, 1.0, 0.5, 1 - 1 / n, 0.99]), torch.randint(0, n + 1, (6,), generator=g) / n])
+        p = p.double()
+        out = call(name, student_fn, p, n, names=["p", "n"])
+        out = expect_tensor(name, out, (len(p),)).double()
+        ref = measures.accuracy_margin(p, n)
+        q = p.clamp(1 / n, 1 - 1 / n)
+        se = torch.sqrt(q * (1 - q) / n)
+        wrongs = {
+            "one standard error of one accuracy: the margin is 2 standard errors of the difference of two "
+            "accuracies, 2 sqrt(2 p (1 - p) / n)": torch.clamp(se, min=0.03),
+            "2 standard errors of one accuracy, not of a difference of two (each has variance p (1 - p) / n; "
+            "their difference twice that)": torch.clamp(2 * se, min=0.03),
+            "the variance was used, not the standard error: take the square root of 2 p (1 - p) / n":
+                torch.clamp(2 * 2 * q * (1 - q) / n, min=0.03),
+            "p was not clamped to [1/n, 1 - 1/n]: a measured 100% (or 0%) would claim a standard error of 0":
+                torch.clamp(2 * torch.sqrt(2 * p * (1 - p) / n), min=0.03),
+            "min instead of max: the margin is never smaller than 3 points": torch.clamp(2 * torch.sqrt(2 * q * (1 - q) / n), max=0.03),
+            "the 3 points were left out: the margin is at least 0.03": 2 * torch.sqrt(2 * q * (1 - q) / n),
+            "3 points were written as 3 (or 0.3): as a fraction of 1 it is 0.03":
+                torch.clamp(2 * torch.sqrt(2 * q * (1 - q) / n), min=3.0),
+        }
+        compare(name, out, ref, wrongs, tol=1e-6, reference=measures.accuracy_margin, args=(p, n), context=f" for n = {n}",
+                where=("p", p))
+    passed(name, f"n in {list(ns)}, accuracies 0 and 1 included, seed {seed}")

@@ -44,6 +44,8 @@ LIBRARY_ANSWERS = {
     "relative_clip_score": "labkit.evaluation.measures",
     "within_class_diversity": "labkit.evaluation.measures",
     "speedup_at_quality": "labkit.evaluation.measures",
+    "heldout_x0_error": "labkit.evaluation.measures",
+    "accuracy_margin": "labkit.evaluation.measures",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.

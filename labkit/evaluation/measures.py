@@ -9,6 +9,11 @@
     within_class_diversity(features, labels)   -> [K]: mean distance between two different samples of a class
     speedup_at_quality(seconds, quality, target, baseline_seconds)
                                                -> [S]: baseline time over each sampler's fastest good-enough time
+    accuracy_margin(p, n)                      [K] -> [K]: how much lower an accuracy on n samples may be and
+                                               still count as "as good": max(3 points, 2 s.e. of a difference)
+    heldout_x0_error(model, x0, y, noise, alpha_bars, log_snrs)
+                                               -> []: median one-step x0 error at fixed log-SNRs (any T)
+    r_squared(x, y)                            -> float: how straight y(x) is (a lab's claims)
 
 Classes without enough samples get NaN (a report says "not measured", never a made-up number). Lab 09's
 exercises are these functions (same names, same arguments); its checks (``labkit.checks.lab09_report``)
@@ -95,13 +100,38 @@ def speedup_at_quality(seconds: torch.Tensor, quality: torch.Tensor, target: flo
     return torch.where(torch.isfinite(fastest), baseline_seconds / fastest, torch.zeros_like(fastest))
 
 
-def accuracy_margin(p: float, n: int, points: float = 0.03) -> float:
-    """How far below accuracy ``p`` (measured on ``n`` samples) another accuracy on ``n`` samples may fall and
-    still count as "as good": max(``points``, 2 standard errors of the difference of two such accuracies),
-    sqrt(2 p (1 - p) / n). ``p`` is kept within [1/n, 1 - 1/n]: a standard error of 0 at 100% would pretend
-    certainty."""
-    p = min(max(p, 1 / n), 1 - 1 / n)
-    return max(points, 2 * math.sqrt(2 * p * (1 - p) / n))
+def accuracy_margin(p, n: int, points: float = 0.03) -> torch.Tensor:
+    """Accuracies p (a float or [K]) measured on n samples each -> how far below p another accuracy on n samples
+    may fall and still count as "as good" (lab 09):
+
+        margin = max(points, 2 * sqrt(2 p (1 - p) / n)),   p clamped to [1/n, 1 - 1/n]
+
+    two standard errors of the *difference* of two such accuracies (each has variance p (1 - p) / n, the
+    binomial's; a difference of two independent ones, twice that), and never less than ``points``. The clamp
+    keeps a measured 100% from claiming a standard error of 0."""
+    p = torch.as_tensor(p, dtype=torch.float64).clamp(1 / n, 1 - 1 / n)  # [K] or []
+    return torch.clamp(2 * torch.sqrt(2 * p * (1 - p) / n), min=points)
+
+
+def heldout_x0_error(model, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
+                     alpha_bars: torch.Tensor, log_snrs=(2.0, 0.0, -2.0)) -> torch.Tensor:
+    """How well a noise predictor recovers held-out digits in one step, comparable across T and schedules (lab 09).
+
+    For each level L of ``log_snrs``: the step t whose log-SNR, log(abar_t / (1 - abar_t)), is closest to L;
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (Ho et al. 2020, eq. 4); the one-step guess
+    x0_hat = (x_t - sqrt(1 - abar_t) model(x_t, t, y)) / sqrt(abar_t), clamped to [-1, 1] (eq. 15); each image's
+    mean squared error to x0. Returns the median over all images and levels (a 0-d tensor).
+    images, noise [B, C, H, W]; labels int64 [B]; alpha_bars [T]."""
+    log_snr = torch.log(alpha_bars / (1 - alpha_bars))  # [T]
+    errors = []
+    for level in log_snrs:
+        t = int((log_snr - level).abs().argmin())
+        ab = alpha_bars[t].to(images.dtype)
+        x_t = ab.sqrt() * images + (1 - ab).sqrt() * noise  # [B, C, H, W]
+        eps_hat = model(x_t, torch.full((len(images),), t, device=images.device), labels)
+        x0_hat = ((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()).clamp(-1, 1)
+        errors.append(((x0_hat - images) ** 2).flatten(1).mean(1))  # [B]
+    return torch.cat(errors).median()
 
 
 def r_squared(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -458,7 +458,8 @@ knee = 20
 best = {s: max(r["accuracy"] for r in results[s].values()) for s in ("ddim", "dpmpp_2m")}
 if knee in nfes:  # (not in fast mode)
     claims.check(f"DDIM and DPM-Solver++ reach their best accuracy (within sampling noise) by {knee} evaluations",
-                 all(results[s][knee]["accuracy"] >= best[s] - measures.accuracy_margin(best[s], len(y_n)) for s in best),
+                 all(results[s][knee]["accuracy"] >= best[s] - float(measures.accuracy_margin(best[s], len(y_n)))
+                     for s in best),
                  "; ".join(f"{s}: {results[s][knee]['accuracy']:.0%} at {knee}, best {best[s]:.0%}" for s in best))
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))

@@ -28,7 +28,7 @@
 # measured on a busy shared 2-core machine), where the runs are smaller and, offline, CLIP is a tiny random
 # stand-in. Working through the lab: about 120 minutes, most of it writing.
 #
-# **How it is graded.** Five small functions that compute the measurements (3 + 2 + 2 + 2 + 2 = 11 points,
+# **How it is graded.** Seven small functions that compute the measurements (3 + 2 + 2 + 2 + 2 + 2 + 1 = 14 points,
 # autograded as in the other labs: a test cell after each, plus hidden tests), and the written report at the
 # end: six answers graded by hand (12 points, 2 each, with a rubric: each claim stated with its number and its
 # picture, a verdict that follows from them, and the limitations). Later cells use `labkit`'s reference
@@ -365,6 +365,44 @@ fig = plotting.compare_rows(rows, col_titles=[str(d) for d in range(10)], title=
 # ends within 10% of its first value as "did not learn" (a loss stuck near 1.0 means the network predicts no
 # noise at all). On a GPU each setting runs with two seeds, so you can see how much of a difference is the seed.
 
+# %% [markdown]
+# ### Exercise 3 (2 points)
+# Write `heldout_x0_error(model, images, labels, noise, alpha_bars, log_snrs)`: `images` and `noise` are
+# `[B, C, H, W]`, `labels` int64 `[B]`, `alpha_bars` `[T]`, `log_snrs` a tuple of levels such as `(2.0, 0.0, -2.0)`.
+# For each level $L$:
+# 1. the step $t$ whose log-SNR, $\log\big(\bar\alpha_t / (1 - \bar\alpha_t)\big)$ (natural log), is closest to $L$
+#    (`argmin` of the absolute difference);
+# 2. $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$ with the given `noise` (lab 01);
+# 3. the model's one-step guess $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$,
+#    $\hat\varepsilon$ = `model(x_t, t, labels)` with `t` an int64 tensor `[B]`, clamped to $[-1, 1]$;
+# 4. each image's mean squared error to $x_0$ (a `[B]` tensor).
+#
+# Return the **median** of all $B \times$ `len(log_snrs)` errors together, a 0-d tensor. (The median, not the
+# mean: a few hopeless images must not decide the comparison. The tests use an odd number of errors.)
+
+# %% nbgrader={"grade": false, "grade_id": "heldout_x0_error", "locked": false, "schema_version": 3, "solution": true}
+def heldout_x0_error(model, images, labels, noise, alpha_bars, log_snrs):
+    """The median one-step x0 error of ``model`` on held-out images at the steps closest to the given log-SNRs."""
+    ### BEGIN SOLUTION
+    log_snr = torch.log(alpha_bars / (1 - alpha_bars))  # [T]
+    errors = []
+    for level in log_snrs:
+        t = int((log_snr - level).abs().argmin())
+        ab = alpha_bars[t].to(images.dtype)
+        x_t = ab.sqrt() * images + (1 - ab).sqrt() * noise  # [B, C, H, W]
+        eps_hat = model(x_t, torch.full((len(images),), t, device=images.device), labels)
+        x0_hat = ((x_t - (1 - ab).sqrt() * eps_hat) / ab.sqrt()).clamp(-1, 1)
+        errors.append(((x0_hat - images) ** 2).flatten(1).mean(1))  # [B]
+    return torch.cat(errors).median()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_heldout_x0_error", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_heldout_x0_error(heldout_x0_error)
+### BEGIN HIDDEN TESTS
+checks.check_heldout_x0_error(heldout_x0_error, seed=3, sizes=((7, 1, 5, 5),), levels=((3.0, -1.0, -4.0),))
+### END HIDDEN TESTS
+
 # %%
 if FAST:
     sweep_base = recipes.tiny(steps=2, log_every=1)
@@ -384,16 +422,14 @@ held_y = test_digits.labels[:len(held)].to(DEVICE)
 held_noise = torch.randn(held.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
 
 
+x0_error = checks.yours_or_labkit(checks.check_heldout_x0_error, heldout_x0_error, measures.heldout_x0_error,
+                                  "heldout_x0_error")
+
+
 @torch.no_grad()
 def heldout_error(res):
     """Median squared error of the one-step x0_hat on held-out digits at log-SNR 2, 0, -2 (any T, any schedule)."""
-    errs = []
-    for level in (2.0, 0.0, -2.0):
-        t = torch.full((len(held),), int((res.schedule.log_snr() - level).abs().argmin()), device=DEVICE)
-        xt = diffusion.q_sample(held, t, held_noise, res.schedule)
-        x0_hat = diffusion.predict_x0_from_eps(xt, t, res.ema(xt, t, held_y), res.schedule).clamp(-1, 1)
-        errs.append(((x0_hat - held) ** 2).flatten(1).mean(1).cpu())
-    return float(torch.cat(errs).median())
+    return float(x0_error(res.ema, held, held_y, held_noise, res.schedule.alpha_bars.to(DEVICE), (2.0, 0.0, -2.0)))
 
 
 sweep = {}  # name -> one dict per seed: losses, error, accuracy (None: not measured), note
@@ -471,7 +507,7 @@ gen_clip, real_clip = scorer.score(gen01, y_gen), scorer.score(real01, y_real)
 print(f"CLIP {scorer.name}: {len(y_gen)} generated and {n_real} real digits scored")
 
 # %% [markdown]
-# ### Exercise 3 (2 points)
+# ### Exercise 4 (2 points)
 # Write `relative_clip_score(gen_scores, gen_labels, real_scores, real_labels, num_classes=10)`: scores float
 # `[N]` and `[M]` with their digits int64 `[N]` and `[M]`. Return `[num_classes]`: for each digit $k$, the mean
 # score of the generated digits $k$ divided by the mean score of the real digits $k$ (1.0: as good as real digits).
@@ -527,7 +563,7 @@ fig.tight_layout()
 # digit are: the mean distance between the classifier features (its 128-dimensional penultimate layer, the
 # features FID uses) of two different samples of that digit, beside the same number for real digits.
 #
-# ### Exercise 4 (2 points)
+# ### Exercise 5 (2 points)
 # Write `within_class_diversity(features, labels, num_classes=10)`: `features` `[N, D]`, `labels` int64 `[N]`.
 # Return `[num_classes]`: for each class the mean Euclidean distance between two **different** samples of that
 # class (every class has at least two). `torch.cdist(a, b)` gives all pairwise distances.
@@ -584,7 +620,7 @@ for w in (ws[0], ws[-1]):
 # the difference (whichever is larger), below the baseline's; or (a second judge) an FID at most 25% above the
 # baseline's. DDPM with fewer steps ("respacing") is itself a way to save time, so it is in the table too.
 #
-# ### Exercise 5 (2 points)
+# ### Exercise 6 (2 points)
 # Write `speedup_at_quality(seconds, quality, target, baseline_seconds)`: `seconds` and `quality` are `[S, K]`
 # (row $s$ = one sampler, column = one setting, in no particular order), `target` and `baseline_seconds` floats.
 # Return float `[S]`: for each sampler, `baseline_seconds` divided by the time of its **fastest** setting whose
@@ -604,6 +640,35 @@ def speedup_at_quality(seconds, quality, target, baseline_seconds):
 checks.check_speedup_at_quality(speedup_at_quality)
 ### BEGIN HIDDEN TESTS
 checks.check_speedup_at_quality(speedup_at_quality, seed=8, sizes=((3, 7), (5, 2)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# "As good as the baseline" must not be decided by luck. An accuracy $p$ measured on $n$ samples has a binomial
+# standard error $\sqrt{p(1-p)/n}$; the difference of two such accuracies (a sampler's and the baseline's, each on
+# $n$ samples) has variance twice that. We call a sampler as good when its accuracy is at most **two standard
+# errors of that difference** below the baseline's, and never demand more than 3 points:
+#
+# $$\text{margin}(p, n) = \max\Big(0.03,\ 2\sqrt{2\,p(1-p)/n}\Big),\qquad p \text{ clamped to } [1/n,\ 1 - 1/n]$$
+#
+# (the clamp: a measured 100% does not mean a standard error of 0).
+#
+# ### Exercise 7 (1 point)
+# Write `accuracy_margin(p, n)`: `p` is a float64 tensor `[K]` of accuracies (0 and 1 included), `n` an int; return
+# the margins, `[K]`. `torch.clamp(x, min=...)` is an elementwise max with a number.
+
+# %% nbgrader={"grade": false, "grade_id": "accuracy_margin", "locked": false, "schema_version": 3, "solution": true}
+def accuracy_margin(p, n):
+    """[K] accuracies on n samples -> [K] margins: max(0.03, 2 sqrt(2 p (1 - p) / n)), p within [1/n, 1 - 1/n]."""
+    ### BEGIN SOLUTION
+    p = p.clamp(1 / n, 1 - 1 / n)
+    return torch.clamp(2 * torch.sqrt(2 * p * (1 - p) / n), min=0.03)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_accuracy_margin", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_accuracy_margin(accuracy_margin)
+### BEGIN HIDDEN TESTS
+checks.check_accuracy_margin(accuracy_margin, seed=5, ns=(60, 7))
 ### END HIDDEN TESTS
 
 # %%
@@ -641,8 +706,9 @@ for i, name in enumerate(names):
               f"{r['accuracy']:14.1%} {r['fid_ratio']:10.1f}x")
 # "as good as the baseline", two ways: accuracy at most max(3 points, 2 standard errors of a difference of two
 # accuracies from n samples each) lower; FID / floor at most 25% higher (quality = -FID: higher is better)
-p_base = min(max(base["accuracy"], 1 / n), 1 - 1 / n)  # a standard error of 0 at 100% would pretend certainty
-margin = max(0.03, 2 * (2 * p_base * (1 - p_base) / n) ** 0.5)
+margin_of = checks.yours_or_labkit(checks.check_accuracy_margin, accuracy_margin, measures.accuracy_margin,
+                                   "accuracy_margin")
+margin = float(margin_of(torch.tensor([base["accuracy"]], dtype=torch.float64), n)[0])
 by_accuracy = measures.speedup_at_quality(seconds, accuracy, base["accuracy"] - margin, base_seconds)
 by_fid = measures.speedup_at_quality(seconds, -fid, -1.25 * base["fid_ratio"], base_seconds)
 print(f"\nspeed-up over DDPM with {BASE_STEPS} steps, 0 = never as good:")
