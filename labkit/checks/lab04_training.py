@@ -673,4 +673,4 @@ def check_warmup_cosine_lr(student_fn, *, seed: int = 0,
         compare(name, out, ref, _lr_variants(*args), tol=1e-6 * lr, reference=training.warmup_cosine_lr, args=args,
                 context=f" for lr={lr:g}, warmup_steps={W}, total_steps={S}, min_ratio={m:g}",
                 where=("step", steps))
-    passed(name, f"{len(cases)} schedules (warmup 0 included), steps past the end, seed {seed}")
+    passed(name, f"{len(cases)} schedules (warmups {[int(c[1]) for c in cases]}), steps past the end, seed {seed}")
