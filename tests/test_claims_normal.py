@@ -24,7 +24,7 @@ import pytest
 
 from labkit.checks import claims
 
-pytestmark = [pytest.mark.benchmark, pytest.mark.realdata]
+pytestmark = [pytest.mark.benchmark, pytest.mark.realdata, pytest.mark.timeout(3 * 3600)]  # not the default 600 s
 
 REPO = Path(__file__).resolve().parents[1]
 LABS = sorted(p.parent.name for p in (REPO / "solutions").glob("lab*/lab*.py")
