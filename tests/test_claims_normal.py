@@ -7,7 +7,9 @@ source printed nothing (a cell skipped it). Minutes to tens of minutes per lab o
 
     LABKIT_DATA=../shared/data/mnist pytest -m benchmark tests/test_claims_normal.py [-k lab02]
 
-and record the outcome in docs/claims.md (``LABKIT_UPDATE_DOCS=1`` rewrites that lab's row).
+and record the outcome in docs/claims.md (``LABKIT_UPDATE_DOCS=1`` rewrites that lab's row). With
+``LABKIT_SAVE_NOTEBOOK=<folder>`` the executed notebook (figures included) is written there, to read the outputs
+against the text as a student would.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 
 from labkit.checks import claims
 
-pytestmark = [pytest.mark.benchmark, pytest.mark.realdata]
+pytestmark = [pytest.mark.benchmark, pytest.mark.realdata, pytest.mark.timeout(3 * 3600)]  # not the default 600 s
 
 REPO = Path(__file__).resolve().parents[1]
 LABS = sorted(p.parent.name for p in (REPO / "solutions").glob("lab*/lab*.py")
@@ -44,12 +46,15 @@ def test_every_claim_holds_in_normal_mode(lab, tmp_path, monkeypatch):
         pytest.skip("needs the real MNIST files (LABKIT_DATA)")
     monkeypatch.setenv("LABKIT_DATA", data)
     monkeypatch.delenv("LABKIT_FAST", raising=False)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    saved = os.environ.get("LABKIT_SAVE_NOTEBOOK")  # a folder: keep the executed notebook, figures included
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline" if saved else "Agg")
     shutil.copy(REPO / "solutions" / lab / f"{lab}.ipynb", tmp_path / f"{lab}.ipynb")
     nb = nbformat.read(str(tmp_path / f"{lab}.ipynb"), as_version=4)
     start = time.perf_counter()
     NotebookClient(nb, timeout=3600, resources={"metadata": {"path": str(tmp_path)}}).execute()
     minutes = (time.perf_counter() - start) / 60
+    if saved:
+        nbformat.write(nb, str(Path(saved) / f"{lab}.ipynb"))
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
                      if o.get("output_type") == "stream")
     found = claims.outcomes(text)

@@ -13,8 +13,9 @@
 # 3. show with your own network what a denoiser trained at one noise level does at others, and what it loses
 #    without its skips.
 #
-# **Time budget.** Running all cells: about 5 minutes on 2 laptop CPU cores (two trainings of 900 steps), about
-# a minute on a Colab T4 (an estimate: no GPU was measured). Working through the lab: about 120 minutes.
+# **Time budget.** Running all cells: about 5 minutes on 2 idle laptop CPU cores (two trainings of 900 steps;
+# measured: 17 minutes on 2 cores shared with other jobs, load about 12, 120 images/s), about a minute on a Colab
+# T4 (an estimate: no GPU was measured). Working through the lab: about 120 minutes.
 #
 # **How it is graded.** Seven exercises (16 points), each followed by a test cell that runs your code on inputs
 # and weights the grader chooses and compares it with `labkit.unet`. Later cells use your network when its check
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit import plotting, unet
+from labkit.checks import claims
 from labkit.checks import lab02_unet as checks
 
 torch.manual_seed(0)  # every lab starts from the same random numbers
@@ -308,8 +310,11 @@ checks.check_unet(UNet, seed=2, cases=(dict(channel_mults=(1, 1, 2), base_channe
 # %%
 Net = checks.yours_or_labkit(checks.check_unet, UNet, checks.labkit_unet, "U-Net")
 model = Net()
-print(f"your choice of network: {sum(p.numel() for p in model.parameters()):,} parameters")
+n_yours, n_labkit = sum(p.numel() for p in model.parameters()), checks.labkit_unet().num_parameters()
+print(f"your choice of network: {n_yours:,} parameters")
 print(checks.labkit_unet().summary())
+claims.check("your network has the same number of parameters as the summary's total", n_yours == n_labkit,
+             f"{n_yours:,} and {n_labkit:,}")
 
 # %% [markdown]
 # ## 4. A one-step denoiser, and its skips
@@ -389,6 +394,19 @@ for label, values in table.items():
 fig = plotting.plot_curves(sigmas, {k: v for k, v in table.items() if k != "skips: distance to mean"},
                            xlabel="noise level sigma (trained at 0.5)", ylabel="MSE to the clean digit",
                            logy=True, title="a one-step denoiser away from its noise level (lower is better)")
+mse, doing_nothing, mean_mse = table["with skips"], table["noisy input"], table["mean digit"][0]
+claims.check("the denoiser beats doing nothing (the noisy input) at every sigma",
+             all(m < n for m, n in zip(mse, doing_nothing)),
+             ", ".join(f"{m:.3f} < {n:.3f}" for m, n in zip(mse, doing_nothing)))
+beats_mean = [s for s, m in zip(sigmas, mse) if m < mean_mse]
+claims.check("it beats the mean digit up to sigma = 2, and not at sigma = 4", beats_mean == [s for s in sigmas if s <= 2],
+             f"the mean digit's error is {mean_mse:.3f}; the denoiser's {mse[sigmas.index(2.0)]:.3f} at sigma = 2, "
+             f"{mse[sigmas.index(4.0)]:.3f} at sigma = 4")
+
+# %% [markdown]
+# **What the table shows.** Trained at $\sigma = 0.5$ only, the denoiser beats doing nothing at every $\sigma$,
+# but the mean digit only up to $\sigma = 2$: at $\sigma = 4$ its error is above the mean digit's (the lines
+# under the table check both on your run). The pictures below show what it draws instead (question 2).
 
 # %%
 rows = {}
@@ -407,6 +425,10 @@ with torch.no_grad():
     fig = plotting.compare_rows({f"input, sigma={SIGMA}": noisy.clamp(-1, 1), "with skips": model_skips(noisy).clamp(-1, 1),
                                  "without skips": model_plain(noisy).clamp(-1, 1), "clean x": x0[:8]},
                                 title="the skip ablation at the training noise level")
+at_half = sigmas.index(SIGMA)
+claims.check("without skips the error at the training noise level is higher",
+             table["without skips"][at_half] > table["with skips"][at_half],
+             f"{table['without skips'][at_half]:.3f} without against {table['with skips'][at_half]:.3f} with skips")
 fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "without skips": loss_plain},
                            xlabel="training step", ylabel="loss (MSE)", marker="", logy=True, title="training loss")
 
@@ -421,11 +443,12 @@ fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "w
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_1", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** Outside the middle (148,224 parameters in its two blocks), the deepest up level `up[2]` holds
-# the most: 156,288 of 671,364. Its first block reads 128 channels (64 from the middle plus the 64 of skip 2), and a
-# 3x3 convolution's size grows with (channels in) x (channels out), not with the resolution. The smallest
-# resolution is 4x4 (14 -> 7 -> 4 after the pixel-unshuffle to 14x14). The first block of `up[1]` reads 128
-# channels: the 64 that `up[2]`'s final conv hands on (c_1) plus the 64 of skip 1, concatenated.
+# **Model answer.** The deepest up level (the summary's "up level 2", `up[0]` in the code) holds the most: 156,288
+# of 671,364, a little more than the middle's two blocks (148,224). Its first block reads 128 channels (64 from the
+# middle plus the 64 of skip 2), and a 3x3 convolution's size grows with (channels in) x (channels out), not with
+# the resolution. The smallest resolution is 4x4 (14 -> 7 -> 4 after the pixel-unshuffle to 14x14). The first
+# block of `up[1]` (the summary's "up level 1 + skip", [1, 128, 7, 7]) reads 128 channels: the 64 that `up[0]`'s
+# final conv hands on (c_1) plus the 64 of skip 1, concatenated.
 #
 # **Rubric (1 point).** 1/2 point: the level with the most parameters read correctly from the summary (up level 2,
 # or the middle if the answer counts it as a level), with the reason (channels squared), and 4x4. 1/2 point:
@@ -433,25 +456,24 @@ fig = plotting.plot_curves(range(len(loss_skips)), {"with skips": loss_skips, "w
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_2", "locked": true, "schema_version": 3, "solution": false}
-# **Question 2 (1 point).** Your denoiser was trained at $\sigma = 0.5$ only. In the table and the pictures: at
-# which $\sigma$ does it beat doing nothing (the noisy input), and up to which $\sigma$ does it beat the mean digit?
-# What does it draw at $\sigma = 4$? A denoiser that minimised the squared error at $\sigma = 4$ would answer
-# something close to the mean digit (lab 01's ideal denoiser): why doesn't yours, and what would a network need
-# to be told to denoise at every noise level?
+# **Question 2 (1 point).** Your denoiser was trained at $\sigma = 0.5$ only, and at $\sigma = 4$ it does worse
+# than the mean digit. What does it draw there (the pictures, and the table's last row: how far its output is
+# from the mean digit)? A denoiser that minimised the squared error at $\sigma = 4$ would answer something close
+# to the mean digit (lab 01's ideal denoiser): why doesn't yours, and what would a network need to be told to
+# denoise at every noise level?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** From the student's own table. In a run on 2 CPU cores (900 steps): it beats the noisy input at
-# every sigma (0.007 against 0.010 at sigma = 0.1, 0.015 against 0.251 at 0.5, 0.442 against 16.1 at 4), but the
-# mean digit (0.252) only up to sigma = 2 (0.230); at sigma = 4 its error, 0.442, is 1.75 times the mean digit's.
-# There it draws stroke-like scribbles, neither a digit nor the blurry mean (its output is 0.345 away from the mean
-# digit). With that much noise the input says almost nothing about the digit, so the best guess in squared error is
+# **Model answer.** From the student's own pictures and table. In a normal-mode run on 2 CPU cores (900 steps):
+# at sigma = 4 its error, 0.442, is 1.75 times the mean digit's (0.252). It draws stroke-like scribbles all over
+# the square, neither a digit nor the blurry mean: its output is 0.345 away from the mean digit, farther than at
+# any smaller sigma (0.22-0.26). With that much noise the input says almost nothing about the digit, so the best guess in squared error is
 # close to the average digit. But this network has only ever seen noise of size 0.5: it treats every input as if
 # its noise were that small and "finds" strokes in the noise. It would need to be told the noise level (the step
 # t, lab 03) and be trained at every level: that is what a diffusion model's network is.
 #
-# **Rubric (1 point).** 1/2 point: where it beats the noisy input and the mean digit, read from the student's own
-# table, and what it draws at sigma = 4 (worse than the mean digit in this run). 1/2 point: why (trained at one
+# **Rubric (1 point).** 1/2 point: what it draws at sigma = 4, read from the student's own pictures and table
+# (scribbles or strokes, not the mean digit; farther from it than at smaller sigma). 1/2 point: why (trained at one
 # noise level, it cannot know the input is noisier; the minimum-error answer with no signal is the average), and
 # that the network must be told the noise level (t) and trained at all levels.
 # ### END SOLUTION

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 from torch import nn
 
-from labkit import embeddings, plotting, unet
+from labkit import embeddings, plotting, schedules, unet
+from labkit.checks import claims
 from labkit.checks import lab03_embeddings as checks
 
 torch.manual_seed(0)  # every lab starts from the same random numbers
@@ -89,6 +90,11 @@ fig = plotting.plot_matrix(E, xlabel="embedding dimension", ylabel="step t", tit
                            extent=(-0.5, DIM - 0.5, T - 0.5, -0.5))
 fig = plotting.plot_curves(all_t.tolist(), {f"column {c}": E[:, c].tolist() for c in (0, 16, 32, 62)},
                            xlabel="step t", ylabel="value", marker="", title="a few columns: fast to slow waves")
+fastest = float((E[1:, 0] - E[:-1, 0]).abs().max())  # column 0, from one step to the next
+slowest = float((E[:, -2:].max(dim=0).values - E[:, -2:].min(dim=0).values).max())  # the last pair, over all t
+claims.check("the first pair turns fast (one radian per step), the last almost not at all",
+             fastest > 0.9 and slowest < 0.15,
+             f"column 0 moves by up to {fastest:.2f} in one step; the last pair by at most {slowest:.3f} in {T} steps")
 
 # %% [markdown]
 # ## 2. What does the embedding "know" about the noise level?
@@ -127,12 +133,30 @@ fig = plotting.plot_curves(all_t.tolist(), rows, xlabel="step t", ylabel="simila
 for t0, t1 in ((0, 10), (500, 510), (0, 500)):
     s = float(plotting.cosine_similarity_matrix(E[[t0, t1]])[0, 1])
     print(f"cos(e_{t0}, e_{t1}) = {s:.3f}")
+off = max(float((torch.diagonal(sim, d) - sim[0, d]).abs().max()) for d in (1, 10, 100, 500))
+claims.check("the similarity of e_t and e_(t + delta) depends only on delta",
+             off < 1e-3, f"largest difference along the diagonals delta = 1, 10, 100, 500: {off:.0e}")
 
 # %% [markdown]
 # The similarity of $e_{t}$ and $e_{t+\Delta}$ depends only on $\Delta$ (each column pair contributes
 # $\cos(\omega_i \Delta)$): the embedding resolves steps equally well everywhere. The *noise level*, though,
-# does not change evenly with $t$ (lab 01's SNR plot). The network's first layers (`labkit.embeddings.TimeEmbedding`,
-# a small MLP after the sinusoids) learn how to map this even code onto what matters for denoising.
+# does not change evenly with $t$ (lab 01's SNR plot): $\log_{10}$ SNR falls much faster per step near $t = 0$
+# than in the middle, for both schedules.
+
+# %%
+falls = {}  # schedule -> (fall over t = 0..100, fall over t = 450..550)
+for name in ("linear", "cosine"):
+    log_snr = schedules.make_schedule(name, T=T).snr().log10()  # [1000]
+    falls[name] = float(log_snr[0] - log_snr[100]), float(log_snr[450] - log_snr[550])
+    print(f"{name:>6}: log10 SNR from {float(log_snr[0]):.1f} (t = 0) to {float(log_snr[-1]):.1f} (t = {T - 1}); "
+          f"it falls by {falls[name][0]:.2f} over t = 0..100 and by {falls[name][1]:.2f} over t = 450..550")
+claims.check("for both schedules log10 SNR falls much faster near t = 0 than in the middle",
+             all(early > 2 * middle for early, middle in falls.values()),
+             "; ".join(f"{n}: {e:.2f} against {m:.2f} per 100 steps" for n, (e, m) in falls.items()))
+
+# %% [markdown]
+# The network's first layers (`labkit.embeddings.TimeEmbedding`, a small MLP after the sinusoids) learn how to
+# map this even code onto what matters for denoising.
 #
 # ## 3. The class embedding and its "no class" slot
 #
@@ -184,9 +208,9 @@ checks.check_film(film, seed=19, sizes=((1, 16, 3, 3), (4, 2, 5, 9)))
 # %% [markdown]
 # Now inside a real (untrained) U-Net: for the first residual block we compute the `(scale, shift)` that each
 # step $t$ produces, the same way `ResBlock.forward` does. Training shapes these maps. Untrained, each channel's
-# scale mixes all of the embedding's waves: look for a slow trend over $t$ (the slow waves) under fast wiggles
-# (the fastest wave turns one radian per step, and the curve is sampled every 10 steps), and for how class 7
-# changes the curve.
+# scale mixes all of the embedding's waves, so its curve over $t$ is jagged: the fastest wave turns one radian per
+# step, and the curve is sampled every 10 steps. Look at the pictures: is there a slow trend under the wiggles (the
+# slow waves)? What does class 7 do to channel 0's curve?
 
 # %%
 net = unet.UNet(unet.UNetConfig(base_channels=32, channel_mults=(1, 2), attention=False))
@@ -202,6 +226,11 @@ fig = plotting.plot_matrix(scale.T, xlabel="step t", ylabel="channel", title="Fi
 fig = plotting.plot_curves(steps.tolist(), {"channel 0, no class": scale[:, 0].tolist(),
                                             "channel 0, class 7": scale7[:, 0].tolist()},
                            xlabel="step t", ylabel="scale", marker="", title="one channel's scale over t")
+wiggle = (scale[1:] - scale[:-1]).abs().mean(dim=0)  # [channels]: mean jump between neighbouring samples
+span = scale.max(dim=0).values - scale.min(dim=0).values  # [channels]: the curve's whole range
+claims.check("each channel's scale is jagged over t", bool((wiggle > 0.1 * span).all()),
+             f"neighbouring samples differ by {float((wiggle / span).min()):.0%} to {float((wiggle / span).max()):.0%} "
+             f"of the curve's range, depending on the channel; on a smooth curve, a few %")
 
 # %% [markdown]
 # ## 5. The time embedding as a module
@@ -462,6 +491,8 @@ with torch.no_grad():
 print("x_t", list(x_t.shape), "-> eps_hat", list(eps_hat.shape))
 spread = (eps_hat - eps_hat[10:]).flatten(1).norm(dim=1) / eps_hat[10:].norm()
 print("distance from the 'no class' prediction, per label:", [round(float(s), 2) for s in spread[:10]])
+claims.check("the label alone changes the predicted noise", float(spread[:10].min()) > 0.01,
+             f"every label moves it by at least {float(spread[:10].min()):.0%} of its size")
 change = eps_hat[:10] - eps_hat[10:]  # [10, 1, 28, 28]: what each label changes, pixel by pixel
 fig = plotting.image_grid(change / change.abs().max(), ncols=10, titles=[str(k) for k in range(10)],
                           title="eps_hat for label y minus eps_hat for 'no class' (grey: no change; random weights)")
@@ -508,10 +539,12 @@ else:
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** The similarity drops quickly over the first tens of steps (about 0.65 at 10 steps apart, 0.5
-# at 50) and reaches its floor (about 0.2-0.35) only a few hundred steps apart: the bright band around the
-# diagonal. It is the same everywhere, near $t = 0$ as near $t = 900$, because the similarity of $e_t$ and
-# $e_{t+\Delta}$ depends only on $\Delta$ (each column pair contributes $\cos(\omega_i \Delta)$).
+# **Model answer.** The similarity drops quickly over the first tens of steps (0.66 at 10 steps apart, about 0.5
+# at 50; not monotonically: about 0.56 at 100) and settles near its floor (about 0.2-0.3) only a few hundred
+# steps apart (about 0.29 at 300, 0.20 at 500): the bright band around the diagonal. It is the same everywhere,
+# near $t = 0$ as near $t = 900$ (the printout: 0.658 for 0 and 10, 0.658 for 500 and 510), because the
+# similarity of $e_t$ and $e_{t+\Delta}$ depends only on $\Delta$ (each column pair contributes
+# $\cos(\omega_i \Delta)$).
 #
 # **Rubric (1 point).** 1/2 point: a distance read from the matrix (tens to a few hundred steps, with the band's
 # width). 1/2 point: the same at t = 0 and t = 900, because it depends only on the difference.
@@ -523,8 +556,10 @@ else:
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** No. The SNR spans ten orders of magnitude and changes very unevenly: fast near $t = 0$ (and,
-# for the linear schedule, the last few hundred steps are all pure noise and could share one code). You want
+# **Model answer.** No. The SNR spans 8 (linear) to 13 (cosine) orders of magnitude and changes very unevenly:
+# $\log_{10}$ SNR falls by about 3 over the first 100 steps but by only 0.3-0.5 over $t = 450 \dots 550$ (the
+# printout in section 2); and, for the linear schedule, the last few hundred steps are all almost pure noise and
+# could share one code. You want
 # finer resolution where the noise level changes most per step and the image still carries detail, i.e. at small
 # $t$, and coarser where it hardly changes. The learned MLP after the sinusoids (and the cosine schedule) partly
 # makes up for this.

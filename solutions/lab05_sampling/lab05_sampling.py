@@ -13,8 +13,8 @@
 # 4. read a denoising trajectory: the noisy $x_t$ and the model's guess $\hat x_0$ along the way;
 # 5. measure when, during sampling, a digit becomes recognisable, and which digits commit first.
 #
-# **Time budget.** Running all cells: about 1 minute on a quiet laptop CPU (measured: 340 s on 2 CPU cores
-# shared with other jobs, load about 11), about 1 minute on a Colab T4.
+# **Time budget.** Running all cells: about 1 minute on a quiet laptop CPU (measured: 1 minute on 2 quiet CPU
+# cores, 2.5 minutes on 2 cores shared with other jobs, load about 12), about 1 minute on a Colab T4.
 # Working through the lab: about 75 minutes.
 #
 # **How it is graded.** Two functions (3 + 3 points), each followed by a test cell (the tests you see, plus
@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt
 
 from labkit import diffusion, plotting, samplers
 from labkit.evaluation import classifier_accuracy, load_classifier, measures
+from labkit.checks import claims
 from labkit.checks import lab05_sampling as checks
 
 torch.manual_seed(0)  # every lab starts from the same random numbers
@@ -231,13 +232,14 @@ anim
 # ## 5. When does the digit appear?
 #
 # Let the shipped MNIST classifier judge every $\hat x_0$ along the way, again as your loop passes it: its
-# probability for the *intended* digit, as a function of the step, averaged over many samples of each digit.
+# probability for the *intended* digit, as a function of the step, averaged over many samples of each digit. For
+# comparison it also judges the noisy $x_t$ itself at every step (question 2).
 
 # %%
 clf = load_classifier(DEVICE)
 n_each = colab.pick(20 if DEVICE.type == "cuda" else 10, 2)  # samples per digit
 y_many = torch.arange(10, device=DEVICE).repeat_interleave(n_each)  # [10 * n_each]
-conf_by_step, t_by_step, first_calls = [], [], []
+conf_by_step, conf_xt_by_step, t_by_step, first_calls = [], [], [], []
 
 
 def judge(t, x_t, eps_hat):
@@ -245,6 +247,7 @@ def judge(t, x_t, eps_hat):
     images = (x0_hat.float().clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1], what the classifier reads
     judged = classifier_accuracy(images, y_many, clf)
     conf_by_step.append(judged["intended_prob"])  # [N]
+    conf_xt_by_step.append(classifier_accuracy((x_t.float().clamp(-1, 1) + 1) / 2, y_many, clf)["intended_prob"])
     if not t_by_step:
         first_calls.append(judged["predicted"])  # [N]: what it calls the very first guesses
     t_by_step.append(int(t[0]))
@@ -282,6 +285,20 @@ for d in order:
     when = f"t = {appear[d]}" if appear[d] is not None else "never (in this run)"
     bias = "   <- above 0.5 on the first guesses already: the judge's bias" if float(per_digit_conf[0, d]) >= 0.5 else ""
     print(f"digit {d}: stays recognisable (mean p >= 0.5) from {when}; final p = {float(per_digit_conf[-1, d]):.2f}{bias}")
+
+
+def t_from(curve):  # curve [steps] -> the t from which it stays >= 0.5 (None: not even at the end)
+    k = int(measures.recognisable_from(curve[:, None].cpu(), 0.5)[0])
+    return t_by_step[k] if k < len(t_by_step) else None
+
+
+x0_from = t_from(per_digit_conf.mean(dim=1))  # all digits together, the model's guess x0_hat
+xt_from = t_from(torch.stack(conf_xt_by_step).mean(dim=1))  # the same, on the noisy x_t itself
+print(f"\nall digits together: x0_hat stays recognisable from t = {x0_from}, "
+      f"the noisy x_t itself from t = {xt_from if xt_from is not None else 'never'}")
+claims.check("the model's guess x0_hat is recognisable long before x_t itself (at least 250 of the 1000 steps)",
+             x0_from is not None and (xt_from is None or x0_from - xt_from >= 250),
+             f"from t = {x0_from} against t = {xt_from}")
 if not PRETRAINED:
     print("\nThese numbers come from the stand-in model (no shipped checkpoint here): they mean nothing.")
 elif FAST:
@@ -301,8 +318,9 @@ elif FAST:
 # ### BEGIN SOLUTION
 # **Model answer.** The very first guess (t = 994) is black-and-white noise: there $\sqrt{\bar\alpha_t} \approx 0.007$,
 # so dividing by it blows the model's small errors up, and the picture shows them clamped to [-1, 1]. A few steps
-# later (t about 980) it is a grey blob, like lab 01's mean digit. Next the overall shape and position appear
-# (t about 925), then the identity, and last the stroke thickness and sharp edges. Most strips stop changing
+# later (t = 980) it is still speckled, with a brighter blob in the middle where digits have ink (lab 01's mean
+# digit under the noise). Next a blurry overall shape and position appear (t = 925), then the identity, and last
+# the stroke thickness and sharp edges. Most strips stop changing
 # identity early in sampling, around $t$ = 950-700 with the shipped model (the later steps only sharpen); the
 # exact $t$ differs per digit, and a strip can still change late (in one run the 8 turned into a 6-like shape
 # between t = 713 and 266).
@@ -319,7 +337,9 @@ elif FAST:
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_2", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
 # **Model answer.** Where $\hat x_0$ is already a clear digit, $x_t$ still looks like pure noise (the signal is
-# scaled by $\sqrt{\bar\alpha_t}$, well under the noise). The model was trained to find that faint signal:
+# scaled by $\sqrt{\bar\alpha_t}$, well under the noise): in the strips the 0, 2, 4 and 6 are clear in $\hat x_0$
+# at t = 713 while their $x_t$ is noise; the classifier agrees (all digits together, $\hat x_0$ stays
+# recognisable from t = 877, $x_t$ itself only from t = 133 in a normal-mode run on 2 CPU cores). The model was trained to find that faint signal:
 # summed over hundreds of pixels a weak coarse shape is detectable even when each pixel is mostly noise, and the
 # class label plus what it learned about digits fill in the rest.
 #
@@ -329,8 +349,9 @@ elif FAST:
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
 # **Question 3 (1 point).** From the confidence plot and the table: which digits commit first, and which last?
-# Leave out any digit the control line flags. Suggest a reason from the shapes (think of 1 vs 3, or 4 vs 9). Do
-# the curves rise gradually or suddenly?
+# Leave out any digit the control line flags. Do digits with a distinctive outline (a ring, one stroke) commit
+# before digits that share strokes with others (3, 5, 8; 4, 7, 9)? Suggest a reason from the shapes. Do the
+# curves rise gradually or suddenly?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
