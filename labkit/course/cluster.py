@@ -23,11 +23,15 @@ Who does what:
   mid-notebook leaves nothing behind but its own temporary folder.
 
 Exactly once: a task's key is ``(lab, student, sha256 of the notebook)``. Dask gives each future one result
-(a task whose worker died is run again elsewhere, up to ``allowed-failures`` deaths); the client merges a key
-at most once per run and records it in ``OUT/cluster-manifest.jsonl`` (one JSON line per merged submission,
-appended and fsynced after the gradebook commit). A later run skips every submission whose notebook hash
-and grader fingerprint (lab source, grading code, timeout, memory cap, sandbox) are in the manifest and
-whose autograded notebook is still there; it grades only what is missing or changed.
+(a task whose worker died is run again elsewhere, up to ``allowed-failures`` deaths; so is one whose result
+died with its worker after it was computed and before the client fetched it: the client waits for it again);
+the client merges a key at most once per run. The merge commits the scores together with a record of the
+merge (``labkit_merged`` in the lab's gradebook.db), and then appends the record to
+``OUT/cluster-manifest.jsonl`` (one JSON line per merged submission, fsynced). A later run first copies into
+the manifest any record the gradebook holds and the manifest lacks (the client died between the two), then
+skips every submission whose notebook hash and grader fingerprint (lab source, grading code, timeout, memory
+cap, sandbox) are in the manifest and whose autograded notebook is still there; it grades only what is
+missing or changed.
 """
 
 from __future__ import annotations
@@ -67,6 +71,13 @@ MAX_RETURNED_FILE = 64 * 2 ** 20  # bytes per file of the autograded folder sent
 # other code is not "already graded".
 GRADING_MODULES = ("autograde", "forensics", "kernel_side", "nbgrader_setup", "restore", "sandbox", "sources",
                    "trusted", "wire")
+
+
+def _now() -> str:
+    """When a result was merged (to the microsecond: the manifest and the gradebook compare it)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class WorkerUnfit(Exception):
@@ -152,7 +163,26 @@ class Manifest:
 
     def record(self, lab: str, student: str, sha: str, grader: str, result: GradeResult, **extra) -> dict:
         rec = {"lab": lab, "student": student, "sha256": sha, "grader": grader, "result": asdict(result),
-               "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+               "merged_at": _now(), **extra}
+        return self._append(rec)
+
+    def recover(self, merged: list[dict]) -> int:
+        """Append the gradebook's records (``merged_in_gradebook``) that this manifest lacks: merges committed
+        by a client that died before writing their manifest line. Returns how many."""
+        count = 0
+        for rec in merged:
+            try:
+                cur = self.records.get((rec["lab"], rec["student"]))
+            except (KeyError, TypeError):
+                continue
+            same = ("sha256", "grader", "merged_at")
+            if cur is None or any(cur.get(k) != rec.get(k) for k in same):
+                self._append({**rec, "recovered": True})
+                count += 1
+        return count
+
+    def _append(self, rec: dict) -> dict:
+        lab, student = rec["lab"], rec["student"]
         line = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -288,12 +318,18 @@ def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dict) -> GradeResult:
+def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dict,
+                 mark: dict | None = None) -> GradeResult:
     """Write one worker result into the client's course ``course``: the submitted and autograded notebooks,
     then the scores in its gradebook, in one transaction: nbgrader's ``SaveAutoGrades`` and
     ``AssignLatePenalties`` on the autograded notebook (what autograde runs after executing; their per-cell
     commits become flushes, so a crash never leaves half a submission's grades). Idempotent: merging the same
-    result again leaves the same files and one submission. The score reported is the gradebook's."""
+    result again leaves the same files and one submission. The score reported is the gradebook's.
+
+    ``mark`` (the manifest record's fields: sha256, grader, worker, ...): written with the result into the
+    gradebook's ``labkit_merged`` table in the same transaction, so that a client killed after the commit and
+    before its manifest line is written finds the merge there (``recover_from_gradebook``) and never grades
+    that notebook again."""
     from nbgrader.api import Gradebook
     from nbgrader.preprocessors import AssignLatePenalties, SaveAutoGrades
 
@@ -302,8 +338,14 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
     if payload.get("submitted") is not None:
         _replace_dir(course / "submitted" / student / lab, {f"{lab}.ipynb": payload["submitted"]})
     files = payload.get("autograded") or {}
-    if f"{lab}.ipynb" not in files:
-        return res  # nothing was autograded (e.g. an unreadable upload): nothing for the gradebook
+    if f"{lab}.ipynb" not in files:  # nothing was autograded (e.g. an unreadable upload): no scores to write
+        if mark is not None and (course / "gradebook.db").exists():
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(str(course / "gradebook.db"))) as con, con:
+                for sql, args in _mark_sql(lab, student, res, mark, autograded=False):
+                    con.execute(sql, args)
+        return res
     _replace_dir(course / "autograded" / student / lab, files)
     nb = import_nbformat().reads(files[f"{lab}.ipynb"].decode("utf-8"), as_version=4)
     db = f"sqlite:///{course / 'gradebook.db'}"
@@ -329,16 +371,64 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
                     penalty = late.plugin_inst.late_submission_penalty(student, notebook.score, seconds_late)
                     if penalty is not None:
                         notebook.late_submission_penalty = late._check_late_penalty(notebook, penalty)
-            check = GradeResult(student, lab)
-            read_scores(check, gb.find_submission(lab, student))
+                gb.db.flush()
+                gb.db.expire_all()  # the scores below are read from the rows just written
+                check = GradeResult(student, lab)
+                read_scores(check, gb.find_submission(lab, student))
+                _settle(res, check)
+                if mark is not None:
+                    from sqlalchemy import text
+
+                    for sql, args in _mark_sql(lab, student, res, mark, autograded=True):
+                        gb.db.execute(text(_named(sql)), {f"a{i}": v for i, v in enumerate(args)})
     finally:
         ctx.__exit__(None, None, None)
+    return res
+
+
+def _settle(res: GradeResult, check: GradeResult) -> None:
+    """The gradebook's scores win over the worker's (said in the notes when they differ)."""
     if (check.score, check.max_score) != (res.score, res.max_score):
         res.notes.append(f"the worker scored {res.score}/{res.max_score}; the gradebook holds "
                          f"{check.score}/{check.max_score} (reported)")
     res.score, res.max_score, res.manual_score, res.manual_max = (check.score, check.max_score, check.manual_score,
                                                                   check.manual_max)
-    return res
+
+
+MERGED_TABLE = "labkit_merged"  # in each lab's gradebook.db: what the client merged, committed with the scores
+
+
+def _mark_sql(lab: str, student: str, res: GradeResult, mark: dict, autograded: bool) -> list[tuple[str, tuple]]:
+    rec = {**mark, "lab": lab, "student": student, "result": asdict(res), "autograded": autograded}
+    return [(f"CREATE TABLE IF NOT EXISTS {MERGED_TABLE} (lab TEXT NOT NULL, student TEXT NOT NULL, "
+             "record TEXT NOT NULL, PRIMARY KEY (lab, student))", ()),
+            (f"INSERT OR REPLACE INTO {MERGED_TABLE} (lab, student, record) VALUES (?, ?, ?)",
+             (lab, student, json.dumps(rec, sort_keys=True)))]
+
+
+def _named(sql: str) -> str:
+    """``?`` placeholders as SQLAlchemy's ``:a0, :a1, ...``."""
+    parts = sql.split("?")
+    return "".join(part + (f":a{i}" if i < len(parts) - 1 else "") for i, part in enumerate(parts))
+
+
+def merged_in_gradebook(course: str | os.PathLike) -> list[dict]:
+    """The records of ``labkit_merged`` in the course's gradebook (none when it has no such table)."""
+    import sqlite3
+
+    db = Path(course) / "gradebook.db"
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        try:
+            rows = con.execute(f"SELECT record FROM {MERGED_TABLE}").fetchall()
+        except sqlite3.OperationalError:  # no such table: nothing merged by this version yet
+            return []
+    out = []
+    for (text,) in rows:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(text))
+    return out
 
 
 @contextlib.contextmanager
@@ -408,6 +498,8 @@ class ClusterStats:
     merged: int = 0  # results written into the gradebook and the manifest
     failed_tasks: int = 0  # tasks with no result (worker unfit, killed too often, merge error)
     duplicates: int = 0  # results for a key merged already in this run (ignored)
+    recomputed: int = 0  # results lost with a worker after they were computed (the scheduler ran them again)
+    recovered: int = 0  # merges the gradebook holds that the manifest had not recorded (the client died between)
     workers: int = 0
     worker_seconds: float = 0.0  # sum over tasks of their time on a worker
     merge_seconds: float = 0.0  # the client's time writing results
@@ -433,6 +525,8 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     manifest = Manifest(Path(out_dir) / MANIFEST_NAME)
     graders = {lab: grader_fingerprint(repo_root, lab, timeout, memory_limit_gb, sandbox, notebook_timeout)
                for lab in {s.lab for s in subs}}
+    for lab in sorted({s.lab for s in subs}):  # merges committed by a client killed before their manifest line
+        st.recovered += manifest.recover(merged_in_gradebook(courses[lab]))
     results: list[GradeResult] = []
     pending: list[_Pending] = []
 
@@ -668,17 +762,28 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                 fut.release()
                 continue
             res = p.res
-            if fut.status == "finished":
-                payload = fut.result()
+            if fut.status in ("lost", "pending"):  # computed, then its worker died before we fetched it: the
+                st.recomputed += 1                 # scheduler computes it again elsewhere; wait for that result
+                ac.add(fut)
+                continue
+            try:
+                payload = _fetch(fut) if fut.status == "finished" else None
+            except Exception as exc:  # it erred, was cancelled, or was lost for good while being fetched
+                payload, failure = None, exc
+            else:
+                failure = None if payload is not None else _exception_of(fut)
+            if payload is not None:
                 st.worker_seconds += float(payload.get("seconds") or 0)
                 w = payload.get("worker", "?")
                 st.per_worker[w] = st.per_worker.get(w, 0) + 1
                 t0 = time.monotonic()
+                mark = {"sha256": p.sha, "grader": p.grader, "worker": w, "merged_at": _now(),
+                        "seconds": round(float(payload.get("seconds") or 0), 2)}
                 try:
-                    merged_res = merge_result(courses[res.lab], res.lab, res.student, payload)
+                    merged_res = merge_result(courses[res.lab], res.lab, res.student, payload, mark)
                     manifest.record(res.lab, res.student, p.sha, p.grader, merged_res,
                                     autograded=f"{res.lab}.ipynb" in (payload.get("autograded") or {}),
-                                    worker=w, seconds=round(float(payload.get("seconds") or 0), 2))
+                                    worker=w, seconds=mark["seconds"], merged_at=mark["merged_at"])
                 except Exception as exc:
                     res.status = "failed"
                     res.notes.append(f"could not record the result in the gradebook: {type(exc).__name__}: "
@@ -690,13 +795,9 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                     merged_labs.add(res.lab)
                     st.merged += 1
                 st.merge_seconds += time.monotonic() - t0
-            else:  # erred (or cancelled: the scheduler lost it)
-                try:
-                    exc = fut.exception()
-                except Exception as err:  # FutureCancelledError
-                    exc = err
+            else:  # erred (or cancelled: the scheduler gave up on it)
                 res.status, res.score = "failed", None
-                res.notes.append(_task_failure(exc))
+                res.notes.append(_task_failure(failure))
                 st.failed_tasks += 1
             fut.release()
             by_key.pop(fut.key, None)
@@ -708,6 +809,21 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
     finally:
         bar.close()
     st.grading_seconds = time.monotonic() - start
+
+
+def _fetch(fut) -> dict:
+    """The result of a finished task, brought from the worker that holds it. When that worker died after
+    computing it, the client asks the scheduler to compute it again and waits (a test kills a worker here)."""
+    return fut.result()
+
+
+def _exception_of(fut) -> BaseException | None:
+    """Why a task that is not ``finished`` has no result (``erred``: its exception; ``cancelled``: the error
+    that ``exception()`` raises). Asked only of a future in a final state, so it never waits."""
+    try:
+        return fut.exception(timeout=1)
+    except Exception as err:  # FutureCancelledError, or a state we did not expect
+        return err
 
 
 def _task_failure(exc: BaseException | None) -> str:
