@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,108 @@ def test_the_client_killed_between_gradebook_and_manifest_then_restarted(fakes, 
     again = {}
     cluster_fakes.grade(tmp_path, subs, fakes.address, again)
     assert again["submitted"] == 0 and again["recovered"] == 0 and again["skipped"] == len(students), again
+
+
+# --- the same three failures, grading real notebooks with `labkit grade` (minutes: not in the default run) ---
+
+GRADE_AND_DIE = """
+import os, signal, sys
+from labkit.course import cli, cluster
+
+die_after, real_record, merged = int(sys.argv[1]), cluster.Manifest.record, []
+
+def record(self, *args, **kw):
+    merged.append(1)
+    if len(merged) == die_after:  # the gradebook holds this merge; its manifest line is never written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_record(self, *args, **kw)
+
+cluster.Manifest.record = record
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def processing(client) -> dict:
+    """{key: worker address} of the tasks the scheduler has sent to a worker and not yet got back."""
+    def ask(dask_scheduler):
+        return {k: ts.processing_on.address for k, ts in dask_scheduler.tasks.items()
+                if ts.state == "processing" and ts.processing_on is not None}
+
+    return client.run_on_scheduler(ask)
+
+
+@pytest.mark.slow
+@pytest.mark.nbgrader
+@pytest.mark.extended
+@pytest.mark.timeout(1800)
+def test_labkit_grade_survives_worker_loss(tmp_path, monkeypatch):
+    """``labkit grade --scheduler`` on the loopback cluster, lab00_setup, 8 students: the client killed
+    between the third gradebook commit and its manifest line; started again, with one worker killed while
+    it grades a notebook and another after computing a result the client had not fetched yet. Exit 0, every
+    student in the gradebook once with the right score, nothing merged graded again."""
+    from test_cluster import EXPECTED, _gradebook_rows, make
+
+    lab = "lab00_setup"
+    kinds = ["honest", "blank", "wrong", "honest", "honest", "blank", "honest", "wrong"]
+    students = {f"s{i}-{k}": k for i, k in enumerate(kinds)}
+    subs, out = tmp_path / "subs", tmp_path / "out"
+    for name, kind in students.items():
+        make(kind, lab, subs / name)
+    env = {"LABKIT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    monkeypatch.delenv("LABKIT_DATA", raising=False)  # synthetic digits, as tests/test_cluster.py
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    argv = ["grade", str(subs), "--out", str(out), "--lab", lab, "--timeout", "60"]
+    with LoopbackCluster(tmp_path / "loopback", workers=2, env=env) as lc:
+        # 1. the client dies at a chosen point, then is started again (below)
+        proc = subprocess.run([sys.executable, "-c", GRADE_AND_DIE, "3", *argv, "--scheduler", lc.address],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=900, cwd=str(TESTS.parent))
+        assert proc.returncode == -9, proc.stderr[-3000:]
+        first = {m["student"]: m for m in cluster.merged_in_gradebook(out / "nbgrader" / lab)}
+        assert len(first) == 3 and len(_manifest(tmp_path)) == 2
+        lc.wait_for_workers()
+
+        # 2. started again: a worker killed mid-notebook, another after a result the client has not fetched
+        killed = {}
+
+        def mid_notebook():
+            try:
+                wait_until(lambda: processing(lc.client), 300, "nothing was sent to a worker")
+                key, addr = next(iter(processing(lc.client).items()))
+                time.sleep(3)  # well into its notebook
+                if processing(lc.client).get(key) == addr:
+                    killed["mid"] = (key, addr, lc.kill_worker(addr))
+            except Exception as exc:  # reported below
+                killed["error"] = exc
+
+        real_fetch = cluster._fetch
+
+        def fetch(fut):
+            if "fetch" not in killed:
+                addr = holders(lc.client, fut.key)[0]
+                killed["fetch"] = (fut.key, addr, lc.kill_worker(addr))
+            return real_fetch(fut)
+
+        monkeypatch.setattr(cluster, "_fetch", fetch)
+        t = threading.Thread(target=mid_notebook, daemon=True)
+        t.start()
+        from labkit.course import cli
+
+        code = cli.main([*argv, "--scheduler", lc.address])
+        t.join(60)
+    print(f"\nkilled: {killed}")
+    assert code == 0
+    assert "error" not in killed and "mid" in killed and "fetch" in killed, killed
+    expect = sorted((s, float(EXPECTED[lab][k][0])) for s, k in students.items())
+    assert _gradebook_rows(out, lab) == expect  # one submission per student, its score right
+    lines = _manifest(tmp_path)
+    assert sorted(m["student"] for m in lines) == sorted(students)  # one line each (one of them recovered)
+    assert sum(bool(m.get("recovered")) for m in lines) == 1
+    merged = {m["student"]: m for m in cluster.merged_in_gradebook(out / "nbgrader" / lab)}
+    for s, m in first.items():  # merged before the client died: not graded again
+        assert merged[s]["merged_at"] == m["merged_at"], s
+    for key, addr, _ in (killed["mid"], killed["fetch"]):
+        m = next(m for m in lines if cluster.task_key(lab, m["student"], m["sha256"]) == key)
+        assert m["worker"] != f"worker {addr}", m
+    rows = (out / "scores.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(students) and not any(",failed," in r for r in rows)
