@@ -27,8 +27,7 @@ def _log_dir() -> Path:
     return Path(os.environ["LABKIT_FAKE_LOG"])
 
 
-def fake_grade_task(lab, student, filename, notebook, template, code, timeout, memory_limit_gb, sandbox,
-                    notebook_timeout=None):
+def fake_grade_task(lab, student, filename, notebook, template, code, settings):
     from labkit.course.cluster import _where
     from labkit.course.results import GradeResult
 
@@ -97,11 +96,12 @@ def write_class(folder: Path, students: dict) -> list[Sub]:
 
 def grade(folder: Path, subs: list[Sub], address: str, stats: dict | None = None):
     from labkit.course import cluster
+    from labkit.course.settings import GradingSettings
 
     return cluster.grade_on_cluster(
         subs, [LAB], [], [], {}, {LAB: str(folder / "out" / "nbgrader" / LAB)}, repo_root=Path(__file__).parents[1],
-        timeout=60, feedback=False, jobs=1, verbose=False, memory_limit_gb=0.0, sandbox=False, scheduler=address,
-        out_dir=folder / "out", stats=stats)
+        settings=GradingSettings(timeout=60, memory_limit_gb=0, sandbox=False, feedback=False), jobs=1,
+        verbose=False, scheduler=address, out_dir=folder / "out", stats=stats)
 
 
 CHILD = """

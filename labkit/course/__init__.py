@@ -43,6 +43,7 @@ _EXPORTS = {
     "RELOAD_CHECKS": "nbgrader_setup",
     "guarded_execute_class": "nbgrader_setup",
     "configure_nbgrader": "nbgrader_setup",
+    "GradingSettings": "settings",
     "BuiltLab": "build",
     "render_labs": "build",
     "build_notebooks": "build",

@@ -12,8 +12,8 @@ from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_en
 from labkit.course.restore import restore_submission
 from labkit.course.review import dynamic_notes
 from labkit.course.results import GradeResult
-from labkit.course.sources import (import_nbformat, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT,
-                                  SOURCE_DIR, source_to_notebook)
+from labkit.course.settings import GradingSettings
+from labkit.course.sources import import_nbformat, SOURCE_DIR, source_to_notebook
 from labkit.errors import LabkitError
 
 
@@ -38,15 +38,14 @@ def quiet_warnings():
     return ctx
 
 
-def prepare_lab(repo_root: str, lab: str, course_dir: str, timeout: int = DEFAULT_TIMEOUT,
-                 memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True) -> float:
+def prepare_lab(repo_root: str, lab: str, course_dir: str, settings: GradingSettings | None = None) -> float:
     """A fresh nbgrader course for ``lab``: source notebook from the .py, release, gradebook, and the course's
     own nbgrader_config.py (so that nbgrader's formgrader grades it the way labkit does). Returns the lab's
     maximum autograded score."""
     nbf = import_nbformat()
     course = Path(course_dir)
     course.mkdir(parents=True, exist_ok=True)
-    write_course_config(course, timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+    write_course_config(course, settings)
     course_secret(course)  # the hidden seeds' secret, made once here, before parallel grading reads it
     src = course / "source" / lab
     if src.exists():
@@ -72,9 +71,8 @@ def feedback_lab(course_dir: str, lab: str) -> str | None:
     return None if result.get("success") else nbgrader_failure(result)
 
 
-def grade_one_submission(student: str, lab: str, path: str, course_dir: str, timeout: int,
-                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
-                      notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> GradeResult:
+def grade_one_submission(student: str, lab: str, path: str, course_dir: str,
+                         settings: GradingSettings | None = None) -> GradeResult:
     """Restore, autograde and score one submission in the prepared course ``course_dir`` (runs in a worker
     process; never raises)."""
     res = GradeResult(student, lab)
@@ -85,7 +83,7 @@ def grade_one_submission(student: str, lab: str, path: str, course_dir: str, tim
         release = nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4)
         solution_ids = [r.metadata["nbgrader"]["grade_id"] for r in release.cells
                         if (r.metadata.get("nbgrader") or {}).get("solution")]
-        _grade_one(res, Path(path), course, release, solution_ids, timeout, memory_limit_gb, sandbox, notebook_timeout)
+        _grade_one(res, Path(path), course, release, solution_ids, settings or GradingSettings())
     except Exception as exc:  # never stop on one bad submission
         res.status = "failed"
         res.notes.append(f"grading error: {type(exc).__name__}: {str(exc)[:300]}")
@@ -94,9 +92,8 @@ def grade_one_submission(student: str, lab: str, path: str, course_dir: str, tim
     return res
 
 
-def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids, timeout: int,
-               memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
-               notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> None:
+def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids,
+               settings: GradingSettings) -> None:
     """Restore, autograde and score one submission, filling in ``res``."""
     from nbgrader.api import Gradebook
 
@@ -126,8 +123,8 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     # pool slows down ten-fold on an oversubscribed CPU (measured: 4 s instead of 0.4 s per training step).
     # The course lock keeps nbgrader's gradebook to one writer; it is let go while the notebook executes.
     with temporary_env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), course_lock(course):
-        result = nbgrader_api(course, timeout=timeout, add_missing_cells=safe, memory_limit_gb=memory_limit_gb,
-                      sandbox=sandbox, notebook_timeout=notebook_timeout).autograde(lab, student, force=True, create=True)
+        result = nbgrader_api(course, settings, add_missing_cells=safe).autograde(lab, student, force=True,
+                                                                                  create=True)
         if not result.get("success"):
             res.status = "failed"
             log = nbgrader_failure(result)
@@ -143,7 +140,7 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     graded = course / "autograded" / student / lab / f"{lab}.ipynb"
     if graded.exists():
         graded_nb = nbf.read(str(graded), as_version=4)
-        status, notes = execution_report(graded_nb, timeout, memory_limit_gb)
+        status, notes = execution_report(graded_nb, settings.timeout, settings.memory_limit_gb)
         res.notes += notes
         watched = dynamic_notes(graded_nb)  # what the student's functions ran while the grader called them
         res.notes += watched

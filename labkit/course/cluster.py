@@ -59,7 +59,8 @@ from labkit.course.autograde import (feedback_lab, grade_one_submission, release
 from labkit.course.discover import read_submission
 from labkit.course.pool import worker_pool
 from labkit.course.results import GradeResult
-from labkit.course.sources import import_nbformat, DEFAULT_NOTEBOOK_TIMEOUT, SOURCE_DIR
+from labkit.course.settings import GradingSettings
+from labkit.course.sources import import_nbformat, SOURCE_DIR
 from labkit.errors import LabkitError
 
 MANIFEST_NAME = "cluster-manifest.jsonl"
@@ -69,8 +70,8 @@ MAX_RETURNED_FILE = 64 * 2 ** 20  # bytes per file of the autograded folder sent
 
 # The modules whose code decides a score: a worker must run the same as the client, and a result graded with
 # other code is not "already graded".
-GRADING_MODULES = ("autograde", "forensics", "kernel_side", "nbgrader_setup", "restore", "sandbox", "sources",
-                   "trusted", "wire")
+GRADING_MODULES = ("autograde", "forensics", "kernel_side", "nbgrader_setup", "restore", "sandbox", "settings",
+                   "sources", "trusted", "wire")
 
 
 def _now() -> str:
@@ -101,15 +102,11 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def grader_fingerprint(repo_root: str | os.PathLike, lab: str, timeout: int, memory_limit_gb: float,
-                       sandbox: bool, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> str:
+def grader_fingerprint(repo_root: str | os.PathLike, lab: str, settings: GradingSettings) -> str:
     """What a result depends on besides the notebook: the lab's source, the grading code, the settings."""
     src = Path(repo_root) / SOURCE_DIR / lab / f"{lab}.py"
     h = hashlib.sha256(src.read_bytes() if src.exists() else b"")
-    settings = [code_fingerprint(), int(timeout), float(memory_limit_gb or 0), bool(sandbox)]
-    if notebook_timeout != DEFAULT_NOTEBOOK_TIMEOUT:  # (so that the default keeps earlier manifests valid)
-        settings.append(int(notebook_timeout))
-    h.update(json.dumps(settings).encode())
+    h.update(json.dumps([code_fingerprint(), *settings.fingerprint()]).encode())
     return h.hexdigest()[:32]
 
 
@@ -259,8 +256,8 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
     return out
 
 
-def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str, timeout: int,
-               memory_limit_gb: float, sandbox: bool, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> dict:
+def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str,
+               settings: GradingSettings) -> dict:
     """One submission, on a worker: autograded in a private course unpacked from ``template`` by the same
     ``grade_one_submission`` as the local path. Returns data only: the ``GradeResult`` fields, the restored
     submitted notebook and the files of the autograded folder (bytes), the seconds it took and where.
@@ -268,7 +265,7 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
     start = time.monotonic()
     where = _where()
     probe = worker_probe()
-    if sandbox and probe["sandbox"]:
+    if settings.sandbox and probe["sandbox"]:
         raise WorkerUnfit(f"{where}: {probe['sandbox']}")
     if probe["code"] != code:
         raise WorkerUnfit(f"{where}: its labkit grading code differs from the client's (fingerprint "
@@ -283,8 +280,7 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
             upload.mkdir()
             path = upload / (Path(filename).name or f"{lab}.ipynb")
             path.write_bytes(notebook)
-            res = grade_one_submission(student, lab, str(path), str(course), timeout, memory_limit_gb, sandbox,
-                                       notebook_timeout)
+            res = grade_one_submission(student, lab, str(path), str(course), settings)
             submitted = course / "submitted" / student / lab / f"{lab}.ipynb"
             payload = {
                 "result": asdict(res),
@@ -515,15 +511,14 @@ def _sha256(path: Path) -> str:
 
 
 def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: Sequence[str], releases: dict,
-                     courses: dict, *, repo_root: Path, timeout: int, feedback: bool, jobs: int, verbose: bool,
-                     memory_limit_gb: float, sandbox: bool, scheduler: str, out_dir: Path,
-                     stats: dict | None = None, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> list[GradeResult]:
+                     courses: dict, *, repo_root: Path, settings: GradingSettings, jobs: int, verbose: bool,
+                     scheduler: str, out_dir: Path, stats: dict | None = None) -> list[GradeResult]:
     """The cluster half of ``grade_submissions``: grade ``subs`` on the Dask scheduler ``scheduler``
     (``local:N`` for a LocalCluster here), merge into ``courses``, write feedback; returns the results,
     the empty students' ``no submission`` rows included (``grade_submissions`` writes scores.csv)."""
     st = ClusterStats()
     manifest = Manifest(Path(out_dir) / MANIFEST_NAME)
-    graders = {lab: grader_fingerprint(repo_root, lab, timeout, memory_limit_gb, sandbox, notebook_timeout)
+    graders = {lab: grader_fingerprint(repo_root, lab, settings)
                for lab in {s.lab for s in subs}}
     for lab in sorted({s.lab for s in subs}):  # merges committed by a client killed before their manifest line
         st.recovered += manifest.recover(merged_in_gradebook(courses[lab]))
@@ -558,8 +553,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     merged_labs: set[str] = set()
     if pending:
         _run_pending(pending, chosen, courses, st, manifest, merged_labs, report, repo_root=repo_root,
-                     out_dir=out_dir, timeout=timeout, jobs=jobs, verbose=verbose, memory_limit_gb=memory_limit_gb,
-                     sandbox=sandbox, scheduler=scheduler, notebook_timeout=notebook_timeout)
+                     out_dir=out_dir, settings=settings, jobs=jobs, verbose=verbose, scheduler=scheduler)
 
     for lab in empty_labs:
         max_score = release_max_score(releases.get(lab))
@@ -567,7 +561,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
             res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
             results.append(res)
             report(res)
-    if feedback and merged_labs:
+    if settings.feedback and merged_labs:
         t0 = time.monotonic()
         labs = [lab for lab in chosen if lab in merged_labs]
         with worker_pool(max(1, min(jobs, len(labs)))) as run:
@@ -581,8 +575,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
 
 
 def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, manifest: Manifest, merged_labs: set,
-                 report, *, repo_root, out_dir, timeout, jobs, verbose, memory_limit_gb, sandbox, scheduler,
-                 notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> None:
+                 report, *, repo_root, out_dir, settings: GradingSettings, jobs, verbose, scheduler) -> None:
     # 1. the cluster, and whether its workers can grade (before any work here: a refusal comes at once)
     t0 = time.monotonic()
     client, cluster = connect(scheduler)
@@ -597,7 +590,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
             print(f"Dask: {len(probes)} worker(s) on {where}" + (f"; dashboard: {link}" if link else ""), flush=True)
             if not probes:
                 print("note: no worker is connected yet; the tasks wait for one", flush=True)
-        unfit = {w: (p["sandbox"] if sandbox and p["sandbox"] else
+        unfit = {w: (p["sandbox"] if settings.sandbox and p["sandbox"] else
                      None if p["code"] == code else "its labkit grading code differs from the client's")
                  for w, p in probes.items()}
         for w, why in unfit.items():
@@ -612,14 +605,13 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         t0 = time.monotonic()
         labs = [lab for lab in chosen if any(p.res.lab == lab for p in pending)]
         graders = {p.res.lab: p.grader for p in pending}
-        prepared = _templates(labs, graders, repo_root=repo_root, out_dir=out_dir, jobs=jobs, timeout=timeout,
-                              memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+        prepared = _templates(labs, graders, repo_root=repo_root, out_dir=out_dir, jobs=jobs, settings=settings)
         refresh = [lab for lab in labs if isinstance(prepared[lab], bytes)
                    and _install_course(prepared[lab], Path(courses[lab]), lab)]
         if refresh:
             with worker_pool(max(1, min(jobs, len(refresh)))) as run:
-                for lab, r in zip(refresh, run(prepare_lab, [(str(repo_root), lab, courses[lab], timeout,
-                                                               memory_limit_gb, sandbox) for lab in refresh])):
+                for lab, r in zip(refresh, run(prepare_lab, [(str(repo_root), lab, courses[lab], settings)
+                                                              for lab in refresh])):
                     if isinstance(r, BaseException):
                         prepared[lab] = r
         templates: dict[str, bytes] = {}
@@ -637,8 +629,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         todo = [p for p in pending if p.res.lab in templates]
         if todo:
             _submit_and_merge(client, todo, templates, courses, code, st, manifest, merged_labs, report,
-                              timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox, verbose=verbose,
-                              notebook_timeout=notebook_timeout)
+                              settings=settings, verbose=verbose)
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -650,8 +641,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
 TEMPLATES_DIR = ".cluster-templates"  # in OUT: the workers' template course per lab and grader fingerprint
 
 
-def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, timeout, memory_limit_gb,
-               sandbox) -> dict:
+def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, settings: GradingSettings) -> dict:
     """{lab: template course (zip bytes) or the exception that prevented it}: from OUT's cache when one was
     made for the same grader fingerprint (lab source, grading code, settings), else generated here."""
     cache = Path(out_dir) / TEMPLATES_DIR
@@ -664,8 +654,7 @@ def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, 
     if missing:
         with tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp, \
                 worker_pool(max(1, min(jobs, len(missing)))) as run:
-            made = run(prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), timeout, memory_limit_gb, sandbox)
-                                      for lab in missing])
+            made = run(prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), settings) for lab in missing])
             for lab, r in zip(missing, made):
                 if isinstance(r, BaseException):
                     out[lab] = r
@@ -704,8 +693,7 @@ def _window(client, current: int) -> int:
 
 
 def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st: ClusterStats, manifest: Manifest,
-                      merged_labs: set, report, *, timeout, memory_limit_gb, sandbox, verbose,
-                      notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> None:
+                      merged_labs: set, report, *, settings: GradingSettings, verbose) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -744,7 +732,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
         if sha != p.sha:  # the file changed since it was listed: grade what is there now
             p.sha, p.key = sha, task_key(p.res.lab, p.res.student, sha)
         fut = client.submit(grade_task, p.res.lab, p.res.student, p.path.name, data, templates[p.res.lab], code,
-                            timeout, memory_limit_gb, sandbox, notebook_timeout, key=p.key, pure=False, retries=0)
+                            settings, key=p.key, pure=False, retries=0)
         by_key[fut.key] = p
         ac.add(fut)
         st.submitted += 1

@@ -340,12 +340,14 @@ class _Api:
         return call
 
 
-def nbgrader_api(root: Path, **options):
-    """An nbgrader API for the course at ``root``, configured by ``configure_nbgrader(**options)``."""
+def nbgrader_api(root: Path, settings=None, *, add_missing_cells: bool = True):
+    """An nbgrader API for the course at ``root``, configured by ``settings`` (a ``GradingSettings``;
+    default: the defaults)."""
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
-    c = configure_nbgrader(Config(), root=root, **options)
+    c = (settings.configure(Config(), root=root, add_missing_cells=add_missing_cells) if settings is not None
+         else configure_nbgrader(Config(), root=root, add_missing_cells=add_missing_cells))
     c.NbGraderAPI.log_level = "ERROR"
     return _Api(NbGraderAPI(config=c))
 
@@ -378,21 +380,18 @@ COURSE_CONFIG = '''\
 # never shows hidden tests. Start the formgrader from this folder: jupyter lab  (Nbgrader > Formgrader).
 import os
 
-from labkit.course import configure_nbgrader
+from labkit.course.settings import GradingSettings
 
 c = get_config()  # noqa: F821 - provided by nbgrader / jupyter_server when they load this file
-configure_nbgrader(c, root=os.path.dirname(os.path.abspath(__file__)), timeout={timeout!r},
-                   memory_limit_gb={memory_limit_gb!r}{extra})
+{settings}.configure(c, root=os.path.dirname(os.path.abspath(__file__)))
 '''
 
 
-def write_course_config(course: str | os.PathLike, *, timeout: int = DEFAULT_TIMEOUT,
-                        memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, **options) -> Path:
-    """Write ``<course>/nbgrader_config.py``: ``configure_nbgrader`` with this folder as the course root
-    (found from the file's own location, so the folder may be moved). Other keyword ``options`` are passed
-    on to ``configure_nbgrader`` (e.g. ``sandbox=True``). Returns the path."""
-    path = Path(course) / "nbgrader_config.py"
-    extra = "".join(f", {k}={v!r}" for k, v in sorted(options.items()))
-    path.write_text(COURSE_CONFIG.format(timeout=int(timeout), memory_limit_gb=float(memory_limit_gb), extra=extra),
-                    encoding="utf-8")
+def write_course_config(course: str | os.PathLike, settings=None) -> Path:
+    """Write ``<course>/nbgrader_config.py``: ``settings`` (a ``GradingSettings``, default: the defaults)
+    applied with this folder as the course root (found from the file's own location, so the folder may be
+    moved). Returns the path."""
+    path = Path(course) / "nbgrader_config.py"  # (settings.py imports this module, never the other way round)
+    text = COURSE_CONFIG.format(settings=settings.source() if settings is not None else "GradingSettings()")
+    path.write_text(text, encoding="utf-8")
     return path
