@@ -71,3 +71,33 @@ def test_the_command_line_builds_one_value():
     assert settings_from_args(args) == GradingSettings(45, 200, 0.0, False, False)
     plain = add_grade_arguments(argparse.ArgumentParser()).parse_args(["subs"])
     assert settings_from_args(plain) == GradingSettings()
+
+
+# --- status: an enum, decided in one place ---------------------------------------------------------------
+
+
+def test_status_is_decided_from_points_outcomes_and_review():
+    from labkit.course.results import decide_status, GradeResult, Status
+
+    assert decide_status(scored=True) is Status.GRADED
+    assert decide_status(scored=True, review=True) is Status.NEEDS_REVIEW
+    assert decide_status(scored=True, needs_manual_test=True, review=True) is Status.NEEDS_MANUAL_GRADING
+    assert decide_status(scored=True, execution="kernel died", needs_manual_test=True) is Status.KERNEL_DIED
+    assert decide_status(scored=True, execution="out of memory", review=True) is Status.OUT_OF_MEMORY
+    assert decide_status(scored=False, execution="kernel died", review=True) is Status.FAILED
+    r = GradeResult("ann", "lab00_setup", status="graded")  # a manifest line gives the plain string
+    assert r.status is Status.GRADED and r.status == "graded" and f"{r.status}" == str(r.status) == "graded"
+    r.status = "needs review"
+    assert r.status is Status.NEEDS_REVIEW
+    with pytest.raises(ValueError):
+        r.status = "fine I guess"
+
+
+def test_no_status_is_assigned_as_a_bare_string():
+    """Every ``.status = ...`` in labkit/course names a Status or calls decide_status."""
+    import re
+
+    bare = re.compile(r"""\.status(?:, [\w.]+)* = ["']""")
+    found = [f"{p.name}:{i}" for p in (REPO / "labkit" / "course").glob("*.py")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if bare.search(line)]
+    assert found == []

@@ -58,7 +58,7 @@ from labkit.course.autograde import (feedback_lab, grade_one_submission, release
                                      read_scores)
 from labkit.course.discover import read_submission
 from labkit.course.pool import worker_pool
-from labkit.course.results import GradeResult
+from labkit.course.results import GradeResult, Status
 from labkit.course.settings import GradingSettings
 from labkit.course.sources import import_nbformat, SOURCE_DIR
 from labkit.errors import LabkitError
@@ -537,7 +537,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
         try:
             sha = _sha256(Path(s.path))
         except (OSError, LabkitError) as exc:
-            res.status, res.score = "failed", 0.0
+            res.status, res.score = Status.FAILED, 0.0
             res.notes.append(f"cannot read {Path(s.path).name}: {exc}")
             continue
         rec = manifest.lookup(s.lab, s.student, sha, graders[s.lab], courses[s.lab])
@@ -558,7 +558,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     for lab in empty_labs:
         max_score = release_max_score(releases.get(lab))
         for student, note in empty:
-            res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
+            res = GradeResult(student, lab, 0.0, max_score, Status.NO_SUBMISSION, [note])
             results.append(res)
             report(res)
     if settings.feedback and merged_labs:
@@ -621,7 +621,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
                 continue
             for p in pending:
                 if p.res.lab == lab:
-                    p.res.status = "failed"
+                    p.res.status = Status.FAILED
                     p.res.notes.append(f"could not prepare {lab}: {str(prepared[lab])[-300:]}")
         st.prepare_seconds = time.monotonic() - t0
 
@@ -721,7 +721,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
             try:
                 data = read_submission(p.path)  # a regular file, never a link (discover.read_submission)
             except (OSError, LabkitError) as exc:  # gone, unreadable or replaced since it was listed
-                p.res.status, p.res.score = "failed", 0.0
+                p.res.status, p.res.score = Status.FAILED, 0.0
                 p.res.notes.append(f"cannot read {p.path.name}: {exc}")
                 finished(p.res)
                 continue
@@ -773,7 +773,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                                     autograded=f"{res.lab}.ipynb" in (payload.get("autograded") or {}),
                                     worker=w, seconds=mark["seconds"], merged_at=mark["merged_at"])
                 except Exception as exc:
-                    res.status = "failed"
+                    res.status = Status.FAILED
                     res.notes.append(f"could not record the result in the gradebook: {type(exc).__name__}: "
                                      f"{str(exc)[:300]}")
                     st.failed_tasks += 1
@@ -784,7 +784,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                     st.merged += 1
                 st.merge_seconds += time.monotonic() - t0
             else:  # erred (or cancelled: the scheduler gave up on it)
-                res.status, res.score = "failed", None
+                res.status, res.score = Status.FAILED, None
                 res.notes.append(_task_failure(failure))
                 st.failed_tasks += 1
             fut.release()

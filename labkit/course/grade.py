@@ -19,7 +19,7 @@ from labkit.course.discover import discover, empty_students, find_submissions, S
 from labkit.course.forensics import execution_report, MEMORY_ERRORS, TAMPER_ROOTS, tampering_notes  # noqa: F401
 from labkit.course.pool import worker_pool
 from labkit.course.report import write_class_reports
-from labkit.course.results import GradeResult, write_scores_csv
+from labkit.course.results import GradeResult, Status, write_scores_csv
 from labkit.course.settings import GradingSettings
 from labkit.course.sources import (
     import_nbformat,
@@ -145,7 +145,7 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
             res = GradeResult(s.student, s.lab)
             results.append(res)
             if isinstance(prepared[s.lab], BaseException):
-                res.status = "failed"
+                res.status = Status.FAILED
                 res.notes.append(f"could not prepare {s.lab}: {str(prepared[s.lab])[-300:]}")
             else:
                 tasks.append((res, (s.student, s.lab, str(s.path), courses[s.lab], settings)))
@@ -156,14 +156,14 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
 
         for (res, args), done in zip(tasks, run(grade_one_submission, [a for _, a in tasks], on_result=report)):
             if isinstance(done, BaseException):  # the worker process itself died
-                res.status = "failed"
+                res.status = Status.FAILED
                 res.notes.append(f"grading error: {type(done).__name__}: {str(done)[:300]}")
             else:
                 res.__dict__.update(done.__dict__)
         for lab in empty_labs:
             max_score = release_max_score(releases.get(lab))
             for student, note in empty:
-                res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
+                res = GradeResult(student, lab, 0.0, max_score, Status.NO_SUBMISSION, [note])
                 results.append(res)
                 report(res)
         graded_labs = [lab for lab in active if any(r.lab == lab and r.status not in ("failed", "no submission")
