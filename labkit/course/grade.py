@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from labkit.course.autograde import feedback_lab, grade_one_submission, release_max_score, prepare_lab
-from labkit.course.discover import discover, empty_students, find_submissions, Submission  # noqa: F401 - re-exported
-from labkit.course.forensics import execution_report, MEMORY_ERRORS, TAMPER_ROOTS, tampering_notes  # noqa: F401
+from labkit.course.discover import discover
 from labkit.course.pool import worker_pool
 from labkit.course.report import write_class_reports
 from labkit.course.results import GradeResult, Status, write_scores_csv

@@ -55,14 +55,6 @@ def _memory_limit_line(gigabytes: float) -> str:
             " _r.setrlimit(_r.RLIMIT_DATA, (_c, _c))\\nexcept Exception:\\n pass', {})")
 
 
-# Before each graded test cell: re-execute the labkit.checks modules in place, so that an answer cell that
-# replaced a check or a helper (``checks.check_snr = lambda f: None``) cannot fool the tests that follow.
-RELOAD_CHECKS = (
-    "exec('import importlib as _i, sys as _s\\n"
-    "for _n in sorted(m for m in list(_s.modules) if m.startswith(\"labkit.checks.\")):\\n"
-    " try:\\n  _i.reload(_s.modules[_n])\\n except Exception:\\n  pass', {})"
-)
-
 _COURSE_LOCK: dict = {"fd": None}  # the gradebook lock held by this process (see course_lock)
 
 
@@ -115,7 +107,6 @@ def guarded_execute_class():
       points of every other exercise;
     * restarts the kernel the same way when a cell timed out and the kernel still does not answer after the
       interrupt (an infinite loop that swallows KeyboardInterrupt), instead of timing out on every later cell;
-    * re-executes the ``labkit.checks`` modules before each graded test cell (``RELOAD_CHECKS``);
     * ends a notebook that runs longer than ``notebook_timeout`` seconds in all: the cell running then times
       out, every later code cell is marked ``NotebookTimeout`` and not run (a test cell scores 0).
     """
@@ -126,7 +117,7 @@ def guarded_execute_class():
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from nbformat.notebooknode import NotebookNode
     from nbgrader.preprocessors import Execute
-    from traitlets import Bool, Float, Integer
+    from traitlets import Float, Integer
 
     def error_output(ename: str, evalue: str) -> NotebookNode:
         return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
@@ -134,7 +125,6 @@ def guarded_execute_class():
     class GuardedExecute(Execute):
         memory_limit_gb = Float(DEFAULT_MEMORY_LIMIT_GB, help="memory cap of each kernel in GB (0: none)").tag(config=True)
         max_restarts = Integer(3, help="kernel restarts allowed per notebook before autograde gives up").tag(config=True)
-        reload_checks = Bool(True, help="re-execute labkit.checks before each graded test cell").tag(config=True)
         responsive_timeout = Integer(20, help="seconds a kernel has to answer after a timed-out cell").tag(config=True)
         notebook_timeout = Integer(DEFAULT_NOTEBOOK_TIMEOUT, help="seconds for the whole notebook (0: no limit)").tag(config=True)
 
@@ -176,9 +166,6 @@ def guarded_execute_class():
         def preprocess_cell(self, cell, resources, index):
             if self.out_of_time(cell, index):
                 return cell, self.resources
-            md = cell.metadata.get("nbgrader", {}) if cell.cell_type == "code" else {}
-            if self.reload_checks and md.get("grade") and not md.get("solution"):
-                run_sync(self._run_quietly)(RELOAD_CHECKS, 30)
             hung = error_output("CellTimeoutError", f"the cell ran longer than {self.timeout} s and the kernel "
                                 "did not stop when interrupted; it was restarted, the cells above were run again, "
                                 "and grading went on")
@@ -255,7 +242,7 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
     unless ``sandbox`` is False."""
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import Autograde
-    from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
+    from nbgrader.preprocessors import ClearHiddenTests, Execute
 
     if root is not None:
         c.CourseDirectory.root = str(root)
