@@ -325,8 +325,7 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
     ``mark`` (the manifest record's fields: sha256, grader, worker, ...): written with the result into the
     gradebook's ``labkit_merged`` table in the same transaction, so that a client killed after the commit and
     before its manifest line is written finds the merge there (``Manifest.recover`` of
-    ``merged_in_gradebook``) and never grades
-    that notebook again."""
+    ``merged_in_gradebook``) and never grades that notebook again."""
     from nbgrader.api import Gradebook
     from nbgrader.preprocessors import AssignLatePenalties, SaveAutoGrades
 
