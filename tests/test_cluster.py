@@ -387,24 +387,37 @@ def test_task_keys_and_fingerprints():
     k = cluster.task_key("lab00_setup", "ann", "ab" * 32)
     assert k == cluster.task_key("lab00_setup", "ann", "ab" * 32) != cluster.task_key("lab00_setup", "bob", "ab" * 32)
     assert k != cluster.task_key("lab00_setup", "ann", "cd" * 32)
-    g = cluster.grader_fingerprint(REPO, "lab00_setup", 120, 4.0, True)
-    assert g == cluster.grader_fingerprint(REPO, "lab00_setup", 120, 4.0, True)
-    assert g != cluster.grader_fingerprint(REPO, "lab00_setup", 60, 4.0, True)
-    assert g != cluster.grader_fingerprint(REPO, "lab01_forward", 120, 4.0, True)
-    assert g != cluster.grader_fingerprint(REPO, "lab00_setup", 120, 4.0, False)
+    from labkit.course.settings import GradingSettings as S
+
+    g = cluster.grader_fingerprint(REPO, "lab00_setup", S(120, memory_limit_gb=4.0, sandbox=True))
+    assert g == cluster.grader_fingerprint(REPO, "lab00_setup", S())
+    assert g == cluster.grader_fingerprint(REPO, "lab00_setup", S(feedback=False))  # feedback changes no score
+    assert g != cluster.grader_fingerprint(REPO, "lab00_setup", S(timeout=60))
+    assert g != cluster.grader_fingerprint(REPO, "lab01_forward", S())
+    assert g != cluster.grader_fingerprint(REPO, "lab00_setup", S(sandbox=False))
+    assert g != cluster.grader_fingerprint(REPO, "lab00_setup", S(memory_limit_gb=2))
+    assert g != cluster.grader_fingerprint(REPO, "lab00_setup", S(notebook_timeout=300))
+    # what manifests written before GradingSettings hashed, for the default settings: still valid
+    import hashlib
+
+    h = hashlib.sha256((REPO / "solutions" / "lab00_setup" / "lab00_setup.py").read_bytes())
+    h.update(json.dumps([cluster.code_fingerprint(), 120, 4.0, True]).encode())
+    assert g == h.hexdigest()[:32]
 
 
 def test_a_worker_that_cannot_sandbox_fails_its_task_in_one_line(monkeypatch):
     why = "bubblewrap (bwrap) is not installed: install bubblewrap ..."
     monkeypatch.setitem(cluster._WORKER, "probe", why)
-    args = ("lab00_setup", "ann", "lab00_setup.ipynb", b"{}", b"", cluster.code_fingerprint(), 60, 4.0)
+    from labkit.course.settings import GradingSettings
+
+    args = ("lab00_setup", "ann", "lab00_setup.ipynb", b"{}", b"", cluster.code_fingerprint())
     with pytest.raises(cluster.WorkerUnfit) as err:
-        cluster.grade_task(*args, True)
+        cluster.grade_task(*args, GradingSettings(60))
     assert str(err.value).endswith(why) and "\n" not in str(err.value)
     assert cluster._task_failure(err.value) == f"not graded: {err.value}"
     monkeypatch.setitem(cluster._WORKER, "probe", None)
     with pytest.raises(cluster.WorkerUnfit, match="grading code differs"):
-        cluster.grade_task(*args[:5], "0" * 64, 60, 4.0, True)
+        cluster.grade_task(*args[:5], "0" * 64, GradingSettings(60))
 
 
 def test_killed_worker_message():

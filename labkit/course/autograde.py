@@ -11,9 +11,9 @@ from labkit.course.hidden_seeds import course_secret
 from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_env, nbgrader_failure, write_course_config
 from labkit.course.restore import restore_submission
 from labkit.course.review import dynamic_notes
-from labkit.course.results import GradeResult
-from labkit.course.sources import (import_nbformat, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT,
-                                  SOURCE_DIR, source_to_notebook)
+from labkit.course.results import decide_status, GradeResult, Status
+from labkit.course.settings import GradingSettings
+from labkit.course.sources import import_nbformat, SOURCE_DIR, source_to_notebook
 from labkit.errors import LabkitError
 
 
@@ -38,15 +38,14 @@ def quiet_warnings():
     return ctx
 
 
-def prepare_lab(repo_root: str, lab: str, course_dir: str, timeout: int = DEFAULT_TIMEOUT,
-                 memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True) -> float:
+def prepare_lab(repo_root: str, lab: str, course_dir: str, settings: GradingSettings | None = None) -> float:
     """A fresh nbgrader course for ``lab``: source notebook from the .py, release, gradebook, and the course's
     own nbgrader_config.py (so that nbgrader's formgrader grades it the way labkit does). Returns the lab's
     maximum autograded score."""
     nbf = import_nbformat()
     course = Path(course_dir)
     course.mkdir(parents=True, exist_ok=True)
-    write_course_config(course, timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+    write_course_config(course, settings)
     course_secret(course)  # the hidden seeds' secret, made once here, before parallel grading reads it
     src = course / "source" / lab
     if src.exists():
@@ -72,9 +71,8 @@ def feedback_lab(course_dir: str, lab: str) -> str | None:
     return None if result.get("success") else nbgrader_failure(result)
 
 
-def grade_one_submission(student: str, lab: str, path: str, course_dir: str, timeout: int,
-                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
-                      notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> GradeResult:
+def grade_one_submission(student: str, lab: str, path: str, course_dir: str,
+                         settings: GradingSettings | None = None) -> GradeResult:
     """Restore, autograde and score one submission in the prepared course ``course_dir`` (runs in a worker
     process; never raises)."""
     res = GradeResult(student, lab)
@@ -85,18 +83,17 @@ def grade_one_submission(student: str, lab: str, path: str, course_dir: str, tim
         release = nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4)
         solution_ids = [r.metadata["nbgrader"]["grade_id"] for r in release.cells
                         if (r.metadata.get("nbgrader") or {}).get("solution")]
-        _grade_one(res, Path(path), course, release, solution_ids, timeout, memory_limit_gb, sandbox, notebook_timeout)
+        _grade_one(res, Path(path), course, release, solution_ids, settings or GradingSettings())
     except Exception as exc:  # never stop on one bad submission
-        res.status = "failed"
+        res.status = Status.FAILED
         res.notes.append(f"grading error: {type(exc).__name__}: {str(exc)[:300]}")
     finally:
         ctx.__exit__(None, None, None)
     return res
 
 
-def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids, timeout: int,
-               memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
-               notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> None:
+def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids,
+               settings: GradingSettings) -> None:
     """Restore, autograde and score one submission, filling in ``res``."""
     from nbgrader.api import Gradebook
 
@@ -105,7 +102,7 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     try:  # a regular file, not a link, of bounded size (discover.read_submission), then nbformat
         nb = nbf.reads(read_submission(path).decode("utf-8"), as_version=4)
     except Exception as exc:  # not JSON, truncated upload, a link put there after discovery, ...
-        res.status, res.score, res.max_score = "failed", 0.0, release_max_score(release)
+        res.status, res.score, res.max_score = Status.FAILED, 0.0, release_max_score(release)
         res.notes.append(f"unreadable notebook {path.name}: {type(exc).__name__}: {str(exc)[:200]}")
         return
     try:
@@ -125,38 +122,38 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     # Fast mode, and one thread per kernel: submissions are graded in parallel processes, and torch's thread
     # pool slows down ten-fold on an oversubscribed CPU (measured: 4 s instead of 0.4 s per training step).
     # The course lock keeps nbgrader's gradebook to one writer; it is let go while the notebook executes.
+    scored, needs_manual_test, execution = True, False, None
     with temporary_env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), course_lock(course):
-        result = nbgrader_api(course, timeout=timeout, add_missing_cells=safe, memory_limit_gb=memory_limit_gb,
-                      sandbox=sandbox, notebook_timeout=notebook_timeout).autograde(lab, student, force=True, create=True)
+        result = nbgrader_api(course, settings, add_missing_cells=safe).autograde(lab, student, force=True,
+                                                                                  create=True)
         if not result.get("success"):
-            res.status = "failed"
+            scored = False
             log = nbgrader_failure(result)
             if "DeadKernelError" in log or "Kernel died" in log:
                 res.notes.append("the kernel died and could not be brought back: scored as far as nbgrader got")
             res.notes.append("autograde failed: " + log.replace("\n", " | ")[-400:])
         try:
             with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-                read_scores(res, gb.find_submission(lab, student))
+                needs_manual_test = read_scores(res, gb.find_submission(lab, student))
         except Exception:
-            res.status = "failed"
+            scored = False
             res.notes.append("no score recorded")
     graded = course / "autograded" / student / lab / f"{lab}.ipynb"
     if graded.exists():
         graded_nb = nbf.read(str(graded), as_version=4)
-        status, notes = execution_report(graded_nb, timeout, memory_limit_gb)
+        execution, notes = execution_report(graded_nb, settings.timeout, settings.memory_limit_gb)
         res.notes += notes
         watched = dynamic_notes(graded_nb)  # what the student's functions ran while the grader called them
         res.notes += watched
         review = review + watched
-        if status and res.status != "failed":
-            res.status = status
-    if review and res.status == "graded":
-        res.status = "needs review"
+    res.status = decide_status(scored=scored, execution=execution, needs_manual_test=needs_manual_test,
+                               review=bool(review))
 
 
-def read_scores(res: GradeResult, submission) -> None:
-    """Fill ``res`` from nbgrader's gradebook entry of a submitted notebook or assignment: autograded points
-    (test cells) apart from the written answers' manual points."""
+def read_scores(res: GradeResult, submission) -> bool:
+    """Fill ``res``'s points from nbgrader's gradebook entry of a submitted notebook or assignment: autograded
+    points (test cells) apart from the written answers' manual points. True when a test cell needs manual
+    grading (for ``results.decide_status``)."""
     auto = auto_max = manual = manual_max = 0.0
     pending = needs_manual_test = False
     notebooks = getattr(submission, "notebooks", None) or [submission]
@@ -172,5 +169,4 @@ def read_scores(res: GradeResult, submission) -> None:
                 needs_manual_test |= bool(g.needs_manual_grade)
     res.score, res.max_score = auto, auto_max
     res.manual_max, res.manual_score = manual_max, (None if pending else manual)
-    if res.status != "failed":
-        res.status = "needs manual grading" if needs_manual_test else "graded"
+    return needs_manual_test

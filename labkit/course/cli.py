@@ -9,6 +9,7 @@ from typing import Sequence
 
 from labkit.course.build import build_notebooks, check_notebooks_fresh
 from labkit.course.grade import grade_submissions
+from labkit.course.settings import GradingSettings
 from labkit.course.sources import DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT, find_repo_root
 from labkit.errors import LabkitError
 
@@ -68,13 +69,18 @@ def cli_build(args) -> int:
 
 
 def cli_grade(args) -> int:
-    results = grade_submissions(args.submissions, args.out, args.lab, repo_root=args.repo, timeout=args.timeout,
-                                feedback=not args.no_feedback, jobs=getattr(args, "jobs", None),
-                                memory_limit_gb=getattr(args, "memory_limit", DEFAULT_MEMORY_LIMIT_GB),
-                                sandbox=not getattr(args, "unsafe_no_sandbox", False),
-                                scheduler=getattr(args, "scheduler", None) or getattr(args, "cluster", None),
-                                notebook_timeout=getattr(args, "notebook_timeout", DEFAULT_NOTEBOOK_TIMEOUT))
+    results = grade_submissions(args.submissions, args.out, args.lab, repo_root=args.repo,
+                                settings=settings_from_args(args), jobs=getattr(args, "jobs", None),
+                                scheduler=getattr(args, "scheduler", None) or getattr(args, "cluster", None))
     return 0 if results and all(r.status != "failed" for r in results) else 1
+
+
+def settings_from_args(args) -> GradingSettings:
+    """The ``GradingSettings`` that ``labkit grade``'s options ask for."""
+    return GradingSettings(timeout=args.timeout,
+                           notebook_timeout=getattr(args, "notebook_timeout", DEFAULT_NOTEBOOK_TIMEOUT),
+                           memory_limit_gb=getattr(args, "memory_limit", DEFAULT_MEMORY_LIMIT_GB),
+                           sandbox=not getattr(args, "unsafe_no_sandbox", False), feedback=not args.no_feedback)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

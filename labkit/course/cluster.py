@@ -23,11 +23,15 @@ Who does what:
   mid-notebook leaves nothing behind but its own temporary folder.
 
 Exactly once: a task's key is ``(lab, student, sha256 of the notebook)``. Dask gives each future one result
-(a task whose worker died is run again elsewhere, up to ``allowed-failures`` deaths); the client merges a key
-at most once per run and records it in ``OUT/cluster-manifest.jsonl`` (one JSON line per merged submission,
-appended and fsynced after the gradebook commit). A later run skips every submission whose notebook hash
-and grader fingerprint (lab source, grading code, timeout, memory cap, sandbox) are in the manifest and
-whose autograded notebook is still there; it grades only what is missing or changed.
+(a task whose worker died is run again elsewhere, up to ``allowed-failures`` deaths; so is one whose result
+died with its worker after it was computed and before the client fetched it: the client waits for it again);
+the client merges a key at most once per run. The merge commits the scores together with a record of the
+merge (``labkit_merged`` in the lab's gradebook.db), and then appends the record to
+``OUT/cluster-manifest.jsonl`` (one JSON line per merged submission, fsynced). A later run first copies into
+the manifest any record the gradebook holds and the manifest lacks (the client died between the two), then
+skips every submission whose notebook hash and grader fingerprint (lab source, grading code, timeout, memory
+cap, sandbox) are in the manifest and whose autograded notebook is still there; it grades only what is
+missing or changed.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ from labkit.course.autograde import (feedback_lab, grade_one_submission, release
                                      read_scores)
 from labkit.course.discover import read_submission
 from labkit.course.pool import worker_pool
-from labkit.course.results import GradeResult
-from labkit.course.sources import import_nbformat, DEFAULT_NOTEBOOK_TIMEOUT, SOURCE_DIR
+from labkit.course.results import GradeResult, Status
+from labkit.course.settings import GradingSettings
+from labkit.course.sources import import_nbformat, SOURCE_DIR
 from labkit.errors import LabkitError
 
 MANIFEST_NAME = "cluster-manifest.jsonl"
@@ -65,8 +70,15 @@ MAX_RETURNED_FILE = 64 * 2 ** 20  # bytes per file of the autograded folder sent
 
 # The modules whose code decides a score: a worker must run the same as the client, and a result graded with
 # other code is not "already graded".
-GRADING_MODULES = ("autograde", "forensics", "kernel_side", "nbgrader_setup", "restore", "sandbox", "sources",
-                   "trusted", "wire")
+GRADING_MODULES = ("autograde", "forensics", "kernel_side", "nbgrader_setup", "restore", "sandbox", "settings",
+                   "sources", "trusted", "wire")
+
+
+def _now() -> str:
+    """When a result was merged (to the microsecond: the manifest and the gradebook compare it)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 class WorkerUnfit(Exception):
@@ -90,15 +102,11 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def grader_fingerprint(repo_root: str | os.PathLike, lab: str, timeout: int, memory_limit_gb: float,
-                       sandbox: bool, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> str:
+def grader_fingerprint(repo_root: str | os.PathLike, lab: str, settings: GradingSettings) -> str:
     """What a result depends on besides the notebook: the lab's source, the grading code, the settings."""
     src = Path(repo_root) / SOURCE_DIR / lab / f"{lab}.py"
     h = hashlib.sha256(src.read_bytes() if src.exists() else b"")
-    settings = [code_fingerprint(), int(timeout), float(memory_limit_gb or 0), bool(sandbox)]
-    if notebook_timeout != DEFAULT_NOTEBOOK_TIMEOUT:  # (so that the default keeps earlier manifests valid)
-        settings.append(int(notebook_timeout))
-    h.update(json.dumps(settings).encode())
+    h.update(json.dumps([code_fingerprint(), *settings.fingerprint()]).encode())
     return h.hexdigest()[:32]
 
 
@@ -152,7 +160,26 @@ class Manifest:
 
     def record(self, lab: str, student: str, sha: str, grader: str, result: GradeResult, **extra) -> dict:
         rec = {"lab": lab, "student": student, "sha256": sha, "grader": grader, "result": asdict(result),
-               "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+               "merged_at": _now(), **extra}
+        return self._append(rec)
+
+    def recover(self, merged: list[dict]) -> int:
+        """Append the gradebook's records (``merged_in_gradebook``) that this manifest lacks: merges committed
+        by a client that died before writing their manifest line. Returns how many."""
+        count = 0
+        for rec in merged:
+            try:
+                cur = self.records.get((rec["lab"], rec["student"]))
+            except (KeyError, TypeError):
+                continue
+            same = ("sha256", "grader", "merged_at")
+            if cur is None or any(cur.get(k) != rec.get(k) for k in same):
+                self._append({**rec, "recovered": True})
+                count += 1
+        return count
+
+    def _append(self, rec: dict) -> dict:
+        lab, student = rec["lab"], rec["student"]
         line = (json.dumps(rec, sort_keys=True) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -229,8 +256,8 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
     return out
 
 
-def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str, timeout: int,
-               memory_limit_gb: float, sandbox: bool, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> dict:
+def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str,
+               settings: GradingSettings) -> dict:
     """One submission, on a worker: autograded in a private course unpacked from ``template`` by the same
     ``grade_one_submission`` as the local path. Returns data only: the ``GradeResult`` fields, the restored
     submitted notebook and the files of the autograded folder (bytes), the seconds it took and where.
@@ -238,7 +265,7 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
     start = time.monotonic()
     where = _where()
     probe = worker_probe()
-    if sandbox and probe["sandbox"]:
+    if settings.sandbox and probe["sandbox"]:
         raise WorkerUnfit(f"{where}: {probe['sandbox']}")
     if probe["code"] != code:
         raise WorkerUnfit(f"{where}: its labkit grading code differs from the client's (fingerprint "
@@ -253,8 +280,7 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
             upload.mkdir()
             path = upload / (Path(filename).name or f"{lab}.ipynb")
             path.write_bytes(notebook)
-            res = grade_one_submission(student, lab, str(path), str(course), timeout, memory_limit_gb, sandbox,
-                                       notebook_timeout)
+            res = grade_one_submission(student, lab, str(path), str(course), settings)
             submitted = course / "submitted" / student / lab / f"{lab}.ipynb"
             payload = {
                 "result": asdict(res),
@@ -288,12 +314,18 @@ def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dict) -> GradeResult:
+def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dict,
+                 mark: dict | None = None) -> GradeResult:
     """Write one worker result into the client's course ``course``: the submitted and autograded notebooks,
     then the scores in its gradebook, in one transaction: nbgrader's ``SaveAutoGrades`` and
     ``AssignLatePenalties`` on the autograded notebook (what autograde runs after executing; their per-cell
     commits become flushes, so a crash never leaves half a submission's grades). Idempotent: merging the same
-    result again leaves the same files and one submission. The score reported is the gradebook's."""
+    result again leaves the same files and one submission. The score reported is the gradebook's.
+
+    ``mark`` (the manifest record's fields: sha256, grader, worker, ...): written with the result into the
+    gradebook's ``labkit_merged`` table in the same transaction, so that a client killed after the commit and
+    before its manifest line is written finds the merge there (``Manifest.recover`` of
+    ``merged_in_gradebook``) and never grades that notebook again."""
     from nbgrader.api import Gradebook
     from nbgrader.preprocessors import AssignLatePenalties, SaveAutoGrades
 
@@ -302,8 +334,14 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
     if payload.get("submitted") is not None:
         _replace_dir(course / "submitted" / student / lab, {f"{lab}.ipynb": payload["submitted"]})
     files = payload.get("autograded") or {}
-    if f"{lab}.ipynb" not in files:
-        return res  # nothing was autograded (e.g. an unreadable upload): nothing for the gradebook
+    if f"{lab}.ipynb" not in files:  # nothing was autograded (e.g. an unreadable upload): no scores to write
+        if mark is not None and (course / "gradebook.db").exists():
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(str(course / "gradebook.db"))) as con, con:
+                for sql, args in _mark_sql(lab, student, res, mark, autograded=False):
+                    con.execute(sql, args)
+        return res
     _replace_dir(course / "autograded" / student / lab, files)
     nb = import_nbformat().reads(files[f"{lab}.ipynb"].decode("utf-8"), as_version=4)
     db = f"sqlite:///{course / 'gradebook.db'}"
@@ -329,16 +367,64 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
                     penalty = late.plugin_inst.late_submission_penalty(student, notebook.score, seconds_late)
                     if penalty is not None:
                         notebook.late_submission_penalty = late._check_late_penalty(notebook, penalty)
-            check = GradeResult(student, lab)
-            read_scores(check, gb.find_submission(lab, student))
+                gb.db.flush()
+                gb.db.expire_all()  # the scores below are read from the rows just written
+                check = GradeResult(student, lab)
+                read_scores(check, gb.find_submission(lab, student))
+                _settle(res, check)
+                if mark is not None:
+                    from sqlalchemy import text
+
+                    for sql, args in _mark_sql(lab, student, res, mark, autograded=True):
+                        gb.db.execute(text(_named(sql)), {f"a{i}": v for i, v in enumerate(args)})
     finally:
         ctx.__exit__(None, None, None)
+    return res
+
+
+def _settle(res: GradeResult, check: GradeResult) -> None:
+    """The gradebook's scores win over the worker's (said in the notes when they differ)."""
     if (check.score, check.max_score) != (res.score, res.max_score):
         res.notes.append(f"the worker scored {res.score}/{res.max_score}; the gradebook holds "
                          f"{check.score}/{check.max_score} (reported)")
     res.score, res.max_score, res.manual_score, res.manual_max = (check.score, check.max_score, check.manual_score,
                                                                   check.manual_max)
-    return res
+
+
+MERGED_TABLE = "labkit_merged"  # in each lab's gradebook.db: what the client merged, committed with the scores
+
+
+def _mark_sql(lab: str, student: str, res: GradeResult, mark: dict, autograded: bool) -> list[tuple[str, tuple]]:
+    rec = {**mark, "lab": lab, "student": student, "result": asdict(res), "autograded": autograded}
+    return [(f"CREATE TABLE IF NOT EXISTS {MERGED_TABLE} (lab TEXT NOT NULL, student TEXT NOT NULL, "
+             "record TEXT NOT NULL, PRIMARY KEY (lab, student))", ()),
+            (f"INSERT OR REPLACE INTO {MERGED_TABLE} (lab, student, record) VALUES (?, ?, ?)",
+             (lab, student, json.dumps(rec, sort_keys=True)))]
+
+
+def _named(sql: str) -> str:
+    """``?`` placeholders as SQLAlchemy's ``:a0, :a1, ...``."""
+    parts = sql.split("?")
+    return "".join(part + (f":a{i}" if i < len(parts) - 1 else "") for i, part in enumerate(parts))
+
+
+def merged_in_gradebook(course: str | os.PathLike) -> list[dict]:
+    """The records of ``labkit_merged`` in the course's gradebook (none when it has no such table)."""
+    import sqlite3
+
+    db = Path(course) / "gradebook.db"
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        try:
+            rows = con.execute(f"SELECT record FROM {MERGED_TABLE}").fetchall()
+        except sqlite3.OperationalError:  # no such table: nothing merged by this version yet
+            return []
+    out = []
+    for (text,) in rows:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(text))
+    return out
 
 
 @contextlib.contextmanager
@@ -408,6 +494,8 @@ class ClusterStats:
     merged: int = 0  # results written into the gradebook and the manifest
     failed_tasks: int = 0  # tasks with no result (worker unfit, killed too often, merge error)
     duplicates: int = 0  # results for a key merged already in this run (ignored)
+    recomputed: int = 0  # results lost with a worker after they were computed (the scheduler ran them again)
+    recovered: int = 0  # merges the gradebook holds that the manifest had not recorded (the client died between)
     workers: int = 0
     worker_seconds: float = 0.0  # sum over tasks of their time on a worker
     merge_seconds: float = 0.0  # the client's time writing results
@@ -423,16 +511,17 @@ def _sha256(path: Path) -> str:
 
 
 def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: Sequence[str], releases: dict,
-                     courses: dict, *, repo_root: Path, timeout: int, feedback: bool, jobs: int, verbose: bool,
-                     memory_limit_gb: float, sandbox: bool, scheduler: str, out_dir: Path,
-                     stats: dict | None = None, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> list[GradeResult]:
+                     courses: dict, *, repo_root: Path, settings: GradingSettings, jobs: int, verbose: bool,
+                     scheduler: str, out_dir: Path, stats: dict | None = None) -> list[GradeResult]:
     """The cluster half of ``grade_submissions``: grade ``subs`` on the Dask scheduler ``scheduler``
     (``local:N`` for a LocalCluster here), merge into ``courses``, write feedback; returns the results,
     the empty students' ``no submission`` rows included (``grade_submissions`` writes scores.csv)."""
     st = ClusterStats()
     manifest = Manifest(Path(out_dir) / MANIFEST_NAME)
-    graders = {lab: grader_fingerprint(repo_root, lab, timeout, memory_limit_gb, sandbox, notebook_timeout)
+    graders = {lab: grader_fingerprint(repo_root, lab, settings)
                for lab in {s.lab for s in subs}}
+    for lab in sorted({s.lab for s in subs}):  # merges committed by a client killed before their manifest line
+        st.recovered += manifest.recover(merged_in_gradebook(courses[lab]))
     results: list[GradeResult] = []
     pending: list[_Pending] = []
 
@@ -448,7 +537,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
         try:
             sha = _sha256(Path(s.path))
         except (OSError, LabkitError) as exc:
-            res.status, res.score = "failed", 0.0
+            res.status, res.score = Status.FAILED, 0.0
             res.notes.append(f"cannot read {Path(s.path).name}: {exc}")
             continue
         rec = manifest.lookup(s.lab, s.student, sha, graders[s.lab], courses[s.lab])
@@ -464,16 +553,15 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     merged_labs: set[str] = set()
     if pending:
         _run_pending(pending, chosen, courses, st, manifest, merged_labs, report, repo_root=repo_root,
-                     out_dir=out_dir, timeout=timeout, jobs=jobs, verbose=verbose, memory_limit_gb=memory_limit_gb,
-                     sandbox=sandbox, scheduler=scheduler, notebook_timeout=notebook_timeout)
+                     out_dir=out_dir, settings=settings, jobs=jobs, verbose=verbose, scheduler=scheduler)
 
     for lab in empty_labs:
         max_score = release_max_score(releases.get(lab))
         for student, note in empty:
-            res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
+            res = GradeResult(student, lab, 0.0, max_score, Status.NO_SUBMISSION, [note])
             results.append(res)
             report(res)
-    if feedback and merged_labs:
+    if settings.feedback and merged_labs:
         t0 = time.monotonic()
         labs = [lab for lab in chosen if lab in merged_labs]
         with worker_pool(max(1, min(jobs, len(labs)))) as run:
@@ -487,8 +575,7 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
 
 
 def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, manifest: Manifest, merged_labs: set,
-                 report, *, repo_root, out_dir, timeout, jobs, verbose, memory_limit_gb, sandbox, scheduler,
-                 notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> None:
+                 report, *, repo_root, out_dir, settings: GradingSettings, jobs, verbose, scheduler) -> None:
     # 1. the cluster, and whether its workers can grade (before any work here: a refusal comes at once)
     t0 = time.monotonic()
     client, cluster = connect(scheduler)
@@ -503,7 +590,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
             print(f"Dask: {len(probes)} worker(s) on {where}" + (f"; dashboard: {link}" if link else ""), flush=True)
             if not probes:
                 print("note: no worker is connected yet; the tasks wait for one", flush=True)
-        unfit = {w: (p["sandbox"] if sandbox and p["sandbox"] else
+        unfit = {w: (p["sandbox"] if settings.sandbox and p["sandbox"] else
                      None if p["code"] == code else "its labkit grading code differs from the client's")
                  for w, p in probes.items()}
         for w, why in unfit.items():
@@ -518,14 +605,13 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         t0 = time.monotonic()
         labs = [lab for lab in chosen if any(p.res.lab == lab for p in pending)]
         graders = {p.res.lab: p.grader for p in pending}
-        prepared = _templates(labs, graders, repo_root=repo_root, out_dir=out_dir, jobs=jobs, timeout=timeout,
-                              memory_limit_gb=memory_limit_gb, sandbox=sandbox)
+        prepared = _templates(labs, graders, repo_root=repo_root, out_dir=out_dir, jobs=jobs, settings=settings)
         refresh = [lab for lab in labs if isinstance(prepared[lab], bytes)
                    and _install_course(prepared[lab], Path(courses[lab]), lab)]
         if refresh:
             with worker_pool(max(1, min(jobs, len(refresh)))) as run:
-                for lab, r in zip(refresh, run(prepare_lab, [(str(repo_root), lab, courses[lab], timeout,
-                                                               memory_limit_gb, sandbox) for lab in refresh])):
+                for lab, r in zip(refresh, run(prepare_lab, [(str(repo_root), lab, courses[lab], settings)
+                                                              for lab in refresh])):
                     if isinstance(r, BaseException):
                         prepared[lab] = r
         templates: dict[str, bytes] = {}
@@ -535,7 +621,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
                 continue
             for p in pending:
                 if p.res.lab == lab:
-                    p.res.status = "failed"
+                    p.res.status = Status.FAILED
                     p.res.notes.append(f"could not prepare {lab}: {str(prepared[lab])[-300:]}")
         st.prepare_seconds = time.monotonic() - t0
 
@@ -543,8 +629,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         todo = [p for p in pending if p.res.lab in templates]
         if todo:
             _submit_and_merge(client, todo, templates, courses, code, st, manifest, merged_labs, report,
-                              timeout=timeout, memory_limit_gb=memory_limit_gb, sandbox=sandbox, verbose=verbose,
-                              notebook_timeout=notebook_timeout)
+                              settings=settings, verbose=verbose)
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -556,8 +641,7 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
 TEMPLATES_DIR = ".cluster-templates"  # in OUT: the workers' template course per lab and grader fingerprint
 
 
-def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, timeout, memory_limit_gb,
-               sandbox) -> dict:
+def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, settings: GradingSettings) -> dict:
     """{lab: template course (zip bytes) or the exception that prevented it}: from OUT's cache when one was
     made for the same grader fingerprint (lab source, grading code, settings), else generated here."""
     cache = Path(out_dir) / TEMPLATES_DIR
@@ -570,8 +654,7 @@ def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, 
     if missing:
         with tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp, \
                 worker_pool(max(1, min(jobs, len(missing)))) as run:
-            made = run(prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), timeout, memory_limit_gb, sandbox)
-                                      for lab in missing])
+            made = run(prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), settings) for lab in missing])
             for lab, r in zip(missing, made):
                 if isinstance(r, BaseException):
                     out[lab] = r
@@ -610,8 +693,7 @@ def _window(client, current: int) -> int:
 
 
 def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st: ClusterStats, manifest: Manifest,
-                      merged_labs: set, report, *, timeout, memory_limit_gb, sandbox, verbose,
-                      notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> None:
+                      merged_labs: set, report, *, settings: GradingSettings, verbose) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -639,7 +721,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
             try:
                 data = read_submission(p.path)  # a regular file, never a link (discover.read_submission)
             except (OSError, LabkitError) as exc:  # gone, unreadable or replaced since it was listed
-                p.res.status, p.res.score = "failed", 0.0
+                p.res.status, p.res.score = Status.FAILED, 0.0
                 p.res.notes.append(f"cannot read {p.path.name}: {exc}")
                 finished(p.res)
                 continue
@@ -650,7 +732,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
         if sha != p.sha:  # the file changed since it was listed: grade what is there now
             p.sha, p.key = sha, task_key(p.res.lab, p.res.student, sha)
         fut = client.submit(grade_task, p.res.lab, p.res.student, p.path.name, data, templates[p.res.lab], code,
-                            timeout, memory_limit_gb, sandbox, notebook_timeout, key=p.key, pure=False, retries=0)
+                            settings, key=p.key, pure=False, retries=0)
         by_key[fut.key] = p
         ac.add(fut)
         st.submitted += 1
@@ -668,19 +750,30 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                 fut.release()
                 continue
             res = p.res
-            if fut.status == "finished":
-                payload = fut.result()
+            if fut.status in ("lost", "pending"):  # computed, then its worker died before we fetched it: the
+                st.recomputed += 1                 # scheduler computes it again elsewhere; wait for that result
+                ac.add(fut)
+                continue
+            try:
+                payload = _fetch(fut) if fut.status == "finished" else None
+            except Exception as exc:  # it erred, was cancelled, or was lost for good while being fetched
+                payload, failure = None, exc
+            else:
+                failure = None if payload is not None else _exception_of(fut)
+            if payload is not None:
                 st.worker_seconds += float(payload.get("seconds") or 0)
                 w = payload.get("worker", "?")
                 st.per_worker[w] = st.per_worker.get(w, 0) + 1
                 t0 = time.monotonic()
+                mark = {"sha256": p.sha, "grader": p.grader, "worker": w, "merged_at": _now(),
+                        "seconds": round(float(payload.get("seconds") or 0), 2)}
                 try:
-                    merged_res = merge_result(courses[res.lab], res.lab, res.student, payload)
+                    merged_res = merge_result(courses[res.lab], res.lab, res.student, payload, mark)
                     manifest.record(res.lab, res.student, p.sha, p.grader, merged_res,
                                     autograded=f"{res.lab}.ipynb" in (payload.get("autograded") or {}),
-                                    worker=w, seconds=round(float(payload.get("seconds") or 0), 2))
+                                    worker=w, seconds=mark["seconds"], merged_at=mark["merged_at"])
                 except Exception as exc:
-                    res.status = "failed"
+                    res.status = Status.FAILED
                     res.notes.append(f"could not record the result in the gradebook: {type(exc).__name__}: "
                                      f"{str(exc)[:300]}")
                     st.failed_tasks += 1
@@ -690,13 +783,9 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                     merged_labs.add(res.lab)
                     st.merged += 1
                 st.merge_seconds += time.monotonic() - t0
-            else:  # erred (or cancelled: the scheduler lost it)
-                try:
-                    exc = fut.exception()
-                except Exception as err:  # FutureCancelledError
-                    exc = err
-                res.status, res.score = "failed", None
-                res.notes.append(_task_failure(exc))
+            else:  # erred (or cancelled: the scheduler gave up on it)
+                res.status, res.score = Status.FAILED, None
+                res.notes.append(_task_failure(failure))
                 st.failed_tasks += 1
             fut.release()
             by_key.pop(fut.key, None)
@@ -708,6 +797,21 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
     finally:
         bar.close()
     st.grading_seconds = time.monotonic() - start
+
+
+def _fetch(fut) -> dict:
+    """The result of a finished task, brought from the worker that holds it. When that worker died after
+    computing it, the client asks the scheduler to compute it again and waits (a test kills a worker here)."""
+    return fut.result()
+
+
+def _exception_of(fut) -> BaseException | None:
+    """Why a task that is not ``finished`` has no result (``erred``: its exception; ``cancelled``: the error
+    that ``exception()`` raises). Asked only of a future in a final state, so it never waits."""
+    try:
+        return fut.exception(timeout=1)
+    except Exception as err:  # FutureCancelledError, or a state we did not expect
+        return err
 
 
 def _task_failure(exc: BaseException | None) -> str:

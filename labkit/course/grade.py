@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 from labkit.course.autograde import feedback_lab, grade_one_submission, release_max_score, prepare_lab
-from labkit.course.discover import discover, empty_students, find_submissions, Submission  # noqa: F401 - re-exported
-from labkit.course.forensics import execution_report, MEMORY_ERRORS, TAMPER_ROOTS, tampering_notes  # noqa: F401
+from labkit.course.discover import discover
 from labkit.course.pool import worker_pool
 from labkit.course.report import write_class_reports
-from labkit.course.results import GradeResult, write_scores_csv
+from labkit.course.results import GradeResult, Status, write_scores_csv
+from labkit.course.settings import GradingSettings
 from labkit.course.sources import (
     import_nbformat,
     select_labs,
@@ -38,7 +38,8 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
                       feedback: bool = True, jobs: int | None = None, verbose: bool = True,
                       memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
                       scheduler: str | None = None, stats: dict | None = None,
-                      notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT) -> list[GradeResult]:
+                      notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT,
+                      settings: GradingSettings | None = None) -> list[GradeResult]:
     """Autograde every submission in ``submissions_dir``; write results under ``out_dir``:
 
         out_dir/nbgrader/<lab>/      one nbgrader course per lab (source, release, submitted, autograded,
@@ -66,8 +67,14 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     worker grades in its own sandbox; this process alone writes ``out_dir`` and the gradebooks, and a
     manifest (``out_dir/cluster-manifest.jsonl``) makes a re-run grade only what is missing. ``stats``: a
     dict that receives counters and timings of the cluster run (``cluster.ClusterStats``).
+
+    ``settings``: a ``GradingSettings`` (timeout, notebook_timeout, memory_limit_gb, sandbox, feedback); when
+    given, it replaces those five keyword arguments. Everything below takes this one value.
     """
-    if sandbox and not scheduler:  # on a cluster, each worker probes its own sandbox
+    if settings is None:
+        settings = GradingSettings(timeout=timeout, notebook_timeout=notebook_timeout,
+                                   memory_limit_gb=memory_limit_gb, sandbox=sandbox, feedback=feedback)
+    if settings.sandbox and not scheduler:  # on a cluster, each worker probes its own sandbox
         from labkit.course.sandbox import probe
 
         why = probe()
@@ -98,13 +105,11 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         from labkit.course.cluster import grade_on_cluster
 
         results = grade_on_cluster(subs, chosen, empty, empty_labs, releases, courses, repo_root=repo_root,
-                                   timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
-                                   memory_limit_gb=memory_limit_gb, sandbox=sandbox, scheduler=scheduler,
-                                   out_dir=out_dir, stats=stats, notebook_timeout=notebook_timeout)
+                                   settings=settings, jobs=jobs, verbose=verbose, scheduler=scheduler,
+                                   out_dir=out_dir, stats=stats)
     else:
         results = _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, repo_root=repo_root,
-                                 timeout=timeout, feedback=feedback, jobs=jobs, verbose=verbose,
-                                 memory_limit_gb=memory_limit_gb, sandbox=sandbox, notebook_timeout=notebook_timeout)
+                                 settings=settings, jobs=jobs, verbose=verbose)
     for r in results:
         if r.status != "no submission":  # a skipped link, an odd name: said on the student's own rows
             r.notes += found.notes.get(r.student, [])
@@ -128,22 +133,21 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     return results
 
 
-def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *, repo_root, timeout, feedback, jobs,
-                   verbose, memory_limit_gb, sandbox, notebook_timeout=DEFAULT_NOTEBOOK_TIMEOUT) -> list[GradeResult]:
+def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *, repo_root,
+                   settings: GradingSettings, jobs, verbose) -> list[GradeResult]:
     """The local half of ``grade_submissions``: prepare, autograde and write feedback in ``jobs`` processes."""
     with worker_pool(jobs) as run:
-        prepared = dict(zip(active, run(prepare_lab, [(str(repo_root), lab, courses[lab], timeout, memory_limit_gb,
-                                                        sandbox) for lab in active])))
+        prepared = dict(zip(active, run(prepare_lab, [(str(repo_root), lab, courses[lab], settings)
+                                                       for lab in active])))
         tasks, results = [], []
         for s in sorted(subs, key=lambda s: (chosen.index(s.lab), s.student)):
             res = GradeResult(s.student, s.lab)
             results.append(res)
             if isinstance(prepared[s.lab], BaseException):
-                res.status = "failed"
+                res.status = Status.FAILED
                 res.notes.append(f"could not prepare {s.lab}: {str(prepared[s.lab])[-300:]}")
             else:
-                tasks.append((res, (s.student, s.lab, str(s.path), courses[s.lab], timeout, memory_limit_gb, sandbox,
-                                    notebook_timeout)))
+                tasks.append((res, (s.student, s.lab, str(s.path), courses[s.lab], settings)))
 
         def report(res: GradeResult) -> None:
             if verbose:
@@ -151,19 +155,19 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
 
         for (res, args), done in zip(tasks, run(grade_one_submission, [a for _, a in tasks], on_result=report)):
             if isinstance(done, BaseException):  # the worker process itself died
-                res.status = "failed"
+                res.status = Status.FAILED
                 res.notes.append(f"grading error: {type(done).__name__}: {str(done)[:300]}")
             else:
                 res.__dict__.update(done.__dict__)
         for lab in empty_labs:
             max_score = release_max_score(releases.get(lab))
             for student, note in empty:
-                res = GradeResult(student, lab, 0.0, max_score, "no submission", [note])
+                res = GradeResult(student, lab, 0.0, max_score, Status.NO_SUBMISSION, [note])
                 results.append(res)
                 report(res)
         graded_labs = [lab for lab in active if any(r.lab == lab and r.status not in ("failed", "no submission")
                                                     for r in results)]
-        if feedback:
+        if settings.feedback:
             for lab, warning in zip(graded_labs, run(feedback_lab, [(courses[lab], lab) for lab in graded_labs])):
                 if warning:  # a string from nbgrader, or the exception of a worker that died
                     print(f"warning: feedback for {lab} failed: {warning}", file=sys.stderr)

@@ -55,14 +55,6 @@ def _memory_limit_line(gigabytes: float) -> str:
             " _r.setrlimit(_r.RLIMIT_DATA, (_c, _c))\\nexcept Exception:\\n pass', {})")
 
 
-# Before each graded test cell: re-execute the labkit.checks modules in place, so that an answer cell that
-# replaced a check or a helper (``checks.check_snr = lambda f: None``) cannot fool the tests that follow.
-RELOAD_CHECKS = (
-    "exec('import importlib as _i, sys as _s\\n"
-    "for _n in sorted(m for m in list(_s.modules) if m.startswith(\"labkit.checks.\")):\\n"
-    " try:\\n  _i.reload(_s.modules[_n])\\n except Exception:\\n  pass', {})"
-)
-
 _COURSE_LOCK: dict = {"fd": None}  # the gradebook lock held by this process (see course_lock)
 
 
@@ -115,7 +107,6 @@ def guarded_execute_class():
       points of every other exercise;
     * restarts the kernel the same way when a cell timed out and the kernel still does not answer after the
       interrupt (an infinite loop that swallows KeyboardInterrupt), instead of timing out on every later cell;
-    * re-executes the ``labkit.checks`` modules before each graded test cell (``RELOAD_CHECKS``);
     * ends a notebook that runs longer than ``notebook_timeout`` seconds in all: the cell running then times
       out, every later code cell is marked ``NotebookTimeout`` and not run (a test cell scores 0).
     """
@@ -126,7 +117,7 @@ def guarded_execute_class():
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from nbformat.notebooknode import NotebookNode
     from nbgrader.preprocessors import Execute
-    from traitlets import Bool, Float, Integer
+    from traitlets import Float, Integer
 
     def error_output(ename: str, evalue: str) -> NotebookNode:
         return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
@@ -134,7 +125,6 @@ def guarded_execute_class():
     class GuardedExecute(Execute):
         memory_limit_gb = Float(DEFAULT_MEMORY_LIMIT_GB, help="memory cap of each kernel in GB (0: none)").tag(config=True)
         max_restarts = Integer(3, help="kernel restarts allowed per notebook before autograde gives up").tag(config=True)
-        reload_checks = Bool(True, help="re-execute labkit.checks before each graded test cell").tag(config=True)
         responsive_timeout = Integer(20, help="seconds a kernel has to answer after a timed-out cell").tag(config=True)
         notebook_timeout = Integer(DEFAULT_NOTEBOOK_TIMEOUT, help="seconds for the whole notebook (0: no limit)").tag(config=True)
 
@@ -176,9 +166,6 @@ def guarded_execute_class():
         def preprocess_cell(self, cell, resources, index):
             if self.out_of_time(cell, index):
                 return cell, self.resources
-            md = cell.metadata.get("nbgrader", {}) if cell.cell_type == "code" else {}
-            if self.reload_checks and md.get("grade") and not md.get("solution"):
-                run_sync(self._run_quietly)(RELOAD_CHECKS, 30)
             hung = error_output("CellTimeoutError", f"the cell ran longer than {self.timeout} s and the kernel "
                                 "did not stop when interrupted; it was restarted, the cells above were run again, "
                                 "and grading went on")
@@ -255,7 +242,7 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
     unless ``sandbox`` is False."""
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import Autograde
-    from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
+    from nbgrader.preprocessors import ClearHiddenTests, Execute
 
     if root is not None:
         c.CourseDirectory.root = str(root)
@@ -340,12 +327,14 @@ class _Api:
         return call
 
 
-def nbgrader_api(root: Path, **options):
-    """An nbgrader API for the course at ``root``, configured by ``configure_nbgrader(**options)``."""
+def nbgrader_api(root: Path, settings=None, *, add_missing_cells: bool = True):
+    """An nbgrader API for the course at ``root``, configured by ``settings`` (a ``GradingSettings``;
+    default: the defaults)."""
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
-    c = configure_nbgrader(Config(), root=root, **options)
+    c = (settings.configure(Config(), root=root, add_missing_cells=add_missing_cells) if settings is not None
+         else configure_nbgrader(Config(), root=root, add_missing_cells=add_missing_cells))
     c.NbGraderAPI.log_level = "ERROR"
     return _Api(NbGraderAPI(config=c))
 
@@ -378,21 +367,18 @@ COURSE_CONFIG = '''\
 # never shows hidden tests. Start the formgrader from this folder: jupyter lab  (Nbgrader > Formgrader).
 import os
 
-from labkit.course import configure_nbgrader
+from labkit.course.settings import GradingSettings
 
 c = get_config()  # noqa: F821 - provided by nbgrader / jupyter_server when they load this file
-configure_nbgrader(c, root=os.path.dirname(os.path.abspath(__file__)), timeout={timeout!r},
-                   memory_limit_gb={memory_limit_gb!r}{extra})
+{settings}.configure(c, root=os.path.dirname(os.path.abspath(__file__)))
 '''
 
 
-def write_course_config(course: str | os.PathLike, *, timeout: int = DEFAULT_TIMEOUT,
-                        memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, **options) -> Path:
-    """Write ``<course>/nbgrader_config.py``: ``configure_nbgrader`` with this folder as the course root
-    (found from the file's own location, so the folder may be moved). Other keyword ``options`` are passed
-    on to ``configure_nbgrader`` (e.g. ``sandbox=True``). Returns the path."""
-    path = Path(course) / "nbgrader_config.py"
-    extra = "".join(f", {k}={v!r}" for k, v in sorted(options.items()))
-    path.write_text(COURSE_CONFIG.format(timeout=int(timeout), memory_limit_gb=float(memory_limit_gb), extra=extra),
-                    encoding="utf-8")
+def write_course_config(course: str | os.PathLike, settings=None) -> Path:
+    """Write ``<course>/nbgrader_config.py``: ``settings`` (a ``GradingSettings``, default: the defaults)
+    applied with this folder as the course root (found from the file's own location, so the folder may be
+    moved). Returns the path."""
+    path = Path(course) / "nbgrader_config.py"  # (settings.py imports this module, never the other way round)
+    text = COURSE_CONFIG.format(settings=settings.source() if settings is not None else "GradingSettings()")
+    path.write_text(text, encoding="utf-8")
     return path

@@ -4,8 +4,48 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Iterable
+
+
+class Status(str, Enum):
+    """A submission's status: a ``str`` (``Status.GRADED == "graded"``), written as its value in the CSV."""
+
+    GRADED = "graded"
+    NEEDS_REVIEW = "needs review"  # autograded, but a REVIEW note: an answer that calls labkit, tampering
+    NEEDS_MANUAL_GRADING = "needs manual grading"  # a test cell nbgrader could not score
+    KERNEL_DIED = "kernel died"  # scored from the cells that could run
+    OUT_OF_MEMORY = "out of memory"  # a cell hit the memory cap
+    FAILED = "failed"  # no score: unreadable upload, nbgrader failed, the grading process or task was lost
+    NO_SUBMISSION = "no submission"  # an empty student folder
+    PENDING = "pending"  # not graded yet
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+def decide_status(*, scored: bool, execution: str | None = None, needs_manual_test: bool = False,
+                  review: bool = False) -> Status:
+    """The one place a graded submission's status is decided, from what grading found:
+
+    scored             nbgrader autograded the notebook and the gradebook holds its points
+    execution          what went wrong while it ran (``forensics.execution_report``): "kernel died",
+                       "out of memory" or None
+    needs_manual_test  a test cell nbgrader could not score
+    review             the notes hold a REVIEW line (an answer that uses labkit, dynamic code, tampering)
+
+    The first that applies wins: failed, kernel died / out of memory, needs manual grading, needs review,
+    graded. (A submission that was never graded is ``FAILED`` or ``NO_SUBMISSION`` where that is known.)"""
+    if not scored:
+        return Status.FAILED
+    if execution:
+        return Status(execution)
+    if needs_manual_test:
+        return Status.NEEDS_MANUAL_GRADING
+    return Status.NEEDS_REVIEW if review else Status.GRADED
 
 
 @dataclass
@@ -22,10 +62,15 @@ class GradeResult:
     lab: str
     score: float | None = None
     max_score: float | None = None
-    status: str = "pending"
+    status: Status = Status.PENDING
     notes: list[str] = field(default_factory=list)
     manual_score: float | None = None
     manual_max: float = 0.0
+
+    def __setattr__(self, name, value):
+        if name == "status":  # always a Status (a manifest line or a caller may give the plain string)
+            value = Status(value)
+        super().__setattr__(name, value)
 
     @property
     def manual_pending(self) -> float:

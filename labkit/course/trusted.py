@@ -212,7 +212,6 @@ def trusted_execute_class(base):
         max_output_chars = Integer(MAX_OUTPUT_CHARS, help="characters of output kept per cell").tag(config=True)
 
         def preprocess(self, nb, resources=None, km=None):
-            self.reload_checks = False  # test cells do not run in the kernel at all
             resources = resources or {}
             lab = (resources.get("nbgrader") or {}).get("assignment") or ""
             name = self.checks_module or f"labkit.checks.{lab}"
