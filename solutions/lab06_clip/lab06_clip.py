@@ -260,22 +260,26 @@ checks.check_feature_stats(feature_stats, seed=5, sizes=((7, 7), (40, 12), (3, 2
 # Write `frechet_distance(mu1, sigma1, mu2, sigma2)` -> one number (a float or a 0-d tensor): the FID formula
 # above, from two means `[D]` and two covariances `[D, D]`.
 #
-# The awkward term is $\mathrm{Tr}\big((\Sigma_1\Sigma_2)^{1/2}\big)$. torch has no matrix square root, but
-# you only need its trace: it is $\sum_i \sqrt{\lambda_i}$, where $\lambda_i$ are the eigenvalues of the
-# product $\Sigma_1\Sigma_2$ (not of each matrix). They are real and $\ge 0$ in exact arithmetic (the
-# product has the eigenvalues of the symmetric matrix $\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}$), but
-# `torch.linalg.eigvals` of a non-symmetric matrix returns complex numbers whose rounding noise can make some
-# tiny imaginary parts and tiny negative real parts: keep the real part, and treat negatives as 0 before the
-# square root. Compute in float64 (`.double()`): with fewer images than features many $\lambda_i$ are 0 up to
-# rounding, and a square root magnifies rounding ($\sqrt{10^{-7}} \approx 3\cdot 10^{-4}$).
+# The awkward term is $\mathrm{Tr}\big((\Sigma_1\Sigma_2)^{1/2}\big)$. torch has no matrix square root of a
+# product, but you need only its trace: $\sum_i \sqrt{\lambda_i}$ over the eigenvalues $\lambda_i$ of the
+# product $\Sigma_1\Sigma_2$ (not of each matrix). `torch.linalg.eigvals(sigma1 @ sigma2)` finds them, but
+# the product is not symmetric: the result is complex with rounding noise, and slow. A faster, stabler route:
+# with $A = \Sigma_1^{1/2}$, the symmetric matrix $A\,\Sigma_2\,A$ has the same eigenvalues as $\Sigma_1\Sigma_2$
+# (real and $\ge 0$), and symmetric matrices have `torch.linalg.eigh` / `eigvalsh`. The square root of a
+# symmetric matrix $\Sigma = V\,\mathrm{diag}(\lambda)\,V^\top$ (from `eigh`) is
+# $V\,\mathrm{diag}(\sqrt{\lambda})\,V^\top$. Either way, treat tiny negative eigenvalues (rounding) as 0 before a
+# square root, and compute in float64 (`.double()`): with fewer images than features many eigenvalues are 0
+# up to rounding, and a square root magnifies rounding ($\sqrt{10^{-7}} \approx 3\cdot 10^{-4}$).
 
 # %% nbgrader={"grade": false, "grade_id": "frechet_distance", "locked": false, "schema_version": 3, "solution": true}
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), one number."""
     ### BEGIN SOLUTION
     mu1, sigma1, mu2, sigma2 = (v.double() for v in (mu1, sigma1, mu2, sigma2))
-    eigenvalues = torch.linalg.eigvals(sigma1 @ sigma2).real.clamp(min=0)  # [D] of the product S1 S2
-    trace_sqrt = eigenvalues.sqrt().sum()  # Tr((S1 S2)^(1/2))
+    lam, vecs = torch.linalg.eigh(sigma1)  # sigma1 = V diag(lam) V^T
+    root1 = (vecs * lam.clamp(min=0).sqrt()) @ vecs.T  # [D, D] sigma1^(1/2), symmetric
+    eigenvalues = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0)  # [D], those of sigma1 sigma2
+    trace_sqrt = eigenvalues.sqrt().sum()  # Tr((sigma1 sigma2)^(1/2))
     diff = mu1 - mu2  # [D]
     return float(diff @ diff + torch.trace(sigma1) + torch.trace(sigma2) - 2 * trace_sqrt)
     ### END SOLUTION
@@ -370,6 +374,15 @@ ax.grid(alpha=0.3)
 
 # %% [markdown]
 # __FLOOR_TEXT__
+#
+# **A bootstrap that works.** The bootstrap is sound for a plain average, such as the classifier's mean
+# confidence in the intended digit over the generated digits of section 3:
+
+# %%
+confidence = gen_cls["intended_prob"].double()  # [N] p(intended digit) per generated digit
+low, high = interval(confidence, lambda v: v.mean(), 1000, 0.9, g).tolist()
+print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean():.3f}, "
+      f"90% bootstrap interval [{low:.3f}, {high:.3f}]")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
