@@ -1,25 +1,29 @@
 # %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
-# # Lab 06 — Judging digits with CLIP
+# # Lab 06 — Judging digits with CLIP and with FID
 #
 # How good are generated digits? Labs 05 and 07 ask an MNIST classifier. This lab asks a very different
 # judge: CLIP (Radford et al. 2021), a pair of networks trained on 400 million image-caption pairs from the web
 # to put an image and its caption close together in one embedding space. CLIP was never trained on MNIST, so
 # it can score any caption ("a handwritten number 7", "a blurry number") but it can also be wrong in ways
-# a digit classifier is not. You compute its scores yourself, then test how far to trust them.
+# a digit classifier is not. You compute its scores yourself, then test how far to trust them. Then you write
+# the FID that labs 04, 07 and 09 quote, and measure why it is always read beside a "floor".
 #
 # **Learning objectives.** After this lab you can
 # 1. compute CLIP's image-text cosine similarities and its zero-shot class probabilities;
 # 2. score generated digits per digit, always beside real digits scored the same way;
-# 3. find where CLIP fails on MNIST, with the classifier's numbers beside it.
+# 3. find where CLIP fails on MNIST, with the classifier's numbers beside it;
+# 4. compute an FID (feature statistics, Fréchet distance) and a bootstrap interval, and explain from a
+#    measurement why real digits have an FID floor that falls with the sample size.
 #
 # **Time budget.** Running all cells: about 2 minutes on a Colab T4 (plus about 1 minute to download CLIP's
 # weights once), about 5 minutes on a laptop CPU with internet. Working through the lab: about 60 minutes.
 #
-# **How it is graded.** Two functions (2 + 2 points), each followed by a test cell (the tests you see, plus
-# hidden ones with other inputs). All later cells use `labkit`'s reference code. Run the cells from top to
+# **How it is graded.** Five functions (2 + 2 points for CLIP, 2 + 3 + 2 for FID), each followed by a test
+# cell (the tests you see, plus hidden ones with other inputs). The CLIP cells use `labkit`'s reference code;
+# the FID cells use your functions where their checks pass, labkit's otherwise. Run the cells from top to
 # bottom. CLIP's weights are downloaded from the internet: without it (or while grading) the lab runs on a
 # tiny *random* CLIP model and every CLIP number is meaningless; the lab says so when that happens.
-# The questions at the end are answered in writing and graded by hand (4 points).
+# The questions at the end are answered in writing and graded by hand (5 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
 # __LABKIT_COLAB_INSTALL__ (labkit build writes labkit.colab.INSTALL_CELL here: the Colab install)
@@ -388,7 +392,7 @@ print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean(
 # ## Questions (look at the pictures)
 #
 # Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
-# or a curve. Your answers are graded by hand (4 points, 1 per question).
+# or a curve. Your answers are graded by hand (5 points, 1 per question).
 #
 # **Question 1 (1 point).** In the similarity matrix, is the diagonal (image of $k$, caption $k$) the brightest
 # entry of each row? How far apart are the cosines in a row, and what does `logit_scale` do about that?
@@ -449,4 +453,20 @@ print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean(
 #
 # **Rubric (1 point).** 1/2 point: no, with evidence from the confusion matrix / scatter. 1/2 point: a sensible
 # other use.
+# ### END SOLUTION
+
+# %% [markdown] nbgrader={"grade": false, "grade_id": "question_5", "locked": true, "schema_version": 3, "solution": false}
+# **Question 5 (1 point).** From the table of real-digit FIDs in section 5: how does the floor change from
+# $n = 40$ to $n = 1000$, and why can a generator that is exactly as good as real data score *below* the floor
+# at small $n$? Where does the bootstrap interval of one set lie relative to that set's own FID, and why?
+
+# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_5", "locked": false, "points": 1, "schema_version": 3, "solution": true}
+# ### BEGIN SOLUTION
+# **Model answer.** __ANSWER_5__
+#
+# **Rubric (1 point).** 1/2 point: the floor read from the table falls steeply with $n$ and a set of real
+# digits lands anywhere in the spread of the dots, below the mean about as often as above it, so a perfect
+# generator can score under 1x the floor at small $n$. 1/2 point: the bootstrap interval sits above the set's
+# own FID, because a resample repeats digits (about 63% distinct) and FID rises as the number of distinct
+# images falls: for FID the bootstrap gives a spread, not an unbiased position.
 # ### END SOLUTION
