@@ -98,7 +98,7 @@ def _spoiled(fn):
     every weight nudged."""
     def wrong(*args, **kwargs):
         out = fn(*args, **kwargs)
-        if isinstance(out, (torch.Tensor, float)):
+        if isinstance(out, torch.Tensor) or (isinstance(out, float) and not isinstance(args[0], torch.nn.Module)):
             return out + 0.25
         if isinstance(out, tuple) and all(isinstance(v, torch.Tensor) for v in out):
             return tuple(v + 0.25 for v in out)
