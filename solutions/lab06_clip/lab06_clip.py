@@ -483,14 +483,14 @@ print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean(
 # ### BEGIN SOLUTION
 # **Model answer.** The floor falls about as $1/n$: about 1.76 at $n = 40$, 0.66 at 100, 0.21 at 300 and 0.08
 # at 1000 (a normal run). Sets of $n$ real digits scatter around it (the lowest of ten at about 0.7-0.8x the
-# floor), and a perfect generator draws sets just like them, so at small $n$ it lands below 1x the floor by
-# luck about as often as above. The bootstrap interval of one set lies entirely above that set's own FID (at
+# floor), and a perfect generator draws sets just like them, so at small $n$ it can land below 1x the floor by
+# luck. The bootstrap interval of one set lies entirely above that set's own FID (at
 # $n = 40$ about [2.1, 5.2] for a set at 1.74): a resample repeats digits and holds only about 63% distinct
 # ones, and fewer distinct digits means a higher FID; FID depends on $n$, so its bootstrap is biased upwards.
 #
 # **Rubric (1 point).** 1/2 point: the floor read from the table falls steeply with $n$ and a set of real
-# digits lands anywhere in the spread of the dots, below the mean about as often as above it, so a perfect
-# generator can score under 1x the floor at small $n$. 1/2 point: the bootstrap interval sits above the set's
+# digits lands anywhere in the spread of the dots, below the mean too, so a perfect generator can score
+# under 1x the floor at small $n$. 1/2 point: the bootstrap interval sits above the set's
 # own FID, because a resample repeats digits (about 63% distinct) and FID rises as the number of distinct
 # images falls: for FID the bootstrap gives a spread, not an unbiased position.
 # ### END SOLUTION
