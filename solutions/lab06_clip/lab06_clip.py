@@ -15,8 +15,10 @@
 # 4. compute an FID (feature statistics, Fréchet distance) and a bootstrap interval, and explain from a
 #    measurement why real digits have an FID floor that falls with the sample size.
 #
-# **Time budget.** Running all cells: about 2 minutes on a Colab T4 (plus about 1 minute to download CLIP's
-# weights once), about 5 minutes on a laptop CPU with internet. Working through the lab: about 60 minutes.
+# **Time budget.** Running all cells: about 2 minutes on a Colab T4 for the CLIP part (plus about 1 minute to
+# download CLIP's weights once) and a few more for the FID section; measured on 2 CPU cores shared with other
+# jobs (offline, tiny CLIP): 9 to 16 minutes. Working through the lab: about 90 minutes. Points: 11 for the
+# five functions, 5 for the written answers.
 #
 # **How it is graded.** Five functions (2 + 2 points for CLIP, 2 + 3 + 2 for FID), each followed by a test
 # cell (the tests you see, plus hidden ones with other inputs). The CLIP cells use `labkit`'s reference code;
