@@ -355,14 +355,14 @@ def fid_vs_test(features):  # the FID of a set of features against the test digi
     return distance(*stats_of(features), mu_ref, sigma_ref)
 
 
-g = torch.Generator().manual_seed(0)
-sizes, sets, boot = colab.pick((40, 100, 300, 1000), (40, 100)), colab.pick(10, 3), colab.pick(200, 20)
+g, g_boot = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)  # the sets; the resamples
+sizes, sets, boot = colab.pick((40, 100, 300, 1000), (40, 100)), colab.pick(10, 3), colab.pick(100, 20)
 floor_table = {}
 print(f"    n   floor (mean of {sets} sets)   lowest .. highest set (x the floor)   first set   its 90% bootstrap")
 for n in sizes:
     draws = [pool[torch.randperm(len(pool), generator=g)[:n]] for _ in range(sets)]  # sets of n real digits
     fids = torch.tensor([fid_vs_test(f) for f in draws])
-    low, high = interval(draws[0], fid_vs_test, boot, 0.9, g).tolist()
+    low, high = interval(draws[0], fid_vs_test, boot, 0.9, g_boot).tolist()
     floor_table[n] = (fids, low, high)
     floor = fids.mean()
     print(f"{n:5d}   {floor:20.3f}   {fids.min():6.3f} .. {fids.max():6.3f} ({fids.min() / floor:.2f}x .. "
@@ -388,8 +388,8 @@ ax.grid(alpha=0.3)
 #   bias of FID is about proportional to $1/n$). So an FID means nothing without its $n$: labs 07 and 09
 #   compare every FID with the floor of the *same* $n$ ("2x the floor").
 # * **Sets of real digits spread around the floor**: in every row the lowest of the sets sits at about 0.7-0.8
-#   times the floor and the highest at about 1.2-1.9 times it. A generator exactly as good as real data draws sets like
-#   these, so at small $n$ it can score *below* the floor (0.7x is luck, not a better-than-real model), and
+#   times the floor and the highest at about 1.2-1.9 times it. A generator exactly as good as real data draws
+#   sets like these, so at small $n$ it can score *below* the floor (0.7x is luck, not a better-than-real model), and
 #   differences between two models smaller than this spread mean nothing. The floor labs 07 and 09 print is
 #   labkit's `RealReference.floor`: the mean of 3 such sets, drawn with a fixed seed.
 # * **The bootstrap interval misses its own set's FID**: in every row the whole interval lies *above* the FID of
@@ -405,7 +405,7 @@ ax.grid(alpha=0.3)
 
 # %%
 confidence = gen_cls["intended_prob"].double()  # [N] p(intended digit) per generated digit
-low, high = interval(confidence, lambda v: v.mean(), 1000, 0.9, g).tolist()
+low, high = interval(confidence, lambda v: v.mean(), 1000, 0.9, g_boot).tolist()
 print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean():.3f}, "
       f"90% bootstrap interval [{low:.3f}, {high:.3f}]")
 
