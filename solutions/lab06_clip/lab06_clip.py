@@ -18,14 +18,14 @@
 # **Time budget.** Running all cells: about 2 minutes on a Colab T4 for the CLIP part (plus about 1 minute to
 # download CLIP's weights once) and a few more for the FID section; measured on 2 CPU cores shared with other
 # jobs (offline, tiny CLIP): 9 to 16 minutes. Working through the lab: about 90 minutes. Points: 11 for the
-# five functions, 5 for the written answers.
+# five functions, 4 for the written answers.
 #
 # **How it is graded.** Five functions (2 + 2 points for CLIP, 2 + 3 + 2 for FID), each followed by a test
 # cell (the tests you see, plus hidden ones with other inputs). The CLIP cells use `labkit`'s reference code;
 # the FID cells use your functions where their checks pass, labkit's otherwise. Run the cells from top to
 # bottom. CLIP's weights are downloaded from the internet: without it (or while grading) the lab runs on a
 # tiny *random* CLIP model and every CLIP number is meaningless; the lab says so when that happens.
-# The questions at the end are answered in writing and graded by hand (5 points).
+# The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
 # __LABKIT_COLAB_INSTALL__ (labkit build writes labkit.colab.INSTALL_CELL here: the Colab install)
@@ -413,7 +413,7 @@ print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean(
 # ## Questions (look at the pictures)
 #
 # Answer each question in the cell below it, in a few sentences, with what you saw: a step $t$, a number, a row
-# or a curve. Your answers are graded by hand (5 points, 1 per question).
+# or a curve. Your answers are graded by hand (4 points, 1 per question).
 #
 # **Question 1 (1 point).** In the similarity matrix, is the diagonal (image of $k$, caption $k$) the brightest
 # entry of each row? How far apart are the cosines in a row, and what does `logit_scale` do about that?
@@ -474,25 +474,4 @@ print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean(
 #
 # **Rubric (1 point).** 1/2 point: no, with evidence from the confusion matrix / scatter. 1/2 point: a sensible
 # other use.
-# ### END SOLUTION
-
-# %% [markdown] nbgrader={"grade": false, "grade_id": "question_5", "locked": true, "schema_version": 3, "solution": false}
-# **Question 5 (1 point).** From the table of real-digit FIDs in section 5: how does the floor change from
-# $n = 40$ to $n = 1000$, and why can a generator that is exactly as good as real data score *below* the floor
-# at small $n$? Where does the bootstrap interval of one set lie relative to that set's own FID, and why?
-
-# %% [markdown] nbgrader={"grade": true, "grade_id": "answer_5", "locked": false, "points": 1, "schema_version": 3, "solution": true}
-# ### BEGIN SOLUTION
-# **Model answer.** The floor falls about as $1/n$: about 1.76 at $n = 40$, 0.66 at 100, 0.21 at 300 and 0.08
-# at 1000 (a normal run). Sets of $n$ real digits scatter around it (the lowest of ten at about 0.7-0.8x the
-# floor), and a perfect generator draws sets just like them, so at small $n$ it can land below 1x the floor by
-# luck. The bootstrap interval of one set lies entirely above that set's own FID (at
-# $n = 40$ about [2.1, 5.2] for a set at 1.74): a resample repeats digits and holds only about 63% distinct
-# ones, and fewer distinct digits means a higher FID; FID depends on $n$, so its bootstrap is biased upwards.
-#
-# **Rubric (1 point).** 1/2 point: the floor read from the table falls steeply with $n$ and a set of real
-# digits lands anywhere in the spread of the dots, below the mean too, so a perfect generator can score
-# under 1x the floor at small $n$. 1/2 point: the bootstrap interval sits above the set's
-# own FID, because a resample repeats digits (about 63% distinct) and FID rises as the number of distinct
-# images falls: for FID the bootstrap gives a spread, not an unbiased position.
 # ### END SOLUTION
