@@ -17,7 +17,7 @@
 #
 # **Time budget.** Running all cells: about 2 minutes on a Colab T4 for the CLIP part (plus about 1 minute to
 # download CLIP's weights once) and a few more for the FID section; measured on 2 CPU cores shared with other
-# jobs (offline, tiny CLIP): 9 to 16 minutes. Working through the lab: about 90 minutes. Points: 11 for the
+# jobs (offline, tiny CLIP, load average above 10): about 10 minutes, 7 of them in the FID section. Working through the lab: about 90 minutes. Points: 11 for the
 # five functions, 4 for the written answers.
 #
 # **How it is graded.** Five functions (2 + 2 points for CLIP, 2 + 3 + 2 for FID), each followed by a test
@@ -382,23 +382,23 @@ ax.grid(alpha=0.3)
 # %% [markdown]
 # What the measurement shows (the numbers quoted are those of a normal run; fast mode uses fewer digits).
 #
-# * **The floor falls with $n$, about as $1/n$**: from about 1.76 at $n = 40$ to about 0.08 at $n = 1000$, some 23
-#   times lower for 25 times more digits. Real digits are not at 0 because $\mu$ and $\Sigma$ estimated from $n$
+# * **The floor falls with $n$, roughly as $1/n$**: from about 1.76 at $n = 40$ to about 0.09 at $n = 1000$, some
+#   19 times lower for 25 times more digits. Real digits are not at 0 because $\mu$ and $\Sigma$ estimated from $n$
 #   images carry an estimation error, and FID adds up the squares of those errors (Chong & Forsyth 2020 show this
 #   bias of FID is about proportional to $1/n$). So an FID means nothing without its $n$: labs 07 and 09
 #   compare every FID with the floor of the *same* $n$ ("2x the floor").
-# * **Sets of real digits spread around the floor**: in every row the lowest of the sets sits at about 0.7-0.8
-#   times the floor and the highest at about 1.2-1.9 times it. A generator exactly as good as real data draws
+# * **Sets of real digits spread around the floor**: in every row the lowest of the sets sits at about 0.6-0.75
+#   times the floor and the highest at about 1.4-1.9 times it. A generator exactly as good as real data draws
 #   sets like these, so at small $n$ it can score *below* the floor (0.7x is luck, not a better-than-real model), and
 #   differences between two models smaller than this spread mean nothing. The floor labs 07 and 09 print is
 #   labkit's `RealReference.floor`: the mean of 3 such sets, drawn with a fixed seed.
 # * **The bootstrap interval misses its own set's FID**: in every row the whole interval lies *above* the FID of
-#   the set it was resampled from (at $n = 40$: about [2.07, 5.22] around a set at 1.74), and it is wider than the
-#   spread of the independent sets. A resample drawn with replacement holds only about 63% distinct digits
-#   ($1 - 1/e$), and as the first point shows, fewer digits means a higher FID. The percentile bootstrap assumes
-#   the statistic does not depend on $n$; FID does, so its bootstrap is biased upwards. This is why labs 07 and
-#   09 print no bootstrap interval beside an FID: the spread of sets of real digits above is the honest noise
-#   level.
+#   the set it was resampled from (at $n = 40$: about [2.17, 5.46] for a set at 1.74), and it is wider than the
+#   range (lowest to highest) of the independent sets. A resample drawn with replacement holds only about 63%
+#   distinct digits ($1 - 1/e$), and as the first point shows, fewer digits means a higher FID. The bootstrap
+#   treats a resample like a fresh set of $n$; for FID it behaves like a smaller set, so its bootstrap is biased
+#   upwards. This is why labs 07 and 09 print no bootstrap interval beside an FID: the spread of sets of real
+#   digits above is the honest noise level.
 #
 # **A bootstrap that works.** The bootstrap is sound for a plain average, such as the classifier's mean
 # confidence in the intended digit over the generated digits of section 3:
