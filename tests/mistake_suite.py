@@ -566,6 +566,106 @@ LAB06_ZS = [
     ("transposed", lambda c, s: (s * c).softmax(1).T, "transposed"),
 ]
 
+def _stats(f, *, n_minus=1, centre=True, mean_dim=0, transpose=False, numpy_like=False):
+    f = f.T if transpose else f
+    mu = f.mean(dim=mean_dim, keepdim=mean_dim == 1)
+    c = f - mu if centre else f
+    cov = c.T @ c / (f.shape[0] - n_minus)
+    return (mu[:, 0] if mean_dim == 1 else mu), cov
+
+
+def _fd(mu1, s1, mu2, s2, *, factor=2.0, root="product", mean_power=2, sign=-1.0):
+    mu1, s1, mu2, s2 = (v.double() for v in (mu1, s1, mu2, s2))
+    if root == "product":
+        cross = torch.linalg.eigvals(s1 @ s2).real.clamp(min=0).sqrt().sum()
+    elif root == "separately":
+        def r(s):
+            vals, vecs = torch.linalg.eigh(s)
+            return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+        cross = torch.trace(r(s1) @ r(s2))
+    elif root == "none":
+        cross = torch.trace(s1 @ s2)
+    elif root == "elementwise":
+        cross = torch.trace((s1 @ s2).clamp(min=0).sqrt())
+    elif root == "of trace":
+        cross = torch.trace(s1 @ s2).sqrt()
+    mean_term = ((mu1 - mu2) ** 2).sum() ** (mean_power / 2)
+    return float(mean_term + torch.trace(s1) + torch.trace(s2) + sign * factor * cross)
+
+
+def _boot(samples, statistic, resamples, level, generator, *, draw="randint", tails="right", how="linear",
+          order=1):
+    n = samples.shape[0]
+    if draw == "randint":
+        idx = torch.randint(0, n, (resamples, n), generator=generator)
+    elif draw == "randperm":
+        idx = torch.stack([torch.randperm(n, generator=generator) for _ in range(resamples)])
+    elif draw == "transposed":
+        idx = torch.randint(0, n, (n, resamples), generator=generator).T
+    elif draw == "global":
+        idx = torch.randint(0, n, (resamples, n))
+    elif draw == "square":
+        idx = torch.randint(0, n, (resamples, resamples), generator=generator)
+    values = torch.tensor([float(statistic(samples[i])) for i in idx], dtype=torch.float64)
+    lo, hi = {"level": (1 - level, level), "half level": (level / 2, 1 - level / 2)}.get(
+        tails, ((1 - level) / 2, (1 + level) / 2))
+    lo, hi = min(lo, hi), max(lo, hi)
+    if tails == "percent":
+        lo, hi = 100 * lo, 100 * hi
+    out = torch.quantile(values, torch.tensor([lo, hi], dtype=torch.float64), interpolation=how)
+    return out.flip(0) if order < 0 else out
+
+
+LAB06_STATS = [
+    ("biased (N)", lambda f: _stats(f, n_minus=0), "biased"),
+    ("not centred", lambda f: _stats(f, centre=False), "not centred"),
+    ("per-row mean", lambda f: _stats(f, mean_dim=1), "each row|one value per sample"),
+    ("torch.cov(features)", lambda f: (f.mean(0), torch.cov(f)), "\\[N, N\\]"),
+    ("no division", lambda f: (f.mean(0), (f - f.mean(0)).T @ (f - f.mean(0))), "not divided"),
+    ("variances only", lambda f: (f.mean(0), torch.diag(f.var(0))), "only the variances"),
+    ("var vector", lambda f: (f.mean(0), f.var(0)), "only the variances"),
+    ("correlation", lambda f: (f.mean(0), torch.corrcoef(f.T)), "correlation"),
+    ("sum not mean", lambda f: (f.sum(0), torch.cov(f.T)), "a sum, not a mean"),
+    ("keepdim mean", lambda f: (f.mean(0, keepdim=True), torch.cov(f.T)), "\\[1, D\\]"),
+    ("one return", lambda f: torch.cov(f.T), "return two things"),
+    ("divided by D - 1", lambda f: (f.mean(0), (f - f.mean(0)).T @ (f - f.mean(0)) / (f.shape[1] - 1)), "D - 1"),
+    ("numpy", lambda f: (f.mean(0).numpy(), torch.cov(f.T)), "numpy"),
+]
+
+LAB06_FD = [
+    ("factor 2 missing", lambda *a: _fd(*a, factor=1.0), "factor 2 is missing"),
+    ("sqrt of each matrix", lambda *a: _fd(*a, root="separately"), "separately"),
+    ("norm not squared", lambda *a: _fd(*a, mean_power=1), "not squared"),
+    ("no mean term", lambda m1, s1, m2, s2: _fd(m1, s1, m1, s2), "mean term is missing"),
+    ("no trace term", lambda m1, s1, m2, s2: float(((m1 - m2) ** 2).sum()), "trace term is missing"),
+    ("no square root", lambda *a: _fd(*a, root="none"), "no square root"),
+    ("elementwise sqrt", lambda *a: _fd(*a, root="elementwise"), "elementwise"),
+    ("sqrt of the trace", lambda *a: _fd(*a, root="of trace"), "square root of the trace"),
+    ("plus sign", lambda *a: _fd(*a, sign=1.0), "subtracted"),
+    ("d not d^2", lambda *a: _fd(*a) ** 0.5, "not its square"),
+    ("per dimension", lambda m1, s1, m2, s2: (m1 - m2) ** 2, "one number"),
+    ("no return", lambda *a: None, "return"),
+]
+
+LAB06_BOOT = [
+    ("without replacement", lambda *a: _boot(*a, draw="randperm"), "with replacement"),
+    ("percentiles 1 - level, level", lambda *a: _boot(*a, tails="level"), "1 - level and level"),
+    ("tails level / 2", lambda *a: _boot(*a, tails="half level"), "level / 2"),
+    ("nearest rank", lambda *a: _boot(*a, how="nearest"), "nearest rank"),
+    ("lower rank", lambda *a: _boot(*a, how="lower"), "nearest rank"),
+    ("high, low", lambda *a: _boot(*a, order=-1), "\\(low, high\\)"),
+    ("indices [N, B]", lambda *a: _boot(*a, draw="transposed"), "\\[N, resamples\\]"),
+    ("global random state", lambda *a: _boot(*a, draw="global"), "global random state"),
+    ("B indices per resample", lambda *a: _boot(*a, draw="square"), "it holds N"),
+    ("percent", lambda *a: _boot(*a, tails="percent"), "fractions"),
+    ("min and max", lambda s, st, b, lv, g: (lambda v: torch.stack([v.min(), v.max()]))(torch.tensor(
+        [float(st(s[i])) for i in torch.randint(0, s.shape[0], (b, s.shape[0]), generator=g)], dtype=torch.float64)),
+     "smallest and the largest"),
+    ("the resampled values", lambda s, st, b, lv, g: torch.tensor(
+        [float(st(s[i])) for i in torch.randint(0, s.shape[0], (b, s.shape[0]), generator=g)]), "resampled statistics"),
+    ("tuple of floats, tails 1 - level (outside suite)", lambda *a: tuple(_boot(*a, tails="level").tolist()), "1 - level"),
+]
+
 # --- lab 07 ----------------------------------------------------------------------------------------------
 LAB07_CFG = [
     ("scale convention", lambda c, u, w: w * c - (w - 1) * u, "'scale' convention"),
@@ -987,6 +1087,9 @@ SUITE = {
     ("lab05_sampling", "sample_loop"): LAB05_LOOP,
     ("lab06_clip", "cosine_similarity"): LAB06_COS,
     ("lab06_clip", "zero_shot_probs"): LAB06_ZS,
+    ("lab06_clip", "feature_stats"): LAB06_STATS,
+    ("lab06_clip", "frechet_distance"): LAB06_FD,
+    ("lab06_clip", "bootstrap_interval"): LAB06_BOOT,
     ("lab07_improvements", "cfg_combine"): LAB07_CFG,
     ("lab07_improvements", "ddim_step"): LAB07_DDIM,
     ("lab07_improvements", "dpmpp_2m_step"): LAB07_DPM,

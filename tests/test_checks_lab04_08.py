@@ -621,6 +621,9 @@ ALL = [
     (c04.check_train_loop, __import__("labkit.training").training.train_loop),
     (c05.check_sample_loop, sample_loop_ok), (c07.check_cfg_eps, cfg_eps_two_calls),
     (c07.check_ddim_loop, ddim_loop_ok), (c07.check_dpmpp_2m_loop, dpmpp_2m_loop_ok),
+    (c06.check_feature_stats, __import__("labkit.evaluation.fid").evaluation.fid.feature_stats),
+    (c06.check_frechet_distance, __import__("labkit.evaluation.fid").evaluation.fid.frechet_distance),
+    (c06.check_bootstrap_interval, __import__("labkit.evaluation.fid").evaluation.fid.bootstrap_interval),
 ]
 
 

@@ -134,3 +134,44 @@ def test_real_floor_checks_n(real):
         FID.real_floor(1, load_classifier(), real=real)
     with pytest.raises(LabkitValueError, match="n="):
         FID.real_floor(601, load_classifier(), real=real)
+
+
+# --- the percentile bootstrap (Efron 1979), lab 06's exercise ----------------------------------------------
+
+
+def _mean(v):
+    return v.mean()
+
+
+def test_bootstrap_interval_golden_values():
+    """Hand-checkable: seed 1 draws four resamples of 0..9 with means 4.5, 4.0, 4.1, 4.5; the 25th and 75th
+    percentiles of (4.0, 4.1, 4.5, 4.5) with linear interpolation are 4.0 + 0.75 * 0.1 = 4.075 and 4.5."""
+    x = torch.arange(10, dtype=torch.float64)
+    idx = torch.randint(0, 10, (4, 10), generator=torch.Generator().manual_seed(1))
+    assert x[idx].mean(dim=1).tolist() == pytest.approx([4.5, 4.0, 4.1, 4.5])
+    out = FID.bootstrap_interval(x, _mean, 4, 0.5, torch.Generator().manual_seed(1))
+    assert out.dtype == torch.float64 and out.tolist() == pytest.approx([4.075, 4.5], abs=1e-12)
+    out = FID.bootstrap_interval(x, _mean, 1000, 0.9, torch.Generator().manual_seed(0))
+    assert out.tolist() == pytest.approx([3.1, 6.0], abs=1e-12)
+
+
+def test_bootstrap_interval_properties():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, generator=g, dtype=torch.float64)
+    narrow = FID.bootstrap_interval(x, _mean, 500, 0.5, torch.Generator().manual_seed(3))
+    wide = FID.bootstrap_interval(x, _mean, 500, 0.95, torch.Generator().manual_seed(3))
+    assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
+    # the mean of 200 standard normals: a 95% interval about +-1.96 / sqrt(200) = +-0.139 around the sample mean
+    assert float(wide[1] - wide[0]) == pytest.approx(2 * 1.96 / 200 ** 0.5, rel=0.2)
+    assert float(wide[0]) < float(x.mean()) < float(wide[1])
+    same = FID.bootstrap_interval(torch.full((7,), 2.5), _mean, 50, 0.9, g)
+    assert same.tolist() == [2.5, 2.5]  # no spread to resample
+    again = FID.bootstrap_interval(x, _mean, 500, 0.95, torch.Generator().manual_seed(3))
+    assert torch.equal(again, wide)  # replayed from the seed
+
+
+def test_fid_of_features_is_the_fid_formula():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(30, 5, generator=g), torch.randn(50, 5, generator=g) + 1
+    mu, sigma = FID.feature_stats(b)
+    assert FID.fid_of_features(mu, sigma, a) == pytest.approx(FID.frechet_distance(*FID.feature_stats(a), mu, sigma))

@@ -10,7 +10,8 @@ import mistake_suite
 
 # Lines of answer code that a hint must not print (the idea, yes; the solution, no).
 ANSWER_CODE = ["torch.cat([h, skip]", "size=skip.shape[-2:]", ".view(-1, 1, 1, 1)", "optimizer.zero_grad(), loss",
-               "(x + 1) / 2", "F.normalize(v, dim=-1)"]
+               "(x + 1) / 2", "F.normalize(v, dim=-1)", ".T @ centred", "eigvalsh(root1", "(resamples, n)",
+               "clamp(min=0).sqrt().sum()"]
 
 
 @pytest.fixture(scope="module")

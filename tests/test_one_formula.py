@@ -37,6 +37,9 @@ LIBRARY = {
     ("lab05_sampling", "sample_loop"): "labkit.samplers",
     ("lab06_clip", "cosine_similarity"): "labkit.embeddings",
     ("lab06_clip", "zero_shot_probs"): "labkit.evaluation.clip",
+    ("lab06_clip", "feature_stats"): "labkit.evaluation.fid",
+    ("lab06_clip", "frechet_distance"): "labkit.evaluation.fid",
+    ("lab06_clip", "bootstrap_interval"): "labkit.evaluation.fid",
     ("lab07_improvements", "cfg_combine"): "labkit.guidance",
     ("lab07_improvements", "ddim_step"): "labkit.samplers",
     ("lab07_improvements", "dpmpp_2m_step"): "labkit.samplers",
@@ -91,11 +94,14 @@ def test_library_function_passes_the_labs_checks(lab, name, capsys):
 
 
 def _spoiled(fn):
-    """fn, but with a wrong result: tensors shifted by 0.25, or (a training step) every weight nudged."""
+    """fn, but with a wrong result: tensors (also in a tuple) and numbers shifted by 0.25, or (a training step)
+    every weight nudged."""
     def wrong(*args, **kwargs):
         out = fn(*args, **kwargs)
-        if isinstance(out, torch.Tensor):
+        if isinstance(out, torch.Tensor) or (isinstance(out, float) and not isinstance(args[0], torch.nn.Module)):
             return out + 0.25
+        if isinstance(out, tuple) and all(isinstance(v, torch.Tensor) for v in out):
+            return tuple(v + 0.25 for v in out)
         model = args[0]
         with torch.no_grad():
             for p in model.parameters():

@@ -4,15 +4,26 @@
     check_cosine_similarity(cosine_similarity)   normalise each row, then [N,D] @ [K,D]^T -> [N,K]
     check_zero_shot_probs(zero_shot_probs)       softmax over the K prompts of logit_scale * cosine
                                                  (Radford et al. 2021, Figure 3's pseudocode)
+
+FID (references in ``labkit.evaluation.fid``, the functions every FID of the course goes through):
+
+    check_feature_stats(feature_stats)           features [N,D] -> (mean [D], covariance [D,D] with N - 1)
+    check_frechet_distance(frechet_distance)     ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
+                                                 (Heusel et al. 2017, eq. 6)
+    check_bootstrap_interval(bootstrap_interval) percentile bootstrap with replacement (Efron 1979)
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from labkit import embeddings
-from labkit.evaluation import clip
-from labkit.checks._common import call, compare, expect_tensor, fail, generator, passed
+from labkit.evaluation import clip, fid
+from labkit.checks._common import call, compare, expect_tensor, fail, generator, max_abs_diff, passed
+from labkit.checks._common import yours_or_labkit  # noqa: F401  (the lab's later cells: yours or labkit's)
 from labkit.checks.fixtures import lab_clip  # noqa: F401  (CLIP for labs 06 and 08)
 
 
@@ -98,3 +109,218 @@ def check_zero_shot_probs(student_fn, *, seed: int = 0, sizes=((4, 10), (3, 2), 
             if (rows - 1).abs().max().item() > 1e-4:
                 fail(name, "rows do not sum to 1")
     passed(name, f"sizes {[list(s) for s in sizes]}, scales {list(scales)}, seed {seed}")
+
+
+
+# --- FID: feature statistics, the Frechet distance, a bootstrap interval -----------------------------------
+
+
+def _features(N: int, D: int, g: torch.Generator) -> torch.Tensor:
+    """[N, D] correlated features with a different mean per column (as a network's features are)."""
+    mix = torch.randn(D, D, generator=g) / math.sqrt(D) + torch.eye(D)
+    return torch.randn(N, D, generator=g) @ mix + 3 * torch.randn(D, generator=g)
+
+
+def _pair(check: str, out, what: str):
+    if isinstance(out, torch.Tensor) or not isinstance(out, (tuple, list)) or len(out) != 2:
+        fail(check, f"return two things, ({what}); got {type(out).__name__}"
+                    + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    return out
+
+
+def check_feature_stats(student_fn, *, seed: int = 0, sizes=((50, 4), (9, 3), (6, 6))) -> None:
+    """student_fn(features [N,D]) -> (mean [D], covariance [D,D]) over the N samples (rows), the covariance
+    with the unbiased normaliser N - 1 (as torch.cov and numpy.cov)."""
+    name = "check_feature_stats"
+    g = generator(seed)
+    for N, D in sizes:
+        f = _features(N, D, g)
+        out = _pair(name, call(name, student_fn, f, names=["features"]), "mean, covariance")
+        context = f" for features of shape [{N}, {D}]"
+        x = f.double()
+        mu_ref, cov_ref = fid.feature_stats(x)
+        mu = expect_tensor(name, out[0], (D,), what="the mean", shape_hints={
+            (N,): "the mean has one value per sample: average each feature over the samples (the rows, dim=0)",
+            (1, D): "the mean has shape [1, D]: return it as [D] (no keepdim)",
+            (): "the mean is one number: average over the samples only (dim=0), one mean per feature"})
+        compare(name, mu, mu_ref, {
+            "the mean of each row (one sample's features): average each feature over the samples, dim=0":
+                x.mean(dim=1),
+            "a sum, not a mean: divide by the number of samples N": x.sum(dim=0),
+        }, tol=1e-5 * (1 + mu_ref.abs().max().item()), context=context + " (the mean)")
+        cov = expect_tensor(name, out[1], (D, D), what="the covariance", shape_hints={
+            (N, N): "the covariance is [N, N]: it compares samples with samples. Features are [N, D] with one "
+                    "row per sample; the covariance compares features, [D, D] (torch.cov wants one *row* per "
+                    "feature)",
+            (D,): "only the variances (one per feature): FID needs the whole covariance matrix [D, D]",
+        })
+        c = x - mu_ref  # [N, D] centred
+        rows = x - x.mean(dim=1, keepdim=True)  # centred with each row's own mean
+        scale = 1 + cov_ref.abs().max().item()
+        compare(name, cov, cov_ref, {
+            "divided by N (the biased covariance): FID's covariance uses the unbiased N - 1, as torch.cov":
+                c.T @ c / N,
+            "the features were not centred: subtract the mean of each feature before the product":
+                x.T @ x / (N - 1),
+            "not divided by N - 1: the covariance is an average of products": c.T @ c,
+            "centred with each row's mean: subtract each *feature's* mean over the samples (dim=0)":
+                rows.T @ rows / (N - 1),
+            "transposed: the covariance of the samples (one row each), not of the features; torch.cov wants "
+            "one row per feature": (x.T - x.T.mean(dim=0)) @ (x.T - x.T.mean(dim=0)).T / (D - 1) if D > 1 else None,
+            "the correlation matrix (each entry divided by two standard deviations): keep the covariance":
+                cov_ref / torch.outer(cov_ref.diagonal().sqrt(), cov_ref.diagonal().sqrt()),
+            "only the variances (a diagonal matrix): FID needs the whole covariance, off-diagonal entries "
+            "included": torch.diag(cov_ref.diagonal()),
+            "divided by D - 1, the number of features: divide by N - 1, the number of samples minus one":
+                c.T @ c / (D - 1) if D > 1 else None,
+        }, tol=1e-5 * scale, context=context + " (the covariance)")
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+def _covariance(D: int, g: torch.Generator, floor: float) -> torch.Tensor:
+    a = torch.randn(D, D, generator=g)
+    return a @ a.T / D + floor * torch.eye(D)
+
+
+def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(s)
+    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+
+
+def _number(check: str, out) -> torch.Tensor:
+    """A float, an int or a one-element tensor -> float64 [1]."""
+    if isinstance(out, bool) or out is None:
+        fail(check, "the result is None: did you forget the `return` statement?" if out is None
+             else "the result is a bool; return the distance, a number")
+    if isinstance(out, (int, float)):
+        return torch.tensor([float(out)], dtype=torch.float64)
+    out = expect_tensor(check, out, None, what="the distance")
+    if out.numel() != 1:
+        fail(check, f"the distance has shape {list(out.shape)}: return one number (a float or a 0-d tensor), "
+                    "the sum of the mean term and the trace term")
+    if out.is_complex():
+        fail(check, "the distance is complex: keep the real part of the eigenvalues before the square root")
+    return out.reshape(1).double()
+
+
+def check_frechet_distance(student_fn, *, seed: int = 0, dims=(3, 1, 8, 16)) -> None:
+    """student_fn(mu1 [D], sigma1 [D,D], mu2 [D], sigma2 [D,D]) -> a number: the squared Frechet distance
+    ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between N(mu1, S1) and N(mu2, S2) (Heusel et al. 2017)."""
+    name = "check_frechet_distance"
+    g = generator(seed)
+    for D in dims:
+        mu1, mu2 = torch.randn(D, generator=g), 0.5 * torch.randn(D, generator=g)
+        s1, s2 = _covariance(D, g, 0.2), 2.0 * _covariance(D, g, 0.1)
+        out = _number(name, call(name, student_fn, mu1, s1, mu2, s2, names=["mu1", "sigma1", "mu2", "sigma2"]))
+        m1, m2, a, b = mu1.double(), mu2.double(), s1.double(), s2.double()
+        ref = torch.tensor([fid.frechet_distance(m1, a, m2, b)], dtype=torch.float64)
+        mean_sq = ((m1 - m2) ** 2).sum()
+        traces = torch.trace(a) + torch.trace(b)
+        tr_sqrt = torch.linalg.eigvals(a @ b).real.clamp(min=0).sqrt().sum()  # Tr((S1 S2)^(1/2))
+        diag_ab = (a @ b).diagonal()
+
+        def d(*terms):
+            return torch.stack([sum(terms)]).double()
+
+        mistakes = {
+            "the factor 2 is missing: the cross term is -2 Tr((S1 S2)^(1/2))": d(mean_sq, traces, -tr_sqrt),
+            "the square roots of S1 and S2 were taken separately: Tr(S1^(1/2) S2^(1/2)) is not "
+            "Tr((S1 S2)^(1/2)); take the square root of the product": d(mean_sq, traces,
+                                                                        -2 * torch.trace(_psd_sqrt(a) @ _psd_sqrt(b))),
+            "the mean term is not squared: it is ||mu1 - mu2||^2, the squared length": d(mean_sq.sqrt(), traces,
+                                                                                          -2 * tr_sqrt),
+            "the mean term is missing: ||mu1 - mu2||^2 + the trace term": d(traces, -2 * tr_sqrt),
+            "the trace term is missing: the covariances count too (Tr(S1 + S2 - 2 (S1 S2)^(1/2)))": d(mean_sq),
+            "no square root of S1 S2: the cross term is -2 Tr((S1 S2)^(1/2))": d(mean_sq, traces,
+                                                                                    -2 * torch.trace(a @ b)),
+            "an elementwise square root: (S1 S2)^(1/2) is the matrix square root (from the eigenvalues), "
+            "not the square root of each entry": d(mean_sq, traces, -2 * diag_ab.clamp(min=0).sqrt().sum()),
+            "the square root of the trace: Tr((S1 S2)^(1/2)) is the sum of the square roots of the "
+            "eigenvalues, not the square root of their sum": d(mean_sq, traces, -2 * torch.trace(a @ b).sqrt()),
+            "the cross term was added: it is subtracted, -2 Tr((S1 S2)^(1/2))": d(mean_sq, traces, 2 * tr_sqrt),
+            "the distance d, not its square: FID is the squared Frechet distance d^2 (no square root at the end)":
+                ref.sqrt(),
+        }
+        tol = 2e-5 * float(mean_sq + traces + 1)  # float32 eigenvalues of a [D, D] product: ~1e-6 of the traces
+        compare(name, out, ref, mistakes, tol=tol, context=f" for D={D}")
+    passed(name, f"dimensions {list(dims)}, seed {seed}")
+
+
+# statistics for check_bootstrap_interval: module-level, so the grader can send them to the kernel (pickle)
+def sample_mean(samples: torch.Tensor) -> float:
+    """The mean of all values of a resample."""
+    return float(samples.double().mean())
+
+
+def largest(samples: torch.Tensor) -> float:
+    """The largest value of a resample (not smooth: its bootstrap values take only a few distinct values)."""
+    return float(samples.max())
+
+
+def check_bootstrap_interval(student_fn, *, seed: int = 0,
+                             cases=((30, 200, 0.9, "mean"), (12, 100, 0.95, "fid"), (25, 150, 0.8, "max"))) -> None:
+    """student_fn(samples [N, ...], statistic, resamples, level, generator) -> (low, high): the percentile
+    bootstrap interval (labkit.evaluation.fid.bootstrap_interval); the indices come from one
+    torch.randint(0, N, (resamples, N)) draw from ``generator``."""
+    name = "check_bootstrap_interval"
+    g = generator(seed)
+    for k, (N, B, level, kind) in enumerate(cases):
+        if kind == "fid":  # FID of a resample of 3-d features against fixed reference statistics
+            samples = _features(int(N), 3, g)
+            mu, sigma = fid.feature_stats(_features(40, 3, g))
+            statistic = functools.partial(fid.fid_of_features, mu, sigma)
+        else:
+            samples = torch.randn(int(N), generator=g).exp()  # skewed values
+            statistic = sample_mean if kind == "mean" else largest
+        gen_seed = 1000 * seed + k
+        out = call(name, student_fn, samples, statistic, int(B), float(level), generator(gen_seed),
+                   names=["samples", "statistic", "resamples", "level", "generator"],
+                   hints={"q values must be in the range": "percentiles go to torch.quantile as fractions in "
+                          "[0, 1] (0.05), not as percent (5)"})
+        if isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(v, (int, float, torch.Tensor)) for v in out):
+            out = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(()) for v in out])
+        out = expect_tensor(name, out, (2,), what="the interval", shape_hints={
+            (int(B),): "you returned the resampled statistics: return their two percentiles (low, high)",
+            (): "you returned one number: return the interval, (low, high)"})
+        x = samples.double()
+        ref = fid.bootstrap_interval(x, statistic, int(B), float(level), generator(gen_seed))
+        idx = torch.randint(0, int(N), (int(B), int(N)), generator=generator(gen_seed))  # [B, N] the right draws
+        values = torch.tensor([float(statistic(x[i])) for i in idx], dtype=torch.float64)  # [B]
+        whole = float(statistic(x))
+        tail = (1 - level) / 2
+
+        def q(lo, hi, how="linear", v=values):
+            return torch.quantile(v, torch.tensor([lo, hi], dtype=torch.float64), interpolation=how)
+
+        wrong_rows = torch.randint(0, int(N), (int(N), int(B)), generator=generator(gen_seed)).T  # [B, N]
+        square = torch.randint(0, int(N), (int(B), int(B)), generator=generator(gen_seed))  # B draws, not N
+        mistakes = {
+            "every resample gave the statistic of the whole sample (the interval has width 0): draw the N indices "
+            "*with replacement*, so that some samples repeat and others are left out (a permutation only "
+            "reorders them)": torch.tensor([whole, whole], dtype=torch.float64),
+            "the percentiles are 1 - level and level: the 1 - level left outside the interval is split between "
+            "the two tails, (1 - level) / 2 each": q(min(1 - level, level), max(1 - level, level)),
+            "the tails are level / 2 wide: each tail holds (1 - level) / 2 of the resampled values":
+                q(min(level / 2, 1 - level / 2), max(level / 2, 1 - level / 2)),
+            "the percentiles were read at the nearest rank: interpolate linearly between ranks "
+            "(torch.quantile's default)": (q(tail, 1 - tail, "nearest"), q(tail, 1 - tail, "lower"),
+                                           q(tail, 1 - tail, "higher")),
+            "the interval is (high, low): return (low, high)": ref.flip(0),
+            "the smallest and the largest resampled value: the interval lies between the two percentiles":
+                torch.stack([values.min(), values.max()]),
+            "the indices were drawn as [N, resamples]: draw them as [resamples, N] (one row per resample), in "
+            "one call": q(tail, 1 - tail, v=torch.tensor([float(statistic(x[i])) for i in wrong_rows],
+                                                         dtype=torch.float64)),
+            "each resample holds `resamples` indices: it holds N, as many as the samples": q(
+                tail, 1 - tail, v=torch.tensor([float(statistic(x[i])) for i in square], dtype=torch.float64)),
+        }
+        tol = 1e-5 * (1 + ref.abs().max().item())
+        again = call(name, student_fn, samples, statistic, int(B), float(level), generator(gen_seed))
+        if isinstance(again, (tuple, list)) and len(again) == 2:
+            again = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(()) for v in again])
+        if not isinstance(again, torch.Tensor) or max_abs_diff(again, out) > tol:
+            fail(name, "two calls with generators in the same state gave different intervals: draw the indices "
+                       "from `generator`, not from torch's global random state")
+        context = f" for N={N}, resamples={B}, level={level:g}, statistic {kind}"
+        compare(name, out, ref, mistakes, tol=tol, context=context)
+    passed(name, f"cases {[list(c) for c in cases]}, seed {seed}")

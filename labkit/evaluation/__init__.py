@@ -1,7 +1,8 @@
 """Scoring generated digits, always beside real MNIST digits scored the same way.
 
     classifier  the shipped MNIST CNN: accuracy / confidence of the intended digit, and FID features
-    fid         Frechet distance (Heusel et al. 2017) in classifier feature space, and the real floor
+    fid         Frechet distance (Heusel et al. 2017) in classifier feature space, the real floor, and the
+                percentile bootstrap interval (Efron 1979) lab 06 teaches
     clip        optional CLIP zero-shot scores on open_clip (Radford et al. 2021), calibrated on real digits
     report      evaluate_samples -> dict (rows: DigitRow, Overall), format_table, save_json
     figures     per-digit bars of generated vs real, best and worst samples
@@ -22,6 +23,7 @@ from labkit.evaluation.classifier import (
 from labkit.evaluation.clip import ClipScorer, ClipScores, PromptSet, tiny_clip_scorer
 from labkit.evaluation.fid import (
     RealReference,
+    bootstrap_interval,
     classifier_features,
     classifier_fid,
     feature_stats,
@@ -36,7 +38,7 @@ from labkit.evaluation.report import evaluate_samples, format_table, load_sample
 __all__ = [
     "ClassifierTrainConfig", "MnistClassifier", "classifier_accuracy", "load_classifier", "train_classifier",
     "ClipScorer", "ClipScores", "PromptSet", "tiny_clip_scorer",
-    "classifier_features", "classifier_fid", "feature_stats", "fid_vs_test", "frechet_distance", "real_floor",
+    "bootstrap_interval", "classifier_features", "classifier_fid", "feature_stats", "fid_vs_test", "frechet_distance", "real_floor",
     "RealReference", "evaluate_samples", "evaluate_samples_cli", "format_table", "load_samples_file",
     "plot_best_worst", "plot_per_digit_scores", "run_evaluate", "save_json",
 ]

@@ -69,6 +69,32 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(d2.clamp(min=0))  # tiny negatives are rounding
 
 
+def bootstrap_interval(samples: torch.Tensor, statistic, resamples: int, level: float,
+                       generator: torch.Generator) -> torch.Tensor:
+    """Percentile bootstrap interval of ``statistic(samples)`` (Efron 1979; Efron & Tibshirani 1993, ch. 13):
+
+        idx_b = N indices drawn uniformly from 0..N-1 *with replacement*, b = 1..B   (B = resamples)
+        s_b   = statistic(samples[idx_b])
+        interval = (q_{(1 - level)/2}, q_{(1 + level)/2}) of s_1..s_B   (linear interpolation, torch.quantile)
+
+    The B resamples mimic drawing B fresh sets of N from the population the N samples came from, so the
+    spread of the s_b estimates how much the statistic would move with another sample of the same size.
+    All indices come from one ``torch.randint(0, N, (B, N), generator=generator)`` call, so a run is replayed
+    exactly from the generator's seed. samples [N, ...] (resampled along dim 0); statistic: a resample
+    [N, ...] -> a number (a float or a 0-d tensor); returns float64 [2]: (low, high)."""
+    n = samples.shape[0]
+    idx = torch.randint(0, n, (int(resamples), n), generator=generator, device=samples.device)  # [B, N]
+    values = torch.tensor([float(statistic(samples[i])) for i in idx], dtype=torch.float64)  # [B] the s_b
+    tail = (1 - level) / 2  # e.g. level 0.9: the 5th and the 95th percentile
+    return torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+
+
+def fid_of_features(mu: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor) -> float:
+    """FID of features [N,D] against reference statistics (mu [D], sigma [D,D]): a ``statistic`` for
+    ``bootstrap_interval`` (``functools.partial(fid_of_features, mu, sigma)``)."""
+    return frechet_distance(*feature_stats(features), mu, sigma)
+
+
 def classifier_features(images: torch.Tensor, classifier=None, *, batch_size: int = 1000) -> torch.Tensor:
     """Penultimate-layer features [N, 128] of images [N,1,28,28] in [0,1]."""
     classifier = classifier if classifier is not None else load_classifier(images.device)

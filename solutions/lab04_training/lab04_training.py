@@ -473,7 +473,7 @@ fig.tight_layout()
 # 2e-4 falls slowest, and 2e-3 ends lowest. The $T$ losses cannot be compared directly: each is an average of
 # noise-prediction errors over different noise levels, which are not equally hard, so the numbers measure
 # different tasks. Compare what matters instead: samples from both models, with the same sampler and number of
-# steps, judged by classifier accuracy and FID against the floor.
+# steps, judged by classifier accuracy (and FID against its floor, which lab 06 teaches).
 #
 # **Rubric (1 point).** 1/2 point: the learning-rate curves read correctly (fastest, lowest, any instability)
 # from the student's own plot. 1/2 point: T losses not comparable (different noise levels) and compare sample

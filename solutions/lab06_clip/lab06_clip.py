@@ -1,22 +1,28 @@
 # %% [markdown] nbgrader={"grade": false, "grade_id": "intro", "locked": true, "schema_version": 3, "solution": false}
-# # Lab 06 — Judging digits with CLIP
+# # Lab 06 — Judging digits with CLIP and with FID
 #
 # How good are generated digits? Labs 05 and 07 ask an MNIST classifier. This lab asks a very different
 # judge: CLIP (Radford et al. 2021), a pair of networks trained on 400 million image-caption pairs from the web
 # to put an image and its caption close together in one embedding space. CLIP was never trained on MNIST, so
 # it can score any caption ("a handwritten number 7", "a blurry number") but it can also be wrong in ways
-# a digit classifier is not. You compute its scores yourself, then test how far to trust them.
+# a digit classifier is not. You compute its scores yourself, then test how far to trust them. Then you write
+# the FID that labs 04, 07 and 09 quote, and measure why it is always read beside a "floor".
 #
 # **Learning objectives.** After this lab you can
 # 1. compute CLIP's image-text cosine similarities and its zero-shot class probabilities;
 # 2. score generated digits per digit, always beside real digits scored the same way;
-# 3. find where CLIP fails on MNIST, with the classifier's numbers beside it.
+# 3. find where CLIP fails on MNIST, with the classifier's numbers beside it;
+# 4. compute an FID (feature statistics, Fréchet distance) and a bootstrap interval, and explain from a
+#    measurement why real digits have an FID floor that falls with the sample size.
 #
-# **Time budget.** Running all cells: about 2 minutes on a Colab T4 (plus about 1 minute to download CLIP's
-# weights once), about 5 minutes on a laptop CPU with internet. Working through the lab: about 60 minutes.
+# **Time budget.** Running all cells: about 2 minutes on a Colab T4 for the CLIP part (plus about 1 minute to
+# download CLIP's weights once) and a few more for the FID section; measured on 2 CPU cores shared with other
+# jobs (offline, tiny CLIP, load average above 10): about 10 minutes, 7 of them in the FID section. Working through the lab: about 90 minutes. Points: 11 for the
+# five functions, 4 for the written answers.
 #
-# **How it is graded.** Two functions (2 + 2 points), each followed by a test cell (the tests you see, plus
-# hidden ones with other inputs). All later cells use `labkit`'s reference code. Run the cells from top to
+# **How it is graded.** Five functions (2 + 2 points for CLIP, 2 + 3 + 2 for FID), each followed by a test
+# cell (the tests you see, plus hidden ones with other inputs). The CLIP cells use `labkit`'s reference code;
+# the FID cells use your functions where their checks pass, labkit's otherwise. Run the cells from top to
 # bottom. CLIP's weights are downloaded from the internet: without it (or while grading) the lab runs on a
 # tiny *random* CLIP model and every CLIP number is meaningless; the lab says so when that happens.
 # The questions at the end are answered in writing and graded by hand (4 points).
@@ -212,6 +218,196 @@ if len(idx):
     fig = plotting.image_grid(real01[idx] * 2 - 1, ncols=5, titles=titles, title="real digits CLIP gets confidently wrong" + CLIP_TAG)
 else:
     print("CLIP was never confidently wrong on these real digits.")
+
+# %% [markdown]
+# ## 5. FID: what it measures, why it has a floor, why a small sample can fall below it
+#
+# CLIP and the classifier judge one image at a time. Labs 04, 07 and 09 also quote an **FID** (Fréchet
+# Inception Distance, Heusel et al. 2017), which judges a whole *set* of images: are they like real digits,
+# *and as varied*? The recipe has three steps.
+#
+# 1. Run a network on every image and keep a feature vector: here the shipped MNIST classifier's last hidden
+#    layer, $D = 128$ numbers per image. (The original FID uses an Inception network trained on ImageNet, so
+#    these numbers cannot be compared with published FIDs.)
+# 2. Summarise each set by the mean $\mu$ and the covariance $\Sigma$ of its features: a Gaussian fitted to it.
+# 3. Measure the Fréchet distance between the two Gaussians (Dowson & Landau 1982):
+#    $$\mathrm{FID} = \lVert\mu_1 - \mu_2\rVert^2 + \mathrm{Tr}\big(\Sigma_1 + \Sigma_2 - 2\,(\Sigma_1\Sigma_2)^{1/2}\big).$$
+#
+# Samples unlike real digits move $\mu$; samples that all look alike shrink $\Sigma$: both raise the FID. Two
+# identical Gaussians are at 0.
+#
+# ### Exercise 3 (2 points)
+# Write `feature_stats(features)`: `features` `[N, D]`, one row per image -> `(mu, sigma)`: `mu` `[D]`, each
+# feature's mean over the $N$ images, and `sigma` `[D, D]`, the covariance
+# $\Sigma = \frac{1}{N-1}\sum_n (f_n - \mu)(f_n - \mu)^\top$ with the unbiased normaliser $N - 1$ (as
+# `torch.cov` and `numpy.cov` use). If you call `torch.cov`, read its documentation first: it wants one row
+# per *variable*, not per observation.
+
+# %% nbgrader={"grade": false, "grade_id": "feature_stats", "locked": false, "schema_version": 3, "solution": true}
+def feature_stats(features):
+    """features [N, D] -> (mean [D], covariance [D, D] with the unbiased N - 1)."""
+    ### BEGIN SOLUTION
+    n = features.shape[0]
+    mu = features.mean(dim=0)  # [D]: each feature's mean over the images
+    centred = features - mu  # [N, D]
+    sigma = centred.T @ centred / (n - 1)  # [D, D]
+    return mu, sigma
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_feature_stats", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_feature_stats(feature_stats)
+### BEGIN HIDDEN TESTS
+checks.check_feature_stats(feature_stats, seed=5, sizes=((7, 7), (40, 12), (3, 2)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 4 (3 points)
+# Write `frechet_distance(mu1, sigma1, mu2, sigma2)` -> one number (a float or a 0-d tensor): the FID formula
+# above, from two means `[D]` and two covariances `[D, D]`.
+#
+# The awkward term is $\mathrm{Tr}\big((\Sigma_1\Sigma_2)^{1/2}\big)$. torch has no matrix square root of a
+# product, but you need only its trace: $\sum_i \sqrt{\lambda_i}$ over the eigenvalues $\lambda_i$ of the
+# product $\Sigma_1\Sigma_2$ (not of each matrix). `torch.linalg.eigvals(sigma1 @ sigma2)` finds them, but
+# the product is not symmetric: the result is complex with rounding noise, and slow. A faster, stabler route:
+# with $A = \Sigma_1^{1/2}$, the symmetric matrix $A\,\Sigma_2\,A$ has the same eigenvalues as $\Sigma_1\Sigma_2$
+# (real and $\ge 0$), and symmetric matrices have `torch.linalg.eigh` / `eigvalsh`. The square root of a
+# symmetric matrix $\Sigma = V\,\mathrm{diag}(\lambda)\,V^\top$ (from `eigh`) is
+# $V\,\mathrm{diag}(\sqrt{\lambda})\,V^\top$. Either way, treat tiny negative eigenvalues (rounding) as 0 before a
+# square root, and compute in float64 (`.double()`): with fewer images than features many eigenvalues are 0
+# up to rounding, and a square root magnifies rounding ($\sqrt{10^{-7}} \approx 3\cdot 10^{-4}$).
+
+# %% nbgrader={"grade": false, "grade_id": "frechet_distance", "locked": false, "schema_version": 3, "solution": true}
+def frechet_distance(mu1, sigma1, mu2, sigma2):
+    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), one number."""
+    ### BEGIN SOLUTION
+    mu1, sigma1, mu2, sigma2 = (v.double() for v in (mu1, sigma1, mu2, sigma2))
+    lam, vecs = torch.linalg.eigh(sigma1)  # sigma1 = V diag(lam) V^T
+    root1 = (vecs * lam.clamp(min=0).sqrt()) @ vecs.T  # [D, D] sigma1^(1/2), symmetric
+    eigenvalues = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0)  # [D], those of sigma1 sigma2
+    trace_sqrt = eigenvalues.sqrt().sum()  # Tr((sigma1 sigma2)^(1/2))
+    diff = mu1 - mu2  # [D]
+    return float(diff @ diff + torch.trace(sigma1) + torch.trace(sigma2) - 2 * trace_sqrt)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_frechet_distance", "locked": true, "points": 3, "schema_version": 3, "solution": false}
+checks.check_frechet_distance(frechet_distance)
+### BEGIN HIDDEN TESTS
+checks.check_frechet_distance(frechet_distance, seed=4, dims=(2, 5, 32))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **How sure is one FID?** Another set of $N$ generated images would give another FID. The **percentile
+# bootstrap** (Efron 1979) estimates how much from the one set you have: draw $B$ *resamples*, each $N$
+# indices drawn uniformly from $0..N-1$ **with replacement** (some images repeat, others are left out),
+# compute the statistic on each resample, and report the $\frac{1 - \text{level}}{2}$ and
+# $\frac{1 + \text{level}}{2}$ quantiles of the $B$ values (for level 0.9: the 5th and the 95th percentile).
+#
+# ### Exercise 5 (2 points)
+# Write `bootstrap_interval(samples, statistic, resamples, level, generator)` -> a float64 tensor `[2]`,
+# `(low, high)`. `samples` `[N, ...]` is resampled along its first dimension; `statistic` is a function from
+# one resample to a number. So that a run can be replayed from its seed, draw all the indices in **one** call
+# of `torch.randint` from `generator`: an int64 tensor `[resamples, N]`, row $b$ = resample $b$. Read the
+# quantiles with `torch.quantile` (its default, linear interpolation between ranks).
+
+# %% nbgrader={"grade": false, "grade_id": "bootstrap_interval", "locked": false, "schema_version": 3, "solution": true}
+def bootstrap_interval(samples, statistic, resamples, level, generator):
+    """Percentile bootstrap interval (low, high) of statistic(samples): float64 [2]."""
+    ### BEGIN SOLUTION
+    n = samples.shape[0]
+    idx = torch.randint(0, n, (resamples, n), generator=generator, device=samples.device)  # [B, N]
+    values = torch.tensor([float(statistic(samples[i])) for i in idx], dtype=torch.float64)  # [B]
+    tail = (1 - level) / 2
+    return torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_bootstrap_interval", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_bootstrap_interval(bootstrap_interval)
+### BEGIN HIDDEN TESTS
+checks.check_bootstrap_interval(bootstrap_interval, seed=3, cases=((20, 80, 0.95, "max"), (9, 60, 0.5, "fid"), (40, 120, 0.99, "mean")))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **The floor, measured.** Now FID on real digits only. The reference is the MNIST test set; against it we score
+# sets of $n$ *real training* digits, which come from the very distribution a perfect generator would sample.
+# If FID were a perfect measure they would all score 0. For each $n$ the cell draws 10 independent sets (the
+# dots), and computes a 90% bootstrap interval from the first of them alone (the bar). Your three functions
+# do the work when their checks pass; labkit's otherwise.
+
+# %%
+from labkit.evaluation import classifier_features, fid as labkit_fid
+
+stats_of = checks.yours_or_labkit(checks.check_feature_stats, feature_stats, labkit_fid.feature_stats, "feature_stats")
+distance = checks.yours_or_labkit(checks.check_frechet_distance, frechet_distance, labkit_fid.frechet_distance,
+                                  "frechet_distance")
+interval = checks.yours_or_labkit(checks.check_bootstrap_interval, bootstrap_interval, labkit_fid.bootstrap_interval,
+                                  "bootstrap_interval")
+train_digits, _ = colab.lab_digits(train=True, n=colab.pick(5000, 600))
+ref_features = classifier_features((test_digits.images + 1) / 2, clf)  # [T, 128] the test digits
+pool = classifier_features((train_digits.images + 1) / 2, clf)  # [M, 128] real training digits
+mu_ref, sigma_ref = stats_of(ref_features)  # the reference Gaussian: [128], [128, 128]
+print(f"reference: {len(ref_features)} test digits; pool: {len(pool)} training digits; features [*, {pool.shape[1]}]")
+
+
+def fid_vs_test(features):  # the FID of a set of features against the test digits
+    return distance(*stats_of(features), mu_ref, sigma_ref)
+
+
+g, g_boot = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)  # the sets; the resamples
+sizes, sets, boot = colab.pick((40, 100, 300, 1000), (40, 100)), colab.pick(10, 3), colab.pick(100, 20)
+floor_table = {}
+print(f"    n   floor (mean of {sets} sets)   lowest .. highest set (x the floor)   first set   its 90% bootstrap")
+for n in sizes:
+    draws = [pool[torch.randperm(len(pool), generator=g)[:n]] for _ in range(sets)]  # sets of n real digits
+    fids = torch.tensor([fid_vs_test(f) for f in draws])
+    low, high = interval(draws[0], fid_vs_test, boot, 0.9, g_boot).tolist()
+    floor_table[n] = (fids, low, high)
+    floor = fids.mean()
+    print(f"{n:5d}   {floor:20.3f}   {fids.min():6.3f} .. {fids.max():6.3f} ({fids.min() / floor:.2f}x .. "
+          f"{fids.max() / floor:.2f}x)   {fids[0]:9.3f}   [{low:.3f}, {high:.3f}]")
+
+fig, ax = plt.subplots(figsize=(6, 3.8))
+for n, (fids, low, high) in floor_table.items():
+    ax.scatter([n] * len(fids), fids, s=12, color="0.5")
+    ax.plot([n * 1.08] * 2, [low, high], color="C3", lw=3)
+ax.plot(list(floor_table), [float(v[0].mean()) for v in floor_table.values()], "k--", lw=1, label="mean of the sets")
+ax.plot([], [], color="C3", lw=3, label="90% bootstrap interval (first set)")
+ax.set(xscale="log", yscale="log", xlabel="n (real training digits)", ylabel="FID vs the test digits",
+       title="FID of real digits: the floor and its spread")
+ax.legend(frameon=False, fontsize=8)
+ax.grid(alpha=0.3)
+
+# %% [markdown]
+# What the measurement shows (the numbers quoted are those of a normal run; fast mode uses fewer digits).
+#
+# * **The floor falls with $n$, roughly as $1/n$**: from about 1.76 at $n = 40$ to about 0.09 at $n = 1000$, some
+#   19 times lower for 25 times more digits. Real digits are not at 0 because $\mu$ and $\Sigma$ estimated from $n$
+#   images carry an estimation error, and FID adds up the squares of those errors (Chong & Forsyth 2020 show this
+#   bias of FID is about proportional to $1/n$). So an FID means nothing without its $n$: labs 07 and 09
+#   compare every FID with the floor of the *same* $n$ ("2x the floor").
+# * **Sets of real digits spread around the floor**: in every row the lowest of the sets sits at about 0.6-0.75
+#   times the floor and the highest at about 1.4-1.9 times it. A generator exactly as good as real data draws
+#   sets like these, so at small $n$ it can score *below* the floor (0.7x is luck, not a better-than-real model), and
+#   differences between two models smaller than this spread mean nothing. The floor labs 07 and 09 print is
+#   labkit's `RealReference.floor`: the mean of 3 such sets, drawn with a fixed seed.
+# * **The bootstrap interval misses its own set's FID**: in every row the whole interval lies *above* the FID of
+#   the set it was resampled from (at $n = 40$: about [2.17, 5.46] for a set at 1.74), and it is wider than the
+#   range (lowest to highest) of the independent sets. A resample drawn with replacement holds only about 63%
+#   distinct digits ($1 - 1/e$), and as the first point shows, fewer digits means a higher FID. The bootstrap
+#   treats a resample like a fresh set of $n$; for FID it behaves like a smaller set, so its bootstrap is biased
+#   upwards. This is why labs 07 and 09 print no bootstrap interval beside an FID: the spread of sets of real
+#   digits above is the honest noise level.
+#
+# **A bootstrap that works.** The bootstrap is sound for a plain average, such as the classifier's mean
+# confidence in the intended digit over the generated digits of section 3:
+
+# %%
+confidence = gen_cls["intended_prob"].double()  # [N] p(intended digit) per generated digit
+low, high = interval(confidence, lambda v: v.mean(), 1000, 0.9, g_boot).tolist()
+print(f"mean confidence of {len(confidence)} generated digits: {confidence.mean():.3f}, "
+      f"90% bootstrap interval [{low:.3f}, {high:.3f}]")
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)

@@ -51,17 +51,17 @@ STEPS = colab.pick(20, 4)  # DPM-Solver++ steps per sample where the sampler is 
 # fidelity), and the Fréchet distance between classifier features of the samples and of real digits
 # (**FID**: fidelity *and* diversity).
 #
-# **What FID measures.** Run the classifier on each image and keep its last hidden layer, a feature vector.
-# Fit one Gaussian (mean and covariance) to the features of the samples, another to those of real held-out
-# digits; FID is the Fréchet distance between the two Gaussians (Heusel et al. 2017):
+# **What FID measures** (lab 06, section 5, where you wrote it). Fit one Gaussian (mean and covariance) to the
+# classifier features of the samples, another to those of real held-out digits; FID is the Fréchet distance
+# between the two (Heusel et al. 2017):
 # $\lVert\mu_s - \mu_r\rVert^2 + \mathrm{tr}\big(\Sigma_s + \Sigma_r - 2(\Sigma_s\Sigma_r)^{1/2}\big)$. Samples that all
 # look alike (no diversity) shrink $\Sigma_s$; samples unlike real digits move $\mu_s$: both raise it.
-# **Why it has a floor.** Even real digits do not score 0: a finite sample estimates mean and covariance with
-# an error that shrinks as $n$ grows. So FID is always printed beside the **floor**, the FID of $n$ *real*
-# training digits against the same reference: "2x the floor" means twice what a perfect model would score
-# at this $n$. At small $n$ both are noisy, and a sample can land slightly *below* the floor by chance
-# (0.5-0.8x at n = 40-120 happens); only differences larger than that noise mean anything. The judge computes
-# both exactly as `labkit evaluate` does, so its "x the floor" matches that command's report.
+# **Why it has a floor** (lab 06 measured it). Even real digits do not score 0, and the fewer there are, the
+# higher they score: so FID is always printed beside the **floor**, the FID of $n$ *real* training digits
+# against the same reference: "2x the floor" means twice what a perfect model would score at this $n$. At
+# small $n$ both are noisy, and a sample can land *below* the floor by chance (lab 06 showed sets of real
+# digits spread around it); only differences larger than that noise mean anything. The judge computes both
+# exactly as `labkit evaluate` does, so its "x the floor" matches that command's report.
 
 # %%
 test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
