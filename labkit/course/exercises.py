@@ -43,6 +43,11 @@ LIBRARY_ANSWERS = {
     "relative_clip_score": "labkit.evaluation.measures",
     "within_class_diversity": "labkit.evaluation.measures",
     "speedup_at_quality": "labkit.evaluation.measures",
+    "flow_matching_loss": "labkit.flow",
+    "euler_step": "labkit.flow",
+    "euler_loop": "labkit.flow",
+    "heun_loop": "labkit.flow",
+    "cfg_velocity": "labkit.flow",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.
