@@ -896,7 +896,6 @@ LAB10_STEP = [
     ("x - v", lambda x, v, t, tn: x - v, "whole unit of time"),
     ("t[0] for all", lambda x, v, t, tn: x + (tn[0] - t[0]) * v, "t\\[0\\]"),
     ("not reshaped", lambda x, v, t, tn: x + (tn - t) * v, "\\[B, 1, 1, 1\\]|shape"),
-    ("float64 result", lambda x, v, t, tn: x.double() + _b(tn.double() - t.double(), x) * v.double() + 1e-3, None),
     ("in place", lambda x, v, t, tn: x.add_(_b(tn - t, x) * v), "in place"),
     ("no return", lambda x, v, t, tn: None, "return"),
 ]

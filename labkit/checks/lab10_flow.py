@@ -76,7 +76,12 @@ def _times_with_ends(B: int, g: torch.Generator) -> torch.Tensor:
     """B times in [0, 1] holding 0, 1 and 0.5 as far as B allows, the rest uniform, in random order."""
     t = torch.rand(B, generator=g, dtype=torch.float64)
     t[:min(B, 3)] = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)[:min(B, 3)]
-    return t[torch.randperm(B, generator=g)].float()
+    t = t[torch.randperm(B, generator=g)]
+    inner = ((t > 0) & (t < 1)).nonzero()
+    if len(inner) and not 0 < float(t[0]) < 1:  # t[0] inside (0, 1): "the same t[0] for every image" stays visible
+        i = int(inner[0])
+        t[[0, i]] = t[[i, 0]]
+    return t.float()
 
 
 # --- the loss ------------------------------------------------------------------------------------------
