@@ -193,3 +193,15 @@ def test_exact_toy_flow_draws_the_mixture(solver, steps):
                      solver=solver, null_class=mix.K, x_1=torch.randn(500, 2, generator=g, dtype=torch.float64))
     assert (x1.mean(0) - mix.means[1]).norm() < 0.03
     assert math.isfinite(float(x1.std()))
+
+
+@pytest.mark.parametrize("solver", flow.SOLVERS)
+def test_sample_runs_through_euler_step(solver, monkeypatch):
+    """One formula: both solvers step with flow.euler_step (lab 10's exercise); spoil it and sampling changes."""
+    y = torch.zeros(4, dtype=torch.long)
+    x_1 = standard_normal(4)
+    before = flow.sample(gaussian_velocity(), (4, 1), y, steps=3, solver=solver, x_1=x_1)
+    step = flow.euler_step
+    monkeypatch.setattr(flow, "euler_step", lambda *a: step(*a) + 0.25)
+    after = flow.sample(gaussian_velocity(), (4, 1), y, steps=3, solver=solver, x_1=x_1)
+    assert (after - before).abs().min() > 0.2
