@@ -14,7 +14,6 @@ inputs as a real network is (t: float [B] in [0, 1]) and says which input is wro
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -399,14 +398,3 @@ def flow_network(my_network, config):
     else:
         net = unet.UNet(config)
     return flow.TimeScaled(net), who
-
-
-def quality_note(accuracy: float) -> str:
-    """One sentence on a recognition rate, for the text of the lab (never contradicted by the number)."""
-    if not math.isfinite(accuracy):
-        return "no samples"
-    if accuracy >= 0.9:
-        return "most are recognised"
-    if accuracy >= 0.5:
-        return "more than half are recognised"
-    return "fewer than half are recognised"

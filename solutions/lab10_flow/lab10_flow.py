@@ -13,7 +13,8 @@
 #    target $\varepsilon - x_0$ does not depend on $t$;
 # 2. write Euler's and Heun's methods over a time grid, and count their network evaluations;
 # 3. apply classifier-free guidance to velocities, and explain why it is the same formula as for noises;
-# 4. compare paths (straight vs curved) and quality per network evaluation between flow and diffusion samplers.
+# 4. compare a flow's straight training lines with the paths its sampler and the diffusion samplers take, and
+#    their quality per network evaluation on one judge.
 #
 # **Time budget.** Running all cells: measured 19 minutes on 2 CPU cores shared with other jobs (load about 9;
 # the training cell is most of it); a few minutes on a Colab T4.
@@ -470,7 +471,6 @@ print(f"{'NFE':>24} " + " ".join(f"{n:>13}" for n in nfes))
 for name, by_nfe in table.items():
     cells = [f"{by_nfe[n]['accuracy']:5.0%} / {by_nfe[n]['fid_ratio']:4.1f}x" if n in by_nfe else f"{'-':>13}" for n in nfes]
     print(f"{name:>24} " + " ".join(f"{c:>13}" for c in cells))
-best = {name: max(by_nfe.values(), key=lambda r: r["accuracy"])["accuracy"] for name, by_nfe in table.items() if by_nfe}
 if FAST:
     print("Fast mode: an untrained flow model and one sample per digit; the numbers mean nothing.")
 
