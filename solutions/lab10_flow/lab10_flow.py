@@ -16,8 +16,10 @@
 # 4. compare a flow's straight training lines with the paths its sampler and the diffusion samplers take, and
 #    their quality per network evaluation on one judge.
 #
-# **Time budget.** Running all cells: measured 19 minutes on 2 CPU cores shared with other jobs (load about 9;
-# the training cell is most of it); a few minutes on a Colab T4.
+# **Time budget.** Running all cells: on 2 idle CPU cores about 5 minutes (the 400 training steps of 64 images
+# take about a minute at the 505 images/s lab 04 measured there); on a busy shared machine far longer: with 2 CPU
+# cores shared with other jobs (load 10-20) an 800-step budget did not finish its training cell in 40 minutes.
+# Not measured on a GPU yet (3000 steps of 256 there).
 # Working through the lab: about 90 minutes.
 #
 # **How it is graded.** Five functions (3 + 2 + 3 + 3 + 2 points), each followed by a test cell (the tests you see,
