@@ -165,3 +165,33 @@ def exact_model(mixture: GaussianMixture, schedule: Schedule) -> Model:
         return eps_from_score(score(mixture, x, ab, y), ab)
 
     return model
+
+
+def flow_velocity(mixture: GaussianMixture, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    """The exact flow-matching velocity v*(x, t) = E[eps - x_0 | x_t = x] for the linear interpolant
+    x_t = (1 - t) x_0 + t eps (``labkit.flow``; Lipman et al. 2023, eq. 8, the marginal of the conditional
+    velocities). Within component k, x_t ~ N(a mu_k, V I) with a = 1 - t, V = a^2 s^2 + t^2, and
+
+        E[eps - x_0 | x_t, k] = (t - a s^2) / V (x - a mu_k) - mu_k        (Gaussian conditioning)
+
+    weighted by the responsibilities r_k(x). x_t / sqrt(a^2 + t^2) is the DDPM x at ab = a^2 / (a^2 + t^2), and
+    r_k is unchanged by that rescaling (one shared variance), so ``responsibilities`` gives them.
+    x: [N, 2]; t: float or [N] in [0, 1] -> [N, 2].
+    """
+    tt = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1)  # [N or 1, 1]
+    a = 1 - tt
+    var = a**2 * mixture.std**2 + tt**2  # [N, 1]: V
+    c2 = a**2 + tt**2
+    r = responsibilities(mixture, x / c2.sqrt(), (a**2 / c2).reshape(-1), y)  # [N, K]
+    mu = mixture.means.to(x.device, x.dtype)  # [K, 2]
+    per_component = ((tt - a * mixture.std**2) / var)[:, :, None] * (x[:, None, :] - a[:, :, None] * mu[None]) - mu[None]
+    return (r[:, :, None] * per_component).sum(1)  # [N, 2]
+
+
+def exact_flow_model(mixture: GaussianMixture) -> Model:
+    """The perfect velocity model: model(x [B, 2], t float [B] in [0, 1], y int64 [B]) -> v* [B, 2]; y = K is
+    the whole mixture, as in ``exact_model``. ``labkit.flow.sample(model, (B, 2), y, steps=..., null_class=K)``."""
+    def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return flow_velocity(mixture, x, t, y)
+
+    return model

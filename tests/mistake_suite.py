@@ -1050,6 +1050,124 @@ LAB09_SPEED = [
      "last good-enough"),
 ]
 
+# --- lab 10 ----------------------------------------------------------------------------------------------
+
+
+def _fm(model, x0, y, t, noise, *, xt=None, target=None, t_in=None, y_in=None, reduce=None):
+    tb = _b(t, x0)
+    x_t = (1 - tb) * x0 + tb * noise if xt is None else xt(x0, noise, tb)
+    u = noise - x0 if target is None else target(x0, noise)
+    d = model(x_t, t if t_in is None else t_in(t), y if y_in is None else y_in(y)) - u
+    return (d ** 2).mean() if reduce is None else reduce(d)
+
+
+LAB10_LOSS = [
+    ("target x0 - noise", lambda m, x, y, t, n: _fm(m, x, y, t, n, target=lambda a, b: a - b), "sign is reversed|x0 - noise"),
+    ("data at t = 1", lambda m, x, y, t, n: _fm(m, x, y, t, n, xt=lambda a, b, tb: tb * a + (1 - tb) * b), "t direction reversed"),
+    ("Lipman convention", lambda m, x, y, t, n: _fm(m, x, y, t, n, xt=lambda a, b, tb: tb * a + (1 - tb) * b,
+                                                     target=lambda a, b: a - b), "t direction reversed"),
+    ("model sees 1 - t", lambda m, x, y, t, n: _fm(m, x, y, t, n, t_in=lambda t_: 1 - t_), "1 - t"),
+    ("target noise", lambda m, x, y, t, n: _fm(m, x, y, t, n, target=lambda a, b: b), "eps-prediction"),
+    ("target x0", lambda m, x, y, t, n: _fm(m, x, y, t, n, target=lambda a, b: a), "target is x0"),
+    ("model sees x0", lambda m, x, y, t, n: _fm(m, x, y, t, n, xt=lambda a, b, tb: a), "given x0"),
+    ("sqrt mix", lambda m, x, y, t, n: _fm(m, x, y, t, n, xt=lambda a, b, tb: (1 - tb).sqrt() * a + tb.sqrt() * b),
+     "variance-preserving"),
+    ("sum", lambda m, x, y, t, n: _fm(m, x, y, t, n, reduce=lambda d: (d ** 2).sum()), "sum instead of a mean"),
+    ("L1", lambda m, x, y, t, n: _fm(m, x, y, t, n, reduce=lambda d: d.abs().mean()), "L1"),
+    ("half", lambda m, x, y, t, n: _fm(m, x, y, t, n, reduce=lambda d: 0.5 * (d ** 2).mean()), "1/2"),
+    ("no class", lambda m, x, y, t, n: _fm(m, x, y, t, n, y_in=lambda y_: torch.full_like(y_, 10)), "no class"),
+    ("t not per image", lambda m, x, y, t, n: _fm(m, x, y, t, n, xt=lambda a, b, tb: (1 - t[0]) * a + t[0] * b), "t\\[0\\]"),
+    ("item", lambda m, x, y, t, n: _fm(m, x, y, t, n).item(), "Python float"),
+    ("detached", lambda m, x, y, t, n: _fm(m, x, y, t, n).detach(), "no gradient"),
+    ("model sees t * 999", lambda m, x, y, t, n: _fm(m, x, y, t, n, t_in=lambda t_: t_ * 999), "in \\[0, 1\\]"),
+]
+
+
+def _euler(x, v, t, tn, dt=None):
+    step = _b(tn, x) - _b(t, x) if dt is None else dt(_b(t, x), _b(tn, x))
+    return (x + step * v).to(x.dtype)
+
+
+LAB10_STEP = [
+    ("sign reversed", lambda x, v, t, tn: _euler(x, v, t, tn, dt=lambda a, b: a - b), "sign is reversed"),
+    ("dt = t_next", lambda x, v, t, tn: _euler(x, v, t, tn, dt=lambda a, b: b), "step size is t_next"),
+    ("dt = t", lambda x, v, t, tn: _euler(x, v, t, tn, dt=lambda a, b: a), "step size is t"),
+    ("no step size", lambda x, v, t, tn: x + v, "no step size"),
+    ("x - v", lambda x, v, t, tn: x - v, "whole unit of time"),
+    ("t[0] for all", lambda x, v, t, tn: x + (tn[0] - t[0]) * v, "t\\[0\\]"),
+    ("not reshaped", lambda x, v, t, tn: x + (tn - t) * v, "\\[B, 1, 1, 1\\]|shape"),
+    ("in place", lambda x, v, t, tn: x.add_(_b(tn - t, x) * v), "in place"),
+    ("no return", lambda x, v, t, tn: None, "return"),
+]
+
+
+def _fl(model, x_1, y, times, *, heun=False, order=None, t_of=None, slope=None, step=None, last_plain=False):
+    x, B = x_1, x_1.shape[0]
+    ks = list(range(len(times) - 1) if order is None else order(len(times) - 1))
+    for k in ks:
+        t = times[k].to(x.dtype).expand(B)
+        tn = times[k + 1].to(x.dtype).expand(B)
+        d = model(x, t if t_of is None else t_of(t, tn), y)
+        st = _euler if step is None else step
+        if not heun or (last_plain and k == ks[-1]):
+            x = st(x, d, t, tn)
+            continue
+        xp = _euler(x, d, t, tn)
+        d2 = model(xp, tn, y)
+        x = st(x, (d + d2) / 2 if slope is None else slope(d, d2, model, x, xp, t, tn, y), t, tn)
+    return x
+
+
+LAB10_EULER = [
+    ("one step short", lambda m, x, y, ts: _fl(m, x, y, ts, order=lambda S: range(S - 1)), "off by one"),
+    ("first step skipped", lambda m, x, y, ts: _fl(m, x, y, ts, order=lambda S: range(1, S)), "off by one"),
+    ("model at t_next", lambda m, x, y, ts: _fl(m, x, y, ts, t_of=lambda t, tn: tn), "given t_next"),
+    ("model at 1 - t", lambda m, x, y, ts: _fl(m, x, y, ts, t_of=lambda t, tn: 1 - t), "t direction reversed"),
+    ("step reversed", lambda m, x, y, ts: _fl(m, x, y, ts, step=lambda x_, v, t, tn: _euler(x_, v, t, tn, dt=lambda a, b: a - b)),
+     "sign is reversed|euler_step"),
+    ("one more index", lambda m, x, y, ts: _fl(m, x, y, ts, order=lambda S: range(S + 1)), "out of range|S steps"),
+    ("times as a scalar", lambda m, x, y, ts: _fl(m, x, y, ts, t_of=lambda t, tn: t[0]), "shape \\[B\\]"),
+    ("float64 x", lambda m, x, y, ts: _fl(m, x, y, ts, step=lambda x_, v, t, tn: x_.double() + _b(tn.double() - t.double(), x_) * v),
+     "dtype"),
+    ("no class", lambda m, x, y, ts: _fl(m, x, torch.full_like(y, 10), ts), "no class"),
+    ("all steps", lambda m, x, y, ts: torch.stack([_fl(m, x, y, ts[:k + 2]) for k in range(len(ts) - 1)]), "one image per step|shape"),
+]
+
+LAB10_HEUN = [
+    ("only d_next", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True, slope=lambda d, d2, *a: d2), "average"),
+    ("sum not halved", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True, slope=lambda d, d2, *a: d + d2), "averaging wrong"),
+    ("d + d2 / 2", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True, slope=lambda d, d2, *a: d + d2 / 2), "averaging wrong"),
+    ("corrector at t", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True,
+                                               slope=lambda d, d2, mm, x_, xp, t, tn, y_: (d + mm(xp, t, y_)) / 2), "time t"),
+    ("corrector at x", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True,
+                                               slope=lambda d, d2, mm, x_, xp, t, tn, y_: (d + mm(x_, tn, y_)) / 2), "x_pred"),
+    ("last uncorrected", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True, last_plain=True), "last step"),
+    ("plain Euler", lambda m, x, y, ts: _fl(m, x, y, ts), "that is Euler"),
+    ("one step short", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True, order=lambda S: range(S - 1)), "off by one"),
+    ("model at 1 - t", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True, t_of=lambda t, tn: 1 - t), "t direction reversed"),
+    ("averaged x, not slopes", lambda m, x, y, ts: _fl(m, x, y, ts, heun=True,
+                                                       step=lambda x_, v, t, tn: (x_ + _euler(x_, v, t, tn)) / 2), None),
+]
+
+
+def _cfgv(m, x, t, y, w, n, a=None, b=None, null=None):
+    c, u = m(x, t, y), m(x, t, torch.full_like(y, n if null is None else null))
+    return (1 + w if a is None else a(w)) * c - (w if b is None else b(w)) * u
+
+
+LAB10_CFG = [
+    ("real labels", lambda m, x, t, y, w, n: (1 + w) * m(x, t, y) - w * m(x, t, y), "real labels"),
+    ("scale convention", lambda m, x, t, y, w, n: _cfgv(m, x, t, y, w, n, a=lambda w_: w_, b=lambda w_: w_ - 1), "scale"),
+    ("swapped", lambda m, x, t, y, w, n: (1 + w) * m(x, t, torch.full_like(y, n)) - w * m(x, t, y), "swapped"),
+    ("no uncond", lambda m, x, t, y, w, n: (1 + w) * m(x, t, y), "missing"),
+    ("w only", lambda m, x, t, y, w, n: w * (m(x, t, y) - m(x, t, torch.full_like(y, n))), "weight 1 \\+ w"),
+    ("sign", lambda m, x, t, y, w, n: m(x, t, y) - w * (m(x, t, y) - m(x, t, torch.full_like(y, n))), "wrong sign"),
+    ("null = 10", lambda m, x, t, y, w, n: _cfgv(m, x, t, y, w, n, null=10), "null_class"),
+    ("null = 0", lambda m, x, t, y, w, n: _cfgv(m, x, t, y, w, n, null=0), "null_class"),
+    ("1 - t", lambda m, x, t, y, w, n: _cfgv(m, x, 1 - t, y, w, n), "1 - t"),
+]
+
+
 def _lab03_class(name: str, mistake: str):
     import lab03_modules
 
@@ -1104,6 +1222,11 @@ SUITE = {
     ("lab09_report", "speedup_at_quality"): LAB09_SPEED,
     ("lab09_report", "heldout_x0_error"): LAB09_X0,
     ("lab09_report", "accuracy_margin"): LAB09_MARGIN,
+    ("lab10_flow", "flow_matching_loss"): LAB10_LOSS,
+    ("lab10_flow", "euler_step"): LAB10_STEP,
+    ("lab10_flow", "euler_loop"): LAB10_EULER,
+    ("lab10_flow", "heun_loop"): LAB10_HEUN,
+    ("lab10_flow", "cfg_velocity"): LAB10_CFG,
 }
 
 

@@ -54,6 +54,11 @@ LIBRARY = {
     ("lab09_report", "speedup_at_quality"): "labkit.evaluation.measures",
     ("lab09_report", "heldout_x0_error"): "labkit.evaluation.measures",
     ("lab09_report", "accuracy_margin"): "labkit.evaluation.measures",
+    ("lab10_flow", "flow_matching_loss"): "labkit.flow",
+    ("lab10_flow", "euler_step"): "labkit.flow",
+    ("lab10_flow", "euler_loop"): "labkit.flow",
+    ("lab10_flow", "heun_loop"): "labkit.flow",
+    ("lab10_flow", "cfg_velocity"): "labkit.flow",
 }
 
 

@@ -49,6 +49,11 @@ LIBRARY_ANSWERS = {
     "speedup_at_quality": "labkit.evaluation.measures",
     "heldout_x0_error": "labkit.evaluation.measures",
     "accuracy_margin": "labkit.evaluation.measures",
+    "flow_matching_loss": "labkit.flow",
+    "euler_step": "labkit.flow",
+    "euler_loop": "labkit.flow",
+    "heun_loop": "labkit.flow",
+    "cfg_velocity": "labkit.flow",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.
