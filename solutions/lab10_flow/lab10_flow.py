@@ -43,9 +43,9 @@ import matplotlib.pyplot as plt
 from labkit import flow, plotting, recipes, samplers, schedules, toy2d, training
 from labkit.checks import lab10_flow as checks
 
+torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
 ON_GPU = DEVICE.type == "cuda"
-torch.manual_seed(0)  # every lab starts from the same random numbers
 
 # %% [markdown]
 # ## 1. The straight line and its velocity
