@@ -839,6 +839,105 @@ LAB08 = [
     ("1 - sqrt (outside suite)", lambda e, g, a, s: e - s * (1 - a.sqrt()) * g, "1 - sqrt"),
 ]
 
+
+def _cgrad(clf, x, t, y, *, what="log_softmax", dim=1, reduce="sum", cls=None, detach=True, leaf=True):
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True) if detach else x
+        logits = clf(xx, t)
+        rows = torch.arange(len(y))
+        c = y if cls is None else cls(logits, y)
+        if what == "logit":
+            v = logits[rows, c]
+        elif what == "softmax":
+            v = logits.softmax(dim)[rows, c]
+        elif what == "ce":
+            v = -F.cross_entropy(logits, c, reduction="none") if reduce != "ce mean" else None
+            if reduce == "ce mean":
+                (gr,) = torch.autograd.grad(F.cross_entropy(logits, c), xx)
+                return gr
+        elif what == "all":
+            v = logits.log_softmax(1).sum(1)
+        else:
+            v = logits.log_softmax(dim)[rows, c]
+        total = v.mean() if reduce == "mean" else v.sum()
+        (gr,) = torch.autograd.grad(total, xx)
+    return gr
+
+
+def _no_leaf(clf, x, t, y):  # forgot to make x_t require grad
+    logits = clf(x, t)
+    (gr,) = torch.autograd.grad(logits.log_softmax(1)[torch.arange(len(y)), y].sum(), x)
+    return gr
+
+
+def _backward_twice_graph(clf, x, t, y):  # .backward() and x.grad, fine; then returns x (not the gradient)
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True)
+        clf(xx, t).log_softmax(1)[torch.arange(len(y)), y].sum().backward()
+    return xx.detach()
+
+
+def _no_grad_mode(clf, x, t, y):  # the student's function run under no_grad without enable_grad
+    with torch.no_grad():
+        xx = x.detach().requires_grad_(True)
+        (gr,) = torch.autograd.grad(clf(xx, t).log_softmax(1)[torch.arange(len(y)), y].sum(), xx)
+    return gr
+
+
+LAB08_GRAD = [
+    ("logit", lambda c, x, t, y: _cgrad(c, x, t, y, what="logit"), "logit of class y"),
+    ("probability", lambda c, x, t, y: _cgrad(c, x, t, y, what="softmax"), "probability"),
+    ("dim 0", lambda c, x, t, y: _cgrad(c, x, t, y, dim=0), "dim 0"),
+    ("mean over the batch", lambda c, x, t, y: _cgrad(c, x, t, y, reduce="mean"), "mean over the batch"),
+    ("all classes", lambda c, x, t, y: _cgrad(c, x, t, y, what="all"), "all classes"),
+    ("cross-entropy", lambda c, x, t, y: -_cgrad(c, x, t, y, what="ce"), "sign is flipped"),
+    ("mean cross-entropy", lambda c, x, t, y: _cgrad(c, x, t, y, what="ce", reduce="ce mean"), "cross-entropy"),
+    ("sign", lambda c, x, t, y: -_cgrad(c, x, t, y), "sign is flipped"),
+    ("argmax class", lambda c, x, t, y: _cgrad(c, x, t, y, cls=lambda lg, y_: lg.argmax(1)), "argmax"),
+    ("no requires_grad", _no_leaf, "requires grad"),
+    ("under no_grad", _no_grad_mode, "no_grad"),
+    ("returns x", _backward_twice_graph, None),
+    ("per-class gradient [B, K]", lambda c, x, t, y: c(x, t).log_softmax(1), "return their gradient"),
+]
+
+
+def _gloop(model, clf, x_T, y, scale, ts, betas, ab, noises, *, sign=-1.0, factor=lambda a: (1 - a).sqrt(),
+           model_t=None, ks=None, once=False, at_x_T=False, grad=None, cast=True, no_grad_all=False):
+    from labkit import samplers
+    from labkit.guidance import classifier_grad
+    S, B = len(ts), x_T.shape[0]
+    x, gr = x_T, None
+    for k in (range(S - 1, -1, -1) if ks is None else ks(S)):
+        t = (ts[k] if model_t is None else model_t(k)).expand(B)
+        kb = torch.full((B,), k)
+        with torch.no_grad():
+            eps = model(x, t, y)
+        if gr is None or not once:
+            gr = (classifier_grad if grad is None else grad)(clf, x_T if at_x_T else x, t, y)
+        a = ab[kb].view(-1, 1, 1, 1)
+        x = samplers.p_sample_step(x, kb, eps + sign * scale * factor(a) * gr, betas, ab, noises[k])
+        if cast:
+            x = x.to(x_T.dtype)
+    return x
+
+
+LAB08_LOOP = [
+    ("no guidance", lambda *a: _gloop(*a, sign=0.0), "no guidance"),
+    ("added", lambda *a: _gloop(*a, sign=1.0), "added to eps_hat"),
+    ("no sqrt(1 - alpha_bar)", lambda *a: _gloop(*a, factor=lambda a_: 1 + 0 * a_), "factor sqrt\\(1 - alpha_bar\\) is missing"),
+    ("sqrt(alpha_bar)", lambda *a: _gloop(*a, factor=lambda a_: a_.sqrt()), "sqrt\\(alpha_bar\\) where"),
+    ("1 - alpha_bar", lambda *a: _gloop(*a, factor=lambda a_: 1 - a_), "without the sqrt"),
+    ("divided", lambda *a: _gloop(*a, factor=lambda a_: 1 / (1 - a_).sqrt()), "divided by sqrt"),
+    ("model sees k", lambda *a: _gloop(*a, model_t=lambda k: torch.tensor(k)), "timesteps\\[k\\]"),
+    ("gradient at x_T", lambda *a: _gloop(*a, at_x_T=True), "at x_T"),
+    ("gradient once", lambda *a: _gloop(*a, once=True), "computed once"),
+    ("forwards", lambda *a: _gloop(*a, ks=lambda S: range(S)), "runs forwards"),
+    ("stops before k = 0", lambda *a: _gloop(*a, ks=lambda S: range(S - 1, 0, -1)), "stops before the last step"),
+    ("logit gradient", lambda *a: _gloop(*a, grad=lambda c, x, t, y: _cgrad(c, x, t, y, what="logit")),
+     "classifier_grad and guided_eps"),
+    ("all under no_grad", lambda *a: _gloop(*a, grad=_no_grad_mode), "no_grad"),
+]
+
 # --- lab 09 ----------------------------------------------------------------------------------------------
 
 
@@ -1019,6 +1118,8 @@ SUITE = {
     ("lab07_improvements", "ddim_loop"): LAB07_DDIM_LOOP,
     ("lab07_improvements", "dpmpp_2m_loop"): LAB07_DPM_LOOP,
     ("lab08_beyond", "guided_eps"): LAB08,
+    ("lab08_beyond", "classifier_grad"): LAB08_GRAD,
+    ("lab08_beyond", "classifier_guided_loop"): LAB08_LOOP,
     ("lab09_report", "recognisable_from"): LAB09_REC,
     ("lab09_report", "quartiles_per_digit"): LAB09_QUART,
     ("lab09_report", "relative_clip_score"): LAB09_REL,

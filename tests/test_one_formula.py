@@ -22,6 +22,10 @@ LIBRARY = {
     ("lab01_forward", "alpha_bars_from_betas"): "labkit.schedules",
     ("lab01_forward", "snr"): "labkit.schedules",
     ("lab01_forward", "q_sample"): "labkit.diffusion",
+    ("lab01_forward", "linear_betas"): "labkit.schedules",
+    ("lab01_forward", "cosine_alpha_bars"): "labkit.schedules",
+    ("lab01_forward", "predict_x0_from_eps"): "labkit.diffusion",
+    ("lab01_forward", "q_posterior"): "labkit.diffusion",
     ("lab02_unet", "concat_skip"): "labkit.unet",
     ("lab02_unet", "upsample_merge"): "labkit.unet",
     ("lab03_embeddings", "sinusoidal_embedding"): "labkit.embeddings",
@@ -43,6 +47,8 @@ LIBRARY = {
     ("lab07_improvements", "ddim_loop"): "labkit.samplers",
     ("lab07_improvements", "dpmpp_2m_loop"): "labkit.samplers",
     ("lab08_beyond", "guided_eps"): "labkit.clip_guidance",
+    ("lab08_beyond", "classifier_grad"): "labkit.guidance",
+    ("lab08_beyond", "classifier_guided_loop"): "labkit.samplers",
     ("lab09_report", "recognisable_from"): "labkit.evaluation.measures",
     ("lab09_report", "quartiles_per_digit"): "labkit.evaluation.measures",
     ("lab09_report", "relative_clip_score"): "labkit.evaluation.measures",
@@ -88,11 +94,14 @@ def test_library_function_passes_the_labs_checks(lab, name, capsys):
 
 
 def _spoiled(fn):
-    """fn, but with a wrong result: tensors shifted by 0.25, or (a training step) every weight nudged."""
+    """fn, but with a wrong result: tensors (or a tuple of them) shifted by 0.25, or (a training step) every weight
+    nudged."""
     def wrong(*args, **kwargs):
         out = fn(*args, **kwargs)
         if isinstance(out, torch.Tensor):
             return out + 0.25
+        if isinstance(out, tuple):  # (mean, variance) of q_posterior: each spoiled
+            return tuple(o + 0.25 for o in out)
         model = args[0]
         with torch.no_grad():
             for p in model.parameters():
