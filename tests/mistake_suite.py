@@ -147,7 +147,7 @@ LAB01_COS = [
     ("no f(0), straight from f", lambda T, s: _cos(T, s, norm=False, betas=False), "normalised by f\\(0\\)"),
     ("no clip", lambda T, s: _cos(T, s, clip=None), "not clipped"),
     ("starts at 1", lambda T, s: _cos(T, s, drop="last"), "off by one in t"),
-    ("straight from f", lambda T, s: _cos(T, s, betas=False), "without the betas"),
+    ("straight from f", lambda T, s: _cos(T, s, betas=False), "not clipped"),
     ("straight from f, first kept", lambda T, s: _cos(T, s, betas=False, drop="last"), "off by one"),
     ("t / (T - 1)", lambda T, s: _cos(T, s, denom=T - 1), "T - 1"),
     ("linspace(0, 1, T)", lambda T, s: (lambda f: f / f[0])(torch.cos((torch.linspace(0, 1, T, dtype=torch.float64) + s)
