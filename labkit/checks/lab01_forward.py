@@ -20,6 +20,7 @@ import torch
 from labkit import diffusion, schedules
 from labkit.checks._common import (
     call, compare, deterministic, expect_tensor, fail, generator, passed, spread_steps,
+    yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
 
 

@@ -282,8 +282,11 @@ def check_classifier_guided_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 
                         "the loop stops before the last step k = 0": V(order=range(S_ - 1, 0, -1)),
                     }
                 try:
+                    # floor 1e-3: the guided chain amplifies rounding (the gradient of a tanh network, fed back), so
+                    # two correct float32 loops that add in another order differ by up to ~1e-4; every mistake
+                    # below moves x by 0.1 or more
                     compare_loop(name, out, ref, mistakes, context=context, reference=samplers.classifier_guided_loop,
-                                 args=args)
+                                 args=args, tol=1e-3)
                 except AssertionError as exc:
                     if getattr(exc, "mistake", None):
                         raise

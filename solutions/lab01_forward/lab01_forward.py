@@ -5,18 +5,20 @@
 # time. Before anything is learned we need that process itself. In this lab you write it.
 #
 # **Learning objectives.** After this lab you can
-# 1. compute $\bar\alpha_t$ and the signal-to-noise ratio from a noise schedule, and say how the linear and
-#    cosine schedules differ;
-# 2. sample $x_t \sim q(x_t \mid x_0)$ in one step with the closed form (Ho et al. 2020, eq. 4);
+# 1. compute $\bar\alpha_t$ and the signal-to-noise ratio from a noise schedule, write the linear and cosine
+#    schedules from their papers, and say how they differ;
+# 2. sample $x_t \sim q(x_t \mid x_0)$ in one step with the closed form (Ho et al. 2020, eq. 4), undo it when the
+#    noise is known, and write the one-step-back posterior $q(x_{t-1} \mid x_t, x_0)$ (eqs. 6-7);
 # 3. explain why denoising from pure noise in one step is hopeless, while a small step is learnable;
 # 4. read a score field on a 2D toy: where its arrows point at small and large $t$, and how samples follow it.
 #
-# **Time budget.** Running all cells: about 35 seconds on 2 shared CPU cores (measured; the 2D toy of section 5
-# takes 8 of them), under a minute on a Colab T4. Working through the lab: about 55 minutes. Points: 8 (4 for the functions, 4 for the written answers).
+# **Time budget.** Running all cells: about 1 minute on 2 shared CPU cores (measured 76 seconds under heavy load),
+# under a minute on a Colab T4. Working through the lab: about 85 minutes.
+# Points: 14 (10 for the functions, 4 for the written answers).
 #
-# **How it is graded.** Three small functions, each followed by a test cell (the tests you see, plus hidden
-# ones with other inputs). Cells further down use `labkit`'s reference implementation, so a bug in your
-# answer never breaks the rest of the lab. Run the cells from top to bottom.
+# **How it is graded.** Seven small functions, each followed by a test cell (the tests you see, plus hidden
+# ones with other inputs). Cells further down use your function when it passes its check and `labkit`'s reference
+# implementation otherwise, so a bug in your answer never breaks the rest of the lab. Run the cells from top to bottom.
 # The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
@@ -144,7 +146,7 @@ def cosine_alpha_bars(T, s=0.008):
     f = torch.cos((times + s) / (1 + s) * math.pi / 2) ** 2  # [T+1]
     alpha_bar = f / f[0]  # [T+1], 1 at t = 0
     betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)  # [T]
-    return torch.cumprod(1 - betas, dim=0)
+    return torch.cumprod(1 - betas, 0)  # [T]: the running product, as in exercise 1
     ### END SOLUTION
 
 
@@ -155,8 +157,9 @@ checks.check_cosine_alpha_bars(cosine_alpha_bars, seed=7, cases=((1000, 0.008), 
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# From here on the notebook uses `labkit`'s reference code (`labkit.schedules`), built from your two functions
-# where they pass their checks. The SNR is drawn on a log scale: it spans ten orders of magnitude.
+# The linear schedule below is built from your `linear_betas` when it passes its check (else from `labkit`'s);
+# the cosine schedule is `labkit`'s (`labkit.schedules.make_schedule`), compared with yours. From here on the
+# notebook uses `labkit`'s reference code. The SNR is drawn on a log scale: it spans ten orders of magnitude.
 
 # %%
 my_linear = checks.yours_or_labkit(checks.check_linear_betas, linear_betas, schedules.linear_betas, "linear_betas")
@@ -305,7 +308,8 @@ checks.check_q_posterior(q_posterior, seed=10, sizes=((3, 1, 28, 28),), T=3)
 
 # %% [markdown]
 # How much noise does one step back add? The forward step adds variance $\beta_t$; the step back, knowing $x_0$,
-# only $\tilde\beta_t$, which is smaller, and much smaller near $t = 0$.
+# only $\tilde\beta_t$: 0 at $t = 0$, about half of $\beta_t$ at $t = 1$, and nearly $\beta_t$ itself once $t$ is
+# large (there $\bar\alpha_{t-1} \approx \bar\alpha_t$, so their ratio is close to 1).
 
 # %%
 posterior = checks.yours_or_labkit(checks.check_q_posterior, q_posterior, diffusion.q_posterior, "q_posterior")

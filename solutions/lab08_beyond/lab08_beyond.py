@@ -9,13 +9,16 @@
 #
 # **Learning objectives.** After this lab you can
 # 1. explain how the gradient of a critic's score enters the noise estimate, and write that combination;
-# 2. run CLIP-guided sampling and measure its effect with three judges (classifier accuracy, FID, CLIP score);
-# 3. recognise when an optimised score stops measuring what you wanted (Goodhart's law) and show it.
+# 2. take a classifier's gradient $\nabla_{x_t} \log p(y \mid x_t)$ with autograd and write classifier-guided
+#    sampling (Dhariwal & Nichol 2021) around lab 05's step;
+# 3. run CLIP-guided sampling and measure its effect with three judges (classifier accuracy, FID, CLIP score);
+# 4. recognise when an optimised score stops measuring what you wanted (Goodhart's law) and show it.
 #
 # **Time budget.** Running all cells: about 4 minutes on a Colab T4 (plus about 1 minute to download CLIP
 # once); on a laptop CPU about 10 minutes with the real CLIP. Working through the lab: about 45 minutes.
 #
-# **How it is graded.** One short function (2 points) and its test cell (the tests you see, plus hidden ones).
+# **How it is graded.** Three functions (7 points), each followed by its test cell (the tests you see, plus
+# hidden ones). The demonstration after exercise 3 runs your loop when it passes its check, `labkit`'s otherwise.
 # The rest is an experiment: run it, look, and answer the questions. Without internet (and while grading) CLIP
 # is a tiny random model and every CLIP number is meaningless; the lab says so when that happens.
 # The questions at the end are answered in writing and graded by hand (4 points).
