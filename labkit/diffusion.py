@@ -54,6 +54,22 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
 
 
+def forward_chain(x0: torch.Tensor, betas: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
+    """Run the forward process step by step (Ho et al. 2020, eq. 2):   (lab 01)
+
+        x_t = sqrt(1 - beta_t) * x_{t-1} + sqrt(beta_t) * eps_t,   eps_t ~ N(0, I),   x_{-1} = x_0
+
+    for t = 0, ..., T-1 with eps_t = noises[t]. Its result has the distribution of q_sample at t = T - 1 (eq. 4):
+    the small Gaussian steps compose into one. x0: [B, ...]; betas: [T]; noises: [T, B, ...] -> x_{T-1} [B, ...]
+    in x0's dtype.
+    """
+    x = x0
+    for t in range(betas.shape[0]):
+        beta = betas[t].to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        x = ((1 - beta).sqrt() * x + beta.sqrt() * noises[t]).to(x0.dtype)
+    return x
+
+
 def alpha_bars_of(alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
     """The [T] tensor of alpha_bar values, given either that tensor or a Schedule."""
     if isinstance(alpha_bars, Schedule):

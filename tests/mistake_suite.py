@@ -101,6 +101,46 @@ LAB01_Q = [
     ("no reshape", lambda x0, t, n, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * n, "\\[B, 1, 1, 1\\]"),
 ]
 
+def _fc(x0, betas, noises, *, sx=None, sn=None, ks=None, z=None, restart=False, keep=False):
+    x, xs = x0, []
+    T = len(betas)
+    for t in (range(T) if ks is None else ks(T)):
+        b = betas[t].to(x0.dtype)
+        cx = (1 - b).sqrt() if sx is None else sx(b)
+        cn = b.sqrt() if sn is None else sn(b)
+        x = cx * (x0 if restart else x) + cn * noises[t if z is None else z(t, T)]
+        xs.append(x)
+    return torch.stack(xs) if keep else x
+
+
+LAB01_CHAIN = [
+    ("variance on the noise", lambda x, b, n: _fc(x, b, n, sn=lambda b_: b_), "variance beta_t"),
+    ("1 - beta on x", lambda x, b, n: _fc(x, b, n, sx=lambda b_: 1 - b_), "1 - beta_t"),
+    ("x unscaled", lambda x, b, n: _fc(x, b, n, sx=lambda b_: 1 + 0 * b_), "x was not scaled"),
+    ("noise unscaled", lambda x, b, n: _fc(x, b, n, sn=lambda b_: 1 + 0 * b_), "added unscaled"),
+    ("noise subtracted", lambda x, b, n: _fc(x, b, n, sn=lambda b_: -b_.sqrt()), "subtracted"),
+    ("alpha_bar each step", lambda x, b, n: _fc_ab(x, b, n, torch.cumprod(1 - b, 0)), "closed form q\\(x_t \\| x_0\\)"),
+    ("noises[0] every step", lambda x, b, n: _fc(x, b, n, z=lambda t, T: 0), "same noise at every step"),
+    ("noises[-1] every step", lambda x, b, n: _fc(x, b, n, z=lambda t, T: T - 1), "same noise at every step"),
+    ("range(T - 1)", lambda x, b, n: _fc(x, b, n, ks=lambda T: range(T - 1)), "last step is missing"),
+    ("range(1, T)", lambda x, b, n: _fc(x, b, n, ks=lambda T: range(1, T)), "first step is missing"),
+    ("from x0 every step", lambda x, b, n: _fc(x, b, n, restart=True), "starts again from x0"),
+    ("closed form", lambda x, b, n: (lambda ab: ab.sqrt().to(x.dtype) * x + (1 - ab).sqrt().to(x.dtype) * n[-1])(
+        torch.cumprod(1 - b, 0)[-1]), "closed form with the last noise"),
+    ("backwards", lambda x, b, n: _fc(x, b, n, ks=lambda T: range(T - 1, -1, -1)), "backwards"),
+    ("trajectory", lambda x, b, n: _fc(x, b, n, keep=True), "only the last x"),
+    ("fresh noise", lambda x, b, n: _fc(x, b, torch.randn_like(n)), "use the inputs you are given"),
+    ("noise in place", lambda x, b, n: _fc(x, b, n.mul_(1.0001)), "in place"),
+]
+
+
+def _fc_ab(x, betas, noises, ab):
+    for t in range(len(betas)):
+        a = ab[t].to(x.dtype)
+        x = a.sqrt() * x + (1 - a).sqrt() * noises[t]
+    return x
+
+
 def _lin(T, lo, hi, *, scale=True, n=None, start=0, flip=False):
     k = 1000 / T if scale else 1.0
     if n is None:
@@ -1091,6 +1131,7 @@ SUITE = {
     ("lab01_forward", "alpha_bars_from_betas"): LAB01_ALPHA,
     ("lab01_forward", "snr"): LAB01_SNR,
     ("lab01_forward", "q_sample"): LAB01_Q,
+    ("lab01_forward", "forward_chain"): LAB01_CHAIN,
     ("lab01_forward", "linear_betas"): LAB01_LIN,
     ("lab01_forward", "cosine_alpha_bars"): LAB01_COS,
     ("lab01_forward", "predict_x0_from_eps"): LAB01_X0,

@@ -22,6 +22,7 @@ LIBRARY = {
     ("lab01_forward", "alpha_bars_from_betas"): "labkit.schedules",
     ("lab01_forward", "snr"): "labkit.schedules",
     ("lab01_forward", "q_sample"): "labkit.diffusion",
+    ("lab01_forward", "forward_chain"): "labkit.diffusion",
     ("lab01_forward", "linear_betas"): "labkit.schedules",
     ("lab01_forward", "cosine_alpha_bars"): "labkit.schedules",
     ("lab01_forward", "predict_x0_from_eps"): "labkit.diffusion",

@@ -6,6 +6,7 @@
     check_snr(snr)                            SNR_t = alpha_bar_t / (1 - alpha_bar_t)
     check_linear_betas(linear_betas)          beta_t from beta_start to beta_end, both scaled by 1000 / T
     check_cosine_alpha_bars(cosine_alpha_bars)  Nichol & Dhariwal 2021, eq. 17, betas clipped at 0.999
+    check_forward_chain(forward_chain)        x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps_t, t = 0..T-1 (eq. 2)
     check_q_sample(q_sample)                  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
     check_predict_x0(predict_x0_from_eps)     x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
     check_q_posterior(q_posterior)            mean and variance of q(x_{t-1} | x_t, x_0), Ho et al. 2020, eqs. 6-7
@@ -270,6 +271,69 @@ def check_cosine_alpha_bars(student_fn, *, seed: int = 0, cases=((1000, 0.008), 
         compare(name, out, ref, mistakes, tol=2e-6, relative=True, context=f" for T={T}, s={s:.3g}",
                 reference=schedules.cosine_alpha_bars, args=(T, s), where=("t", torch.arange(T)))
     passed(name, f"T in {[c[0] for c in cases]}, seed {seed}")
+
+
+# --- the chain, step by step -----------------------------------------------------------------------------
+
+
+def _chain(x0, betas, noises, *, steps=None, coef_x=None, coef_n=None, z_of=None, from_x0=False):
+    """A candidate chain in float64 with one thing changed (the catalogue of check_forward_chain)."""
+    T = betas.shape[0]
+    x = x0
+    for t in (range(T) if steps is None else steps(T)):
+        b = betas[t]
+        cx = (1 - b).sqrt() if coef_x is None else coef_x(b, t)
+        cn = b.sqrt() if coef_n is None else coef_n(b, t)
+        x = cx * (x0 if from_x0 else x) + cn * noises[t if z_of is None else z_of(t)]
+    return x
+
+
+def check_forward_chain(student_fn, *, seed: int = 0, sizes=((3, 1, 5, 5), (2, 2, 4, 3)), T: int = 30) -> None:
+    """student_fn(x0 [B,C,H,W], betas [T], noises [T,B,C,H,W]) -> x_{T-1} [B,C,H,W]: eq. 2 of Ho et al. 2020, T times."""
+    name = "check_forward_chain"
+    g = generator(seed)
+    for shape in sizes:
+        shape = tuple(int(s) for s in shape)
+        betas = _random_betas(T, g)
+        x0 = torch.randn(shape, generator=g)
+        noises = torch.randn((T,) + shape, generator=g)
+        out = call(name, student_fn, x0, betas, noises, names=["x0", "betas", "noises"])
+        out = expect_tensor(name, out, shape, shape_hints={
+            (T,) + shape: "one image per step: return only the last x, x_{T-1}",
+            (T + 1,) + shape: "one image per step: return only the last x, x_{T-1}"})
+        x, n = x0.double(), noises.double()
+        ref = diffusion.forward_chain(x, betas, n)
+        ab = schedules.alpha_bars_from_betas(betas)
+        C = lambda **kw: _chain(x, betas, n, **kw)  # noqa: E731
+        mistakes = {
+            "the noise was scaled by its variance beta_t; it is scaled by its std sqrt(beta_t)":
+                C(coef_n=lambda b, t: b),
+            "x was scaled by 1 - beta_t; the factor is sqrt(1 - beta_t), so that the variances add up to 1":
+                C(coef_x=lambda b, t: 1 - b),
+            "x was not scaled: each step multiplies it by sqrt(1 - beta_t) before adding noise":
+                C(coef_x=lambda b, t: torch.ones_like(b)),
+            "the noise was added unscaled: it is multiplied by sqrt(beta_t)": C(coef_n=lambda b, t: torch.ones_like(b)),
+            "the noise was subtracted: x_t adds sqrt(beta_t) * eps_t": C(coef_n=lambda b, t: -b.sqrt()),
+            "alpha_bar_t was used in every step (that is the closed form q(x_t | x_0)); one step uses beta_t only":
+                C(coef_x=lambda b, t: ab[t].sqrt(), coef_n=lambda b, t: (1 - ab[t]).sqrt()),
+            "the same noise at every step (noises[0]): step t adds its own eps_t = noises[t]": C(z_of=lambda t: 0),
+            "the same noise at every step (noises[-1]): step t adds its own eps_t = noises[t]": C(z_of=lambda t: T - 1),
+            "the last step is missing: the chain runs t = 0, ..., T-1 (range(T))": C(steps=lambda T_: range(T_ - 1)),
+            "the first step is missing: the chain runs t = 0, ..., T-1 (range(T))": C(steps=lambda T_: range(1, T_)),
+            "every step starts again from x0: x must be updated, so that each step starts where the last one ended":
+                C(from_x0=True),
+            "the closed form with the last noise: q_sample gives the same *distribution*, but this exercise runs the "
+            "chain, one noise per step": ab[-1].sqrt() * x + (1 - ab[-1]).sqrt() * n[-1],
+            "the steps ran backwards (t = T-1 first): the chain starts at t = 0 with noises[0] and betas[0]":
+                C(steps=lambda T_: range(T_ - 1, -1, -1)),
+        }
+        try:
+            compare(name, out, ref, mistakes, tol=1e-5, context=f" for x0 of shape {list(shape)}, T={T}",
+                    reference=diffusion.forward_chain, args=(x0, betas, noises))
+        except AssertionError:
+            deterministic(name, student_fn, (x0, betas, noises), out)  # a more precise message when random
+            raise
+    passed(name, f"shapes {[list(s) for s in sizes]}, T={T}, seed {seed}")
 
 
 # --- back from x_t --------------------------------------------------------------------------------------

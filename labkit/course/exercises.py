@@ -8,6 +8,7 @@ LIBRARY_ANSWERS = {
     "alpha_bars_from_betas": "labkit.schedules",
     "snr": "labkit.schedules",
     "q_sample": "labkit.diffusion",
+    "forward_chain": "labkit.diffusion",
     "linear_betas": "labkit.schedules",
     "cosine_alpha_bars": "labkit.schedules",
     "predict_x0_from_eps": "labkit.diffusion",

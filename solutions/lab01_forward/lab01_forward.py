@@ -14,9 +14,9 @@
 #
 # **Time budget.** Running all cells: about 1 minute on 2 shared CPU cores (measured 76 seconds under heavy load),
 # under a minute on a Colab T4. Working through the lab: about 85 minutes.
-# Points: 14 (10 for the functions, 4 for the written answers).
+# Points: 15 (11 for the functions, 4 for the written answers).
 #
-# **How it is graded.** Seven small functions, each followed by a test cell (the tests you see, plus hidden
+# **How it is graded.** Eight small functions, each followed by a test cell (the tests you see, plus hidden
 # ones with other inputs). Cells further down use your function when it passes its check and `labkit`'s reference
 # implementation otherwise, so a bug in your answer never breaks the rest of the lab. Run the cells from top to bottom.
 # The questions at the end are answered in writing and graded by hand (4 points).
@@ -181,7 +181,42 @@ for s in (linear, cosine):
           f"alpha_bar at the last step = {float(s.alpha_bars[-1]):.1e}")
 
 # %% [markdown]
-# ## 2. Jumping straight to step t
+# ## 2. The chain, one step at a time
+#
+# Before the shortcut, the process itself: start from a clean image and apply the small step
+# $q(x_t \mid x_{t-1})$ of section 1 again and again (Ho et al. 2020, eq. 2),
+#
+# $$x_t = \sqrt{1-\beta_t}\,x_{t-1} + \sqrt{\beta_t}\,\varepsilon_t,\qquad \varepsilon_t \sim \mathcal N(0, I),
+# \qquad t = 0, 1, \dots, T-1,$$
+#
+# with $x_{-1} = x_0$ the clean image: each step shrinks the image a little and adds a little fresh noise.
+#
+# ### Exercise 5 (1 point)
+# Write `forward_chain(x0, betas, noises)`: `x0` `[B, C, H, W]`, `betas` `[T]`, `noises` `[T, B, C, H, W]` (step
+# $t$ adds `noises[t]`: use them, do not draw new noise); return the image after the last step, `[B, C, H, W]`.
+# A loop over the steps is the natural way.
+
+# %% nbgrader={"grade": false, "grade_id": "forward_chain", "locked": false, "schema_version": 3, "solution": true}
+def forward_chain(x0, betas, noises):
+    """x_t = sqrt(1 - beta_t) * x_{t-1} + sqrt(beta_t) * noises[t] for t = 0 .. T-1, from x0 -> the last x."""
+    ### BEGIN SOLUTION
+    x = x0
+    for t in range(len(betas)):
+        beta = betas[t].to(x.dtype)
+        x = (1 - beta).sqrt() * x + beta.sqrt() * noises[t]
+    return x
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_forward_chain", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_forward_chain(forward_chain)
+### BEGIN HIDDEN TESTS
+checks.check_forward_chain(forward_chain, seed=6, sizes=((4, 1, 6, 6), (1, 3, 2, 2)), T=200)
+checks.check_forward_chain(forward_chain, seed=12, sizes=((2, 1, 28, 28),), T=1)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3. Jumping straight to step t
 #
 # Because a sum of Gaussians is Gaussian, the $t$ small steps compose into one (Ho et al. 2020, eq. 4):
 #
@@ -191,7 +226,7 @@ for s in (linear, cosine):
 #
 # Training draws a random $t$ for every image and uses this formula, so it never has to run the chain.
 #
-# ### Exercise 5 (2 points)
+# ### Exercise 6 (2 points)
 # Write `q_sample(x0, t, noise, alpha_bars)`:
 # * `x0`: clean images `[B, C, H, W]`; `noise`: $\varepsilon$, same shape (use it, do not draw new noise);
 # * `t`: int64 `[B]`, one step per image; `alpha_bars`: `[T]`;
@@ -218,6 +253,24 @@ checks.check_q_sample(q_sample, seed=4, sizes=((3, 1, 28, 28),), T=10)
 ### END HIDDEN TESTS
 
 # %% [markdown]
+# Does the shortcut describe the chain? Below, one pixel of value 0.7 is copied 20000 times and sent through 300
+# steps of your `forward_chain` (labkit's if yours does not pass yet) on the linear schedule, each copy with its
+# own noise; the closed form predicts the mean $\sqrt{\bar\alpha_{299}} \cdot 0.7$ and the standard deviation
+# $\sqrt{1-\bar\alpha_{299}}$.
+
+# %%
+chain = checks.yours_or_labkit(checks.check_forward_chain, forward_chain, diffusion.forward_chain, "forward_chain")
+pixel = torch.full((20000, 1, 1, 1), 0.7)
+chain_noise = torch.randn((300, 20000, 1, 1, 1), generator=torch.Generator().manual_seed(4))
+end = chain(pixel, linear.betas[:300], chain_noise)
+ab_299 = float(linear.alpha_bars[299])
+print(f"300 small steps: mean {float(end.mean()):.3f}, std {float(end.std()):.3f}")
+print(f"one jump, eq. 4: mean {ab_299 ** 0.5 * 0.7:.3f}, std {(1 - ab_299) ** 0.5:.3f}")
+
+# %% [markdown]
+# The two agree to the sampling error of 20000 copies (about 0.01): the chain and the jump give the same
+# distribution, though not the same samples (the jump uses one noise, the chain 300).
+#
 # The step can be undone when the noise is known: solve the formula above for $x_0$,
 #
 # $$x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon}{\sqrt{\bar\alpha_t}}.$$
@@ -226,7 +279,7 @@ checks.check_q_sample(q_sample, seed=4, sizes=((3, 1, 28, 28),), T=10)
 # turns the prediction into a guess $\hat x_0$ of the clean image (Ho et al. 2020, eq. 15). Labs 05 and 07 use it
 # at every sampling step.
 #
-# ### Exercise 6 (1 point)
+# ### Exercise 7 (1 point)
 # Write `predict_x0_from_eps(xt, t, eps, alpha_bars)`: shapes as in `q_sample` (`xt`, `eps` `[B, C, H, W]`,
 # `t` `[B]`, `alpha_bars` `[T]`); return $x_0$ `[B, C, H, W]`. Mind the parentheses.
 
@@ -280,7 +333,7 @@ for t, e in zip(t_demo.tolist(), err.tolist()):
 # $\alpha_t = \bar\alpha_t / \bar\alpha_{t-1}$, $\beta_t = 1 - \alpha_t$, and $\bar\alpha_{-1} = 1$ before the
 # first step (so at $t = 0$ the variance is 0 and the mean is $x_0$ itself).
 #
-# ### Exercise 7 (2 points)
+# ### Exercise 8 (2 points)
 # Write `q_posterior(x0, xt, t, alpha_bars)`: `x0`, `xt` `[B, C, H, W]`, `t` `[B]` (it holds $t = 0$ too),
 # `alpha_bars` `[T]`; return the pair `(mean, variance)`, the mean `[B, C, H, W]` and the variance `[B, 1, 1, 1]`.
 # Beware `alpha_bars[t - 1]` at $t = 0$: Python reads index $-1$ as the *last* element. Hint: `torch.where`.
@@ -320,7 +373,7 @@ for t, v in zip(t_show.tolist(), var_show.flatten().tolist()):
     print(f"t={t:>3}: beta_t = {float(cosine.betas[t]):.2e}   beta_tilde_t = {v:.2e}")
 
 # %% [markdown]
-# ## 3. Watching a digit dissolve
+# ## 4. Watching a digit dissolve
 #
 # Real MNIST digits when `labkit` finds them (see `labkit.data`; Colab downloads them), otherwise synthetic
 # seven-segment digits. Each row is one digit; each column one step $t$, with the same $\varepsilon$
@@ -342,7 +395,7 @@ fig = plotting.noise_grid(x0, cosine, ts, generator=torch.Generator().manual_see
 widgets.noise_slider(x0[:4], cosine, generator=torch.Generator().manual_seed(0))
 
 # %% [markdown]
-# ## 4. Why many small steps, and not one big one?
+# ## 5. Why many small steps, and not one big one?
 #
 # Suppose we tried to go from $x_t$ back to $x_0$ in **one** step. The best possible guess in squared error
 # is the posterior mean $\mathbb E[x_0 \mid x_t]$. For a finite set of training digits $\{x^{(i)}\}$ it can be
@@ -397,7 +450,7 @@ for t, m in zip(steps, mixed):
 # learnable steps.
 
 # %% [markdown]
-# ## 5. The same story in 2D, where you can see it
+# ## 6. The same story in 2D, where you can see it
 #
 # A digit is a point in 784 dimensions, which no picture can show. Here the data are points in the plane
 # instead: `labkit.toy2d.three_blobs()` is a mixture of three Gaussian blobs with weights 0.5 (blue), 0.3 (red)
@@ -408,7 +461,7 @@ for t, m in zip(steps, mixed):
 # * its **score** $\nabla_x \log q_t(x)$, the direction in which the density of noised points grows fastest;
 # * the best noise prediction $\varepsilon^*(x_t) = -\sqrt{1-\bar\alpha_t}\,\nabla_x \log q_t(x_t)$ (Song et al.
 #   2021): a noise predictor *is* a score, up to that factor; and
-# * the best one-step guess $\hat x_0 = \mathbb E[x_0 \mid x_t]$, the ideal denoiser of section 4 for blobs.
+# * the best one-step guess $\hat x_0 = \mathbb E[x_0 \mid x_t]$, the ideal denoiser of section 5 for blobs.
 #
 # Each panel below shows the same 600 points at one step $t$ (cosine schedule), with the same $\varepsilon$
 # in every panel, and grey arrows for the direction of the score on a grid.
@@ -465,7 +518,7 @@ anim
 
 # %% [markdown]
 # In the first frame every red cross sits on the same point, the weighted mean of the three blob centres:
-# from pure noise the best guess is the data mean, as the blurry mean digit of section 4 was. Step by step
+# from pure noise the best guess is the data mean, as the blurry mean digit of section 5 was. Step by step
 # the crosses split into three groups, each on a blob, while the blue dots are still spread out; in the
 # last frames the dots catch up with their crosses. (`anim.save("toy.gif")` writes the animation to a file.)
 
