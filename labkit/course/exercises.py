@@ -56,4 +56,5 @@ LIBRARY_ANSWERS = {
 # Lab 03's UNet is assembled from labkit's Down and Up levels (lab 02's classes), given the student's ResBlock.
 GIVEN = {
     "UNet": ("labkit.unet.Down", "labkit.unet.Up"),
+    "classifier_guided_loop": ("labkit.samplers.p_sample_step",),  # lab 08's loop runs lab 05's step from labkit
 }
