@@ -15,9 +15,10 @@
 # 4. recognise when an optimised score stops measuring what you wanted (Goodhart's law) and show it.
 #
 # **Time budget.** Running all cells: about 4 minutes on a Colab T4 (plus about 1 minute to download CLIP
-# once); on a laptop CPU about 10 minutes with the real CLIP (measured: 29 minutes on 2 heavily loaded shared CPU
-# cores with the tiny offline CLIP). Working through the lab: about 75 minutes. Points: 11 (7 for the functions,
-# 4 for the written answers).
+# once); on a laptop CPU about 10 minutes with the real CLIP, plus a few minutes for the classifier guidance of
+# section 3 (measured on 2 heavily loaded shared CPU cores with the tiny offline CLIP: 29 minutes for the whole lab
+# with an earlier version of that cell, and 11 minutes for the cell as it is now). Working through the lab: about
+# 75 minutes. Points: 11 (7 for the functions, 4 for the written answers).
 #
 # **How it is graded.** Three functions (7 points), each followed by its test cell (the tests you see, plus
 # hidden ones). The demonstration after exercise 3 runs your loop when it passes its check, `labkit`'s otherwise.
@@ -245,7 +246,7 @@ fig = plotting.compare_rows(guided_rows, col_titles=[str(d) for d in range(10)],
 
 # %% [markdown]
 # Without guidance ($s = 0$) the unconditional model draws digits of its own choosing, and about one in ten
-# matches the wanted one by chance. With $s = 3$ most of them become the wanted digit. Push much harder
+# matches the wanted one by chance. With $s = 1$ about half, with $s = 3$ most of them become the wanted digit. Push much harder
 # ($s = 10$, try it) and the samples break down: the guide's gradient overwhelms the model's $\hat\varepsilon$.
 
 # %% [markdown]
