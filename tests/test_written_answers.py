@@ -213,7 +213,7 @@ def test_grade_reports_autograded_and_written_points_apart(graded_written):
 
     for student in ("writer", "colab"):
         r = results[student]
-        assert r.status == "graded" and r.score == r.max_score == 4, (student, r.status, r.notes)  # tests only
+        assert r.status == "graded" and r.score == r.max_score == 11, (student, r.status, r.notes)  # tests only
         assert r.manual_max == 4 and r.manual_score is None, student  # written answers: not graded yet
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         for student, pending in (("writer", {"answer_1", "answer_2", "answer_3", "answer_4"}),
@@ -243,7 +243,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
     try:
         subs = server.call("GET", f"/formgrader/api/submitted_notebooks/{LAB}/{LAB}")
         writer = next(s for s in subs if s["student"] == "writer")
-        assert writer["needs_manual_grade"] and writer["score"] == 4
+        assert writer["needs_manual_grade"] and writer["score"] == 11
         grades = {g["name"]: g for g in server.call("GET", f"/formgrader/api/grades?submission_id={writer['id']}")}
         comments = {c["name"]: c for c in server.call("GET", f"/formgrader/api/comments?submission_id={writer['id']}")}
         given = {"answer_1": 1, "answer_2": 0.5, "answer_3": 0, "answer_4": 1}
@@ -254,7 +254,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
                         {"manual_comment": f"Comment on {name}: see the SNR plot."})
         after = next(s for s in server.call("GET", f"/formgrader/api/submitted_notebooks/{LAB}/{LAB}")
                      if s["student"] == "writer")
-        assert not after["needs_manual_grade"] and after["score"] == 4 + 2.5 and after["max_score"] == 8
+        assert not after["needs_manual_grade"] and after["score"] == 11 + 2.5 and after["max_score"] == 15
         result = server.call("POST", f"/formgrader/api/assignment/{LAB}/writer/generate_feedback")
         assert result["success"], result.get("log", "")[-2000:]
     finally:
@@ -264,7 +264,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
 
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         sub = gb.find_submission(LAB, "writer")
-        assert (sub.score, sub.max_score, sub.code_score, sub.written_score) == (6.5, 8, 4, 2.5)
+        assert (sub.score, sub.max_score, sub.code_score, sub.written_score) == (13.5, 15, 11, 2.5)
         assert not sub.needs_manual_grade
     from labkit.course.autograde import read_scores
     from labkit.course.results import GradeResult
@@ -272,7 +272,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         res = GradeResult("writer", LAB)
         read_scores(res, gb.find_submission(LAB, "writer"))
-    assert (res.score, res.max_score, res.manual_score, res.manual_max) == (4, 4, 2.5, 4)
+    assert (res.score, res.max_score, res.manual_score, res.manual_max) == (11, 11, 2.5, 4)
 
     page = (course_dir / "feedback" / "writer" / LAB / f"{LAB}.html").read_text(encoding="utf-8")
     text = htmllib.unescape(re.sub(r"<[^>]+>", " ", page))

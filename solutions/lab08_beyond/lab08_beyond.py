@@ -140,7 +140,7 @@ checks.check_guided_eps(guided_eps, seed=4, sizes=((3, 2, 5, 5),), scales=(0.5, 
 def classifier_grad(classifier, x_t, t, y):
     """grad of log softmax(classifier(x_t, t))[i, y[i]] with respect to x_t, per image: [B, C, H, W]."""
     ### BEGIN SOLUTION
-    with torch.enable_grad():
+    with torch.enable_grad():  # records the graph even where the caller switched it off
         x = x_t.detach().requires_grad_(True)  # a leaf to differentiate with respect to
         log_probs = torch.log_softmax(classifier(x, t), dim=1)  # [B, K]
         chosen = log_probs[torch.arange(len(y)), y]  # [B]: log p(y_i | x_i, t_i)
