@@ -219,7 +219,7 @@ def test_grade_reports_autograded_and_written_points_apart(graded_written):
         for student, pending in (("writer", {"answer_1", "answer_2", "answer_3", "answer_4"}),
                                  ("colab", {"answer_1", "answer_2", "answer_3"})):
             sub = gb.find_submission(LAB, student)
-            assert (sub.code_score, sub.max_code_score, sub.max_written_score) == (4, 4, 4)
+            assert (sub.code_score, sub.max_code_score, sub.max_written_score) == (11, 11, 4)
             grades = {g.name: g for g in sub.notebooks[0].grades}
             assert {n for n, g in grades.items() if g.needs_manual_grade} == pending, student
             if student == "colab":  # left as "YOUR ANSWER HERE": nbgrader scored it 0, nothing to grade
@@ -279,7 +279,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
     text = re.sub(r"\s+", " ", text)
     assert "Comment on answer_2: see the SNR plot." in text
     assert "My answer to answer_3" in text  # the student's own words
-    assert re.search(r"6\.5\s*/\s*8", text), "the total (autograded 4 + written 2.5 of 8)"
+    assert re.search(r"13\.5\s*/\s*15", text), "the total (autograded 11 + written 2.5 of 15)"
     assert "Model answer" not in text and "Rubric" not in text and "HIDDEN TESTS" not in text
     hidden = re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS",
                         (REPO / "solutions" / LAB / f"{LAB}.py").read_text(), re.S)

@@ -181,7 +181,7 @@ def classifier_guided_loop(model, classifier, x_T, y, scale, timesteps, betas, a
     for k in range(len(timesteps) - 1, -1, -1):
         t = timesteps[k].expand(B)  # [B]: the real time step
         k_b = torch.full((B,), k, dtype=torch.long, device=x.device)  # [B]: the chain's step
-        with torch.no_grad():
+        with torch.no_grad():  # no gradient through the model
             eps_hat = model(x, t, y)
         grad = classifier_grad(classifier, x, t, y)
         alpha_bar = alpha_bars.to(x.device)[k_b].view(-1, 1, 1, 1)  # [B, 1, 1, 1]
