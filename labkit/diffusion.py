@@ -54,6 +54,22 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
 
 
+def forward_chain(x0: torch.Tensor, betas: torch.Tensor, noises: torch.Tensor) -> torch.Tensor:
+    """Run the forward process step by step (Ho et al. 2020, eq. 2):   (lab 01)
+
+        x_t = sqrt(1 - beta_t) * x_{t-1} + sqrt(beta_t) * eps_t,   eps_t ~ N(0, I),   x_{-1} = x_0
+
+    for t = 0, ..., T-1 with eps_t = noises[t]. Its result has the distribution of q_sample at t = T - 1 (eq. 4):
+    the small Gaussian steps compose into one. x0: [B, ...]; betas: [T]; noises: [T, B, ...] -> x_{T-1} [B, ...]
+    in x0's dtype.
+    """
+    x = x0
+    for t in range(betas.shape[0]):
+        beta = betas[t].to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        x = ((1 - beta).sqrt() * x + beta.sqrt() * noises[t]).to(x0.dtype)
+    return x
+
+
 def alpha_bars_of(alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
     """The [T] tensor of alpha_bar values, given either that tensor or a Schedule."""
     if isinstance(alpha_bars, Schedule):
@@ -63,27 +79,32 @@ def alpha_bars_of(alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
     return alpha_bars
 
 
-def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, schedule: Schedule):
-    """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eqs. 6-7):
+def q_posterior(x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor, alpha_bars: torch.Tensor | Schedule):
+    """Mean and variance of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eqs. 6-7):   (lab 01)
 
         mean = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) * x_0
              + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * x_t
         var  = beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t
 
-    At t = 0 the variance is 0 and the mean is x_0. Returns (mean [B, ...], variance [B, 1, 1, 1]).
+    with beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} and alpha_bar_{-1} = 1, so alpha_bars [T] (or a Schedule)
+    is all it needs. At t = 0 the variance is 0 and the mean is x_0. x0, xt: [B, ...]; t: int64 [B]
+    -> (mean [B, ...] in xt's dtype, variance [B, 1, 1, 1]).
     """
-    return posterior_between(x0, xt, t, t - 1, schedule)
+    return posterior_between(x0, xt, t, t - 1, alpha_bars)
 
 
-def posterior_between(x0, xt, t, t_prev, schedule: Schedule):
+def posterior_between(x0, xt, t, t_prev, schedule: torch.Tensor | Schedule):
     """q(x_s | x_t, x_0) for any earlier step s = t_prev < t (t_prev = -1 means "clean data").
 
     The same Gaussian as eqs. 6-7 of Ho et al. 2020 with beta_t replaced by the effective variance
     between the two steps, 1 - alpha_bar_t / alpha_bar_s; this is what a sampler with fewer steps than T
-    (a "respaced" schedule, Nichol & Dhariwal 2021, section 4) uses. Returns (mean, variance).
+    (a "respaced" schedule, Nichol & Dhariwal 2021, section 4) uses. ``schedule``: a Schedule or its
+    alpha_bars [T]. Returns (mean, variance).
     """
-    ab_t = gather(schedule.alpha_bars, t, xt)
-    ab_s = gather(schedule.alpha_bars_prev, t_prev + 1, xt)  # alpha_bars_prev[s + 1] = alpha_bar_s, 1 at s = -1
+    alpha_bars = alpha_bars_of(schedule)  # [T]
+    alpha_bars_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])  # [T]: alpha_bar_{t-1}, 1 before step 0
+    ab_t = gather(alpha_bars, t, xt)
+    ab_s = gather(alpha_bars_prev, t_prev + 1, xt)  # alpha_bars_prev[s + 1] = alpha_bar_s, 1 at s = -1
     alpha = ab_t / ab_s  # effective alpha between s and t
     beta = 1 - alpha
     coef_x0 = ab_s.sqrt() * beta / (1 - ab_t)
@@ -93,9 +114,13 @@ def posterior_between(x0, xt, t, t_prev, schedule: Schedule):
     return mean.to(xt.dtype), var
 
 
-def predict_x0_from_eps(xt, t, eps, schedule: Schedule) -> torch.Tensor:
-    """Invert eq. 4 of Ho et al. 2020: x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-    ab = gather(schedule.alpha_bars, t, xt)
+def predict_x0_from_eps(xt, t, eps, alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
+    """Invert eq. 4 of Ho et al. 2020 (the x0 of their eq. 15):   (lab 01)
+
+        x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)
+
+    xt, eps: [B, ...]; t: int64 [B]; alpha_bars: [T] (or a Schedule) -> x_0 [B, ...] in xt's dtype."""
+    ab = gather(alpha_bars_of(alpha_bars), t, xt)
     return ((xt - (1 - ab).sqrt() * eps) / ab.sqrt()).to(xt.dtype)
 
 

@@ -73,3 +73,26 @@ def guided(model: Model, w: float, null_class: int) -> Model:
     if check_weight(w) == 0:
         return model
     return ClassifierFreeGuidance(model, w, null_class)
+
+
+# --- classifier guidance (Dhariwal & Nichol 2021) --------------------------------------------------------
+
+
+def classifier_grad(classifier, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """g = grad_{x_t} log p_phi(y | x_t, t), the classifier's pull towards class y (Dhariwal & Nichol 2021,   (lab 08)
+    "Diffusion Models Beat GANs on Image Synthesis", Algorithms 1 and 2):
+
+        log p_phi(y | x_t, t) = log_softmax(classifier(x_t, t))[y]     one number per image
+
+    classifier(x [B, C, H, W], t [B]) -> logits [B, K] is a noise-aware classifier (it sees noisy x_t and t).
+    The images of a batch do not interact, so the gradient of the *sum* over the batch of each image's own
+    log-probability is, row by row, each image's own gradient. x_t is detached first (a fresh leaf), so the
+    gradient reaches neither the sampler's graph nor the classifier's weights, and the call works under
+    ``torch.no_grad()``. x_t: [B, C, H, W]; t, y: int64 [B] -> g [B, C, H, W] in x_t's dtype.
+    """
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)  # a leaf: autograd differentiates with respect to it
+        log_probs = torch.log_softmax(classifier(x, t), dim=1)  # [B, K]
+        chosen = log_probs[torch.arange(x.shape[0], device=x.device), y]  # [B]: log p(y_i | x_i)
+        (grad,) = torch.autograd.grad(chosen.sum(), x)  # [B, C, H, W]
+    return grad

@@ -27,7 +27,8 @@ import torch
 
 from labkit.diffusion import Model, gather, predict_eps_from_x0, predict_x0_from_eps
 from labkit.errors import LabkitTypeError, LabkitValueError
-from labkit.guidance import check_weight, guided
+from labkit.clip_guidance import guided_eps
+from labkit.guidance import check_weight, classifier_grad, guided
 from labkit.schedules import Schedule
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
@@ -179,6 +180,35 @@ def sample_loop(model, x_T, y, timesteps, betas, alpha_bars, noises):
         k_b = torch.full((B,), k, dtype=torch.long, device=x.device)  # [B]: the chain's step, an index into betas
         eps_hat = model(x, t, y)
         x = p_sample_step(x, k_b, eps_hat, betas, alpha_bars, noises[k])
+    return x
+
+
+def classifier_guided_loop(model, classifier, x_T, y, scale, timesteps, betas, alpha_bars, noises):
+    """Classifier-guided ancestral sampling (Dhariwal & Nichol 2021, Algorithm 2's eps-form, on DDPM's step):   (lab 08)
+
+        x = x_T
+        for k = S-1, ..., 1, 0:
+            t = timesteps[k]                                                  the real time step
+            eps_hat = model(x, t, y)                                          no gradient through the model
+            g = classifier_grad(classifier, x, t, y)                          grad_x log p(y | x_t, t)
+            eps_tilde = eps_hat - scale * sqrt(1 - alpha_bar_k) * g           ``guided_eps`` (eq. 14)
+            x = p_sample_step(x, k, eps_tilde, betas, alpha_bars, noises[k])  lab 05's step with the guided eps
+        return x
+
+    Since eps = -sqrt(1 - alpha_bar_t) * grad log p(x_t), the guided eps is the noise prediction of
+    p(x_t) p(y | x_t)^scale. Arguments as ``sample_loop``'s, plus classifier(x, t) -> logits [B, K] and
+    scale >= 0 (0 is ``sample_loop``). -> x_0 [B, C, H, W] in x_T's dtype.
+    """
+    x = x_T
+    B = x.shape[0]
+    for k in range(len(timesteps) - 1, -1, -1):
+        t = timesteps[k].expand(B)  # [B]: the model's and the classifier's time step
+        k_b = torch.full((B,), k, dtype=torch.long, device=x.device)  # [B]: the chain's step
+        with torch.no_grad():
+            eps_hat = model(x, t, y)
+        grad = classifier_grad(classifier, x, t, y)
+        eps = guided_eps(eps_hat, grad, gather(alpha_bars, k_b, x), scale)
+        x = p_sample_step(x, k_b, eps, betas, alpha_bars, noises[k]).to(x_T.dtype)
     return x
 
 

@@ -76,6 +76,19 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     return betas.clamp(max=max_beta)
 
 
+def cosine_alpha_bars(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """alpha_bar_t of the cosine schedule at the T steps t = 0 .. T-1 (Nichol & Dhariwal 2021, eq. 17):   (lab 01)
+
+        alpha_bar(t) = f(t) / f(0),   f(t) = cos^2(((t/T + s) / (1 + s)) * pi/2)
+
+    taken through the clipped betas beta_t = min(1 - alpha_bar(t+1) / alpha_bar(t), max_beta) (section 3.2) and
+    multiplied up again (``alpha_bars_from_betas``), which is what ``make_schedule("cosine", T)`` uses: step t in
+    code is the paper's t + 1, so alpha_bar_0 = f(1/T) / f(0) < 1, and the clipping lifts the last step above 0.
+    -> [T] float64
+    """
+    return alpha_bars_from_betas(cosine_betas(T, s, max_beta))
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A noise schedule: the per-step tensors every other module reads (notation of Ho et al. 2020, section 2).

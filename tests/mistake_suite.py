@@ -101,6 +101,168 @@ LAB01_Q = [
     ("no reshape", lambda x0, t, n, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * n, "\\[B, 1, 1, 1\\]"),
 ]
 
+def _fc(x0, betas, noises, *, sx=None, sn=None, ks=None, z=None, restart=False, keep=False):
+    x, xs = x0, []
+    T = len(betas)
+    for t in (range(T) if ks is None else ks(T)):
+        b = betas[t].to(x0.dtype)
+        cx = (1 - b).sqrt() if sx is None else sx(b)
+        cn = b.sqrt() if sn is None else sn(b)
+        x = cx * (x0 if restart else x) + cn * noises[t if z is None else z(t, T)]
+        xs.append(x)
+    return torch.stack(xs) if keep else x
+
+
+LAB01_CHAIN = [
+    ("variance on the noise", lambda x, b, n: _fc(x, b, n, sn=lambda b_: b_), "variance beta_t"),
+    ("1 - beta on x", lambda x, b, n: _fc(x, b, n, sx=lambda b_: 1 - b_), "1 - beta_t"),
+    ("x unscaled", lambda x, b, n: _fc(x, b, n, sx=lambda b_: 1 + 0 * b_), "x was not scaled"),
+    ("noise unscaled", lambda x, b, n: _fc(x, b, n, sn=lambda b_: 1 + 0 * b_), "added unscaled"),
+    ("noise subtracted", lambda x, b, n: _fc(x, b, n, sn=lambda b_: -b_.sqrt()), "subtracted"),
+    ("alpha_bar each step", lambda x, b, n: _fc_ab(x, b, n, torch.cumprod(1 - b, 0)), "closed form q\\(x_t \\| x_0\\)"),
+    ("noises[0] every step", lambda x, b, n: _fc(x, b, n, z=lambda t, T: 0), "same noise at every step"),
+    ("noises[-1] every step", lambda x, b, n: _fc(x, b, n, z=lambda t, T: T - 1), "same noise at every step"),
+    ("range(T - 1)", lambda x, b, n: _fc(x, b, n, ks=lambda T: range(T - 1)), "last step is missing"),
+    ("range(1, T)", lambda x, b, n: _fc(x, b, n, ks=lambda T: range(1, T)), "first step is missing"),
+    ("from x0 every step", lambda x, b, n: _fc(x, b, n, restart=True), "starts again from x0"),
+    ("closed form", lambda x, b, n: (lambda ab: ab.sqrt().to(x.dtype) * x + (1 - ab).sqrt().to(x.dtype) * n[-1])(
+        torch.cumprod(1 - b, 0)[-1]), "closed form with the last noise"),
+    ("backwards", lambda x, b, n: _fc(x, b, n, ks=lambda T: range(T - 1, -1, -1)), "backwards"),
+    ("trajectory", lambda x, b, n: _fc(x, b, n, keep=True), "only the last x"),
+    ("fresh noise", lambda x, b, n: _fc(x, b, torch.randn_like(n)), "use the inputs you are given"),
+    ("noise in place", lambda x, b, n: _fc(x, b, n.mul_(1.0001)), "in place"),
+]
+
+
+def _fc_ab(x, betas, noises, ab):
+    for t in range(len(betas)):
+        a = ab[t].to(x.dtype)
+        x = a.sqrt() * x + (1 - a).sqrt() * noises[t]
+    return x
+
+
+def _lin(T, lo, hi, *, scale=True, n=None, start=0, flip=False):
+    k = 1000 / T if scale else 1.0
+    if n is None:
+        b = torch.linspace(lo * k, hi * k, T, dtype=torch.float64)
+    else:  # arange-style: (end - start) / n per step
+        b = lo * k + (hi - lo) * k * (torch.arange(T, dtype=torch.float64) + start) / n
+    return b.flip(0) if flip else b
+
+
+LAB01_LIN = [
+    ("no rescale", lambda T, lo, hi: _lin(T, lo, hi, scale=False), "not rescaled"),
+    ("T / 1000", lambda T, lo, hi: torch.linspace(lo * T / 1000, hi * T / 1000, T, dtype=torch.float64), "T / 1000"),
+    ("arange / T", lambda T, lo, hi: _lin(T, lo, hi, n=T), "last beta is missing"),
+    ("arange from 1", lambda T, lo, hi: _lin(T, lo, hi, n=T, start=1), "first beta is missing"),
+    ("T + 1 points", lambda T, lo, hi: torch.linspace(lo * 1000 / T, hi * 1000 / T, T + 1, dtype=torch.float64),
+     "T \\+ 1 values"),
+    ("reversed", lambda T, lo, hi: _lin(T, lo, hi, flip=True), "backwards"),
+    ("only the end rescaled", lambda T, lo, hi: torch.linspace(lo, hi * 1000 / T, T, dtype=torch.float64),
+     "only beta_end"),
+    ("alphas", lambda T, lo, hi: 1 - _lin(T, lo, hi), "alphas"),
+    ("a list", lambda T, lo, hi: _lin(T, lo, hi).tolist(), "torch.Tensor"),
+    ("fixed endpoints", lambda T, lo, hi: _lin(T, 1e-4, 0.02), "use the arguments"),
+]
+
+
+def _cos(T, s, *, offset=True, norm=True, clip=0.999, drop="first", half=True, square=True, dtype=torch.float64,
+         denom=None, betas=True):
+    tt = torch.arange(T + 1, dtype=dtype) / (T if denom is None else denom)
+    s_ = s if offset else 0.0
+    c = torch.cos((tt + s_) / (1 + s_) * (math.pi / 2 if half else math.pi))
+    f = c ** 2 if square else c
+    ab = f / f[0] if norm else f
+    if not betas:
+        return ab[1:] if drop == "first" else ab[:-1]
+    b = 1 - ab[1:] / ab[:-1]
+    if clip is not None:
+        b = b.clamp(max=clip)
+    out = torch.cumprod(1 - b, 0)
+    return out if drop == "first" else torch.cat([torch.ones(1, dtype=dtype), out[:-1]])
+
+
+LAB01_COS = [
+    ("no offset s", lambda T, s: _cos(T, s, offset=False), "offset s is missing"),
+    ("no f(0), straight from f", lambda T, s: _cos(T, s, norm=False, betas=False), "normalised by f\\(0\\)"),
+    ("no clip", lambda T, s: _cos(T, s, clip=None), "not clipped"),
+    ("starts at 1", lambda T, s: _cos(T, s, drop="last"), "off by one in t"),
+    ("straight from f", lambda T, s: _cos(T, s, betas=False), "not clipped"),
+    ("straight from f, first kept", lambda T, s: _cos(T, s, betas=False, drop="last"), "off by one"),
+    ("t / (T - 1)", lambda T, s: _cos(T, s, denom=T - 1), "T - 1"),
+    ("linspace(0, 1, T)", lambda T, s: (lambda f: f / f[0])(torch.cos((torch.linspace(0, 1, T, dtype=torch.float64) + s)
+                                                                       / (1 + s) * math.pi / 2) ** 2), "linspace"),
+    ("cos not squared", lambda T, s: _cos(T, s, square=False), "not squared"),
+    ("pi", lambda T, s: _cos(T, s, half=False), "pi where pi/2"),
+    ("float32", lambda T, s: _cos(T, s, dtype=torch.float32), "float64"),
+    ("T + 1 values", lambda T, s: (lambda f: f / f[0])(torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s)
+                                                                  / (1 + s) * math.pi / 2) ** 2), "T \\+ 1 values"),
+    ("clip 0.02", lambda T, s: _cos(T, s, clip=0.02), "0.02"),
+    ("s fixed at 0.008", lambda T, s: _cos(T, 0.008), "argument s"),
+]
+
+
+def _x0(xt, t, e, ab, *, num=None, den=None, idx=None):
+    a = _b(ab[t if idx is None else idx(t)], xt)
+    n = xt - (1 - a).sqrt() * e if num is None else num(xt, e, a)
+    return n / (a.sqrt() if den is None else den(a))
+
+
+LAB01_X0 = [
+    ("times sqrt", lambda xt, t, e, ab: _x0(xt, t, e, ab, den=lambda a: 1 / a.sqrt()), "multiplied by sqrt"),
+    ("plus", lambda xt, t, e, ab: _x0(xt, t, e, ab, num=lambda x, e, a: x + (1 - a).sqrt() * e), "noise was added"),
+    ("variances", lambda xt, t, e, ab: _x0(xt, t, e, ab, num=lambda x, e, a: x - (1 - a) * e, den=lambda a: a),
+     "variances"),
+    ("precedence", lambda xt, t, e, ab: xt - (1 - _b(ab[t], xt)).sqrt() * e / _b(ab[t], xt).sqrt(), "precedence"),
+    ("divide by alpha_bar", lambda xt, t, e, ab: _x0(xt, t, e, ab, den=lambda a: a), "divided by alpha_bar_t"),
+    ("noise no sqrt", lambda xt, t, e, ab: _x0(xt, t, e, ab, num=lambda x, e, a: x - (1 - a) * e), "sqrt is missing"),
+    ("wrong denominator", lambda xt, t, e, ab: _x0(xt, t, e, ab, den=lambda a: (1 - a).sqrt()),
+     "divided by sqrt\\(1 - alpha_bar_t\\)"),
+    ("t - 1", lambda xt, t, e, ab: _x0(xt, t, e, ab, idx=lambda t: t - 1), "alpha_bars\\[t - 1\\]"),
+    ("t[0]", lambda xt, t, e, ab: _x0(xt, t, e, ab, idx=lambda t: t[:1].expand(len(t))), "t\\[0\\]"),
+    ("noise kept", lambda xt, t, e, ab: _x0(xt, t, e, ab, num=lambda x, e, a: x), "not removed"),
+    ("q_sample", lambda xt, t, e, ab: _b(ab[t], xt).sqrt() * xt + (1 - _b(ab[t], xt)).sqrt() * e, "undoes q_sample"),
+    ("no reshape", lambda xt, t, e, ab: (xt - (1 - ab[t]).sqrt() * e) / ab[t].sqrt(), "\\[B, 1, 1, 1\\]"),
+    ("1 - sqrt", lambda xt, t, e, ab: _x0(xt, t, e, ab, num=lambda x, e, a: x - (1 - a.sqrt()) * e), None),
+]
+
+
+def _post(x0, xt, t, ab, *, prev=None, var=None, c=None, ret=None):
+    a = _b(ab[t], xt)
+    p = torch.where(t > 0, ab[(t - 1).clamp(min=0)], torch.ones_like(ab[t])) if prev is None else prev(ab, t)
+    p = _b(p, xt)
+    b = 1 - a / p
+    c0, ct = (p.sqrt() * b / (1 - a), (1 - b).sqrt() * (1 - p) / (1 - a)) if c is None else c(a, p, b)
+    v = (1 - p) / (1 - a) * b if var is None else var(a, p, b)
+    mean = c0 * x0 + ct * xt
+    return (mean, v) if ret is None else ret(mean, v)
+
+
+LAB01_POST = [
+    ("beta_t variance", lambda *a: _post(*a, var=lambda a_, p, b: b), "variance is beta_t"),
+    ("std", lambda *a: _post(*a, var=lambda a_, p, b: ((1 - p) / (1 - a_) * b).sqrt()), "standard deviation"),
+    ("1 - alpha_bar variance", lambda *a: _post(*a, var=lambda a_, p, b: 1 - a_), "1 - alpha_bar_t"),
+    ("alpha_bars[t - 1] wraps", lambda *a: _post(*a, prev=lambda ab, t: ab[t - 1]), "wraps negative indices"),
+    ("alpha_bars[t + 1]", lambda *a: _post(*a, prev=lambda ab, t: ab[(t + 1).clamp(max=len(ab) - 1)]),
+     "alpha_bars\\[t \\+ 1\\]"),
+    ("alpha_bar_t for alpha_bar_{t-1}", lambda *a: _post(*a, prev=lambda ab, t: ab[t]), "alpha_bar_t was used"),
+    ("coefficients swapped", lambda *a: _post(*a, c=lambda a_, p, b: ((1 - b).sqrt() * (1 - p) / (1 - a_),
+                                                                       p.sqrt() * b / (1 - a_))), "swapped"),
+    ("alpha_t no sqrt", lambda *a: _post(*a, c=lambda a_, p, b: (p.sqrt() * b / (1 - a_), (1 - b) * (1 - p) / (1 - a_))),
+     "without the sqrt"),
+    ("alpha_bar_{t-1} no sqrt", lambda *a: _post(*a, c=lambda a_, p, b: (p * b / (1 - a_),
+                                                                         (1 - b).sqrt() * (1 - p) / (1 - a_))),
+     "without the sqrt"),
+    ("sqrt(alpha_bar_t) on x0", lambda *a: _post(*a, c=lambda a_, p, b: (a_.sqrt() * b / (1 - a_),
+                                                                         (1 - b).sqrt() * (1 - p) / (1 - a_))),
+     "sqrt\\(alpha_bar_t\\)"),
+    ("inverted variance", lambda *a: _post(*a, var=lambda a_, p, b: torch.where(p < 1, (1 - a_) / (1 - p).clamp(min=1e-12) * b,
+                                                                                 0 * b)), "other way round"),
+    ("variance [B]", lambda *a: _post(*a, ret=lambda m, v: (m, v.flatten())), "one value per image"),
+    ("mean only", lambda *a: _post(*a, ret=lambda m, v: m), "two results"),
+    ("x0 and xt swapped", lambda x0, xt, t, ab: _post(xt, x0, t, ab), "swapped"),
+]
+
 # --- lab 02 ----------------------------------------------------------------------------------------------
 LAB02_CAT = [
     ("skip first", lambda h, s: torch.cat([s, h], 1), "wrong order"),
@@ -861,6 +1023,105 @@ LAB08 = [
     ("1 - sqrt (outside suite)", lambda e, g, a, s: e - s * (1 - a.sqrt()) * g, "1 - sqrt"),
 ]
 
+
+def _cgrad(clf, x, t, y, *, what="log_softmax", dim=1, reduce="sum", cls=None, detach=True, leaf=True):
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True) if detach else x
+        logits = clf(xx, t)
+        rows = torch.arange(len(y))
+        c = y if cls is None else cls(logits, y)
+        if what == "logit":
+            v = logits[rows, c]
+        elif what == "softmax":
+            v = logits.softmax(dim)[rows, c]
+        elif what == "ce":
+            v = -F.cross_entropy(logits, c, reduction="none") if reduce != "ce mean" else None
+            if reduce == "ce mean":
+                (gr,) = torch.autograd.grad(F.cross_entropy(logits, c), xx)
+                return gr
+        elif what == "all":
+            v = logits.log_softmax(1).sum(1)
+        else:
+            v = logits.log_softmax(dim)[rows, c]
+        total = v.mean() if reduce == "mean" else v.sum()
+        (gr,) = torch.autograd.grad(total, xx)
+    return gr
+
+
+def _no_leaf(clf, x, t, y):  # forgot to make x_t require grad
+    logits = clf(x, t)
+    (gr,) = torch.autograd.grad(logits.log_softmax(1)[torch.arange(len(y)), y].sum(), x)
+    return gr
+
+
+def _backward_twice_graph(clf, x, t, y):  # .backward() and x.grad, fine; then returns x (not the gradient)
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True)
+        clf(xx, t).log_softmax(1)[torch.arange(len(y)), y].sum().backward()
+    return xx.detach()
+
+
+def _no_grad_mode(clf, x, t, y):  # the student's function run under no_grad without enable_grad
+    with torch.no_grad():
+        xx = x.detach().requires_grad_(True)
+        (gr,) = torch.autograd.grad(clf(xx, t).log_softmax(1)[torch.arange(len(y)), y].sum(), xx)
+    return gr
+
+
+LAB08_GRAD = [
+    ("logit", lambda c, x, t, y: _cgrad(c, x, t, y, what="logit"), "logit of class y"),
+    ("probability", lambda c, x, t, y: _cgrad(c, x, t, y, what="softmax"), "probability"),
+    ("dim 0", lambda c, x, t, y: _cgrad(c, x, t, y, dim=0), "dim 0"),
+    ("mean over the batch", lambda c, x, t, y: _cgrad(c, x, t, y, reduce="mean"), "mean over the batch"),
+    ("all classes", lambda c, x, t, y: _cgrad(c, x, t, y, what="all"), "all classes"),
+    ("cross-entropy", lambda c, x, t, y: -_cgrad(c, x, t, y, what="ce"), "sign is flipped"),
+    ("mean cross-entropy", lambda c, x, t, y: _cgrad(c, x, t, y, what="ce", reduce="ce mean"), "cross-entropy"),
+    ("sign", lambda c, x, t, y: -_cgrad(c, x, t, y), "sign is flipped"),
+    ("argmax class", lambda c, x, t, y: _cgrad(c, x, t, y, cls=lambda lg, y_: lg.argmax(1)), "argmax"),
+    ("no requires_grad", _no_leaf, "requires grad"),
+    ("under no_grad", _no_grad_mode, "no_grad"),
+    ("returns x", _backward_twice_graph, None),
+    ("per-class gradient [B, K]", lambda c, x, t, y: c(x, t).log_softmax(1), "return their gradient"),
+]
+
+
+def _gloop(model, clf, x_T, y, scale, ts, betas, ab, noises, *, sign=-1.0, factor=lambda a: (1 - a).sqrt(),
+           model_t=None, ks=None, once=False, at_x_T=False, grad=None, cast=True, no_grad_all=False):
+    from labkit import samplers
+    from labkit.guidance import classifier_grad
+    S, B = len(ts), x_T.shape[0]
+    x, gr = x_T, None
+    for k in (range(S - 1, -1, -1) if ks is None else ks(S)):
+        t = (ts[k] if model_t is None else model_t(k)).expand(B)
+        kb = torch.full((B,), k)
+        with torch.no_grad():
+            eps = model(x, t, y)
+        if gr is None or not once:
+            gr = (classifier_grad if grad is None else grad)(clf, x_T if at_x_T else x, t, y)
+        a = ab[kb].view(-1, 1, 1, 1)
+        x = samplers.p_sample_step(x, kb, eps + sign * scale * factor(a) * gr, betas, ab, noises[k])
+        if cast:
+            x = x.to(x_T.dtype)
+    return x
+
+
+LAB08_LOOP = [
+    ("no guidance", lambda *a: _gloop(*a, sign=0.0), "no guidance"),
+    ("added", lambda *a: _gloop(*a, sign=1.0), "added to eps_hat"),
+    ("no sqrt(1 - alpha_bar)", lambda *a: _gloop(*a, factor=lambda a_: 1 + 0 * a_), "factor sqrt\\(1 - alpha_bar\\) is missing"),
+    ("sqrt(alpha_bar)", lambda *a: _gloop(*a, factor=lambda a_: a_.sqrt()), "sqrt\\(alpha_bar\\) where"),
+    ("1 - alpha_bar", lambda *a: _gloop(*a, factor=lambda a_: 1 - a_), "without the sqrt"),
+    ("divided", lambda *a: _gloop(*a, factor=lambda a_: 1 / (1 - a_).sqrt()), "divided by sqrt"),
+    ("model sees k", lambda *a: _gloop(*a, model_t=lambda k: torch.tensor(k)), "timesteps\\[k\\]"),
+    ("gradient at x_T", lambda *a: _gloop(*a, at_x_T=True), "at x_T"),
+    ("gradient once", lambda *a: _gloop(*a, once=True), "computed once"),
+    ("forwards", lambda *a: _gloop(*a, ks=lambda S: range(S)), "runs forwards"),
+    ("stops before k = 0", lambda *a: _gloop(*a, ks=lambda S: range(S - 1, 0, -1)), "stops before the last step"),
+    ("logit gradient", lambda *a: _gloop(*a, grad=lambda c, x, t, y: _cgrad(c, x, t, y, what="logit")),
+     "classifier_grad and guided_eps"),
+    ("all under no_grad", lambda *a: _gloop(*a, grad=_no_grad_mode), "no_grad"),
+]
+
 # --- lab 09 ----------------------------------------------------------------------------------------------
 
 
@@ -1188,6 +1449,11 @@ SUITE = {
     ("lab01_forward", "alpha_bars_from_betas"): LAB01_ALPHA,
     ("lab01_forward", "snr"): LAB01_SNR,
     ("lab01_forward", "q_sample"): LAB01_Q,
+    ("lab01_forward", "forward_chain"): LAB01_CHAIN,
+    ("lab01_forward", "linear_betas"): LAB01_LIN,
+    ("lab01_forward", "cosine_alpha_bars"): LAB01_COS,
+    ("lab01_forward", "predict_x0_from_eps"): LAB01_X0,
+    ("lab01_forward", "q_posterior"): LAB01_POST,
     ("lab02_unet", "concat_skip"): LAB02_CAT,
     ("lab02_unet", "upsample_merge"): LAB02_UP,
     **{("lab02_unet", name): wrongs for name, wrongs in LAB02_CLASSES.items()},
@@ -1215,6 +1481,8 @@ SUITE = {
     ("lab07_improvements", "ddim_loop"): LAB07_DDIM_LOOP,
     ("lab07_improvements", "dpmpp_2m_loop"): LAB07_DPM_LOOP,
     ("lab08_beyond", "guided_eps"): LAB08,
+    ("lab08_beyond", "classifier_grad"): LAB08_GRAD,
+    ("lab08_beyond", "classifier_guided_loop"): LAB08_LOOP,
     ("lab09_report", "recognisable_from"): LAB09_REC,
     ("lab09_report", "quartiles_per_digit"): LAB09_QUART,
     ("lab09_report", "relative_clip_score"): LAB09_REL,

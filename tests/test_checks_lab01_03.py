@@ -348,3 +348,26 @@ def test_module_checks_say_what_is_not_a_class_or_not_written():
     with pytest.raises(AssertionError, match="not implemented yet"):
         c03.check_unet(NotYet)
     assert c03.yours_or_labkit(c03.check_unet, NotYet, c03.labkit_unet, "UNet") is c03.labkit_unet
+
+
+# --- lab 01: the schedules, x0 from eps, the posterior ------------------------------------------------------
+
+def test_new_lab01_checks_accept_labkits_functions(capsys):
+    from labkit import diffusion, schedules
+
+    c01.check_linear_betas(schedules.linear_betas)
+    c01.check_cosine_alpha_bars(schedules.cosine_alpha_bars)
+    c01.check_predict_x0(diffusion.predict_x0_from_eps)
+    c01.check_q_posterior(diffusion.q_posterior)
+    assert capsys.readouterr().out.count("passed") == 4
+
+
+@pytest.mark.parametrize("check, fn, phrase", [
+    (c01.check_linear_betas, lambda T, lo, hi: torch.linspace(lo, hi, T, dtype=torch.float64), "not rescaled"),
+    (c01.check_cosine_alpha_bars, lambda T, s: torch.ones(T, dtype=torch.float32), "float64"),
+    (c01.check_predict_x0, lambda xt, t, e, ab: xt, None),
+    (c01.check_q_posterior, lambda x0, xt, t, ab: x0, "two results"),
+])
+def test_new_lab01_checks_fail_wrong_answers(check, fn, phrase):
+    with pytest.raises(AssertionError, match=phrase):
+        check(fn)

@@ -609,6 +609,36 @@ def test_optimise_for_clip_raises_the_score():
     assert bool((after > before).all())
 
 
+def test_new_lab08_checks_accept_labkits_functions(capsys):
+    c08.check_classifier_grad(guidance.classifier_grad)
+    c08.check_classifier_guided_loop(samplers.classifier_guided_loop)
+    assert capsys.readouterr().out.count("passed") == 2
+
+
+def test_guided_loop_check_names_a_plain_loop():
+    def plain(model, classifier, x_T, y, scale, timesteps, betas, alpha_bars, noises):
+        return samplers.sample_loop(model, x_T, y, timesteps, betas, alpha_bars, noises)
+
+    _raises(c08.check_classifier_guided_loop, plain, "no guidance")
+
+
+def test_classifier_grad_check_names_the_logit_gradient():
+    def logit(classifier, x_t, t, y):
+        x = x_t.detach().requires_grad_(True)
+        return torch.autograd.grad(classifier(x, t)[torch.arange(len(y)), y].sum(), x)[0]
+
+    _raises(c08.check_classifier_grad, logit, "logit of class y")
+
+
+@pytest.mark.parametrize("check", [c08.check_classifier_grad, c08.check_classifier_guided_loop])
+def test_new_lab08_checks_fail_stubs_and_patched_allclose(check, monkeypatch):
+    with pytest.raises(AssertionError, match="not implemented yet"):
+        check(lambda *a: (_ for _ in ()).throw(NotImplementedError()))
+    monkeypatch.setattr(torch, "allclose", lambda *a, **k: True)
+    with pytest.raises(AssertionError):
+        check(lambda *a: torch.zeros_like(next(v for v in a if isinstance(v, torch.Tensor) and v.dim() >= 2)) + 0.1)
+
+
 # --- all checks: stubs, patched allclose, speed ---------------------------------------------------------
 
 ALL = [

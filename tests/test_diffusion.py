@@ -385,3 +385,21 @@ def test_min_snr_weight_is_one_at_high_noise():
     high = D.diffusion_loss(model, x0, y, sch, generator=gen(), min_snr_gamma=1e9)
     plain = D.diffusion_loss(model, x0, y, sch, generator=gen())
     assert float(high) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_q_posterior_and_predict_x0_take_alpha_bars_or_a_schedule():
+    """Lab 01's signatures: the [T] alpha_bars alone determine eqs. 6-7 and the inverse of eq. 4."""
+    sch = make_schedule("cosine", 50)
+    g = torch.Generator().manual_seed(0)
+    x0, xt = torch.randn(4, 1, 3, 3, generator=g), torch.randn(4, 1, 3, 3, generator=g)
+    t = torch.tensor([0, 1, 25, 49])
+    for a, b in zip(D.q_posterior(x0, xt, t, sch), D.q_posterior(x0, xt, t, sch.alpha_bars)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(D.predict_x0_from_eps(xt, t, x0, sch), D.predict_x0_from_eps(xt, t, x0, sch.alpha_bars))
+    # golden value at t = 1 by hand: beta_1 = 1 - ab_1 / ab_0, mean coefficients and beta_tilde of eqs. 6-7
+    ab0, ab1 = float(sch.alpha_bars[0]), float(sch.alpha_bars[1])
+    beta = 1 - ab1 / ab0
+    one = torch.ones(1, 1, dtype=torch.float64)
+    mean, var = D.q_posterior(one, 2 * one, torch.tensor([1]), sch.alpha_bars)
+    want = ab0 ** 0.5 * beta / (1 - ab1) + 2 * (1 - beta) ** 0.5 * (1 - ab0) / (1 - ab1)
+    assert abs(float(mean) - want) < 1e-12 and abs(float(var) - (1 - ab0) / (1 - ab1) * beta) < 1e-12

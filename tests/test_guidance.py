@@ -139,3 +139,38 @@ def test_sample_with_guidance_equals_sampling_a_guided_model():
     c = SM.sample(model, (3, 1, 3, 3), y, sch, guidance=0.0, generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(a, b)
     assert not torch.allclose(a[:2], c[:2]) and math.isfinite(float(a.abs().max()))
+
+
+# --- classifier guidance (Dhariwal & Nichol 2021) -----------------------------------------------------------
+
+
+def test_classifier_grad_of_a_linear_classifier_is_w_y_minus_the_expected_w():
+    """logits = W x (+ b): grad_x log softmax(W x)_y = W_y - sum_k p_k W_k, by hand."""
+    from labkit.guidance import classifier_grad
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(10, 12, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 1, 3, 4, generator=g, dtype=torch.float64)
+    y = torch.tensor([2, 7, 2])
+    classifier = lambda x_, t_: x_.flatten(1) @ W.T + t_[:, None]  # noqa: E731  (t shifts every logit alike)
+    t = torch.tensor([0, 5, 9])
+    p = torch.softmax(x.flatten(1) @ W.T, dim=1)  # [B, K]
+    want = (W[y] - p @ W).view_as(x)
+    with torch.no_grad():  # works inside no_grad too, as a sampler calls it
+        got = classifier_grad(classifier, x, t, y)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert not got.requires_grad
+
+
+def test_classifier_guided_loop_with_scale_0_is_sample_loop_and_guidance_raises_log_p():
+    from labkit.checks.lab08_beyond import ToyClassifier, guided_case
+
+    g = torch.Generator().manual_seed(1)
+    model, clf, x_T, y, ts, betas, ab, noises = guided_case((4, 1, 6, 6), 40, 8, 3, g)
+    plain = SM.sample_loop(model, x_T, y, ts, betas, ab, noises)
+    torch.testing.assert_close(SM.classifier_guided_loop(model, clf, x_T, y, 0.0, ts, betas, ab, noises), plain)
+    guided = SM.classifier_guided_loop(model, clf, x_T, y, 5.0, ts, betas, ab, noises)
+    t0 = torch.zeros(4, dtype=torch.long)
+    log_p = lambda x: torch.log_softmax(clf(x, t0), 1)[torch.arange(4), y]  # noqa: E731
+    assert float(log_p(guided).mean()) > float(log_p(plain).mean())
+    assert isinstance(clf, ToyClassifier)

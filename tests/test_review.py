@@ -181,7 +181,10 @@ def _solution_functions() -> dict[tuple[str, str], object]:
     found = {}
     for path in sorted((REPO / "solutions").glob("lab*/lab*.py")):
         source = path.read_text()
-        scope = {"torch": torch, "F": torch.nn.functional, "math": math}  # one per lab: a loop calls its step
+        from labkit import samplers  # lab 08's guided loop runs labkit's step (exercises.GIVEN)
+
+        scope = {"torch": torch, "F": torch.nn.functional, "math": math,  # one per lab: a loop calls its step
+                 "samplers": samplers}
         for node in ast.parse(source).body:
             segment = ast.get_source_segment(source, node) or ""
             if isinstance(node, ast.FunctionDef) and "### BEGIN SOLUTION" in segment:

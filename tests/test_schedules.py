@@ -152,3 +152,17 @@ def test_schedule_from_custom_betas_and_repr():
     np.testing.assert_allclose(sch.alpha_bars.numpy(), [0.9, 0.9 * 0.8, 0.9 * 0.8 * 0.7], rtol=1e-7)
     text = repr(sch)
     assert "custom" in text and "T=3" in text
+
+
+def test_cosine_alpha_bars_golden_values():
+    """Nichol & Dhariwal 2021, eq. 17 by hand at T = 4, s = 0.008: alpha_bar(t) = f(t) / f(0) at t/T = 1/4 .. 1,
+    the last beta clipped at 0.999 (f(1) = cos^2(pi/2) = 0 would make it 1)."""
+    from labkit.schedules import cosine_alpha_bars
+
+    f = [math.cos((k / 4 + 0.008) / 1.008 * math.pi / 2) ** 2 for k in range(5)]
+    want = [f[1] / f[0], f[2] / f[0], f[3] / f[0], f[3] / f[0] * 0.001]  # the last step keeps 1 - 0.999 of the signal
+    got = cosine_alpha_bars(4)
+    assert got.dtype == torch.float64 and got.shape == (4,)
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert [round(float(v), 4) for v in got[:3]] == [0.8470, 0.4938, 0.1443]  # pencil-and-paper values
+    torch.testing.assert_close(cosine_alpha_bars(1000), make_schedule("cosine", 1000).alpha_bars, rtol=0, atol=0)

@@ -213,13 +213,13 @@ def test_grade_reports_autograded_and_written_points_apart(graded_written):
 
     for student in ("writer", "colab"):
         r = results[student]
-        assert r.status == "graded" and r.score == r.max_score == 4, (student, r.status, r.notes)  # tests only
+        assert r.status == "graded" and r.score == r.max_score == 11, (student, r.status, r.notes)  # tests only
         assert r.manual_max == 4 and r.manual_score is None, student  # written answers: not graded yet
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         for student, pending in (("writer", {"answer_1", "answer_2", "answer_3", "answer_4"}),
                                  ("colab", {"answer_1", "answer_2", "answer_3"})):
             sub = gb.find_submission(LAB, student)
-            assert (sub.code_score, sub.max_code_score, sub.max_written_score) == (4, 4, 4)
+            assert (sub.code_score, sub.max_code_score, sub.max_written_score) == (11, 11, 4)
             grades = {g.name: g for g in sub.notebooks[0].grades}
             assert {n for n, g in grades.items() if g.needs_manual_grade} == pending, student
             if student == "colab":  # left as "YOUR ANSWER HERE": nbgrader scored it 0, nothing to grade
@@ -243,7 +243,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
     try:
         subs = server.call("GET", f"/formgrader/api/submitted_notebooks/{LAB}/{LAB}")
         writer = next(s for s in subs if s["student"] == "writer")
-        assert writer["needs_manual_grade"] and writer["score"] == 4
+        assert writer["needs_manual_grade"] and writer["score"] == 11
         grades = {g["name"]: g for g in server.call("GET", f"/formgrader/api/grades?submission_id={writer['id']}")}
         comments = {c["name"]: c for c in server.call("GET", f"/formgrader/api/comments?submission_id={writer['id']}")}
         given = {"answer_1": 1, "answer_2": 0.5, "answer_3": 0, "answer_4": 1}
@@ -254,7 +254,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
                         {"manual_comment": f"Comment on {name}: see the SNR plot."})
         after = next(s for s in server.call("GET", f"/formgrader/api/submitted_notebooks/{LAB}/{LAB}")
                      if s["student"] == "writer")
-        assert not after["needs_manual_grade"] and after["score"] == 4 + 2.5 and after["max_score"] == 8
+        assert not after["needs_manual_grade"] and after["score"] == 11 + 2.5 and after["max_score"] == 15
         result = server.call("POST", f"/formgrader/api/assignment/{LAB}/writer/generate_feedback")
         assert result["success"], result.get("log", "")[-2000:]
     finally:
@@ -264,7 +264,7 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
 
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         sub = gb.find_submission(LAB, "writer")
-        assert (sub.score, sub.max_score, sub.code_score, sub.written_score) == (6.5, 8, 4, 2.5)
+        assert (sub.score, sub.max_score, sub.code_score, sub.written_score) == (13.5, 15, 11, 2.5)
         assert not sub.needs_manual_grade
     from labkit.course.autograde import read_scores
     from labkit.course.results import GradeResult
@@ -272,14 +272,14 @@ def test_manual_grading_in_the_formgrader_gives_right_totals_and_feedback(graded
     with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
         res = GradeResult("writer", LAB)
         read_scores(res, gb.find_submission(LAB, "writer"))
-    assert (res.score, res.max_score, res.manual_score, res.manual_max) == (4, 4, 2.5, 4)
+    assert (res.score, res.max_score, res.manual_score, res.manual_max) == (11, 11, 2.5, 4)
 
     page = (course_dir / "feedback" / "writer" / LAB / f"{LAB}.html").read_text(encoding="utf-8")
     text = htmllib.unescape(re.sub(r"<[^>]+>", " ", page))
     text = re.sub(r"\s+", " ", text)
     assert "Comment on answer_2: see the SNR plot." in text
     assert "My answer to answer_3" in text  # the student's own words
-    assert re.search(r"6\.5\s*/\s*8", text), "the total (autograded 4 + written 2.5 of 8)"
+    assert re.search(r"13\.5\s*/\s*15", text), "the total (autograded 11 + written 2.5 of 15)"
     assert "Model answer" not in text and "Rubric" not in text and "HIDDEN TESTS" not in text
     hidden = re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS",
                         (REPO / "solutions" / LAB / f"{LAB}.py").read_text(), re.S)

@@ -8,6 +8,11 @@ LIBRARY_ANSWERS = {
     "alpha_bars_from_betas": "labkit.schedules",
     "snr": "labkit.schedules",
     "q_sample": "labkit.diffusion",
+    "forward_chain": "labkit.diffusion",
+    "linear_betas": "labkit.schedules",
+    "cosine_alpha_bars": "labkit.schedules",
+    "predict_x0_from_eps": "labkit.diffusion",
+    "q_posterior": "labkit.diffusion",
     "concat_skip": "labkit.unet",
     "upsample_merge": "labkit.unet",
     "ConvBlock": "labkit.unet",
@@ -42,6 +47,8 @@ LIBRARY_ANSWERS = {
     "ddim_loop": "labkit.samplers",
     "dpmpp_2m_loop": "labkit.samplers",
     "guided_eps": "labkit.clip_guidance",
+    "classifier_grad": "labkit.guidance",
+    "classifier_guided_loop": "labkit.samplers",
     "recognisable_from": "labkit.evaluation.measures",
     "quartiles_per_digit": "labkit.evaluation.measures",
     "relative_clip_score": "labkit.evaluation.measures",
@@ -60,4 +67,5 @@ LIBRARY_ANSWERS = {
 # Lab 03's UNet is assembled from labkit's Down and Up levels (lab 02's classes), given the student's ResBlock.
 GIVEN = {
     "UNet": ("labkit.unet.Down", "labkit.unet.Up"),
+    "classifier_guided_loop": ("labkit.samplers.p_sample_step",),  # lab 08's loop runs lab 05's step from labkit
 }

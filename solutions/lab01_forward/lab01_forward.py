@@ -5,18 +5,20 @@
 # time. Before anything is learned we need that process itself. In this lab you write it.
 #
 # **Learning objectives.** After this lab you can
-# 1. compute $\bar\alpha_t$ and the signal-to-noise ratio from a noise schedule, and say how the linear and
-#    cosine schedules differ;
-# 2. sample $x_t \sim q(x_t \mid x_0)$ in one step with the closed form (Ho et al. 2020, eq. 4);
+# 1. compute $\bar\alpha_t$ and the signal-to-noise ratio from a noise schedule, write the linear and cosine
+#    schedules from their papers, and say how they differ;
+# 2. sample $x_t \sim q(x_t \mid x_0)$ in one step with the closed form (Ho et al. 2020, eq. 4), undo it when the
+#    noise is known, and write the one-step-back posterior $q(x_{t-1} \mid x_t, x_0)$ (eqs. 6-7);
 # 3. explain why denoising from pure noise in one step is hopeless, while a small step is learnable;
 # 4. read a score field on a 2D toy: where its arrows point at small and large $t$, and how samples follow it.
 #
-# **Time budget.** Running all cells: about 35 seconds on 2 shared CPU cores (measured; the 2D toy of section 5
-# takes 8 of them), under a minute on a Colab T4. Working through the lab: about 55 minutes. Points: 8 (4 for the functions, 4 for the written answers).
+# **Time budget.** Running all cells: about 1 minute on 2 shared CPU cores (measured 76 seconds under heavy load),
+# under a minute on a Colab T4. Working through the lab: about 85 minutes.
+# Points: 15 (11 for the functions, 4 for the written answers).
 #
-# **How it is graded.** Three small functions, each followed by a test cell (the tests you see, plus hidden
-# ones with other inputs). Cells further down use `labkit`'s reference implementation, so a bug in your
-# answer never breaks the rest of the lab. Run the cells from top to bottom.
+# **How it is graded.** Eight small functions, each followed by a test cell (the tests you see, plus hidden
+# ones with other inputs). Cells further down use your function when it passes its check and `labkit`'s reference
+# implementation otherwise, so a bug in your answer never breaks the rest of the lab. Run the cells from top to bottom.
 # The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
@@ -25,6 +27,8 @@ from labkit import colab
 DEVICE = colab.setup()
 
 # %% nbgrader={"grade": false, "grade_id": "imports", "locked": true, "schema_version": 3, "solution": false}
+import math
+
 import torch
 import matplotlib.pyplot as plt
 
@@ -87,16 +91,84 @@ checks.check_snr(snr, seed=5, sizes=(3, 1000))
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# Two schedules from the literature, both with $T = 1000$ (from here on the notebook uses `labkit`'s
-# reference code, `labkit.schedules`):
-# * **linear** (Ho et al. 2020): $\beta_t$ rises linearly from $10^{-4}$ to $0.02$;
-# * **cosine** (Nichol & Dhariwal 2021): $\bar\alpha_t$ follows $\cos^2$, so it falls slowly at both ends.
+# Two schedules from the literature, both with $T = 1000$:
+# * **linear** (Ho et al. 2020, section 4): $\beta_t$ rises linearly from $\beta_\text{start} = 10^{-4}$ to
+#   $\beta_\text{end} = 0.02$;
+# * **cosine** (Nichol & Dhariwal 2021, eq. 17): $\bar\alpha_t$ follows $\cos^2$, so it falls slowly at both ends.
 #
-# The SNR is drawn on a log scale: it spans ten orders of magnitude.
+# ### Exercise 3 (1 point)
+# Write `linear_betas(T, beta_start, beta_end)`: return the `[T]` betas, evenly spaced from the first to the
+# last step, both ends included, as float64. Ho et al. chose their endpoints for $T = 1000$; for another $T$ both
+# endpoints are multiplied by $1000 / T$ (the rule of improved DDPM), so that a shorter chain adds as much noise
+# in all as the long one. Hint: `torch.linspace` includes both ends; give it `dtype=torch.float64`.
+
+# %% nbgrader={"grade": false, "grade_id": "linear_betas", "locked": false, "schema_version": 3, "solution": true}
+def linear_betas(T, beta_start=1e-4, beta_end=0.02):
+    """[T] float64: evenly spaced from beta_start * 1000 / T to beta_end * 1000 / T."""
+    ### BEGIN SOLUTION
+    scale = 1000 / T  # fewer steps: each step adds more noise
+    return torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_linear_betas", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_linear_betas(linear_betas)
+### BEGIN HIDDEN TESTS
+checks.check_linear_betas(linear_betas, seed=3, cases=((1000, 1e-4, 0.02), (100, 2e-4, 0.01), (25, 1e-4, 0.02)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# The cosine schedule defines $\bar\alpha$ directly, for a continuous time $t/T \in [0, 1]$ and a small offset $s$
+# (Nichol & Dhariwal 2021, eq. 17):
+#
+# $$\bar\alpha(t) = \frac{f(t)}{f(0)},\qquad f(t) = \cos^2\Big(\frac{t/T + s}{1 + s}\cdot\frac{\pi}{2}\Big),
+# \qquad s = 0.008.$$
+#
+# The offset keeps the first steps from being too small to learn from. Near $t = T$ the ratio
+# $\bar\alpha(t+1)/\bar\alpha(t)$ falls to 0, so the paper turns $\bar\alpha$ into betas,
+# $\beta_t = 1 - \bar\alpha(t+1)/\bar\alpha(t)$, and clips them at $0.999$ "to prevent singularities at the end
+# of the diffusion process". The schedule is then the running product of these $1 - \beta_t$, exactly as in
+# exercise 1.
+#
+# ### Exercise 4 (2 points)
+# Write `cosine_alpha_bars(T, s)`: return the `[T]` float64 $\bar\alpha$ of the cosine schedule, the values
+# `labkit.schedules.make_schedule("cosine", T)` uses. Steps: $\bar\alpha(t)$ at the $T + 1$ points
+# $t = 0, 1, \dots, T$; the $T$ betas between neighbours, clipped at 0.999; their running product. Step 0 in code
+# is the paper's first step, $t = 1$: your $\bar\alpha_0$ is slightly below 1.
+# Hint: `torch.arange(T + 1, dtype=torch.float64) / T`, `torch.cos`, `math.pi`, `.clamp(max=...)`; you may call
+# your `alpha_bars_from_betas`.
+
+# %% nbgrader={"grade": false, "grade_id": "cosine_alpha_bars", "locked": false, "schema_version": 3, "solution": true}
+def cosine_alpha_bars(T, s=0.008):
+    """[T] float64: the cosine schedule's alpha_bar (Nichol & Dhariwal 2021, eq. 17), betas clipped at 0.999."""
+    ### BEGIN SOLUTION
+    times = torch.arange(T + 1, dtype=torch.float64) / T  # [T+1]: t/T = 0, 1/T, ..., 1
+    f = torch.cos((times + s) / (1 + s) * math.pi / 2) ** 2  # [T+1]
+    alpha_bar = f / f[0]  # [T+1], 1 at t = 0
+    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)  # [T]
+    return torch.cumprod(1 - betas, 0)  # [T]: the running product, as in exercise 1
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_cosine_alpha_bars", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_cosine_alpha_bars(cosine_alpha_bars)
+### BEGIN HIDDEN TESTS
+checks.check_cosine_alpha_bars(cosine_alpha_bars, seed=7, cases=((1000, 0.008), (4, 0.008), (300, 0.01)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# The linear schedule below is built from your `linear_betas` when it passes its check (else from `labkit`'s);
+# the cosine schedule is `labkit`'s (`labkit.schedules.make_schedule`), compared with yours. From here on the
+# notebook uses `labkit`'s reference code. The SNR is drawn on a log scale: it spans ten orders of magnitude.
 
 # %%
-linear = schedules.make_schedule("linear", T=1000)
+my_linear = checks.yours_or_labkit(checks.check_linear_betas, linear_betas, schedules.linear_betas, "linear_betas")
+my_cosine = checks.yours_or_labkit(checks.check_cosine_alpha_bars, cosine_alpha_bars, schedules.cosine_alpha_bars,
+                                   "cosine_alpha_bars")
+linear = schedules.Schedule("linear", my_linear(1000, 1e-4, 0.02))
 cosine = schedules.make_schedule("cosine", T=1000)
+gap = float((my_cosine(1000, 0.008) - cosine.alpha_bars).abs().max())
+print(f"cosine alpha_bars: largest difference from labkit's schedule {gap:.1e}")
 print(linear)
 print(cosine)
 fig = plotting.plot_schedules({"linear": linear, "cosine": cosine})
@@ -109,7 +181,42 @@ for s in (linear, cosine):
           f"alpha_bar at the last step = {float(s.alpha_bars[-1]):.1e}")
 
 # %% [markdown]
-# ## 2. Jumping straight to step t
+# ## 2. The chain, one step at a time
+#
+# Before the shortcut, the process itself: start from a clean image and apply the small step
+# $q(x_t \mid x_{t-1})$ of section 1 again and again (Ho et al. 2020, eq. 2),
+#
+# $$x_t = \sqrt{1-\beta_t}\,x_{t-1} + \sqrt{\beta_t}\,\varepsilon_t,\qquad \varepsilon_t \sim \mathcal N(0, I),
+# \qquad t = 0, 1, \dots, T-1,$$
+#
+# with $x_{-1} = x_0$ the clean image: each step shrinks the image a little and adds a little fresh noise.
+#
+# ### Exercise 5 (1 point)
+# Write `forward_chain(x0, betas, noises)`: `x0` `[B, C, H, W]`, `betas` `[T]`, `noises` `[T, B, C, H, W]` (step
+# $t$ adds `noises[t]`: use them, do not draw new noise); return the image after the last step, `[B, C, H, W]`.
+# A loop over the steps is the natural way.
+
+# %% nbgrader={"grade": false, "grade_id": "forward_chain", "locked": false, "schema_version": 3, "solution": true}
+def forward_chain(x0, betas, noises):
+    """x_t = sqrt(1 - beta_t) * x_{t-1} + sqrt(beta_t) * noises[t] for t = 0 .. T-1, from x0 -> the last x."""
+    ### BEGIN SOLUTION
+    x = x0
+    for t in range(len(betas)):
+        beta = betas[t].to(x.dtype)
+        x = (1 - beta).sqrt() * x + beta.sqrt() * noises[t]
+    return x
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_forward_chain", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_forward_chain(forward_chain)
+### BEGIN HIDDEN TESTS
+checks.check_forward_chain(forward_chain, seed=6, sizes=((4, 1, 6, 6), (1, 3, 2, 2)), T=200)
+checks.check_forward_chain(forward_chain, seed=12, sizes=((2, 1, 28, 28),), T=1)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3. Jumping straight to step t
 #
 # Because a sum of Gaussians is Gaussian, the $t$ small steps compose into one (Ho et al. 2020, eq. 4):
 #
@@ -119,7 +226,7 @@ for s in (linear, cosine):
 #
 # Training draws a random $t$ for every image and uses this formula, so it never has to run the chain.
 #
-# ### Exercise 3 (2 points)
+# ### Exercise 6 (2 points)
 # Write `q_sample(x0, t, noise, alpha_bars)`:
 # * `x0`: clean images `[B, C, H, W]`; `noise`: $\varepsilon$, same shape (use it, do not draw new noise);
 # * `t`: int64 `[B]`, one step per image; `alpha_bars`: `[T]`;
@@ -146,7 +253,127 @@ checks.check_q_sample(q_sample, seed=4, sizes=((3, 1, 28, 28),), T=10)
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ## 3. Watching a digit dissolve
+# Does the shortcut describe the chain? Below, one pixel of value 0.7 is copied 20000 times and sent through 300
+# steps of your `forward_chain` (labkit's if yours does not pass yet) on the linear schedule, each copy with its
+# own noise; the closed form predicts the mean $\sqrt{\bar\alpha_{299}} \cdot 0.7$ and the standard deviation
+# $\sqrt{1-\bar\alpha_{299}}$.
+
+# %%
+chain = checks.yours_or_labkit(checks.check_forward_chain, forward_chain, diffusion.forward_chain, "forward_chain")
+pixel = torch.full((20000, 1, 1, 1), 0.7)
+chain_noise = torch.randn((300, 20000, 1, 1, 1), generator=torch.Generator().manual_seed(4))
+end = chain(pixel, linear.betas[:300], chain_noise)
+ab_299 = float(linear.alpha_bars[299])
+print(f"300 small steps: mean {float(end.mean()):.3f}, std {float(end.std()):.3f}")
+print(f"one jump, eq. 4: mean {ab_299 ** 0.5 * 0.7:.3f}, std {(1 - ab_299) ** 0.5:.3f}")
+
+# %% [markdown]
+# The two agree to the sampling error of 20000 copies (about 0.01): the chain and the jump give the same
+# distribution, though not the same samples (the jump uses one noise, the chain 300).
+#
+# The step can be undone when the noise is known: solve the formula above for $x_0$,
+#
+# $$x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\varepsilon}{\sqrt{\bar\alpha_t}}.$$
+#
+# A trained network never knows $\varepsilon$; it predicts it, $\hat\varepsilon$, and this same formula then
+# turns the prediction into a guess $\hat x_0$ of the clean image (Ho et al. 2020, eq. 15). Labs 05 and 07 use it
+# at every sampling step.
+#
+# ### Exercise 7 (1 point)
+# Write `predict_x0_from_eps(xt, t, eps, alpha_bars)`: shapes as in `q_sample` (`xt`, `eps` `[B, C, H, W]`,
+# `t` `[B]`, `alpha_bars` `[T]`); return $x_0$ `[B, C, H, W]`. Mind the parentheses.
+
+# %% nbgrader={"grade": false, "grade_id": "predict_x0_from_eps", "locked": false, "schema_version": 3, "solution": true}
+def predict_x0_from_eps(xt, t, eps, alpha_bars):
+    """x_0 = (x_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t), with alpha_bar_t = alpha_bars[t]."""
+    ### BEGIN SOLUTION
+    ab = alpha_bars.to(xt.device)[t].to(xt.dtype)  # [B]
+    ab = ab.view(-1, *([1] * (xt.dim() - 1)))  # [B, 1, 1, 1]
+    return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_predict_x0_from_eps", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_predict_x0(predict_x0_from_eps)
+### BEGIN HIDDEN TESTS
+checks.check_predict_x0(predict_x0_from_eps, seed=8, sizes=((5, 1, 8, 8), (2, 3, 6, 4)), T=1000)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# A round trip: noise a batch with `q_sample`, undo it with `predict_x0_from_eps` given the same noise. With the
+# true noise the way back is exact up to rounding, at every step; what makes generation hard is only that a
+# model has to *guess* the noise.
+
+# %%
+back_to_x0 = checks.yours_or_labkit(checks.check_predict_x0, predict_x0_from_eps, diffusion.predict_x0_from_eps,
+                                    "predict_x0_from_eps")
+x_demo = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+eps_demo = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+t_demo = torch.tensor([0, 300, 700, 999])
+x_noisy = diffusion.q_sample(x_demo, t_demo, eps_demo, linear)
+err = (back_to_x0(x_noisy, t_demo, eps_demo, linear.alpha_bars) - x_demo).abs().flatten(1).amax(1)
+for t, e in zip(t_demo.tolist(), err.tolist()):
+    print(f"t={t:>3}: largest error of the round trip {e:.1e}")
+
+# %% [markdown]
+# The error grows with $t$ because dividing by $\sqrt{\bar\alpha_t}$ (about 0.006 at $t = 999$ on the linear
+# schedule) magnifies float32 rounding, but it stays far below the pixel scale of 1.
+#
+# ### One step back: the forward posterior
+#
+# Lab 05 samples by going back one step at a time, from $x_t$ to $x_{t-1}$. If the clean $x_0$ were known, that
+# step would be a known Gaussian (Ho et al. 2020, eqs. 6-7):
+#
+# $$q(x_{t-1} \mid x_t, x_0) = \mathcal N\big(\tilde\mu_t,\ \tilde\beta_t I\big),\quad
+# \tilde\mu_t = \frac{\sqrt{\bar\alpha_{t-1}}\,\beta_t}{1-\bar\alpha_t}\,x_0
+#             + \frac{\sqrt{\alpha_t}\,(1-\bar\alpha_{t-1})}{1-\bar\alpha_t}\,x_t,\quad
+# \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\,\beta_t.$$
+#
+# A sampler plugs its guess $\hat x_0$ into this posterior. Everything here follows from `alpha_bars`:
+# $\alpha_t = \bar\alpha_t / \bar\alpha_{t-1}$, $\beta_t = 1 - \alpha_t$, and $\bar\alpha_{-1} = 1$ before the
+# first step (so at $t = 0$ the variance is 0 and the mean is $x_0$ itself).
+#
+# ### Exercise 8 (2 points)
+# Write `q_posterior(x0, xt, t, alpha_bars)`: `x0`, `xt` `[B, C, H, W]`, `t` `[B]` (it holds $t = 0$ too),
+# `alpha_bars` `[T]`; return the pair `(mean, variance)`, the mean `[B, C, H, W]` and the variance `[B, 1, 1, 1]`.
+# Beware `alpha_bars[t - 1]` at $t = 0$: Python reads index $-1$ as the *last* element. Hint: `torch.where`.
+
+# %% nbgrader={"grade": false, "grade_id": "q_posterior", "locked": false, "schema_version": 3, "solution": true}
+def q_posterior(x0, xt, t, alpha_bars):
+    """(mean, variance) of q(x_{t-1} | x_t, x_0), Ho et al. 2020, eqs. 6-7."""
+    ### BEGIN SOLUTION
+    alpha_bars = alpha_bars.to(xt.device)
+    ab = alpha_bars[t].view(-1, 1, 1, 1)  # [B, 1, 1, 1]: alpha_bar_t
+    ab_prev = torch.where(t > 0, alpha_bars[(t - 1).clamp(min=0)], 1.0).view(-1, 1, 1, 1)  # alpha_bar_{t-1}
+    beta = 1 - ab / ab_prev  # beta_t
+    mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + (1 - beta).sqrt() * (1 - ab_prev) / (1 - ab) * xt
+    variance = (1 - ab_prev) / (1 - ab) * beta  # beta_tilde_t, 0 at t = 0
+    return mean.to(xt.dtype), variance
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_q_posterior", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_q_posterior(q_posterior)
+### BEGIN HIDDEN TESTS
+checks.check_q_posterior(q_posterior, seed=9, sizes=((5, 1, 6, 6), (8, 3, 4, 4)), T=1000)
+checks.check_q_posterior(q_posterior, seed=10, sizes=((3, 1, 28, 28),), T=3)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# How much noise does one step back add? The forward step adds variance $\beta_t$; the step back, knowing $x_0$,
+# only $\tilde\beta_t$: 0 at $t = 0$, about half of $\beta_t$ at $t = 1$, and nearly $\beta_t$ itself once $t$ is
+# large (there $\bar\alpha_{t-1} \approx \bar\alpha_t$, so their ratio is close to 1).
+
+# %%
+posterior = checks.yours_or_labkit(checks.check_q_posterior, q_posterior, diffusion.q_posterior, "q_posterior")
+t_show = torch.tensor([0, 1, 10, 100, 500, 999])
+ones = torch.ones(len(t_show), 1, 1, 1, dtype=torch.float64)
+_, var_show = posterior(ones, ones, t_show, cosine.alpha_bars)
+for t, v in zip(t_show.tolist(), var_show.flatten().tolist()):
+    print(f"t={t:>3}: beta_t = {float(cosine.betas[t]):.2e}   beta_tilde_t = {v:.2e}")
+
+# %% [markdown]
+# ## 4. Watching a digit dissolve
 #
 # Real MNIST digits when `labkit` finds them (see `labkit.data`; Colab downloads them), otherwise synthetic
 # seven-segment digits. Each row is one digit; each column one step $t$, with the same $\varepsilon$
@@ -168,7 +395,7 @@ fig = plotting.noise_grid(x0, cosine, ts, generator=torch.Generator().manual_see
 widgets.noise_slider(x0[:4], cosine, generator=torch.Generator().manual_seed(0))
 
 # %% [markdown]
-# ## 4. Why many small steps, and not one big one?
+# ## 5. Why many small steps, and not one big one?
 #
 # Suppose we tried to go from $x_t$ back to $x_0$ in **one** step. The best possible guess in squared error
 # is the posterior mean $\mathbb E[x_0 \mid x_t]$. For a finite set of training digits $\{x^{(i)}\}$ it can be
@@ -223,7 +450,7 @@ for t, m in zip(steps, mixed):
 # learnable steps.
 
 # %% [markdown]
-# ## 5. The same story in 2D, where you can see it
+# ## 6. The same story in 2D, where you can see it
 #
 # A digit is a point in 784 dimensions, which no picture can show. Here the data are points in the plane
 # instead: `labkit.toy2d.three_blobs()` is a mixture of three Gaussian blobs with weights 0.5 (blue), 0.3 (red)
@@ -234,7 +461,7 @@ for t, m in zip(steps, mixed):
 # * its **score** $\nabla_x \log q_t(x)$, the direction in which the density of noised points grows fastest;
 # * the best noise prediction $\varepsilon^*(x_t) = -\sqrt{1-\bar\alpha_t}\,\nabla_x \log q_t(x_t)$ (Song et al.
 #   2021): a noise predictor *is* a score, up to that factor; and
-# * the best one-step guess $\hat x_0 = \mathbb E[x_0 \mid x_t]$, the ideal denoiser of section 4 for blobs.
+# * the best one-step guess $\hat x_0 = \mathbb E[x_0 \mid x_t]$, the ideal denoiser of section 5 for blobs.
 #
 # Each panel below shows the same 600 points at one step $t$ (cosine schedule), with the same $\varepsilon$
 # in every panel, and grey arrows for the direction of the score on a grid.
@@ -291,7 +518,7 @@ anim
 
 # %% [markdown]
 # In the first frame every red cross sits on the same point, the weighted mean of the three blob centres:
-# from pure noise the best guess is the data mean, as the blurry mean digit of section 4 was. Step by step
+# from pure noise the best guess is the data mean, as the blurry mean digit of section 5 was. Step by step
 # the crosses split into three groups, each on a blob, while the blue dots are still spread out; in the
 # last frames the dots catch up with their crosses. (`anim.save("toy.gif")` writes the animation to a file.)
 
