@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.nbgrader, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = "lab01_forward"
-FULL = 4.0  # 1 + 1 + 2 points
+FULL = 11.0  # 1 + 1 + 1 + 2 + 1 + 2 + 1 + 2 points (alpha_bars, snr, linear, cosine, chain, q_sample, x0, posterior)
 TIMEOUT = 30  # seconds per cell: what the infinite loop costs; every real cell of the lab runs far below it
 MEMORY_GB = course.DEFAULT_MEMORY_LIMIT_GB  # the documented kernel memory cap (4 GB)
 DOC = REPO / "docs" / "reliability.md"
@@ -215,34 +215,34 @@ class Case:
 
 
 CASES = [
-    Case("13a", "correct", "all three answers right (control)", make_correct, FULL, "graded", r"^$"),
+    Case("13a", "correct", "all eight answers right (control)", make_correct, FULL, "graded", r"^$"),
     Case("13b", "untouched", "the student notebook as released (control)", make_untouched, 0, "graded",
          r"test_alpha_bars_from_betas\) failed: CheckFailed: .*not implemented yet"),
     Case("1", "metadata-stripped", "all cell and notebook metadata and cell ids removed, answers present",
          make_metadata_stripped, FULL, "graded", r"restored nbgrader metadata of 'q_sample' \(matched by position"),
     Case("2", "retyped", "`snr` answer cell deleted, the function retyped in a new cell at the end",
          make_retyped, FULL, "graded", r"restored nbgrader metadata of 'snr' \(moved up from cell"),
-    Case("3", "tests-deleted", "all three test cells deleted", make_tests_deleted, FULL, "graded",
+    Case("3", "tests-deleted", "all eight test cells deleted", make_tests_deleted, FULL, "graded",
          r"deleted cell 'test_q_sample' put back"),
     Case("4", "copy-paste", "answer cell copied (same id and grade_id; wrong first copy, right second), "
          "a test cell pasted twice", make_copy_paste, FULL, "graded", r"duplicate of 'q_sample' \(copied cell\)"),
-    Case("5", "infinite-loop", "`snr` loops forever", make_infinite_loop, 3, "graded",
+    Case("5", "infinite-loop", "`snr` loops forever", make_infinite_loop, FULL - 1, "graded",
          rf"\(test_snr\) failed: timed out after {TIMEOUT} s"),
-    Case("6a", "kernel-exit", "`q_sample` calls os._exit(1)", make_kernel_exit, 2, "kernel died",
+    Case("6a", "kernel-exit", "`q_sample` calls os._exit(1)", make_kernel_exit, FULL - 2, "kernel died",
          r"\(test_q_sample\) failed: the kernel died here"),
     Case("6b", "memory-blowup", f"`snr` allocates {MEMORY_GB + 1:g} GB in 256 MB blocks "
-         f"(cap {MEMORY_GB:g} GB)", make_memory_blowup, 3, "out of memory",
+         f"(cap {MEMORY_GB:g} GB)", make_memory_blowup, FULL - 1, "out of memory",
          rf"\(test_snr\) failed: reached the {MEMORY_GB:g} GB memory cap"),
-    Case("7", "raises", "the `alpha_bars_from_betas` cell raises before defining it", make_raises, 3, "graded",
+    Case("7", "raises", "the `alpha_bars_from_betas` cell raises before defining it", make_raises, FULL - 1, "graded",
          r"\(alpha_bars_from_betas\): RuntimeError: I will finish this later"),
-    Case("8", "numpy", "`alpha_bars_from_betas` returns a numpy array", make_numpy_arrays, 3, "graded",
+    Case("8", "numpy", "`alpha_bars_from_betas` returns a numpy array", make_numpy_arrays, FULL - 1, "graded",
          r"test_alpha_bars_from_betas\) failed: .*is a numpy array"),
-    Case("9a", "meta-device", "`q_sample` returns its (right) result on the 'meta' device", make_meta_device, 2,
+    Case("9a", "meta-device", "`q_sample` returns its (right) result on the 'meta' device", make_meta_device, FULL - 2,
          "graded", r"test_q_sample\) failed: .*'meta' device"),
-    Case("9b", "wrong-dtypes", "int64 alpha_bars, float16 SNR, float64 x_t (inputs float32)", make_wrong_dtypes, 2,
+    Case("9b", "wrong-dtypes", "int64 alpha_bars, float16 SNR, float64 x_t (inputs float32)", make_wrong_dtypes, FULL - 2,
          "graded", r"test_snr\) failed: .*dtype torch.float16"),
     Case("10", "monkeypatched", "wrong `snr` and `q_sample`; torch/numpy allclose patched to return True, "
-         "`checks.check_q_sample` replaced", make_monkeypatched, 1, "needs review",
+         "`checks.check_q_sample` replaced", make_monkeypatched, FULL - 3, "needs review",
          r"REVIEW cell \d+ \(snr\): replaces .*torch.allclose"),
     Case("11a", "renamed-copy", f"file named `Copy of {LAB} (1).ipynb`", make_renamed_copy, FULL, "graded", r"^$"),
     Case("11b", "renamed-dash", f"file named `{LAB}-2.ipynb`", make_renamed_dash, FULL, "graded", r"^$"),
