@@ -1,6 +1,6 @@
 """`labkit grade --scheduler` (issue 17): the per-submission work as tasks on a real Dask cluster.
 
-The slow tests build a class of 40 submissions over lab00_setup (1 point) and lab01_forward (4 points):
+The slow tests build a class of 40 submissions over lab00_setup (1 point) and lab01_forward (11 points):
 honest, blank, wrong, partial and broken students (uploads cut short, an endless loop) with known scores,
 and grade it on a ``distributed.LocalCluster`` of two single-threaded worker processes, three times:
 
@@ -41,7 +41,7 @@ from labkit.errors import LabkitError
 
 REPO = Path(__file__).resolve().parents[1]
 LABS = ["lab00_setup", "lab01_forward"]
-FULL = {"lab00_setup": 1.0, "lab01_forward": 4.0}
+FULL = {"lab00_setup": 1.0, "lab01_forward": 11.0}
 TIMEOUT = 30  # seconds per cell: what each endless loop costs; every real cell of both labs runs far below it
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed (pip install 'labkit[cluster]')")
@@ -109,8 +109,8 @@ class Case:
 EXPECTED = {  # kind -> (score, status) per lab
     "lab00_setup": {"honest": (1, "graded"), "blank": (0, "graded"), "wrong": (0, "graded"), "loop": (0, "graded"),
                     "truncated": (0, "failed")},
-    "lab01_forward": {"honest": (4, "graded"), "blank": (0, "graded"), "partial1": (1, "graded"),
-                      "partial2": (2, "graded"), "loop": (3, "graded"), "truncated": (0, "failed")},
+    "lab01_forward": {"honest": (11, "graded"), "blank": (0, "graded"), "partial1": (1, "graded"),
+                      "partial2": (2, "graded"), "loop": (10, "graded"), "truncated": (0, "failed")},
 }
 # Mostly lab00 (one small exercise); the endless loop costs TIMEOUT seconds of a worker, so there is one.
 CLASS = {"lab00_setup": ["honest"] * 11 + ["blank"] * 8 + ["wrong"] * 5 + ["truncated"] * 4,
