@@ -29,6 +29,12 @@ import pytest
 from traitlets.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
+
+# lab 01's autograded points, read from the release (its graded code cells): what an honest notebook scores
+FULL01 = float(sum(c.metadata["nbgrader"]["points"] for c in nbformat.read(str(REPO / "notebooks" / "lab01_forward.ipynb"),
+                                                                           as_version=4).cells
+                   if c.cell_type == "code" and (c.metadata.get("nbgrader") or {}).get("grade")))
+
 LAB = "lab01_forward"
 MARK = "PWN"
 
@@ -236,7 +242,7 @@ def test_no_payload_runs_in_the_instructors_formgrader(graded_hostile, tmp_path_
     from test_written_answers import Formgrader
 
     results, course, tmp = graded_hostile
-    assert results["honest"].score == 4 and results["mallory"].score == 4, [r.line() for r in results.values()]
+    assert results["honest"].score == FULL01 and results["mallory"].score == FULL01, [r.line() for r in results.values()]
     chromium, driver_bin = _which("chromium", "chromium-browser", "google-chrome"), _which("chromedriver")
     if not chromium or not driver_bin:
         pytest.skip("chromium and chromedriver are not installed (.ci/run installs them)")

@@ -23,6 +23,12 @@ from labkit.course.forensics import execution_report
 from conftest import run_sandboxed
 
 REPO = Path(__file__).resolve().parents[1]
+
+# lab 01's autograded points, read from the release (its graded code cells): what an honest notebook scores
+FULL01 = float(sum(c.metadata["nbgrader"]["points"] for c in nbformat.read(str(REPO / "notebooks" / "lab01_forward.ipynb"),
+                                                                           as_version=4).cells
+                   if c.cell_type == "code" and (c.metadata.get("nbgrader") or {}).get("grade")))
+
 LAB = "lab01_forward"
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="grading as an ordinary user, the kernel is that user already "
@@ -211,13 +217,13 @@ def _printed(graded, student) -> str:
                      if o.get("output_type") == "stream")
 
 
-@pytest.mark.parametrize("student, score", [("honest", 4), ("blank", 0), ("disk-fill", 4), ("etc-reader", 4)])
+@pytest.mark.parametrize("student, score", [("honest", FULL01), ("blank", 0), ("disk-fill", FULL01), ("etc-reader", FULL01)])
 @pytest.mark.nbgrader
 @pytest.mark.slow
 @pytest.mark.extended
 def test_controls_and_attackers_are_graded_exactly_in_a_grading_run(graded, student, score):
     r = graded["by"][student]
-    assert (r.score, r.max_score) == (score, 4), r.line()
+    assert (r.score, r.max_score) == (score, FULL01), r.line()
     # the attackers' open() and os calls are flagged for review by the answer review; the controls are not
     assert r.status == "graded" if student in ("honest", "blank") else r.status in ("graded", "needs review"), r.line()
 

@@ -31,6 +31,12 @@ from labkit import course
 pytestmark = [pytest.mark.nbgrader, pytest.mark.slow, pytest.mark.extended]
 
 REPO = Path(__file__).resolve().parents[1]
+
+# lab 01's autograded points, read from the release (its graded code cells): what an honest notebook scores
+FULL01 = float(sum(c.metadata["nbgrader"]["points"] for c in nbformat.read(str(REPO / "notebooks" / "lab01_forward.ipynb"),
+                                                                           as_version=4).cells
+                   if c.cell_type == "code" and (c.metadata.get("nbgrader") or {}).get("grade")))
+
 LAB = "lab01_forward"
 TOKEN = "lkrt" + secrets.token_hex(4)  # names every file and process a cheat tries to leave behind
 STUBS = {  # unsolved answers: what the release holds
@@ -340,7 +346,7 @@ def _printed(graded, student) -> str:
 
 def test_honest_students_get_exactly_their_marks(graded):
     by = graded["by"]
-    assert (by["honest"].score, by["honest"].max_score, by["honest"].status) == (4, 4, "graded"), by["honest"].line()
+    assert (by["honest"].score, by["honest"].max_score, by["honest"].status) == (FULL01, FULL01, "graded"), by["honest"].line()
     assert (by["blank"].score, by["blank"].status) == (0, "graded"), by["blank"].line()
     assert (by["partial"].score, by["partial"].status) == (1, "graded"), by["partial"].line()
 

@@ -37,6 +37,12 @@ from labkit.errors import LabkitError
 from conftest import copy_solution_and_release, grade_folder
 
 REPO = Path(__file__).resolve().parents[1]
+
+# lab 01's autograded points, read from the release (its graded code cells): what an honest notebook scores
+FULL01 = float(sum(c.metadata["nbgrader"]["points"] for c in nbformat.read(str(REPO / "notebooks" / "lab01_forward.ipynb"),
+                                                                           as_version=4).cells
+                   if c.cell_type == "code" and (c.metadata.get("nbgrader") or {}).get("grade")))
+
 LAB = "lab01_forward"
 TOKEN = "lkrf" + secrets.token_hex(4)
 ZOE_1, ZOE_2 = "zo\u00eb", "zo\u00e9"  # zoë, zoé: both reduce to "zoe"
@@ -209,7 +215,7 @@ def _kill_the_grader_of(marker: str, stop: threading.Event, killed: list) -> Non
 def graded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("redteam-files")
     subs = tmp / "subs"
-    copy_solution_and_release(subs, [LAB])  # the controls: "solution" 4/4 and "blank" 0/4
+    copy_solution_and_release(subs, [LAB])  # the controls: "solution" full marks and "blank" 0
     host = tmp / f"{TOKEN}-host-secret"
     host.write_text("the grader's file\n")
     os.chmod(host, 0o600)
@@ -264,7 +270,7 @@ def _printed(graded, student: str) -> str:
 class TestOneGradingRun:
     def test_controls_are_graded_exactly(self, graded):
         by = graded["by"]
-        assert (by["solution"].score, by["solution"].max_score, by["solution"].status) == (4, 4, "graded"), by["solution"].line()
+        assert (by["solution"].score, by["solution"].max_score, by["solution"].status) == (FULL01, FULL01, "graded"), by["solution"].line()
         assert (by["blank"].score, by["blank"].max_score, by["blank"].status) == (0, 4, "graded"), by["blank"].line()
 
     def test_symlinks_in_the_sandbox_never_reach_a_host_file(self, graded):
@@ -273,7 +279,7 @@ class TestOneGradingRun:
         text = _printed(graded, "symlink-write")
         assert "planted 236" in text  # every old name was a link to the host file: none was used
         assert "PLANTED IN THE CHANNEL" not in text and "could not plant in the channel: OSError" in text
-        assert graded["by"]["symlink-write"].score == 4  # its honest answers still went through the channel
+        assert graded["by"]["symlink-write"].score == FULL01  # its honest answers still went through the channel
 
     @pytest.mark.parametrize("student, phrase", [("reply-dev-zero", "limit 256 MB"), ("reply-fifo", "in time")])
     def test_an_endless_or_silent_reply_fails_only_its_own_tests(self, graded, student, phrase):
@@ -287,7 +293,7 @@ class TestOneGradingRun:
         r = graded["by"]["kill-me"]
         assert r.status == "failed" and any("grading process died" in n for n in r.notes), r.line()
         assert (graded["out"] / "scores.csv").exists()
-        assert graded["by"]["solution"].score == 4 and graded["by"]["symlink-write"].score == 4
+        assert graded["by"]["solution"].score == FULL01 and graded["by"]["symlink-write"].score == FULL01
 
     @pytest.mark.parametrize("student", ["link-source", "link-classmate", "dangling", "link-folder", "linkflat"])
     def test_a_linked_or_dangling_submission_is_reported_not_graded(self, graded, student):
@@ -300,7 +306,7 @@ class TestOneGradingRun:
         zoes = sorted((s for s in by if s.startswith("zoe")), key=lambda s: by[s].score)
         assert len(zoes) == 2 and [by[z].score for z in zoes] == [0, 4], [by[z].line() for z in zoes]
         dots = [s for s in by if s.startswith("student-")]
-        assert len(dots) == 1 and by[dots[0]].score == 4 and any("no letter" in n for n in by[dots[0]].notes)
+        assert len(dots) == 1 and by[dots[0]].score == FULL01 and any("no letter" in n for n in by[dots[0]].notes)
         assert by["hidden"].score == 0 and by["hidden"].status == "graded" and any("hidden" in n for n in by["hidden"].notes)
         csv_text = (graded["out"] / "scores.csv").read_text(encoding="utf-8")
         assert len(csv_text.strip().splitlines()) == 1 + len(graded["results"]) == 1 + 15
