@@ -271,7 +271,7 @@ class TestOneGradingRun:
     def test_controls_are_graded_exactly(self, graded):
         by = graded["by"]
         assert (by["solution"].score, by["solution"].max_score, by["solution"].status) == (FULL01, FULL01, "graded"), by["solution"].line()
-        assert (by["blank"].score, by["blank"].max_score, by["blank"].status) == (0, 4, "graded"), by["blank"].line()
+        assert (by["blank"].score, by["blank"].max_score, by["blank"].status) == (0, FULL01, "graded"), by["blank"].line()
 
     def test_symlinks_in_the_sandbox_never_reach_a_host_file(self, graded):
         assert (graded["host"].read_bytes(), stat.S_IMODE(graded["host"].stat().st_mode)) == graded["host_before"]
@@ -304,7 +304,7 @@ class TestOneGradingRun:
     def test_colliding_and_hidden_names_are_all_graded(self, graded):
         by = graded["by"]
         zoes = sorted((s for s in by if s.startswith("zoe")), key=lambda s: by[s].score)
-        assert len(zoes) == 2 and [by[z].score for z in zoes] == [0, 4], [by[z].line() for z in zoes]
+        assert len(zoes) == 2 and [by[z].score for z in zoes] == [0, FULL01], [by[z].line() for z in zoes]
         dots = [s for s in by if s.startswith("student-")]
         assert len(dots) == 1 and by[dots[0]].score == FULL01 and any("no letter" in n for n in by[dots[0]].notes)
         assert by["hidden"].score == 0 and by["hidden"].status == "graded" and any("hidden" in n for n in by["hidden"].notes)
