@@ -88,8 +88,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise LabkitError(f"checkpoint {path} not found")
     if _is_text_file(path):  # e.g. a log or a README given by mistake: torch.load would say "KeyError: 101"
-        raise LabkitError(f"{path} is not a labkit checkpoint (it is a text file; checkpoints are written by "
-                          "labkit train, e.g. runs/mnist/last.pt)")
+        raise LabkitError(
+            f"{path} is not a labkit checkpoint (it is a text file; checkpoints are written by "
+            "labkit train, e.g. runs/mnist/last.pt)"
+        )
     try:
         # torch.save writes a zip with a CRC32 per record, but torch.load never checks them: a flipped
         # bit in the weights would load silently. zipfile checks them (fast: about 1 GB/s).
@@ -97,7 +99,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             with zipfile.ZipFile(path) as zf:
                 bad = zf.testzip()
             if bad is not None:
-                raise LabkitError(f"checkpoint {path} is truncated or corrupt (checksum mismatch in {bad.split('/')[-1]!r})")
+                raise LabkitError(
+                    f"checkpoint {path} is truncated or corrupt (checksum mismatch in {bad.split('/')[-1]!r})"
+                )
         state = torch.load(path, map_location=map_location, weights_only=True)
     except LabkitError:
         raise
@@ -108,7 +112,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(tag, dict) or tag.get("format") != FORMAT:
         raise LabkitError(f"{path} is not a labkit checkpoint (no 'labkit' format tag)")
     if tag.get("version", 0) > VERSION:
-        raise LabkitError(f"checkpoint {path} has format version {tag['version']}; this labkit reads up to {VERSION}: upgrade labkit")
+        raise LabkitError(
+            f"checkpoint {path} has format version {tag['version']}; this labkit reads up to {VERSION}: upgrade labkit"
+        )
     return state
 
 
@@ -179,7 +185,9 @@ def load_model(path=None, device=None):
             raise LabkitError(f"the shipped checkpoint {path} is missing: reinstall labkit")
         digest = file_sha256(path)
         if digest != ASSET_SHA256:
-            raise LabkitError(f"the shipped checkpoint {path} is corrupt (sha256 {digest[:12]}..., expected {ASSET_SHA256[:12]}...): reinstall labkit")
+            raise LabkitError(
+                f"the shipped checkpoint {path} is corrupt (sha256 {digest[:12]}..., expected {ASSET_SHA256[:12]}...): reinstall labkit"
+            )
     state = load_checkpoint(path, map_location="cpu")
     try:
         config = UNetConfig.from_dict(state["unet"])

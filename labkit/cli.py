@@ -64,15 +64,23 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a class-conditioned DDPM on MNIST")
-    t.add_argument("--recipe", choices=["cpu", "gpu", "auto", "tiny"], default="auto",
-                   help="cpu: 10 min on a laptop; gpu: T4 or better; auto: gpu if CUDA is available")
+    t.add_argument(
+        "--recipe",
+        choices=["cpu", "gpu", "auto", "tiny"],
+        default="auto",
+        help="cpu: 10 min on a laptop; gpu: T4 or better; auto: gpu if CUDA is available",
+    )
     t.add_argument("--data", default=None, help="MNIST folder (default: LABKIT_DATA, then the cache)")
     t.add_argument("--out", default=None, help="output folder for checkpoints and sample grids")
     t.add_argument("--minutes", type=_nonneg_float, default=None, help="time budget (replaces --steps)")
     t.add_argument("--steps", type=_nonneg_int, default=None, help="number of steps (replaces the time budget)")
     t.add_argument("--batch-size", type=_pos_int, default=None)
-    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from OUT/last.pt if it exists (default: yes)")
+    t.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from OUT/last.pt if it exists (default: yes)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     t.add_argument("--threads", type=_nonneg_int, default=0, help="CPU threads (default: torch's choice)")
@@ -98,9 +106,12 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     e.add_argument("samples")
     e.add_argument("--json", default=None)
     e.add_argument("--plot", default=None)
-    e.add_argument("--clip", default="auto",
-                   help="open_clip MODEL:PRETRAINED, none, or auto (default: the default CLIP model when its weights "
-                        "are cached or can be downloaded, else one line saying why the CLIP scores are skipped)")
+    e.add_argument(
+        "--clip",
+        default="auto",
+        help="open_clip MODEL:PRETRAINED, none, or auto (default: the default CLIP model when its weights "
+        "are cached or can be downloaded, else one line saying why the CLIP scores are skipped)",
+    )
     e.add_argument("--data", default=None)
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_evaluate)
@@ -116,7 +127,10 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     course = _course() if course_arguments else None
-    for name, helptext in (("build", "build student notebooks (instructors)"), ("grade", "grade submissions (instructors)")):
+    for name, helptext in (
+        ("build", "build student notebooks (instructors)"),
+        ("grade", "grade submissions (instructors)"),
+    ):
         c = sub.add_parser(name, help=helptext)
         add = getattr(course, f"add_{name}_arguments", None) if course is not None else None
         if add is not None:

@@ -67,12 +67,26 @@ class ClipGuidance:
     ``last_scores`` holds CLIP's logits for the x0_hat of the most recent call (for plots).
     """
 
-    def __init__(self, model: Model, scorer, schedule: Schedule, *, scale: float = 1.0,
-                 prompt: str = "a handwritten number {k}", normalize: bool = True, null_class: int = 10):
+    def __init__(
+        self,
+        model: Model,
+        scorer,
+        schedule: Schedule,
+        *,
+        scale: float = 1.0,
+        prompt: str = "a handwritten number {k}",
+        normalize: bool = True,
+        null_class: int = 10,
+    ):
         if not scale >= 0:
             raise LabkitValueError(f"scale must be >= 0, got {scale}")
         self.model, self.scorer, self.schedule = model, scorer, schedule
-        self.scale, self.prompt, self.normalize, self.null_class = float(scale), prompt, bool(normalize), int(null_class)
+        self.scale, self.prompt, self.normalize, self.null_class = (
+            float(scale),
+            prompt,
+            bool(normalize),
+            int(null_class),
+        )
         self.last_scores: torch.Tensor | None = None
 
     def text_embeddings(self, y: torch.Tensor) -> torch.Tensor:
@@ -115,8 +129,15 @@ class ClipGuidance:
 
 
 @torch.no_grad()
-def optimise_for_clip(scorer, start: torch.Tensor, labels: torch.Tensor, *, prompt: str = "a handwritten number {k}",
-                      steps: int = 50, lr: float = 0.02) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def optimise_for_clip(
+    scorer,
+    start: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    prompt: str = "a handwritten number {k}",
+    steps: int = 50,
+    lr: float = 0.02,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Change images directly to raise CLIP's score for their caption: gradient ascent on the pixels.
 
     start [B,1,28,28] in [0,1]; returns (images in [0,1], CLIP logits before [B], after [B]). Nothing keeps

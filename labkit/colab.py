@@ -37,7 +37,7 @@ LABKIT_GIT_URL = "git+https://github.com/YOUR-ORG/labkit.git"
 
 PLACEHOLDER = "__LABKIT_PIP_SPEC__"  # in INSTALL_CELL: replaced by pip_spec() at build time
 INSTALL_MARKER = "# __LABKIT_COLAB_INSTALL__"  # the line each lab source's setup cell holds; the build writes
-                                               # INSTALL_CELL there, so the ~20 lines exist once, here
+# INSTALL_CELL there, so the ~20 lines exist once, here
 
 INSTALL_CELL = """\
 # Run this first. In Google Colab it installs labkit (numeric packages only, about a minute) and keeps
@@ -199,7 +199,9 @@ def lab_digits(n: int | None = None, *, train: bool = True, seed: int = 0, verbo
     if n is not None:
         digits = digits.subset(n)
     if verbose and real:
-        print(f"MNIST: {len(digits)} {'training' if train else 'test'} images, {tuple(digits.images.shape[1:])}, values in [-1, 1]")
+        print(
+            f"MNIST: {len(digits)} {'training' if train else 'test'} images, {tuple(digits.images.shape[1:])}, values in [-1, 1]"
+        )
     return digits, real
 
 

@@ -24,7 +24,9 @@ def _check_output(path, what: str, suffixes=None) -> None:
     if parent is not None and not parent.is_dir():
         raise LabkitValueError(f"{what} {p}: {parent} is a file, not a folder")
     if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise LabkitValueError(f"{what} {p}: unsupported file type {p.suffix or '(none)'!r}; use one of {', '.join(sorted(suffixes))}")
+        raise LabkitValueError(
+            f"{what} {p}: unsupported file type {p.suffix or '(none)'!r}; use one of {', '.join(sorted(suffixes))}"
+        )
 
 
 def _image_suffixes() -> set:
@@ -73,11 +75,15 @@ def cmd_train(args) -> int:
     else:
         data = load_mnist(args.data, train=True)
     budget = f"{config.time_budget_s / 60:g} min" if config.time_budget_s else f"{config.total_steps} steps"
-    print(f"labkit train: recipe {name}, {budget}, batch {config.batch_size}, device {device}, "
-          f"{len(data)} images -> {config.out_dir}")
+    print(
+        f"labkit train: recipe {name}, {budget}, batch {config.batch_size}, device {device}, "
+        f"{len(data)} images -> {config.out_dir}"
+    )
     result = train(config, data, device=device, resume=args.resume, progress=not args.quiet)
-    print(f"trained to step {result.step}: {result.images_per_s:.0f} images/s, "
-          f"last loss {result.losses[-1][1] if result.losses else float('nan'):.4f}; checkpoint {result.checkpoint}")
+    print(
+        f"trained to step {result.step}: {result.images_per_s:.0f} images/s, "
+        f"last loss {result.losses[-1][1] if result.losses else float('nan'):.4f}; checkpoint {result.checkpoint}"
+    )
     if args.export:
         path = export_release(result.checkpoint, args.export)
         print(f"release checkpoint (EMA weights, fp16) -> {path}")
@@ -110,11 +116,19 @@ def cmd_sample(args) -> int:
     device = next(model.parameters()).device
     y = torch.arange(cfg.num_classes, device=device).repeat_interleave(args.per_class)  # [10 K]: 0..0, 1..1, ...
     gen = torch.Generator(device).manual_seed(args.seed)
-    images = sample_digits(model, y, schedule, shape=(cfg.in_channels, 28, 28), batch_size=args.batch_size,
-                           sampler=args.sampler, steps=steps, guidance=w, null_class=cfg.num_classes,
-                           generator=gen).cpu()  # [N, 1, 28, 28] in [0, 1]
-    out = save_samples_file(args.out, images, y, sampler=args.sampler, steps=steps, guidance=w,
-                            checkpoint=meta["path"])
+    images = sample_digits(
+        model,
+        y,
+        schedule,
+        shape=(cfg.in_channels, 28, 28),
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        steps=steps,
+        guidance=w,
+        null_class=cfg.num_classes,
+        generator=gen,
+    ).cpu()  # [N, 1, 28, 28] in [0, 1]
+    out = save_samples_file(args.out, images, y, sampler=args.sampler, steps=steps, guidance=w, checkpoint=meta["path"])
     print(f"{len(images)} samples ({args.sampler}, {steps} steps, guidance {w:g}) -> {out}")
     grid = args.grid if args.grid is not None else str(out.with_suffix(".png"))
     if grid != "none":
@@ -143,8 +157,9 @@ def cmd_evaluate(args) -> int:
         from matplotlib.figure import Figure
 
         _check_output(args.plot, "--plot", {f".{k}" for k in Figure().canvas.get_supported_filetypes()})
-    table = run_evaluate(args.samples, json_path=args.json, plot_path=args.plot, clip=args.clip,
-                         data_root=args.data, device=args.device)
+    table = run_evaluate(
+        args.samples, json_path=args.json, plot_path=args.plot, clip=args.clip, data_root=args.data, device=args.device
+    )
     print(table)
     return 0
 

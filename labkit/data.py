@@ -186,9 +186,7 @@ def _missing_message(root, error: Exception | None) -> str:
     )
 
 
-def load_mnist(
-    root: str | os.PathLike | None = None, *, train: bool = True, download: bool = True
-) -> Digits:
+def load_mnist(root: str | os.PathLike | None = None, *, train: bool = True, download: bool = True) -> Digits:
     """Real MNIST through torchvision, scaled to [-1, 1].
 
     Returns Digits with images float32 [N, 1, 28, 28] (N = 60000 train / 10000 test), labels int64 [N].
@@ -220,8 +218,16 @@ def load_mnist(
 #  e   c
 #   -d-
 _SEGMENTS = {
-    0: "abcdef", 1: "bc", 2: "abged", 3: "abgcd", 4: "fgbc",
-    5: "afgcd", 6: "afgedc", 7: "abc", 8: "abcdefg", 9: "abcdfg",
+    0: "abcdef",
+    1: "bc",
+    2: "abged",
+    3: "abgcd",
+    4: "fgbc",
+    5: "afgcd",
+    6: "afgedc",
+    7: "abc",
+    8: "abcdefg",
+    9: "abcdfg",
 }
 
 
@@ -252,9 +258,12 @@ def synthetic_digits(
         top, mid, bot = cy[i] - h[i] / 2, cy[i], cy[i] + h[i] / 2
         left, right = cx[i] - w[i] / 2, cx[i] + w[i] / 2
         segs = {
-            "a": ((left, top), (right, top)), "g": ((left, mid), (right, mid)),
-            "d": ((left, bot), (right, bot)), "f": ((left, top), (left, mid)),
-            "b": ((right, top), (right, mid)), "e": ((left, mid), (left, bot)),
+            "a": ((left, top), (right, top)),
+            "g": ((left, mid), (right, mid)),
+            "d": ((left, bot), (right, bot)),
+            "f": ((left, top), (left, mid)),
+            "b": ((right, top), (right, mid)),
+            "e": ((left, mid), (left, bot)),
             "c": ((right, mid), (right, bot)),
         }
         img = torch.zeros(size, size)

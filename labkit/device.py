@@ -57,8 +57,9 @@ def pick_device(preference=None) -> torch.device:
     return torch.device("cpu")
 
 
-def precision_for(device_type: str, capability: tuple[int, int] | None = None,
-                  precision: str = "auto") -> tuple[torch.dtype | None, bool]:
+def precision_for(
+    device_type: str, capability: tuple[int, int] | None = None, precision: str = "auto"
+) -> tuple[torch.dtype | None, bool]:
     """The pure rule: (autocast dtype or None for fp32, use a GradScaler) for a device type and, on CUDA,
     its compute capability (major, minor).
 

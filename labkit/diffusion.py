@@ -27,7 +27,9 @@ def gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tens
         bad = "t" if not isinstance(t, torch.Tensor) else "x"
         raise LabkitTypeError(f"{bad} must be a torch.Tensor, got {type(t if bad == 't' else x).__name__}")
     if t.dim() > 1 or (t.dim() == 1 and x.dim() > 0 and t.shape[0] not in (1, x.shape[0])):
-        raise LabkitValueError(f"t must have shape [B] = [{x.shape[0] if x.dim() else 1}] to match x, got {list(t.shape)}")
+        raise LabkitValueError(
+            f"t must have shape [B] = [{x.shape[0] if x.dim() else 1}] to match x, got {list(t.shape)}"
+        )
     if t.device.type == "cpu" and t.numel():  # a range check on a GPU would stall it: CPU only
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= values.shape[0]:
@@ -37,8 +39,9 @@ def gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tens
     return out.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-             alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alpha_bars: torch.Tensor | Schedule
+) -> torch.Tensor:
     """Sample x_t from q(x_t | x_0) in closed form (Ho et al. 2020, eq. 4):   (lab 01)
 
         x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps,   eps ~ N(0, I)
@@ -48,8 +51,10 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
     in x0's dtype.
     """
     if not isinstance(noise, torch.Tensor) or noise.shape != getattr(x0, "shape", None):
-        raise LabkitValueError(f"noise must be a tensor of x0's shape {list(getattr(x0, 'shape', []))}, got "
-                               f"{list(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+        raise LabkitValueError(
+            f"noise must be a tensor of x0's shape {list(getattr(x0, 'shape', []))}, got "
+            f"{list(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}"
+        )
     ab = gather(alpha_bars_of(alpha_bars), t, x0)  # [B, 1, 1, 1]
     return (ab.sqrt() * x0 + (1 - ab).sqrt() * noise).to(x0.dtype)
 
@@ -148,8 +153,14 @@ def sample_timesteps(batch: int, schedule: Schedule, *, device=None, generator=N
     return torch.randint(0, schedule.T, (batch,), device=device, generator=generator)
 
 
-def noise_prediction_loss(model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                          alpha_bars: torch.Tensor | Schedule) -> torch.Tensor:
+def noise_prediction_loss(
+    model: Model,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    alpha_bars: torch.Tensor | Schedule,
+) -> torch.Tensor:
     """The noise-prediction loss for given t and noise (Ho et al. 2020, eq. 14):   (lab 04)
 
         L = mean over batch and pixels of (noise - model(sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, t, y))^2

@@ -16,8 +16,9 @@ from torch import nn
 from labkit.errors import LabkitTypeError, LabkitValueError
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, *,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def sinusoidal_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10000.0, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Sinusoidal position embedding of Vaswani et al. 2017 ("Attention Is All You Need", section 3.5):
 
         PE(t, 2i)   = sin(t / max_period^(2i/dim))

@@ -80,8 +80,9 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
-def flow_matching_loss(model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
-                       noise: torch.Tensor) -> torch.Tensor:
+def flow_matching_loss(
+    model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
     """The conditional flow-matching loss for given t and noise (Lipman et al. 2023, eq. 9):   (lab 10)
 
         L = mean over batch and pixels of (model((1 - t) x0 + t noise, t, y) - (noise - x0))^2
@@ -95,7 +96,9 @@ def flow_matching_loss(model: Model, x0: torch.Tensor, y: torch.Tensor, t: torch
     return F.mse_loss(v_hat.to(dtype), velocity_target(x0, noise).to(dtype))
 
 
-def flow_loss(model: Model, x0: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def flow_loss(
+    model: Model, x0: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``flow_matching_loss`` with t ~ U[0, 1] and eps ~ N(0, I) drawn from ``generator`` (on x0's device)."""
     t = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)  # [B]
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -165,8 +168,9 @@ def heun_loop(model: Model, x_1: torch.Tensor, y: torch.Tensor, times: torch.Ten
     return x
 
 
-def cfg_velocity(model: Model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, w: float,
-                 null_class: int) -> torch.Tensor:
+def cfg_velocity(
+    model: Model, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, w: float, null_class: int
+) -> torch.Tensor:
     """The guided velocity (Ho & Salimans 2022, eq. 6, on velocities):   (lab 10)
 
         v_guided = (1 + w) model(x, t, y) - w model(x, t, null),   null = null_class for every image
@@ -200,8 +204,18 @@ def evaluations(solver: str, steps: int, guidance: float = 0.0) -> int:
 
 
 @torch.no_grad()
-def sample(model: Model, shape: tuple, y: torch.Tensor, *, steps: int, solver: str = "euler", guidance: float = 0.0,
-           null_class: int = 10, generator: torch.Generator | None = None, x_1: torch.Tensor | None = None) -> torch.Tensor:
+def sample(
+    model: Model,
+    shape: tuple,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    solver: str = "euler",
+    guidance: float = 0.0,
+    null_class: int = 10,
+    generator: torch.Generator | None = None,
+    x_1: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Digits (or points) from a velocity model: x_1 ~ N(0, I) on y's device (from ``generator``), then
     ``euler_loop`` or ``heun_loop`` over ``time_grid(steps)``, guided with weight ``guidance``.
 

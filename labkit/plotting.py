@@ -58,7 +58,7 @@ def mosaic(rows: torch.Tensor, pad: int = 2) -> torch.Tensor:
     out = torch.ones(R * (H + pad) - pad, C * (W + pad) - pad)
     for r in range(R):
         for c in range(C):
-            out[r * (H + pad): r * (H + pad) + H, c * (W + pad): c * (W + pad) + W] = rows[r, c]
+            out[r * (H + pad) : r * (H + pad) + H, c * (W + pad) : c * (W + pad) + W] = rows[r, c]
     return out
 
 
@@ -68,8 +68,11 @@ def _mosaic_figure(cells: torch.Tensor, *, row_labels=None, col_titles=None, tit
     R, C, H, W = cells.shape
     pad = max(1, H // 14)
     left = 1.3 if row_labels else 0.1
-    top = (0.45 if col_titles else 0.1) + (0.35 if title else 0.0) + (0.15 * max(
-        (str(t).count("\n") for t in col_titles), default=0) if col_titles else 0)
+    top = (
+        (0.45 if col_titles else 0.1)
+        + (0.35 if title else 0.0)
+        + (0.15 * max((str(t).count("\n") for t in col_titles), default=0) if col_titles else 0)
+    )
     fig_w, fig_h = left + C * size + 0.1, top + R * size + 0.1
     fig = plt.figure(figsize=(fig_w, fig_h))
     ax = fig.add_axes([left / fig_w, 0.1 / fig_h, C * size / fig_w, R * size / fig_h])
@@ -88,8 +91,15 @@ def _mosaic_figure(cells: torch.Tensor, *, row_labels=None, col_titles=None, tit
     return fig
 
 
-def image_grid(images, *, ncols: int | None = None, titles: Sequence[str] | None = None,
-               title: str | None = None, size: float = 1.2, unit_range: bool = False):
+def image_grid(
+    images,
+    *,
+    ncols: int | None = None,
+    titles: Sequence[str] | None = None,
+    title: str | None = None,
+    size: float = 1.2,
+    unit_range: bool = False,
+):
     """A grid of images, ``ncols`` per row (default: about square), with optional per-image titles."""
     ims = _as_images(images)
     ims = ims.float().clamp(0, 1) if unit_range else to_unit(ims)
@@ -101,8 +111,9 @@ def image_grid(images, *, ncols: int | None = None, titles: Sequence[str] | None
     if titles is None:
         return _mosaic_figure(cells.reshape(nrows, ncols, H, W), title=title, size=size)
     plt = _plt()  # per-image titles: one small axes each
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * 1.25 + (0.4 if title else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows * 1.25 + (0.4 if title else 0)), squeeze=False
+    )
     for k, ax in enumerate(axes.flat):
         if k < n:
             show_image(ax, ims[k], titles[k] if k < len(titles) else None, unit_range=True)
@@ -114,8 +125,13 @@ def image_grid(images, *, ncols: int | None = None, titles: Sequence[str] | None
     return fig
 
 
-def compare_rows(rows: Mapping[str, torch.Tensor], *, col_titles: Sequence[str] | None = None,
-                 title: str | None = None, size: float = 1.2):
+def compare_rows(
+    rows: Mapping[str, torch.Tensor],
+    *,
+    col_titles: Sequence[str] | None = None,
+    title: str | None = None,
+    size: float = 1.2,
+):
     """Side-by-side comparison: one labelled row of images per entry (shorter rows are padded white)."""
     rows = {k: to_unit(_as_images(v)) for k, v in rows.items()}
     ncols = max(v.shape[0] for v in rows.values())
@@ -126,8 +142,15 @@ def compare_rows(rows: Mapping[str, torch.Tensor], *, col_titles: Sequence[str] 
     return _mosaic_figure(cells, row_labels=list(rows), col_titles=col_titles, title=title, size=size)
 
 
-def noise_grid(x0: torch.Tensor, schedule, ts: Sequence[int], *, generator: torch.Generator | None = None,
-               title: str | None = "Forward noising q(x_t | x_0)", size: float = 1.1):
+def noise_grid(
+    x0: torch.Tensor,
+    schedule,
+    ts: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    title: str | None = "Forward noising q(x_t | x_0)",
+    size: float = 1.1,
+):
     """Rows: digits; columns: x_t at each step in ``ts`` (the same noise for every column of a row)."""
     from labkit import diffusion
 
@@ -156,7 +179,12 @@ def plot_schedules(schedules, *, title: str | None = None):
         a1.plot(t, s.alpha_bars.numpy(), label=label, color=color, lw=2)
         a2.plot(t, s.snr().numpy(), label=label, color=color, lw=2)
     a1.set(xlabel="step t", ylabel=r"$\bar\alpha_t$ (signal variance kept)", title=r"$\bar\alpha_t$")
-    a2.set(xlabel="step t", ylabel=r"SNR$(t) = \bar\alpha_t / (1-\bar\alpha_t)$", title="signal-to-noise ratio", yscale="log")
+    a2.set(
+        xlabel="step t",
+        ylabel=r"SNR$(t) = \bar\alpha_t / (1-\bar\alpha_t)$",
+        title="signal-to-noise ratio",
+        yscale="log",
+    )
     a2.axhline(1.0, color="grey", lw=0.8, ls="--", label="SNR = 1 (signal = noise)")
     for ax in (a1, a2):
         ax.grid(alpha=0.3)
@@ -169,8 +197,17 @@ def plot_schedules(schedules, *, title: str | None = None):
     return fig
 
 
-def plot_curves(x, curves: Mapping[str, Sequence[float]], *, xlabel: str = "", ylabel: str = "",
-                title: str | None = None, logx: bool = False, logy: bool = False, marker: str = "o"):
+def plot_curves(
+    x,
+    curves: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    logx: bool = False,
+    logy: bool = False,
+    marker: str = "o",
+):
     """Line plot of several named curves over the same x (e.g. denoising error vs t, with and without skips)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
@@ -199,15 +236,32 @@ def cosine_similarity_matrix(emb: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def plot_matrix(m: torch.Tensor, *, xlabel: str = "", ylabel: str = "", title: str | None = None,
-                cmap: str = "RdBu_r", symmetric: bool = True, extent=None, colorbar: bool = True):
+def plot_matrix(
+    m: torch.Tensor,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str | None = None,
+    cmap: str = "RdBu_r",
+    symmetric: bool = True,
+    extent=None,
+    colorbar: bool = True,
+):
     """A matrix as a heat map (embedding matrix t x dimension, cosine similarity between time steps)."""
     plt = _plt()
     m = torch.as_tensor(m).detach().float().cpu()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     vmax = float(m.abs().max()) if symmetric else None
-    im = ax.imshow(m.numpy(), cmap=cmap, aspect="auto", interpolation="nearest", origin="upper", extent=extent,
-                   vmin=-vmax if symmetric else None, vmax=vmax)
+    im = ax.imshow(
+        m.numpy(),
+        cmap=cmap,
+        aspect="auto",
+        interpolation="nearest",
+        origin="upper",
+        extent=extent,
+        vmin=-vmax if symmetric else None,
+        vmax=vmax,
+    )
     ax.set(xlabel=xlabel, ylabel=ylabel)
     if title:
         ax.set_title(title)
@@ -232,8 +286,9 @@ def per_digit_bars(ax, generated: Sequence[float], real: Sequence[float], title:
     ax.legend(loc="upper center", ncol=2, fontsize="small", frameon=False)
 
 
-def digit_rows_panel(ax, images: torch.Tensor, rows: Sequence[Sequence[int]], scores: torch.Tensor, k: int,
-                     title: str) -> None:
+def digit_rows_panel(
+    ax, images: torch.Tensor, rows: Sequence[Sequence[int]], scores: torch.Tensor, k: int, title: str
+) -> None:
     """One row per digit 0-9 of up to k images [N,1,28,28] in [0, 1] (indices ``rows[d]``), each with its
     score written on it; grey where a digit has fewer than k."""
     imgs = images.detach().float().cpu()
@@ -274,13 +329,31 @@ def score_arrows(ax, mixture, alpha_bar: float, *, grid: int = 13, color: str = 
     s = toy2d.score(mixture, where, alpha_bar)  # [grid^2, 2]
     norm = s.norm(dim=1)
     unit = s / norm.clamp(min=1e-12)[:, None] * float(g[1] - g[0]) * 0.7  # arrows 70% of the lattice spacing
-    ax.quiver(where[:, 0].numpy(), where[:, 1].numpy(), unit[:, 0].numpy(), unit[:, 1].numpy(), color=color,
-              angles="xy", scale_units="xy", scale=1, width=0.004, headwidth=4)
+    ax.quiver(
+        where[:, 0].numpy(),
+        where[:, 1].numpy(),
+        unit[:, 0].numpy(),
+        unit[:, 1].numpy(),
+        color=color,
+        angles="xy",
+        scale_units="xy",
+        scale=1,
+        width=0.004,
+        headwidth=4,
+    )
     return norm
 
 
-def toy_panels(mixture, schedule, ts: Sequence[int], *, n: int = 600, generator: torch.Generator | None = None,
-               grid: int = 13, size: float = 2.6):
+def toy_panels(
+    mixture,
+    schedule,
+    ts: Sequence[int],
+    *,
+    n: int = 600,
+    generator: torch.Generator | None = None,
+    grid: int = 13,
+    size: float = 2.6,
+):
     """One panel per step t: n data points noised to x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps (the same x_0 and eps
     in every panel; colour = the blob a point came from) over the arrows of the exact score grad log q_t."""
     from labkit import toy2d
@@ -293,7 +366,7 @@ def toy_panels(mixture, schedule, ts: Sequence[int], *, n: int = 600, generator:
     fig, axes = plt.subplots(1, len(ts), figsize=(size * len(ts), size + 0.4), squeeze=False)
     for ax, t in zip(axes[0], ts):
         ab = float(schedule.alpha_bars[int(t)])
-        xt = ab ** 0.5 * x0 + (1 - ab) ** 0.5 * eps
+        xt = ab**0.5 * x0 + (1 - ab) ** 0.5 * eps
         score_arrows(ax, mixture, ab, grid=grid)
         colours = [ACCENT[int(j) % len(ACCENT)] for j in k]
         ax.scatter(xt[:, 0].numpy(), xt[:, 1].numpy(), s=3, c=colours, alpha=0.6, linewidths=0)
@@ -303,8 +376,14 @@ def toy_panels(mixture, schedule, ts: Sequence[int], *, n: int = 600, generator:
     return fig
 
 
-def toy_trajectories(mixture, paths: torch.Tensor, *, title: str | None = "samples moving along the score",
-                     size: float = 4.0, alpha_bar_last: float = 1.0):
+def toy_trajectories(
+    mixture,
+    paths: torch.Tensor,
+    *,
+    title: str | None = "samples moving along the score",
+    size: float = 4.0,
+    alpha_bar_last: float = 1.0,
+):
     """Sampling paths [S, N, 2] (state after state, noise first) over the data: grey start points, a thin
     line per path, the end points coloured by their nearest blob; the blob centres are black crosses."""
     plt = _plt()
@@ -314,13 +393,31 @@ def toy_trajectories(mixture, paths: torch.Tensor, *, title: str | None = "sampl
     fig, ax = plt.subplots(figsize=(size, size))
     score_arrows(ax, mixture, alpha_bar_last, color="0.8")
     for i in range(paths.shape[1]):
-        ax.plot(paths[:, i, 0].numpy(), paths[:, i, 1].numpy(), lw=0.6, alpha=0.5,
-                color=ACCENT[int(nearest[i]) % len(ACCENT)])
+        ax.plot(
+            paths[:, i, 0].numpy(),
+            paths[:, i, 1].numpy(),
+            lw=0.6,
+            alpha=0.5,
+            color=ACCENT[int(nearest[i]) % len(ACCENT)],
+        )
     ax.scatter(paths[0, :, 0].numpy(), paths[0, :, 1].numpy(), s=6, color="0.5", label="start: noise x_T")
-    ax.scatter(end[:, 0].numpy(), end[:, 1].numpy(), s=10, c=[ACCENT[int(j) % len(ACCENT)] for j in nearest],
-               label="end: sample x_0", zorder=3)
-    ax.scatter(mixture.means[:, 0].numpy(), mixture.means[:, 1].numpy(), marker="x", s=60, color="k",
-               label="blob centres", zorder=4)
+    ax.scatter(
+        end[:, 0].numpy(),
+        end[:, 1].numpy(),
+        s=10,
+        c=[ACCENT[int(j) % len(ACCENT)] for j in nearest],
+        label="end: sample x_0",
+        zorder=3,
+    )
+    ax.scatter(
+        mixture.means[:, 0].numpy(),
+        mixture.means[:, 1].numpy(),
+        marker="x",
+        s=60,
+        color="k",
+        label="blob centres",
+        zorder=4,
+    )
     _toy_axes(ax, title)
     ax.legend(loc="lower center", fontsize=7, frameon=False, ncol=3, bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
@@ -341,8 +438,15 @@ def toy_animation(mixture, trajectory, schedule, *, frames: int = 20, size: floa
         fig, ax = plt.subplots(figsize=(size, size))
         score_arrows(ax, mixture, ab, color="0.75")
         ax.scatter(xt[:, 0].numpy(), xt[:, 1].numpy(), s=8, color=ACCENT[0], label="x_t")
-        ax.scatter(x0[:, 0].numpy(), x0[:, 1].numpy(), s=14, marker="x", color=ACCENT[1], linewidths=0.8,
-                   label="x0_hat = E[x_0 | x_t]")
+        ax.scatter(
+            x0[:, 0].numpy(),
+            x0[:, 1].numpy(),
+            s=14,
+            marker="x",
+            color=ACCENT[1],
+            linewidths=0.8,
+            label="x0_hat = E[x_0 | x_t]",
+        )
         _toy_axes(ax, f"step {i + 1}/{S}: t={t}, \u0101={ab:.3f}")
         ax.legend(loc="lower center", fontsize=7, frameon=False, ncol=2)
         fig.tight_layout()
@@ -434,22 +538,31 @@ def animate(frames, *, fps: float = 4, dpi: int = 80) -> Animation:
     return Animation([f if hasattr(f, "quantize") else figure_image(f, dpi) for f in frames], fps=fps)
 
 
-def denoising_animation(x_t: torch.Tensor, x0_hat: torch.Tensor, ts: Sequence[int], *, frames: int = 20,
-                        fps: float = 4, size: float = 1.0) -> Animation:
+def denoising_animation(
+    x_t: torch.Tensor, x0_hat: torch.Tensor, ts: Sequence[int], *, frames: int = 20, fps: float = 4, size: float = 1.0
+) -> Animation:
     """Images along a sampling run: x_t [S, B, 1, H, W] and x0_hat [S, B, 1, H, W] recorded at steps ts [S]
     (e.g. by ``samplers.Trajectory`` as a sampler callback); each frame is two rows, x_t over x0_hat, titled by t."""
     S = len(ts)
     picks = sorted({round(i * (S - 1) / max(1, frames - 1)) for i in range(min(frames, S))})
-    figs = (compare_rows({"x_t": x_t[i], "x0_hat": x0_hat[i]}, title=f"step {i + 1}/{S}: t = {int(ts[i])}", size=size)
-            for i in picks)
+    figs = (
+        compare_rows({"x_t": x_t[i], "x0_hat": x0_hat[i]}, title=f"step {i + 1}/{S}: t = {int(ts[i])}", size=size)
+        for i in picks
+    )
     return animate(figs, fps=fps)
 
 
-def denoising_strip(x_t: torch.Tensor, x0_hat: torch.Tensor, ts: Sequence[int], *, sample: int = 0,
-                    columns: int = 8, size: float = 1.0):
+def denoising_strip(
+    x_t: torch.Tensor, x0_hat: torch.Tensor, ts: Sequence[int], *, sample: int = 0, columns: int = 8, size: float = 1.0
+):
     """The static version of ``denoising_animation`` for one sample: x_t over x0_hat at ``columns`` steps."""
     S = len(ts)
     picks = sorted({round(i * (S - 1) / max(1, columns - 1)) for i in range(min(columns, S))})
-    return compare_rows({"x_t": torch.stack([x_t[i][sample] for i in picks]),
-                         "x0_hat": torch.stack([x0_hat[i][sample] for i in picks])},
-                        col_titles=[f"t={int(ts[i])}" for i in picks], size=size)
+    return compare_rows(
+        {
+            "x_t": torch.stack([x_t[i][sample] for i in picks]),
+            "x0_hat": torch.stack([x0_hat[i][sample] for i in picks]),
+        },
+        col_titles=[f"t={int(ts[i])}" for i in picks],
+        size=size,
+    )

@@ -144,6 +144,7 @@ def dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_l
     x_t, x0_hat, x0_prev: [B, C, H, W]; alpha_bar_*: [B, 1, 1, 1] in (0, 1) -> x_prev [B, C, H, W]. The step
     to clean data (abar_prev = 1, lambda = infinity) is not this formula: there the answer is D itself.
     """
+
     def lam(ab):  # lambda = log(alpha / sigma), half the log-SNR
         return 0.5 * torch.log(ab / (1 - ab))
 
@@ -292,8 +293,9 @@ def respaced(schedule: Schedule, grid: torch.Tensor) -> tuple[torch.Tensor, torc
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
-def _check_sample_args(shape, y, schedule, *, sampler="dpmpp_2m", guidance=0.0, null_class=10, eta=0.0,
-                      clip=None, x_T=None) -> None:
+def _check_sample_args(
+    shape, y, schedule, *, sampler="dpmpp_2m", guidance=0.0, null_class=10, eta=0.0, clip=None, x_T=None
+) -> None:
     """What ``sample`` checks once per call: one LabkitTypeError/ValueError per bad argument.
 
     The label range check reads y once (one device sync per call, none inside the sampling loop).
@@ -302,8 +304,11 @@ def _check_sample_args(shape, y, schedule, *, sampler="dpmpp_2m", guidance=0.0, 
         raise LabkitValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
     if not isinstance(schedule, Schedule):
         raise LabkitTypeError(f"schedule must be a labkit Schedule (make_schedule(...)), got {type(schedule).__name__}")
-    if (not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+    if (
+        not isinstance(shape, (tuple, list, torch.Size))
+        or len(shape) < 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+    ):
         raise LabkitValueError(f"shape must be a tuple of positive integers like (B, C, H, W), got {shape!r}")
     if not isinstance(y, torch.Tensor):
         raise LabkitTypeError(f"y must be an int64 tensor of class labels, got {type(y).__name__}")
@@ -335,15 +340,21 @@ def _check_devices(model, y, generator, x_T) -> None:
     """
     device = y.device
     if generator is not None and generator.device.type != device.type:
-        raise LabkitValueError(f"the generator is on {generator.device.type} but y is on {device.type}: sampling "
-                               f"draws its noise where y lives, so make it with torch.Generator({device.type!r})")
+        raise LabkitValueError(
+            f"the generator is on {generator.device.type} but y is on {device.type}: sampling "
+            f"draws its noise where y lives, so make it with torch.Generator({device.type!r})"
+        )
     if x_T is not None and x_T.device.type != device.type:
-        raise LabkitValueError(f"x_T is on {x_T.device.type} but y is on {device.type}: move one of them (x_T.to(y.device))")
+        raise LabkitValueError(
+            f"x_T is on {x_T.device.type} but y is on {device.type}: move one of them (x_T.to(y.device))"
+        )
     if isinstance(model, torch.nn.Module):
         weights = next(model.parameters(), None)
         if weights is not None and weights.device.type != device.type:
-            raise LabkitValueError(f"the model is on {weights.device.type} but y is on {device.type}: put y (and the "
-                                   f"generator) on the model's device, e.g. y = y.to(next(model.parameters()).device)")
+            raise LabkitValueError(
+                f"the model is on {weights.device.type} but y is on {device.type}: put y (and the "
+                f"generator) on the model's device, e.g. y = y.to(next(model.parameters()).device)"
+            )
 
 
 def _max_batch(max_batch, device) -> int | None:
@@ -362,8 +373,13 @@ def _chunked(model: Model, max_batch: int | None) -> Model:
     def run(x, t, y):
         if x.shape[0] <= max_batch:
             return model(x, t, y)
-        return torch.cat([model(x[i:i + max_batch], t[i:i + max_batch], y[i:i + max_batch])
-                          for i in range(0, x.shape[0], max_batch)])
+        return torch.cat(
+            [
+                model(x[i : i + max_batch], t[i : i + max_batch], y[i : i + max_batch])
+                for i in range(0, x.shape[0], max_batch)
+            ]
+        )
+
     return run
 
 
@@ -403,8 +419,17 @@ class Trajectory:
 
 
 @torch.no_grad()
-def sample_ddpm(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
-                generator=None, clip=None, callback: Callback | None = None) -> torch.Tensor:
+def sample_ddpm(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grid: torch.Tensor,
+    schedule: Schedule,
+    *,
+    generator=None,
+    clip=None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) from x = x_T down the descending ``grid``: ``p_sample_step``
     on the respaced schedule (any sub-grid of steps), the model seeing the real time steps."""
     betas, alpha_bars = respaced(schedule, grid)  # [S], [S]
@@ -423,8 +448,18 @@ def sample_ddpm(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tens
 
 
 @torch.no_grad()
-def sample_ddim(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
-                eta: float = 0.0, generator=None, clip=None, callback: Callback | None = None) -> torch.Tensor:
+def sample_ddim(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grid: torch.Tensor,
+    schedule: Schedule,
+    *,
+    eta: float = 0.0,
+    generator=None,
+    clip=None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) from x = x_T down the descending ``grid``; eta = 0 is deterministic."""
     for i, t, t_prev in _grid_steps(grid, x.shape[0]):
         eps_hat = model(x, t, y).to(x.dtype)
@@ -442,8 +477,16 @@ def sample_ddim(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tens
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(model: Model, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, schedule: Schedule, *,
-                    clip=None, callback: Callback | None = None) -> torch.Tensor:
+def sample_dpmpp_2m(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grid: torch.Tensor,
+    schedule: Schedule,
+    *,
+    clip=None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) from x = x_T down the descending ``grid``; the
     previous step's x0_hat is its only history. The last step (to clean data) returns x0_hat, as k-diffusion does."""
     x0_prev = ab_last = None
@@ -501,8 +544,9 @@ def sample(
     Chunking changes no random number: the noise is drawn for the whole batch.
     Returns x_0 [*shape].
     """
-    _check_sample_args(shape, y, schedule, sampler=sampler, guidance=guidance, null_class=null_class, eta=eta,
-                      clip=clip, x_T=x_T)
+    _check_sample_args(
+        shape, y, schedule, sampler=sampler, guidance=guidance, null_class=null_class, eta=eta, clip=clip, x_T=x_T
+    )
     _check_devices(model, y, generator, x_T)
     device = y.device
     grid = timestep_grid(schedule, steps, spacing).to(device)  # [steps], descending
@@ -512,12 +556,19 @@ def sample(
     return SAMPLER_FUNCTIONS[sampler](eps_model, x, y, grid, schedule, clip=clip, callback=callback, **own)
 
 
-def sample_digits(model: Model, y: torch.Tensor, schedule: Schedule, *, shape: tuple[int, int, int] = (1, 28, 28),
-                  batch_size: int | None = None, **options) -> torch.Tensor:
+def sample_digits(
+    model: Model,
+    y: torch.Tensor,
+    schedule: Schedule,
+    *,
+    shape: tuple[int, int, int] = (1, 28, 28),
+    batch_size: int | None = None,
+    **options,
+) -> torch.Tensor:
     """Images [len(y), *shape] in [0, 1] (float32, on y's device) for class labels y, drawn ``batch_size`` at a
     time with ``sample(..., clip=1.0, **options)``: the class grids of ``labkit train`` and ``labkit sample``."""
     parts = []
-    for chunk in (y.split(batch_size) if batch_size else [y]):  # [b]
+    for chunk in y.split(batch_size) if batch_size else [y]:  # [b]
         x = sample(model, (len(chunk), *shape), chunk, schedule, clip=1.0, **options)
         parts.append((x.float().clamp(-1, 1) + 1) / 2)  # [-1, 1] -> [0, 1]
     return torch.cat(parts)

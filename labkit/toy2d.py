@@ -64,7 +64,9 @@ def three_blobs() -> GaussianMixture:
     return GaussianMixture(means, 0.15, torch.tensor([0.5, 0.3, 0.2]))
 
 
-def sample(mixture: GaussianMixture, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    mixture: GaussianMixture, n: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n draws from p(x_0): pick a component k ~ weights, then x_0 = mu_k + s * noise.
 
     -> (x_0 [n, 2] float64, k int64 [n]) on the generator's device (CPU without one).
@@ -92,7 +94,9 @@ def _log_weights(mixture: GaussianMixture, x: torch.Tensor, y: torch.Tensor | No
     return torch.where((y < mixture.K)[:, None], only_k, log_w)
 
 
-def component_log_probs(mixture: GaussianMixture, x: torch.Tensor, alpha_bar, y: torch.Tensor | None = None) -> torch.Tensor:
+def component_log_probs(
+    mixture: GaussianMixture, x: torch.Tensor, alpha_bar, y: torch.Tensor | None = None
+) -> torch.Tensor:
     """log w_k + log N(x; sqrt(ab) mu_k, v I), v = ab s^2 + 1 - ab: one column per component.
 
     x: [N, 2]; alpha_bar: float or [N] -> [N, K]. Their logsumexp over k is log q_t(x).
@@ -109,7 +113,9 @@ def log_density(mixture: GaussianMixture, x: torch.Tensor, alpha_bar, y: torch.T
     return torch.logsumexp(component_log_probs(mixture, x, alpha_bar, y), dim=1)
 
 
-def responsibilities(mixture: GaussianMixture, x: torch.Tensor, alpha_bar, y: torch.Tensor | None = None) -> torch.Tensor:
+def responsibilities(
+    mixture: GaussianMixture, x: torch.Tensor, alpha_bar, y: torch.Tensor | None = None
+) -> torch.Tensor:
     """r_k(x) = q(k | x_t = x): how much each component explains the point.   x: [N, 2] -> [N, K], rows sum to 1"""
     return torch.softmax(component_log_probs(mixture, x, alpha_bar, y), dim=1)
 
@@ -160,6 +166,7 @@ def exact_model(mixture: GaussianMixture, schedule: Schedule) -> Model:
     y = k conditions on component k ("class k"), y = mixture.K is unconditional (the "no class" index), so
     ``samplers.sample(model, (B, 2), y, schedule, null_class=mixture.K)`` draws from the mixture.
     """
+
     def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ab = gather(schedule.alpha_bars, t, x)[:, 0]  # [B]
         return eps_from_score(score(mixture, x, ab, y), ab)
@@ -184,13 +191,16 @@ def flow_velocity(mixture: GaussianMixture, x: torch.Tensor, t, y: torch.Tensor 
     c2 = a**2 + tt**2
     r = responsibilities(mixture, x / c2.sqrt(), (a**2 / c2).reshape(-1), y)  # [N, K]
     mu = mixture.means.to(x.device, x.dtype)  # [K, 2]
-    per_component = ((tt - a * mixture.std**2) / var)[:, :, None] * (x[:, None, :] - a[:, :, None] * mu[None]) - mu[None]
+    per_component = ((tt - a * mixture.std**2) / var)[:, :, None] * (x[:, None, :] - a[:, :, None] * mu[None]) - mu[
+        None
+    ]
     return (r[:, :, None] * per_component).sum(1)  # [N, 2]
 
 
 def exact_flow_model(mixture: GaussianMixture) -> Model:
     """The perfect velocity model: model(x [B, 2], t float [B] in [0, 1], y int64 [B]) -> v* [B, 2]; y = K is
     the whole mixture, as in ``exact_model``. ``labkit.flow.sample(model, (B, 2), y, steps=..., null_class=K)``."""
+
     def model(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return flow_velocity(mixture, x, t, y)
 

@@ -75,8 +75,11 @@ class TrainConfig:
             if not ok:
                 left = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
                 right = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
-                where = f" in {left}, {right}" if lo is not None and hi is not None else (
-                    f" {'>' if lo_open else '>='} {lo:g}" if lo is not None else "")
+                where = (
+                    f" in {left}, {right}"
+                    if lo is not None and hi is not None
+                    else (f" {'>' if lo_open else '>='} {lo:g}" if lo is not None else "")
+                )
                 raise LabkitValueError(f"TrainConfig.{name} must be {kind}{where}, got {value!r}")
 
         if not isinstance(self.unet, UNetConfig):
@@ -86,7 +89,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise LabkitValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.channels_last not in ("auto", True, False):
-            raise LabkitValueError(f"TrainConfig.channels_last must be 'auto', True or False, got {self.channels_last!r}")
+            raise LabkitValueError(
+                f"TrainConfig.channels_last must be 'auto', True or False, got {self.channels_last!r}"
+            )
         number("T", 1, integer=True)
         number("batch_size", 1, integer=True)
         number("lr", 0, lo_open=True)
@@ -128,8 +133,17 @@ class TrainConfig:
 
 
 # Fields a resumed run may change: how long and how often, not what is trained.
-RESUMABLE_CHANGES = ("total_steps", "time_budget_s", "sample_every", "checkpoint_every", "log_every", "out_dir",
-                     "sampler", "sample_steps", "guidance")
+RESUMABLE_CHANGES = (
+    "total_steps",
+    "time_budget_s",
+    "sample_every",
+    "checkpoint_every",
+    "log_every",
+    "out_dir",
+    "sampler",
+    "sample_steps",
+    "guidance",
+)
 
 
 @dataclass
@@ -149,8 +163,9 @@ class TrainResult:
 # --- Learning rate (device and precision choice: labkit.device) -------------------------------------
 
 
-def warmup_cosine_lr(steps: torch.Tensor, lr: float, warmup_steps: int, total_steps: int,
-                     min_ratio: float) -> torch.Tensor:
+def warmup_cosine_lr(
+    steps: torch.Tensor, lr: float, warmup_steps: int, total_steps: int, min_ratio: float
+) -> torch.Tensor:
     """int64 [N] step numbers -> float64 [N] learning rates: a linear warmup, then a cosine decay.   (lab 04)
 
         s < W:   lr * (s + 1) / W                                  (warmup, Goyal et al. 2017, section 2.2)
@@ -174,8 +189,11 @@ def lr_at(step: int, config: TrainConfig, progress: float | None = None) -> floa
     progress in [0, 1] replaces the cosine's p (``train`` with a time budget: elapsed / budget).
     """
     if progress is None:
-        return float(warmup_cosine_lr(torch.tensor([step]), config.lr, config.warmup_steps, config.total_steps,
-                                      config.lr_min_ratio)[0])
+        return float(
+            warmup_cosine_lr(
+                torch.tensor([step]), config.lr, config.warmup_steps, config.total_steps, config.lr_min_ratio
+            )[0]
+        )
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
     progress = min(max(progress, 0.0), 1.0)
@@ -217,7 +235,9 @@ def check_data(data, config: TrainConfig) -> None:
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise LabkitTypeError("data.images and data.labels must be torch tensors")
     if images.dim() != 4 or not images.is_floating_point():
-        raise LabkitValueError(f"data.images must be float [N, C, H, W] in [-1, 1], got {images.dtype} {list(images.shape)}")
+        raise LabkitValueError(
+            f"data.images must be float [N, C, H, W] in [-1, 1], got {images.dtype} {list(images.shape)}"
+        )
     if len(images) == 0:
         raise LabkitValueError("data is empty: need at least one image")
     if labels.shape != (len(images),) or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -236,9 +256,15 @@ def check_data(data, config: TrainConfig) -> None:
 # --- One step ----------------------------------------------------------------------------------------
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, compute_loss: Callable[[], torch.Tensor], *,
-               scaler: torch.amp.GradScaler | None = None, max_grad_norm: float | None = None,
-               as_float: bool = True):
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    compute_loss: Callable[[], torch.Tensor],
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    max_grad_norm: float | None = None,
+    as_float: bool = True,
+):
     """One optimiser step (Ho et al. 2020, Algorithm 1, lines 5-6: "take gradient descent step"):   (lab 04)
 
         optimizer.zero_grad(); loss = compute_loss(); loss.backward(); optimizer.step(); return loss.item()
@@ -275,8 +301,15 @@ def drop_labels(y: torch.Tensor, p: float, null_class: int, generator: torch.Gen
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
-def draw_batch(data: Digits, batch_size: int, generator: torch.Generator, *, null_class: int, label_dropout: float,
-               memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_batch(
+    data: Digits,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    null_class: int,
+    label_dropout: float,
+    memory_format=torch.contiguous_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A random batch (with replacement) of images [B, C, H, W] and labels [B]; each label becomes
     ``null_class`` ("no class") with probability ``label_dropout`` (``drop_labels``)."""
     device = data.images.device
@@ -288,10 +321,21 @@ def draw_batch(data: Digits, batch_size: int, generator: torch.Generator, *, nul
 # --- The training loop, as plainly as the paper writes it (lab 04) -------------------------------------
 
 
-def train_loop(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, alpha_bars: torch.Tensor, steps: int, batch_size: int,
-               generator: torch.Generator, label_dropout: float = 0.1, ema_decay: float = 0.999,
-               first_step: int = 0, null_class: int = 10) -> list[float]:
+def train_loop(
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alpha_bars: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    generator: torch.Generator,
+    label_dropout: float = 0.1,
+    ema_decay: float = 0.999,
+    first_step: int = 0,
+    null_class: int = 10,
+) -> list[float]:
     """``steps`` steps of Algorithm 1 (Ho et al. 2020) with label dropout and an EMA; returns the losses.   (lab 04)
 
         repeat:  x_0, y ~ data                      (batch indices: torch.randint(0, N, (B,)))
@@ -324,9 +368,18 @@ def train_loop(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.op
     return losses
 
 
-def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, chunk: int = 100,
-             report: Callable | None = None, report_every_s: float = 120.0,
-             network: Callable | None = None, lr_schedule: Callable | None = None) -> TrainResult:
+def run_loop(
+    loop: Callable,
+    config: TrainConfig,
+    data: Digits,
+    *,
+    device=None,
+    chunk: int = 100,
+    report: Callable | None = None,
+    report_every_s: float = 120.0,
+    network: Callable | None = None,
+    lr_schedule: Callable | None = None,
+) -> TrainResult:
     """Drive a training loop such as ``train_loop`` (lab 04's, or a student's) through a real run, in chunks.
 
     Before each chunk of ``chunk`` steps the learning rate is set (``lr_schedule``, with ``warmup_cosine_lr``'s
@@ -363,32 +416,66 @@ def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, 
     def save() -> None:
         if ckpt_path is not None:
             own = {"ema_own": ema.state_dict()} if network is not None else {}  # the student's names, to resume
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "ema": as_labkit_weights(ema, config.unet), **own,
-                "optimizer": run.opt.state_dict(),
-                "generator": run.gen.get_state(), "step": run.step, "elapsed_s": run.elapsed, "losses": losses,
-                "unet": config.unet.to_dict(), "schedule": config.schedule, "T": config.T, "train": config.to_dict()})
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "ema": as_labkit_weights(ema, config.unet),
+                    **own,
+                    "optimizer": run.opt.state_dict(),
+                    "generator": run.gen.get_state(),
+                    "step": run.step,
+                    "elapsed_s": run.elapsed,
+                    "losses": losses,
+                    "unet": config.unet.to_dict(),
+                    "schedule": config.schedule,
+                    "T": config.T,
+                    "train": config.to_dict(),
+                },
+            )
 
     seconds, last_report, start_step = 0.0, 0.0, run.step
     while run.step < config.total_steps:
         n = min(chunk, config.total_steps - run.step)
-        lr = lr_at(run.step, config) if lr_schedule is None else float(lr_schedule(
-            torch.tensor([run.step]), config.lr, config.warmup_steps, config.total_steps, config.lr_min_ratio)[0])
+        lr = (
+            lr_at(run.step, config)
+            if lr_schedule is None
+            else float(
+                lr_schedule(
+                    torch.tensor([run.step]), config.lr, config.warmup_steps, config.total_steps, config.lr_min_ratio
+                )[0]
+            )
+        )
         if not (math.isfinite(lr) and lr > 0):
-            raise LabkitValueError(f"the learning-rate schedule gave {lr} at step {run.step}: it must be a positive "
-                                   "number (lab 04's check_warmup_cosine_lr says what is wrong)")
+            raise LabkitValueError(
+                f"the learning-rate schedule gave {lr} at step {run.step}: it must be a positive "
+                "number (lab 04's check_warmup_cosine_lr says what is wrong)"
+            )
         for group in run.opt.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        values = loop(model, ema, run.opt, data.images, data.labels, schedule.alpha_bars, n, config.batch_size,
-                      run.gen, config.label_dropout, config.ema_decay, run.step)
+        values = loop(
+            model,
+            ema,
+            run.opt,
+            data.images,
+            data.labels,
+            schedule.alpha_bars,
+            n,
+            config.batch_size,
+            run.gen,
+            config.label_dropout,
+            config.ema_decay,
+            run.step,
+        )
         seconds += time.perf_counter() - t0
         run.elapsed += time.perf_counter() - t0
         run.step += n
         mean = sum(float(v) for v in values) / max(1, len(values))
         if not math.isfinite(mean):
-            raise LabkitError(f"loss became NaN/inf before step {run.step}: lower the lr; the last good "
-                              f"checkpoint is {ckpt_path}")
+            raise LabkitError(
+                f"loss became NaN/inf before step {run.step}: lower the lr; the last good checkpoint is {ckpt_path}"
+            )
         losses.append((run.step, mean))
         done = run.step >= config.total_steps
         if done or (config.checkpoint_every and run.step % config.checkpoint_every < n):
@@ -399,8 +486,9 @@ def run_loop(loop: Callable, config: TrainConfig, data: Digits, *, device=None, 
             report(run.step, losses, ema)
     ema.eval()
     images_seen = (run.step - start_step) * config.batch_size
-    return TrainResult(model, ema, schedule, config, run.step, seconds, images_seen / max(seconds, 1e-9), losses,
-                       ckpt_path)
+    return TrainResult(
+        model, ema, schedule, config, run.step, seconds, images_seen / max(seconds, 1e-9), losses, ckpt_path
+    )
 
 
 def as_labkit_weights(model: torch.nn.Module, unet_config) -> dict:
@@ -416,8 +504,10 @@ def as_labkit_weights(model: torch.nn.Module, unet_config) -> dict:
     elif len(mine) == len(theirs) and all(p.shape == w.shape for p, (_, w) in zip(theirs.values(), mine)):
         pairs = list(zip(theirs.values(), (w for _, w in mine)))
     else:
-        raise LabkitError("this network's parameters do not match labkit's UNet for its config: the checkpoint "
-                          "could not be written in labkit's format")
+        raise LabkitError(
+            "this network's parameters do not match labkit's UNet for its config: the checkpoint "
+            "could not be written in labkit's format"
+        )
     with torch.no_grad():
         for p, w in pairs:
             p.copy_(w)
@@ -442,12 +532,21 @@ class Run:
     def state(self, config: TrainConfig) -> dict:
         """What ``last.pt`` holds: enough to continue exactly where this run stands."""
         return {
-            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}, "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "step": self.step,
             "elapsed_s": self.elapsed,
-            "rng": {"torch": torch.get_rng_state(), "data": self.gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "unet": config.unet.to_dict(), "schedule": config.schedule, "T": config.T, "train": config.to_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "data": self.gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            "unet": config.unet.to_dict(),
+            "schedule": config.schedule,
+            "T": config.T,
+            "train": config.to_dict(),
         }
 
     def restore(self, path: Path, config: TrainConfig, device: torch.device) -> None:
@@ -466,17 +565,20 @@ class Run:
             self.gen.set_state(state["rng"]["data"])
         except RuntimeError:  # saved by another device type's generator (a GPU run resumed on a CPU, or back)
             self.gen.manual_seed(config.seed + int(state["step"]))  # seeded, but other batches than an unbroken run
-            warnings.warn(f"{path} was saved on another kind of device: training resumes on {device.type} "
-                          "with a reseeded batch generator, so it will not match an uninterrupted run exactly")
+            warnings.warn(
+                f"{path} was saved on another kind of device: training resumes on {device.type} "
+                "with a reseeded batch generator, so it will not match an uninterrupted run exactly"
+            )
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"].get("cuda") is not None and torch.cuda.is_available():
-            for i, cuda_state in enumerate(state["rng"]["cuda"][:torch.cuda.device_count()]):
+            for i, cuda_state in enumerate(state["rng"]["cuda"][: torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(cuda_state, i)  # a checkpoint from a machine with more GPUs still loads
         self.step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
 
 
-def new_run(config: TrainConfig, device: torch.device, *, use_scaler: bool, memory_format,
-            network: Callable | None = None) -> Run:
+def new_run(
+    config: TrainConfig, device: torch.device, *, use_scaler: bool, memory_format, network: Callable | None = None
+) -> Run:
     """Seeded weights (without touching the caller's global RNG), their EMA, AdamW and the batch generator.
     network(config.unet) builds the model instead of labkit's UNet (a student's own, lab 04)."""
     with torch.random.fork_rng(devices=[]):
@@ -484,8 +586,9 @@ def new_run(config: TrainConfig, device: torch.device, *, use_scaler: bool, memo
         model = (network or UNet)(config.unet)
     model = model.to(device, memory_format=memory_format).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                            betas=(0.9, 0.99), foreach=True)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.99), foreach=True
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     gen = torch.Generator(device).manual_seed(config.seed)  # batches, label dropout, t and noise
     return Run(model, ema, opt, scaler, gen)
@@ -516,8 +619,13 @@ class ProgressBar:
 
         self.by_time = config.time_budget_s is not None
         self.total = int(config.time_budget_s) if self.by_time else config.total_steps
-        self.bar = tqdm(total=self.total, initial=self.position(run), disable=not enabled,
-                        unit="s" if self.by_time else "step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.position(run),
+            disable=not enabled,
+            unit="s" if self.by_time else "step",
+            dynamic_ncols=True,
+        )
 
     def position(self, run: Run) -> int:
         return min(int(run.elapsed) if self.by_time else run.step, self.total)
@@ -572,7 +680,9 @@ def train(
         data = load_mnist(data_root, train=True)
         check_data(data, config)
     if data.images.shape[1] != config.unet.in_channels:
-        raise LabkitValueError(f"data has {data.images.shape[1]} channels but the U-Net expects {config.unet.in_channels}")
+        raise LabkitValueError(
+            f"data has {data.images.shape[1]} channels but the U-Net expects {config.unet.in_channels}"
+        )
     data = data.to(device)  # the whole set on the device: [N, C, H, W], [N]
     schedule = make_schedule(config.schedule, config.T)
     run = new_run(config, device, use_scaler=use_scaler, memory_format=memory_format)
@@ -586,8 +696,14 @@ def train(
             save_checkpoint(ckpt_path, run.state(config))
 
     def batch_loss() -> torch.Tensor:  # the loss of a fresh batch, under autocast
-        x0, y = draw_batch(data, config.batch_size, run.gen, null_class=config.unet.num_classes,
-                           label_dropout=config.label_dropout, memory_format=memory_format)
+        x0, y = draw_batch(
+            data,
+            config.batch_size,
+            run.gen,
+            null_class=config.unet.num_classes,
+            label_dropout=config.label_dropout,
+            memory_format=memory_format,
+        )
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             return diffusion_loss(model, x0, y, schedule, generator=run.gen, min_snr_gamma=config.min_snr_gamma)
 
@@ -602,8 +718,9 @@ def train(
             progress_frac = run.elapsed / config.time_budget_s if config.time_budget_s else None
             for group in run.opt.param_groups:
                 group["lr"] = lr_at(run.step, config, progress_frac)
-            loss = train_step(model, run.opt, batch_loss, scaler=run.scaler, max_grad_norm=config.grad_clip,
-                              as_float=False)
+            loss = train_step(
+                model, run.opt, batch_loss, scaler=run.scaler, max_grad_norm=config.grad_clip, as_float=False
+            )
             ema_update(ema_list, model_list, ema_decay_at(run.step, config.ema_decay))
 
             bad = ~torch.isfinite(loss)
@@ -640,15 +757,26 @@ def train(
             save_grid(ema, schedule, config, out_dir / "samples_final.png", size=data.images.shape[-1])
     finally:
         bar.close()
-    return TrainResult(model, ema, schedule, config, run.step, run_seconds,
-                       images_seen / max(run_seconds, 1e-9), losses, ckpt_path, stopped)
+    return TrainResult(
+        model,
+        ema,
+        schedule,
+        config,
+        run.step,
+        run_seconds,
+        images_seen / max(run_seconds, 1e-9),
+        losses,
+        ckpt_path,
+        stopped,
+    )
 
 
 # --- Samples -----------------------------------------------------------------------------------------
 
 
-def save_grid(model, schedule: Schedule, config: TrainConfig, path, per_class: int = 10, seed: int = 0,
-              size: int = 28) -> Path:
+def save_grid(
+    model, schedule: Schedule, config: TrainConfig, path, per_class: int = 10, seed: int = 0, size: int = 28
+) -> Path:
     """Draw per_class digits of every class with ``model`` (one row per sample, one column per class)."""
     from torchvision.utils import save_image
 
@@ -660,8 +788,17 @@ def save_grid(model, schedule: Schedule, config: TrainConfig, path, per_class: i
     gen = torch.Generator(device).manual_seed(seed)  # the same noise every time: grids show progress
     was_training = model.training
     model.eval()
-    images = sample_digits(model, y, schedule, shape=(config.unet.in_channels, size, size), sampler=config.sampler,
-                           steps=config.sample_steps, guidance=config.guidance, null_class=k, generator=gen)
+    images = sample_digits(
+        model,
+        y,
+        schedule,
+        shape=(config.unet.in_channels, size, size),
+        sampler=config.sampler,
+        steps=config.sample_steps,
+        guidance=config.guidance,
+        null_class=k,
+        generator=gen,
+    )
     model.train(was_training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

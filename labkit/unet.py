@@ -48,9 +48,14 @@ class UNetConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise LabkitValueError(f"UNetConfig.{name} must be an integer >= 1, got {value!r}")
         mults = self.channel_mults
-        if not isinstance(mults, (tuple, list)) or not mults or not all(
-                isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mults):
-            raise LabkitValueError(f"UNetConfig.channel_mults must be a non-empty tuple of integers >= 1, got {mults!r}")
+        if (
+            not isinstance(mults, (tuple, list))
+            or not mults
+            or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in mults)
+        ):
+            raise LabkitValueError(
+                f"UNetConfig.channel_mults must be a non-empty tuple of integers >= 1, got {mults!r}"
+            )
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise LabkitValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
         for m in mults:
@@ -101,8 +106,9 @@ class ConvBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None,
-                shift: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.norm(x)  # [B, c_in, H, W]
         if scale is not None:
             h = film(h, scale, shift)
@@ -185,12 +191,22 @@ class Down(nn.Module):
     the student's own: block(c_in, c_out, groups, emb_dim, dropout)).
     """
 
-    def __init__(self, c_in: int, c_out: int, n_blocks: int, groups: int, downsample: bool = True,
-                 emb_dim: int | None = None, dropout: float = 0.0, block: type | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        n_blocks: int,
+        groups: int,
+        downsample: bool = True,
+        emb_dim: int | None = None,
+        dropout: float = 0.0,
+        block: type | None = None,
+    ):
         super().__init__()
         block = block or ResBlock
-        self.blocks = nn.ModuleList([block(c_in if j == 0 else c_out, c_out, groups, emb_dim, dropout)
-                                     for j in range(n_blocks)])
+        self.blocks = nn.ModuleList(
+            [block(c_in if j == 0 else c_out, c_out, groups, emb_dim, dropout) for j in range(n_blocks)]
+        )
         self.downsample = nn.Conv2d(c_out, c_out, 3, stride=2, padding=1) if downsample else nn.Identity()
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,14 +224,26 @@ class Up(nn.Module):
     c_next=None (the last level) keeps c_out channels and skips the final conv. block: as in ``Down``.
     """
 
-    def __init__(self, c_in: int, c_skip: int, c_out: int, c_next: int | None, n_blocks: int, groups: int,
-                 emb_dim: int | None = None, dropout: float = 0.0, skips: bool = True, block: type | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_skip: int,
+        c_out: int,
+        c_next: int | None,
+        n_blocks: int,
+        groups: int,
+        emb_dim: int | None = None,
+        dropout: float = 0.0,
+        skips: bool = True,
+        block: type | None = None,
+    ):
         super().__init__()
         self.skips = skips
         block = block or ResBlock
         first = c_in + (c_skip if skips else 0)  # concatenation adds the skip's channels
-        self.blocks = nn.ModuleList([block(first if j == 0 else c_out, c_out, groups, emb_dim, dropout)
-                                     for j in range(n_blocks)])
+        self.blocks = nn.ModuleList(
+            [block(first if j == 0 else c_out, c_out, groups, emb_dim, dropout) for j in range(n_blocks)]
+        )
         self.to_next = nn.Conv2d(c_out, c_next, 3, padding=1) if c_next is not None else nn.Identity()
 
     def forward(self, h: torch.Tensor, skip: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -243,16 +271,22 @@ class UNet(nn.Module):
         self.stem = nn.Conv2d(c_in, chans[0], 3, padding=1)
 
         n, last = cfg.blocks_per_level, len(chans) - 1
-        self.down = nn.ModuleList([
-            Down(chans[i - 1] if i else chans[0], ch, n, cfg.groups, i < last, emb_dim, cfg.dropout)
-            for i, ch in enumerate(chans)])
+        self.down = nn.ModuleList(
+            [
+                Down(chans[i - 1] if i else chans[0], ch, n, cfg.groups, i < last, emb_dim, cfg.dropout)
+                for i, ch in enumerate(chans)
+            ]
+        )
         c = chans[-1]
         self.mid1 = ResBlock(c, c, cfg.groups, emb_dim, cfg.dropout)
         self.mid_attn = SelfAttention(c, cfg.groups) if cfg.attention else nn.Identity()
         self.mid2 = ResBlock(c, c, cfg.groups, emb_dim, cfg.dropout)
-        self.up = nn.ModuleList([  # from the smallest level back to level 0
-            Up(ch, ch, ch, chans[i - 1] if i else None, n, cfg.groups, emb_dim, cfg.dropout, skips=cfg.skips)
-            for i, ch in reversed(list(enumerate(chans)))])
+        self.up = nn.ModuleList(
+            [  # from the smallest level back to level 0
+                Up(ch, ch, ch, chans[i - 1] if i else None, n, cfg.groups, emb_dim, cfg.dropout, skips=cfg.skips)
+                for i, ch in reversed(list(enumerate(chans)))
+            ]
+        )
 
         self.out_norm = nn.GroupNorm(cfg.groups, chans[0])
         self.out = nn.Conv2d(chans[0], c_in, 3, padding=1)
@@ -291,8 +325,10 @@ class UNet(nn.Module):
             raise LabkitTypeError(f"UNet: x must be a float tensor, got {x.dtype}")
         weight = self.stem.weight
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise LabkitTypeError(f"UNet: x is {x.dtype} but the model's weights are {weight.dtype}: "
-                                  f"convert one of them (x.to({weight.dtype}) or model.to({x.dtype}))")
+            raise LabkitTypeError(
+                f"UNet: x is {x.dtype} but the model's weights are {weight.dtype}: "
+                f"convert one of them (x.to({weight.dtype}) or model.to({x.dtype}))"
+            )
         if not cfg.conditional:
             return  # lab 02's network takes only x (t and y, if given, are ignored)
         if t.shape != (B,):
@@ -302,8 +338,10 @@ class UNet(nn.Module):
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise LabkitTypeError(f"UNet: y must be integer class labels (int64), got {y.dtype}")
         if y.device.type == "cpu" and B and (int(y.min()) < 0 or int(y.max()) > cfg.num_classes):
-            raise LabkitValueError(f"UNet: y must be in [0, {cfg.num_classes}] ({cfg.num_classes} = no class), "
-                                   f"got values {int(y.min())}..{int(y.max())}")
+            raise LabkitValueError(
+                f"UNet: y must be in [0, {cfg.num_classes}] ({cfg.num_classes} = no class), "
+                f"got values {int(y.min())}..{int(y.max())}"
+            )
         if t.device.type == "cpu" and B and float(t.min()) < 0:
             raise LabkitValueError(f"UNet: time steps t must be >= 0, got {float(t.min()):g}")
 
@@ -360,13 +398,15 @@ class UNet(nn.Module):
         t = torch.zeros(batch, dtype=torch.long, device=p.device)
         rows = [f"{name:<32} {str(list(shape)):>16}" for name, shape in self.shape_trace(x, t, t)]
         parts = {"embeddings": [self.time_embed, self.class_embed]} if self.config.conditional else {}
-        parts.update({
-            "stem": [self.stem],
-            **{f"down level {i}": [d] for i, d in enumerate(self.down)},
-            "middle": [self.mid1, self.mid_attn, self.mid2],
-            **{f"up level {len(self.up) - 1 - k}": [u] for k, u in enumerate(self.up)},
-            "output": [self.out_norm, self.out],
-        })
+        parts.update(
+            {
+                "stem": [self.stem],
+                **{f"down level {i}": [d] for i, d in enumerate(self.down)},
+                "middle": [self.mid1, self.mid_attn, self.mid2],
+                **{f"up level {len(self.up) - 1 - k}": [u] for k, u in enumerate(self.up)},
+                "output": [self.out_norm, self.out],
+            }
+        )
         rows.append("-" * 49)
         for name, mods in parts.items():
             count = sum(q.numel() for m in mods for q in m.parameters())
@@ -390,12 +430,16 @@ _OLD_NAMES = (  # (pattern, replacement) from the names before lab 02's blocks (
 def upgrade_state_dict(state_dict: dict, prefix: str = "") -> dict:
     """Rename, in place, the weights of a U-Net saved before the network was built from lab 02's blocks
     (ConvBlock, Down, Up): the same numbers, new names. Names already new are left alone."""
-    old = [k for k in state_dict if k.startswith(prefix) and
-           (k.startswith(prefix + "downsample.") or ".norm1." in k or k.startswith(prefix + "upsample."))]
+    old = [
+        k
+        for k in state_dict
+        if k.startswith(prefix)
+        and (k.startswith(prefix + "downsample.") or ".norm1." in k or k.startswith(prefix + "upsample."))
+    ]
     if not old:
         return state_dict
     for key in [k for k in list(state_dict) if k.startswith(prefix)]:
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         for pattern, repl in _OLD_NAMES:
             name = pattern.sub(repl, name)
         if prefix + name != key:

@@ -22,8 +22,9 @@ def _ipywidgets():
         return None
 
 
-def noise_slider(x0: torch.Tensor, schedule, *, generator: torch.Generator | None = None, step: int = 10,
-                 size: float = 1.6):
+def noise_slider(
+    x0: torch.Tensor, schedule, *, generator: torch.Generator | None = None, step: int = 10, size: float = 1.6
+):
     """A slider over t showing x_t ~ q(x_t | x_0) for a few digits x0 [N, 1, H, W] (same noise for every t).
 
     Returns the widget (display it as the cell's last expression).
@@ -38,7 +39,7 @@ def noise_slider(x0: torch.Tensor, schedule, *, generator: torch.Generator | Non
         tt = torch.full((x0.shape[0],), int(t), dtype=torch.long)
         xt = diffusion.q_sample(x0, tt, noise, schedule)
         ab = float(schedule.alpha_bars[int(t)])
-        title = f"t = {t}:  \u221a\u0101 = {ab ** 0.5:.3f} (signal),  \u221a(1-\u0101) = {(1 - ab) ** 0.5:.3f} (noise)"
+        title = f"t = {t}:  \u221a\u0101 = {ab**0.5:.3f} (signal),  \u221a(1-\u0101) = {(1 - ab) ** 0.5:.3f} (noise)"
         return plotting.image_grid(xt, ncols=x0.shape[0], title=title, size=size)
 
     return _slider(picture, schedule.T - 1, step, "t")
@@ -55,6 +56,7 @@ def _slider(picture, maximum: int, step: int, name: str):
     if w is None:
         print("ipywidgets is not installed: showing a static picture instead (pip install 'ipywidgets>=7.6').")
         return picture(0)
-    slider = w.IntSlider(value=0, min=0, max=maximum, step=step, description=name, continuous_update=False,
-                         layout=w.Layout(width="60%"))
+    slider = w.IntSlider(
+        value=0, min=0, max=maximum, step=step, description=name, continuous_update=False, layout=w.Layout(width="60%")
+    )
     return w.interactive(draw, **{"value": slider})

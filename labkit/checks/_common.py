@@ -44,8 +44,9 @@ class CheckFailed(AssertionError):
     ``mistake`` the catalogue entry the answer matched, when it matched one.
     """
 
-    def __init__(self, message: str = "", *, check: str | None = None, mistake: str | None = None,
-                 outcome: str = "failed"):
+    def __init__(
+        self, message: str = "", *, check: str | None = None, mistake: str | None = None, outcome: str = "failed"
+    ):
         super().__init__(message)
         self.check, self.mistake, self.outcome = check, mistake, outcome
 
@@ -127,8 +128,14 @@ COMMON_HINTS = {
 }
 
 
-def call(check: str, fn: Callable, *args, names: Sequence[str] | None = None,
-         hints: Mapping[str, str] | None = None, **kwargs):
+def call(
+    check: str,
+    fn: Callable,
+    *args,
+    names: Sequence[str] | None = None,
+    hints: Mapping[str, str] | None = None,
+    **kwargs,
+):
     """Call the student's function, turning exceptions into a clear failure, and fail if it changed a
     tensor argument in place (``names`` name the arguments in that message)."""
     if not callable(fn):
@@ -149,8 +156,11 @@ def call(check: str, fn: Callable, *args, names: Sequence[str] | None = None,
             message += f"\n  hint: {hint}"
         raise CheckFailed(f"{check}: {message}", check=check) from exc
     if out is NotImplemented:
-        fail(check, "not implemented yet: replace `raise NotImplementedError()` with your code and run the cell again",
-             outcome="not implemented")
+        fail(
+            check,
+            "not implemented yet: replace `raise NotImplementedError()` with your code and run the cell again",
+            outcome="not implemented",
+        )
     for k, (before, after) in enumerate(zip(saved, args)):
         if isinstance(before, torch.Tensor):
             label = names[k] if names and k < len(names) else f"argument {k + 1}"
@@ -170,28 +180,46 @@ def _stderr_to_stdout():
         print(f"note: your function warned: {w.category.__name__}: {str(w.message)[:300]}")
 
 
-def expect_tensor(check: str, out, shape: tuple | None = None, *, what: str = "the result", floating: bool = True,
-                  shape_hints: Mapping[tuple, str] | None = None) -> torch.Tensor:
+def expect_tensor(
+    check: str,
+    out,
+    shape: tuple | None = None,
+    *,
+    what: str = "the result",
+    floating: bool = True,
+    shape_hints: Mapping[tuple, str] | None = None,
+) -> torch.Tensor:
     """Check that ``out`` is a finite torch tensor of ``shape``; return it detached on the CPU."""
     type_name = type(out).__module__ + "." + type(out).__name__
     if type_name.startswith("numpy."):
-        fail(check, f"{what} is a numpy array ({type(out).__name__}); return a torch.Tensor "
-                    "(use torch operations such as torch.sqrt / torch.cumprod, not numpy's)")
+        fail(
+            check,
+            f"{what} is a numpy array ({type(out).__name__}); return a torch.Tensor "
+            "(use torch operations such as torch.sqrt / torch.cumprod, not numpy's)",
+        )
     if out is None:
         fail(check, f"{what} is None: did you forget the `return` statement?")
     if not isinstance(out, torch.Tensor):
         fail(check, f"{what} should be a torch.Tensor, got {type(out).__name__}")
     if out.device.type == "meta":
-        fail(check, f"{what} is on the 'meta' device, which holds no values: compute it from the inputs, "
-                    "on their device (e.g. x0.device), without .to('meta')")
+        fail(
+            check,
+            f"{what} is on the 'meta' device, which holds no values: compute it from the inputs, "
+            "on their device (e.g. x0.device), without .to('meta')",
+        )
     try:
         out = out.detach().cpu()  # a result on another real device (cuda, mps) is accepted
     except Exception as exc:
-        fail(check, f"{what} is on device '{out.device}' and cannot be read on the CPU "
-                    f"({type(exc).__name__}: {str(exc)[:200]}): return it on the device of the inputs")
+        fail(
+            check,
+            f"{what} is on device '{out.device}' and cannot be read on the CPU "
+            f"({type(exc).__name__}: {str(exc)[:200]}): return it on the device of the inputs",
+        )
     if shape is not None and tuple(out.shape) != tuple(shape):
         hint = (shape_hints or {}).get(tuple(out.shape))
-        fail(check, f"{what} has shape {list(out.shape)}, expected {list(shape)}" + (f"\n  hint: {hint}" if hint else ""))
+        fail(
+            check, f"{what} has shape {list(out.shape)}, expected {list(shape)}" + (f"\n  hint: {hint}" if hint else "")
+        )
     if floating and not out.is_floating_point():
         fail(check, f"{what} has dtype {out.dtype}; expected a floating-point tensor")
     if floating and out.numel() and not bool(torch.isfinite(out).all()):
@@ -230,8 +258,9 @@ def as_float32(args: Sequence) -> list:
     return [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
 
 
-def float32_tolerance(reference: Callable, args: Sequence, ref: torch.Tensor, *, floor: float,
-                      relative: bool = False) -> float:
+def float32_tolerance(
+    reference: Callable, args: Sequence, ref: torch.Tensor, *, floor: float, relative: bool = False
+) -> float:
     """The pass tolerance of one comparison, derived from the computation itself: ``MARGIN`` times how far
     labkit's own ``reference`` lands from the float64 result ``ref`` when it runs in float32 on the same inputs,
     and at least ``floor``. A correct answer computed in float32 passes on every machine (AVX-512 or not)
@@ -262,9 +291,19 @@ def _mistake_distance(out: torch.Tensor, wrong: torch.Tensor, tol: float, relati
     return max_abs_diff(out, w) / max(tol, min(MISTAKE_RTOL * scale, 0.1 * err), 1e-12)
 
 
-def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[str, torch.Tensor] | None = None, *,
-            tol: float = 1e-4, relative: bool = False, context: str = "", reference: Callable | None = None,
-            args: Sequence = (), where: tuple | None = None) -> None:
+def compare(
+    check: str,
+    out: torch.Tensor,
+    ref: torch.Tensor,
+    mistakes: Mapping[str, torch.Tensor] | None = None,
+    *,
+    tol: float = 1e-4,
+    relative: bool = False,
+    context: str = "",
+    reference: Callable | None = None,
+    args: Sequence = (),
+    where: tuple | None = None,
+) -> None:
     """Pass if ``out`` matches ``ref``; else name the known mistake ``out`` matches best, else the family of the
     mistake (sign, constant factor, offset, transpose, swapped halves, wrong only at the first or last step),
     else say where the answer differs.
@@ -279,9 +318,12 @@ def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[
     if err <= tol:
         return
     if out.dtype in (torch.float16, torch.bfloat16):
-        fail(check, f"the result has dtype {out.dtype}{context}: half precision cannot hold the answer to the "
-                    f"tolerance {tol:.3g} (largest difference {err:.3g}). Compute and return float32, like the "
-                    "inputs (no .half() / .bfloat16())")
+        fail(
+            check,
+            f"the result has dtype {out.dtype}{context}: half precision cannot hold the answer to the "
+            f"tolerance {tol:.3g} (largest difference {err:.3g}). Compute and return float32, like the "
+            "inputs (no .half() / .bfloat16())",
+        )
     best, best_name = math.inf, None
     for name, wrong in (mistakes or {}).items():
         first = wrong[0] if isinstance(wrong, (tuple, list)) else wrong
@@ -300,16 +342,22 @@ def compare(check: str, out: torch.Tensor, ref: torch.Tensor, mistakes: Mapping[
 def unchanged(check: str, before: torch.Tensor, after: torch.Tensor, name: str) -> None:
     """Fail if the student's function modified an input in place."""
     if max_abs_diff(before, after) != 0.0:
-        fail(check, f"your function changed its input `{name}` in place; compute a new tensor instead "
-                    "(avoid +=, *= and methods ending in _ on the inputs)")
+        fail(
+            check,
+            f"your function changed its input `{name}` in place; compute a new tensor instead "
+            "(avoid +=, *= and methods ending in _ on the inputs)",
+        )
 
 
 def deterministic(check: str, fn: Callable, args: tuple, first: torch.Tensor, *, floating: bool = True) -> None:
     """Fail if calling again with the same inputs gives another answer (random numbers drawn inside)."""
     again = expect_tensor(check, call(check, fn, *args), floating=floating)
     if max_abs_diff(first, again) > 1e-6:
-        fail(check, "two calls with the same inputs gave different results: use the inputs you are given "
-                    "(e.g. the `noise` argument) instead of drawing new random numbers")
+        fail(
+            check,
+            "two calls with the same inputs gave different results: use the inputs you are given "
+            "(e.g. the `noise` argument) instead of drawing new random numbers",
+        )
 
 
 def yours_or_labkit(check: Callable, yours: Callable, labkit_fn: Callable, what: str) -> Callable:

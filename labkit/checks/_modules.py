@@ -49,8 +49,9 @@ def probe(cls: Callable, request: Mapping) -> dict:
             out = module(*args, **dict(kwargs))
         report["outputs"].append(_detached(out))
         report.setdefault("traces", []).append(trace)
-        report["inplace"].append(any(isinstance(a, torch.Tensor) and not torch.equal(a, b)
-                                     for a, b in zip(saved, args)))
+        report["inplace"].append(
+            any(isinstance(a, torch.Tensor) and not torch.equal(a, b) for a, b in zip(saved, args))
+        )
     report["training"] = module.training
     return report
 
@@ -65,10 +66,12 @@ def traced(module: nn.Module, names: Sequence[str]):
     for name in names[:64]:
         sub = wanted.get(name)
         if sub is not None and sub is not module:
+
             def hook(_m, _inputs, output, name=name):
                 first = output[0] if isinstance(output, (tuple, list)) and output else output
                 if isinstance(first, torch.Tensor) and len(trace) < 64:
                     trace.append([name, first.detach().clone()])
+
             handles.append(sub.register_forward_hook(hook))
     try:
         yield trace
@@ -118,8 +121,11 @@ def run_module(check: str, student_cls, request: Mapping, *, hints: Mapping[str,
     if not isinstance(report, dict):
         fail(check, "the module could not be run")
     if "not_module" in report:
-        fail(check, f"your class should build an nn.Module (class X(nn.Module) with super().__init__()), "
-                    f"got a {str(report['not_module'])[:100]}")
+        fail(
+            check,
+            f"your class should build an nn.Module (class X(nn.Module) with super().__init__()), "
+            f"got a {str(report['not_module'])[:100]}",
+        )
     return report
 
 
@@ -144,23 +150,31 @@ def describe_parameters(mine: list, expected: list) -> str:
     """What differs between the student's parameter list and labkit's, in a sentence a student can act on."""
     count = lambda ps: sum(math.prod(s) for _, s in ps)  # noqa: E731
     names_mine, names_ref = [n for n, _ in mine], [n for n, _ in expected]
-    lines = [f"your module has {len(mine)} parameter tensors ({count(mine):,} numbers), "
-             f"the specification {len(expected)} ({count(expected):,})"]
+    lines = [
+        f"your module has {len(mine)} parameter tensors ({count(mine):,} numbers), "
+        f"the specification {len(expected)} ({count(expected):,})"
+    ]
     shapes_mine = sorted(tuple(s) for _, s in mine)
     shapes_ref = sorted(tuple(s) for _, s in expected)
     missing = _multiset_minus(shapes_ref, shapes_mine)
     extra = _multiset_minus(shapes_mine, shapes_ref)
     if missing:
         who = [n for n, s in expected if tuple(s) in missing][:4]
-        lines.append("missing: " + ", ".join(f"{list(s)}" for s in missing[:4]) +
-                     (f" (labkit's names: {', '.join(who)})" if who else ""))
+        lines.append(
+            "missing: "
+            + ", ".join(f"{list(s)}" for s in missing[:4])
+            + (f" (labkit's names: {', '.join(who)})" if who else "")
+        )
     if extra:
         who = [n for n, s in mine if tuple(s) in extra][:4]
-        lines.append("not in the specification: " + ", ".join(f"{n} {list(s)}" for n, s in
-                                                             [(n, s) for n, s in mine if n in who]))
+        lines.append(
+            "not in the specification: " + ", ".join(f"{n} {list(s)}" for n, s in [(n, s) for n, s in mine if n in who])
+        )
     if not missing and not extra and names_mine != names_ref:
-        lines.append("the same shapes, but created in another order: create the layers in the order of the table "
-                     "(or give them the table's names)")
+        lines.append(
+            "the same shapes, but created in another order: create the layers in the order of the table "
+            "(or give them the table's names)"
+        )
     return "; ".join(lines)
 
 
@@ -180,8 +194,10 @@ def expect_loaded(check: str, report: dict, expected: list, context: str = "", h
     if report.get("loaded") is not None:
         return
     message = describe_parameters(report.get("params") or [], [[n, list(w.shape)] for n, w in expected])
-    fail(check, f"the parameters do not match the table{context}: {message}" +
-         "".join(f"\n  hint: {h}" for h in hints if h))
+    fail(
+        check,
+        f"the parameters do not match the table{context}: {message}" + "".join(f"\n  hint: {h}" for h in hints if h),
+    )
 
 
 def output_of(check: str, report: dict, k: int = 0):
@@ -189,8 +205,11 @@ def output_of(check: str, report: dict, k: int = 0):
     if k >= len(outs):
         raise CheckFailed(f"{check}: the module returned nothing for input {k + 1}", check=check)
     if (report.get("inplace") or [False] * len(outs))[k]:
-        fail(check, "your forward changed its input in place (x += ..., relu_(), ...): compute new tensors, "
-                    "the caller still needs x (the residual adds it back)")
+        fail(
+            check,
+            "your forward changed its input in place (x += ..., relu_(), ...): compute new tensors, "
+            "the caller still needs x (the residual adds it back)",
+        )
     return outs[k]
 
 

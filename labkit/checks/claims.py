@@ -41,8 +41,10 @@ def check(claim: str, holds, evidence: str = "") -> bool:
     if holds:
         print(f"Claim {HOLDS}: {claim}{evidence}.")
     else:
-        print(f"Claim {DOES_NOT_HOLD}: {claim}{evidence}. The text says this of a typical run; "
-              "answer the questions from what your run shows.")
+        print(
+            f"Claim {DOES_NOT_HOLD}: {claim}{evidence}. The text says this of a typical run; "
+            "answer the questions from what your run shows."
+        )
     return holds
 
 
@@ -51,8 +53,11 @@ def outcomes(text: str) -> dict[str, list[str]]:
     "unchecked": [...]}``. Used by the normal-mode tests and the docs."""
     found = {"holds": [], "fails": [], "unchecked": []}
     for line in text.splitlines():
-        for key, marker in (("holds", f"Claim {HOLDS}: "), ("fails", f"Claim {DOES_NOT_HOLD}: "),
-                            ("unchecked", f"Claim, {NOT_CHECKED}: ")):
+        for key, marker in (
+            ("holds", f"Claim {HOLDS}: "),
+            ("fails", f"Claim {DOES_NOT_HOLD}: "),
+            ("unchecked", f"Claim, {NOT_CHECKED}: "),
+        ):
             if line.startswith(marker):
-                found[key].append(line[len(marker):])
+                found[key].append(line[len(marker) :])
     return found

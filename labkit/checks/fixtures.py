@@ -38,12 +38,16 @@ def model_at(path, device=None, *, verbose: bool = True, label: str = "Your mode
         try:
             model, schedule, meta = load_model(path, device=device)
             if verbose:
-                print(f"{label}: {path} ({meta.get('step')} training steps, schedule {schedule.name}, T = {schedule.T}).")
+                print(
+                    f"{label}: {path} ({meta.get('step')} training steps, schedule {schedule.name}, T = {schedule.T})."
+                )
             return model, schedule, dict(meta, pretrained=True, yours=True)
         except (LabkitError, OSError) as exc:
             if verbose:
-                print(f"NOTE: could not load {path} ({exc}).\n      Using the shipped checkpoint instead: the "
-                      "numbers are then about labkit's model, not yours.")
+                print(
+                    f"NOTE: could not load {path} ({exc}).\n      Using the shipped checkpoint instead: the "
+                    "numbers are then about labkit's model, not yours."
+                )
     model, schedule, meta = lab_model(device, verbose=verbose)
     return model, schedule, dict(meta, yours=False)
 
@@ -75,8 +79,10 @@ def lab_model(device=None, *, verbose: bool = True):
         from labkit.unet import UNet
 
         if verbose:
-            print(f"NOTE: {exc}\n      Using an UNTRAINED stand-in model instead: its samples are noise, not digits, and "
-                  "every number below describes the stand-in, not a real model.")
+            print(
+                f"NOTE: {exc}\n      Using an UNTRAINED stand-in model instead: its samples are noise, not digits, and "
+                "every number below describes the stand-in, not a real model."
+            )
         config = recipes.tiny()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
@@ -103,8 +109,10 @@ def lab_clip(device=None, prompts=None, *, verbose: bool = True):
             if verbose:
                 print(f"Could not load pretrained CLIP: {exc}")
     if verbose:
-        print("=" * 78 + "\n!!  TINY RANDOM CLIP MODEL: every CLIP number and picture below is MEANINGLESS.  !!\n"
-              "!!  (offline or fast mode). Run in Colab with internet for the real model.       !!\n" + "=" * 78)
+        print(
+            "=" * 78 + "\n!!  TINY RANDOM CLIP MODEL: every CLIP number and picture below is MEANINGLESS.  !!\n"
+            "!!  (offline or fast mode). Run in Colab with internet for the real model.       !!\n" + "=" * 78
+        )
     return tiny_clip_scorer(device=device, **kwargs), False
 
 
@@ -119,8 +127,10 @@ def _default_reference(verbose: bool):
     except data.DataNotFoundError as exc:
         if verbose:
             print(f"Note: real MNIST was not found: the judge compares with synthetic digits.\n  ({exc})")
-        return RealReference.from_digits(data.synthetic_digits(2000, generator=torch.Generator().manual_seed(1)),
-                                         data.synthetic_digits(1000, generator=torch.Generator().manual_seed(2)))
+        return RealReference.from_digits(
+            data.synthetic_digits(2000, generator=torch.Generator().manual_seed(1)),
+            data.synthetic_digits(1000, generator=torch.Generator().manual_seed(2)),
+        )
 
 
 class DigitJudge:
@@ -148,7 +158,7 @@ class DigitJudge:
             images = ((real.float().cpu() + 1) / 2).clamp(0, 1)
             half = min(len(images) // 2, max_ref)
             none = torch.zeros(0, dtype=torch.long)
-            real = RealReference(images[half:2 * half], images[:half], none)
+            real = RealReference(images[half : 2 * half], images[:half], none)
         self.real = real
 
     def floor(self, n: int) -> float:
@@ -162,6 +172,12 @@ class DigitJudge:
         x = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1)  # [-1, 1] -> [0, 1]
         acc = classifier_accuracy(x, labels.cpu(), self.classifier)
         score = fid_with_floor(x, self.classifier, self.real)
-        return {"accuracy": acc["accuracy"], "confidence": acc["confidence"], "fid": score.fid, "floor": score.floor,
-                "fid_ratio": score.ratio if score.ratio is not None else float("nan"), "n": len(x),
-                "intended_prob": acc["intended_prob"]}
+        return {
+            "accuracy": acc["accuracy"],
+            "confidence": acc["confidence"],
+            "fid": score.fid,
+            "floor": score.floor,
+            "fid_ratio": score.ratio if score.ratio is not None else float("nan"),
+            "n": len(x),
+            "intended_prob": acc["intended_prob"],
+        }

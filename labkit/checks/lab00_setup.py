@@ -1,6 +1,6 @@
 """Check for lab 00 (setup): the one warm-up exercise. Reference: ``labkit.data.to_unit_range``.
 
-    check_to_unit_range(fn)   [-1, 1] (the model's range) -> [0, 1] (what a picture shows)
+check_to_unit_range(fn)   [-1, 1] (the model's range) -> [0, 1] (what a picture shows)
 """
 
 from __future__ import annotations
@@ -30,10 +30,22 @@ def check_to_unit_range(student_fn, *, seed: int = 0, sizes=((4, 1, 28, 28), (7,
             "(x - 1) / 2 maps [-1, 1] to [-1, 0]: shift up by 1, not down": (x - 1) / 2,
             "(x + 1) * 2 maps [-1, 1] to [0, 4]: divide by the width of the range, 2": (x + 1) * 2,
             "the range was shifted by 0.5 only: -1 must land on 0, so add 1 before dividing by 2": (x + 0.5) / 2,
-            "rescaled by the data's own min and max: the map from [-1, 1] to [0, 1] is fixed, whatever the values":
-                (x - x.min()) / (x.max() - x.min()),
-            "// is floor division (every value becomes 0 or 1): divide with /": torch.div(x + 1, 2, rounding_mode="floor"),
+            "rescaled by the data's own min and max: the map from [-1, 1] to [0, 1] is fixed, whatever the values": (
+                x - x.min()
+            )
+            / (x.max() - x.min()),
+            "// is floor division (every value becomes 0 or 1): divide with /": torch.div(
+                x + 1, 2, rounding_mode="floor"
+            ),
         }
-        compare(name, out, data.to_unit_range(x.double()), mistakes, tol=1e-6, context=f" for shape {list(shape)}",
-                reference=data.to_unit_range, args=(x,))
+        compare(
+            name,
+            out,
+            data.to_unit_range(x.double()),
+            mistakes,
+            tol=1e-6,
+            context=f" for shape {list(shape)}",
+            reference=data.to_unit_range,
+            args=(x,),
+        )
     passed(name, f"{len(sizes)} shapes, seed {seed}")

@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from labkit import unet
 from labkit.checks._common import CheckFailed, call, compare, expect_tensor, fail, generator, passed, yours_or_labkit  # noqa: F401
 
-_CAT_HINT = ("the tensors do not fit together along the dimension you joined them: the skip's channels are "
-             "stacked onto h's, so join along the channel dimension of [B, C, H, W] tensors")
+_CAT_HINT = (
+    "the tensors do not fit together along the dimension you joined them: the skip's channels are "
+    "stacked onto h's, so join along the channel dimension of [B, C, H, W] tensors"
+)
 
 
 def _shape_hints(B, C1, C2, H, W):
@@ -24,7 +26,7 @@ def _shape_hints(B, C1, C2, H, W):
         (B, C1, 2 * H, W): "concatenated along dim 2 (the height); the channels are dim 1",
         (B, C1, H, 2 * W): "concatenated along dim 3 (the width); the channels are dim 1",
         (B, C1, H, W): "added (or otherwise combined) instead of concatenated: the U-Net *stacks* the skip's "
-                       "channels onto h's, so the result has C1 + C2 channels",
+        "channels onto h's, so the result has C1 + C2 channels",
         (B, 2, C1, H, W): "torch.stack makes a new dimension; use torch.cat to join along the channel dimension",
         (2, B, C1, H, W): "torch.stack makes a new dimension; use torch.cat to join along the channel dimension",
     }
@@ -41,23 +43,27 @@ def check_concat_skip(student_fn, *, seed: int = 0, sizes=((2, 8, 8, 7, 7), (3, 
     for B, C1, C2, H, W in sizes:
         h = torch.randn(B, C1, H, W, generator=g)
         skip = torch.randn(B, C2, H, W, generator=g)
-        out = call(name, student_fn, h, skip, names=["h", "skip"],
-                   hints={"sizes of tensors must match": _CAT_HINT})
+        out = call(name, student_fn, h, skip, names=["h", "skip"], hints={"sizes of tensors must match": _CAT_HINT})
         out = expect_tensor(name, out, (B, C1 + C2, H, W), shape_hints=_shape_hints(B, C1, C2, H, W))
         ref = unet.concat_skip(h.double(), skip.double())
         mistakes = {
-            "h and skip in the wrong order: h's channels come first, then the skip's":
-                torch.cat([skip, h], dim=1),
-            "channels interleaved: concatenate the two blocks of channels one after the other":
-                torch.stack([h, skip], dim=2).reshape(B, C1 + C2, H, W) if C1 == C2 else None,
-            "h twice: the skip's channels are missing (join h with the skip)": torch.cat([h, h], dim=1) if C1 == C2 else None,
+            "h and skip in the wrong order: h's channels come first, then the skip's": torch.cat([skip, h], dim=1),
+            "channels interleaved: concatenate the two blocks of channels one after the other": torch.stack(
+                [h, skip], dim=2
+            ).reshape(B, C1 + C2, H, W)
+            if C1 == C2
+            else None,
+            "h twice: the skip's channels are missing (join h with the skip)": torch.cat([h, h], dim=1)
+            if C1 == C2
+            else None,
         }
         compare(name, out, ref, mistakes, tol=0.0, context=f" for h {[B, C1, H, W]}, skip {[B, C2, H, W]}")
     passed(name, f"{len(sizes)} shape pairs, seed {seed}")
 
 
-def check_upsample_merge(student_fn, *, seed: int = 0,
-                         sizes=((2, 16, 8, 4, 4, 7, 7), (1, 8, 8, 7, 7, 14, 14), (2, 4, 6, 3, 5, 6, 9))) -> None:
+def check_upsample_merge(
+    student_fn, *, seed: int = 0, sizes=((2, 16, 8, 4, 4, 7, 7), (1, 8, 8, 7, 7, 14, 14), (2, 4, 6, 3, 5, 6, 9))
+) -> None:
     """student_fn(h [B, C1, h, w], skip [B, C2, H, W]) -> [B, C1 + C2, H, W]:
     F.interpolate(h, size=(H, W), mode="nearest"), then h's channels followed by the skip's.
 
@@ -68,34 +74,58 @@ def check_upsample_merge(student_fn, *, seed: int = 0,
     for B, C1, C2, hh, ww, H, W in sizes:
         h = torch.randn(B, C1, hh, ww, generator=g)
         skip = torch.randn(B, C2, H, W, generator=g)
-        out = call(name, student_fn, h, skip, names=["h", "skip"], hints={
-            "sizes of tensors must match": "h and skip differ in height/width when you concatenate: upsample h to "
-            "exactly skip's height and width (a fixed factor 2 fails when a down-sampled size was odd: "
-            "7 -> 4 -> 8)",
-        })
+        out = call(
+            name,
+            student_fn,
+            h,
+            skip,
+            names=["h", "skip"],
+            hints={
+                "sizes of tensors must match": "h and skip differ in height/width when you concatenate: upsample h to "
+                "exactly skip's height and width (a fixed factor 2 fails when a down-sampled size was odd: "
+                "7 -> 4 -> 8)",
+            },
+        )
         shape_hints = _shape_hints(B, C1, C2, H, W)
-        shape_hints[(B, C1 + C2, hh, ww)] = ("the result has h's size: the skip was shrunk down to h; the merge "
-                                              "goes the other way, h is upsampled to the skip's size")
-        shape_hints[(B, C1 + C2, 2 * hh, 2 * ww)] = ("upsampled by a factor 2 instead of to skip's size: ask "
-                                                      "for skip's height and width (odd sizes do not double back)")
+        shape_hints[(B, C1 + C2, hh, ww)] = (
+            "the result has h's size: the skip was shrunk down to h; the merge "
+            "goes the other way, h is upsampled to the skip's size"
+        )
+        shape_hints[(B, C1 + C2, 2 * hh, 2 * ww)] = (
+            "upsampled by a factor 2 instead of to skip's size: ask "
+            "for skip's height and width (odd sizes do not double back)"
+        )
         out = expect_tensor(name, out, (B, C1 + C2, H, W), shape_hints=shape_hints)
         up = F.interpolate(h, size=(H, W), mode="nearest")
         ref = unet.upsample_merge(h.double(), skip.double())
         mistakes = {
             "h and skip in the wrong order: h's (upsampled) channels come first": torch.cat([skip, up], dim=1),
-            "bilinear upsampling: labkit's U-Net copies the nearest pixel (the convolutions after it smooth)":
-                torch.cat([F.interpolate(h, size=(H, W), mode="bilinear", align_corners=False), skip], dim=1),
-            "bilinear upsampling with align_corners=True: labkit's U-Net copies the nearest pixel":
-                torch.cat([F.interpolate(h, size=(H, W), mode="bilinear", align_corners=True), skip], dim=1),
-            "mode='nearest-exact' picks other source pixels at odd sizes than the 'nearest' mode labkit.unet uses":
-                torch.cat([F.interpolate(h, size=(H, W), mode="nearest-exact"), skip], dim=1),
-            "bicubic upsampling: labkit's U-Net copies the nearest pixel":
-                torch.cat([F.interpolate(h, size=(H, W), mode="bicubic", align_corners=False), skip], dim=1),
+            "bilinear upsampling: labkit's U-Net copies the nearest pixel (the convolutions after it smooth)": torch.cat(
+                [F.interpolate(h, size=(H, W), mode="bilinear", align_corners=False), skip], dim=1
+            ),
+            "bilinear upsampling with align_corners=True: labkit's U-Net copies the nearest pixel": torch.cat(
+                [F.interpolate(h, size=(H, W), mode="bilinear", align_corners=True), skip], dim=1
+            ),
+            "mode='nearest-exact' picks other source pixels at odd sizes than the 'nearest' mode labkit.unet uses": torch.cat(
+                [F.interpolate(h, size=(H, W), mode="nearest-exact"), skip], dim=1
+            ),
+            "bicubic upsampling: labkit's U-Net copies the nearest pixel": torch.cat(
+                [F.interpolate(h, size=(H, W), mode="bicubic", align_corners=False), skip], dim=1
+            ),
         }
-        mistakes["area / average upsampling: labkit's U-Net copies the nearest pixel"] = torch.cat(
-            [F.interpolate(h, size=(H, W), mode="area"), skip], dim=1) if H >= hh and W >= ww else None
-        compare(name, out, ref, mistakes, tol=1e-6, context=f" for h {[B, C1, hh, ww]}, skip {[B, C2, H, W]}",
-                reference=unet.upsample_merge, args=(h, skip))
+        mistakes["area / average upsampling: labkit's U-Net copies the nearest pixel"] = (
+            torch.cat([F.interpolate(h, size=(H, W), mode="area"), skip], dim=1) if H >= hh and W >= ww else None
+        )
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-6,
+            context=f" for h {[B, C1, hh, ww]}, skip {[B, C2, H, W]}",
+            reference=unet.upsample_merge,
+            args=(h, skip),
+        )
     passed(name, f"{len(sizes)} shape pairs, seed {seed}")
 
 
@@ -108,13 +138,19 @@ def check_upsample_merge(student_fn, *, seed: int = 0,
 
 import copy  # noqa: E402
 
-from labkit.checks._modules import (expect_loaded, first_difference, output_of, run_module,  # noqa: E402
-                                     seeded_weights, weights_of)
+from labkit.checks._modules import (
+    expect_loaded,
+    first_difference,
+    output_of,
+    run_module,  # noqa: E402
+    seeded_weights,
+    weights_of,
+)
 
 MISTAKES = {
     # the conv block
     "act_first": "activation before the norm (SiLU -> GroupNorm -> conv): normalise first, then the activation, "
-                 "then the conv",
+    "then the conv",
     "conv_first": "conv first (conv -> GroupNorm -> SiLU): this block is 'pre-activation': GroupNorm -> SiLU -> conv",
     "relu": "ReLU instead of SiLU (F.silu, x * sigmoid(x))",
     "one_group": "GroupNorm with 1 group: use the `groups` argument you are given",
@@ -132,9 +168,9 @@ MISTAKES = {
     # the whole network
     "no_out_norm": "the output conv without its GroupNorm and SiLU: out(silu(out_norm(h)))",
     "fifo_skips": "the skips were joined first-in-first-out: the deepest up level takes the skip saved last "
-                  "(skips.pop(), not skips.pop(0))",
+    "(skips.pop(), not skips.pop(0))",
     "skip_after_down": "the skip was saved after the stride-2 conv (at the next level's size): a level's skip is its "
-                       "output before down-sampling",
+    "output before down-sampling",
 }
 
 CONV_MISTAKES = ("act_first", "conv_first", "relu", "one_group", "eight_groups", "no_norm", "no_act", "batchnorm")
@@ -220,26 +256,45 @@ def _variants(fn, mistakes, *args) -> dict:
 
 _BUILD_HINTS = {
     "divisible by num_groups": "GroupNorm's number of groups must divide the channel count: nn.GroupNorm(groups, "
-                               "channels) with the `groups` argument (not a fixed number), in that order",
+    "channels) with the `groups` argument (not a fixed number), in that order",
     "expected input": "a layer got a tensor with another channel count than it was built for: print the shapes "
-                      "level by level and compare them with the table",
+    "level by level and compare them with the table",
     "sizes of tensors must match": "h and the skip differ in height/width when you join them: upsample h to "
-                                   "exactly the skip's size (7 -> 4 -> 7 does not come back by doubling)",
+    "exactly the skip's size (7 -> 4 -> 7 does not come back by doubling)",
     "must match the size of tensor": "two tensors cannot be added: the residual needs shortcut(x) with c_out "
-                                     "channels (a 1x1 conv when c_in != c_out, nothing when they are equal)",
+    "channels (a 1x1 conv when c_in != c_out, nothing when they are equal)",
     "missing": "a required argument is missing: keep the constructor's and forward's arguments as in the table",
     "unexpected keyword": "keep the constructor's argument names as in the table",
 }
 
 
-def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, context, outputs=1, shapes=None,
-                 shape_hints=None, load_hints=(), hints=None, trace=()):
+def _module_case(
+    name,
+    student_cls,
+    ref,
+    init,
+    inputs,
+    *,
+    seed,
+    mistakes_fn,
+    context,
+    outputs=1,
+    shapes=None,
+    shape_hints=None,
+    load_hints=(),
+    hints=None,
+    trace=(),
+):
     """One case of a module check: the student's class built with ``init`` and labkit's weights, run on
     ``inputs``, compared with labkit's module (float64) and its mistakes."""
     seeded_weights(ref, seed)
     weights = weights_of(ref)
-    report = run_module(name, student_cls, {"init": init, "weights": weights, "calls": [(inputs, {})],
-                                                     "trace": list(trace)}, hints={**_BUILD_HINTS, **(hints or {})})
+    report = run_module(
+        name,
+        student_cls,
+        {"init": init, "weights": weights, "calls": [(inputs, {})], "trace": list(trace)},
+        hints={**_BUILD_HINTS, **(hints or {})},
+    )
     count = sum(w.numel() for _, w in weights)
     mine = sum(int(torch.Size(s).numel()) for _, s in report.get("params") or [])
     expect_loaded(name, report, weights, context, load_hints)
@@ -259,14 +314,25 @@ def _module_case(name, student_cls, ref, init, inputs, *, seed, mistakes_fn, con
         wrong = {msg: _nth(v, k) for msg, v in variants.items()}
         try:
             o = expect_tensor(name, o, tuple(e.shape), what=what, shape_hints=(shape_hints or [{}] * outputs)[k])
-            compare(name, o, e, wrong, tol=1e-5, context=context,
-                    reference=(lambda *a, k=k: _nth(ref32(*a), k)), args=inputs)
+            compare(
+                name,
+                o,
+                e,
+                wrong,
+                tol=1e-5,
+                context=context,
+                reference=(lambda *a, k=k: _nth(ref32(*a), k)),
+                args=inputs,
+            )
         except CheckFailed as exc:
             where = first_difference(name, (report.get("traces") or [[]])[0], ref32, inputs, tol=1e-4)
             if where is None:
                 raise
-            raise CheckFailed(f"{exc}\n  your network first differs from labkit's at {where}: look there first",
-                              check=name, mistake=exc.mistake) from None
+            raise CheckFailed(
+                f"{exc}\n  your network first differs from labkit's at {where}: look there first",
+                check=name,
+                mistake=exc.mistake,
+            ) from None
     if mine != count:  # (loaded by order but with other sizes cannot happen: shapes were compared)
         fail(name, f"your module has {mine:,} parameters, the table {count:,}{context}")
     return report
@@ -295,13 +361,23 @@ def check_conv_block(student_cls, *, seed: int = 0, cases=((16, 32, 8, (2, 16, 7
     for k, (c_in, c_out, groups, shape) in enumerate(cases):
         x = torch.randn(*shape, generator=g)
         B, _, H, W = shape
-        _module_case(name, student_cls, unet.ConvBlock(c_in, c_out, groups), dict(c_in=c_in, c_out=c_out, groups=groups),
-                     (x,), seed=seed * 100 + k, mistakes_fn=_conv,
-                     context=f" for ConvBlock({c_in}, {c_out}, groups={groups}) on x {list(shape)}",
-                     shape_hints=[{(B, c_out, H - 2, W - 2): "the height and width shrank by 2: a 3x3 conv needs "
-                                   "padding=1 to keep them"}],
-                     load_hints=("nn.GroupNorm takes (num_groups, num_channels), and it normalises the block's "
-                                 "input (c_in channels); the conv is 3x3 with padding 1",))
+        _module_case(
+            name,
+            student_cls,
+            unet.ConvBlock(c_in, c_out, groups),
+            dict(c_in=c_in, c_out=c_out, groups=groups),
+            (x,),
+            seed=seed * 100 + k,
+            mistakes_fn=_conv,
+            context=f" for ConvBlock({c_in}, {c_out}, groups={groups}) on x {list(shape)}",
+            shape_hints=[
+                {(B, c_out, H - 2, W - 2): "the height and width shrank by 2: a 3x3 conv needs padding=1 to keep them"}
+            ],
+            load_hints=(
+                "nn.GroupNorm takes (num_groups, num_channels), and it normalises the block's "
+                "input (c_in channels); the conv is 3x3 with padding 1",
+            ),
+        )
     passed(name, f"{len(cases)} blocks with labkit's weights, seed {seed}")
 
 
@@ -313,15 +389,26 @@ def check_res_block(student_cls, *, seed: int = 0, cases=((16, 32, 8, (2, 16, 7,
     g = generator(seed)
     for k, (c_in, c_out, groups, shape) in enumerate(cases):
         x = torch.randn(*shape, generator=g)
-        _module_case(name, student_cls, unet.ResBlock(c_in, c_out, groups), dict(c_in=c_in, c_out=c_out, groups=groups),
-                     (x,), seed=seed * 100 + k, mistakes_fn=_res,
-                     context=f" for ResBlock({c_in}, {c_out}, groups={groups}) on x {list(shape)}",
-                     load_hints=("the shortcut is a 1x1 conv only when c_in != c_out (else x is added as it is)",
-                                 "block1 maps c_in -> c_out channels, block2 c_out -> c_out"))
+        _module_case(
+            name,
+            student_cls,
+            unet.ResBlock(c_in, c_out, groups),
+            dict(c_in=c_in, c_out=c_out, groups=groups),
+            (x,),
+            seed=seed * 100 + k,
+            mistakes_fn=_res,
+            context=f" for ResBlock({c_in}, {c_out}, groups={groups}) on x {list(shape)}",
+            load_hints=(
+                "the shortcut is a 1x1 conv only when c_in != c_out (else x is added as it is)",
+                "block1 maps c_in -> c_out channels, block2 c_out -> c_out",
+            ),
+        )
     passed(name, f"{len(cases)} residual blocks with labkit's weights, seed {seed}")
 
 
-def check_down(student_cls, *, seed: int = 0, cases=((8, 16, 2, 4, (2, 8, 7, 7), True), (16, 16, 1, 8, (1, 16, 4, 4), False))):
+def check_down(
+    student_cls, *, seed: int = 0, cases=((8, 16, 2, 4, (2, 8, 7, 7), True), (16, 16, 1, 8, (1, 16, 4, 4), False))
+):
     """Down(c_in, c_out, n_blocks, groups, downsample=True): h -> n_blocks ResBlocks (the first c_in -> c_out) ->
     (Conv2d(c_out, c_out, 3, stride=2, padding=1)(h), h). Returns (next level's input, skip); without
     downsample the first is h itself."""
@@ -331,22 +418,38 @@ def check_down(student_cls, *, seed: int = 0, cases=((8, 16, 2, 4, (2, 8, 7, 7),
         x = torch.randn(*shape, generator=g)
         B, _, H, W = shape
         small = ((H + 1) // 2, (W + 1) // 2) if down else (H, W)
-        _module_case(name, student_cls, unet.Down(c_in, c_out, n, groups, downsample=down),
-                     dict(c_in=c_in, c_out=c_out, n_blocks=n, groups=groups, downsample=down), (x,),
-                     seed=seed * 100 + k, mistakes_fn=_down, outputs=2,
-                     context=f" for Down({c_in}, {c_out}, n_blocks={n}, groups={groups}, downsample={down}) on h "
-                             f"{list(shape)}",
-                     shape_hints=[{(B, c_out, H, W): "the first result should be down-sampled (stride-2 conv); did you "
-                                   "return (skip, h) in the wrong order?",
-                                   (B, c_out, H // 2, W // 2): "padding=1 in the stride-2 conv: 7x7 becomes 4x4"},
-                                  {(B, c_out, *small): "the skip is the level's output before down-sampling"}],
-                     load_hints=("down-sampling is a learned Conv2d(c_out, c_out, 3, stride=2, padding=1) (not "
-                                 "pooling), created after the blocks, and only when downsample=True",))
+        _module_case(
+            name,
+            student_cls,
+            unet.Down(c_in, c_out, n, groups, downsample=down),
+            dict(c_in=c_in, c_out=c_out, n_blocks=n, groups=groups, downsample=down),
+            (x,),
+            seed=seed * 100 + k,
+            mistakes_fn=_down,
+            outputs=2,
+            context=f" for Down({c_in}, {c_out}, n_blocks={n}, groups={groups}, downsample={down}) on h {list(shape)}",
+            shape_hints=[
+                {
+                    (B, c_out, H, W): "the first result should be down-sampled (stride-2 conv); did you "
+                    "return (skip, h) in the wrong order?",
+                    (B, c_out, H // 2, W // 2): "padding=1 in the stride-2 conv: 7x7 becomes 4x4",
+                },
+                {(B, c_out, *small): "the skip is the level's output before down-sampling"},
+            ],
+            load_hints=(
+                "down-sampling is a learned Conv2d(c_out, c_out, 3, stride=2, padding=1) (not "
+                "pooling), created after the blocks, and only when downsample=True",
+            ),
+        )
     passed(name, f"{len(cases)} down levels with labkit's weights, seed {seed}")
 
 
-def check_up(student_cls, *, seed: int = 0,
-             cases=((16, 16, 8, 4, 2, 4, (2, 16, 4, 4), (2, 16, 7, 7)), (8, 8, 8, None, 1, 4, (1, 8, 7, 7), (1, 8, 14, 14)))):
+def check_up(
+    student_cls,
+    *,
+    seed: int = 0,
+    cases=((16, 16, 8, 4, 2, 4, (2, 16, 4, 4), (2, 16, 7, 7)), (8, 8, 8, None, 1, 4, (1, 8, 7, 7), (1, 8, 14, 14))),
+):
     """Up(c_in, c_skip, c_out, c_next, n_blocks, groups): (h, skip) -> upsample_merge(h, skip) -> n_blocks ResBlocks
     (the first c_in + c_skip -> c_out) -> Conv2d(c_out, c_next, 3, padding=1) (none when c_next is None)."""
     name = "check_up"
@@ -355,15 +458,24 @@ def check_up(student_cls, *, seed: int = 0,
         h = torch.randn(*hs, generator=g)
         skip = torch.randn(*ss, generator=g)
         B, _, H, W = ss
-        _module_case(name, student_cls, unet.Up(c_in, c_skip, c_out, c_next, n, groups),
-                     dict(c_in=c_in, c_skip=c_skip, c_out=c_out, c_next=c_next, n_blocks=n, groups=groups), (h, skip),
-                     seed=seed * 100 + k, mistakes_fn=_up,
-                     context=f" for Up({c_in}, {c_skip}, {c_out}, {c_next}, n_blocks={n}, groups={groups}) on h "
-                             f"{list(hs)}, skip {list(ss)}",
-                     shape_hints=[{(B, c_next or c_out, 2 * hs[2], 2 * hs[3]): "upsampled by a factor 2 instead of "
-                                   "to the skip's size"}],
-                     load_hints=("the first block reads c_in + c_skip channels (h and the skip joined); the 3x3 conv "
-                                 "to c_next comes after the blocks, and only when c_next is not None",))
+        _module_case(
+            name,
+            student_cls,
+            unet.Up(c_in, c_skip, c_out, c_next, n, groups),
+            dict(c_in=c_in, c_skip=c_skip, c_out=c_out, c_next=c_next, n_blocks=n, groups=groups),
+            (h, skip),
+            seed=seed * 100 + k,
+            mistakes_fn=_up,
+            context=f" for Up({c_in}, {c_skip}, {c_out}, {c_next}, n_blocks={n}, groups={groups}) on h "
+            f"{list(hs)}, skip {list(ss)}",
+            shape_hints=[
+                {(B, c_next or c_out, 2 * hs[2], 2 * hs[3]): "upsampled by a factor 2 instead of to the skip's size"}
+            ],
+            load_hints=(
+                "the first block reads c_in + c_skip channels (h and the skip joined); the 3x3 conv "
+                "to c_next comes after the blocks, and only when c_next is not None",
+            ),
+        )
     passed(name, f"{len(cases)} up levels with labkit's weights, seed {seed}")
 
 
@@ -371,11 +483,11 @@ _LEVELS = ("stem", *(f"down.{i}" for i in range(6)), "mid1", "mid2", *(f"up.{i}"
 
 _UNET_HINTS = {
     "expected input": "a layer got another channel count than it was built for: compare your shapes with the table, "
-                      "level by level. A common cause: the skips joined first-in-first-out; the deepest up level "
-                      "takes the skip saved last",
+    "level by level. A common cause: the skips joined first-in-first-out; the deepest up level "
+    "takes the skip saved last",
     "number of channels in input": "a layer got another channel count than it was built for. With skips=False "
-                                   "the Up levels are built with c_skip = 0, so they must join no channels (only "
-                                   "the skip's size is used)",
+    "the Up levels are built with c_skip = 0, so they must join no channels (only "
+    "the skip's size is used)",
 }
 
 LAB02_UNET = dict(in_channels=1, base_channels=8, channel_mults=(1, 2, 2), blocks_per_level=1, groups=4, patch=2)
@@ -386,9 +498,17 @@ def lab02_config(**overrides) -> unet.UNetConfig:
     return unet.UNetConfig(**{**LAB02_UNET, **overrides}, conditional=False, attention=False)
 
 
-def check_unet(student_cls, *, seed: int = 0, cases=(dict(), dict(channel_mults=(1, 2), blocks_per_level=2, patch=1,
-                                                                  base_channels=4, groups=2), dict(skips=False)),
-               sizes=((2, 1, 28, 28), (1, 1, 20, 20), (1, 1, 28, 28))) -> None:
+def check_unet(
+    student_cls,
+    *,
+    seed: int = 0,
+    cases=(
+        dict(),
+        dict(channel_mults=(1, 2), blocks_per_level=2, patch=1, base_channels=4, groups=2),
+        dict(skips=False),
+    ),
+    sizes=((2, 1, 28, 28), (1, 1, 20, 20), (1, 1, 28, 28)),
+) -> None:
     """UNet(in_channels, base_channels, channel_mults, blocks_per_level, groups, patch, skips=True): x [B, C, H, W] ->
     [B, C, H, W], built from your blocks as in the table (pixel-unshuffle, stem, Down per level, middle, Up per
     level, GroupNorm -> SiLU -> conv, pixel-shuffle). Compared with ``labkit.unet.UNet(lab02_config(...))``."""
@@ -401,15 +521,29 @@ def check_unet(student_cls, *, seed: int = 0, cases=(dict(), dict(channel_mults=
         ref = unet.UNet(lab02_config(**over))
         p = init["patch"]
         report = _module_case(
-            name, student_cls, ref, init, (x,), seed=seed * 100 + k, mistakes_fn=_unet,
+            name,
+            student_cls,
+            ref,
+            init,
+            (x,),
+            seed=seed * 100 + k,
+            mistakes_fn=_unet,
             context=f" for UNet({', '.join(f'{a}={v}' for a, v in init.items())}) on x {list(shape)}",
-            shape_hints=[{(B, C * p * p, H // p, W // p): "pixel_shuffle the output back to the image's size",
-                          (B, C, H // 2, W // 2): "an up level was not brought back to its skip's size"}],
-            load_hints=("create the layers in the table's order: stem, the Down levels, mid1, mid2, the Up levels "
-                        "(deepest first), out_norm, out",
-                        "Down(c_in, c_out, ...): level i reads the previous level's channels; Up(c, c, c, c_next, "
-                        "...) ends with the next (larger) level's channels"),
-            hints=_UNET_HINTS, trace=_LEVELS)
+            shape_hints=[
+                {
+                    (B, C * p * p, H // p, W // p): "pixel_shuffle the output back to the image's size",
+                    (B, C, H // 2, W // 2): "an up level was not brought back to its skip's size",
+                }
+            ],
+            load_hints=(
+                "create the layers in the table's order: stem, the Down levels, mid1, mid2, the Up levels "
+                "(deepest first), out_norm, out",
+                "Down(c_in, c_out, ...): level i reads the previous level's channels; Up(c, c, c, c_next, "
+                "...) ends with the next (larger) level's channels",
+            ),
+            hints=_UNET_HINTS,
+            trace=_LEVELS,
+        )
         del report
     # behaviour: the skips matter (the student's skips=False network differs from the one with skips)
     passed(name, f"{len(cases)} networks with labkit's weights, seed {seed}")

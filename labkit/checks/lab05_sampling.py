@@ -27,7 +27,15 @@ import torch
 
 from labkit import samplers, schedules
 from labkit.checks._common import (
-    call, compare, deterministic, expect_tensor, fail, generator, max_abs_diff, passed, spread_steps,
+    call,
+    compare,
+    deterministic,
+    expect_tensor,
+    fail,
+    generator,
+    max_abs_diff,
+    passed,
+    spread_steps,
     yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
 from labkit.checks.fixtures import lab04_checkpoint, lab_model, trained_model  # noqa: F401  (the labs' model)
@@ -61,8 +69,11 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
     """student_fn(x_t [B,C,H,W], t int64 [B], eps_hat [B,C,H,W], betas [T], alpha_bars [T], z [B,C,H,W])
     -> x_{t-1} [B,C,H,W]. Every batch holds t = 0 (the last step), t = 1 (where beta_tilde and beta differ most), T - 1 and a
     middle step, as far as B allows."""
+
     def reference(x_t, t, eps_hat, betas, alpha_bars, z):  # labkit's step, in float64
-        return samplers.p_sample_step(x_t.double(), t, eps_hat.double(), betas.double(), alpha_bars.double(), z.double())
+        return samplers.p_sample_step(
+            x_t.double(), t, eps_hat.double(), betas.double(), alpha_bars.double(), z.double()
+        )
 
     name = "check_p_sample_step"
     g = generator(seed)
@@ -75,12 +86,16 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
         x = torch.randn(shape, generator=g)
         eps = torch.randn(shape, generator=g)
         z = torch.randn(shape, generator=g)
-        out = call(name, student_fn, x, t, eps, betas, ab, z,
-                   names=["x_t", "t", "eps_hat", "betas", "alpha_bars", "z"])
-        out = expect_tensor(name, out, shape, shape_hints={
-            (B,) + shape: "a per-image value was broadcast against the batch the wrong way: reshape "
-                          "betas[t] and alpha_bars[t] to [B, 1, 1, 1] with .view(-1, 1, 1, 1)",
-        })
+        out = call(name, student_fn, x, t, eps, betas, ab, z, names=["x_t", "t", "eps_hat", "betas", "alpha_bars", "z"])
+        out = expect_tensor(
+            name,
+            out,
+            shape,
+            shape_hints={
+                (B,) + shape: "a per-image value was broadcast against the batch the wrong way: reshape "
+                "betas[t] and alpha_bars[t] to [B, 1, 1, 1] with .view(-1, 1, 1, 1)",
+            },
+        )
         ref = reference(x, t, eps, betas, ab, z)
 
         xd, ed, zd = x.double(), eps.double(), z.double()
@@ -92,52 +107,72 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
         S = lambda var, **kw: _step(xd, t, ed, zd, betas, ab, ab_prev, var, **kw)  # noqa: E731
         mistakes = {
             "the variance was used as the standard deviation: the noise term is sigma_t * z with "
-            "sigma_t = sqrt(beta_tilde_t), not beta_tilde_t * z":
-                _step(xd, t, ed, zd, betas, ab, ab_prev, tilde ** 2),
+            "sigma_t = sqrt(beta_tilde_t), not beta_tilde_t * z": _step(xd, t, ed, zd, betas, ab, ab_prev, tilde**2),
             "alpha_bar_{t-1} at t = 0 is alpha_bars[-1] in your code (Python wraps negative indices to the "
-            "last element); alpha_bar_{-1} = 1 by definition, so the last step adds no noise":
-                S(wrap_tilde, noise_at_0=True),
+            "last element); alpha_bar_{-1} = 1 by definition, so the last step adds no noise": S(
+                wrap_tilde, noise_at_0=True
+            ),
             "sigma_t^2 = beta_t: either alpha_bars[t] was used where alpha_bar_{t-1} = alpha_bars[t-1] belongs "
             "(off by one), or you chose the paper's other variance; this lab uses "
-            "beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t":
-                S(betas[t].clone()),
+            "beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t": S(betas[t].clone()),
             "sigma_t^2 = beta_t (and noise at t = 0): either alpha_bars[t] was used where alpha_bar_{t-1} = "
             "alpha_bars[t-1] belongs (off by one), or you chose the paper's other variance; this lab uses "
-            "beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t, which is 0 at t = 0":
-                S(betas[t].clone(), noise_at_0=True),
-            "off by one: alpha_bars[t + 1] was used for alpha_bar_{t-1}; the previous step is t - 1":
-                S((1 - nxt_prev) / (1 - ab[t]) * betas[t]),
-            "noise was added at t = 0: the last step returns the mean only (sigma_0 = 0)":
-                S(betas[t].clone().where(t == 0, tilde), noise_at_0=True),
+            "beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t, which is 0 at t = 0": S(
+                betas[t].clone(), noise_at_0=True
+            ),
+            "off by one: alpha_bars[t + 1] was used for alpha_bar_{t-1}; the previous step is t - 1": S(
+                (1 - nxt_prev) / (1 - ab[t]) * betas[t]
+            ),
+            "noise was added at t = 0: the last step returns the mean only (sigma_0 = 0)": S(
+                betas[t].clone().where(t == 0, tilde), noise_at_0=True
+            ),
             "no noise was added: x_{t-1} = mean + sigma_t * z for t > 0": S(torch.zeros_like(tilde)),
-            "the mean divides by sqrt(alpha_bar_t) instead of sqrt(alpha_t) = sqrt(1 - beta_t)":
-                S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a).sqrt() * e) / a.sqrt()),
-            "the mean divides by alpha_t = 1 - beta_t; it divides by its square root sqrt(alpha_t)":
-                S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a).sqrt() * e) / al),
-            "the mean multiplies by sqrt(alpha_t); it divides: 1/sqrt(alpha_t) * (x_t - ...)":
-                S(tilde, mean_coef=lambda x_, e, b, a, al: al.sqrt() * (x_ - b / (1 - a).sqrt() * e)),
-            "the eps coefficient lacks its sqrt: beta_t / sqrt(1 - alpha_bar_t), not beta_t / (1 - alpha_bar_t)":
-                S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a) * e) / al.sqrt()),
+            "the mean divides by sqrt(alpha_bar_t) instead of sqrt(alpha_t) = sqrt(1 - beta_t)": S(
+                tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a).sqrt() * e) / a.sqrt()
+            ),
+            "the mean divides by alpha_t = 1 - beta_t; it divides by its square root sqrt(alpha_t)": S(
+                tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a).sqrt() * e) / al
+            ),
+            "the mean multiplies by sqrt(alpha_t); it divides: 1/sqrt(alpha_t) * (x_t - ...)": S(
+                tilde, mean_coef=lambda x_, e, b, a, al: al.sqrt() * (x_ - b / (1 - a).sqrt() * e)
+            ),
+            "the eps coefficient lacks its sqrt: beta_t / sqrt(1 - alpha_bar_t), not beta_t / (1 - alpha_bar_t)": S(
+                tilde, mean_coef=lambda x_, e, b, a, al: (x_ - b / (1 - a) * e) / al.sqrt()
+            ),
             "the eps coefficient is sqrt(1 - alpha_bar_t) (that is the x0 formula); the mean uses "
-            "beta_t / sqrt(1 - alpha_bar_t)":
-                S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ - (1 - a).sqrt() * e) / al.sqrt()),
-            "eps_hat is added to x_t; it is subtracted: x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat":
-                S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ + b / (1 - a).sqrt() * e) / al.sqrt()),
-            "the same step t[0] for every image: index betas / alpha_bars with the whole tensor t":
-                reference(x, t[:1].expand(B), eps, betas, ab, z),
+            "beta_t / sqrt(1 - alpha_bar_t)": S(
+                tilde, mean_coef=lambda x_, e, b, a, al: (x_ - (1 - a).sqrt() * e) / al.sqrt()
+            ),
+            "eps_hat is added to x_t; it is subtracted: x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_hat": S(
+                tilde, mean_coef=lambda x_, e, b, a, al: (x_ + b / (1 - a).sqrt() * e) / al.sqrt()
+            ),
+            "the same step t[0] for every image: index betas / alpha_bars with the whole tensor t": reference(
+                x, t[:1].expand(B), eps, betas, ab, z
+            ),
             "sigma_t^2 = beta_tilde_t uses alpha_bar_t and alpha_bar_{t-1} the other way round: "
-            "(1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t":
-                S(((1 - ab[t]) / (1 - ab_prev) * betas[t]).where(t > 0, torch.zeros_like(tilde))),
+            "(1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t": S(
+                ((1 - ab[t]) / (1 - ab_prev) * betas[t]).where(t > 0, torch.zeros_like(tilde))
+            ),
             "the noise is sqrt(1 - alpha_bar_t) * z (the forward process' std); the reverse step adds sigma_t * z "
             "with sigma_t^2 = beta_tilde_t": S(1 - ab[t]),
             "z was added unscaled: the noise term is sigma_t * z": S(torch.ones_like(tilde)),
-            "the mean is x0_hat (the prediction of the clean image), not the posterior mean of eq. 11":
-                S(tilde, mean_coef=lambda x_, e, b, a, al: (x_ - (1 - a).sqrt() * e) / a.sqrt()),
+            "the mean is x0_hat (the prediction of the clean image), not the posterior mean of eq. 11": S(
+                tilde, mean_coef=lambda x_, e, b, a, al: (x_ - (1 - a).sqrt() * e) / a.sqrt()
+            ),
         }
         context = f" for x_t of shape {list(shape)}"
         try:
-            compare(name, out, ref, mistakes, tol=1e-4, context=context, reference=samplers.p_sample_step,
-                    args=(x, t, eps, betas, ab, z), where=("t", t))
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-4,
+                context=context,
+                reference=samplers.p_sample_step,
+                args=(x, t, eps, betas, ab, z),
+                where=("t", t),
+            )
         except AssertionError as exc:
             if "This looks like" in str(exc) and "edge case" not in str(exc):
                 raise  # named; an edge case at t = 0 gets the more precise message below
@@ -148,13 +183,19 @@ def check_p_sample_step(student_fn, *, seed: int = 0, sizes=((6, 1, 28, 28), (4,
             if bad0 and not bad_rest:
                 diff0 = out.double()[t == 0] - ref[t == 0]
                 extra = " (it looks like noise was added there)" if max_abs_diff(diff0, diff0 * 0) > 1e-3 else ""
-                fail(name, f"wrong values{context} only at t = 0, the last step{extra}: there "
-                           "alpha_bar_{t-1} = 1, so sigma_0 = 0 and the step returns the mean only. "
-                           "Beware alpha_bars[t - 1] at t = 0: it is alpha_bars[-1], the *last* element")
+                fail(
+                    name,
+                    f"wrong values{context} only at t = 0, the last step{extra}: there "
+                    "alpha_bar_{t-1} = 1, so sigma_0 = 0 and the step returns the mean only. "
+                    "Beware alpha_bars[t - 1] at t = 0: it is alpha_bars[-1], the *last* element",
+                )
             if bad_rest and not bad0:
-                fail(name, f"wrong values{context} for t > 0 although t = 0 is right: check sigma_t "
-                           "(sqrt of beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t) and that "
-                           "z, not a new random tensor, is used")
+                fail(
+                    name,
+                    f"wrong values{context} for t > 0 although t = 0 is right: check sigma_t "
+                    "(sqrt of beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t) and that "
+                    "z, not a new random tensor, is used",
+                )
             raise
     passed(name, f"shapes {[list(s) for s in sizes]}, T={T}, seed {seed}")
 
@@ -169,22 +210,30 @@ class SamplingModel(ToyEpsModel):
 
     def forward(self, x, t, y):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            raise ValueError("model(x, t, y): x must be a float tensor [B, C, H, W], got "
-                             f"{type(x).__name__ if not isinstance(x, torch.Tensor) else list(x.shape)}")
+            raise ValueError(
+                "model(x, t, y): x must be a float tensor [B, C, H, W], got "
+                f"{type(x).__name__ if not isinstance(x, torch.Tensor) else list(x.shape)}"
+            )
         B, dtype = x.shape[0], self.conv.weight.dtype
         if x.dtype != dtype:
-            raise ValueError(f"model(x, t, y): x is {x.dtype} but the model computes in {dtype}: a step returned "
-                             f"another dtype than x_T (betas and alpha_bars are float64); give the model x in x_T's "
-                             "dtype (.to(x_T.dtype))")
+            raise ValueError(
+                f"model(x, t, y): x is {x.dtype} but the model computes in {dtype}: a step returned "
+                f"another dtype than x_T (betas and alpha_bars are float64); give the model x in x_T's "
+                "dtype (.to(x_T.dtype))"
+            )
         for name, v, n in (("t", t, self.t_emb.shape[0]), ("y", y, self.y_emb.shape[0])):
             what = "one time step per image" if name == "t" else "one label per image"
             if not isinstance(v, torch.Tensor):
-                raise ValueError(f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
-                                 f"got a {type(v).__name__}")
+                raise ValueError(
+                    f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
+                    f"got a {type(v).__name__}"
+                )
             if v.dtype != torch.long or tuple(v.shape) != (B,):
-                raise ValueError(f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
-                                 f"got {v.dtype} of shape {list(v.shape)}" + (" (t.expand(B) or torch.full((B,), ...))"
-                                                                               if name == "t" else ""))
+                raise ValueError(
+                    f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
+                    f"got {v.dtype} of shape {list(v.shape)}"
+                    + (" (t.expand(B) or torch.full((B,), ...))" if name == "t" else "")
+                )
             if int(v.min()) < 0 or int(v.max()) >= n:
                 raise ValueError(f"model(x, t, y): {name} must be in 0..{n - 1}, got {int(v.min())}..{int(v.max())}")
         return super().forward(x, t, y)
@@ -198,7 +247,7 @@ def loop_case(shape, T: int, steps: int | None, seed: int, g: torch.Generator):
     if steps is None:
         timesteps = torch.arange(T)
     else:
-        later = 1 + torch.randperm(T - 1, generator=g)[:steps - 1]  # steps - 1 distinct steps in 1..T-1
+        later = 1 + torch.randperm(T - 1, generator=g)[: steps - 1]  # steps - 1 distinct steps in 1..T-1
         timesteps = torch.cat([torch.zeros(1, dtype=torch.long), later]).sort().values  # [S] ascending, from 0
     betas, alpha_bars = samplers.respaced(schedule, timesteps.flip(0))  # [S] each; the schedule itself when full
     model = SamplingModel(shape[1], T, seed=seed).requires_grad_(False)
@@ -209,12 +258,25 @@ def loop_case(shape, T: int, steps: int | None, seed: int, g: torch.Generator):
 
 
 @torch.no_grad()
-def _ancestral(model, x_T, y, timesteps, betas, alpha_bars, noises, *, order=None, model_t=None, noise_of=None,
-               from_x_T=False, eps_once=False):
+def _ancestral(
+    model,
+    x_T,
+    y,
+    timesteps,
+    betas,
+    alpha_bars,
+    noises,
+    *,
+    order=None,
+    model_t=None,
+    noise_of=None,
+    from_x_T=False,
+    eps_once=False,
+):
     """The loop with one thing changed (the catalogue of loop mistakes); labkit's step does the maths."""
     S, B = len(timesteps), x_T.shape[0]
     x, eps = x_T, None
-    for k in (range(S - 1, -1, -1) if order is None else order):
+    for k in range(S - 1, -1, -1) if order is None else order:
         t = (timesteps[k] if model_t is None else model_t(k)).expand(B)
         source = x_T if from_x_T else x
         if eps is None or not eps_once:
@@ -233,16 +295,19 @@ def compare_loop(check, out, ref, mistakes, *, context, reference, args, tol=1e-
         compare(check, out, ref, mistakes(), tol=tol, context=context, reference=reference, args=args)
 
 
-_CHAIN_INDEX = ("an index is out of range: p_sample_step takes the chain's step k = S-1, ..., 0 (an index into betas "
-                "and alpha_bars, which have S entries); the model takes the real time step timesteps[k]")
+_CHAIN_INDEX = (
+    "an index is out of range: p_sample_step takes the chain's step k = S-1, ..., 0 (an index into betas "
+    "and alpha_bars, which have S entries); the model takes the real time step timesteps[k]"
+)
 LOOP_HINTS = {  # keys other than _common.COMMON_HINTS' own, which would replace them
     "out of bounds for dimension": _CHAIN_INDEX,
     "index out of range in self": _CHAIN_INDEX,
 }
 
 
-def check_sample_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40,
-                      steps=(None, 6)) -> None:
+def check_sample_loop(
+    student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40, steps=(None, 6)
+) -> None:
     """student_fn(model, x_T [B,C,H,W], y int64 [B], timesteps int64 [S], betas [S], alpha_bars [S],
     noises [S,B,C,H,W]) -> x_0 [B,C,H,W]: Algorithm 2 around the student's p_sample_step. For each shape, the
     full chain of a linear T-step schedule (steps None) and random sub-chains (respaced) of the given lengths."""
@@ -253,13 +318,25 @@ def check_sample_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 
         for S in steps:
             args = loop_case(shape, T, S, seed * 100 + n, g)
             model, x_T, y, timesteps, betas, alpha_bars, noises = args
-            context = f" for x_T of shape {list(shape)}, " + (f"the full chain of T={T} steps" if S is None else
-                                                              f"a respaced chain of {S} steps")
-            out = call(name, student_fn, *args, hints=LOOP_HINTS,
-                       names=["model", "x_T", "y", "timesteps", "betas", "alpha_bars", "noises"])
-            out = expect_tensor(name, out, shape, shape_hints={
-                (len(timesteps),) + shape: "that is one image per step: return only the last x (x_0)",
-                (len(timesteps) + 1,) + shape: "that is one image per step: return only the last x (x_0)"})
+            context = f" for x_T of shape {list(shape)}, " + (
+                f"the full chain of T={T} steps" if S is None else f"a respaced chain of {S} steps"
+            )
+            out = call(
+                name,
+                student_fn,
+                *args,
+                hints=LOOP_HINTS,
+                names=["model", "x_T", "y", "timesteps", "betas", "alpha_bars", "noises"],
+            )
+            out = expect_tensor(
+                name,
+                out,
+                shape,
+                shape_hints={
+                    (len(timesteps),) + shape: "that is one image per step: return only the last x (x_0)",
+                    (len(timesteps) + 1,) + shape: "that is one image per step: return only the last x (x_0)",
+                },
+            )
             model64 = copy.deepcopy(model).double()
             wide = (model64, x_T.double(), y, timesteps, betas, alpha_bars, noises.double())
             ref = samplers.sample_loop(*wide)
@@ -271,43 +348,59 @@ def check_sample_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 
             def mistakes():  # a whole loop each: built only for a wrong answer
                 null = _ancestral(model64, wide[1], torch.full_like(y, 10), *wide[3:])  # every image told "no class"
                 # Label dropout copied from training: some images sampled with "no class", the others with y.
-                closer_to_null = (out.double() - null).flatten(1).abs().amax(1) < (out.double() - ref).flatten(1).abs().amax(1)
+                closer_to_null = (out.double() - null).flatten(1).abs().amax(1) < (out.double() - ref).flatten(
+                    1
+                ).abs().amax(1)
                 dropped = torch.where(closer_to_null[:, None, None, None], null, ref)  # [B, C, H, W]
-                some = {} if closer_to_null.all() or not closer_to_null.any() else {
-                    "some images were sampled with the label 'no class' (10), the others with their own: label dropout "
-                    "belongs to training (lab 04), where it teaches the model the unconditional case; at sampling "
-                    "every image keeps its label y": dropped}
+                some = (
+                    {}
+                    if closer_to_null.all() or not closer_to_null.any()
+                    else {
+                        "some images were sampled with the label 'no class' (10), the others with their own: label dropout "
+                        "belongs to training (lab 04), where it teaches the model the unconditional case; at sampling "
+                        "every image keeps its label y": dropped
+                    }
+                )
                 return {
                     "the loop runs forwards (k = 0, 1, ...): sampling starts from noise at the last step, k = S-1, "
                     "and walks down to k = 0": V(order=range(S_)),
                     "the loop stops before the last step k = 0: it must run k = S-1, ..., 1, 0 (range(S - 1, -1, -1)), "
-                    "since the step at k = 0 turns x_0's noisy version into the clean image":
-                        V(order=range(S_ - 1, 0, -1)),
-                    "the loop skips its first step k = S-1: it runs k = S-1, ..., 0, S steps in all":
-                        V(order=range(S_ - 2, -1, -1)),
+                    "since the step at k = 0 turns x_0's noisy version into the clean image": V(
+                        order=range(S_ - 1, 0, -1)
+                    ),
+                    "the loop skips its first step k = S-1: it runs k = S-1, ..., 0, S steps in all": V(
+                        order=range(S_ - 2, -1, -1)
+                    ),
                     "the model was given the chain's step k; it must see the real time step timesteps[k] (they differ "
                     "when the chain skips steps)": V(model_t=lambda k: torch.tensor(k)),
-                    "the same noise at every step (noises[0]): step k uses its own z = noises[k]":
-                        V(noise_of=lambda k: 0),
-                    "the same noise at every step (noises[-1]): step k uses its own z = noises[k]":
-                        V(noise_of=lambda k: S_ - 1),
+                    "the same noise at every step (noises[0]): step k uses its own z = noises[k]": V(
+                        noise_of=lambda k: 0
+                    ),
+                    "the same noise at every step (noises[-1]): step k uses its own z = noises[k]": V(
+                        noise_of=lambda k: S_ - 1
+                    ),
                     "the noise was taken in the order of the loop (noises[0] on the first step): step k uses "
                     "noises[k]": V(noise_of=lambda k: S_ - 1 - k),
                     "every step starts again from x_T: x must be updated (x = p_sample_step(x, ...)) so that each step "
                     "starts where the previous one ended": V(from_x_T=True),
                     "the model was called once, before the loop: eps_hat changes with x and t, so call it at every "
-                    "step":
-                        V(eps_once=True),
+                    "step": V(eps_once=True),
                     "the model was told 'no class' (y = 10): give it the labels y": null,
                     **some,
                 }
+
             try:
                 compare_loop(name, out, ref, mistakes, context=context, reference=samplers.sample_loop, args=args)
             except AssertionError as exc:
                 if getattr(exc, "mistake", None):  # a named mistake says it all
                     raise
                 deterministic(name, student_fn, args, out)
-                fail(name, f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your p_sample_step: if "
-                           "check_p_sample_step failed above, fix that first)")
-    passed(name, f"shapes {[list(s) for s in sizes]}, T={T}, chains {['full' if s is None else s for s in steps]}, "
-                 f"seed {seed}")
+                fail(
+                    name,
+                    f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your p_sample_step: if "
+                    "check_p_sample_step failed above, fix that first)",
+                )
+    passed(
+        name,
+        f"shapes {[list(s) for s in sizes]}, T={T}, chains {['full' if s is None else s for s in steps]}, seed {seed}",
+    )

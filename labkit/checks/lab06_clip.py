@@ -40,33 +40,53 @@ def check_cosine_similarity(student_fn, *, seed: int = 0, sizes=((5, 3, 8), (1, 
         img = torch.randn(N, D, generator=g) * (0.2 + 5 * torch.rand(N, 1, generator=g))
         txt = torch.randn(K, D, generator=g) * (0.2 + 5 * torch.rand(K, 1, generator=g))
         out = call(name, student_fn, img, txt, names=["image_emb", "text_emb"])
-        out = expect_tensor(name, out, (N, K), shape_hints={
-            (K, N): "the result is transposed: image_emb @ text_emb.T gives [N, K] (one row per image)",
-            (N, N): "you multiplied the images with themselves; use the text embeddings",
-            (D, D): "a matrix product over the wrong dimension: image_emb [N, D] @ text_emb.T [D, K]",
-        })
+        out = expect_tensor(
+            name,
+            out,
+            (N, K),
+            shape_hints={
+                (K, N): "the result is transposed: image_emb @ text_emb.T gives [N, K] (one row per image)",
+                (N, N): "you multiplied the images with themselves; use the text embeddings",
+                (D, D): "a matrix product over the wrong dimension: image_emb [N, D] @ text_emb.T [D, K]",
+            },
+        )
         i, t = img.double(), txt.double()
         ref = embeddings.cosine_similarity(i, t)
         mistakes = {
-            "no normalisation: divide each embedding by its own length before the product":
-                i @ t.T,
+            "no normalisation: divide each embedding by its own length before the product": i @ t.T,
             "only the image embeddings were normalised; normalise the text embeddings too": _unit(i) @ t.T,
             "only the text embeddings were normalised; normalise the image embeddings too": i @ _unit(t).T,
-            "normalised along the wrong dimension: each *row* (one embedding, dim=-1) must have length 1":
-                _unit(i, 0) @ _unit(t, 0).T,
-            "a softmax was applied: cosine similarity is the plain product of unit vectors": (_unit(i) @ _unit(t).T).softmax(1),
-            "divided by squared lengths: a unit vector is v / ||v||, not v / ||v||^2":
-                (i / (i * i).sum(1, keepdim=True)) @ (t / (t * t).sum(1, keepdim=True)).T,
+            "normalised along the wrong dimension: each *row* (one embedding, dim=-1) must have length 1": _unit(i, 0)
+            @ _unit(t, 0).T,
+            "a softmax was applied: cosine similarity is the plain product of unit vectors": (
+                _unit(i) @ _unit(t).T
+            ).softmax(1),
+            "divided by squared lengths: a unit vector is v / ||v||, not v / ||v||^2": (
+                i / (i * i).sum(1, keepdim=True)
+            )
+            @ (t / (t * t).sum(1, keepdim=True)).T,
         }
-        mistakes.update({
-            "divided by the product of the matrices' total lengths: normalise each row by its own length":
-                (i @ t.T) / (i.norm() * t.norm()),
-            "that is the cosine *distance* 1 - cos; return the similarity itself": 1 - ref,
-            "each embedding divided by its squared length on one side only: a unit vector is v / ||v||":
-                (i / (i * i).sum(1, keepdim=True)) @ _unit(t).T,
-        })
-        compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N}, K={K}, D={D}",
-                reference=embeddings.cosine_similarity, args=(img, txt))
+        mistakes.update(
+            {
+                "divided by the product of the matrices' total lengths: normalise each row by its own length": (i @ t.T)
+                / (i.norm() * t.norm()),
+                "that is the cosine *distance* 1 - cos; return the similarity itself": 1 - ref,
+                "each embedding divided by its squared length on one side only: a unit vector is v / ||v||": (
+                    i / (i * i).sum(1, keepdim=True)
+                )
+                @ _unit(t).T,
+            }
+        )
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-5,
+            context=f" for N={N}, K={K}, D={D}",
+            reference=embeddings.cosine_similarity,
+            args=(img, txt),
+        )
     passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
 
 
@@ -78,38 +98,58 @@ def check_zero_shot_probs(student_fn, *, seed: int = 0, sizes=((4, 10), (3, 2), 
         for scale in scales:
             cos = 0.15 + 0.2 * torch.rand(N, K, generator=g)  # CLIP cosines are small and close together
             out = call(name, student_fn, cos, float(scale), names=["cosine"])
-            out = expect_tensor(name, out, (N, K), shape_hints={
-                (K, N): "the result is transposed: keep one row per image",
-                (N,): "you returned one number per image (the argmax or the max?); return the whole [N, K] softmax",
-            })
+            out = expect_tensor(
+                name,
+                out,
+                (N, K),
+                shape_hints={
+                    (K, N): "the result is transposed: keep one row per image",
+                    (N,): "you returned one number per image (the argmax or the max?); return the whole [N, K] softmax",
+                },
+            )
             c = cos.double()
             ref = clip.zero_shot_probs(c, scale)
             mistakes = {
-                "the softmax runs over the images (dim=0); it runs over the prompts of each image (dim=1)":
-                    (scale * c).softmax(dim=0),
+                "the softmax runs over the images (dim=0); it runs over the prompts of each image (dim=1)": (
+                    scale * c
+                ).softmax(dim=0),
                 "logit_scale is missing: softmax(logit_scale * cosine), CLIP's learned temperature makes "
                 "the distribution sharp": c.softmax(dim=1),
                 "divided by logit_scale; multiply: logits = logit_scale * cosine": (c / scale).softmax(dim=1),
                 "log-probabilities (log_softmax); return probabilities": (scale * c).log_softmax(dim=1),
                 "logit_scale applied after the softmax": scale * c.softmax(dim=1),
-                "a sigmoid per prompt; the zero-shot classifier is a softmax over all prompts": torch.sigmoid(scale * c),
+                "a sigmoid per prompt; the zero-shot classifier is a softmax over all prompts": torch.sigmoid(
+                    scale * c
+                ),
                 "normalised by the sum without exp: use a softmax": (scale * c) / (scale * c).sum(1, keepdim=True),
             }
-            mistakes.update({
-                "the exponentials were normalised over the whole matrix: each image's row is its own softmax":
-                    (scale * c).exp() / (scale * c).exp().sum(),
-                "the maximum was subtracted without the exp (or the exp without normalising): use a softmax "
-                "over each row": (scale * c).exp(),
-                "the logits were normalised before the softmax: softmax(logit_scale * cosine) uses them as they are":
-                    (scale * c / (scale * c).norm(dim=1, keepdim=True)).softmax(dim=1),
-            })
-            compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N}, K={K}, logit_scale={scale:g}",
-                    reference=clip.zero_shot_probs, args=(cos, float(scale)))
+            mistakes.update(
+                {
+                    "the exponentials were normalised over the whole matrix: each image's row is its own softmax": (
+                        scale * c
+                    ).exp()
+                    / (scale * c).exp().sum(),
+                    "the maximum was subtracted without the exp (or the exp without normalising): use a softmax "
+                    "over each row": (scale * c).exp(),
+                    "the logits were normalised before the softmax: softmax(logit_scale * cosine) uses them as they are": (
+                        scale * c / (scale * c).norm(dim=1, keepdim=True)
+                    ).softmax(dim=1),
+                }
+            )
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-5,
+                context=f" for N={N}, K={K}, logit_scale={scale:g}",
+                reference=clip.zero_shot_probs,
+                args=(cos, float(scale)),
+            )
             rows = out.double().sum(dim=1)
             if (rows - 1).abs().max().item() > 1e-4:
                 fail(name, "rows do not sum to 1")
     passed(name, f"sizes {[list(s) for s in sizes]}, scales {list(scales)}, seed {seed}")
-
 
 
 # --- FID: feature statistics, the Frechet distance, a bootstrap interval -----------------------------------
@@ -123,8 +163,11 @@ def _features(N: int, D: int, g: torch.Generator) -> torch.Tensor:
 
 def _pair(check: str, out, what: str):
     if isinstance(out, torch.Tensor) or not isinstance(out, (tuple, list)) or len(out) != 2:
-        fail(check, f"return two things, ({what}); got {type(out).__name__}"
-                    + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+        fail(
+            check,
+            f"return two things, ({what}); got {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""),
+        )
     return out
 
 
@@ -139,41 +182,75 @@ def check_feature_stats(student_fn, *, seed: int = 0, sizes=((50, 4), (9, 3), (6
         context = f" for features of shape [{N}, {D}]"
         x = f.double()
         mu_ref, cov_ref = fid.feature_stats(x)
-        mu = expect_tensor(name, out[0], (D,), what="the mean", shape_hints={
-            (N,): "the mean has one value per sample: average each feature over the samples (the rows, dim=0)",
-            (1, D): "the mean has shape [1, D]: return it as [D] (no keepdim)",
-            (): "the mean is one number: average over the samples only (dim=0), one mean per feature"})
-        compare(name, mu, mu_ref, {
-            "the mean of each row (one sample's features): average each feature over the samples, dim=0":
-                x.mean(dim=1),
-            "a sum, not a mean: divide by the number of samples N": x.sum(dim=0),
-        }, tol=1e-5 * (1 + mu_ref.abs().max().item()), context=context + " (the mean)")
-        cov = expect_tensor(name, out[1], (D, D), what="the covariance", shape_hints={
-            (N, N): "the covariance is [N, N]: it compares samples with samples. Features are [N, D] with one "
-                    "row per sample; the covariance compares features, [D, D] (torch.cov wants one *row* per "
-                    "feature)",
-            (D,): "only the variances (one per feature): FID needs the whole covariance matrix [D, D]",
-        })
+        mu = expect_tensor(
+            name,
+            out[0],
+            (D,),
+            what="the mean",
+            shape_hints={
+                (N,): "the mean has one value per sample: average each feature over the samples (the rows, dim=0)",
+                (1, D): "the mean has shape [1, D]: return it as [D] (no keepdim)",
+                (): "the mean is one number: average over the samples only (dim=0), one mean per feature",
+            },
+        )
+        compare(
+            name,
+            mu,
+            mu_ref,
+            {
+                "the mean of each row (one sample's features): average each feature over the samples, dim=0": x.mean(
+                    dim=1
+                ),
+                "a sum, not a mean: divide by the number of samples N": x.sum(dim=0),
+            },
+            tol=1e-5 * (1 + mu_ref.abs().max().item()),
+            context=context + " (the mean)",
+        )
+        cov = expect_tensor(
+            name,
+            out[1],
+            (D, D),
+            what="the covariance",
+            shape_hints={
+                (N, N): "the covariance is [N, N]: it compares samples with samples. Features are [N, D] with one "
+                "row per sample; the covariance compares features, [D, D] (torch.cov wants one *row* per "
+                "feature)",
+                (D,): "only the variances (one per feature): FID needs the whole covariance matrix [D, D]",
+            },
+        )
         c = x - mu_ref  # [N, D] centred
         rows = x - x.mean(dim=1, keepdim=True)  # centred with each row's own mean
         scale = 1 + cov_ref.abs().max().item()
-        compare(name, cov, cov_ref, {
-            "divided by N (the biased covariance): FID's covariance uses the unbiased N - 1, as torch.cov":
-                c.T @ c / N,
-            "the features were not centred: subtract the mean of each feature before the product":
-                x.T @ x / (N - 1),
-            "not divided by N - 1: the covariance is an average of products": c.T @ c,
-            "centred with each row's mean: subtract each *feature's* mean over the samples (dim=0)":
-                rows.T @ rows / (N - 1),
-            "transposed: the covariance of the samples (one row each), not of the features; torch.cov wants "
-            "one row per feature": (x.T - x.T.mean(dim=0)) @ (x.T - x.T.mean(dim=0)).T / (D - 1) if D > 1 else None,
-            "the correlation matrix (each entry divided by two standard deviations): keep the covariance":
-                cov_ref / torch.outer(cov_ref.diagonal().sqrt(), cov_ref.diagonal().sqrt()),
-            "only the variances (a diagonal matrix): FID needs the whole covariance, off-diagonal entries "
-            "included": torch.diag(cov_ref.diagonal()),
-            "divided by D - 1, the number of features: divide by N - 1, the number of samples minus one":
-                c.T @ c / (D - 1) if D > 1 else None,
-        }, tol=1e-5 * scale, context=context + " (the covariance)")
+        compare(
+            name,
+            cov,
+            cov_ref,
+            {
+                "divided by N (the biased covariance): FID's covariance uses the unbiased N - 1, as torch.cov": c.T
+                @ c
+                / N,
+                "the features were not centred: subtract the mean of each feature before the product": x.T
+                @ x
+                / (N - 1),
+                "not divided by N - 1: the covariance is an average of products": c.T @ c,
+                "centred with each row's mean: subtract each *feature's* mean over the samples (dim=0)": rows.T
+                @ rows
+                / (N - 1),
+                "transposed: the covariance of the samples (one row each), not of the features; torch.cov wants "
+                "one row per feature": (x.T - x.T.mean(dim=0)) @ (x.T - x.T.mean(dim=0)).T / (D - 1) if D > 1 else None,
+                "the correlation matrix (each entry divided by two standard deviations): keep the covariance": cov_ref
+                / torch.outer(cov_ref.diagonal().sqrt(), cov_ref.diagonal().sqrt()),
+                "only the variances (a diagonal matrix): FID needs the whole covariance, off-diagonal entries "
+                "included": torch.diag(cov_ref.diagonal()),
+                "divided by D - 1, the number of features: divide by N - 1, the number of samples minus one": c.T
+                @ c
+                / (D - 1)
+                if D > 1
+                else None,
+            },
+            tol=1e-5 * scale,
+            context=context + " (the covariance)",
+        )
     passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
 
 
@@ -190,14 +267,21 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
 def _number(check: str, out) -> torch.Tensor:
     """A float, an int or a one-element tensor -> float64 [1]."""
     if isinstance(out, bool) or out is None:
-        fail(check, "the result is None: did you forget the `return` statement?" if out is None
-             else "the result is a bool; return the distance, a number")
+        fail(
+            check,
+            "the result is None: did you forget the `return` statement?"
+            if out is None
+            else "the result is a bool; return the distance, a number",
+        )
     if isinstance(out, (int, float)):
         return torch.tensor([float(out)], dtype=torch.float64)
     out = expect_tensor(check, out, None, what="the distance")
     if out.numel() != 1:
-        fail(check, f"the distance has shape {list(out.shape)}: return one number (a float or a 0-d tensor), "
-                    "the sum of the mean term and the trace term")
+        fail(
+            check,
+            f"the distance has shape {list(out.shape)}: return one number (a float or a 0-d tensor), "
+            "the sum of the mean term and the trace term",
+        )
     if out.is_complex():
         fail(check, "the distance is complex: keep the real part of the eigenvalues before the square root")
     return out.reshape(1).double()
@@ -225,21 +309,23 @@ def check_frechet_distance(student_fn, *, seed: int = 0, dims=(3, 1, 8, 16)) -> 
         mistakes = {
             "the factor 2 is missing: the cross term is -2 Tr((S1 S2)^(1/2))": d(mean_sq, traces, -tr_sqrt),
             "the square roots of S1 and S2 were taken separately: Tr(S1^(1/2) S2^(1/2)) is not "
-            "Tr((S1 S2)^(1/2)); take the square root of the product": d(mean_sq, traces,
-                                                                        -2 * torch.trace(_psd_sqrt(a) @ _psd_sqrt(b))),
-            "the mean term is not squared: it is ||mu1 - mu2||^2, the squared length": d(mean_sq.sqrt(), traces,
-                                                                                          -2 * tr_sqrt),
+            "Tr((S1 S2)^(1/2)); take the square root of the product": d(
+                mean_sq, traces, -2 * torch.trace(_psd_sqrt(a) @ _psd_sqrt(b))
+            ),
+            "the mean term is not squared: it is ||mu1 - mu2||^2, the squared length": d(
+                mean_sq.sqrt(), traces, -2 * tr_sqrt
+            ),
             "the mean term is missing: ||mu1 - mu2||^2 + the trace term": d(traces, -2 * tr_sqrt),
             "the trace term is missing: the covariances count too (Tr(S1 + S2 - 2 (S1 S2)^(1/2)))": d(mean_sq),
-            "no square root of S1 S2: the cross term is -2 Tr((S1 S2)^(1/2))": d(mean_sq, traces,
-                                                                                    -2 * torch.trace(a @ b)),
+            "no square root of S1 S2: the cross term is -2 Tr((S1 S2)^(1/2))": d(
+                mean_sq, traces, -2 * torch.trace(a @ b)
+            ),
             "an elementwise square root: (S1 S2)^(1/2) is the matrix square root (from the eigenvalues), "
             "not the square root of each entry": d(mean_sq, traces, -2 * diag_ab.clamp(min=0).sqrt().sum()),
             "the square root of the trace: Tr((S1 S2)^(1/2)) is the sum of the square roots of the "
             "eigenvalues, not the square root of their sum": d(mean_sq, traces, -2 * torch.trace(a @ b).sqrt()),
             "the cross term was added: it is subtracted, -2 Tr((S1 S2)^(1/2))": d(mean_sq, traces, 2 * tr_sqrt),
-            "the distance d, not its square: FID is the squared Frechet distance d^2 (no square root at the end)":
-                ref.sqrt(),
+            "the distance d, not its square: FID is the squared Frechet distance d^2 (no square root at the end)": ref.sqrt(),
         }
         tol = 2e-5 * float(mean_sq + traces + 1)  # float32 eigenvalues of a [D, D] product: ~1e-6 of the traces
         compare(name, out, ref, mistakes, tol=tol, context=f" for D={D}")
@@ -257,8 +343,9 @@ def largest(samples: torch.Tensor) -> float:
     return float(samples.max())
 
 
-def check_bootstrap_interval(student_fn, *, seed: int = 0,
-                             cases=((30, 200, 0.9, "mean"), (12, 100, 0.95, "fid"), (25, 150, 0.8, "max"))) -> None:
+def check_bootstrap_interval(
+    student_fn, *, seed: int = 0, cases=((30, 200, 0.9, "mean"), (12, 100, 0.95, "fid"), (25, 150, 0.8, "max"))
+) -> None:
     """student_fn(samples [N, ...], statistic, resamples, level, generator) -> (low, high): the percentile
     bootstrap interval (labkit.evaluation.fid.bootstrap_interval); the indices come from one
     torch.randint(0, N, (resamples, N)) draw from ``generator``."""
@@ -273,15 +360,36 @@ def check_bootstrap_interval(student_fn, *, seed: int = 0,
             samples = torch.randn(int(N), generator=g).exp()  # skewed values
             statistic = sample_mean if kind == "mean" else largest
         gen_seed = 1000 * seed + k
-        out = call(name, student_fn, samples, statistic, int(B), float(level), generator(gen_seed),
-                   names=["samples", "statistic", "resamples", "level", "generator"],
-                   hints={"q values must be in the range": "percentiles go to torch.quantile as fractions in "
-                          "[0, 1] (0.05), not as percent (5)"})
-        if isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(v, (int, float, torch.Tensor)) for v in out):
+        out = call(
+            name,
+            student_fn,
+            samples,
+            statistic,
+            int(B),
+            float(level),
+            generator(gen_seed),
+            names=["samples", "statistic", "resamples", "level", "generator"],
+            hints={
+                "q values must be in the range": "percentiles go to torch.quantile as fractions in "
+                "[0, 1] (0.05), not as percent (5)"
+            },
+        )
+        if (
+            isinstance(out, (tuple, list))
+            and len(out) == 2
+            and all(isinstance(v, (int, float, torch.Tensor)) for v in out)
+        ):
             out = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(()) for v in out])
-        out = expect_tensor(name, out, (2,), what="the interval", shape_hints={
-            (int(B),): "you returned the resampled statistics: return their two percentiles (low, high)",
-            (): "you returned one number: return the interval, (low, high)"})
+        out = expect_tensor(
+            name,
+            out,
+            (2,),
+            what="the interval",
+            shape_hints={
+                (int(B),): "you returned the resampled statistics: return their two percentiles (low, high)",
+                (): "you returned one number: return the interval, (low, high)",
+            },
+        )
         x = samples.double()
         ref = fid.bootstrap_interval(x, statistic, int(B), float(level), generator(gen_seed))
         idx = torch.randint(0, int(N), (int(B), int(N)), generator=generator(gen_seed))  # [B, N] the right draws
@@ -300,27 +408,37 @@ def check_bootstrap_interval(student_fn, *, seed: int = 0,
             "reorders them)": torch.tensor([whole, whole], dtype=torch.float64),
             "the percentiles are 1 - level and level: the 1 - level left outside the interval is split between "
             "the two tails, (1 - level) / 2 each": q(min(1 - level, level), max(1 - level, level)),
-            "the tails are level / 2 wide: each tail holds (1 - level) / 2 of the resampled values":
-                q(min(level / 2, 1 - level / 2), max(level / 2, 1 - level / 2)),
+            "the tails are level / 2 wide: each tail holds (1 - level) / 2 of the resampled values": q(
+                min(level / 2, 1 - level / 2), max(level / 2, 1 - level / 2)
+            ),
             "the percentiles were read at the nearest rank: interpolate linearly between ranks "
-            "(torch.quantile's default)": (q(tail, 1 - tail, "nearest"), q(tail, 1 - tail, "lower"),
-                                           q(tail, 1 - tail, "higher")),
+            "(torch.quantile's default)": (
+                q(tail, 1 - tail, "nearest"),
+                q(tail, 1 - tail, "lower"),
+                q(tail, 1 - tail, "higher"),
+            ),
             "the interval is (high, low): return (low, high)": ref.flip(0),
-            "the smallest and the largest resampled value: the interval lies between the two percentiles":
-                torch.stack([values.min(), values.max()]),
+            "the smallest and the largest resampled value: the interval lies between the two percentiles": torch.stack(
+                [values.min(), values.max()]
+            ),
             "the indices were drawn as [N, resamples]: draw them as [resamples, N] (one row per resample), in "
-            "one call": q(tail, 1 - tail, v=torch.tensor([float(statistic(x[i])) for i in wrong_rows],
-                                                         dtype=torch.float64)),
+            "one call": q(
+                tail, 1 - tail, v=torch.tensor([float(statistic(x[i])) for i in wrong_rows], dtype=torch.float64)
+            ),
             "each resample holds `resamples` indices: it holds N, as many as the samples": q(
-                tail, 1 - tail, v=torch.tensor([float(statistic(x[i])) for i in square], dtype=torch.float64)),
+                tail, 1 - tail, v=torch.tensor([float(statistic(x[i])) for i in square], dtype=torch.float64)
+            ),
         }
         tol = 1e-5 * (1 + ref.abs().max().item())
         again = call(name, student_fn, samples, statistic, int(B), float(level), generator(gen_seed))
         if isinstance(again, (tuple, list)) and len(again) == 2:
             again = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu().reshape(()) for v in again])
         if not isinstance(again, torch.Tensor) or max_abs_diff(again, out) > tol:
-            fail(name, "two calls with generators in the same state gave different intervals: draw the indices "
-                       "from `generator`, not from torch's global random state")
+            fail(
+                name,
+                "two calls with generators in the same state gave different intervals: draw the indices "
+                "from `generator`, not from torch's global random state",
+            )
         context = f" for N={N}, resamples={B}, level={level:g}, statistic {kind}"
         compare(name, out, ref, mistakes, tol=tol, context=context)
     passed(name, f"cases {[list(c) for c in cases]}, seed {seed}")

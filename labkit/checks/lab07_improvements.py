@@ -24,7 +24,14 @@ import torch
 
 from labkit import guidance, samplers, schedules
 from labkit.checks._common import (
-    call, compare, deterministic, expect_tensor, fail, generator, passed, spread_steps,
+    call,
+    compare,
+    deterministic,
+    expect_tensor,
+    fail,
+    generator,
+    passed,
+    spread_steps,
     yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
 from labkit.checks.fixtures import DigitJudge, lab_model, trained_model  # noqa: F401  (the lab's model and judge)
@@ -48,27 +55,35 @@ def check_cfg_combine(student_fn, *, seed: int = 0, sizes=((3, 1, 8, 8), (2, 1, 
             mistakes = {
                 "the 'scale' convention s * eps_cond - (s - 1) * eps_uncond with s = w (the same as the "
                 "interpolation (1 - w) eps_uncond + w eps_cond): in this lab (and in the paper's eq. 6) w = 0 is "
-                "the plain conditional model, so use (1 + w) eps_cond - w eps_uncond":
-                    w * cd - (w - 1) * ud,
+                "the plain conditional model, so use (1 + w) eps_cond - w eps_uncond": w * cd - (w - 1) * ud,
                 "conditional and unconditional swapped: (1 + w) multiplies eps_cond": (1 + w) * ud - w * cd,
-                "the '1 +' is missing: w * eps_cond - w * eps_uncond is only the guidance direction":
-                    w * (cd - ud),
-                "the guidance direction has the wrong sign: eps_cond + w * (eps_cond - eps_uncond)":
-                    cd - w * (cd - ud),
+                "the '1 +' is missing: w * eps_cond - w * eps_uncond is only the guidance direction": w * (cd - ud),
+                "the guidance direction has the wrong sign: eps_cond + w * (eps_cond - eps_uncond)": cd - w * (cd - ud),
                 "eps_uncond was added: (1 + w) eps_cond - w eps_uncond subtracts it": (1 + w) * cd + w * ud,
-                "the unconditional term is missing: guidance moves away from eps_uncond, by w times it":
-                    (1 + w) * cd,
-                "eps_cond plus w times eps_uncond: guidance adds w times the *difference* eps_cond - eps_uncond":
-                    cd + w * ud,
+                "the unconditional term is missing: guidance moves away from eps_uncond, by w times it": (1 + w) * cd,
+                "eps_cond plus w times eps_uncond: guidance adds w times the *difference* eps_cond - eps_uncond": cd
+                + w * ud,
                 "the guidance direction without the conditional prediction itself: eps_cond + w (eps_cond - "
                 "eps_uncond) keeps eps_cond": cd - w * ud,
                 "operator precedence: 1 + w * eps_cond - w * eps_uncond adds the number 1; (1 + w) multiplies "
                 "eps_cond": 1 + w * cd - w * ud,
-                "an average of the two predictions: guidance extrapolates past eps_cond, it does not interpolate":
-                    (cd + ud) / 2 if w != 0 else None,
+                "an average of the two predictions: guidance extrapolates past eps_cond, it does not interpolate": (
+                    cd + ud
+                )
+                / 2
+                if w != 0
+                else None,
             }
-            compare(name, out, ref, mistakes, tol=1e-5, context=f" for w={w:g}, shape {list(shape)}",
-                    reference=guidance.cfg_combine, args=(c, u, float(w)))
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-5,
+                context=f" for w={w:g}, shape {list(shape)}",
+                reference=guidance.cfg_combine,
+                args=(c, u, float(w)),
+            )
     passed(name, f"w in {list(ws)}, seed {seed}")
 
 
@@ -97,8 +112,11 @@ def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5,
             eps = torch.randn(shape, generator=g)
             z = torch.randn(shape, generator=g)
             args = (x, eps, ab_t, ab_prev, float(eta), z)
-            out = expect_tensor(name, call(name, student_fn, *args,
-                                           names=["x_t", "eps_hat", "alpha_bar_t", "alpha_bar_prev", "eta", "z"]), shape)
+            out = expect_tensor(
+                name,
+                call(name, student_fn, *args, names=["x_t", "eps_hat", "alpha_bar_t", "alpha_bar_prev", "eta", "z"]),
+                shape,
+            )
             xd, ed, zd = x.double(), eps.double(), z.double()
 
             def D(**change):  # labkit's DDIM step, with some of its inputs changed
@@ -109,32 +127,38 @@ def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5,
             noise = ref - D(z=torch.zeros_like(zd))  # sigma * z
             x0_hat = D(alpha_bar_prev=torch.ones_like(ab_prev), eta=0.0)  # the step to clean data is x0_hat
             sigma = samplers.ddim_sigma(ab_t, ab_prev, float(eta))
-            c_dir = (1 - ab_prev - sigma ** 2).clamp(min=0)  # the direction's variance
+            c_dir = (1 - ab_prev - sigma**2).clamp(min=0)  # the direction's variance
             mistakes = {
                 "the noise term sigma * z is missing (for eta > 0 DDIM adds fresh noise)": D(z=torch.zeros_like(zd)),
-                "sigma ignores eta: sigma = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev)":
-                    D(eta=1.0),
-                "sigma was squared (a variance where the standard deviation belongs): the noise is sigma * z":
-                    D(eta=float(eta) * samplers.ddim_sigma(ab_t, ab_prev, 1.0)),
-                "eta was squared: sigma = eta * sqrt(...) (eta^2 scales the variance, not the std)": D(eta=float(eta) ** 2),
-                "the 'direction pointing to x_t' forgets sigma: its coefficient is sqrt(1 - abar_prev - sigma^2)":
-                    D(eta=0.0) + noise,
-                "the 'direction pointing to x_t' uses abar_t; it is scaled by sqrt(1 - abar_prev - sigma^2)":
-                    ref + ((1 - ab_t).sqrt() - c_dir.sqrt()) * ed,
-                "the direction coefficient lacks its sqrt: sqrt(1 - abar_prev - sigma^2) * eps_hat":
-                    ref + (c_dir - c_dir.sqrt()) * ed,
-                "x0_hat uses variances: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
-                    ref + ab_prev.sqrt() * ((xd - (1 - ab_t) * ed) / ab_t - x0_hat),
-                "x0_hat is not scaled by sqrt(abar_prev): the predicted x0 enters x_prev as sqrt(abar_prev) x0_hat":
-                    ref + (1 - ab_prev.sqrt()) * x0_hat,
-                "the direction term is eps_hat itself: it is scaled by sqrt(1 - abar_prev - sigma^2)":
-                    ref + (1 - c_dir.sqrt()) * ed,
-                "x0_hat divides by abar_t without the sqrt: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
-                    ref + ab_prev.sqrt() * (x0_hat * ab_t.sqrt() / ab_t - x0_hat),
-                "x0_hat multiplies by sqrt(abar_t); it divides: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
-                    ref + ab_prev.sqrt() * (x0_hat * ab_t - x0_hat),
-                "sigma is not squared in the direction: its coefficient is sqrt(1 - abar_prev - sigma^2)":
-                    ref + ((1 - ab_prev - sigma).clamp(min=0).sqrt() - c_dir.sqrt()) * ed,
+                "sigma ignores eta: sigma = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev)": D(
+                    eta=1.0
+                ),
+                "sigma was squared (a variance where the standard deviation belongs): the noise is sigma * z": D(
+                    eta=float(eta) * samplers.ddim_sigma(ab_t, ab_prev, 1.0)
+                ),
+                "eta was squared: sigma = eta * sqrt(...) (eta^2 scales the variance, not the std)": D(
+                    eta=float(eta) ** 2
+                ),
+                "the 'direction pointing to x_t' forgets sigma: its coefficient is sqrt(1 - abar_prev - sigma^2)": D(
+                    eta=0.0
+                )
+                + noise,
+                "the 'direction pointing to x_t' uses abar_t; it is scaled by sqrt(1 - abar_prev - sigma^2)": ref
+                + ((1 - ab_t).sqrt() - c_dir.sqrt()) * ed,
+                "the direction coefficient lacks its sqrt: sqrt(1 - abar_prev - sigma^2) * eps_hat": ref
+                + (c_dir - c_dir.sqrt()) * ed,
+                "x0_hat uses variances: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)": ref
+                + ab_prev.sqrt() * ((xd - (1 - ab_t) * ed) / ab_t - x0_hat),
+                "x0_hat is not scaled by sqrt(abar_prev): the predicted x0 enters x_prev as sqrt(abar_prev) x0_hat": ref
+                + (1 - ab_prev.sqrt()) * x0_hat,
+                "the direction term is eps_hat itself: it is scaled by sqrt(1 - abar_prev - sigma^2)": ref
+                + (1 - c_dir.sqrt()) * ed,
+                "x0_hat divides by abar_t without the sqrt: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)": ref
+                + ab_prev.sqrt() * (x0_hat * ab_t.sqrt() / ab_t - x0_hat),
+                "x0_hat multiplies by sqrt(abar_t); it divides: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)": ref
+                + ab_prev.sqrt() * (x0_hat * ab_t - x0_hat),
+                "sigma is not squared in the direction: its coefficient is sqrt(1 - abar_prev - sigma^2)": ref
+                + ((1 - ab_prev - sigma).clamp(min=0).sqrt() - c_dir.sqrt()) * ed,
             }
             context = f" for eta={eta:g}, shape {list(shape)}"
             try:
@@ -171,8 +195,16 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
         d1 = torch.randn(shape, generator=g)
         for first in (True, False):
             args = (x, d0, None, ab_t, ab_prev, None) if first else (x, d0, d1, ab_t, ab_prev, ab_last)
-            out = expect_tensor(name, call(name, student_fn, *args, names=[
-                "x_t", "x0_hat", "x0_prev", "alpha_bar_t", "alpha_bar_prev", "alpha_bar_last"]), shape)
+            out = expect_tensor(
+                name,
+                call(
+                    name,
+                    student_fn,
+                    *args,
+                    names=["x_t", "x0_hat", "x0_prev", "alpha_bar_t", "alpha_bar_prev", "alpha_bar_last"],
+                ),
+                shape,
+            )
             xd, d0d, d1d = x.double(), d0.double(), (None if first else d1.double())
 
             def S(x_t=xd, x0_hat=d0d, x0_prev=d1d, alpha_bar_last=None if first else ab_last):
@@ -188,39 +220,58 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
             mistakes = {
                 "exp(-h) - 1 has the wrong sign in the exponent: the factor is (e^{-h} - 1) with "
                 "h = lambda_prev - lambda_t > 0": scaled_D(torch.expm1(h) / torch.expm1(-h)),
-                "the x_t coefficient is inverted: sigma_prev / sigma_t (it shrinks the noise)":
-                    S(x_t=xd * (sig_t / sig_p) ** 2),
-                "the D term is scaled by sigma_prev; in the data-prediction form it is alpha_prev = sqrt(abar_prev)":
-                    scaled_D(sig_p / ab_prev.sqrt()),
-                "the D term has the wrong sign: x_prev = (sigma_prev/sigma_t) x_t - alpha_prev (e^{-h} - 1) D":
-                    scaled_D(-torch.ones_like(h)),
-                "lambda is the full log-SNR; DPM-Solver's lambda = log(alpha / sigma) is half of it":
-                    scaled_D(torch.expm1(-2 * h) / torch.expm1(-h)),
-                "e^{-h} where the factor is e^{-h} - 1 (expm1): the D term is alpha_prev (e^{-h} - 1) D":
-                    scaled_D(torch.exp(-h) / torch.expm1(-h)),
-                "the x_t coefficient is missing: x_prev starts from (sigma_prev / sigma_t) x_t":
-                    S(x_t=xd * sig_t / sig_p),
-                "the x_t coefficient lacks its sqrt: sigma_prev / sigma_t = sqrt((1 - abar_prev) / (1 - abar_t))":
-                    S(x_t=xd * sig_p / sig_t),
-                "the D term uses abar_prev without the sqrt: alpha_prev = sqrt(abar_prev)":
-                    scaled_D(ab_prev.sqrt()),
-                "the x_t coefficient is alpha_prev / alpha_t; in the data-prediction form it is sigma_prev / sigma_t":
-                    S(x_t=xd * (ab_prev / ab_t).sqrt() * sig_t / sig_p),
+                "the x_t coefficient is inverted: sigma_prev / sigma_t (it shrinks the noise)": S(
+                    x_t=xd * (sig_t / sig_p) ** 2
+                ),
+                "the D term is scaled by sigma_prev; in the data-prediction form it is alpha_prev = sqrt(abar_prev)": scaled_D(
+                    sig_p / ab_prev.sqrt()
+                ),
+                "the D term has the wrong sign: x_prev = (sigma_prev/sigma_t) x_t - alpha_prev (e^{-h} - 1) D": scaled_D(
+                    -torch.ones_like(h)
+                ),
+                "lambda is the full log-SNR; DPM-Solver's lambda = log(alpha / sigma) is half of it": scaled_D(
+                    torch.expm1(-2 * h) / torch.expm1(-h)
+                ),
+                "e^{-h} where the factor is e^{-h} - 1 (expm1): the D term is alpha_prev (e^{-h} - 1) D": scaled_D(
+                    torch.exp(-h) / torch.expm1(-h)
+                ),
+                "the x_t coefficient is missing: x_prev starts from (sigma_prev / sigma_t) x_t": S(
+                    x_t=xd * sig_t / sig_p
+                ),
+                "the x_t coefficient lacks its sqrt: sigma_prev / sigma_t = sqrt((1 - abar_prev) / (1 - abar_t))": S(
+                    x_t=xd * sig_p / sig_t
+                ),
+                "the D term uses abar_prev without the sqrt: alpha_prev = sqrt(abar_prev)": scaled_D(ab_prev.sqrt()),
+                "the x_t coefficient is alpha_prev / alpha_t; in the data-prediction form it is sigma_prev / sigma_t": S(
+                    x_t=xd * (ab_prev / ab_t).sqrt() * sig_t / sig_p
+                ),
             }
             if not first:
                 h_last = _lam(ab_t) - _lam(ab_last)
                 lam_last_inverted = _lam(ab_t) - h * h / h_last  # makes r = h_last / h into h / h_last
-                mistakes.update({
-                    "the second-order correction is missing: with a previous x0_hat use "
-                    "D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev": S(x0_prev=None, alpha_bar_last=None),
-                    "r is inverted: r = h_last / h with h_last = lambda_t - lambda_last":
-                        S(alpha_bar_last=torch.sigmoid(2 * lam_last_inverted)),
-                    "x0_hat and x0_prev are swapped in D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev":
-                        S(x0_hat=d1d, x0_prev=d0d),
-                })
+                mistakes.update(
+                    {
+                        "the second-order correction is missing: with a previous x0_hat use "
+                        "D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev": S(x0_prev=None, alpha_bar_last=None),
+                        "r is inverted: r = h_last / h with h_last = lambda_t - lambda_last": S(
+                            alpha_bar_last=torch.sigmoid(2 * lam_last_inverted)
+                        ),
+                        "x0_hat and x0_prev are swapped in D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev": S(
+                            x0_hat=d1d, x0_prev=d0d
+                        ),
+                    }
+                )
             context = " on the first step (x0_prev is None)" if first else " on a later step"
-            compare(name, out, ref, mistakes, tol=1e-4, context=context + f", shape {list(shape)}",
-                    reference=samplers.dpmpp_2m_step, args=args)
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-4,
+                context=context + f", shape {list(shape)}",
+                reference=samplers.dpmpp_2m_step,
+                args=args,
+            )
     passed(name, f"first and later steps, shapes {[list(s) for s in sizes]}, seed {seed}")
 
 
@@ -231,8 +282,9 @@ def check_dpmpp_2m_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3
 # changed, run on labkit's steps.
 
 
-def check_cfg_eps(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), ws=(2.0, 0.5, 0.0),
-                  classes=(10, 4)) -> None:
+def check_cfg_eps(
+    student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), ws=(2.0, 0.5, 0.0), classes=(10, 4)
+) -> None:
     """student_fn(model, x [B,C,H,W], t int64 [B], y int64 [B], w: float, null_class: int) -> guided eps [B,C,H,W]:
     cfg_combine(model(x, t, y), model(x, t, null), w) with every image's label replaced by null_class in the
     unconditional prediction. ``classes``: models with that many classes (null_class = that number)."""
@@ -249,9 +301,20 @@ def check_cfg_eps(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4
                 t = spread_steps(B, 50, g)
                 y = torch.randint(0, classes_n, (B,), generator=g)
                 args = (model, x, t, y, float(w), classes_n)
-                out = expect_tensor(name, call(name, student_fn, *args, names=["model", "x", "t", "y"], hints={
-                    "must be in 0..": "a label is outside the model's classes: the unconditional prediction uses "
-                    "the class null_class, the argument (models differ in their number of classes)"}), shape)
+                out = expect_tensor(
+                    name,
+                    call(
+                        name,
+                        student_fn,
+                        *args,
+                        names=["model", "x", "t", "y"],
+                        hints={
+                            "must be in 0..": "a label is outside the model's classes: the unconditional prediction uses "
+                            "the class null_class, the argument (models differ in their number of classes)"
+                        },
+                    ),
+                    shape,
+                )
                 xd = x.double()
                 cond, uncond = model64(xd, t, y), model64(xd, t, torch.full_like(y, classes_n))
                 ref = guidance.cfg_eps(model64, xd, t, y, float(w), classes_n)
@@ -260,16 +323,27 @@ def check_cfg_eps(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4
                     "for every image (torch.full_like(y, null_class))": cond,
                     "the 'scale' convention w * eps_cond - (w - 1) * eps_uncond: here w = 0 is the plain "
                     "conditional model, (1 + w) eps_cond - w eps_uncond": w * cond - (w - 1) * uncond,
-                    "conditional and unconditional predictions swapped: (1 + w) multiplies model(x, t, y)":
-                        guidance.cfg_combine(uncond, cond, float(w)),
+                    "conditional and unconditional predictions swapped: (1 + w) multiplies model(x, t, y)": guidance.cfg_combine(
+                        uncond, cond, float(w)
+                    ),
                     "only the unconditional prediction: guidance combines it with the conditional one": uncond,
                     "the unconditional term is missing: (1 + w) eps_cond - w eps_uncond": (1 + w) * cond,
-                    **{f"the unconditional prediction used the real class {c} as 'no class': use null_class, the "
-                       f"argument": guidance.cfg_combine(cond, model64(xd, t, torch.full_like(y, c)), float(w))
-                       for c in range(classes_n)},
+                    **{
+                        f"the unconditional prediction used the real class {c} as 'no class': use null_class, the "
+                        f"argument": guidance.cfg_combine(cond, model64(xd, t, torch.full_like(y, c)), float(w))
+                        for c in range(classes_n)
+                    },
                 }
-                compare(name, out, ref, mistakes, tol=1e-5, context=f" for w={w:g}, {classes_n} classes "
-                        f"(null_class={classes_n}), shape {list(shape)}", reference=guidance.cfg_eps, args=args)
+                compare(
+                    name,
+                    out,
+                    ref,
+                    mistakes,
+                    tol=1e-5,
+                    context=f" for w={w:g}, {classes_n} classes (null_class={classes_n}), shape {list(shape)}",
+                    reference=guidance.cfg_eps,
+                    args=args,
+                )
     passed(name, f"w in {list(ws)}, null_class in {list(classes)}, seed {seed}")
 
 
@@ -278,7 +352,7 @@ def grid_case(shape, T: int, S: int, seed: int, g: torch.Generator, *, first: bo
     schedule, ending at t = 0 and, with ``first``, starting at T - 1 (where alpha_bar is smallest)."""
     alpha_bars = schedules.make_schedule("linear", T).alpha_bars  # [T] float64
     keep = [0] + ([T - 1] if first and S > 1 else [])
-    rest = [int(v) for v in 1 + torch.randperm(T - 2, generator=g) if int(v) not in keep][:S - len(keep)]
+    rest = [int(v) for v in 1 + torch.randperm(T - 2, generator=g) if int(v) not in keep][: S - len(keep)]
     grid = torch.tensor(sorted(keep + rest, reverse=True))  # [S], descending
     model = SamplingModel(shape[1], T, seed=seed).requires_grad_(False)
     x_T = torch.randn(shape, generator=g)
@@ -292,8 +366,21 @@ def _ab(alpha_bars, t, x):  # alpha_bar at step t (an int; -1 = clean data, 1), 
 
 
 @torch.no_grad()
-def _walk(model, x_T, y, grid, alpha_bars, step, *, order=None, last=-1, prev_of=None, model_t=None,
-          from_x_T=False, eps_once=False):
+def _walk(
+    model,
+    x_T,
+    y,
+    grid,
+    alpha_bars,
+    step,
+    *,
+    order=None,
+    last=-1,
+    prev_of=None,
+    model_t=None,
+    from_x_T=False,
+    eps_once=False,
+):
     """A grid loop with one thing changed (the catalogue of loop mistakes): ``step(i, x, eps, t, t_prev)`` does
     the maths with labkit's steps. ``last``: where the final step goes (-1 = clean data); ``prev_of(i, t)``: the
     step after t."""
@@ -308,8 +395,10 @@ def _walk(model, x_T, y, grid, alpha_bars, step, *, order=None, last=-1, prev_of
     return x
 
 
-_GRID_INDEX = ("an index is out of range: the step after grid[i] is grid[i + 1] only while i + 1 < len(grid); after "
-               "the last grid step comes clean data, where alpha_bar = 1 (alpha_bars has T entries, one per time step)")
+_GRID_INDEX = (
+    "an index is out of range: the step after grid[i] is grid[i + 1] only while i + 1 < len(grid); after "
+    "the last grid step comes clean data, where alpha_bar = 1 (alpha_bars has T entries, one per time step)"
+)
 GRID_HINTS = {"out of bounds for dimension": _GRID_INDEX, "index out of range in self": _GRID_INDEX}
 
 
@@ -321,12 +410,14 @@ def _grid_mistakes(walk, grid, T):
         "step, and goes down": walk(order=ts[::-1]),
         "the last step does not go to clean data: the loop ends with the step from grid[-1] to alpha_bar = 1 (it "
         "must not stop one step early, nor step to alpha_bars[0])": (walk(last=0), walk(order=ts[:-1], last=ts[-1])),
-        "the next alpha_bar was taken at t - 1; the next step is the next grid entry, grid[i + 1]":
-            walk(prev_of=lambda i, t: t - 1),
+        "the next alpha_bar was taken at t - 1; the next step is the next grid entry, grid[i + 1]": walk(
+            prev_of=lambda i, t: t - 1
+        ),
         "every step starts again from x_T: update x at every step": walk(from_x_T=True),
         "the model was called once, before the loop: call it at every step, on the current x": walk(eps_once=True),
-        "the model was given the loop index i; it must see the time step t = grid[i]":
-            walk(model_t=lambda i, t: min(i, T - 1)),
+        "the model was given the loop index i; it must see the time step t = grid[i]": walk(
+            model_t=lambda i, t: min(i, T - 1)
+        ),
     }
 
 
@@ -340,15 +431,28 @@ def _check_grid_loop(name, student_fn, extra, reference, step_of, own, *, seed, 
             for more in extra:
                 model, x_T, y, grid, alpha_bars, noises = grid_case(shape, T, S, seed * 100 + n, g, first=k == 0)
                 args = (model, x_T, y, grid, alpha_bars, *more(noises))
-                context = (f" for x_T of shape {list(shape)}, grid {[int(v) for v in grid]} of a T={T} schedule"
-                           + "".join(f", eta={a:g}" for a in args[5:6] if isinstance(a, float)))
-                out = call(name, student_fn, *args, hints=GRID_HINTS,
-                           names=["model", "x_T", "y", "grid", "alpha_bars", "eta", "noises"][:len(args)])
+                context = (
+                    f" for x_T of shape {list(shape)}, grid {[int(v) for v in grid]} of a T={T} schedule"
+                    + "".join(f", eta={a:g}" for a in args[5:6] if isinstance(a, float))
+                )
+                out = call(
+                    name,
+                    student_fn,
+                    *args,
+                    hints=GRID_HINTS,
+                    names=["model", "x_T", "y", "grid", "alpha_bars", "eta", "noises"][: len(args)],
+                )
                 if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
                     fail(name, f"the result holds NaN or infinity{context}. " + nan_hint)
                 out = expect_tensor(name, out, shape)
-                wide = (copy.deepcopy(model).double(), x_T.double(), y, grid, alpha_bars,
-                        *[a.double() if isinstance(a, torch.Tensor) else a for a in args[5:]])
+                wide = (
+                    copy.deepcopy(model).double(),
+                    x_T.double(),
+                    y,
+                    grid,
+                    alpha_bars,
+                    *[a.double() if isinstance(a, torch.Tensor) else a for a in args[5:]],
+                )
                 ref = reference(*wide)
                 step = step_of(wide)
 
@@ -356,27 +460,42 @@ def _check_grid_loop(name, student_fn, extra, reference, step_of, own, *, seed, 
                     return _walk(*wide[:5], step(), **change)
 
                 try:
-                    compare_loop(name, out, ref, lambda: {**_grid_mistakes(walk, grid, T), **own(wide, walk, step)},
-                                 context=context, reference=reference, args=args)
+                    compare_loop(
+                        name,
+                        out,
+                        ref,
+                        lambda: {**_grid_mistakes(walk, grid, T), **own(wide, walk, step)},
+                        context=context,
+                        reference=reference,
+                        args=args,
+                    )
                 except AssertionError as exc:
                     if getattr(exc, "mistake", None):  # a named mistake says it all
                         raise
                     deterministic(name, student_fn, args, out)
-                    fail(name, f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your step: if its check failed "
-                               "above, fix that first)")
+                    fail(
+                        name,
+                        f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your step: if its check failed "
+                        "above, fix that first)",
+                    )
     return g
 
 
-BACKWARDS = ("Was the grid walked backwards? Sampling starts at grid[0], the noisiest step, and goes down, so that "
-             "alpha_bar grows from step to step")
+BACKWARDS = (
+    "Was the grid walked backwards? Sampling starts at grid[0], the noisiest step, and goes down, so that "
+    "alpha_bar grows from step to step"
+)
 DDIM_NAN = BACKWARDS + " (else sigma takes the square root of a negative number)."
-DPM_NAN = ("Does the last step go to clean data with the step formula? There alpha_bar = 1 and lambda = infinity: "
-           "DPM-Solver++'s last step returns x0_hat itself. Are x0_prev and alpha_bar_last updated after the step "
-           "(before it, h_last = 0)? " + BACKWARDS + ".")
+DPM_NAN = (
+    "Does the last step go to clean data with the step formula? There alpha_bar = 1 and lambda = infinity: "
+    "DPM-Solver++'s last step returns x0_hat itself. Are x0_prev and alpha_bar_last updated after the step "
+    "(before it, h_last = 0)? " + BACKWARDS + "."
+)
 
 
-def check_ddim_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40, steps=(6, 3, 1),
-                    etas=(0.0, 1.0)) -> None:
+def check_ddim_loop(
+    student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40, steps=(6, 3, 1), etas=(0.0, 1.0)
+) -> None:
     """student_fn(model, x_T [B,C,H,W], y int64 [B], grid int64 [S] descending, alpha_bars [T], eta: float,
     noises [S,B,C,H,W]) -> x_0 [B,C,H,W]: DDIM down the grid with the student's ddim_step, noises[i] at step i,
     alpha_bar = 1 after the last grid step. The first grid of each shape starts at T - 1."""
@@ -389,26 +508,46 @@ def check_ddim_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5,
             def step(i, x, eps, t, t_prev):
                 z = noises[i if noise_of is None else noise_of(i)]
                 return samplers.ddim_step(x, eps, _ab(alpha_bars, t, x), _ab(alpha_bars, t_prev, x), eta, z)
+
             return step
+
         return make
 
     def own(wide, walk, step):
         S, eta = len(wide[3]), wide[5]
-        return {
-            "eta was not passed on to ddim_step (it was 0): use the loop's eta": _walk(*wide[:5], step(eta=0.0)),
-            "the same noise at every step (noises[0]): step i uses noises[i]":
-                _walk(*wide[:5], step(noise_of=lambda i: 0)),
-            "the noise was taken in reverse order: step i (at t = grid[i]) uses noises[i]":
-                _walk(*wide[:5], step(noise_of=lambda i: S - 1 - i)),
-        } if eta > 0 else {}
+        return (
+            {
+                "eta was not passed on to ddim_step (it was 0): use the loop's eta": _walk(*wide[:5], step(eta=0.0)),
+                "the same noise at every step (noises[0]): step i uses noises[i]": _walk(
+                    *wide[:5], step(noise_of=lambda i: 0)
+                ),
+                "the noise was taken in reverse order: step i (at t = grid[i]) uses noises[i]": _walk(
+                    *wide[:5], step(noise_of=lambda i: S - 1 - i)
+                ),
+            }
+            if eta > 0
+            else {}
+        )
 
-    _check_grid_loop(name, student_fn, [lambda z, e=float(e): (e, z) for e in etas], samplers.ddim_loop, step_of,
-                     own, seed=seed, sizes=sizes, T=T, steps=steps, nan_hint=DDIM_NAN)
+    _check_grid_loop(
+        name,
+        student_fn,
+        [lambda z, e=float(e): (e, z) for e in etas],
+        samplers.ddim_loop,
+        step_of,
+        own,
+        seed=seed,
+        sizes=sizes,
+        T=T,
+        steps=steps,
+        nan_hint=DDIM_NAN,
+    )
     passed(name, f"grids of {list(steps)} steps, eta in {list(etas)}, shapes {[list(s) for s in sizes]}, seed {seed}")
 
 
-def check_dpmpp_2m_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40,
-                        steps=(6, 3, 1)) -> None:
+def check_dpmpp_2m_loop(
+    student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 40, steps=(6, 3, 1)
+) -> None:
     """student_fn(model, x_T [B,C,H,W], y int64 [B], grid int64 [S] descending, alpha_bars [T]) -> x_0: DPM-Solver++(2M)
     down the grid with the student's dpmpp_2m_step, carrying the previous step's x0_hat and its alpha_bar; the
     last step returns x0_hat. The first grid of each shape starts at T - 1."""
@@ -434,21 +573,37 @@ def check_dpmpp_2m_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2
                 elif carry:
                     state.update(x0=x0_hat)
                 return new
+
             return step
+
         return make
 
     def own(wide, walk, step):
         return {
             "x0_prev was not carried from step to step (every step was first order, D = x0_hat): keep each step's "
             "x0_hat and alpha_bar for the next one": _walk(*wide[:5], step(carry=False)),
-            "alpha_bar_last stayed at the first step's value: update it with x0_prev after every step":
-                _walk(*wide[:5], step(keep_first_last=True)),
-            "x0_hat uses variances: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
-                _walk(*wide[:5], step(x0_of=lambda x, e, a: (x - (1 - a) * e) / a)),
-            "x0_hat divides by abar_t without the sqrt: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)":
-                _walk(*wide[:5], step(x0_of=lambda x, e, a: (x - (1 - a).sqrt() * e) / a)),
+            "alpha_bar_last stayed at the first step's value: update it with x0_prev after every step": _walk(
+                *wide[:5], step(keep_first_last=True)
+            ),
+            "x0_hat uses variances: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)": _walk(
+                *wide[:5], step(x0_of=lambda x, e, a: (x - (1 - a) * e) / a)
+            ),
+            "x0_hat divides by abar_t without the sqrt: x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)": _walk(
+                *wide[:5], step(x0_of=lambda x, e, a: (x - (1 - a).sqrt() * e) / a)
+            ),
         }
 
-    _check_grid_loop(name, student_fn, [lambda z: ()], samplers.dpmpp_2m_loop, step_of, own, seed=seed,
-                     sizes=sizes, T=T, steps=steps, nan_hint=DPM_NAN)
+    _check_grid_loop(
+        name,
+        student_fn,
+        [lambda z: ()],
+        samplers.dpmpp_2m_loop,
+        step_of,
+        own,
+        seed=seed,
+        sizes=sizes,
+        T=T,
+        steps=steps,
+        nan_hint=DPM_NAN,
+    )
     passed(name, f"grids of {list(steps)} steps, shapes {[list(s) for s in sizes]}, seed {seed}")

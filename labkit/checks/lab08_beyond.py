@@ -49,24 +49,35 @@ def check_guided_eps(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 1, 2
                 "the gradient was added: to move *towards* higher CLIP scores, subtract it from eps "
                 "(eps points towards the noise, away from the data)": e + s * (1 - ab).sqrt() * gr,
                 "the factor sqrt(1 - alpha_bar_t) is missing (it turns a score into a noise direction)": e - s * gr,
-                "sqrt(alpha_bar_t) was used; the factor is sqrt(1 - alpha_bar_t), the noise std at step t":
-                    e - s * ab.sqrt() * gr,
-                "1 - alpha_bar_t without the sqrt: the factor is the noise standard deviation sqrt(1 - alpha_bar_t)":
-                    e - s * (1 - ab) * gr,
+                "sqrt(alpha_bar_t) was used; the factor is sqrt(1 - alpha_bar_t), the noise std at step t": e
+                - s * ab.sqrt() * gr,
+                "1 - alpha_bar_t without the sqrt: the factor is the noise standard deviation sqrt(1 - alpha_bar_t)": e
+                - s * (1 - ab) * gr,
                 "the scale is missing": e - (1 - ab).sqrt() * gr,
-                "1 - sqrt(alpha_bar_t) where sqrt(1 - alpha_bar_t) belongs (the noise std at step t)":
-                    e - s * (1 - ab.sqrt()) * gr,
-                "divided by sqrt(1 - alpha_bar_t): it multiplies (eps = -sqrt(1 - alpha_bar_t) * score)":
-                    e - s * gr / (1 - ab).sqrt(),
-                "sqrt(1 - alpha_bar_t) divides the whole guided eps: only the gradient term is scaled by it":
-                    (e - s * gr) * (1 - ab).sqrt(),
-                "the gradient replaced eps_hat: guidance adds a correction to the model's eps_hat":
-                    -s * (1 - ab).sqrt() * gr,
-                "the scale was applied to eps_hat too: eps_hat - scale * sqrt(1 - alpha_bar_t) * grad":
-                    s * e - s * (1 - ab).sqrt() * gr,
+                "1 - sqrt(alpha_bar_t) where sqrt(1 - alpha_bar_t) belongs (the noise std at step t)": e
+                - s * (1 - ab.sqrt()) * gr,
+                "divided by sqrt(1 - alpha_bar_t): it multiplies (eps = -sqrt(1 - alpha_bar_t) * score)": e
+                - s * gr / (1 - ab).sqrt(),
+                "sqrt(1 - alpha_bar_t) divides the whole guided eps: only the gradient term is scaled by it": (
+                    e - s * gr
+                )
+                * (1 - ab).sqrt(),
+                "the gradient replaced eps_hat: guidance adds a correction to the model's eps_hat": -s
+                * (1 - ab).sqrt()
+                * gr,
+                "the scale was applied to eps_hat too: eps_hat - scale * sqrt(1 - alpha_bar_t) * grad": s * e
+                - s * (1 - ab).sqrt() * gr,
             }
-            compare(name, out, ref, mistakes, tol=1e-5, context=f" for scale={scale:g}, shape {list(shape)}",
-                    reference=clip_guidance.guided_eps, args=(eps, grad, ab, float(scale)))
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-5,
+                context=f" for scale={scale:g}, shape {list(shape)}",
+                reference=clip_guidance.guided_eps,
+                args=(eps, grad, ab, float(scale)),
+            )
     passed(name, f"scales {list(scales)}, seed {seed}")
 
 
@@ -92,10 +103,13 @@ class ToyClassifier(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
             raise ValueError("classifier(x, t): x must be a float tensor [B, C, H, W]")
         if not isinstance(t, torch.Tensor) or t.dtype != torch.long or tuple(t.shape) != (x.shape[0],):
-            raise ValueError(f"classifier(x, t): t must be an int64 tensor of shape [B] = [{x.shape[0]}] (one time step "
-                             "per image)")
+            raise ValueError(
+                f"classifier(x, t): t must be an int64 tensor of shape [B] = [{x.shape[0]}] (one time step per image)"
+            )
         if int(t.min()) < 0 or int(t.max()) >= self.t_emb.shape[0]:
-            raise ValueError(f"classifier(x, t): t must be in 0..{self.t_emb.shape[0] - 1}, got {int(t.min())}..{int(t.max())}")
+            raise ValueError(
+                f"classifier(x, t): t must be in 0..{self.t_emb.shape[0] - 1}, got {int(t.min())}..{int(t.max())}"
+            )
         h = torch.tanh(self.conv(x.to(self.conv.weight.dtype)))  # [B, hidden, H, W]
         h = h.sum((2, 3)) / (h.shape[2] * h.shape[3]) ** 0.5 + self.t_emb[t]  # [B, hidden]
         return self.head(torch.tanh(h))  # [B, K]
@@ -150,41 +164,74 @@ def check_classifier_grad(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3,
         if B > 1:
             y[0] = (y[1] + 1) % 10  # at least two classes in every batch
         out = call(name, student_fn, classifier, x, t, y, names=["classifier", "x_t", "t", "y"], hints=_GRAD_HINTS)
-        out = expect_tensor(name, out, shape, shape_hints={
-            (): "a single number: return the gradient with respect to x_t, one value per pixel",
-            (B,): "one number per image: return the gradient with respect to x_t, one value per pixel",
-            (B, 10): "these look like (log-)probabilities: return their gradient with respect to x_t"})
+        out = expect_tensor(
+            name,
+            out,
+            shape,
+            shape_hints={
+                (): "a single number: return the gradient with respect to x_t, one value per pixel",
+                (B,): "one number per image: return the gradient with respect to x_t, one value per pixel",
+                (B, 10): "these look like (log-)probabilities: return their gradient with respect to x_t",
+            },
+        )
         clf64 = copy.deepcopy(classifier).double()
         ref = guidance.classifier_grad(clf64, x.double(), t, y)
         G = lambda **kw: _grad_of(clf64, x, t, y, **kw)  # noqa: E731
         mistakes = {
             "the gradient of the logit of class y, not of its log-probability: take log_softmax of the logits first "
             "(the logit alone ignores the other classes)": G(what="logit"),
-            "the gradient of the probability softmax(...)[y]; guidance follows the log-probability log_softmax(...)[y]":
-                G(what="softmax"),
+            "the gradient of the probability softmax(...)[y]; guidance follows the log-probability log_softmax(...)[y]": G(
+                what="softmax"
+            ),
             "log_softmax over the batch (dim 0); the classes are dim 1": G(dim=0),
             "the mean over the batch was differentiated: each image gets its own gradient, so add the "
             "log-probabilities up (the mean divides every gradient by B)": G(reduce="mean"),
             "the log-probabilities of all classes were added up: pick each image's own class y": G(what="all classes"),
-            "the gradient of the mean cross-entropy loss: its sign is flipped (it is -log p) and it is divided by B":
-                G(what="cross_entropy", reduce="mean"),
+            "the gradient of the mean cross-entropy loss: its sign is flipped (it is -log p) and it is divided by B": G(
+                what="cross_entropy", reduce="mean"
+            ),
             "the sign is flipped (the gradient of the cross-entropy loss -log p(y | x_t), say): the gradient of "
             "log p(y | x_t) points towards class y": -ref,
-            "the class the classifier already predicts (argmax) was used; guidance pulls towards the wanted class y":
-                G(classes=lambda lg: lg.argmax(1)),
+            "the class the classifier already predicts (argmax) was used; guidance pulls towards the wanted class y": G(
+                classes=lambda lg: lg.argmax(1)
+            ),
         }
-        compare(name, out, ref, mistakes, tol=1e-5, context=f" for x_t of shape {list(shape)}",
-                reference=lambda x_, t_, y_: guidance.classifier_grad(classifier, x_, t_, y_), args=(x, t, y))
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-5,
+            context=f" for x_t of shape {list(shape)}",
+            reference=lambda x_, t_, y_: guidance.classifier_grad(classifier, x_, t_, y_),
+            args=(x, t, y),
+        )
     passed(name, f"shapes {[list(s) for s in sizes]}, seed {seed}")
 
 
-def _guided_variant(model, classifier, x_T, y, scale, timesteps, betas, alpha_bars, noises, *, order=None,
-                    sign=-1.0, factor="sqrt(1-ab)", model_t=None, grad_at_x_T=False, grad_once=False,
-                    mean_shift=False):
+def _guided_variant(
+    model,
+    classifier,
+    x_T,
+    y,
+    scale,
+    timesteps,
+    betas,
+    alpha_bars,
+    noises,
+    *,
+    order=None,
+    sign=-1.0,
+    factor="sqrt(1-ab)",
+    model_t=None,
+    grad_at_x_T=False,
+    grad_once=False,
+    mean_shift=False,
+):
     """The guided loop with one thing changed, in float64 (the catalogue of check_classifier_guided_loop)."""
     S, B = len(timesteps), x_T.shape[0]
     x, grad = x_T, None
-    for k in (range(S - 1, -1, -1) if order is None else order):
+    for k in range(S - 1, -1, -1) if order is None else order:
         t = (timesteps[k] if model_t is None else model_t(k)).expand(B)
         kb = torch.full((B,), k)
         with torch.no_grad():
@@ -192,8 +239,13 @@ def _guided_variant(model, classifier, x_T, y, scale, timesteps, betas, alpha_ba
         if grad is None or not grad_once:
             grad = guidance.classifier_grad(classifier, x_T if grad_at_x_T else x, t, y)
         ab = alpha_bars[kb].view(-1, *([1] * (x.dim() - 1)))
-        coef = {"sqrt(1-ab)": (1 - ab).sqrt(), "1": torch.ones_like(ab), "sqrt(ab)": ab.sqrt(), "1-ab": 1 - ab,
-                "1/sqrt(1-ab)": 1 / (1 - ab).sqrt()}[factor]
+        coef = {
+            "sqrt(1-ab)": (1 - ab).sqrt(),
+            "1": torch.ones_like(ab),
+            "sqrt(ab)": ab.sqrt(),
+            "1-ab": 1 - ab,
+            "1/sqrt(1-ab)": 1 / (1 - ab).sqrt(),
+        }[factor]
         if mean_shift:  # Algorithm 1: the mean moves by s * Sigma * g
             ab_prev = torch.where(kb > 0, alpha_bars[(kb - 1).clamp(min=0)], torch.ones_like(alpha_bars[kb]))
             var = ((1 - ab_prev) / (1 - alpha_bars[kb]) * betas[kb]).view_as(ab)
@@ -228,8 +280,9 @@ def guided_case(shape, T, steps, seed, g):
     return model, classifier, x_T, y, timesteps, betas, alpha_bars, noises
 
 
-def check_classifier_guided_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 30,
-                                 steps=(None, 6), scales=(3.0,)) -> None:
+def check_classifier_guided_loop(
+    student_fn, *, seed: int = 0, sizes=((3, 1, 6, 6), (2, 2, 5, 4)), T: int = 30, steps=(None, 6), scales=(3.0,)
+) -> None:
     """student_fn(model, classifier, x_T [B,C,H,W], y int64 [B], scale: float, timesteps int64 [S], betas [S],
     alpha_bars [S], noises [S,B,C,H,W]) -> x_0 [B,C,H,W]: lab 05's loop with the classifier-guided eps, on the full
     chain (steps None) and on respaced sub-chains of the given lengths."""
@@ -239,14 +292,26 @@ def check_classifier_guided_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 
         shape = tuple(int(s) for s in shape)
         for S in steps:
             for scale in scales:
-                model, classifier, x_T, y, timesteps, betas, alpha_bars, noises = guided_case(shape, T, S, seed * 100 + n, g)
+                model, classifier, x_T, y, timesteps, betas, alpha_bars, noises = guided_case(
+                    shape, T, S, seed * 100 + n, g
+                )
                 args = (model, classifier, x_T, y, float(scale), timesteps, betas, alpha_bars, noises)
-                context = (f" for x_T of shape {list(shape)}, scale {scale:g}, "
-                           + (f"the full chain of T={T} steps" if S is None else f"a respaced chain of {S} steps"))
-                out = call(name, student_fn, *args, hints={**_GRAD_HINTS, **LOOP_HINTS},
-                           names=["model", "classifier", "x_T", "y", "scale", "timesteps", "betas", "alpha_bars", "noises"])
-                out = expect_tensor(name, out, shape, shape_hints={
-                    (len(timesteps),) + shape: "that is one image per step: return only the last x (x_0)"})
+                context = f" for x_T of shape {list(shape)}, scale {scale:g}, " + (
+                    f"the full chain of T={T} steps" if S is None else f"a respaced chain of {S} steps"
+                )
+                out = call(
+                    name,
+                    student_fn,
+                    *args,
+                    hints={**_GRAD_HINTS, **LOOP_HINTS},
+                    names=["model", "classifier", "x_T", "y", "scale", "timesteps", "betas", "alpha_bars", "noises"],
+                )
+                out = expect_tensor(
+                    name,
+                    out,
+                    shape,
+                    shape_hints={(len(timesteps),) + shape: "that is one image per step: return only the last x (x_0)"},
+                )
                 model64, clf64 = copy.deepcopy(model).double(), copy.deepcopy(classifier).double()
                 wide = (model64, clf64, x_T.double(), y, float(scale), timesteps, betas, alpha_bars, noises.double())
                 ref = samplers.classifier_guided_loop(*wide)
@@ -262,7 +327,8 @@ def check_classifier_guided_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 
                     return {
                         "no guidance: the result is lab 05's plain loop; at every step subtract "
                         "scale * sqrt(1 - alpha_bar) * g from eps_hat": samplers.sample_loop(
-                            model64, wide[2], y, timesteps, betas, alpha_bars, wide[8]),
+                            model64, wide[2], y, timesteps, betas, alpha_bars, wide[8]
+                        ),
                         "the guidance was added to eps_hat; it is subtracted (guided_eps), so that x moves towards "
                         "class y": V(sign=1.0),
                         "the factor sqrt(1 - alpha_bar) is missing from the guidance term": V(factor="1"),
@@ -270,28 +336,46 @@ def check_classifier_guided_loop(student_fn, *, seed: int = 0, sizes=((3, 1, 6, 
                         "1 - alpha_bar without the sqrt: the factor is sqrt(1 - alpha_bar)": V(factor="1-ab"),
                         "divided by sqrt(1 - alpha_bar): the guidance term multiplies by it": V(factor="1/sqrt(1-ab)"),
                         "the mean was shifted by scale * sigma^2 * g (Algorithm 1); this lab guides the noise "
-                        "prediction (eps form, Algorithm 2): eps_hat - scale * sqrt(1 - alpha_bar) * g":
-                            V(mean_shift=True),
+                        "prediction (eps form, Algorithm 2): eps_hat - scale * sqrt(1 - alpha_bar) * g": V(
+                            mean_shift=True
+                        ),
                         "the model and the classifier were given the chain's step k; they see the real time step "
                         "timesteps[k]": V(model_t=lambda k: torch.tensor(k)),
                         "the gradient was taken at x_T at every step: take it at the current x": V(grad_at_x_T=True),
-                        "the gradient was computed once: it changes with x and t, so compute it at every step":
-                            V(grad_once=True),
-                        "the loop runs forwards (k = 0, 1, ...): sampling starts at the last step, k = S-1":
-                            V2(order=range(S_)),
+                        "the gradient was computed once: it changes with x and t, so compute it at every step": V(
+                            grad_once=True
+                        ),
+                        "the loop runs forwards (k = 0, 1, ...): sampling starts at the last step, k = S-1": V2(
+                            order=range(S_)
+                        ),
                         "the loop stops before the last step k = 0": V(order=range(S_ - 1, 0, -1)),
                     }
+
                 try:
                     # floor 1e-3: the guided chain amplifies rounding (the gradient of a tanh network, fed back), so
                     # two correct float32 loops that add in another order differ by up to ~1e-4; every mistake
                     # below moves x by 0.1 or more
-                    compare_loop(name, out, ref, mistakes, context=context, reference=samplers.classifier_guided_loop,
-                                 args=args, tol=1e-3)
+                    compare_loop(
+                        name,
+                        out,
+                        ref,
+                        mistakes,
+                        context=context,
+                        reference=samplers.classifier_guided_loop,
+                        args=args,
+                        tol=1e-3,
+                    )
                 except AssertionError as exc:
                     if getattr(exc, "mistake", None):
                         raise
                     deterministic(name, student_fn, args, out)
-                    fail(name, f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your classifier_grad and guided_eps: "
-                               "if their checks failed above, fix those first)")
-    passed(name, f"shapes {[list(s) for s in sizes]}, T={T}, chains {['full' if s is None else s for s in steps]}, "
-                 f"scales {list(scales)}, seed {seed}")
+                    fail(
+                        name,
+                        f"{str(exc).split(': ', 1)[1]}\n  (your loop runs your classifier_grad and guided_eps: "
+                        "if their checks failed above, fix those first)",
+                    )
+    passed(
+        name,
+        f"shapes {[list(s) for s in sizes]}, T={T}, chains {['full' if s is None else s for s in steps]}, "
+        f"scales {list(scales)}, seed {seed}",
+    )

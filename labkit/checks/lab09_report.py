@@ -69,6 +69,7 @@ def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 4
     """student_fn(probs [steps, N] float, threshold: float) -> int [N]: per trajectory (column), the smallest
     step k such that probs[j, n] >= threshold for every j >= k; ``steps`` when the last step is below it.
     ``threshold`` must be exact in float32 (0.5, 0.75, ...): ties are part of the test."""
+
     def first_true(above: torch.Tensor) -> torch.Tensor:
         S = above.shape[0]
         idx = torch.arange(S).view(S, 1).expand_as(above)
@@ -82,29 +83,39 @@ def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 4
         S, N = int(S), int(N)
         probs = _trajectory_probs(S, N, threshold, g)
         out = call(name, student_fn, probs, float(threshold), names=["probs"])
-        out = expect_tensor(name, out, (N,), floating=False, shape_hints={
-            (S,): "one value per step: probs is [steps, N] (rows are steps, columns are trajectories); "
-                  "return one step index per trajectory, shape [N]",
-            (S, N): "return one step index per trajectory (shape [N]), not the [steps, N] comparison itself",
-        })
+        out = expect_tensor(
+            name,
+            out,
+            (N,),
+            floating=False,
+            shape_hints={
+                (S,): "one value per step: probs is [steps, N] (rows are steps, columns are trajectories); "
+                "return one step index per trajectory, shape [N]",
+                (S, N): "return one step index per trajectory (shape [N]), not the [steps, N] comparison itself",
+            },
+        )
         if out.dtype == torch.bool:
             fail(name, "the result is a bool tensor; return step indices (int64)")
         if out.is_floating_point():
-            fail(name, f"the result has dtype {out.dtype}: step indices are whole numbers, return int64 "
-                       "(.long()) so they can index the steps")
+            fail(
+                name,
+                f"the result has dtype {out.dtype}: step indices are whole numbers, return int64 "
+                "(.long()) so they can index the steps",
+            )
         above = probs >= threshold
         ref = measures.recognisable_from(probs.double(), threshold)
         trailing = S - ref
         mistakes = {
             "this is the first step at which p reaches the threshold; a digit counts as recognisable from the "
-            "step after which it *stays* at or above it (an early, blurry x0_hat can pass it by chance)":
-                first_true(above),
-            "p > threshold where p >= threshold is asked (a probability equal to the threshold counts)":
-                measures.recognisable_from(probs.masked_fill(probs == threshold, -1.0), threshold),  # strict >
-            "off by one: this is the last step *below* the threshold; the answer is the step after it":
-                ref - 1,
-            "off by one: the answer is the first step of the final run at or above the threshold, not the one after":
-                ref + 1,
+            "step after which it *stays* at or above it (an early, blurry x0_hat can pass it by chance)": first_true(
+                above
+            ),
+            "p > threshold where p >= threshold is asked (a probability equal to the threshold counts)": measures.recognisable_from(
+                probs.masked_fill(probs == threshold, -1.0), threshold
+            ),  # strict >
+            "off by one: this is the last step *below* the threshold; the answer is the step after it": ref - 1,
+            "off by one: the answer is the first step of the final run at or above the threshold, not the one after": ref
+            + 1,
             "a trajectory that is not recognisable at the last step should get `steps` (= probs.shape[0]), "
             "not -1": torch.where(trailing == 0, torch.full_like(ref, -1), ref),
             "a trajectory that is not recognisable at the last step should get `steps` (= probs.shape[0]), "
@@ -126,8 +137,11 @@ def check_recognisable_from(student_fn, *, seed: int = 0, sizes=((12, 7), (30, 4
                 raise
             deterministic(name, student_fn, (probs, float(threshold)), out.double(), floating=False)
             bad = int((out.double() - ref.double()).abs().gt(0).nonzero()[0, 0])
-            fail(name, f"wrong step{context}: trajectory {bad} (column {bad}) has p = "
-                       f"{[round(float(v), 3) for v in probs[:, bad]]}; expected {int(ref[bad])}, got {out[bad].item():g}")
+            fail(
+                name,
+                f"wrong step{context}: trajectory {bad} (column {bad}) has p = "
+                f"{[round(float(v), 3) for v in probs[:, bad]]}; expected {int(ref[bad])}, got {out[bad].item():g}",
+            )
     passed(name, f"sizes {[list(s) for s in sizes]}, threshold {threshold:g}, seed {seed}")
 
 
@@ -153,14 +167,31 @@ def check_quartiles_per_digit(student_fn, *, seed: int = 0, sizes=((45, 10), (23
     for N, K in sizes:
         N, K = int(N), int(K)
         values, labels = _grouped(N, K, g)
-        out = call(name, student_fn, values, labels, K, names=["values", "labels"], hints={
-            "q values must be in the range": "quantiles are fractions of the data (0.25, 0.5, 0.75), not percents"})
-        out = expect_tensor(name, out, (K, 3), shape_hints={
-            (3, K): "the result is transposed: one row per class, columns [25th percentile, median, 75th percentile]",
-            (K,): "one number per class: return three, [25th percentile, median, 75th percentile]",
-            (K, 2): "two columns: return three, [25th percentile, median, 75th percentile]",
-            (3,): "one row for all values together: one row per class (values[labels == k])",
-        })
+        out = call(
+            name,
+            student_fn,
+            values,
+            labels,
+            K,
+            names=["values", "labels"],
+            hints={
+                "q values must be in the range": "quantiles are fractions of the data (0.25, 0.5, 0.75), not percents"
+            },
+        )
+        out = expect_tensor(
+            name,
+            out,
+            (K, 3),
+            shape_hints={
+                (
+                    3,
+                    K,
+                ): "the result is transposed: one row per class, columns [25th percentile, median, 75th percentile]",
+                (K,): "one number per class: return three, [25th percentile, median, 75th percentile]",
+                (K, 2): "two columns: return three, [25th percentile, median, 75th percentile]",
+                (3,): "one row for all values together: one row per class (values[labels == k])",
+            },
+        )
         v = values.double()
         q = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
 
@@ -173,32 +204,44 @@ def check_quartiles_per_digit(student_fn, *, seed: int = 0, sizes=((45, 10), (23
         ref = measures.quartiles_per_digit(v, labels, K)
         mistakes = {
             "torch.median for the middle column: for an even number of values it returns the lower of the two "
-            "middle ones; the median is their mean (torch.quantile(v, 0.5))":
-                per_class(lambda x: torch.stack([torch.quantile(x, 0.25), x.median(), torch.quantile(x, 0.75)])),
-            "the mean where the median belongs":
-                per_class(lambda x: torch.stack([torch.quantile(x, 0.25), x.mean(), torch.quantile(x, 0.75)])),
-            "mean -/+ standard deviation instead of the quartiles: the spread asked for is the interquartile range":
-                per_class(lambda x: torch.stack([x.mean() - x.std(), x.mean(), x.mean() + x.std()])),
+            "middle ones; the median is their mean (torch.quantile(v, 0.5))": per_class(
+                lambda x: torch.stack([torch.quantile(x, 0.25), x.median(), torch.quantile(x, 0.75)])
+            ),
+            "the mean where the median belongs": per_class(
+                lambda x: torch.stack([torch.quantile(x, 0.25), x.mean(), torch.quantile(x, 0.75)])
+            ),
+            "mean -/+ standard deviation instead of the quartiles: the spread asked for is the interquartile range": per_class(
+                lambda x: torch.stack([x.mean() - x.std(), x.mean(), x.mean() + x.std()])
+            ),
             "mean -/+ standard deviation (ddof 0) instead of the quartiles: the spread asked for is the interquartile "
-            "range": per_class(lambda x: torch.stack([x.mean() - x.std(correction=0), x.mean(),
-                                                      x.mean() + x.std(correction=0)])),
-            "median -/+ standard deviation instead of the quartiles: the spread asked for is the interquartile range":
-                per_class(lambda x: torch.stack([torch.quantile(x, 0.5) - x.std(), torch.quantile(x, 0.5),
-                                                 torch.quantile(x, 0.5) + x.std()])),
-            "quartiles picked by index (interpolation 'lower'): use torch.quantile's default, linear interpolation":
-                quant("lower"),
-            "quartiles picked by index (interpolation 'higher'): use torch.quantile's default, linear interpolation":
-                quant("higher"),
-            "quartiles picked by index (interpolation 'nearest'): use torch.quantile's default, linear interpolation":
-                quant("nearest"),
+            "range": per_class(
+                lambda x: torch.stack([x.mean() - x.std(correction=0), x.mean(), x.mean() + x.std(correction=0)])
+            ),
+            "median -/+ standard deviation instead of the quartiles: the spread asked for is the interquartile range": per_class(
+                lambda x: torch.stack(
+                    [torch.quantile(x, 0.5) - x.std(), torch.quantile(x, 0.5), torch.quantile(x, 0.5) + x.std()]
+                )
+            ),
+            "quartiles picked by index (interpolation 'lower'): use torch.quantile's default, linear interpolation": quant(
+                "lower"
+            ),
+            "quartiles picked by index (interpolation 'higher'): use torch.quantile's default, linear interpolation": quant(
+                "higher"
+            ),
+            "quartiles picked by index (interpolation 'nearest'): use torch.quantile's default, linear interpolation": quant(
+                "nearest"
+            ),
             "interpolation 'midpoint': use torch.quantile's default, linear interpolation": quant("midpoint"),
-            "quartiles picked as sorted(v)[int(q * n)]: use torch.quantile's default, linear interpolation":
-                per_class(lambda x: x.sort().values[(q * len(x)).long().clamp(max=len(x) - 1)]),
+            "quartiles picked as sorted(v)[int(q * n)]: use torch.quantile's default, linear interpolation": per_class(
+                lambda x: x.sort().values[(q * len(x)).long().clamp(max=len(x) - 1)]
+            ),
             "columns in the wrong order: [25th percentile, median, 75th percentile]": ref[:, [1, 0, 2]],
-            "columns in the wrong order: [25th percentile, median, 75th percentile] (this is [75th, median, 25th])":
-                ref[:, [2, 1, 0]],
-            "the quartiles of all values together in every row: compute them per class, values[labels == k]":
-                torch.quantile(v, q).expand(K, 3),
+            "columns in the wrong order: [25th percentile, median, 75th percentile] (this is [75th, median, 25th])": ref[
+                :, [2, 1, 0]
+            ],
+            "the quartiles of all values together in every row: compute them per class, values[labels == k]": torch.quantile(
+                v, q
+            ).expand(K, 3),
         }
         compare(name, out, ref, mistakes, tol=1e-5, context=f" for N={N} values in {K} classes")
     passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
@@ -217,12 +260,25 @@ def check_relative_clip_score(student_fn, *, seed: int = 0, sizes=((50, 120, 10)
         gen_s, gen_y = _grouped(N, K, g)
         real_s, real_y = _grouped(M, K, g)
         gen_s, real_s = 0.05 + 0.9 * gen_s / gen_s.max(), 0.05 + 0.9 * real_s / real_s.max()  # probabilities
-        out = call(name, student_fn, gen_s, gen_y, real_s, real_y, K,
-                   names=["gen_scores", "gen_labels", "real_scores", "real_labels"])
-        out = expect_tensor(name, out, (K,), shape_hints={
-            (N,): "one value per generated image: average per class first (gen_scores[gen_labels == k].mean())",
-            (): "one number: return one ratio per class",
-        })
+        out = call(
+            name,
+            student_fn,
+            gen_s,
+            gen_y,
+            real_s,
+            real_y,
+            K,
+            names=["gen_scores", "gen_labels", "real_scores", "real_labels"],
+        )
+        out = expect_tensor(
+            name,
+            out,
+            (K,),
+            shape_hints={
+                (N,): "one value per generated image: average per class first (gen_scores[gen_labels == k].mean())",
+                (): "one number: return one ratio per class",
+            },
+        )
         gs, rs = gen_s.double(), real_s.double()
 
         def means(s, y):
@@ -239,15 +295,16 @@ def check_relative_clip_score(student_fn, *, seed: int = 0, sizes=((50, 120, 10)
         mistakes = {
             "the ratio is inverted: generated / real (1.0 = as good as real digits, below 1 = worse)": rm / gm,
             "a difference; the question asks for the ratio generated / real": gm - rm,
-            "divided by the mean over *all* real digits; divide by the real digits of the same class":
-                gm / rs.mean(),
+            "divided by the mean over *all* real digits; divide by the real digits of the same class": gm / rs.mean(),
             "the mean over all generated digits was divided by each class's real mean: average the generated "
             "digits of each class": gs.mean() / rm,
             "a ratio of medians; the question asks for means": medians(gs, gen_y) / medians(rs, real_y),
-            "a ratio of medians (torch.median, the lower middle value); the question asks for means":
-                torch.stack([gs[gen_y == k].median() for k in range(K)])
-                / torch.stack([rs[real_y == k].median() for k in range(K)]),
-            "a ratio of sums: classes hold different numbers of digits, so divide means": sums(gs, gen_y) / sums(rs, real_y),
+            "a ratio of medians (torch.median, the lower middle value); the question asks for means": torch.stack(
+                [gs[gen_y == k].median() for k in range(K)]
+            )
+            / torch.stack([rs[real_y == k].median() for k in range(K)]),
+            "a ratio of sums: classes hold different numbers of digits, so divide means": sums(gs, gen_y)
+            / sums(rs, real_y),
             "the generated scores were grouped with the real labels or the other way round (check which labels "
             "go with which scores)": (means(gs[:M], real_y[:N]) / means(rs[:N], gen_y[:M])) if N == M else None,
         }
@@ -271,11 +328,16 @@ def check_within_class_diversity(student_fn, *, seed: int = 0, sizes=((30, 16, 4
         centres = 3 * torch.randn(K, D, generator=g)
         feats = (centres[labels] + spread[labels] * torch.randn(N, D, generator=g)).float()
         out = call(name, student_fn, feats, labels, K, names=["features", "labels"])
-        out = expect_tensor(name, out, (K,), shape_hints={
-            (N,): "one value per sample: average over the pairs of each class, one number per class",
-            (N, N): "the distance matrix itself: average it over the pairs of different samples within each class",
-            (): "one number: return one value per class",
-        })
+        out = expect_tensor(
+            name,
+            out,
+            (K,),
+            shape_hints={
+                (N,): "one value per sample: average over the pairs of each class, one number per class",
+                (N, N): "the distance matrix itself: average it over the pairs of different samples within each class",
+                (): "one number: return one value per class",
+            },
+        )
         f = feats.double()
 
         def per_class(fn):
@@ -292,29 +354,39 @@ def check_within_class_diversity(student_fn, *, seed: int = 0, sizes=((30, 16, 4
         ref = measures.within_class_diversity(f, labels, K)
         mistakes = {
             "the zero distance of each sample to itself was averaged in: average over pairs of *different* "
-            "samples, n(n-1) of them (or n(n-1)/2 unordered)": per_class(lambda x: pairs_mean(x, denom=lambda n: n * n)),
+            "samples, n(n-1) of them (or n(n-1)/2 unordered)": per_class(
+                lambda x: pairs_mean(x, denom=lambda n: n * n)
+            ),
             "squared distances: use the Euclidean distance itself (torch.cdist, or the square root of the sum "
             "of squares)": per_class(lambda x: pairs_mean(x, power=2.0)),
-            "each pair counted once but divided by n(n-1) ordered pairs (or twice but divided by n(n-1)/2)":
-                per_class(lambda x: pairs_mean(x) / 2),
-            "each pair counted twice but divided by n(n-1)/2 unordered pairs":
-                per_class(lambda x: pairs_mean(x) * 2),
-            "the distance to the class mean; the measure asked for is the mean distance between two samples":
-                per_class(lambda x: (x - x.mean(0)).pow(2).sum(1).sqrt().mean()),
-            "a standard deviation of the features; the measure asked for is the mean distance between two samples":
-                per_class(lambda x: x.std(0).mean()),
+            "each pair counted once but divided by n(n-1) ordered pairs (or twice but divided by n(n-1)/2)": per_class(
+                lambda x: pairs_mean(x) / 2
+            ),
+            "each pair counted twice but divided by n(n-1)/2 unordered pairs": per_class(lambda x: pairs_mean(x) * 2),
+            "the distance to the class mean; the measure asked for is the mean distance between two samples": per_class(
+                lambda x: (x - x.mean(0)).pow(2).sum(1).sqrt().mean()
+            ),
+            "a standard deviation of the features; the measure asked for is the mean distance between two samples": per_class(
+                lambda x: x.std(0).mean()
+            ),
             "the sum of the distances; average them": per_class(lambda x: dist(x).sum()),
-            "all samples together in every entry: compute it per class, features[labels == k]":
-                pairs_mean(f).expand(K),
-            "distances to samples of *other* classes were included: take both samples of a pair from class k":
-                torch.stack([((f[labels == k][:, None, :] - f[None, :, :]) ** 2).sum(-1).sqrt().sum()
-                             / ((labels == k).sum() * (N - 1)) for k in range(K)]),
-            "Manhattan (L1) distances: the measure asked for is the Euclidean distance":
-                per_class(lambda x: (x[:, None, :] - x[None, :, :]).abs().sum(-1).sum() / (len(x) * (len(x) - 1))),
-            "squared distances, with the zeros of each sample to itself averaged in":
-                per_class(lambda x: pairs_mean(x, power=2.0, denom=lambda n: n * n)),
+            "all samples together in every entry: compute it per class, features[labels == k]": pairs_mean(f).expand(K),
+            "distances to samples of *other* classes were included: take both samples of a pair from class k": torch.stack(
+                [
+                    ((f[labels == k][:, None, :] - f[None, :, :]) ** 2).sum(-1).sqrt().sum()
+                    / ((labels == k).sum() * (N - 1))
+                    for k in range(K)
+                ]
+            ),
+            "Manhattan (L1) distances: the measure asked for is the Euclidean distance": per_class(
+                lambda x: (x[:, None, :] - x[None, :, :]).abs().sum(-1).sum() / (len(x) * (len(x) - 1))
+            ),
+            "squared distances, with the zeros of each sample to itself averaged in": per_class(
+                lambda x: pairs_mean(x, power=2.0, denom=lambda n: n * n)
+            ),
             "the median distance: the measure asked for is the mean over all pairs": per_class(
-                lambda x: dist(x)[~torch.eye(len(x), dtype=torch.bool)].quantile(0.5)),
+                lambda x: dist(x)[~torch.eye(len(x), dtype=torch.bool)].quantile(0.5)
+            ),
         }
         compare(name, out, ref, mistakes, tol=1e-4, relative=True, context=f" for N={N}, D={D}, {K} classes")
     passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
@@ -345,7 +417,7 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
             picks = [ts[1], ts[0], ts[2], ts[-1]] + ([ts[3]] if K >= 5 else [])
             rest = [c for c in range(K) if c not in cols]
             seconds[1, cols] = torch.stack(picks)
-            seconds[1, rest] = ts[4:4 + len(rest)]
+            seconds[1, rest] = ts[4 : 4 + len(rest)]
             quality[1] = target - 1 / 64
             quality[1, cols] = target + 1 / 64  # strictly above: "quality <= target" differs too
             quality[1, 2] = 1.0 + 1 / 64  # the best quality: neither the first, the last, the fastest nor the slowest
@@ -365,15 +437,29 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
         baseline = float(seconds.max()) * 1.5
         out = call(name, student_fn, seconds, quality, target, baseline, names=["seconds", "quality"])
         never = ~(quality >= target).any(1)
-        if isinstance(out, torch.Tensor) and out.device.type != "meta" and tuple(out.shape) == (S,) \
-                and out.is_floating_point() and never.any() and not bool(torch.isfinite(out[never].double().cpu()).all()):
-            fail(name, "a sampler none of whose settings reaches the target quality should get 0.0 "
-                       "(no speed-up at that quality), not inf or NaN")
-        out = expect_tensor(name, out, (S,), shape_hints={
-            (S, K): "one value per setting: for each sampler (row) keep only its fastest good-enough setting",
-            (K,): "one value per column: the samplers are the rows, return one speed-up per row",
-            (): "one number: return one speed-up per sampler (row)",
-        })
+        if (
+            isinstance(out, torch.Tensor)
+            and out.device.type != "meta"
+            and tuple(out.shape) == (S,)
+            and out.is_floating_point()
+            and never.any()
+            and not bool(torch.isfinite(out[never].double().cpu()).all())
+        ):
+            fail(
+                name,
+                "a sampler none of whose settings reaches the target quality should get 0.0 "
+                "(no speed-up at that quality), not inf or NaN",
+            )
+        out = expect_tensor(
+            name,
+            out,
+            (S,),
+            shape_hints={
+                (S, K): "one value per setting: for each sampler (row) keep only its fastest good-enough setting",
+                (K,): "one value per column: the samplers are the rows, return one speed-up per row",
+                (): "one number: return one speed-up per sampler (row)",
+            },
+        )
         s, qd = seconds.double(), quality.double()
 
         def fastest(ok, pick=None):
@@ -387,39 +473,67 @@ def check_speedup_at_quality(student_fn, *, seed: int = 0, sizes=((3, 5), (2, 7)
 
         def first_in_order(masked, ok_):
             first = torch.where(ok_, cols, torch.full_like(cols, K)).min(1).values
-            return torch.where(first < K, s.gather(1, first.clamp(max=K - 1)[:, None])[:, 0], torch.full_like(s[:, 0], math.inf))
+            return torch.where(
+                first < K, s.gather(1, first.clamp(max=K - 1)[:, None])[:, 0], torch.full_like(s[:, 0], math.inf)
+            )
 
         best_q = s.gather(1, qd.argmax(1, keepdim=True))[:, 0]
         mistakes = {
-            "the ratio is inverted: speed-up = baseline_seconds / seconds (above 1 = faster than the baseline)":
-                torch.where(ref > 0, 1 / ref.clamp(min=1e-300), ref),
-            "the fastest setting regardless of quality: only settings with quality >= target count":
-                baseline / s.min(1).values,
-            "quality > target where quality >= target is asked (a setting exactly on the target counts)":
-                fastest(qd > target),
-            "the first setting (in column order) that reaches the target; the question is the *fastest* one":
-                fastest(ok, first_in_order),
-            "the time of each sampler's best-quality setting; the question is the fastest setting that is good enough":
-                (baseline / best_q, torch.where(ok.any(1), baseline / best_q, torch.zeros_like(best_q))),
-            "the time itself; return the speed-up, baseline_seconds / time":
-                torch.where(ok.any(1), torch.where(ok, s, torch.full_like(s, math.inf)).min(1).values, torch.zeros_like(ref)),
-            "a sampler that never reaches the target should get 0.0, not 1.0":
-                torch.where(ok.any(1), ref, torch.ones_like(ref)),
-            "the slowest setting that reaches the target; the question is the *fastest* good-enough one":
-                fastest(ok, lambda masked, ok_: torch.where(ok_, s, torch.full_like(s, -math.inf)).max(1).values
-                        .where(ok_.any(1), torch.full_like(s[:, 0], math.inf))),
+            "the ratio is inverted: speed-up = baseline_seconds / seconds (above 1 = faster than the baseline)": torch.where(
+                ref > 0, 1 / ref.clamp(min=1e-300), ref
+            ),
+            "the fastest setting regardless of quality: only settings with quality >= target count": baseline
+            / s.min(1).values,
+            "quality > target where quality >= target is asked (a setting exactly on the target counts)": fastest(
+                qd > target
+            ),
+            "the first setting (in column order) that reaches the target; the question is the *fastest* one": fastest(
+                ok, first_in_order
+            ),
+            "the time of each sampler's best-quality setting; the question is the fastest setting that is good enough": (
+                baseline / best_q,
+                torch.where(ok.any(1), baseline / best_q, torch.zeros_like(best_q)),
+            ),
+            "the time itself; return the speed-up, baseline_seconds / time": torch.where(
+                ok.any(1), torch.where(ok, s, torch.full_like(s, math.inf)).min(1).values, torch.zeros_like(ref)
+            ),
+            "a sampler that never reaches the target should get 0.0, not 1.0": torch.where(
+                ok.any(1), ref, torch.ones_like(ref)
+            ),
+            "the slowest setting that reaches the target; the question is the *fastest* good-enough one": fastest(
+                ok,
+                lambda masked, ok_: (
+                    torch.where(ok_, s, torch.full_like(s, -math.inf))
+                    .max(1)
+                    .values.where(ok_.any(1), torch.full_like(s[:, 0], math.inf))
+                ),
+            ),
             "the comparison is reversed (quality <= target): a setting counts when its quality is *at least* "
             "the target": fastest(qd <= target),
             "the last good-enough setting in column order: the columns are in no particular order, so take the "
-            "fastest of the good-enough settings": fastest(ok, lambda masked, ok_: torch.where(
-                ok_.any(1), s.gather(1, (K - 1 - ok_.flip(1).long().argmax(1))[:, None])[:, 0],
-                torch.full_like(s[:, 0], math.inf))),
-            "the speed-up over the sampler's own slowest setting; divide baseline_seconds by the time":
-                torch.where(ok.any(1), s.max(1).values / torch.where(ok, s, torch.full_like(s, math.inf)).min(1).values,
-                            torch.zeros_like(ref)),
+            "fastest of the good-enough settings": fastest(
+                ok,
+                lambda masked, ok_: torch.where(
+                    ok_.any(1),
+                    s.gather(1, (K - 1 - ok_.flip(1).long().argmax(1))[:, None])[:, 0],
+                    torch.full_like(s[:, 0], math.inf),
+                ),
+            ),
+            "the speed-up over the sampler's own slowest setting; divide baseline_seconds by the time": torch.where(
+                ok.any(1),
+                s.max(1).values / torch.where(ok, s, torch.full_like(s, math.inf)).min(1).values,
+                torch.zeros_like(ref),
+            ),
         }
-        compare(name, out, ref, mistakes, tol=1e-4, relative=True,
-                context=f" for {S} samplers x {K} settings, target {target:g}")
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-4,
+            relative=True,
+            context=f" for {S} samplers x {K} settings, target {target:g}",
+        )
     passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
 
 
@@ -438,6 +552,7 @@ def your_model(path=None, device=None, *, verbose: bool = True):
 
 def _x0_error_variants(model, x0, y, noise, ab, levels) -> dict[str, torch.Tensor]:
     """Plausible wrong answers to heldout_x0_error, each named."""
+
     def run(*, pick=None, alpha=None, clamp=True, reduce="median", labels=None, shift=0, x0_of=None):
         log_snr = torch.log(ab / (1 - ab))
         errors = []
@@ -452,36 +567,47 @@ def _x0_error_variants(model, x0, y, noise, ab, levels) -> dict[str, torch.Tenso
             guess = guess.clamp(-1, 1) if clamp else guess
             errors.append(((guess - x0) ** 2).flatten(1).mean(1))
         e = torch.cat(errors)
-        return {"median": e.median(), "mean": e.mean(), "max": e.max(),
-                "per level": torch.stack([v.median() for v in errors]).mean()}[reduce]
+        return {
+            "median": e.median(),
+            "mean": e.mean(),
+            "max": e.max(),
+            "per level": torch.stack([v.median() for v in errors]).mean(),
+        }[reduce]
 
     return {
         "t was picked by alpha_bar, not by the log-SNR: the step whose log(abar / (1 - abar)) is closest to each "
         "level": run(pick=lambda level, ls: int((torch.sigmoid(ls) - level).abs().argmin())),
-        "the log-SNR used log10: it is the natural log, torch.log(abar / (1 - abar))":
-            run(pick=lambda level, ls: int((ls / math.log(10) - level).abs().argmin())),
-        "the SNR itself was compared with the level: the levels are log-SNRs (log(abar / (1 - abar)))":
-            run(pick=lambda level, ls: int((ls.exp() - level).abs().argmin())),
+        "the log-SNR used log10: it is the natural log, torch.log(abar / (1 - abar))": run(
+            pick=lambda level, ls: int((ls / math.log(10) - level).abs().argmin())
+        ),
+        "the SNR itself was compared with the level: the levels are log-SNRs (log(abar / (1 - abar)))": run(
+            pick=lambda level, ls: int((ls.exp() - level).abs().argmin())
+        ),
         "x_t and x0_hat used the variances abar and 1 - abar as weights: they are sqrt(abar) and sqrt(1 - abar) "
         "(Ho et al. eq. 4)": run(alpha=lambda a: (a, 1 - a)),
         "x_t used the variances abar and 1 - abar as weights: they are sqrt(abar) and sqrt(1 - abar) (Ho et al. "
         "eq. 4)": run(alpha=lambda a: (a, 1 - a), x0_of=lambda xt, eps, a: (xt - (1 - a).sqrt() * eps) / a.sqrt()),
-        "x0_hat divides by abar: it is (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)":
-            run(x0_of=lambda xt, eps, a: (xt - (1 - a).sqrt() * eps) / a),
-        "x0_hat subtracts eps_hat without its weight sqrt(1 - abar)":
-            run(x0_of=lambda xt, eps, a: (xt - eps) / a.sqrt()),
+        "x0_hat divides by abar: it is (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)": run(
+            x0_of=lambda xt, eps, a: (xt - (1 - a).sqrt() * eps) / a
+        ),
+        "x0_hat subtracts eps_hat without its weight sqrt(1 - abar)": run(
+            x0_of=lambda xt, eps, a: (xt - eps) / a.sqrt()
+        ),
         "x0_hat is not clamped to [-1, 1] (digits live there; one wild pixel must not dominate)": run(clamp=False),
-        "the mean was taken: the median over all images and levels is robust to a few hopeless images":
-            run(reduce="mean"),
-        "one median per level, then their mean: take one median over all images of all levels together":
-            run(reduce="per level"),
+        "the mean was taken: the median over all images and levels is robust to a few hopeless images": run(
+            reduce="mean"
+        ),
+        "one median per level, then their mean: take one median over all images of all levels together": run(
+            reduce="per level"
+        ),
         "the model was told 'no class' (10): give it the labels y": run(labels=torch.full_like(y, 10)),
         "t is one step too late (t + 1): the step is the index of the closest log-SNR itself": run(shift=1),
     }
 
 
-def check_heldout_x0_error(student_fn, *, seed: int = 0, sizes=((5, 1, 6, 6), (3, 2, 4, 4)), T: int = 60,
-                           levels=((1.0,), (2.0, 0.0, -2.0))) -> None:
+def check_heldout_x0_error(
+    student_fn, *, seed: int = 0, sizes=((5, 1, 6, 6), (3, 2, 4, 4)), T: int = 60, levels=((1.0,), (2.0, 0.0, -2.0))
+) -> None:
     """student_fn(model, images [B,C,H,W], labels [B], noise [B,C,H,W], alpha_bars [T], log_snrs) -> a 0-d tensor:
     the median one-step x0 error at the steps closest to the given log-SNRs. B x len(log_snrs) is odd in every
     case (the median is then one of the values, whatever the rule for an even count)."""
@@ -505,13 +631,22 @@ def check_heldout_x0_error(student_fn, *, seed: int = 0, sizes=((5, 1, 6, 6), (3
                 out = torch.tensor(out, dtype=torch.float64)
             out = expect_tensor(name, out, None)
             if out.numel() != 1:
-                fail(name, f"the result has shape {list(out.shape)}: return one number, the median over all images "
-                           "and levels (a 0-d tensor)")
+                fail(
+                    name,
+                    f"the result has shape {list(out.shape)}: return one number, the median over all images "
+                    "and levels (a 0-d tensor)",
+                )
             with torch.no_grad():
                 ref = measures.heldout_x0_error(*args)
                 wrongs = _x0_error_variants(*args)
-            compare(name, out.reshape(()).double(), ref, wrongs, tol=1e-6 * max(1.0, float(ref)),  # float32 work passes
-                    context=f" for images of shape {list(shape)} and log-SNRs {list(log_snrs)}")
+            compare(
+                name,
+                out.reshape(()).double(),
+                ref,
+                wrongs,
+                tol=1e-6 * max(1.0, float(ref)),  # float32 work passes
+                context=f" for images of shape {list(shape)} and log-SNRs {list(log_snrs)}",
+            )
     passed(name, f"shapes {[list(s) for s in sizes]}, log-SNR levels {[list(v) for v in levels]}, T={T}, seed {seed}")
 
 
@@ -537,15 +672,29 @@ def check_accuracy_margin(student_fn, *, seed: int = 0, ns=(100, 40, 1000)) -> N
             "accuracies, 2 sqrt(2 p (1 - p) / n)": torch.clamp(se, min=0.03),
             "2 standard errors of one accuracy, not of a difference of two (each has variance p (1 - p) / n; "
             "their difference twice that)": torch.clamp(2 * se, min=0.03),
-            "the variance was used, not the standard error: take the square root of 2 p (1 - p) / n":
-                torch.clamp(2 * 2 * q * (1 - q) / n, min=0.03),
-            "p was not clamped to [1/n, 1 - 1/n]: a measured 100% (or 0%) would claim a standard error of 0":
-                torch.clamp(2 * torch.sqrt(2 * p * (1 - p) / n), min=0.03),
-            "min instead of max: the margin is never smaller than 3 points": torch.clamp(2 * torch.sqrt(2 * q * (1 - q) / n), max=0.03),
+            "the variance was used, not the standard error: take the square root of 2 p (1 - p) / n": torch.clamp(
+                2 * 2 * q * (1 - q) / n, min=0.03
+            ),
+            "p was not clamped to [1/n, 1 - 1/n]: a measured 100% (or 0%) would claim a standard error of 0": torch.clamp(
+                2 * torch.sqrt(2 * p * (1 - p) / n), min=0.03
+            ),
+            "min instead of max: the margin is never smaller than 3 points": torch.clamp(
+                2 * torch.sqrt(2 * q * (1 - q) / n), max=0.03
+            ),
             "the 3 points were left out: the margin is at least 0.03": 2 * torch.sqrt(2 * q * (1 - q) / n),
-            "3 points were written as 3 (or 0.3): as a fraction of 1 it is 0.03":
-                torch.clamp(2 * torch.sqrt(2 * q * (1 - q) / n), min=3.0),
+            "3 points were written as 3 (or 0.3): as a fraction of 1 it is 0.03": torch.clamp(
+                2 * torch.sqrt(2 * q * (1 - q) / n), min=3.0
+            ),
         }
-        compare(name, out, ref, wrongs, tol=1e-6, reference=measures.accuracy_margin, args=(p, n), context=f" for n = {n}",
-                where=("p", p))
+        compare(
+            name,
+            out,
+            ref,
+            wrongs,
+            tol=1e-6,
+            reference=measures.accuracy_margin,
+            args=(p, n),
+            context=f" for n = {n}",
+            where=("p", p),
+        )
     passed(name, f"n in {list(ns)}, accuracies 0 and 1 included, seed {seed}")

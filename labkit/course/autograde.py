@@ -21,9 +21,15 @@ def release_max_score(release) -> float | None:
     if release is None:
         return None
     # autograded points only: the test cells (written answers are graded by hand and reported apart)
-    return float(sum((c.metadata.get("nbgrader") or {}).get("points", 0) for c in release.cells
-                     if (c.metadata.get("nbgrader") or {}).get("grade") and c.cell_type == "code"
-                     and not (c.metadata.get("nbgrader") or {}).get("solution")))
+    return float(
+        sum(
+            (c.metadata.get("nbgrader") or {}).get("points", 0)
+            for c in release.cells
+            if (c.metadata.get("nbgrader") or {}).get("grade")
+            and c.cell_type == "code"
+            and not (c.metadata.get("nbgrader") or {}).get("solution")
+        )
+    )
 
 
 def quiet_warnings():
@@ -71,8 +77,9 @@ def feedback_lab(course_dir: str, lab: str) -> str | None:
     return None if result.get("success") else nbgrader_failure(result)
 
 
-def grade_one_submission(student: str, lab: str, path: str, course_dir: str,
-                         settings: GradingSettings | None = None) -> GradeResult:
+def grade_one_submission(
+    student: str, lab: str, path: str, course_dir: str, settings: GradingSettings | None = None
+) -> GradeResult:
     """Restore, autograde and score one submission in the prepared course ``course_dir`` (runs in a worker
     process; never raises)."""
     res = GradeResult(student, lab)
@@ -81,8 +88,11 @@ def grade_one_submission(student: str, lab: str, path: str, course_dir: str,
     try:
         nbf = import_nbformat()
         release = nbf.read(str(course / "release" / lab / f"{lab}.ipynb"), as_version=4)
-        solution_ids = [r.metadata["nbgrader"]["grade_id"] for r in release.cells
-                        if (r.metadata.get("nbgrader") or {}).get("solution")]
+        solution_ids = [
+            r.metadata["nbgrader"]["grade_id"]
+            for r in release.cells
+            if (r.metadata.get("nbgrader") or {}).get("solution")
+        ]
         _grade_one(res, Path(path), course, release, solution_ids, settings or GradingSettings())
     except Exception as exc:  # never stop on one bad submission
         res.status = Status.FAILED
@@ -92,8 +102,7 @@ def grade_one_submission(student: str, lab: str, path: str, course_dir: str,
     return res
 
 
-def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids,
-               settings: GradingSettings) -> None:
+def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids, settings: GradingSettings) -> None:
     """Restore, autograde and score one submission, filling in ``res``."""
     from nbgrader.api import Gradebook
 
@@ -124,8 +133,7 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     # The course lock keeps nbgrader's gradebook to one writer; it is let go while the notebook executes.
     scored, needs_manual_test, execution = True, False, None
     with temporary_env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), course_lock(course):
-        result = nbgrader_api(course, settings, add_missing_cells=safe).autograde(lab, student, force=True,
-                                                                                  create=True)
+        result = nbgrader_api(course, settings, add_missing_cells=safe).autograde(lab, student, force=True, create=True)
         if not result.get("success"):
             scored = False
             log = nbgrader_failure(result)
@@ -146,8 +154,9 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
         watched = dynamic_notes(graded_nb)  # what the student's functions ran while the grader called them
         res.notes += watched
         review = review + watched
-    res.status = decide_status(scored=scored, execution=execution, needs_manual_test=needs_manual_test,
-                               review=bool(review))
+    res.status = decide_status(
+        scored=scored, execution=execution, needs_manual_test=needs_manual_test, review=bool(review)
+    )
 
 
 def read_scores(res: GradeResult, submission) -> bool:

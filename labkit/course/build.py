@@ -48,8 +48,11 @@ def _generate_student(lab: str, source_nb, root: Path):
     for cell in release.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    leaks = [m for m in ("### BEGIN SOLUTION", "### END SOLUTION", BEGIN_HIDDEN, "### END HIDDEN TESTS")
-             if any(m in cell.source for cell in release.cells)]
+    leaks = [
+        m
+        for m in ("### BEGIN SOLUTION", "### END SOLUTION", BEGIN_HIDDEN, "### END HIDDEN TESTS")
+        if any(m in cell.source for cell in release.cells)
+    ]
     if leaks:
         raise LabkitError(f"{lab}: the student notebook still contains {leaks}")
     return release
@@ -77,17 +80,22 @@ def check_written_answers(nb, name: str = "notebook") -> None:
             continue
         where = f"{name}, cell {i} ({md.get('grade_id', 'no grade_id')})"
         if not md.get("grade") or not md.get("points"):
-            raise LabkitError(f"{where}: a written answer cell must be graded and carry points "
-                              "(\"grade\": true, \"points\": N)")
+            raise LabkitError(
+                f'{where}: a written answer cell must be graded and carry points ("grade": true, "points": N)'
+            )
         if md.get("locked"):
             raise LabkitError(f"{where}: a written answer cell must not be locked")
         found = WRITTEN_SOLUTION_RE.search(cell.source)
         if not found:
-            raise LabkitError(f"{where}: put the model answer and its rubric between ### BEGIN SOLUTION and "
-                              "### END SOLUTION (each marker on its own line)")
+            raise LabkitError(
+                f"{where}: put the model answer and its rubric between ### BEGIN SOLUTION and "
+                "### END SOLUTION (each marker on its own line)"
+            )
         if "rubric" not in found[1].lower() or not found[1].lower().replace("rubric", "").strip():
-            raise LabkitError(f"{where}: the solution region needs a model answer and a **Rubric** "
-                              "(both are removed from the student notebook)")
+            raise LabkitError(
+                f"{where}: the solution region needs a model answer and a **Rubric** "
+                "(both are removed from the student notebook)"
+            )
 
 
 def render_labs(repo_root: str | os.PathLike, labs: Sequence[str]) -> dict[str, BuiltLab]:
@@ -103,8 +111,9 @@ def render_labs(repo_root: str | os.PathLike, labs: Sequence[str]) -> dict[str, 
     return built
 
 
-def build_notebooks(repo_root: str | os.PathLike | None = None, labs: Sequence[str] | None = None,
-                    *, verbose: bool = True) -> list[Path]:
+def build_notebooks(
+    repo_root: str | os.PathLike | None = None, labs: Sequence[str] | None = None, *, verbose: bool = True
+) -> list[Path]:
     """Build ``solutions/<lab>/<lab>.ipynb`` and ``notebooks/<lab>.ipynb`` for every lab (or ``labs``).
 
     Returns the paths written. Raises LabkitError on invalid metadata, nbgrader failures, or files
@@ -120,11 +129,15 @@ def build_notebooks(repo_root: str | os.PathLike | None = None, labs: Sequence[s
     for lab in chosen:
         extra = _extra_files(repo_root, lab)
         if extra:
-            raise LabkitError(f"{SOURCE_DIR}/{lab}/ holds {extra}: only {lab}.py and {lab}.ipynb may be there "
-                              "(anything else would be copied into the student release)")
+            raise LabkitError(
+                f"{SOURCE_DIR}/{lab}/ holds {extra}: only {lab}.py and {lab}.ipynb may be there "
+                "(anything else would be copied into the student release)"
+            )
     for lab, built in render_labs(repo_root, chosen).items():
-        for path, text in ((repo_root / SOURCE_DIR / lab / f"{lab}.ipynb", built.solution_ipynb),
-                           (out_dir / f"{lab}.ipynb", built.student_ipynb)):
+        for path, text in (
+            (repo_root / SOURCE_DIR / lab / f"{lab}.ipynb", built.solution_ipynb),
+            (out_dir / f"{lab}.ipynb", built.student_ipynb),
+        ):
             _write_atomic(path, text)
             written.append(path)
         if verbose:
@@ -167,8 +180,10 @@ def check_notebooks_fresh(repo_root: str | os.PathLike | None = None, labs: Sequ
     except LabkitError as exc:
         return problems + [str(exc)]
     for lab, built in rendered.items():
-        for rel, text in ((f"{SOURCE_DIR}/{lab}/{lab}.ipynb", built.solution_ipynb),
-                          (f"{STUDENT_DIR}/{lab}.ipynb", built.student_ipynb)):
+        for rel, text in (
+            (f"{SOURCE_DIR}/{lab}/{lab}.ipynb", built.solution_ipynb),
+            (f"{STUDENT_DIR}/{lab}.ipynb", built.student_ipynb),
+        ):
             path = repo_root / rel
             if not path.exists():
                 problems.append(f"{rel} is missing: run `labkit build`")

@@ -121,7 +121,7 @@ class Exchange:
         conn.sendall(struct.pack("<Q", len(self._inputs)) + self._inputs)
         (size,) = struct.unpack("<Q", self._receive(conn, 8, self._deadline))
         if size > wire.MAX_REPLY_BYTES:  # refused before a byte of it is read
-            self._error = f"the reply is {size / 2 ** 20:.0f} MB (limit {wire.MAX_REPLY_BYTES // 2 ** 20} MB)"
+            self._error = f"the reply is {size / 2**20:.0f} MB (limit {wire.MAX_REPLY_BYTES // 2**20} MB)"
             return
         self._reply = self._receive(conn, size, self._deadline)
 
@@ -145,6 +145,7 @@ class Exchange:
 
 
 # --- the kernel's end ------------------------------------------------------------------------------------
+
 
 def kernel_exchange(address: str, token: str, answer) -> None:
     """In the kernel: connect, say which call this is, get the inputs, send ``answer(inputs)`` back."""

@@ -54,8 +54,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from labkit.course.autograde import (feedback_lab, grade_one_submission, release_max_score, prepare_lab, quiet_warnings,
-                                     read_scores)
+from labkit.course.autograde import (
+    feedback_lab,
+    grade_one_submission,
+    release_max_score,
+    prepare_lab,
+    quiet_warnings,
+    read_scores,
+)
 from labkit.course.discover import read_submission
 from labkit.course.pool import worker_pool
 from labkit.course.results import GradeResult, Status
@@ -66,12 +72,22 @@ from labkit.errors import LabkitError
 MANIFEST_NAME = "cluster-manifest.jsonl"
 ALLOWED_FAILURES = 3  # worker deaths a task may see before Dask gives up on it (KilledWorker)
 LOCAL_RE = re.compile(r"local:(\d+)")
-MAX_RETURNED_FILE = 64 * 2 ** 20  # bytes per file of the autograded folder sent back to the client
+MAX_RETURNED_FILE = 64 * 2**20  # bytes per file of the autograded folder sent back to the client
 
 # The modules whose code decides a score: a worker must run the same as the client, and a result graded with
 # other code is not "already graded".
-GRADING_MODULES = ("autograde", "forensics", "kernel_side", "nbgrader_setup", "restore", "sandbox", "settings",
-                   "sources", "trusted", "wire")
+GRADING_MODULES = (
+    "autograde",
+    "forensics",
+    "kernel_side",
+    "nbgrader_setup",
+    "restore",
+    "sandbox",
+    "settings",
+    "sources",
+    "trusted",
+    "wire",
+)
 
 
 def _now() -> str:
@@ -87,6 +103,7 @@ class WorkerUnfit(Exception):
 
 
 # --- fingerprints and keys --------------------------------------------------------------------------
+
 
 def code_fingerprint() -> str:
     """sha256 of labkit's grading code as installed here: ``labkit/checks/**.py`` and the grading modules of
@@ -117,6 +134,7 @@ def task_key(lab: str, student: str, sha: str) -> str:
 
 # --- the manifest: what the client has merged -----------------------------------------------------------
 
+
 class Manifest:
     """``OUT/cluster-manifest.jsonl``: one line per submission merged into the gradebook, appended (one
     ``write`` of a whole line, then ``fsync``) only after the gradebook commit. The last line of a
@@ -146,8 +164,9 @@ class Manifest:
             self.records[key] = rec
             self.lines += 1
 
-    def lookup(self, lab: str, student: str, sha: str, grader: str,
-               course: str | os.PathLike | None = None) -> dict | None:
+    def lookup(
+        self, lab: str, student: str, sha: str, grader: str, course: str | os.PathLike | None = None
+    ) -> dict | None:
         """The record of this exact notebook graded by this grader, when its results are still in place
         (the autograded notebook exists in ``course``, if it had one); else None."""
         rec = self.records.get((lab, student))
@@ -159,8 +178,15 @@ class Manifest:
         return rec
 
     def record(self, lab: str, student: str, sha: str, grader: str, result: GradeResult, **extra) -> dict:
-        rec = {"lab": lab, "student": student, "sha256": sha, "grader": grader, "result": asdict(result),
-               "merged_at": _now(), **extra}
+        rec = {
+            "lab": lab,
+            "student": student,
+            "sha256": sha,
+            "grader": grader,
+            "result": asdict(result),
+            "merged_at": _now(),
+            **extra,
+        }
         return self._append(rec)
 
     def recover(self, merged: list[dict]) -> int:
@@ -214,8 +240,12 @@ def worker_probe() -> dict:
         from labkit.course import sandbox
 
         _WORKER["probe"] = sandbox.probe()
-    return {"sandbox": _WORKER["probe"], "code": code_fingerprint(), "host": socket.gethostname(),
-            "python": sys.version.split()[0]}
+    return {
+        "sandbox": _WORKER["probe"],
+        "code": code_fingerprint(),
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+    }
 
 
 def _scratch() -> str | None:
@@ -256,8 +286,9 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
     return out
 
 
-def grade_task(lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str,
-               settings: GradingSettings) -> dict:
+def grade_task(
+    lab: str, student: str, filename: str, notebook: bytes, template: bytes, code: str, settings: GradingSettings
+) -> dict:
     """One submission, on a worker: autograded in a private course unpacked from ``template`` by the same
     ``grade_one_submission`` as the local path. Returns data only: the ``GradeResult`` fields, the restored
     submitted notebook and the files of the autograded folder (bytes), the seconds it took and where.
@@ -268,8 +299,10 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
     if settings.sandbox and probe["sandbox"]:
         raise WorkerUnfit(f"{where}: {probe['sandbox']}")
     if probe["code"] != code:
-        raise WorkerUnfit(f"{where}: its labkit grading code differs from the client's (fingerprint "
-                          f"{probe['code'][:12]} vs {code[:12]}): install the same labkit on every worker")
+        raise WorkerUnfit(
+            f"{where}: its labkit grading code differs from the client's (fingerprint "
+            f"{probe['code'][:12]} vs {code[:12]}): install the same labkit on every worker"
+        )
     with _ONE_AT_A_TIME:
         tmp = Path(tempfile.mkdtemp(prefix="labkit-task-", dir=_scratch()))
         try:
@@ -295,6 +328,7 @@ def grade_task(lab: str, student: str, filename: str, notebook: bytes, template:
 
 # --- the client's side: merging a result (the single writer) -------------------------------------------
 
+
 def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
     """``target`` holds exactly ``files`` afterwards; written beside it first, then swapped in."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -314,8 +348,9 @@ def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dict,
-                 mark: dict | None = None) -> GradeResult:
+def merge_result(
+    course: str | os.PathLike, lab: str, student: str, payload: dict, mark: dict | None = None
+) -> GradeResult:
     """Write one worker result into the client's course ``course``: the submitted and autograded notebooks,
     then the scores in its gradebook, in one transaction: nbgrader's ``SaveAutoGrades`` and
     ``AssignLatePenalties`` on the autograded notebook (what autograde runs after executing; their per-cell
@@ -353,8 +388,13 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
                 gb.update_or_create_student(student)
                 gb.update_or_create_submission(lab, student)
                 saver = SaveAutoGrades()
-                saver.gradebook, saver.notebook_id, saver.assignment_id, saver.student_id, saver.db_url = \
-                    gb, lab, lab, student, db
+                saver.gradebook, saver.notebook_id, saver.assignment_id, saver.student_id, saver.db_url = (
+                    gb,
+                    lab,
+                    lab,
+                    student,
+                    db,
+                )
                 for index, cell in enumerate(nb.cells):  # SaveAutoGrades.preprocess, on this gradebook
                     saver.preprocess_cell(cell, resources, index)
                 late = AssignLatePenalties()
@@ -385,10 +425,16 @@ def merge_result(course: str | os.PathLike, lab: str, student: str, payload: dic
 def _settle(res: GradeResult, check: GradeResult) -> None:
     """The gradebook's scores win over the worker's (said in the notes when they differ)."""
     if (check.score, check.max_score) != (res.score, res.max_score):
-        res.notes.append(f"the worker scored {res.score}/{res.max_score}; the gradebook holds "
-                         f"{check.score}/{check.max_score} (reported)")
-    res.score, res.max_score, res.manual_score, res.manual_max = (check.score, check.max_score, check.manual_score,
-                                                                  check.manual_max)
+        res.notes.append(
+            f"the worker scored {res.score}/{res.max_score}; the gradebook holds "
+            f"{check.score}/{check.max_score} (reported)"
+        )
+    res.score, res.max_score, res.manual_score, res.manual_max = (
+        check.score,
+        check.max_score,
+        check.manual_score,
+        check.manual_max,
+    )
 
 
 MERGED_TABLE = "labkit_merged"  # in each lab's gradebook.db: what the client merged, committed with the scores
@@ -396,10 +442,17 @@ MERGED_TABLE = "labkit_merged"  # in each lab's gradebook.db: what the client me
 
 def _mark_sql(lab: str, student: str, res: GradeResult, mark: dict, autograded: bool) -> list[tuple[str, tuple]]:
     rec = {**mark, "lab": lab, "student": student, "result": asdict(res), "autograded": autograded}
-    return [(f"CREATE TABLE IF NOT EXISTS {MERGED_TABLE} (lab TEXT NOT NULL, student TEXT NOT NULL, "
-             "record TEXT NOT NULL, PRIMARY KEY (lab, student))", ()),
-            (f"INSERT OR REPLACE INTO {MERGED_TABLE} (lab, student, record) VALUES (?, ?, ?)",
-             (lab, student, json.dumps(rec, sort_keys=True)))]
+    return [
+        (
+            f"CREATE TABLE IF NOT EXISTS {MERGED_TABLE} (lab TEXT NOT NULL, student TEXT NOT NULL, "
+            "record TEXT NOT NULL, PRIMARY KEY (lab, student))",
+            (),
+        ),
+        (
+            f"INSERT OR REPLACE INTO {MERGED_TABLE} (lab, student, record) VALUES (?, ?, ?)",
+            (lab, student, json.dumps(rec, sort_keys=True)),
+        ),
+    ]
 
 
 def _named(sql: str) -> str:
@@ -445,6 +498,7 @@ def _one_transaction(session):
 
 # --- the client: connecting, submitting, watching ---------------------------------------------------------
 
+
 def connect(scheduler: str, timeout: str = "30s"):
     """``(client, cluster or None)``: a LocalCluster of N single-threaded worker processes for ``local:N``,
     otherwise a client of the scheduler at that address."""
@@ -456,8 +510,13 @@ def connect(scheduler: str, timeout: str = "30s"):
     m = LOCAL_RE.fullmatch(scheduler)
     if m:
         with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
-            cluster = LocalCluster(n_workers=int(m.group(1)), threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=logging.ERROR)
+            cluster = LocalCluster(
+                n_workers=int(m.group(1)),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            )
             try:
                 return Client(cluster), cluster
             except BaseException:
@@ -510,16 +569,28 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(read_submission(path)).hexdigest()
 
 
-def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: Sequence[str], releases: dict,
-                     courses: dict, *, repo_root: Path, settings: GradingSettings, jobs: int, verbose: bool,
-                     scheduler: str, out_dir: Path, stats: dict | None = None) -> list[GradeResult]:
+def grade_on_cluster(
+    subs: Sequence,
+    chosen: Sequence[str],
+    empty,
+    empty_labs: Sequence[str],
+    releases: dict,
+    courses: dict,
+    *,
+    repo_root: Path,
+    settings: GradingSettings,
+    jobs: int,
+    verbose: bool,
+    scheduler: str,
+    out_dir: Path,
+    stats: dict | None = None,
+) -> list[GradeResult]:
     """The cluster half of ``grade_submissions``: grade ``subs`` on the Dask scheduler ``scheduler``
     (``local:N`` for a LocalCluster here), merge into ``courses``, write feedback; returns the results,
     the empty students' ``no submission`` rows included (``grade_submissions`` writes scores.csv)."""
     st = ClusterStats()
     manifest = Manifest(Path(out_dir) / MANIFEST_NAME)
-    graders = {lab: grader_fingerprint(repo_root, lab, settings)
-               for lab in {s.lab for s in subs}}
+    graders = {lab: grader_fingerprint(repo_root, lab, settings) for lab in {s.lab for s in subs}}
     for lab in sorted({s.lab for s in subs}):  # merges committed by a client killed before their manifest line
         st.recovered += manifest.recover(merged_in_gradebook(courses[lab]))
     results: list[GradeResult] = []
@@ -547,13 +618,29 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
         else:
             pending.append(_Pending(res, Path(s.path), sha, graders[s.lab], task_key(s.lab, s.student, sha)))
     if verbose:
-        print(f"{len(pending)} submission(s) to grade on the cluster, {st.skipped} already graded "
-              f"(manifest {manifest.path})", flush=True)
+        print(
+            f"{len(pending)} submission(s) to grade on the cluster, {st.skipped} already graded "
+            f"(manifest {manifest.path})",
+            flush=True,
+        )
 
     merged_labs: set[str] = set()
     if pending:
-        _run_pending(pending, chosen, courses, st, manifest, merged_labs, report, repo_root=repo_root,
-                     out_dir=out_dir, settings=settings, jobs=jobs, verbose=verbose, scheduler=scheduler)
+        _run_pending(
+            pending,
+            chosen,
+            courses,
+            st,
+            manifest,
+            merged_labs,
+            report,
+            repo_root=repo_root,
+            out_dir=out_dir,
+            settings=settings,
+            jobs=jobs,
+            verbose=verbose,
+            scheduler=scheduler,
+        )
 
     for lab in empty_labs:
         max_score = release_max_score(releases.get(lab))
@@ -574,8 +661,22 @@ def grade_on_cluster(subs: Sequence, chosen: Sequence[str], empty, empty_labs: S
     return results
 
 
-def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, manifest: Manifest, merged_labs: set,
-                 report, *, repo_root, out_dir, settings: GradingSettings, jobs, verbose, scheduler) -> None:
+def _run_pending(
+    pending: list[_Pending],
+    chosen,
+    courses,
+    st: ClusterStats,
+    manifest: Manifest,
+    merged_labs: set,
+    report,
+    *,
+    repo_root,
+    out_dir,
+    settings: GradingSettings,
+    jobs,
+    verbose,
+    scheduler,
+) -> None:
     # 1. the cluster, and whether its workers can grade (before any work here: a refusal comes at once)
     t0 = time.monotonic()
     client, cluster = connect(scheduler)
@@ -590,9 +691,16 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
             print(f"Dask: {len(probes)} worker(s) on {where}" + (f"; dashboard: {link}" if link else ""), flush=True)
             if not probes:
                 print("note: no worker is connected yet; the tasks wait for one", flush=True)
-        unfit = {w: (p["sandbox"] if settings.sandbox and p["sandbox"] else
-                     None if p["code"] == code else "its labkit grading code differs from the client's")
-                 for w, p in probes.items()}
+        unfit = {
+            w: (
+                p["sandbox"]
+                if settings.sandbox and p["sandbox"]
+                else None
+                if p["code"] == code
+                else "its labkit grading code differs from the client's"
+            )
+            for w, p in probes.items()
+        }
         for w, why in unfit.items():
             if why:
                 print(f"warning: worker {w} cannot grade: {why}", file=sys.stderr, flush=True)
@@ -606,12 +714,16 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         labs = [lab for lab in chosen if any(p.res.lab == lab for p in pending)]
         graders = {p.res.lab: p.grader for p in pending}
         prepared = _templates(labs, graders, repo_root=repo_root, out_dir=out_dir, jobs=jobs, settings=settings)
-        refresh = [lab for lab in labs if isinstance(prepared[lab], bytes)
-                   and _install_course(prepared[lab], Path(courses[lab]), lab)]
+        refresh = [
+            lab
+            for lab in labs
+            if isinstance(prepared[lab], bytes) and _install_course(prepared[lab], Path(courses[lab]), lab)
+        ]
         if refresh:
             with worker_pool(max(1, min(jobs, len(refresh)))) as run:
-                for lab, r in zip(refresh, run(prepare_lab, [(str(repo_root), lab, courses[lab], settings)
-                                                              for lab in refresh])):
+                for lab, r in zip(
+                    refresh, run(prepare_lab, [(str(repo_root), lab, courses[lab], settings) for lab in refresh])
+                ):
                     if isinstance(r, BaseException):
                         prepared[lab] = r
         templates: dict[str, bytes] = {}
@@ -628,8 +740,19 @@ def _run_pending(pending: list[_Pending], chosen, courses, st: ClusterStats, man
         # 3. one task per submission; results merged here as they come
         todo = [p for p in pending if p.res.lab in templates]
         if todo:
-            _submit_and_merge(client, todo, templates, courses, code, st, manifest, merged_labs, report,
-                              settings=settings, verbose=verbose)
+            _submit_and_merge(
+                client,
+                todo,
+                templates,
+                courses,
+                code,
+                st,
+                manifest,
+                merged_labs,
+                report,
+                settings=settings,
+                verbose=verbose,
+            )
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -652,8 +775,10 @@ def _templates(labs: Sequence[str], graders: dict, *, repo_root, out_dir, jobs, 
             out[lab] = f.read_bytes()
     missing = [lab for lab in labs if lab not in out]
     if missing:
-        with tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp, \
-                worker_pool(max(1, min(jobs, len(missing)))) as run:
+        with (
+            tempfile.TemporaryDirectory(prefix="labkit-templates-") as tmp,
+            worker_pool(max(1, min(jobs, len(missing)))) as run,
+        ):
             made = run(prepare_lab, [(str(repo_root), lab, str(Path(tmp) / lab), settings) for lab in missing])
             for lab, r in zip(missing, made):
                 if isinstance(r, BaseException):
@@ -692,8 +817,20 @@ def _window(client, current: int) -> int:
     return max(16, 3 * threads)
 
 
-def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st: ClusterStats, manifest: Manifest,
-                      merged_labs: set, report, *, settings: GradingSettings, verbose) -> None:
+def _submit_and_merge(
+    client,
+    todo: list[_Pending],
+    templates,
+    courses,
+    code,
+    st: ClusterStats,
+    manifest: Manifest,
+    merged_labs: set,
+    report,
+    *,
+    settings: GradingSettings,
+    verbose,
+) -> None:
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -704,15 +841,13 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
     window = _window(client, 16)
     refreshed = time.monotonic()
     ac = as_completed()
-    bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not verbose, dynamic_ncols=True,
-               file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="grading", unit="nb", disable=not verbose, dynamic_ncols=True, file=sys.stderr)
 
     def finished(res: GradeResult) -> None:
         count["done"] += 1
         count["failed"] += res.status == "failed"
         report(res)
-        bar.set_postfix(done=count["done"], failed=count["failed"], remaining=len(todo) - count["done"],
-                        refresh=False)
+        bar.set_postfix(done=count["done"], failed=count["failed"], remaining=len(todo) - count["done"], refresh=False)
         bar.update(1)
 
     def submit_one() -> bool:
@@ -731,8 +866,19 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
         sha = hashlib.sha256(data).hexdigest()
         if sha != p.sha:  # the file changed since it was listed: grade what is there now
             p.sha, p.key = sha, task_key(p.res.lab, p.res.student, sha)
-        fut = client.submit(grade_task, p.res.lab, p.res.student, p.path.name, data, templates[p.res.lab], code,
-                            settings, key=p.key, pure=False, retries=0)
+        fut = client.submit(
+            grade_task,
+            p.res.lab,
+            p.res.student,
+            p.path.name,
+            data,
+            templates[p.res.lab],
+            code,
+            settings,
+            key=p.key,
+            pure=False,
+            retries=0,
+        )
         by_key[fut.key] = p
         ac.add(fut)
         st.submitted += 1
@@ -751,7 +897,7 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                 continue
             res = p.res
             if fut.status in ("lost", "pending"):  # computed, then its worker died before we fetched it: the
-                st.recomputed += 1                 # scheduler computes it again elsewhere; wait for that result
+                st.recomputed += 1  # scheduler computes it again elsewhere; wait for that result
                 ac.add(fut)
                 continue
             try:
@@ -765,17 +911,31 @@ def _submit_and_merge(client, todo: list[_Pending], templates, courses, code, st
                 w = payload.get("worker", "?")
                 st.per_worker[w] = st.per_worker.get(w, 0) + 1
                 t0 = time.monotonic()
-                mark = {"sha256": p.sha, "grader": p.grader, "worker": w, "merged_at": _now(),
-                        "seconds": round(float(payload.get("seconds") or 0), 2)}
+                mark = {
+                    "sha256": p.sha,
+                    "grader": p.grader,
+                    "worker": w,
+                    "merged_at": _now(),
+                    "seconds": round(float(payload.get("seconds") or 0), 2),
+                }
                 try:
                     merged_res = merge_result(courses[res.lab], res.lab, res.student, payload, mark)
-                    manifest.record(res.lab, res.student, p.sha, p.grader, merged_res,
-                                    autograded=f"{res.lab}.ipynb" in (payload.get("autograded") or {}),
-                                    worker=w, seconds=mark["seconds"], merged_at=mark["merged_at"])
+                    manifest.record(
+                        res.lab,
+                        res.student,
+                        p.sha,
+                        p.grader,
+                        merged_res,
+                        autograded=f"{res.lab}.ipynb" in (payload.get("autograded") or {}),
+                        worker=w,
+                        seconds=mark["seconds"],
+                        merged_at=mark["merged_at"],
+                    )
                 except Exception as exc:
                     res.status = Status.FAILED
-                    res.notes.append(f"could not record the result in the gradebook: {type(exc).__name__}: "
-                                     f"{str(exc)[:300]}")
+                    res.notes.append(
+                        f"could not record the result in the gradebook: {type(exc).__name__}: {str(exc)[:300]}"
+                    )
                     st.failed_tasks += 1
                 else:
                     res.__dict__.update(merged_res.__dict__)
@@ -818,8 +978,10 @@ def _task_failure(exc: BaseException | None) -> str:
     """One line for a task that returned no result."""
     name = type(exc).__name__ if exc is not None else "unknown"
     if name == "KilledWorker":
-        return (f"not graded: the workers running it died more than {ALLOWED_FAILURES} times (Dask's "
-                "allowed-failures); run the command again to retry")
+        return (
+            f"not graded: the workers running it died more than {ALLOWED_FAILURES} times (Dask's "
+            "allowed-failures); run the command again to retry"
+        )
     if isinstance(exc, WorkerUnfit) or name == "WorkerUnfit":
         return f"not graded: {str(exc).splitlines()[0] if str(exc) else name}"
     text = " ".join(str(exc).split())[:300] if exc is not None else ""

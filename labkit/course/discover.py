@@ -30,7 +30,7 @@ from labkit.course.restore import normalise_source
 from labkit.course.sources import ALLOWED_BESIDE_SOURCE
 from labkit.errors import LabkitError
 
-MAX_NOTEBOOK_BYTES = 100 * 2 ** 20  # a notebook with many figures is a few MB; this is far above any lab's
+MAX_NOTEBOOK_BYTES = 100 * 2**20  # a notebook with many figures is a few MB; this is far above any lab's
 MAX_ENTRIES = 10_000  # files and folders looked at per student (a hostile archive can hold millions)
 MAX_DEPTH = 8  # folders inside a student's folder
 
@@ -97,8 +97,9 @@ def read_submission(path: str | os.PathLike) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise LabkitError(f"{name} was not read: it is not a regular file")
         if info.st_size > MAX_NOTEBOOK_BYTES:
-            raise LabkitError(f"{name} was not read: {info.st_size / 2 ** 20:.0f} MB "
-                              f"(limit {MAX_NOTEBOOK_BYTES // 2 ** 20} MB)")
+            raise LabkitError(
+                f"{name} was not read: {info.st_size / 2**20:.0f} MB (limit {MAX_NOTEBOOK_BYTES // 2**20} MB)"
+            )
         chunks, left = [], MAX_NOTEBOOK_BYTES + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))
@@ -107,7 +108,7 @@ def read_submission(path: str | os.PathLike) -> bytes:
             chunks.append(chunk)
             left -= len(chunk)
         if left <= 0:  # it grew while being read
-            raise LabkitError(f"{name} was not read: larger than {MAX_NOTEBOOK_BYTES // 2 ** 20} MB")
+            raise LabkitError(f"{name} was not read: larger than {MAX_NOTEBOOK_BYTES // 2**20} MB")
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -131,18 +132,23 @@ def _lab_from_content(path: Path, releases: dict) -> str | None:
     except Exception:
         return None
     ids = {((c.get("metadata") or {}).get("nbgrader") or {}).get("grade_id") for c in cells}
-    texts = {normalise_source("".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", "")) for c in cells}
+    texts = {
+        normalise_source("".join(c["source"]) if isinstance(c.get("source"), list) else c.get("source", ""))
+        for c in cells
+    }
     best, best_score = None, 0
     for lab, rel in releases.items():
         score = sum(1 for c in rel.cells if c.metadata.get("nbgrader", {}).get("grade_id") in ids)
-        score += sum(1 for c in rel.cells if c.metadata.get("nbgrader", {}).get("locked") and normalise_source(c.source) in texts)
+        score += sum(
+            1 for c in rel.cells if c.metadata.get("nbgrader", {}).get("locked") and normalise_source(c.source) in texts
+        )
         if score > best_score:
             best, best_score = lab, score
     return best
 
 
 def _kind(entry: os.DirEntry) -> str:
-    """"link", "folder", "file" or "special" (FIFO, socket, device), never following a link."""
+    """ "link", "folder", "file" or "special" (FIFO, socket, device), never following a link."""
     if entry.is_symlink():
         return "link"
     if entry.is_dir(follow_symlinks=False):
@@ -206,7 +212,7 @@ def discover(submissions_dir: str | os.PathLike, labs: Sequence[str], releases: 
     owner = {}  # entry name -> the student's raw name: a folder's name, or what comes before "_" in a notebook's
     for e in entries:
         if e.name.endswith(".ipynb") and _kind(e) != "folder":
-            owner[e.name] = e.name[:-len(".ipynb")].partition("_")[0]
+            owner[e.name] = e.name[: -len(".ipynb")].partition("_")[0]
         elif _kind(e) != "file":  # folders, and links or special files of any name
             owner[e.name] = e.name
     ids, name_notes = assign_ids(list(owner.values()))
@@ -221,8 +227,9 @@ def discover(submissions_dir: str | os.PathLike, labs: Sequence[str], releases: 
     def add(student: str, path: Path, hint: str) -> None:
         lab = _lab_from_name(hint, labs) or (_lab_from_content(path, releases) if releases else None)
         if lab is None:
-            odd.setdefault(student, []).append(f"{path.relative_to(root)}: cannot tell which lab this is "
-                                               "(name it <student>_<lab>.ipynb)")
+            odd.setdefault(student, []).append(
+                f"{path.relative_to(root)}: cannot tell which lab this is (name it <student>_<lab>.ipynb)"
+            )
             return
         found.setdefault((student, lab), []).append(path)
 
@@ -233,7 +240,9 @@ def discover(submissions_dir: str | os.PathLike, labs: Sequence[str], releases: 
         if kind == "link":
             odd.setdefault(student, []).append(_link_note(entry, entry.name))
         elif kind == "special":
-            odd.setdefault(student, []).append(f"{entry.name} is not a regular file (a FIFO, socket or device): skipped")
+            odd.setdefault(student, []).append(
+                f"{entry.name} is not a regular file (a FIFO, socket or device): skipped"
+            )
         elif kind == "folder":
             notebooks, files, notes = _scan_folder(Path(entry.path))
             odd.setdefault(student, []).extend(notes)
@@ -241,8 +250,8 @@ def discover(submissions_dir: str | os.PathLike, labs: Sequence[str], releases: 
             for nbpath in notebooks:
                 add(student, nbpath, str(nbpath.relative_to(entry.path)))
         else:
-            rest = entry.name[:-len(".ipynb")].partition("_")[2]
-            add(student, Path(entry.path), rest or entry.name[:-len(".ipynb")])
+            rest = entry.name[: -len(".ipynb")].partition("_")[2]
+            add(student, Path(entry.path), rest or entry.name[: -len(".ipynb")])
     for (student, lab), paths in sorted(found.items()):
         paths = sorted(paths, key=lambda p: p.lstat().st_mtime)
         if len(paths) > 1:

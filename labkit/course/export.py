@@ -28,22 +28,34 @@ def export_html(notebook, out=None) -> tuple[Path, list[str]]:
         import nbformat
         from nbconvert import HTMLExporter
     except ImportError:
-        raise LabkitError("'labkit report' needs nbconvert: pip install nbconvert (Jupyter and Colab have it), or "
-                          "use jupyter's File > Save and Export Notebook As > HTML") from None
+        raise LabkitError(
+            "'labkit report' needs nbconvert: pip install nbconvert (Jupyter and Colab have it), or "
+            "use jupyter's File > Save and Export Notebook As > HTML"
+        ) from None
     try:
         nb = nbformat.read(str(src), as_version=4)
     except Exception as exc:  # truncated upload, not JSON, not a notebook
-        raise LabkitValueError(f"{src} is not a readable notebook ({one_line(f'{type(exc).__name__}: {exc}', 160)})") from None
+        raise LabkitValueError(
+            f"{src} is not a readable notebook ({one_line(f'{type(exc).__name__}: {exc}', 160)})"
+        ) from None
     code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     unrun = sum(1 for c in code if c.get("execution_count") is None and not c.get("outputs"))
-    blank = sum(1 for c in nb.cells if c.cell_type == "markdown" and (
-        c.source.strip() == UNANSWERED or (c.metadata.get("nbgrader", {}).get("solution") and UNANSWERED in c.source)))
+    blank = sum(
+        1
+        for c in nb.cells
+        if c.cell_type == "markdown"
+        and (
+            c.source.strip() == UNANSWERED
+            or (c.metadata.get("nbgrader", {}).get("solution") and UNANSWERED in c.source)
+        )
+    )
     notes = []
     if unrun:
         notes.append(f"{unrun} of {len(code)} code cells have no output: run all cells, save, and export again")
     if blank:
-        notes.append(f"{blank} written answer{'s' if blank > 1 else ''} still {'say' if blank > 1 else 'says'} "
-                     f"{UNANSWERED!r}")
+        notes.append(
+            f"{blank} written answer{'s' if blank > 1 else ''} still {'say' if blank > 1 else 'says'} {UNANSWERED!r}"
+        )
     try:
         from traitlets.config import Config
 
@@ -51,7 +63,8 @@ def export_html(notebook, out=None) -> tuple[Path, list[str]]:
 
         # inert: the instructor opens this file, and the notebook is the student's (see labkit.course.inert)
         body, _ = HTMLExporter(config=inert_html(Config()), embed_images=True).from_notebook_node(
-            nb, resources={"metadata": {"name": src.stem, "path": str(src.parent.resolve())}, "embed_images": True})
+            nb, resources={"metadata": {"name": src.stem, "path": str(src.parent.resolve())}, "embed_images": True}
+        )
     except Exception as exc:
         raise LabkitError(f"could not export {src} to HTML ({one_line(f'{type(exc).__name__}: {exc}', 200)})") from None
     dst.parent.mkdir(parents=True, exist_ok=True)

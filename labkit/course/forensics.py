@@ -4,11 +4,19 @@ out of memory or killed the kernel; code that tampers with the libraries; answer
 from __future__ import annotations
 
 
-MEMORY_ERRORS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "Unable to allocate",
-                 "std::bad_alloc", "out of memory")
+MEMORY_ERRORS = (
+    "MemoryError",
+    "can't allocate memory",
+    "Cannot allocate memory",
+    "Unable to allocate",
+    "std::bad_alloc",
+    "out of memory",
+)
 
 
-def execution_report(nb, timeout: int | None = None, memory_limit_gb: float | None = None) -> tuple[str | None, list[str]]:
+def execution_report(
+    nb, timeout: int | None = None, memory_limit_gb: float | None = None
+) -> tuple[str | None, list[str]]:
     """What went wrong while an autograded notebook ran: ``(status or None, notes)``, one note per code cell
     with an error output. Status: ``kernel died`` (a DeadKernelError output, see ``GuardedExecute``) before
     ``out of memory`` (an error that names a failed allocation)."""
@@ -31,8 +39,11 @@ def execution_report(nb, timeout: int | None = None, memory_limit_gb: float | No
             what = "the kernel died here (restarted, the cells above re-run)"
         elif "CellTimeoutError" in enames:
             what = f"timed out after {timeout} s" if timeout else "timed out"
-            what += (" and ignored the interrupt: the kernel was restarted, the cells above re-run"
-                     if "restarted" in text else " and was interrupted")
+            what += (
+                " and ignored the interrupt: the kernel was restarted, the cells above re-run"
+                if "restarted" in text
+                else " and was interrupted"
+            )
         elif any(m.lower() in text.lower() for m in MEMORY_ERRORS):
             oom = True
             cap = f"the {memory_limit_gb:g} GB memory cap" if memory_limit_gb else "the memory limit"
@@ -44,10 +55,16 @@ def execution_report(nb, timeout: int | None = None, memory_limit_gb: float | No
         else:
             notes.append(f"{label}: {what}")
     if not_run:
-        tests = sum(1 for c in not_run if (c.metadata.get("nbgrader") or {}).get("grade")
-                    and not (c.metadata.get("nbgrader") or {}).get("solution"))
-        notes.append(f"the notebook ran longer than its time limit (--notebook-timeout) and grading ended it: "
-                     f"{len(not_run)} code cells were not run, {tests} of them test cells (scored 0)")
+        tests = sum(
+            1
+            for c in not_run
+            if (c.metadata.get("nbgrader") or {}).get("grade")
+            and not (c.metadata.get("nbgrader") or {}).get("solution")
+        )
+        notes.append(
+            f"the notebook ran longer than its time limit (--notebook-timeout) and grading ended it: "
+            f"{len(not_run)} code cells were not run, {tests} of them test cells (scored 0)"
+        )
     status = "kernel died" if died else "out of memory" if oom else None
     return status, notes
 
@@ -82,7 +99,12 @@ def tampering_notes(nb) -> list[str]:
             targets = []
             if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" and node.args:
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "setattr"
+                and node.args
+            ):
                 targets = [node.args[0]]
             for t in targets:
                 root = t
@@ -94,8 +116,10 @@ def tampering_notes(nb) -> list[str]:
                     found.append(f"setattr({root.id}, ...)")
         if found:
             gid = md.get("grade_id")
-            notes.append(f"REVIEW cell {i}{f' ({gid})' if gid else ''}: replaces {', '.join(sorted(set(found)))} "
-                         "(monkeypatching; the checks do not rely on it, but look at this submission)")
+            notes.append(
+                f"REVIEW cell {i}{f' ({gid})' if gid else ''}: replaces {', '.join(sorted(set(found)))} "
+                "(monkeypatching; the checks do not rely on it, but look at this submission)"
+            )
     return notes
 
 

@@ -33,13 +33,23 @@ from labkit.course.sources import (
 from labkit.errors import LabkitError
 
 
-def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.PathLike, labs: Sequence[str] | None = None,
-                      *, repo_root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
-                      feedback: bool = True, jobs: int | None = None, verbose: bool = True,
-                      memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB, sandbox: bool = True,
-                      scheduler: str | None = None, stats: dict | None = None,
-                      notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT,
-                      settings: GradingSettings | None = None) -> list[GradeResult]:
+def grade_submissions(
+    submissions_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    labs: Sequence[str] | None = None,
+    *,
+    repo_root: str | os.PathLike | None = None,
+    timeout: int = DEFAULT_TIMEOUT,
+    feedback: bool = True,
+    jobs: int | None = None,
+    verbose: bool = True,
+    memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB,
+    sandbox: bool = True,
+    scheduler: str | None = None,
+    stats: dict | None = None,
+    notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT,
+    settings: GradingSettings | None = None,
+) -> list[GradeResult]:
     """Autograde every submission in ``submissions_dir``; write results under ``out_dir``:
 
         out_dir/nbgrader/<lab>/      one nbgrader course per lab (source, release, submitted, autograded,
@@ -72,8 +82,13 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     given, it replaces those five keyword arguments. Everything below takes this one value.
     """
     if settings is None:
-        settings = GradingSettings(timeout=timeout, notebook_timeout=notebook_timeout,
-                                   memory_limit_gb=memory_limit_gb, sandbox=sandbox, feedback=feedback)
+        settings = GradingSettings(
+            timeout=timeout,
+            notebook_timeout=notebook_timeout,
+            memory_limit_gb=memory_limit_gb,
+            sandbox=sandbox,
+            feedback=feedback,
+        )
     if settings.sandbox and not scheduler:  # on a cluster, each worker probes its own sandbox
         from labkit.course.sandbox import probe
 
@@ -104,12 +119,35 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
     if scheduler:
         from labkit.course.cluster import grade_on_cluster
 
-        results = grade_on_cluster(subs, chosen, empty, empty_labs, releases, courses, repo_root=repo_root,
-                                   settings=settings, jobs=jobs, verbose=verbose, scheduler=scheduler,
-                                   out_dir=out_dir, stats=stats)
+        results = grade_on_cluster(
+            subs,
+            chosen,
+            empty,
+            empty_labs,
+            releases,
+            courses,
+            repo_root=repo_root,
+            settings=settings,
+            jobs=jobs,
+            verbose=verbose,
+            scheduler=scheduler,
+            out_dir=out_dir,
+            stats=stats,
+        )
     else:
-        results = _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, repo_root=repo_root,
-                                 settings=settings, jobs=jobs, verbose=verbose)
+        results = _grade_locally(
+            subs,
+            chosen,
+            empty,
+            empty_labs,
+            releases,
+            courses,
+            active,
+            repo_root=repo_root,
+            settings=settings,
+            jobs=jobs,
+            verbose=verbose,
+        )
     for r in results:
         if r.status != "no submission":  # a skipped link, an odd name: said on the student's own rows
             r.notes += found.notes.get(r.student, [])
@@ -127,18 +165,22 @@ def grade_submissions(submissions_dir: str | os.PathLike, out_dir: str | os.Path
         reports = []
         print(f"warning: the class report could not be written ({type(exc).__name__}: {exc})", file=sys.stderr)
     if verbose:
-        print(f"{len(results)} submissions, {sum(r.status == 'graded' for r in results)} graded; "
-              f"scores in {out_dir / 'scores.csv'}" + (f"; class reports: {', '.join(p.name for p in reports)}"
-                                                       if reports else ""))
+        print(
+            f"{len(results)} submissions, {sum(r.status == 'graded' for r in results)} graded; "
+            f"scores in {out_dir / 'scores.csv'}"
+            + (f"; class reports: {', '.join(p.name for p in reports)}" if reports else "")
+        )
     return results
 
 
-def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *, repo_root,
-                   settings: GradingSettings, jobs, verbose) -> list[GradeResult]:
+def _grade_locally(
+    subs, chosen, empty, empty_labs, releases, courses, active, *, repo_root, settings: GradingSettings, jobs, verbose
+) -> list[GradeResult]:
     """The local half of ``grade_submissions``: prepare, autograde and write feedback in ``jobs`` processes."""
     with worker_pool(jobs) as run:
-        prepared = dict(zip(active, run(prepare_lab, [(str(repo_root), lab, courses[lab], settings)
-                                                       for lab in active])))
+        prepared = dict(
+            zip(active, run(prepare_lab, [(str(repo_root), lab, courses[lab], settings) for lab in active]))
+        )
         tasks, results = [], []
         for s in sorted(subs, key=lambda s: (chosen.index(s.lab), s.student)):
             res = GradeResult(s.student, s.lab)
@@ -165,8 +207,9 @@ def _grade_locally(subs, chosen, empty, empty_labs, releases, courses, active, *
                 res = GradeResult(student, lab, 0.0, max_score, Status.NO_SUBMISSION, [note])
                 results.append(res)
                 report(res)
-        graded_labs = [lab for lab in active if any(r.lab == lab and r.status not in ("failed", "no submission")
-                                                    for r in results)]
+        graded_labs = [
+            lab for lab in active if any(r.lab == lab and r.status not in ("failed", "no submission") for r in results)
+        ]
         if settings.feedback:
             for lab, warning in zip(graded_labs, run(feedback_lab, [(courses[lab], lab) for lab in graded_labs])):
                 if warning:  # a string from nbgrader, or the exception of a worker that died

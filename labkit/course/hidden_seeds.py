@@ -70,7 +70,7 @@ def course_secret(course: str | os.PathLike) -> bytes:
 def draw_seed(secret: bytes, run: str, where: str) -> int:
     """A seed in 1 .. 2**31 - 1, the same for the same secret, run and place, unpredictable otherwise."""
     digest = hmac.new(secret, f"{run}|{where}".encode(), hashlib.sha256).digest()
-    return int.from_bytes(digest[:8], "big") % (2 ** 31 - 1) + 1
+    return int.from_bytes(digest[:8], "big") % (2**31 - 1) + 1
 
 
 def reseed_hidden_tests(source: str, secret: bytes, run: str, cell: str, accept=lambda line: True) -> str:
@@ -87,8 +87,9 @@ def reseed_hidden_tests(source: str, secret: bytes, run: str, cell: str, accept=
         elif hidden and SEED.search(line):
             for attempt in range(8):
                 count = iter(range(1_000))  # the n-th seed= of the line
-                drawn = SEED.sub(lambda m: f"seed={draw_seed(secret, run, f'{cell}|{i}|{attempt}|{next(count)}')}",
-                                 line)
+                drawn = SEED.sub(
+                    lambda m: f"seed={draw_seed(secret, run, f'{cell}|{i}|{attempt}|{next(count)}')}", line
+                )
                 if accept(drawn):
                     lines[i] = drawn
                     break
@@ -111,8 +112,9 @@ def passes_with_library(checks):
         try:
             for name, module in LIBRARY_ANSWERS.items():
                 if re.search(rf"\b{name}\b", line):  # a lab's own stand-in first (labkit_unet: the student's arguments)
-                    names[name] = getattr(checks, f"labkit_{name.lower()}", None) or \
-                        getattr(importlib.import_module(module), name)
+                    names[name] = getattr(checks, f"labkit_{name.lower()}", None) or getattr(
+                        importlib.import_module(module), name
+                    )
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 exec(compile(line.strip(), "<hidden test>", "exec"), {"__builtins__": builtins}, names)  # noqa: S102
         except Exception:  # the course's own line and answers: a failure only means "draw again"

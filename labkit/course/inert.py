@@ -18,9 +18,46 @@ from __future__ import annotations
 
 # What survives: plain text layout, tables, links to http(s) or mail addresses, images only as data: URIs
 # (pasted attachments). No script, style, frame, form, object or event attribute.
-SAFE_TAGS = frozenset({"a", "abbr", "acronym", "b", "blockquote", "br", "code", "del", "details", "div", "em",
-                       "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "li", "ol", "p", "pre", "span",
-                       "strong", "sub", "summary", "sup", "table", "tbody", "td", "th", "thead", "tr", "ul"})
+SAFE_TAGS = frozenset(
+    {
+        "a",
+        "abbr",
+        "acronym",
+        "b",
+        "blockquote",
+        "br",
+        "code",
+        "del",
+        "details",
+        "div",
+        "em",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "hr",
+        "i",
+        "img",
+        "li",
+        "ol",
+        "p",
+        "pre",
+        "span",
+        "strong",
+        "sub",
+        "summary",
+        "sup",
+        "table",
+        "tbody",
+        "td",
+        "th",
+        "thead",
+        "tr",
+        "ul",
+    }
+)
 SAFE_PROTOCOLS = frozenset({"http", "https", "mailto", "data"})
 
 
@@ -42,6 +79,7 @@ def clean(html: str) -> str:
 try:
     from jinja2 import pass_context
 except ImportError:  # pragma: no cover - jinja2 comes with nbconvert
+
     def pass_context(f):
         return f
 
@@ -53,9 +91,13 @@ def markdown2html(context, source: str) -> str:
 
     cell = context.get("cell", {}) if hasattr(context, "get") else {}
     resources = context.get("resources", {}) if hasattr(context, "get") else {}
-    renderer = IPythonRenderer(escape=False, attachments=cell.get("attachments", {}),
-                               embed_images=bool(resources.get("embed_images")),  # labkit report: pictures inside
-                               path=(resources.get("metadata") or {}).get("path", ""), exclude_anchor_links=True)
+    renderer = IPythonRenderer(
+        escape=False,
+        attachments=cell.get("attachments", {}),
+        embed_images=bool(resources.get("embed_images")),  # labkit report: pictures inside
+        path=(resources.get("metadata") or {}).get("path", ""),
+        exclude_anchor_links=True,
+    )
     return clean(MarkdownWithMath(renderer=renderer).render(source))
 
 

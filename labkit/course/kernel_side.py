@@ -48,8 +48,11 @@ def answer(namespace: dict, name: str, inputs: bytes, mode: str = "call") -> byt
         args, kwargs = wire.decode_call(inputs)
         out = None
         printed = io.StringIO()
-        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed), \
-                contextlib.redirect_stdout(printed):
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stderr(printed),
+            contextlib.redirect_stdout(printed),
+        ):
             warnings.simplefilter("always")
             seen = None
             try:
@@ -74,6 +77,7 @@ def answer(namespace: dict, name: str, inputs: bytes, mode: str = "call") -> byt
 
 
 # --- the dynamic review: did this call run labkit's own answer? ---------------------------------------
+
 
 @contextlib.contextmanager
 def watch_library(graded: str):

@@ -7,7 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from labkit.course.sources import import_nbformat, BEGIN_HIDDEN, DEFAULT_MEMORY_LIMIT_GB, DEFAULT_NOTEBOOK_TIMEOUT, DEFAULT_TIMEOUT
+from labkit.course.sources import (
+    import_nbformat,
+    BEGIN_HIDDEN,
+    DEFAULT_MEMORY_LIMIT_GB,
+    DEFAULT_NOTEBOOK_TIMEOUT,
+    DEFAULT_TIMEOUT,
+)
 
 
 try:  # The feedback preprocessor is a real nbconvert Preprocessor when nbconvert is installed.
@@ -49,10 +55,12 @@ def _memory_limit_line(gigabytes: float) -> str:
     kernel instead of pushing the grading machine into swap or the OOM killer. Linux (and other POSIX
     systems that enforce RLIMIT_DATA); elsewhere the line does nothing. ``RLIMIT_AS`` would also count the
     address space that torch's shared libraries map (over 3 GB of it for a CUDA build) and is not used."""
-    cap = int(gigabytes * 2 ** 30)
-    return ("exec('try:\\n import resource as _r\\n _h = _r.getrlimit(_r.RLIMIT_DATA)[1]\\n"
-            f" _c = {cap} if _h == _r.RLIM_INFINITY else min({cap}, _h)\\n"
-            " _r.setrlimit(_r.RLIMIT_DATA, (_c, _c))\\nexcept Exception:\\n pass', {})")
+    cap = int(gigabytes * 2**30)
+    return (
+        "exec('try:\\n import resource as _r\\n _h = _r.getrlimit(_r.RLIMIT_DATA)[1]\\n"
+        f" _c = {cap} if _h == _r.RLIM_INFINITY else min({cap}, _h)\\n"
+        " _r.setrlimit(_r.RLIMIT_DATA, (_c, _c))\\nexcept Exception:\\n pass', {})"
+    )
 
 
 _COURSE_LOCK: dict = {"fd": None}  # the gradebook lock held by this process (see course_lock)
@@ -123,10 +131,16 @@ def guarded_execute_class():
         return NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
 
     class GuardedExecute(Execute):
-        memory_limit_gb = Float(DEFAULT_MEMORY_LIMIT_GB, help="memory cap of each kernel in GB (0: none)").tag(config=True)
-        max_restarts = Integer(3, help="kernel restarts allowed per notebook before autograde gives up").tag(config=True)
+        memory_limit_gb = Float(DEFAULT_MEMORY_LIMIT_GB, help="memory cap of each kernel in GB (0: none)").tag(
+            config=True
+        )
+        max_restarts = Integer(3, help="kernel restarts allowed per notebook before autograde gives up").tag(
+            config=True
+        )
         responsive_timeout = Integer(20, help="seconds a kernel has to answer after a timed-out cell").tag(config=True)
-        notebook_timeout = Integer(DEFAULT_NOTEBOOK_TIMEOUT, help="seconds for the whole notebook (0: no limit)").tag(config=True)
+        notebook_timeout = Integer(DEFAULT_NOTEBOOK_TIMEOUT, help="seconds for the whole notebook (0: no limit)").tag(
+            config=True
+        )
 
         def preprocess(self, nb, resources=None, km=None):
             import time
@@ -147,8 +161,13 @@ def guarded_execute_class():
 
             if cell.cell_type != "code" or self._deadline is None or time.monotonic() < self._deadline:
                 return False
-            cell.outputs = [error_output("NotebookTimeout", f"not run: the notebook ran longer than "
-                                         f"{self.notebook_timeout} s in all, and grading ended it here")]
+            cell.outputs = [
+                error_output(
+                    "NotebookTimeout",
+                    f"not run: the notebook ran longer than "
+                    f"{self.notebook_timeout} s in all, and grading ended it here",
+                )
+            ]
             cell.execution_count = None
             self._skip.add(index)
             return True
@@ -166,15 +185,22 @@ def guarded_execute_class():
         def preprocess_cell(self, cell, resources, index):
             if self.out_of_time(cell, index):
                 return cell, self.resources
-            hung = error_output("CellTimeoutError", f"the cell ran longer than {self.timeout} s and the kernel "
-                                "did not stop when interrupted; it was restarted, the cells above were run again, "
-                                "and grading went on")
+            hung = error_output(
+                "CellTimeoutError",
+                f"the cell ran longer than {self.timeout} s and the kernel "
+                "did not stop when interrupted; it was restarted, the cells above were run again, "
+                "and grading went on",
+            )
             try:
                 cell, resources = super().preprocess_cell(cell, resources, index)
             except DeadKernelError:
-                cell.outputs = list(cell.get("outputs", [])) + [error_output(
-                    "DeadKernelError", "the kernel died while running this cell (it exited, crashed or ran out of "
-                    "memory); it was restarted, the cells above were run again, and grading went on")]
+                cell.outputs = list(cell.get("outputs", [])) + [
+                    error_output(
+                        "DeadKernelError",
+                        "the kernel died while running this cell (it exited, crashed or ran out of "
+                        "memory); it was restarted, the cells above were run again, and grading went on",
+                    )
+                ]
                 self._recover(index)
                 return cell, self.resources
             except CellTimeoutError:  # still busy after the interrupt: no IOPub "idle" for this cell
@@ -232,9 +258,16 @@ def guarded_execute_class():
     return GuardedExecute
 
 
-def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int = DEFAULT_TIMEOUT,
-                       add_missing_cells: bool = True, memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB,
-                       sandbox: bool = True, notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT):
+def configure_nbgrader(
+    c,
+    *,
+    root: str | os.PathLike | None = None,
+    timeout: int = DEFAULT_TIMEOUT,
+    add_missing_cells: bool = True,
+    memory_limit_gb: float = DEFAULT_MEMORY_LIMIT_GB,
+    sandbox: bool = True,
+    notebook_timeout: int = DEFAULT_NOTEBOOK_TIMEOUT,
+):
     """Apply labkit's grading settings to a traitlets Config ``c`` (used by the API and nbgrader_config.py).
 
     Autograde executes with ``labkit.course.trusted.TrustedExecute``: test cells run in the grader's own
@@ -258,12 +291,17 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
     c.GuardedExecute.memory_limit_gb = float(memory_limit_gb or 0)
     c.GuardedExecute.notebook_timeout = int(notebook_timeout or 0)
     c.TrustedExecute.sandbox = bool(sandbox)
-    c.Autograde.autograde_preprocessors = [executor if p is Execute else p
-                                           for p in Autograde.class_traits()["autograde_preprocessors"].default()]
+    c.Autograde.autograde_preprocessors = [
+        executor if p is Execute else p for p in Autograde.class_traits()["autograde_preprocessors"].default()
+    ]
     c.OverwriteCells.add_missing_cells = bool(add_missing_cells)
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
-    c.GenerateFeedback.preprocessors = [get_grades_showing_pending(), RedactHiddenTestOutputs, ClearHiddenTests,
-                                        CSSHTMLHeaderPreprocessor]
+    c.GenerateFeedback.preprocessors = [
+        get_grades_showing_pending(),
+        RedactHiddenTestOutputs,
+        ClearHiddenTests,
+        CSSHTMLHeaderPreprocessor,
+    ]
     from labkit.course.inert import inert_html
 
     inert_html(c)
@@ -273,7 +311,8 @@ def configure_nbgrader(c, *, root: str | os.PathLike | None = None, timeout: int
 
     c.HTMLExporter.extra_template_basedirs = [
         str(Path(__file__).resolve().parent / "templates"),
-        str(Path(nbgrader.__file__).resolve().parent / "server_extensions" / "formgrader" / "templates")]
+        str(Path(nbgrader.__file__).resolve().parent / "server_extensions" / "formgrader" / "templates"),
+    ]
     return c
 
 
@@ -291,16 +330,15 @@ def get_grades_showing_pending():
 
         def _get_score(self, cell, resources):
             super()._get_score(cell, resources)
-            grade = self.gradebook.find_grade(cell.metadata["nbgrader"]["grade_id"], self.notebook_id,
-                                              self.assignment_id, self.student_id)
+            grade = self.gradebook.find_grade(
+                cell.metadata["nbgrader"]["grade_id"], self.notebook_id, self.assignment_id, self.student_id
+            )
             pending = grade.auto_score is None and grade.manual_score is None
             cell.metadata.nbgrader["pending"] = pending
             if pending:
                 self._pending += float(grade.max_score or 0)
 
     return GetGradesShowingPending
-
-
 
 
 class _Api:
@@ -333,8 +371,11 @@ def nbgrader_api(root: Path, settings=None, *, add_missing_cells: bool = True):
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
-    c = (settings.configure(Config(), root=root, add_missing_cells=add_missing_cells) if settings is not None
-         else configure_nbgrader(Config(), root=root, add_missing_cells=add_missing_cells))
+    c = (
+        settings.configure(Config(), root=root, add_missing_cells=add_missing_cells)
+        if settings is not None
+        else configure_nbgrader(Config(), root=root, add_missing_cells=add_missing_cells)
+    )
     c.NbGraderAPI.log_level = "ERROR"
     return _Api(NbGraderAPI(config=c))
 
@@ -361,7 +402,7 @@ def temporary_env(**values):
 
 # --- The course folder's own nbgrader_config.py (issue 13: manual grading in the real formgrader) ------
 
-COURSE_CONFIG = '''\
+COURSE_CONFIG = """\
 # Written by labkit: nbgrader's settings for this course folder, so that the formgrader and nbgrader's
 # commands run here (generate_feedback, export, autograde) use labkit's settings, e.g. feedback that
 # never shows hidden tests. Start the formgrader from this folder: jupyter lab  (Nbgrader > Formgrader).
@@ -371,7 +412,7 @@ from labkit.course.settings import GradingSettings
 
 c = get_config()  # noqa: F821 - provided by nbgrader / jupyter_server when they load this file
 {settings}.configure(c, root=os.path.dirname(os.path.abspath(__file__)))
-'''
+"""
 
 
 def write_course_config(course: str | os.PathLike, settings=None) -> Path:

@@ -22,6 +22,7 @@ def worker_pool(jobs: int):
     """``run(fn, list_of_arg_tuples, on_result=None)`` -> results in order; an exception raised by a call
     (or ``WorkerDied``) is returned in its place. ``jobs`` > 1: calls run in that many spawned processes."""
     if jobs == 1:
+
         def run(fn, arglist, on_result=None):
             out = []
             for args in arglist:

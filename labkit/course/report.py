@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-MAX_NOTEBOOK_BYTES = 50 * 2 ** 20  # an autograded notebook larger than this is skipped, not parsed
+MAX_NOTEBOOK_BYTES = 50 * 2**20  # an autograded notebook larger than this is skipped, not parsed
 
 
 @dataclass
@@ -110,8 +110,12 @@ def _histogram_png(scores: list[float]) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 2.6))
-    ax.hist([100 * s for s in scores], bins=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100.001], color="#4c72b0",
-            edgecolor="white")
+    ax.hist(
+        [100 * s for s in scores],
+        bins=[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100.001],
+        color="#4c72b0",
+        edgecolor="white",
+    )
     ax.set(xlabel="autograded score (% of the points)", ylabel="students", xlim=(0, 100))
     fig.tight_layout()
     buf = io.BytesIO()
@@ -122,28 +126,35 @@ def _histogram_png(scores: list[float]) -> str:
 
 def write_html(rep: LabReport, path: Path) -> None:
     e = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{e(rep.lab)}: class report</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;"
-             "text-align:left}th{border-bottom:1px solid #999}.bar{background:#4c72b0;height:0.8em}</style>",
-             f"<h1>{e(rep.lab)}: class report</h1>",
-             f"<p>{rep.students} graded submissions. Written answers still to grade: {rep.pending_manual}. "
-             f"Flagged for review: {len(rep.flagged)}.</p>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{e(rep.lab)}: class report</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;"
+        "text-align:left}th{border-bottom:1px solid #999}.bar{background:#4c72b0;height:0.8em}</style>",
+        f"<h1>{e(rep.lab)}: class report</h1>",
+        f"<p>{rep.students} graded submissions. Written answers still to grade: {rep.pending_manual}. "
+        f"Flagged for review: {len(rep.flagged)}.</p>",
+    ]
     if rep.scores:
         parts.append(f"<img alt='score histogram' src='data:image/png;base64,{_histogram_png(rep.scores)}'>")
-    parts.append("<h2>Exercises</h2><table><tr><th>test</th><th>points</th><th>passed</th><th></th>"
-                 "<th>other outcomes</th></tr>")
+    parts.append(
+        "<h2>Exercises</h2><table><tr><th>test</th><th>points</th><th>passed</th><th></th><th>other outcomes</th></tr>"
+    )
     for gid, counts in rep.exercises.items():
         total = sum(counts.values())
         share = counts.get("passed", 0) / total if total else 0.0
         other = ", ".join(f"{e(k)} {v}" for k, v in sorted(counts.items()) if k != "passed")
-        parts.append(f"<tr><td>{e(gid)}</td><td>{rep.points.get(gid, 0):g}</td><td>{share:.0%}</td>"
-                     f"<td><div class='bar' style='width:{int(100 * share)}px'></div></td><td>{other}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(gid)}</td><td>{rep.points.get(gid, 0):g}</td><td>{share:.0%}</td>"
+            f"<td><div class='bar' style='width:{int(100 * share)}px'></div></td><td>{other}</td></tr>"
+        )
     parts.append("</table><h2>Named mistakes</h2>")
     if rep.mistakes:
         parts.append("<table><tr><th>test</th><th>students</th><th>mistake</th><th>message they saw</th></tr>")
         for (gid, mistake), n in rep.mistakes.most_common():
-            parts.append(f"<tr><td>{e(gid)}</td><td>{n} ({n / max(rep.students, 1):.0%})</td><td>{e(mistake)}</td>"
-                         f"<td><small>{e(rep.examples.get((gid, mistake), ''))}</small></td></tr>")
+            parts.append(
+                f"<tr><td>{e(gid)}</td><td>{n} ({n / max(rep.students, 1):.0%})</td><td>{e(mistake)}</td>"
+                f"<td><small>{e(rep.examples.get((gid, mistake), ''))}</small></td></tr>"
+            )
         parts.append("</table>")
     else:
         parts.append("<p>No check named a mistake in this run.</p>")

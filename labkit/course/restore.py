@@ -65,8 +65,11 @@ def restore_submission(nb, release) -> list[str]:
             del cell.metadata["nbgrader"]
             if gid in seen:
                 notes.append(f"cell {i}: duplicate of '{gid}' (copied cell), graded as an ordinary cell")
-            elif not (isinstance(md, dict) and set(md) <= {"grade", "solution", "locked", "schema_version"} and
-                      not any(md.get(k) for k in ("grade", "solution", "locked"))):
+            elif not (
+                isinstance(md, dict)
+                and set(md) <= {"grade", "solution", "locked", "schema_version"}
+                and not any(md.get(k) for k in ("grade", "solution", "locked"))
+            ):
                 notes.append(f"cell {i}: unknown nbgrader metadata removed")
             continue
         seen.add(gid)
@@ -98,7 +101,7 @@ def restore_submission(nb, release) -> list[str]:
             continue
         where = present()
         before = [where[g] for g in order[:k] if g in where]
-        after = [where[g] for g in order[k + 1:] if g in where]
+        after = [where[g] for g in order[k + 1 :] if g in where]
         lo = max(before) if before else -1
         hi = min(after) if after else len(nb.cells)
         window = [i for i in range(lo + 1, hi) if free(i) and nb.cells[i].cell_type == rel.cell_type]
@@ -117,8 +120,14 @@ def restore_submission(nb, release) -> list[str]:
             continue
         # Not between its neighbours: the answer cell was deleted and the function retyped in a new cell
         # elsewhere. Above its test it runs in time where it is; below, it is moved up to just before it.
-        elsewhere = [i for i in range(len(nb.cells)) if free(i) and nb.cells[i].cell_type == rel.cell_type
-                     and names and set(names) & set(stub_names(nb.cells[i].source))]
+        elsewhere = [
+            i
+            for i in range(len(nb.cells))
+            if free(i)
+            and nb.cells[i].cell_type == rel.cell_type
+            and names
+            and set(names) & set(stub_names(nb.cells[i].source))
+        ]
         if elsewhere:
             i = elsewhere[-1]
             if i < hi:

@@ -27,8 +27,9 @@ class Status(str, Enum):
     __format__ = str.__format__
 
 
-def decide_status(*, scored: bool, execution: str | None = None, needs_manual_test: bool = False,
-                  review: bool = False) -> Status:
+def decide_status(
+    *, scored: bool, execution: str | None = None, needs_manual_test: bool = False, review: bool = False
+) -> Status:
     """The one place a graded submission's status is decided, from what grading found:
 
     scored             nbgrader autograded the notebook and the gradebook holds its points
@@ -77,10 +78,17 @@ class GradeResult:
         return self.manual_max if self.manual_score is None else 0.0
 
     def line(self) -> str:
-        score = "-" if self.score is None else f"{self.score:g}/" + ("?" if self.max_score is None else f"{self.max_score:g}")
+        score = (
+            "-"
+            if self.score is None
+            else f"{self.score:g}/" + ("?" if self.max_score is None else f"{self.max_score:g}")
+        )
         if self.manual_max:
-            score += (f" +{self.manual_max:g} manual" if self.manual_score is None
-                      else f" +{self.manual_score:g}/{self.manual_max:g}")
+            score += (
+                f" +{self.manual_max:g} manual"
+                if self.manual_score is None
+                else f" +{self.manual_score:g}/{self.manual_max:g}"
+            )
         notes = "; ".join(self.notes)
         return f"{self.student:<20} {self.lab:<20} {score:>9}  {self.status}" + (f"  ({notes})" if notes else "")
 
@@ -91,7 +99,15 @@ def write_scores_csv(results: Iterable[GradeResult], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(["student", "lab", "score", "max_score", "manual_score", "manual_max", "status", "notes"])
         for r in results:
-            w.writerow([r.student, r.lab, "" if r.score is None else f"{r.score:g}",
-                        "" if r.max_score is None else f"{r.max_score:g}",
-                        "" if r.manual_score is None else f"{r.manual_score:g}", f"{r.manual_max:g}",
-                        r.status, "; ".join(r.notes)])
+            w.writerow(
+                [
+                    r.student,
+                    r.lab,
+                    "" if r.score is None else f"{r.score:g}",
+                    "" if r.max_score is None else f"{r.max_score:g}",
+                    "" if r.manual_score is None else f"{r.manual_score:g}",
+                    f"{r.manual_max:g}",
+                    r.status,
+                    "; ".join(r.notes),
+                ]
+            )

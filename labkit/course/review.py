@@ -35,34 +35,153 @@ from labkit.course.scopes import dotted_name, statement_names
 LIBRARY = "labkit"
 # Modules whose every use is reflection: they reach objects by name, frame or memory, not by a path the
 # review can follow. ``sys`` is common in honest code, so only its reflective attributes count (below).
-REFLECTIVE_MODULES = {"gc", "importlib", "inspect", "ctypes", "builtins", "types", "runpy", "marshal", "pickle",
-                      "code", "codeop", "imp", "pkgutil", "dis", "operator", "functools", "weakref"}
+REFLECTIVE_MODULES = {
+    "gc",
+    "importlib",
+    "inspect",
+    "ctypes",
+    "builtins",
+    "types",
+    "runpy",
+    "marshal",
+    "pickle",
+    "code",
+    "codeop",
+    "imp",
+    "pkgutil",
+    "dis",
+    "operator",
+    "functools",
+    "weakref",
+}
 # Modules an answer never needs that open files, processes or the network, or hide code in data.
-DYNAMIC_MODULES = {"subprocess", "socket", "urllib", "http", "requests", "multiprocessing", "base64", "codecs",
-                   "site", "zipimport", "shutil", "tempfile", "pty", "signal", "threading", "_thread"}
+DYNAMIC_MODULES = {
+    "subprocess",
+    "socket",
+    "urllib",
+    "http",
+    "requests",
+    "multiprocessing",
+    "base64",
+    "codecs",
+    "site",
+    "zipimport",
+    "shutil",
+    "tempfile",
+    "pty",
+    "signal",
+    "threading",
+    "_thread",
+}
 # Attributes that only sys (or an alias of it) has, and that reach modules, frames or the tracer.
-SYS_REFLECTIVE = {"_getframe", "meta_path", "path_hooks", "path_importer_cache", "settrace", "setprofile",
-                  "gettrace", "getprofile", "monitoring", "_current_frames"}
-SYS_HARMLESS = {"version", "version_info", "platform", "stdout", "stderr", "maxsize", "float_info", "int_info",
-                "getsizeof", "getrecursionlimit", "setrecursionlimit", "byteorder", "hexversion", "implementation"}
-DYNAMIC_CALLS = {"exec", "eval", "compile", "__import__", "globals", "vars", "locals", "breakpoint", "open",
-                 "setattr", "delattr", "get_ipython", "memoryview"}
+SYS_REFLECTIVE = {
+    "_getframe",
+    "meta_path",
+    "path_hooks",
+    "path_importer_cache",
+    "settrace",
+    "setprofile",
+    "gettrace",
+    "getprofile",
+    "monitoring",
+    "_current_frames",
+}
+SYS_HARMLESS = {
+    "version",
+    "version_info",
+    "platform",
+    "stdout",
+    "stderr",
+    "maxsize",
+    "float_info",
+    "int_info",
+    "getsizeof",
+    "getrecursionlimit",
+    "setrecursionlimit",
+    "byteorder",
+    "hexversion",
+    "implementation",
+}
+DYNAMIC_CALLS = {
+    "exec",
+    "eval",
+    "compile",
+    "__import__",
+    "globals",
+    "vars",
+    "locals",
+    "breakpoint",
+    "open",
+    "setattr",
+    "delattr",
+    "get_ipython",
+    "memoryview",
+}
 # Dunder attributes that lead to objects by reflection (the class tree, a function's globals, frames).
-HARMLESS_DUNDERS = {"__init__", "__name__", "__qualname__", "__doc__", "__len__", "__call__", "__class__",
-                    "__enter__", "__exit__", "__repr__", "__str__", "__iter__", "__next__", "__getitem__",
-                    "__setitem__", "__contains__", "__eq__", "__hash__", "__add__", "__mul__", "__post_init__",
-                    "__version__", "__file__"}
-FRAME_ATTRIBUTES = {"f_globals", "f_locals", "f_back", "f_builtins", "gi_frame", "cr_frame", "ag_frame",
-                    "tb_frame", "tb_next", "func_globals"}
+HARMLESS_DUNDERS = {
+    "__init__",
+    "__name__",
+    "__qualname__",
+    "__doc__",
+    "__len__",
+    "__call__",
+    "__class__",
+    "__enter__",
+    "__exit__",
+    "__repr__",
+    "__str__",
+    "__iter__",
+    "__next__",
+    "__getitem__",
+    "__setitem__",
+    "__contains__",
+    "__eq__",
+    "__hash__",
+    "__add__",
+    "__mul__",
+    "__post_init__",
+    "__version__",
+    "__file__",
+}
+FRAME_ATTRIBUTES = {
+    "f_globals",
+    "f_locals",
+    "f_back",
+    "f_builtins",
+    "gi_frame",
+    "cr_frame",
+    "ag_frame",
+    "tb_frame",
+    "tb_next",
+    "func_globals",
+}
 # IPython's output history: ``Out[3]`` (or ``_3``) holds whatever cell 3's last expression showed.
 HISTORY = re.compile(r"^(Out|In|_oh|_ih|_dh|_ii?i?|_i\d+|_\d+|__|___)$")
 # Magics: those whose argument is Python code run in the notebook, and those that run nothing.
 CODE_MAGICS = {"time", "timeit", "prun", "capture"}
-HARMLESS_MAGICS = {"pwd", "matplotlib", "who", "whos", "who_ls", "lsmagic", "magic", "pinfo", "pinfo2",
-                   "precision", "history", "pdoc", "pdef", "xmode", "autosave", "ls", "autoreload"}
+HARMLESS_MAGICS = {
+    "pwd",
+    "matplotlib",
+    "who",
+    "whos",
+    "who_ls",
+    "lsmagic",
+    "magic",
+    "pinfo",
+    "pinfo2",
+    "precision",
+    "history",
+    "pdoc",
+    "pdef",
+    "xmode",
+    "autosave",
+    "ls",
+    "autoreload",
+}
 
 
 # --- the notebook as the kernel runs it -------------------------------------------------------------
+
 
 def cells_as_run(nb, release) -> list[tuple[int, str, str, bool]]:
     """``(index, label, python source, written by the student)`` for each cell the kernel will execute,
@@ -104,9 +223,13 @@ def to_python(source: str) -> str:
 def _magic(node) -> tuple[str, list[str]] | None:
     """``("time", [code...])`` for ``get_ipython().run_line_magic("time", "...")`` and the like; ``("!", ...)``
     for a shell escape; None for anything else."""
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
-            and node.func.value.func.id == "get_ipython"):
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Call)
+        and isinstance(node.func.value.func, ast.Name)
+        and node.func.value.func.id == "get_ipython"
+    ):
         return None
     args = [a.value if isinstance(a, ast.Constant) and isinstance(a.value, str) else None for a in node.args]
     method = node.func.attr
@@ -138,6 +261,7 @@ def _code_in_magic(texts: list[str], depth: int) -> list[ast.Module] | None:
 
 
 # --- the review -------------------------------------------------------------------------------------
+
 
 class _Statement:
     def __init__(self, tree: ast.stmt, where: str, gid: str | None, written: bool):
@@ -184,8 +308,10 @@ def _expand(body: list, label: str, gid, written: bool, depth: int) -> list[_Sta
             name, texts = magic
             if name in CODE_MAGICS:
                 trees = _code_in_magic(texts, depth)
-                inside = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))
-                             for n in ast.walk(stmt))
+                inside = any(
+                    isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef))
+                    for n in ast.walk(stmt)
+                )
                 if trees is None or inside:
                     st.concerns.append(f"%{name} with code the review cannot place")
                 for tree in trees or []:
@@ -209,27 +335,49 @@ def _concerns(st: _Statement, imported_modules: dict[str, str], bound: set[str])
             continue  # the translated magic itself, read by _expand
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC_CALLS:
             found.append(f"{node.func.id}()")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" \
-                and not (len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "getattr"
+            and not (len(node.args) >= 2 and isinstance(node.args[1], ast.Constant))
+        ):
             found.append("getattr() with a computed name")
-        elif isinstance(node, ast.Name) and node.id in ("getattr", "setattr", "eval", "exec", "__import__",
-                                                          "globals", "vars") and not _called(node, st.tree):
+        elif (
+            isinstance(node, ast.Name)
+            and node.id in ("getattr", "setattr", "eval", "exec", "__import__", "globals", "vars")
+            and not _called(node, st.tree)
+        ):
             found.append(f"{node.id} passed around")
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and (
-                node.id in ("__builtins__", "__loader__", "__spec__") or
-                (HISTORY.match(node.id) and node.id not in bound)):
+        elif (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Load)
+            and (
+                node.id in ("__builtins__", "__loader__", "__spec__")
+                or (HISTORY.match(node.id) and node.id not in bound)
+            )
+        ):
             found.append(node.id)
-        elif isinstance(node, ast.Attribute) and (node.attr in FRAME_ATTRIBUTES or (
-                node.attr.startswith("__") and node.attr.endswith("__") and node.attr not in HARMLESS_DUNDERS)):
+        elif isinstance(node, ast.Attribute) and (
+            node.attr in FRAME_ATTRIBUTES
+            or (node.attr.startswith("__") and node.attr.endswith("__") and node.attr not in HARMLESS_DUNDERS)
+        ):
             found.append(f"the attribute {node.attr}")
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and imported_modules.get(node.value.id) == "sys" and node.attr not in SYS_HARMLESS:
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and imported_modules.get(node.value.id) == "sys"
+            and node.attr not in SYS_HARMLESS
+        ):
             found.append(f"sys.{node.attr}")
-        elif isinstance(node, ast.Attribute) and (node.attr in SYS_REFLECTIVE or (
-                node.attr == "modules" and not _called(node, st.tree))):  # ``model.modules()`` is a call
+        elif isinstance(node, ast.Attribute) and (
+            node.attr in SYS_REFLECTIVE or (node.attr == "modules" and not _called(node, st.tree))
+        ):  # ``model.modules()`` is a call
             found.append(f"the attribute {node.attr} (of sys?)")
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) \
-                and imported_modules.get(node.id, "").split(".")[0] in REFLECTIVE_MODULES:
+        elif (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Load)
+            and imported_modules.get(node.id, "").split(".")[0] in REFLECTIVE_MODULES
+        ):
             found.append(imported_modules[node.id].split(".")[0])
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
@@ -284,14 +432,23 @@ def _taint(statements: list[_Statement], imported_modules: dict[str, str]) -> di
     while changed:
         changed = False
         for st in statements:
-            if not st.written and isinstance(st.tree, ast.Assign) and isinstance(st.tree.value, ast.Call) \
-                    and not st.touches:
+            if (
+                not st.written
+                and isinstance(st.tree, ast.Assign)
+                and isinstance(st.tree.value, ast.Call)
+                and not st.touches
+            ):
                 continue  # the lab's own results (DEVICE = colab.setup(), a schedule): data it hands the student
             via = sorted(st.names.reads & set(tainted))
             if not (st.touches or via or st.concerns):
                 continue
-            why = ("imports " + ", ".join(sorted(m for m in st.names.imports if m.split(".")[0] == LIBRARY))
-                   if st.touches else f"built from {', '.join(via)}" if via else "reflection")
+            why = (
+                "imports " + ", ".join(sorted(m for m in st.names.imports if m.split(".")[0] == LIBRARY))
+                if st.touches
+                else f"built from {', '.join(via)}"
+                if via
+                else "reflection"
+            )
             modules = {n for n, m in imported_modules.items() if m.split(".")[0] != LIBRARY}
             # a builtin the notebook never rebinds (super().__init__() in a class) holds nothing of labkit
             for name in st.names.binds | st.names.filled | (st.names.receivers - modules - builtin):
@@ -311,23 +468,28 @@ def _imported_modules(statements: list[_Statement]) -> dict[str, str]:
         elif isinstance(st.tree, ast.ImportFrom) and st.tree.module:
             for a in st.tree.names:
                 out[a.asname or a.name] = f"{st.tree.module}.{a.name}"
-    aliases = [(t.id, st.tree.value) for st in statements if isinstance(st.tree, ast.Assign)
-               and isinstance(st.tree.value, (ast.Name, ast.Attribute))
-               for t in st.tree.targets if isinstance(t, ast.Name)]
+    aliases = [
+        (t.id, st.tree.value)
+        for st in statements
+        if isinstance(st.tree, ast.Assign) and isinstance(st.tree.value, (ast.Name, ast.Attribute))
+        for t in st.tree.targets
+        if isinstance(t, ast.Name)
+    ]
     for _ in range(len(aliases)):
         grew = False
         for name, value in aliases:
             dotted = dotted_name(value)
             root = dotted.split(".")[0] if dotted else None
             if root in out and name not in out:
-                out[name], grew = out[root] + dotted[len(root):], True
+                out[name], grew = out[root] + dotted[len(root) :], True
         if not grew:
             break
     return out
 
 
-def _labkit_names(st: _Statement, imported_modules: dict[str, str], tainted: dict[str, str],
-                  functions: set[str]) -> list[str]:
+def _labkit_names(
+    st: _Statement, imported_modules: dict[str, str], tainted: dict[str, str], functions: set[str]
+) -> list[str]:
     """How a statement reaches labkit, in words an instructor can check: ``labkit.diffusion.q_sample``,
     ``_D (built from diffusion)``, ``helper uses labkit``."""
     out = [m for m in sorted(st.names.imports) if m.split(".")[0] == LIBRARY]
@@ -335,8 +497,11 @@ def _labkit_names(st: _Statement, imported_modules: dict[str, str], tainted: dic
         module = imported_modules.get(name, "")
         if module.split(".")[0] == LIBRARY:
             alias = name != module.split(".")[-1]  # ``_D = diffusion``: say so
-            uses = sorted(module + d[len(name):] + (f" (as {d})" if alias else "")
-                          for d in st.names.dotted if d.split(".")[0] == name)
+            uses = sorted(
+                module + d[len(name) :] + (f" (as {d})" if alias else "")
+                for d in st.names.dotted
+                if d.split(".")[0] == name
+            )
             out += uses or [module]
         else:
             out.append(f"{name} uses labkit" if name in functions else f"{name} ({tainted[name]})")
@@ -375,18 +540,25 @@ def static_notes(nb, release) -> list[str]:
         if how:  # (an answer that reaches labkit only by reflection gets the note on reflection below)
             outside = [n for n in named if exercises[n] != st.gid]
             if outside:
-                notes.append(f"REVIEW {st.where}: binds {', '.join(outside)} outside its answer cell, from labkit "
-                             f"({', '.join(how[:6])}) (the test would grade that instead of the answer)")
+                notes.append(
+                    f"REVIEW {st.where}: binds {', '.join(outside)} outside its answer cell, from labkit "
+                    f"({', '.join(how[:6])}) (the test would grade that instead of the answer)"
+                )
             if len(outside) < len(named):
-                notes.append(f"REVIEW {st.where}: the answer uses labkit ({', '.join(how[:6])}), which holds the "
-                             "reference answers: check that it does not just call the function it should write")
+                notes.append(
+                    f"REVIEW {st.where}: the answer uses labkit ({', '.join(how[:6])}), which holds the "
+                    "reference answers: check that it does not just call the function it should write"
+                )
         if st.written and st.concerns:
-            notes.append(f"REVIEW {st.where}: uses {', '.join(st.concerns[:6])} (reflection or hidden code, not "
-                         "needed for any exercise: the review cannot follow where it leads)")
+            notes.append(
+                f"REVIEW {st.where}: uses {', '.join(st.concerns[:6])} (reflection or hidden code, not "
+                "needed for any exercise: the review cannot follow where it leads)"
+            )
     return list(dict.fromkeys(notes))
 
 
 # --- the dynamic layer's findings, as the grader records them ---------------------------------------
+
 
 def dynamic_finding(name: str, reply: dict) -> dict:
     """What one reply of the kernel says about labkit (``kernel_side.watch_library``), reduced to plain,
@@ -395,8 +567,12 @@ def dynamic_finding(name: str, reply: dict) -> dict:
     field = reply.get("library")
     ok = isinstance(field, dict) and isinstance(field.get("ran"), list)
     ran = [r for r in (field["ran"] if ok else [])[:20] if isinstance(r, str) and re.fullmatch(r"[\w.]{1,100}", r)]
-    return {"function": str(name)[:100], "ran": ran, "watched": (field.get("watched") is True) if ok else None,
-            "reported": ok or reply.get("status") != "ok"}
+    return {
+        "function": str(name)[:100],
+        "ran": ran,
+        "watched": (field.get("watched") is True) if ok else None,
+        "reported": ok or reply.get("status") != "ok",
+    }
 
 
 def dynamic_notes(graded_nb) -> list[str]:
@@ -419,12 +595,18 @@ def dynamic_notes(graded_nb) -> list[str]:
             elif f.get("watched") is False:
                 off.add(fn)
         for fn, what in sorted(ran.items()):
-            notes.append(f"REVIEW {where}: while the grader called {fn}, it ran {', '.join(sorted(what))} "
-                         "(labkit's own answer, seen by the dynamic review)")
+            notes.append(
+                f"REVIEW {where}: while the grader called {fn}, it ran {', '.join(sorted(what))} "
+                "(labkit's own answer, seen by the dynamic review)"
+            )
         if off - silent:
-            notes.append(f"REVIEW {where}: {', '.join(sorted(off - silent))} switched off the grader's watch "
-                         "(sys.settrace) while it ran")
+            notes.append(
+                f"REVIEW {where}: {', '.join(sorted(off - silent))} switched off the grader's watch "
+                "(sys.settrace) while it ran"
+            )
         if silent:
-            notes.append(f"REVIEW {where}: the kernel's reply for {', '.join(sorted(silent))} said nothing about "
-                         "what ran (did the notebook replace labkit's side of the call?)")
+            notes.append(
+                f"REVIEW {where}: the kernel's reply for {', '.join(sorted(silent))} said nothing about "
+                "what ran (did the notebook replace labkit's side of the call?)"
+            )
     return notes

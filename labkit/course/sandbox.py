@@ -45,9 +45,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt install bubblewrap; Fedora: dnf install bubblewrap) and "
-                "allow unprivileged user namespaces, or pass --unsafe-no-sandbox to grade without isolation "
-                "(only for trusted notebooks)")
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: apt install bubblewrap; Fedora: dnf install bubblewrap) and "
+    "allow unprivileged user namespaces, or pass --unsafe-no-sandbox to grade without isolation "
+    "(only for trusted notebooks)"
+)
 
 NOBODY = 65534  # the kernel's user (and group) when the grader runs as root: "nobody" on every Linux
 # The host's /etc files a kernel may read: the dynamic linker's cache (torch's libraries are found through it),
@@ -59,13 +61,15 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch
 # groups, real = effective = saved ids, so no way back; the Linux kernel clears every capability on that
 # change), check it, enter the work folder (only nobody may) and start the kernel.
 # ``python -I -S -c BECOME uid gid folder cmd...``.
-BECOME = ("import os, sys\n"
-          "uid, gid = int(sys.argv[1]), int(sys.argv[2])\n"
-          "os.setgroups([])\nos.setresgid(gid, gid, gid)\nos.setresuid(uid, uid, uid)\n"
-          "if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):\n"
-          "    sys.exit('labkit sandbox: could not become uid %d' % uid)\n"
-          "os.chdir(sys.argv[3])\n"
-          "os.execv(sys.argv[4], sys.argv[4:])\n")
+BECOME = (
+    "import os, sys\n"
+    "uid, gid = int(sys.argv[1]), int(sys.argv[2])\n"
+    "os.setgroups([])\nos.setresgid(gid, gid, gid)\nos.setresuid(uid, uid, uid)\n"
+    "if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):\n"
+    "    sys.exit('labkit sandbox: could not become uid %d' % uid)\n"
+    "os.chdir(sys.argv[3])\n"
+    "os.execv(sys.argv[4], sys.argv[4:])\n"
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class Sandbox:
                     continue
                 if src.is_dir():
                     (workdir / rel).mkdir(parents=True, exist_ok=True)
-                elif src.is_file() and src.stat().st_size <= 64 * 2 ** 20:
+                elif src.is_file() and src.stat().st_size <= 64 * 2**20:
                     (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, workdir / rel)
         _seed_matplotlib_cache(workdir / ".matplotlib")
@@ -180,19 +184,39 @@ class Sandbox:
     def environment(self) -> dict[str, str]:
         home = str(self.workdir)
         env = {
-            "HOME": home, "USER": "student", "LOGNAME": "student", "TMPDIR": "/tmp",
+            "HOME": home,
+            "USER": "student",
+            "LOGNAME": "student",
+            "TMPDIR": "/tmp",
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
-            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
-            "IPYTHONDIR": f"{home}/.ipython", "MPLCONFIGDIR": f"{home}/.matplotlib", "XDG_CACHE_HOME": f"{home}/.cache",
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_PROXY": "*",
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "IPYTHONDIR": f"{home}/.ipython",
+            "MPLCONFIGDIR": f"{home}/.matplotlib",
+            "XDG_CACHE_HOME": f"{home}/.cache",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "NO_PROXY": "*",
         }
         # the kernel imports the grader's own labkit (its half of the graded calls must match this one's):
         # for a source checkout that is the folder above the package, where the sandbox holds the package only
         import labkit
 
         env["PYTHONPATH"] = str(Path(labkit.__file__).resolve().parent.parent)
-        for key in ("LABKIT_FAST", "LABKIT_DATA", "NBGRADER_EXECUTION", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MPLBACKEND", "TZ"):
+        for key in (
+            "LABKIT_FAST",
+            "LABKIT_DATA",
+            "NBGRADER_EXECUTION",
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "OPENBLAS_CORETYPE",
+            "OPENBLAS_L2_SIZE",
+            "MPLBACKEND",
+            "TZ",
+        ):
             if os.environ.get(key):
                 env[key] = os.environ[key]
         return env
@@ -214,10 +238,35 @@ class Sandbox:
         if self.uid is None:
             args = [bwrap, "--unshare-all", "--cap-drop", "ALL"]
         else:
-            args = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
-                    "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        args += ["--die-with-parent", "--hostname", "grading", "--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", str(lim.tmp_mb * 2 ** 20), "--tmpfs", "/tmp"]
+            args = [
+                bwrap,
+                "--unshare-ipc",
+                "--unshare-pid",
+                "--unshare-net",
+                "--unshare-uts",
+                "--unshare-cgroup-try",
+                "--cap-drop",
+                "ALL",
+                "--cap-add",
+                "CAP_SETUID",
+                "--cap-add",
+                "CAP_SETGID",
+            ]
+        args += [
+            "--die-with-parent",
+            "--hostname",
+            "grading",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--perms",
+            "1777",
+            "--size",
+            str(lim.tmp_mb * 2**20),
+            "--tmpfs",
+            "/tmp",
+        ]
         binds = self.readonly_paths()
         etc = self.etc_binds()
         # the folders above what is bound: bubblewrap would make them 0700, which nobody could pass
@@ -231,12 +280,29 @@ class Sandbox:
             args += ["--chdir", str(self.workdir)]
         for k, v in self.environment().items():
             args += ["--setenv", k, v]
-        launcher = [sys.executable, "-I", "-m", "labkit.course.sandbox",
-                    "--nproc", str(lim.nproc), "--data-gb", str(lim.data_gb), "--total-gb", str(lim.total_gb),
-                    "--file-mb", str(lim.file_mb), "--nofile", str(lim.nofile), "--cgroup", self.cgroup] + (["--quiet"] if quiet else [])
+        launcher = [
+            sys.executable,
+            "-I",
+            "-m",
+            "labkit.course.sandbox",
+            "--nproc",
+            str(lim.nproc),
+            "--data-gb",
+            str(lim.data_gb),
+            "--total-gb",
+            str(lim.total_gb),
+            "--file-mb",
+            str(lim.file_mb),
+            "--nofile",
+            str(lim.nofile),
+            "--cgroup",
+            self.cgroup,
+        ] + (["--quiet"] if quiet else [])
         if self.uid is not None:
             launcher += ["--uid", str(self.uid)]
-            cmd = [sys.executable, "-I", "-S", "-c", BECOME, str(self.uid), str(self.uid), str(self.workdir)] + list(cmd)
+            cmd = [sys.executable, "-I", "-S", "-c", BECOME, str(self.uid), str(self.uid), str(self.workdir)] + list(
+                cmd
+            )
         return launcher + ["--"] + args + ["--"] + list(cmd)
 
     @property
@@ -442,15 +508,17 @@ def _launch(argv: list[str]) -> None:
         resource.setrlimit(kind, (value, value))
 
     if os.geteuid() == 0:
-        if not (a.cgroup and _join_cgroup(a.cgroup, a.nproc, int(a.total_gb * 2 ** 30))):
-            print("labkit sandbox: no cgroup for a task cap (running as root without writable cgroups)", file=sys.stderr)
+        if not (a.cgroup and _join_cgroup(a.cgroup, a.nproc, int(a.total_gb * 2**30))):
+            print(
+                "labkit sandbox: no cgroup for a task cap (running as root without writable cgroups)", file=sys.stderr
+            )
             if a.uid is not None:  # binds once the kernel is that user; shared by every sandbox of that user
                 cap(resource.RLIMIT_NPROC, a.nproc + _count_processes(a.uid))
     else:
         cap(resource.RLIMIT_NPROC, a.nproc + _count_processes(os.getuid()))
     if a.data_gb > 0:
-        cap(resource.RLIMIT_DATA, int(a.data_gb * 2 ** 30))
-    cap(resource.RLIMIT_FSIZE, a.file_mb * 2 ** 20)
+        cap(resource.RLIMIT_DATA, int(a.data_gb * 2**30))
+    cap(resource.RLIMIT_FSIZE, a.file_mb * 2**20)
     cap(resource.RLIMIT_NOFILE, a.nofile)
     cap(resource.RLIMIT_CORE, 0)
     if a.quiet:  # a kernel talks through its sockets; what it writes to its own stdout/stderr goes nowhere

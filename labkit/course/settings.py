@@ -63,14 +63,23 @@ class GradingSettings:
     def source(self) -> str:
         """This value as Python source, for a config file: only the fields that differ from the default."""
         default = GradingSettings()
-        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
-                         if getattr(self, f.name) != getattr(default, f.name))
+        args = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        )
         return f"GradingSettings({args})"
 
     def configure(self, c, *, root=None, add_missing_cells: bool = True):
         """Apply these settings to a traitlets Config ``c`` (nbgrader's configuration); returns ``c``."""
         from labkit.course.nbgrader_setup import configure_nbgrader
 
-        return configure_nbgrader(c, root=root, timeout=self.timeout, add_missing_cells=add_missing_cells,
-                                  memory_limit_gb=self.memory_limit_gb, sandbox=self.sandbox,
-                                  notebook_timeout=self.notebook_timeout)
+        return configure_nbgrader(
+            c,
+            root=root,
+            timeout=self.timeout,
+            add_missing_cells=add_missing_cells,
+            memory_limit_gb=self.memory_limit_gb,
+            sandbox=self.sandbox,
+            notebook_timeout=self.notebook_timeout,
+        )

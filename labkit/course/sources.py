@@ -23,14 +23,22 @@ def language_info() -> dict:
     the notebook modified unless it is already there: the build writes it in full. ``version`` is the
     Python that built the notebook; ``labkit build --check`` ignores it.
     """
-    return {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
-            "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
-            "pygments_lexer": "ipython3", "version": sys.version.split()[0]}
+    return {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": sys.version.split()[0],
+    }
 
 
 def notebook_metadata(nbf):
     """The metadata of every built notebook: the python3 kernelspec and the kernel's language_info."""
     return nbf.from_dict({"kernelspec": dict(KERNELSPEC), "language_info": language_info()})
+
+
 DEFAULT_TIMEOUT = 120  # seconds per cell while autograding (fast mode keeps every cell far below this)
 DEFAULT_NOTEBOOK_TIMEOUT = 600  # seconds for a whole notebook, restarts included (a lab in fast mode: ~20 s)
 DEFAULT_MEMORY_LIMIT_GB = 4.0  # memory cap of each autograde kernel (RLIMIT_DATA); a lab in fast mode needs < 1 GB
@@ -49,8 +57,9 @@ def find_repo_root(start: str | os.PathLike | None = None) -> Path:
     package_parent = Path(__file__).resolve().parents[1]
     if (package_parent / SOURCE_DIR).is_dir():
         return package_parent
-    raise LabkitError(f"no '{SOURCE_DIR}/' folder found above {here}: run this inside the labkit repository "
-                      "or pass --repo PATH")
+    raise LabkitError(
+        f"no '{SOURCE_DIR}/' folder found above {here}: run this inside the labkit repository or pass --repo PATH"
+    )
 
 
 def discover_labs(repo_root: str | os.PathLike) -> list[str]:
@@ -74,6 +83,7 @@ def select_labs(labs: Sequence[str] | None, known: Sequence[str]) -> list[str]:
 
 
 # --- Source (.py) -> notebook --------------------------------------------------------------------
+
 
 def import_nbformat():
     try:
@@ -111,8 +121,10 @@ def validate_nbgrader_metadata(nb, name: str = "notebook") -> None:
     for i, cell in enumerate(nb.cells):
         md = cell.metadata.get("nbgrader") or {}
         if "### BEGIN SOLUTION" in cell.source and not md.get("solution"):
-            raise LabkitError(f"{name}, cell {i}: solution markers in a cell that is not a solution cell "
-                              "(they would ship to students)")
+            raise LabkitError(
+                f"{name}, cell {i}: solution markers in a cell that is not a solution cell "
+                "(they would ship to students)"
+            )
         if BEGIN_HIDDEN in cell.source and not md.get("grade"):
             raise LabkitError(f"{name}, cell {i}: hidden tests are only allowed in graded test cells")
         if cell.cell_type == "code" and re.search(r"^\s*from\s+\S+\s+import\s+\*", cell.source, re.M):

@@ -36,8 +36,13 @@ REPLY_GRACE_SECONDS = 10.0  # after the kernel says a call is done, the most the
 _TRUSTED_EXECUTE = None
 
 # A test cell's outcome, as data (cell.metadata["labkit"]["outcome"]["status"]), from the error it ended with.
-OUTCOMES = {"CheckFailed": "failed", "AssertionError": "failed", "CellTimeoutError": "timed out",
-            "DeadKernelError": "kernel died", "NotImplementedError": "not implemented"}
+OUTCOMES = {
+    "CheckFailed": "failed",
+    "AssertionError": "failed",
+    "CellTimeoutError": "timed out",
+    "DeadKernelError": "kernel died",
+    "NotImplementedError": "not implemented",
+}
 
 
 class _StudentNames(dict):
@@ -129,15 +134,18 @@ def apply_after(args: tuple, after) -> None:
             if not isinstance(state, torch.Tensor):
                 continue
             if tuple(state.shape) != tuple(arg.shape) or state.dtype != arg.dtype:
-                raise CheckFailed("your function changed the shape or dtype of one of its inputs in place; "
-                                  "compute a new tensor instead")
+                raise CheckFailed(
+                    "your function changed the shape or dtype of one of its inputs in place; "
+                    "compute a new tensor instead"
+                )
             if not torch.equal(state, arg.detach().cpu()):
                 with torch.no_grad():
                     arg.copy_(state)
         elif isinstance(arg, torch.nn.Module) and isinstance(state, dict):
             current = arg.state_dict()
             if set(state) != set(current) or any(
-                    not isinstance(state[k], torch.Tensor) or state[k].shape != current[k].shape for k in current):
+                not isinstance(state[k], torch.Tensor) or state[k].shape != current[k].shape for k in current
+            ):
                 raise CheckFailed("the model's parameters changed names or shapes inside your function")
             with torch.no_grad():
                 for k, v in current.items():
@@ -208,7 +216,9 @@ def trusted_execute_class(base):
 
     class TrustedExecute(base):
         sandbox = Bool(True, help="run the student's kernel in the bubblewrap sandbox").tag(config=True)
-        checks_module = Unicode("", help="module that test cells call `checks` (default labkit.checks.<lab>)").tag(config=True)
+        checks_module = Unicode("", help="module that test cells call `checks` (default labkit.checks.<lab>)").tag(
+            config=True
+        )
         max_output_chars = Integer(MAX_OUTPUT_CHARS, help="characters of output kept per cell").tag(config=True)
 
         def preprocess(self, nb, resources=None, km=None):
@@ -220,8 +230,10 @@ def trusted_execute_class(base):
             except ImportError:
                 self._checks = None
             here = (resources.get("metadata") or {}).get("path")
-            self._box = sandbox.Sandbox.create(here, limits=sandbox.Limits(data_gb=self.memory_limit_gb or 0,
-                                                                          total_gb=(self.memory_limit_gb or 4) * 1.5))
+            self._box = sandbox.Sandbox.create(
+                here,
+                limits=sandbox.Limits(data_gb=self.memory_limit_gb or 0, total_gb=(self.memory_limit_gb or 4) * 1.5),
+            )
             # the graded calls' line: a socket in a folder of the grader's, which the sandbox sees read-only
             self._channel = channel.Channel()
             self._box = dataclasses.replace(self._box, extra_ro=self._box.extra_ro + (str(self._channel.folder),))
@@ -261,8 +273,13 @@ def trusted_execute_class(base):
             self._out_chars[cell_index] = used + size
             if used + size > self.max_output_chars:
                 if used <= self.max_output_chars:
-                    outs.append(NotebookNode(output_type="stream", name="stdout",
-                                             text=f"\n[output cut: more than {self.max_output_chars:,} characters]\n"))
+                    outs.append(
+                        NotebookNode(
+                            output_type="stream",
+                            name="stdout",
+                            text=f"\n[output cut: more than {self.max_output_chars:,} characters]\n",
+                        )
+                    )
                 return None
             return super().output(outs, msg, display_id, cell_index)
 
@@ -291,8 +308,11 @@ def trusted_execute_class(base):
                     error = ("DeadKernelError", str(exc))
                 except CheckFailed as exc:
                     error = ("CheckFailed", str(exc))
-                    outcome.update(check=getattr(exc, "check", None), mistake=getattr(exc, "mistake", None),
-                                   status=getattr(exc, "outcome", None))
+                    outcome.update(
+                        check=getattr(exc, "check", None),
+                        mistake=getattr(exc, "mistake", None),
+                        status=getattr(exc, "outcome", None),
+                    )
                 except AssertionError as exc:
                     error = ("AssertionError", str(exc))
                 except Exception as exc:
@@ -302,8 +322,9 @@ def trusted_execute_class(base):
                 outputs.append(NotebookNode(output_type="stream", name="stdout", text=printed.getvalue()))
             if error:
                 ename, evalue = error
-                outputs.append(NotebookNode(output_type="error", ename=ename, evalue=evalue,
-                                            traceback=[f"{ename}: {evalue}"]))
+                outputs.append(
+                    NotebookNode(output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])
+                )
             cell.outputs = outputs
             if error:
                 outcome["status"] = outcome.get("status") or OUTCOMES.get(error[0], "error")
@@ -326,27 +347,39 @@ def trusted_execute_class(base):
             from labkit.checks._common import CheckFailed
 
             if self._dead:
-                raise CheckFailed("the kernel had to be restarted earlier in this test cell: your function was not run again")
+                raise CheckFailed(
+                    "the kernel had to be restarted earlier in this test cell: your function was not run again"
+                )
             self._calls += 1
-            call = self._channel.call(wire.encode_call(args, kwargs), (self.timeout or 120) + self.responsive_timeout + 30)
-            code = (f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
-                    f"{self._channel.address!r}, {call.token!r}" + (f", {mode!r})" if mode != "call" else ")"))
+            call = self._channel.call(
+                wire.encode_call(args, kwargs), (self.timeout or 120) + self.responsive_timeout + 30
+            )
+            code = (
+                f"__import__('labkit.course.kernel_side', fromlist=['serve']).serve(globals(), {name!r}, "
+                f"{self._channel.address!r}, {call.token!r}" + (f", {mode!r})" if mode != "call" else ")")
+            )
             try:
                 with warnings.catch_warnings():  # the grader's own (zmq sockets collected...) are not the student's
                     warnings.simplefilter("ignore")
                     status = run_sync(self._remote)(code, self.timeout or 120)
                 if status == "timeout":
-                    raise _as_check_failure(RemoteTimeout(
-                        f"your function `{name}` did not finish within {self.timeout} s (an endless loop?)"))
+                    raise _as_check_failure(
+                        RemoteTimeout(
+                            f"your function `{name}` did not finish within {self.timeout} s (an endless loop?)"
+                        )
+                    )
                 if status == "dead":
                     self._dead = True
-                    raise _as_check_failure(RemoteDied(
-                        f"the kernel died while running your function `{name}` (it exited or crashed)"))
+                    raise _as_check_failure(
+                        RemoteDied(f"the kernel died while running your function `{name}` (it exited or crashed)")
+                    )
                 try:
                     data = call.reply(grace=REPLY_GRACE_SECONDS)
                     if data is None:
-                        raise CheckFailed(f"your notebook's kernel did not run `{name}` for the grader (did the "
-                                          "notebook replace labkit, `globals` or `__import__`?)")
+                        raise CheckFailed(
+                            f"your notebook's kernel did not run `{name}` for the grader (did the "
+                            "notebook replace labkit, `globals` or `__import__`?)"
+                        )
                     reply = wire.decode_reply(data)
                 except wire.WireError as exc:
                     raise CheckFailed(f"the result of `{name}` could not be read: {exc}") from None
@@ -358,12 +391,17 @@ def trusted_execute_class(base):
             state = reply.get("status")
             printed = str(reply.get("printed") or "")
             if printed:
-                print(printed[:4000] + ("\n[...]" if len(printed) > 4000 else ""), end="" if printed.endswith("\n") else "\n")
+                print(
+                    printed[:4000] + ("\n[...]" if len(printed) > 4000 else ""),
+                    end="" if printed.endswith("\n") else "\n",
+                )
             for w in (reply.get("warnings") or [])[:3]:
                 print(f"note: your function warned: {str(w)[:300]}")
             if state == "missing":
-                raise CheckFailed(f"`{name}` is not defined when this test runs: run the cell that defines it, "
-                                  "and keep the function's name")
+                raise CheckFailed(
+                    f"`{name}` is not defined when this test runs: run the cell that defines it, "
+                    "and keep the function's name"
+                )
             if state == "not_callable":
                 raise CheckFailed(f"`{name}` should be a function, but it is a {str(reply.get('type'))[:100]}")
             if state == "not_implemented":
@@ -377,8 +415,9 @@ def trusted_execute_class(base):
 
         async def _remote(self, code: str, timeout: float) -> str:
             """Run ``code`` silently in the kernel: "ok", "error", "timeout" (interrupted) or "dead"."""
-            msg_id = await ensure_async(self.kc.execute(code, silent=True, store_history=False,
-                                                        stop_on_error=False, allow_stdin=False))
+            msg_id = await ensure_async(
+                self.kc.execute(code, silent=True, store_history=False, stop_on_error=False, allow_stdin=False)
+            )
             deadline = time.monotonic() + timeout
             interrupted = False
             while True:

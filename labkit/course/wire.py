@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-MAX_REPLY_BYTES = 256 * 2 ** 20  # one reply file; a larger one is refused unread
-MAX_HEADER_BYTES = 8 * 2 ** 20  # the safetensors JSON header, metadata included
+MAX_REPLY_BYTES = 256 * 2**20  # one reply file; a larger one is refused unread
+MAX_HEADER_BYTES = 8 * 2**20  # the safetensors JSON header, metadata included
 MAX_ITEMS = 20_000  # values in one reply tree
 MAX_DEPTH = 16
 MAX_STR = 4_000
@@ -37,6 +37,7 @@ class WireError(Exception):
 
 
 # --- grader -> kernel --------------------------------------------------------------------------------
+
 
 def encode_call(args: tuple, kwargs: dict) -> bytes:
     """The inputs of one call, as bytes for the kernel (pickle: this direction is trusted)."""
@@ -62,6 +63,7 @@ def decode_call(data: bytes) -> tuple[tuple, dict]:
 
 
 # --- kernel -> grader --------------------------------------------------------------------------------
+
 
 class Foreign:
     """Stands for a value of a type that does not cross the wire; ``type_name`` is "module.Class"."""
@@ -109,7 +111,7 @@ def encode_reply(reply: dict) -> bytes:
         if v is None or isinstance(v, bool):
             return {"v": v}
         if isinstance(v, int):
-            return {"v": int(v)} if abs(int(v)) < 2 ** 62 else {"f": float(v)}
+            return {"v": int(v)} if abs(int(v)) < 2**62 else {"f": float(v)}
         if isinstance(v, float):
             f = float(v)
             return {"f": f if math.isfinite(f) else repr(f)}
@@ -138,14 +140,14 @@ def decode_reply(data: bytes) -> Any:
     """Read a reply sent by the kernel (in the grader): plain values and tensors only, never code."""
     size = len(data)
     if size > MAX_REPLY_BYTES:
-        raise WireError(f"the reply is {size / 2 ** 20:.0f} MB (limit {MAX_REPLY_BYTES // 2 ** 20} MB)")
+        raise WireError(f"the reply is {size / 2**20:.0f} MB (limit {MAX_REPLY_BYTES // 2**20} MB)")
     if len(data) < 8:
         raise WireError("the reply is truncated")
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
         raise WireError("the reply's header is malformed")
     try:
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
         tree = json.loads(header["__metadata__"]["labkit"])
     except Exception as exc:
         raise WireError(f"the reply's header is malformed ({type(exc).__name__})") from None
@@ -182,7 +184,11 @@ def decode_reply(data: bytes) -> Any:
             return t
         if "meta" in node:
             shape = node["meta"]
-            if not (isinstance(shape, list) and len(shape) <= 16 and all(isinstance(s, int) and 0 <= s < 2 ** 31 for s in shape)):
+            if not (
+                isinstance(shape, list)
+                and len(shape) <= 16
+                and all(isinstance(s, int) and 0 <= s < 2**31 for s in shape)
+            ):
                 raise WireError("the reply holds a malformed shape")
             dtype = getattr(torch, str(node.get("dtype", "")).replace("torch.", ""), None)
             return torch.empty(shape, device="meta", dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)

@@ -47,9 +47,12 @@ class MnistClassifier(nn.Module):
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.body = nn.Sequential(
-            _block(1, 32), nn.MaxPool2d(2),                    # [B,32,14,14]
-            _block(32, 32), _block(32, 64), nn.MaxPool2d(2),   # [B,64,7,7]
-            _block(64, FEATURE_DIM),                           # [B,128,7,7]
+            _block(1, 32),
+            nn.MaxPool2d(2),  # [B,32,14,14]
+            _block(32, 32),
+            _block(32, 64),
+            nn.MaxPool2d(2),  # [B,64,7,7]
+            _block(64, FEATURE_DIM),  # [B,128,7,7]
         )
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
@@ -193,10 +196,10 @@ class ClassifierTrainConfig:
 
     epochs: int = 3
     batch_size: int = 128
-    max_lr: float = 4e-3         # OneCycle peak (Smith & Topin 2019: "super-convergence")
-    weight_decay: float = 5e-2   # AdamW's decoupled decay (Loshchilov & Hutter 2019)
-    pct_start: float = 0.2       # fraction of steps spent warming up
-    max_shift: int = 2           # augmentation: random translation of up to this many pixels
+    max_lr: float = 4e-3  # OneCycle peak (Smith & Topin 2019: "super-convergence")
+    weight_decay: float = 5e-2  # AdamW's decoupled decay (Loshchilov & Hutter 2019)
+    pct_start: float = 0.2  # fraction of steps spent warming up
+    max_shift: int = 2  # augmentation: random translation of up to this many pixels
     label_smoothing: float = 0.05
 
 

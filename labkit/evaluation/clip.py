@@ -42,6 +42,7 @@ from labkit.evaluation.clip_weights import (  # noqa: F401  (the weights lookup,
     register_tiny_clip_config,
 )
 
+
 @dataclass(frozen=True)
 class PromptSet:
     """Caption templates. ``{k}`` becomes the digit ("7"), ``{name}`` its word ("seven").
@@ -217,9 +218,7 @@ class ClipScorer:
                     f"hub) and are not cached; they need internet access on first use (skip CLIP scores offline)."
                 )
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=weights, device=device
-            )
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=weights, device=device)
             tokenizer = open_clip.get_tokenizer(model_name)
         except Exception as exc:
             reason = one_line(f"{type(exc).__name__}: {exc}", 240)

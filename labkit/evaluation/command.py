@@ -14,6 +14,7 @@ from labkit.evaluation.figures import plot_per_digit_scores
 from labkit.evaluation.report import evaluate_samples, format_table, save_json
 from labkit.evaluation.samples_file import load_samples_file
 
+
 def run_evaluate(
     samples_path,
     *,
@@ -44,7 +45,10 @@ def run_evaluate(
             except LabkitError as exc:
                 raise LabkitError(f"{exc} Run with --clip none to skip the CLIP scores.") from None
     result = evaluate_samples(
-        images.to(device), labels.to(device), clip_scorer=scorer, data_root=data_root,
+        images.to(device),
+        labels.to(device),
+        clip_scorer=scorer,
+        data_root=data_root,
         generator=torch.Generator().manual_seed(seed),
     )
     if skipped is not None:
@@ -70,8 +74,10 @@ def auto_clip_scorer(device=None) -> tuple[ClipScorer | None, str | None]:
     except ImportError as exc:  # open_clip missing or broken
         return None, f"open_clip cannot be imported ({exc})"
     if cached is None and not hub_reachable():
-        return None, (f"the weights of {model}:{pretrained} are not cached and the Hugging Face hub cannot be "
-                      "reached (run once online to download them)")
+        return None, (
+            f"the weights of {model}:{pretrained} are not cached and the Hugging Face hub cannot be "
+            "reached (run once online to download them)"
+        )
     try:
         return ClipScorer.from_pretrained(model, pretrained, device=device), None
     except LabkitError as exc:

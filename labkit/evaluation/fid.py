@@ -69,8 +69,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(d2.clamp(min=0))  # tiny negatives are rounding
 
 
-def bootstrap_interval(samples: torch.Tensor, statistic, resamples: int, level: float,
-                       generator: torch.Generator) -> torch.Tensor:
+def bootstrap_interval(
+    samples: torch.Tensor, statistic, resamples: int, level: float, generator: torch.Generator
+) -> torch.Tensor:
     """Percentile bootstrap interval of ``statistic(samples)`` (Efron 1979; Efron & Tibshirani 1993, ch. 13):
 
         idx_b = N indices drawn uniformly from 0..N-1 *with replacement*, b = 1..B   (B = resamples)
@@ -134,8 +135,8 @@ class RealReference:
     once per data folder); tests pass synthetic digits through ``from_digits``."""
 
     train_images: torch.Tensor  # [M,1,28,28] in [0,1]
-    test_images: torch.Tensor   # [T,1,28,28] in [0,1]
-    test_labels: torch.Tensor   # [T] int64
+    test_images: torch.Tensor  # [T,1,28,28] in [0,1]
+    test_labels: torch.Tensor  # [T] int64
     train_labels: torch.Tensor | None = None  # [M] int64 (optional: lets real training digits pose as samples)
     # classifier -> (mu, sigma); weak keys, so a discarded classifier's entry goes with it
     _stats: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, compare=False, repr=False)
@@ -152,8 +153,10 @@ class RealReference:
 
         key = str(data_root or os.environ.get("LABKIT_DATA", ""))
         if key not in _MNIST_REFS:
-            _MNIST_REFS[key] = cls.from_digits(load_mnist(data_root, train=True, download=download),
-                                               load_mnist(data_root, train=False, download=download))
+            _MNIST_REFS[key] = cls.from_digits(
+                load_mnist(data_root, train=True, download=download),
+                load_mnist(data_root, train=False, download=download),
+            )
         return _MNIST_REFS[key]
 
     # classifier -> {(n, repeats): floor}
@@ -171,8 +174,9 @@ class RealReference:
         generator seeded FLOOR_SEED, so it depends on n alone (cached per classifier and n)."""
         cache = self._floors.setdefault(classifier, {})
         if (n, repeats) not in cache:
-            cache[n, repeats] = real_floor(n, classifier, real=self, repeats=repeats,
-                                           generator=torch.Generator().manual_seed(FLOOR_SEED))
+            cache[n, repeats] = real_floor(
+                n, classifier, real=self, repeats=repeats, generator=torch.Generator().manual_seed(FLOOR_SEED)
+            )
         return cache[n, repeats]
 
 
@@ -190,13 +194,17 @@ class FidScore:
         return self.fid / self.floor if self.floor else None
 
 
-def fid_with_floor(images: torch.Tensor, classifier, real: "RealReference", *,
-                   floor_repeats: int = FLOOR_REPEATS) -> FidScore:
+def fid_with_floor(
+    images: torch.Tensor, classifier, real: "RealReference", *, floor_repeats: int = FLOOR_REPEATS
+) -> FidScore:
     """FID of images [N,1,28,28] in [0,1] vs all of ``real``'s test digits, and the floor of record for N
     (``RealReference.floor``). ``labkit evaluate``, the labs' ``DigitJudge`` and the benchmarks all call
     this, so the same samples give the same "x the floor" everywhere."""
-    return FidScore(fid_to_stats(images, real.test_stats(classifier), classifier),
-                    real.floor(len(images), classifier, repeats=floor_repeats), len(images))
+    return FidScore(
+        fid_to_stats(images, real.test_stats(classifier), classifier),
+        real.floor(len(images), classifier, repeats=floor_repeats),
+        len(images),
+    )
 
 
 _MNIST_REFS: dict[str, RealReference] = {}

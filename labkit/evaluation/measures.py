@@ -60,19 +60,30 @@ def quartiles_per_digit(values: torch.Tensor, labels: torch.Tensor, num_classes:
     interpolation, as ``torch.quantile``); NaN for a class without values."""
     v, y = values.detach().double().cpu(), labels.detach().long().cpu()
     q = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
-    rows = [torch.quantile(v[y == k], q) if bool((y == k).any()) else torch.full((3,), math.nan, dtype=torch.float64)
-            for k in range(num_classes)]
+    rows = [
+        torch.quantile(v[y == k], q) if bool((y == k).any()) else torch.full((3,), math.nan, dtype=torch.float64)
+        for k in range(num_classes)
+    ]
     return torch.stack(rows)
 
 
 def _class_means(s: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     s, y = s.detach().double().cpu(), y.detach().long().cpu()
-    return torch.stack([s[y == k].mean() if bool((y == k).any()) else torch.tensor(math.nan, dtype=torch.float64)
-                        for k in range(num_classes)])
+    return torch.stack(
+        [
+            s[y == k].mean() if bool((y == k).any()) else torch.tensor(math.nan, dtype=torch.float64)
+            for k in range(num_classes)
+        ]
+    )
 
 
-def relative_clip_score(gen_scores: torch.Tensor, gen_labels: torch.Tensor, real_scores: torch.Tensor,
-                   real_labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+def relative_clip_score(
+    gen_scores: torch.Tensor,
+    gen_labels: torch.Tensor,
+    real_scores: torch.Tensor,
+    real_labels: torch.Tensor,
+    num_classes: int = 10,
+) -> torch.Tensor:
     """[num_classes] float64: mean score of the generated digits of each class over the mean score of the
     real digits of that class (1.0 = as good as real digits); NaN where a class is missing on either side."""
     return _class_means(gen_scores, gen_labels, num_classes) / _class_means(real_scores, real_labels, num_classes)
@@ -90,8 +101,9 @@ def within_class_diversity(features: torch.Tensor, labels: torch.Tensor, num_cla
     return torch.stack(out)
 
 
-def speedup_at_quality(seconds: torch.Tensor, quality: torch.Tensor, target: float,
-                       baseline_seconds: float) -> torch.Tensor:
+def speedup_at_quality(
+    seconds: torch.Tensor, quality: torch.Tensor, target: float, baseline_seconds: float
+) -> torch.Tensor:
     """seconds, quality [S, K] (one row per sampler, one column per setting) -> [S] float64: baseline_seconds
     over the time of each sampler's fastest setting with quality >= target; 0.0 where none reaches it."""
     s, q = seconds.detach().double().cpu(), quality.detach().double().cpu()
@@ -113,8 +125,14 @@ def accuracy_margin(p, n: int, points: float = 0.03) -> torch.Tensor:
     return torch.clamp(2 * torch.sqrt(2 * p * (1 - p) / n), min=points)
 
 
-def heldout_x0_error(model, images: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor,
-                     alpha_bars: torch.Tensor, log_snrs=(2.0, 0.0, -2.0)) -> torch.Tensor:
+def heldout_x0_error(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    alpha_bars: torch.Tensor,
+    log_snrs=(2.0, 0.0, -2.0),
+) -> torch.Tensor:
     """How well a noise predictor recovers held-out digits in one step, comparable across T and schedules (lab 09).
 
     For each level L of ``log_snrs``: the step t whose log-SNR, log(abar_t / (1 - abar_t)), is closest to L;

@@ -199,8 +199,13 @@ def format_table(result: dict) -> str:
         head += f" | {'clip p':>6} {'real':>5} {'rel':>6} | {'clear':>5} {'real':>5} {'rel':>6}"
     lines = [
         f"Evaluation of {result['n']} generated digits; 'real' columns: {result['n_real']} MNIST test digits"
-        + (f"; CLIP {result['clip_model']}" if has_clip else
-           f"; CLIP scores skipped: {result['clip_skipped']}" if result.get("clip_skipped") else "; CLIP scores off"),
+        + (
+            f"; CLIP {result['clip_model']}"
+            if has_clip
+            else f"; CLIP scores skipped: {result['clip_skipped']}"
+            if result.get("clip_skipped")
+            else "; CLIP scores off"
+        ),
         head,
         "-" * len(head),
     ]
