@@ -13,9 +13,9 @@
 #    run a real training job with it: checkpoints, resuming after an interruption, a loss curve and samples;
 # 3. read a loss curve, and say what the learning rate and the number of diffusion steps $T$ do to it.
 #
-# **Time budget.** On a laptop CPU: about 10 minutes of training with your loop (4000 steps of 64 images at
-# about 440 images/s on 2 cores; much longer on a busy machine, and the cell says so), or skip training and use
-# the shipped checkpoint (section 5); the other cells take about a minute. On a Colab GPU: a few minutes (not
+# **Time budget.** On a laptop CPU: about 13 minutes of training with your loop (4000 steps of 64 images: 760 s
+# at 338 images/s on 2 cores, measured; much longer on a busy machine, and the cell says so), or skip training and
+# use the shipped checkpoint (section 5); the other cells take about a minute. On a Colab GPU: a few minutes (not
 # measured yet). Working through the lab: about 90 minutes.
 #
 # **How it is graded.** Six functions (2 + 2 + 1 + 1 + 3 + 1 points), each followed by a test cell (the tests you
@@ -298,13 +298,13 @@ checks.check_warmup_cosine_lr(warmup_cosine_lr, seed=4, cases=((3e-4, 7, 30, 0.0
 # (`labkit.training.train`, used by `labkit train` and in section 6, is the same loop with what a long run
 # adds: mixed precision on GPUs, gradient clipping and a loss weighting that favours the noisy steps.)
 #
-# On a CPU the run is `STEPS` steps of 64 images (2 idle cores: about 10 minutes; a slower machine takes
+# On a CPU the run is `STEPS` steps of 64 images (2 cores: about 13 minutes; a slower machine takes
 # longer, and the cell says so after two minutes). Set `USE_SHIPPED = True` to skip training and load the
 # checkpoint that ships with labkit instead.
 
 # %%
 USE_SHIPPED = False  # CPU only: True skips training and loads labkit's pretrained checkpoint
-STEPS = 4000  # CPU: a budget in steps (2 idle cores: about 10 minutes; readable digits from ~2000)
+STEPS = 4000  # CPU: a budget in steps (2 cores: about 13 minutes; readable digits from ~2000)
 PATIENCE_MIN = 15  # more than this many minutes projected for STEPS: say so, and offer the shipped checkpoint
 RUNS = colab.runs_dir()  # in Colab your Google Drive (mounted here), so the run survives the runtime
 if FAST:
