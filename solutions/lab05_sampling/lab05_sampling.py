@@ -17,7 +17,7 @@
 #
 # **Time budget.** Running all cells: about 1 minute on a quiet laptop CPU (measured: 1 minute on 2 quiet CPU
 # cores, 2.5 minutes on 2 cores shared with other jobs, load about 12), about 1 minute on a Colab T4.
-# Working through the lab: about 75 minutes.
+# Working through the lab: about 120 minutes.
 #
 # **How it is graded.** Seven functions (3 + 3 + 2 + 1 + 1 + 2 + 2 = 14 points), each followed by a test cell (the tests
 # you see, plus hidden ones with other inputs). The cells after them run *your* functions when they pass their
@@ -586,8 +586,8 @@ elif FAST:
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
-# **Question 3 (1 point).** From the confidence plot and the table: which digits commit first, and which last?
-# Leave out any digit the control line flags. Do digits with a distinctive outline (a ring, one stroke) commit
+# **Question 3 (1 point).** From the plots and the two tables: which digits commit first, and which last? For a
+# digit the control line flags, use the margin over the control. Do digits with a distinctive outline (a ring, one stroke) commit
 # before digits that share strokes with others (3, 5, 8; 4, 7, 9)? Suggest a reason from the shapes. Do the
 # curves rise gradually or suddenly?
 
