@@ -18,8 +18,9 @@
 #    measurement why real digits have an FID floor that falls with the sample size.
 #
 # **Time budget.** Running all cells: about 2 minutes on a Colab T4 for the CLIP part (plus about 1 minute to
-# download CLIP's weights once) and a few more for the FID section; measured on 2 CPU cores shared with other
-# jobs (offline, tiny CLIP, load average above 10): about 10 minutes, 7 of them in the FID section. Working
+# download CLIP's weights once) and a few more for the FID section (estimates, not measured); measured on 2 CPU
+# cores shared with other jobs (offline, tiny CLIP, load average about 10): 1.2 minutes; earlier runs under heavier
+# load took up to 10 minutes, most of them in the FID section. Working
 # through the lab: about 150 minutes. Points: 20 for the eleven functions, 4 for the written answers.
 #
 # **How it is graded.** Eleven functions (2 + 2 + 2 + 1 + 2 + 1 points for CLIP, 2 + 1 for comparing two
