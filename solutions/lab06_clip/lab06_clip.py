@@ -226,7 +226,8 @@ probs = zero_shot(cos, scorer.logit_scale)  # [10, 10]
 gap = float((F.normalize(image_emb, dim=-1) - scorer.encode_images(ten)).abs().max())
 print(f"your pipeline against labkit's scorer, largest difference in the unit image embeddings: {gap:.1e}")
 fig = plotting.image_grid(ten * 2 - 1, ncols=10, title="the ten images (rows of the matrices below)", size=0.8)
-fig = plotting.plot_matrix(cos, xlabel='caption "a handwritten number k"', ylabel="image of digit",
+fig = plotting.plot_matrix(cos, xlabel='caption k ("a handwritten number k" and 4 other phrasings, ensembled)',
+                           ylabel="image of digit",
                            title="cosine similarity" + CLIP_TAG, symmetric=False, cmap="viridis")
 fig = plotting.plot_matrix(probs, xlabel="k", ylabel="image of digit", title="zero-shot p(k | image)" + CLIP_TAG,
                            symmetric=False, cmap="viridis")
@@ -327,16 +328,18 @@ clf = load_classifier()
 gen_cls, real_cls = classifier_accuracy(gen01, y_gen, clf), classifier_accuracy(real01, y_real, clf)
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
-bars = [("CLIP P(handwritten number k vs blurry number)", gen_clip.per_digit()["clear_prob"], real_clip.per_digit()["clear_prob"]),
-        ("CLIP zero-shot accuracy", gen_clip.per_digit()["accuracy"], real_clip.per_digit()["accuracy"]),
+bars = [("CLIP P(clear: handwritten number k vs blurry number)" + CLIP_TAG, gen_clip.per_digit()["clear_prob"],
+         real_clip.per_digit()["clear_prob"]),
+        ("CLIP zero-shot accuracy" + CLIP_TAG, gen_clip.per_digit()["accuracy"], real_clip.per_digit()["accuracy"]),
         ("MNIST classifier accuracy", gen_cls["per_digit"]["accuracy"], real_cls["per_digit"]["accuracy"])]
 for ax, (title, gen_v, real_v) in zip(axes, bars):
     ks = torch.arange(10)
     ax.bar(ks - 0.2, [v if v is not None else 0 for v in gen_v], 0.4, label="generated")
     ax.bar(ks + 0.2, [v if v is not None else 0 for v in real_v], 0.4, label="real MNIST", color="0.6")
-    ax.set(title=title + CLIP_TAG, xlabel="digit", xticks=list(range(10)), ylim=(0, 1.05))
-    ax.legend(frameon=False, fontsize=8)
-fig.tight_layout()
+    ax.set(xlabel="digit", xticks=list(range(10)), ylim=(0, 1.05))
+    ax.set_title(title, fontsize=9)
+fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, frameon=False, fontsize=8)
+fig.tight_layout(rect=(0, 0.07, 1, 1))  # the legend below the panels, where it covers no bar
 print(f"overall      CLIP clear  CLIP zero-shot acc  CLIPScore  classifier acc")
 print(f"generated    {gen_clip.overall()['clear_prob']:10.2f}  {gen_clip.overall()['accuracy']:18.1%}  "
       f"{gen_cs.mean():9.1f}  {gen_cls['accuracy']:14.1%}")
