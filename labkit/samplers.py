@@ -100,11 +100,26 @@ def p_sample_step(x_t, t, eps_hat, betas, alpha_bars, z):
     With beta_tilde the last step (t = 0) adds no noise: sigma_0 = 0.
     """
     alphas = 1 - betas  # [T], before any cast to float32: an alpha_t near 0 keeps its digits
-    alpha_bars_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])  # [T]: alpha_bar_{t-1}, 1 at t = 0
-    beta, alpha, ab, ab_prev = (gather(v, t, x_t) for v in (betas, alphas, alpha_bars, alpha_bars_prev))  # [B, 1, 1, 1]
+    beta, alpha, ab = (gather(v, t, x_t) for v in (betas, alphas, alpha_bars))  # [B, 1, 1, 1]
+    var = gather(sigma_squared(betas, alpha_bars, "beta_tilde"), t, x_t)  # [B, 1, 1, 1], exactly 0 at t = 0
     mean = (x_t - beta / (1 - ab).sqrt() * eps_hat) / alpha.sqrt()
-    var = (1 - ab_prev) / (1 - ab) * beta  # beta_tilde_t, exactly 0 at t = 0
     return (mean + var.sqrt() * z).to(x_t.dtype)
+
+
+def sigma_squared(betas, alpha_bars, kind="beta_tilde"):
+    """The variance sigma_t^2 of the noise a reverse step adds, for every step (Ho et al. 2020, section 3.2):   (lab 05)
+
+        kind "beta_tilde":  sigma_t^2 = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t,   alpha_bar_{-1} = 1
+                            (eq. 7: optimal when x_0 is one fixed point; 0 at t = 0; ``p_sample_step`` uses it)
+        kind "beta":        sigma_t^2 = beta_t   (optimal when x_0 ~ N(0, I): the forward step's own variance)
+
+    betas, alpha_bars: [T] -> [T], in their dtype."""
+    if kind == "beta":
+        return betas.clone()
+    if kind != "beta_tilde":
+        raise LabkitValueError(f"kind must be 'beta_tilde' or 'beta', got {kind!r}")
+    alpha_bars_prev = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])  # [T]: alpha_bar_{t-1}, 1 at t = 0
+    return (1 - alpha_bars_prev) / (1 - alpha_bars) * betas
 
 
 def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
@@ -281,10 +296,14 @@ def dpmpp_2m_loop(model, x_T, y, grid, alpha_bars):
 
 
 def respaced(schedule: Schedule, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The schedule seen only at the steps of ``grid`` (Nichol & Dhariwal 2021, section 4, "respacing"):
-    alpha_bars [S] = alpha_bar at the grid's steps in ascending order, betas [S] = 1 - alpha_bar_k / alpha_bar_{k-1}
-    (the variance added between two visited steps), so that Algorithm 2 runs unchanged on S < T steps.
-    Step k of the respaced chain is grid step t = ascending[k]; the full grid gives back the schedule itself."""
+    """The schedule seen only at the steps of ``grid`` (Nichol & Dhariwal 2021, section 4, "respacing"):   (lab 05)
+
+        alpha_bars_k = alpha_bar_{t_k}   (t_0 < t_1 < ... < t_{S-1}: the grid's steps in ascending order)
+        betas_k      = 1 - alpha_bars_k / alpha_bars_{k-1},   alpha_bars_{-1} = 1
+
+    (betas_k is the variance added between two visited steps), so that Algorithm 2 runs unchanged on S < T
+    steps. schedule: a Schedule; grid: int64 [S], descending (``timestep_grid``) -> (betas [S], alpha_bars [S]),
+    float64. Step k of the respaced chain is grid step t = ascending[k]; the full grid gives back the schedule."""
     alpha_bars = schedule.alpha_bars[grid.cpu().flip(0)]  # [S] float64, ascending t
     betas = 1 - alpha_bars / torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])
     return betas, alpha_bars

@@ -1429,6 +1429,289 @@ LAB10_CFG = [
 ]
 
 
+# --- labs 05 and 06: the exercises added together (respacing, variance, grain, the judge's measures; CLIP's
+# preprocessing, ensembling, clear/blurry, CLIPScore, confusion, correlation) ----------------------------------
+def _resp(schedule, grid, *, order="asc", betas="ratio", first="one"):
+    ts = grid.flip(0) if order == "asc" else grid
+    ab = schedule.alpha_bars[ts]
+    prev = {"one": torch.cat([ab.new_ones(1), ab[:-1]]), "roll": ab.roll(1),
+            "full": schedule.alpha_bars_prev[ts]}[first]
+    b = {"ratio": 1 - ab / prev, "own": schedule.betas[ts], "diff": prev - ab, "inverted": 1 - prev / ab,
+         "total": 1 - ab}[betas]
+    return b, ab
+
+
+LAB05_RESP = [
+    ("grid order", lambda s, g: _resp(s, g, order="desc"), "grid's order|descending"),
+    ("one-step betas", lambda s, g: _resp(s, g, betas="own"), "own betas"),
+    ("prev from the full schedule", lambda s, g: _resp(s, g, first="full"), "own betas|whole schedule"),
+    ("difference", lambda s, g: _resp(s, g, betas="diff"), "not a ratio"),
+    ("ratio upside down", lambda s, g: _resp(s, g, betas="inverted"), "upside down"),
+    ("roll wraps", lambda s, g: _resp(s, g, first="roll"), "wraps around"),
+    ("1 - alpha_bar", lambda s, g: _resp(s, g, betas="total"), "total noise variance"),
+    ("swapped outputs", lambda s, g: _resp(s, g)[::-1], "order is \\(betas, alpha_bars\\)|betas of the schedule"),
+    ("whole schedule", lambda s, g: (s.betas.clone(), s.alpha_bars.clone()), "one value per step of the \\*schedule"),
+    ("one short", lambda s, g: (1 - s.alpha_bars[g.flip(0)][1:] / s.alpha_bars[g.flip(0)][:-1], s.alpha_bars[g.flip(0)]),
+     "one value short"),
+    ("cumprod of one-step betas", lambda s, g: (s.betas[g.flip(0)], torch.cumprod(1 - s.betas[g.flip(0)], 0)),
+     "cumulative product"),
+]
+
+
+def _sig(b, ab, kind, *, prev="one", swap=False, root=False):
+    p = {"one": torch.cat([ab.new_ones(1), ab[:-1]]), "wrap": ab.roll(1), "next": torch.cat([ab[1:], ab[-1:]])}[prev]
+    out = (1 - p) / (1 - ab) * b
+    if swap:
+        kind = "beta" if kind == "beta_tilde" else "beta_tilde"
+    out = b.clone() if kind == "beta" else out
+    return out.sqrt() if root else out
+
+
+LAB05_SIGMA = [
+    ("kinds swapped", lambda b, ab, k: _sig(b, ab, k, swap=True), "other choice"),
+    ("always beta_tilde", lambda b, ab, k: _sig(b, ab, "beta_tilde"), "other choice"),
+    ("standard deviation", lambda b, ab, k: _sig(b, ab, k, root=True), "standard deviation"),
+    ("ab[t - 1] wraps", lambda b, ab, k: _sig(b, ab, k, prev="wrap"), "wraps negative"),
+    ("ab[t + 1]", lambda b, ab, k: _sig(b, ab, k, prev="next"), "off by one"),
+    ("alpha_bar not 1 - alpha_bar", lambda b, ab, k: b.clone() if k == "beta" else
+     torch.cat([ab.new_ones(1), ab[:-1]]) / ab * b, "alpha_bar instead of 1 - alpha_bar"),
+    ("beta missing", lambda b, ab, k: b.clone() if k == "beta" else (1 - torch.cat([ab.new_ones(1), ab[:-1]])) / (1 - ab),
+     "factor beta_t is missing"),
+    ("alpha", lambda b, ab, k: 1 - b if k == "beta" else _sig(b, ab, k), "1 - beta_t"),
+]
+
+
+def _tv(x, *, how="mean", pow_=1, directions=("v", "h"), absolute=True):
+    d = {"v": x[..., 1:, :] - x[..., :-1, :], "h": x[..., :, 1:] - x[..., :, :-1]}
+    parts = [(d[k].abs() if absolute else d[k]).pow(pow_).flatten(1) for k in directions]
+    if how == "pooled":
+        return torch.cat(parts, 1).mean(1)
+    red = [p.mean(1) if how == "mean" else p.sum(1) for p in parts]
+    return sum(red) / len(red) if how != "added" else sum(p.mean(1) for p in parts)
+
+
+LAB05_TV = [
+    ("vertical only", lambda x: _tv(x, directions=("v",)), "only the vertical"),
+    ("horizontal only", lambda x: _tv(x, directions=("h",)), "only the horizontal"),
+    ("added", lambda x: _tv(x, how="added"), "added, not averaged|constant factor|factor of 2"),
+    ("squared", lambda x: _tv(x, pow_=2), "squared differences"),
+    ("no abs", lambda x: _tv(x, absolute=False), "no absolute value"),
+    ("sums", lambda x: _tv(x, how="sum"), "sums, not means"),
+    ("pooled", lambda x: _tv(x, how="pooled"), "pooled"),
+    ("batch mean", lambda x: _tv(x).mean(), "one number for the whole batch"),
+    ("per channel", lambda x: ((x[..., 1:, :] - x[..., :-1, :]).abs().mean((2, 3))
+                               + (x[..., :, 1:] - x[..., :, :-1]).abs().mean((2, 3))) / 2, "one value per channel"),
+]
+
+
+def _stay(curve, ts, threshold, *, strict=False, index=False, never=-1, reverse=False):
+    c = curve.flip(0) if reverse else curve
+    k = len(c)
+    while k > 0 and (c[k - 1] > threshold if strict else c[k - 1] >= threshold):
+        k -= 1
+    if k == len(c):
+        return never if never is not None else None
+    return k if index else int(ts[k])
+
+
+def _first_crossing(curve, ts, threshold):
+    for j in range(len(curve)):
+        if curve[j] >= threshold:
+            return int(ts[j])
+    return -1
+
+
+LAB05_TFROM = [
+    ("first crossing", _first_crossing, "first\\* step at which"),
+    ("last below", lambda c, ts, th: next((int(ts[j]) for j in range(len(c) - 1, -1, -1) if c[j] < th), -1),
+     "last step \\*below"),
+    ("index", lambda c, ts, th: _stay(c, ts, th, index=True), "index into the steps"),
+    ("strict >", lambda c, ts, th: _stay(c, ts, th, strict=True), ">=, not >"),
+    ("never = ts[-1]", lambda c, ts, th: _stay(c, ts, th, never=int(ts[-1])), "answer is -1"),
+    ("never = None", lambda c, ts, th: _stay(c, ts, th, never=None), "None"),
+    ("read from the end", lambda c, ts, th: _stay(c, ts, th, reverse=True), "read from the end"),
+    ("float t", lambda c, ts, th: float(_stay(c, ts, th)), "integer time step"),
+    ("mean of the tail", lambda c, ts, th: next((int(ts[j]) for j in range(len(c)) if c[j:].mean() >= th), -1), None),
+]
+
+
+def _ctl(probs, labels, *, over="others", diff=True, at=None):
+    K = probs.shape[1]
+    y = labels if at is None else probs.argmax(1)
+    own = probs.gather(1, labels[:, None])[:, 0]
+    if over == "others":
+        control = torch.stack([probs[labels != k, k].mean() for k in range(K)])
+    elif over == "all":
+        control = probs.mean(0)
+    elif over == "same":
+        control = torch.stack([probs[labels == k, k].mean() for k in range(K)])
+    else:  # the other samples' confidence in their own digit
+        control = torch.stack([own[labels != k].mean() for k in range(K)])
+    return own - control[y] if diff else own / control[y]
+
+
+LAB05_CTL = [
+    ("control over everyone", lambda p, y: _ctl(p, y, over="all"), "includes the samples meant to be that digit"),
+    ("control over the same digit", lambda p, y: _ctl(p, y, over="same"), "same digit"),
+    ("others' own confidence", lambda p, y: _ctl(p, y, over="own"), "their own"),
+    ("ratio", lambda p, y: _ctl(p, y, diff=False), "ratio"),
+    ("sign", lambda p, y: -_ctl(p, y), "sign is flipped"),
+    ("at the argmax", lambda p, y: _ctl(p, y, at="argmax"), "argmax"),
+    ("no control", lambda p, y: p.gather(1, y[:, None])[:, 0], "no control"),
+    ("row means", lambda p, y: p.gather(1, y[:, None])[:, 0] - torch.stack([p[y != k].mean() for k in
+                                                                             range(p.shape[1])])[y], "1/K"),
+    ("per class", lambda p, y: torch.stack([p[y != k, k].mean() for k in range(p.shape[1])]), "one value per class"),
+]
+
+
+def _prep(images, size, mean, std, *, mode="bicubic", ac=False, clamp="before", norm="std", channels=3,
+          one_mean=False, signed=False):
+    x = images * 2 - 1 if signed else images
+    x = F.interpolate(x, size=(size, size), mode=mode, **({} if mode == "nearest" else {"align_corners": ac}))
+    x = x.clamp(0, 1) if clamp == "before" else x
+    x = x.expand(-1, channels, -1, -1)
+    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)[:, :1 if one_mean else 3]
+    sd = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)[:, :1 if one_mean else 3]
+    out = {"std": (x - m) / sd, "var": (x - m) / sd ** 2, "times": (x - m) * sd, "order": x / sd - m, "none": x,
+           "mean only": x - m}[norm]
+    return out.clamp(0, 1) if clamp == "after" else out
+
+
+LAB06_PREP = [
+    ("no clamp", lambda *a: _prep(*a, clamp=None), "not clipped"),
+    ("clamp after", lambda *a: _prep(*a, clamp="after"), "clamped after normalising"),
+    ("bilinear", lambda *a: _prep(*a, mode="bilinear"), "bilinear"),
+    ("nearest", lambda *a: _prep(*a, mode="nearest"), "nearest"),
+    ("align_corners", lambda *a: _prep(*a, ac=True), "align_corners"),
+    ("no normalisation", lambda *a: _prep(*a, norm="none"), "no normalisation"),
+    ("divided by the variance", lambda *a: _prep(*a, norm="var"), "variance"),
+    ("times std", lambda *a: _prep(*a, norm="times"), "multiplied by the std"),
+    ("x / std - mean", lambda *a: _prep(*a, norm="order"), "subtract first"),
+    ("std missing", lambda *a: _prep(*a, norm="mean only"), "std was not applied"),
+    ("mean and std not reshaped", lambda im, s, m, sd: (F.interpolate(im, size=(s, s), mode="bicubic").clamp(0, 1)
+                                                        .expand(-1, 3, -1, -1) - torch.tensor(m)) / torch.tensor(sd),
+     "do not broadcast"),
+    ("red's numbers", lambda *a: _prep(*a, one_mean=True), "red channel"),
+    ("to [-1, 1]", lambda *a: _prep(*a, signed=True), "\\[-1, 1\\]"),
+    ("not resized", lambda im, s, m, sd: (im.expand(-1, 3, -1, -1) - torch.tensor(m).view(1, 3, 1, 1))
+     / torch.tensor(sd).view(1, 3, 1, 1), "not resized"),
+]
+
+
+def _ens(e, *, first=True, last=True, dim=0, how="mean"):
+    u = _unit(e) if first else e
+    m = u.mean(dim) if how == "mean" else u.sum(dim) if how == "sum" else u.median(dim).values
+    return _unit(m) if last else m
+
+
+LAB06_ENS = [
+    ("not renormalised", lambda e: _ens(e, last=False), "not normalised again"),
+    ("normalised after the mean only", lambda e: _ens(e, first=False), "averaged before normalising"),
+    ("no normalisation", lambda e: _ens(e, first=False, last=False), "no normalisation at all"),
+    ("mean over captions", lambda e: _ens(e, dim=1), "over the captions"),
+    ("sum", lambda e: _ens(e, how="sum", last=False), "sum of unit vectors"),
+    ("median", lambda e: _ens(e, how="median"), "median"),
+    ("wrong axis", lambda e: _unit(_unit(e, 0).mean(0), 0), "wrong dimension"),
+    ("not averaged", lambda e: _unit(e), "not averaged"),
+]
+
+
+def _clear(u, c, b, s, *, unit=True, scale="times", which="clear", how="sigmoid"):
+    if unit:
+        u, c, b = _unit(u), _unit(c), _unit(b)
+    cc, cb = (u * c).sum(1), (u * b).sum(1)
+    k = s if scale == "times" else 1 / s if scale == "divided" else 1
+    if how == "only":
+        return torch.sigmoid(k * cc)
+    if how == "diff":
+        return k * (cc - cb)
+    p = torch.sigmoid(k * (cc - cb))
+    return p if which == "clear" else 1 - p
+
+
+LAB06_CLEAR = [
+    ("blurry's probability", lambda *a: _clear(*a, which="blurry"), "blurry"),
+    ("no logit_scale", lambda *a: _clear(*a, scale=None), "logit_scale is missing"),
+    ("divided by logit_scale", lambda *a: _clear(*a, scale="divided"), "divided by logit_scale"),
+    ("no normalisation", lambda *a: _clear(*a, unit=False), "no normalisation"),
+    ("clear caption only", lambda *a: _clear(*a, how="only"), "only the clear caption"),
+    ("logit difference", lambda *a: _clear(*a, how="diff"), "logit difference itself"),
+    ("all pairs", lambda u, c, b, s: torch.sigmoid(s * (_unit(u) @ _unit(c).T - _unit(u) @ _unit(b).T)),
+     "every image against every caption"),
+    ("softmax over both, [N, 2]", lambda u, c, b, s: torch.stack([(_unit(u) * _unit(c)).sum(1),
+                                                                  (_unit(u) * _unit(b)).sum(1)], 1).mul(s).softmax(1),
+     "both probabilities"),
+    ("cosine ratio", lambda u, c, b, s: (_unit(u) * _unit(c)).sum(1) / ((_unit(u) * _unit(c)).sum(1)
+                                                                         + (_unit(u) * _unit(b)).sum(1)),
+     "ratio of cosines"),
+]
+
+
+def _cs(u, v, *, w=100.0, clip="zero", unit=True):
+    cos = ((_unit(u) * _unit(v)) if unit else (u * v)).sum(1)
+    cos = {"zero": cos.clamp(min=0), None: cos, "abs": cos.abs(), "above": cos.clamp(max=0)}[clip]
+    return w * cos
+
+
+LAB06_CS = [
+    ("no clip at 0", lambda u, v: _cs(u, v, clip=None), "negative cosines were kept"),
+    ("abs", lambda u, v: _cs(u, v, clip="abs"), "absolute value"),
+    ("w = 2.5", lambda u, v: _cs(u, v, w=2.5), "w = 2.5"),
+    ("no weight", lambda u, v: _cs(u, v, w=1.0), "weight is missing"),
+    ("no normalisation", lambda u, v: _cs(u, v, unit=False), "no normalisation"),
+    ("clamp from above", lambda u, v: _cs(u, v, clip="above"), "clamp from above"),
+    ("all pairs", lambda u, v: 100 * (_unit(u) @ _unit(v).T).clamp(min=0), "every image against every caption"),
+    ("batch mean", lambda u, v: _cs(u, v).mean(), "one number for the whole batch"),
+]
+
+
+def _conf(labels, predicted, K, *, norm="rows", transpose=False, empty="zero"):
+    c = torch.zeros(K, K)
+    for a, b in zip(labels.tolist(), predicted.tolist()):
+        c[a, b] += 1
+    if norm == "rows":
+        c = c / (c.sum(1, keepdim=True).clamp(min=1) if empty == "zero" else c.sum(1, keepdim=True))
+    elif norm == "cols":
+        c = c / c.sum(0, keepdim=True).clamp(min=1)
+    elif norm == "total":
+        c = c / len(labels)
+    return c.T if transpose else c
+
+
+LAB06_CONF = [
+    ("transposed", lambda y, p, K: _conf(y, p, K, transpose=True), "rows are the answers"),
+    ("counts", lambda y, p, K: _conf(y, p, K, norm=None), "counts, not shares"),
+    ("columns normalised", lambda y, p, K: _conf(y, p, K, norm="cols"), "each column"),
+    ("divided by N", lambda y, p, K: _conf(y, p, K, norm="total"), "number of all samples"),
+    ("NaN for an empty class", lambda y, p, K: _conf(y, p, K, empty="nan"), "without samples"),
+    ("int counts", lambda y, p, K: _conf(y, p, K, norm=None).long(), "dtype"),
+    ("N x N", lambda y, p, K: (y[:, None] == p[None, :]).float(), "\\[K, K\\]"),
+]
+
+
+def _r(x, y, *, centre=True, norm=True, square=False, root=True):
+    dx, dy = (x - x.mean(), y - y.mean()) if centre else (x, y)
+    cov = (dx * dy).sum()
+    if not norm:
+        return cov / (len(x) - 1)
+    d = (dx * dx).sum() * (dy * dy).sum()
+    r = cov / (d.sqrt() if root else d)
+    return r * r if square else r
+
+
+LAB06_R = [
+    ("not centred", lambda x, y: _r(x, y, centre=False), "not centred"),
+    ("covariance", lambda x, y: _r(x, y, norm=False), "the covariance"),
+    ("r squared", lambda x, y: _r(x, y, square=True), "r squared"),
+    ("no sqrt", lambda x, y: _r(x, y, root=False), "square root"),
+    ("abs", lambda x, y: _r(x, y).abs(), "absolute value"),
+    ("mixed normalisers", lambda x, y: ((x - x.mean()) * (y - y.mean())).sum() / (len(x) - 1) / (x.std(unbiased=False)
+                                                                                                * y.std(unbiased=False)),
+     "normaliser"),
+    ("elementwise", lambda x, y: (x - x.mean()) * (y - y.mean()), "one number|shape"),
+]
+
+
 def _lab03_class(name: str, mistake: str):
     import lab03_modules
 
@@ -1474,6 +1757,17 @@ SUITE = {
     ("lab06_clip", "feature_stats"): LAB06_STATS,
     ("lab06_clip", "frechet_distance"): LAB06_FD,
     ("lab06_clip", "bootstrap_interval"): LAB06_BOOT,
+    ("lab05_sampling", "respaced"): LAB05_RESP,
+    ("lab05_sampling", "sigma_squared"): LAB05_SIGMA,
+    ("lab05_sampling", "total_variation"): LAB05_TV,
+    ("lab05_sampling", "t_from"): LAB05_TFROM,
+    ("lab05_sampling", "above_control"): LAB05_CTL,
+    ("lab06_clip", "clip_preprocess"): LAB06_PREP,
+    ("lab06_clip", "prompt_ensemble"): LAB06_ENS,
+    ("lab06_clip", "clear_probability"): LAB06_CLEAR,
+    ("lab06_clip", "clip_score"): LAB06_CS,
+    ("lab06_clip", "confusion_matrix"): LAB06_CONF,
+    ("lab06_clip", "pearson_r"): LAB06_R,
     ("lab07_improvements", "cfg_combine"): LAB07_CFG,
     ("lab07_improvements", "ddim_step"): LAB07_DDIM,
     ("lab07_improvements", "dpmpp_2m_step"): LAB07_DPM,

@@ -654,6 +654,17 @@ ALL = [
     (c06.check_feature_stats, __import__("labkit.evaluation.fid").evaluation.fid.feature_stats),
     (c06.check_frechet_distance, __import__("labkit.evaluation.fid").evaluation.fid.frechet_distance),
     (c06.check_bootstrap_interval, __import__("labkit.evaluation.fid").evaluation.fid.bootstrap_interval),
+    # labs 05 and 06, the exercises added together
+    (c05.check_respaced, samplers.respaced), (c05.check_sigma_squared, samplers.sigma_squared),
+    (c05.check_total_variation, __import__("labkit.evaluation.measures").evaluation.measures.total_variation),
+    (c05.check_t_from, __import__("labkit.evaluation.measures").evaluation.measures.t_from),
+    (c05.check_above_control, __import__("labkit.evaluation.measures").evaluation.measures.above_control),
+    (c06.check_clip_preprocess, __import__("labkit.evaluation.clip").evaluation.clip.clip_preprocess),
+    (c06.check_prompt_ensemble, __import__("labkit.evaluation.clip").evaluation.clip.prompt_ensemble),
+    (c06.check_clear_probability, __import__("labkit.evaluation.clip").evaluation.clip.clear_probability),
+    (c06.check_clip_score, __import__("labkit.evaluation.clip").evaluation.clip.clip_score),
+    (c06.check_confusion_matrix, __import__("labkit.evaluation.measures").evaluation.measures.confusion_matrix),
+    (c06.check_pearson_r, __import__("labkit.evaluation.measures").evaluation.measures.pearson_r),
 ]
 
 

@@ -26,6 +26,7 @@ import copy
 import torch
 
 from labkit import samplers, schedules
+from labkit.evaluation import measures
 from labkit.checks._common import (
     call,
     compare,
@@ -404,3 +405,399 @@ def check_sample_loop(
         name,
         f"shapes {[list(s) for s in sizes]}, T={T}, chains {['full' if s is None else s for s in steps]}, seed {seed}",
     )
+
+
+# --- respacing: the chain's own schedule ---------------------------------------------------------------
+
+
+def _pair(check: str, out, what: str):
+    if isinstance(out, torch.Tensor) or not isinstance(out, (tuple, list)) or len(out) != 2:
+        fail(
+            check,
+            f"return two tensors, ({what}); got {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""),
+        )
+    return out
+
+
+def respaced_case(kind: str, T: int, S: int | None, g: torch.Generator):
+    """(schedule, grid): a T-step schedule and a descending grid of S of its steps ending at 0 (None: all T)."""
+    schedule = schedules.make_schedule(kind, T)
+    if S is None:
+        return schedule, torch.arange(T - 1, -1, -1)
+    later = 1 + torch.randperm(T - 1, generator=g)[: S - 1]  # S - 1 distinct steps in 1..T-1
+    return schedule, torch.cat([later.sort(descending=True).values, torch.zeros(1, dtype=torch.long)])
+
+
+def check_respaced(student_fn, *, seed: int = 0, cases=(("linear", 50, 6), ("cosine", 30, 4), ("cosine", 12, None))):
+    """student_fn(schedule, grid int64 [S] descending) -> (betas [S], alpha_bars [S]): the schedule seen only at
+    the grid's steps (Nichol & Dhariwal 2021, sec. 4), in ascending order of t; reference ``samplers.respaced``."""
+    name = "check_respaced"
+    g = generator(seed)
+    for kind, T, S in cases:
+        schedule, grid = respaced_case(kind, int(T), None if S is None else int(S), g)
+        S_ = len(grid)
+        out = _pair(name, call(name, student_fn, schedule, grid, names=["schedule", "grid"]), "betas, alpha_bars")
+        ref_b, ref_ab = samplers.respaced(schedule, grid)
+        context = f" for a {kind} schedule of T={T} steps and a grid of {S_} steps"
+        hints = {
+            (
+                int(T),
+            ): "one value per step of the *schedule*: the chain has one per visited step, [S] (index with the grid)",
+            (
+                S_ - 1,
+            ): "one value short: the first visited step also has its beta (alpha_bar before it is 1, clean data)",
+            (S_ + 1,): "one value too many: one beta and one alpha_bar per visited step",
+        }
+        ascending = grid.flip(0)
+        ab_desc = schedule.alpha_bars[grid]  # the grid's order
+        own = schedule.alpha_bars[ascending]
+
+        def from_prev(prev):  # betas for a given "previous alpha_bar" [S]
+            return 1 - own / prev
+
+        first_one = torch.cat([own.new_ones(1), own[:-1]])
+        ab = expect_tensor(name, out[1], (S_,), what="alpha_bars", shape_hints=hints)
+        compare(
+            name,
+            ab,
+            ref_ab,
+            {
+                "alpha_bars are in the grid's order (descending t): step k of the chain is the k-th *smallest* "
+                "visited t, so flip the grid first": ab_desc,
+                "alpha_bars are the cumulative product of the grid's own betas: the chain's alpha_bar at a visited "
+                "step is the schedule's alpha_bar there, which already holds the skipped steps": torch.cumprod(
+                    1 - schedule.betas[ascending], 0
+                ),
+                "you returned (alpha_bars, betas): the order is (betas, alpha_bars)": ref_b,
+                "these are the betas of the schedule at the visited steps, not its alpha_bars": schedule.betas[
+                    ascending
+                ],
+            },
+            tol=1e-9,
+            context=context + " (alpha_bars)",
+        )
+        b = expect_tensor(name, out[0], (S_,), what="betas", shape_hints=hints)
+        compare(
+            name,
+            b,
+            ref_b,
+            {
+                "these are the schedule's own betas at the visited steps: a beta of the chain adds the noise of "
+                "all the skipped steps together, 1 - alpha_bar_k / alpha_bar_{k-1} with the chain's alpha_bars": schedule.betas[
+                    ascending
+                ],
+                "alpha_bar_{k-1} was read from the whole schedule (t - 1): the previous step of the chain is the previous "
+                "*visited* step, alpha_bars[k - 1] of the chain": 1 - own / schedule.alpha_bars_prev[ascending],
+                "the ratio is upside down: beta_k = 1 - alpha_bar_k / alpha_bar_{k-1} (the later, smaller alpha_bar on "
+                "top)": 1 - first_one / own,
+                "a difference, not a ratio: alpha_bar is a product, so beta_k = 1 - alpha_bar_k / alpha_bar_{k-1}": first_one
+                - own,
+                "the first beta used the last alpha_bar as its previous one (torch.roll or index -1 wraps around): "
+                "before the first visited step alpha_bar is 1, clean data": from_prev(torch.roll(own, 1)),
+                "the first beta is 0: before the first visited step alpha_bar is 1 (clean data), so beta_0 = "
+                "1 - alpha_bars[0]": torch.cat([own.new_zeros(1), (1 - own[1:] / own[:-1])]),
+                "the betas are in the grid's order (descending t): flip the grid first": ref_b.flip(0),
+                "1 - alpha_bar_k: that is the total noise variance at the step, not what the step adds": 1 - own,
+            },
+            tol=1e-9,
+            context=context + " (betas)",
+        )
+    passed(name, f"cases {[list(c) for c in cases]}, seed {seed}")
+
+
+# --- when does a digit become recognisable: the "stays above" measure ---------------------------------------
+
+
+def _curve_cases(g: torch.Generator, steps: int, threshold: float):
+    """ts int64 [steps] (descending, unevenly spaced, ending at 0) and confidence curves [steps] (float32), each
+    built to catch a different wrong measure."""
+    later = 1 + torch.randperm(999, generator=g)[: steps - 1]
+    ts = torch.cat([later.sort(descending=True).values, torch.zeros(1, dtype=torch.long)])  # [steps]
+    lo, hi = threshold, 1 - threshold
+
+    def below(m):  # m values in [0, threshold)
+        return threshold * (0.1 + 0.8 * torch.rand(m, generator=g, dtype=torch.float64))
+
+    def above(m):  # m values in (threshold, 1]
+        return threshold + hi * (0.1 + 0.9 * torch.rand(m, generator=g, dtype=torch.float64))
+
+    k = int(torch.randint(steps // 3, 2 * steps // 3, (1,), generator=g))
+    rise = torch.cat([below(k), above(steps - k)])  # crosses at step k and stays
+    lucky = rise.clone()
+    lucky[0], lucky[1] = above(1)[0], above(1)[0]  # the judge's bias on noise, a lucky early value
+    exact = rise.clone()
+    exact[k] = lo  # exactly at the threshold: it counts (>=)
+    dip = rise.clone()
+    dip[-2] = below(1)[0]  # falls below late, then back above at the last step
+    never = rise.clone()
+    never[-1] = below(1)[0]  # the last step below: never recognisable
+    cases = [
+        ("rising", rise),
+        ("a lucky early value", lucky),
+        ("a value exactly at the threshold", exact),
+        ("a late dip", dip),
+        ("ending below", never),
+        ("always above", above(steps)),
+    ]
+    return ts, [(label, c.float()) for label, c in cases]
+
+
+def check_t_from(student_fn, *, seed: int = 0, steps: int = 12, threshold: float = 0.5) -> None:
+    """student_fn(curve [steps], ts int64 [steps] descending, threshold) -> the t from which the curve stays
+    >= threshold to the end (int or int64 0-d tensor), -1 when the last value is below it;
+    reference ``labkit.evaluation.measures.t_from``."""
+    name = "check_t_from"
+    g = generator(seed)
+    ts, cases = _curve_cases(g, int(steps), float(threshold))
+    n = len(ts)
+    for label, curve in cases:
+        out = call(name, student_fn, curve, ts, float(threshold), names=["curve", "ts"])
+        if out is None:
+            fail(name, "the result is None: return the time step, and -1 when the curve ends below the threshold")
+        if (
+            isinstance(out, bool)
+            or not isinstance(out, (int, torch.Tensor))
+            or (
+                isinstance(out, torch.Tensor)
+                and (out.numel() != 1 or out.is_floating_point() or out.dtype == torch.bool)
+            )
+        ):
+            fail(
+                name,
+                f"return one integer time step t (an int or a 0-d int64 tensor), got {type(out).__name__}"
+                + (f" {out.dtype} of shape {list(out.shape)}" if isinstance(out, torch.Tensor) else ""),
+            )
+        got = int(out)
+        ref = float(measures.t_from(curve, ts, threshold))  # labkit's answer
+        if got == ref:
+            continue
+        up = (curve >= threshold).tolist()
+        stay_k = int(measures.recognisable_from(curve[:, None], threshold)[0])
+        wrong = {  # the first that matches is named: "never" first where the answer is -1
+            **(
+                {"when even the last value is below the threshold the answer is -1 (never recognisable)": int(ts[-1])}
+                if ref == -1
+                else {}
+            ),
+            "that is the *first* step at which the curve reaches the threshold; it must stay at or above it to "
+            "the end (a lucky early value, or a judge that calls noise a digit, would count otherwise)": next(
+                (int(ts[j]) for j in range(n) if up[j]), -1
+            ),
+            "that is the last step *below* the threshold: the answer is the step after it": next(
+                (int(ts[j]) for j in range(n - 1, -1, -1) if not up[j]), -1
+            ),
+            "an index into the steps, not the time step: read the t of that step from ts": stay_k,
+            "the threshold counts as reached when the curve equals it (>=, not >)": int(
+                measures.t_from(torch.where(curve == threshold, curve - 1, curve), ts, threshold)
+            ),
+            "the curve was read from the end: row 0 is the first sampling step (pure noise), t = ts[0]": int(
+                measures.t_from(curve.flip(0), ts, threshold)
+            ),
+        }
+        named = [m for m, v in wrong.items() if v == got and v != ref]
+        where = f" for a curve with {label} (threshold {threshold:g}, {n} steps, t = {int(ts[0])} ... {int(ts[-1])})"
+        if named:
+            fail(
+                name,
+                f"wrong time step{where}: got {got}. This looks like a known mistake: {named[0]}",
+                mistake=named[0],
+            )
+        fail(
+            name,
+            f"wrong time step{where}: got {got}, expected {ref:g}. Where the curve is at or above the threshold: "
+            + "".join("1" if a else "0" for a in up)
+            + " (first sampling step on the left)",
+        )
+    passed(name, f"{len(cases)} curves of {n} steps, threshold {threshold:g}, seed {seed}")
+
+
+# --- the choice of variance ------------------------------------------------------------------------------------
+
+
+def check_sigma_squared(student_fn, *, seed: int = 0, Ts=(20, 7), kinds=("beta_tilde", "beta")) -> None:
+    """student_fn(betas [T], alpha_bars [T], kind) -> sigma_t^2 [T]: "beta_tilde" (Ho et al. 2020, eq. 7) or
+    "beta" (section 3.2's other choice); reference ``samplers.sigma_squared``."""
+    name = "check_sigma_squared"
+    g = generator(seed)
+    for T in Ts:
+        T = int(T)
+        betas = _random_betas(T, g)
+        ab = torch.cumprod(1 - betas, 0)
+        for kind in kinds:
+            out = call(name, student_fn, betas, ab, kind, names=["betas", "alpha_bars"])
+            out = expect_tensor(
+                name,
+                out,
+                (T,),
+                shape_hints={(T - 1,): "one value short: every step has its variance, t = 0 too (alpha_bar_{-1} = 1)"},
+            )
+            ref = samplers.sigma_squared(betas, ab, kind)
+            prev = torch.cat([ab.new_ones(1), ab[:-1]])
+            tilde = (1 - prev) / (1 - ab) * betas
+            other = betas if kind == "beta_tilde" else tilde
+            mistakes = {
+                f"that is the other choice: kind '{kind}' asks for "
+                + (
+                    "beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t"
+                    if kind == "beta_tilde"
+                    else "beta_t itself"
+                ): other,
+                "a standard deviation: return the variance sigma_t^2 (no square root)": ref.sqrt(),
+                "alpha_bar_{t-1} at t = 0 is alpha_bars[-1] in your code (Python wraps negative indices to the last "
+                "element); alpha_bar_{-1} = 1, so sigma_0^2 = 0": (1 - ab.roll(1)) / (1 - ab) * betas,
+                "off by one: alpha_bars[t + 1] was used for alpha_bar_{t-1}": (1 - torch.cat([ab[1:], ab[-1:]]))
+                / (1 - ab)
+                * betas,
+                "alpha_bar instead of 1 - alpha_bar: (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t": prev
+                / ab
+                * betas,
+                "the factor beta_t is missing: beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t": (
+                    1 - prev
+                )
+                / (1 - ab),
+                "1 - beta_t = alpha_t: the variance is beta_t": 1 - betas,
+            }
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-7,
+                context=f" for kind '{kind}', T={T}",
+                reference=samplers.sigma_squared,
+                args=(betas, ab, kind),
+                where=("t", torch.arange(T)),
+            )
+    passed(name, f"T {list(Ts)}, kinds {list(kinds)}, seed {seed}")
+
+
+# --- the judge's bias: its control subtracted ----------------------------------------------------------------
+
+
+def _judged(N: int, K: int, g: torch.Generator, biased: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probs [N, K] float32, labels int64 [N]): a judge's softmax outputs, somewhat right, and fond of class
+    ``biased`` whatever the sample (as the MNIST classifier is of 8 on noise); every class has samples."""
+    labels = torch.cat([torch.arange(K), torch.randint(0, K, (N - K,), generator=g)])[torch.randperm(N, generator=g)]
+    logits = torch.randn(N, K, generator=g) + 2.0 * torch.nn.functional.one_hot(labels, K) * torch.rand(
+        N, 1, generator=g
+    )
+    logits[:, biased] += 2.5
+    return logits.softmax(dim=1), labels
+
+
+def check_above_control(student_fn, *, seed: int = 0, sizes=((20, 4), (30, 10), (5, 3))) -> None:
+    """student_fn(probs [N,K], labels int64 [N]) -> [N]: p(y_n | x_n) minus the mean of p(y_n | x_m) over the
+    samples m meant to be another class; reference ``labkit.evaluation.measures.above_control``."""
+    name = "check_above_control"
+    g = generator(seed)
+    for N, K in sizes:
+        N, K = int(N), int(K)
+        probs, labels = _judged(N, K, g, biased=int(torch.randint(0, K, (1,), generator=g)))
+        out = call(name, student_fn, probs, labels, names=["probs", "labels"])
+        out = expect_tensor(
+            name,
+            out,
+            (N,),
+            shape_hints={
+                (K,): "one value per class: the margin is per sample, its own probability minus its class's control",
+                (N, K): "the whole matrix: return one margin per sample, at its own label",
+            },
+        )
+        p, y = probs.double(), labels
+        ref = measures.above_control(p, y)
+        own = p.gather(1, y[:, None])[:, 0]  # [N]
+        others = torch.stack([p[y != k, k].mean() for k in range(K)])  # [K] the right control
+        everyone = p.mean(0)  # [K] over all samples, its own class included
+        same = torch.stack([p[y == k, k].mean() for k in range(K)])  # [K] over the class's own samples
+        own_of_others = torch.stack([own[y != k].mean() for k in range(K)])  # [K] the others' own probabilities
+        predicted = p.argmax(1)
+        mistakes = {
+            "the control includes the samples meant to be that digit: average p(y_n | x_m) over the samples m "
+            "meant to be *another* digit only": own - everyone[y],
+            "the control averages over the samples of the same digit: it is what the judge gives digit y_n on "
+            "the samples meant to be other digits": own - same[y],
+            "the control is the other samples' confidence in *their own* digits: it is their probability of "
+            "digit y_n, p(y_n | x_m)": own - own_of_others[y],
+            "a ratio: the margin is a difference, p(y_n | x_n) minus the control": own / others[y],
+            "the control minus the sample's own probability: the sign is flipped": others[y] - own,
+            "the control was read at the judge's answer (argmax) instead of the intended label y_n": own
+            - others[predicted],
+            "the sample's probability of its *predicted* digit: the margin uses the intended label y_n": p.gather(
+                1, predicted[:, None]
+            )[:, 0]
+            - others[y],
+            "every entry of the other rows was averaged (that is 1/K): average only column y_n": own
+            - torch.stack([p[y != k].mean() for k in range(K)])[y],
+            "no control: return p(y_n | x_n) minus the control": own,
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-6,
+            context=f" for N={N} samples of K={K} classes",
+            reference=measures.above_control,
+            args=(probs, labels),
+        )
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- the grain of an image ----------------------------------------------------------------------------------
+
+
+def check_total_variation(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (2, 3, 5, 7), (3, 1, 6, 2))) -> None:
+    """student_fn(images [B,C,H,W]) -> [B]: half the sum of the mean |vertical| and the mean |horizontal|
+    neighbour difference; reference ``labkit.evaluation.measures.total_variation``."""
+    name = "check_total_variation"
+    g = generator(seed)
+    for shape in sizes:
+        shape = tuple(int(v) for v in shape)
+        B = shape[0]
+        images = torch.randn(shape, generator=g) * torch.linspace(0.2, 2.0, B).view(-1, 1, 1, 1)  # grain per image
+        images[..., : shape[2] // 2, :] += 1.5  # a step between the halves: direction and sign matter
+        out = call(name, student_fn, images, names=["images"])
+        out = expect_tensor(
+            name,
+            out,
+            (B,),
+            shape_hints={
+                (): "one number for the whole batch: return one value per image, [B]",
+                (B, shape[1]): "one value per channel: average over the channels too, one value per image",
+            },
+        )
+        x = images.double()
+        ref = measures.total_variation(x)
+        dv, dh = x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
+        mean_v, mean_h = dv.abs().flatten(1).mean(1), dh.abs().flatten(1).mean(1)
+        mistakes = {
+            "only the vertical neighbours: average the two directions, (vertical + horizontal) / 2": mean_v,
+            "only the horizontal neighbours: average the two directions, (vertical + horizontal) / 2": mean_h,
+            "the two directions were added, not averaged: divide by 2": mean_v + mean_h,
+            "squared differences: the grain uses absolute differences": (
+                dv.pow(2).flatten(1).mean(1) + dh.pow(2).flatten(1).mean(1)
+            )
+            / 2,
+            "no absolute value: positive and negative differences cancel": (
+                dv.flatten(1).mean(1) + dh.flatten(1).mean(1)
+            )
+            / 2,
+            "sums, not means: divide by the number of neighbour pairs": (
+                dv.abs().flatten(1).sum(1) + dh.abs().flatten(1).sum(1)
+            )
+            / 2,
+            "both directions pooled into one mean: average each direction first (they have different numbers of "
+            "pairs unless the image is square)": torch.cat([dv.abs().flatten(1), dh.abs().flatten(1)], 1).mean(1),
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-5,  # values of a few units: float32 rounds them by about 1e-6
+            context=f" for images of shape {list(shape)}",
+            reference=measures.total_variation,
+            args=(images,),
+        )
+    passed(name, f"shapes {[list(s) for s in sizes]}, seed {seed}")

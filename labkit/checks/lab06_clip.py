@@ -19,9 +19,10 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from labkit import embeddings
-from labkit.evaluation import clip, fid
+from labkit.evaluation import clip, fid, measures
 from labkit.checks._common import call, compare, expect_tensor, fail, generator, max_abs_diff, passed
 from labkit.checks._common import yours_or_labkit  # noqa: F401  (the lab's later cells: yours or labkit's)
 from labkit.checks.fixtures import lab_clip  # noqa: F401  (CLIP for labs 06 and 08)
@@ -441,4 +442,328 @@ def check_bootstrap_interval(
             )
         context = f" for N={N}, resamples={B}, level={level:g}, statistic {kind}"
         compare(name, out, ref, mistakes, tol=tol, context=context)
+    passed(name, f"cases {[list(c) for c in cases]}, seed {seed}")
+
+
+# --- CLIP's input, prompt ensembling, "clear or blurry?" ------------------------------------------------------
+
+CLIP_MEAN, CLIP_STD = clip.OPENAI_MEAN, clip.OPENAI_STD  # three numbers each, one per colour channel
+
+
+def _digits(B: int, H: int, g: torch.Generator) -> torch.Tensor:
+    """[B, 1, H, H] in [0, 1] like MNIST: mostly 0 (background), strokes at 1, some grey edges, so that a
+    bicubic resize overshoots [0, 1] near the strokes."""
+    u = torch.rand(B, 1, H, H, generator=g)
+    return torch.where(u > 0.75, torch.ones_like(u), torch.where(u > 0.6, u, torch.zeros_like(u)))
+
+
+def check_clip_preprocess(student_fn, *, seed: int = 0, sizes=((3, 28, 32), (2, 28, 64), (1, 12, 20))) -> None:
+    """student_fn(images [B,1,H,H] in [0,1], size S, mean (3 numbers), std (3 numbers)) -> [B,3,S,S]: bicubic
+    resize to S x S, clamp to [0, 1], grey copied to 3 channels, (x - mean[c]) / std[c];
+    reference ``labkit.evaluation.clip.clip_preprocess``."""
+    name = "check_clip_preprocess"
+    g = generator(seed)
+    for k, (B, H, S) in enumerate(sizes):
+        B, H, S = int(B), int(H), int(S)
+        images = _digits(B, H, g)
+        jitter = 0.05 * torch.rand(2, 3, generator=g, dtype=torch.float64)  # other models have other numbers
+        mean = tuple(float(m + j) for m, j in zip(CLIP_MEAN, jitter[0])) if k else CLIP_MEAN
+        std = tuple(float(s + j) for s, j in zip(CLIP_STD, jitter[1])) if k else CLIP_STD
+        out = call(name, student_fn, images, S, mean, std, names=["images"])
+        out = expect_tensor(
+            name,
+            out,
+            (B, 3, S, S),
+            shape_hints={
+                (B, 1, S, S): "one channel: CLIP reads colour images, so copy the grey channel into R, G and B",
+                (B, 3, H, H): "not resized: CLIP's encoder reads S x S images",
+                (B, 1, H, H): "neither resized nor turned into three channels",
+            },
+        )
+        x = images.double()
+        ref = clip.clip_preprocess(x, S, mean, std)
+        m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+
+        def resize(v, mode="bicubic", **kw):
+            return F.interpolate(v, size=(S, S), mode=mode, **kw)
+
+        up = resize(x, align_corners=False).expand(-1, 3, -1, -1)  # [B, 3, S, S], not clamped
+        clamped = up.clamp(0, 1)
+        mistakes = {
+            "the bicubic overshoot was not clipped: clamp the resized image to [0, 1] before normalising": (up - m) / s,
+            "no normalisation: subtract each channel's mean and divide by its std": clamped,
+            "divided by the variance: (x - mean) / std, not / std^2": (clamped - m) / s**2,
+            "multiplied by the std: normalise with (x - mean) / std": (clamped - m) * s,
+            "the mean was subtracted after dividing (x / std - mean): subtract first, (x - mean) / std": clamped / s
+            - m,
+            "the std was not applied: (x - mean) / std": clamped - m,
+            "clamped after normalising: clip the resized image to [0, 1] first, then normalise (normalised "
+            "values are not in [0, 1])": ((up - m) / s).clamp(0, 1),
+            "bilinear resizing: CLIP's preprocessing resizes with bicubic interpolation": (
+                resize(x, "bilinear", align_corners=False).clamp(0, 1).expand(-1, 3, -1, -1) - m
+            )
+            / s,
+            "nearest-neighbour resizing: CLIP's preprocessing resizes with bicubic interpolation": (
+                resize(x, "nearest").clamp(0, 1).expand(-1, 3, -1, -1) - m
+            )
+            / s,
+            "align_corners=True: torchvision's Resize (CLIP's preprocessing) uses align_corners=False": (
+                resize(x, align_corners=True).clamp(0, 1).expand(-1, 3, -1, -1) - m
+            )
+            / s,
+            "the images were mapped to [-1, 1] first: they are in [0, 1] already, as CLIP expects": clip.clip_preprocess(
+                x * 2 - 1, S, mean, std
+            ),
+            "every channel was normalised with the red channel's mean and std: each channel has its own": (
+                clamped - m[:, :1]
+            )
+            / s[:, :1],
+            "the images were inverted (1 - x): CLIP reads the digits as they are, white on black": clip.clip_preprocess(
+                1 - x, S, mean, std
+            ),
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-5,
+            context=f" for images [{B}, 1, {H}, {H}] resized to {S}",
+            reference=clip.clip_preprocess,
+            args=(images, S, mean, std),
+        )
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+def _lengths(shape, g):  # embeddings of very different lengths, as raw text-encoder outputs are
+    return torch.randn(*shape, generator=g) * (0.2 + 5 * torch.rand(*shape[:-1], 1, generator=g))
+
+
+def check_prompt_ensemble(student_fn, *, seed: int = 0, sizes=((5, 10, 16), (3, 4, 8), (2, 6, 3))) -> None:
+    """student_fn(text_emb [P, K, D]: P phrasings of K captions) -> [K, D]: normalise each embedding, average over
+    the phrasings, normalise again (Radford et al. 2021, sec. 3.1.4); reference ``clip.prompt_ensemble``."""
+    name = "check_prompt_ensemble"
+    g = generator(seed)
+    for P, K, D in sizes:
+        P, K, D = int(P), int(K), int(D)
+        emb = _lengths((P, K, D), g)
+        out = call(name, student_fn, emb, names=["text_emb"])
+        out = expect_tensor(
+            name,
+            out,
+            (K, D),
+            shape_hints={
+                (P, D): "averaged over the captions (dim 1): average over the phrasings of each caption, dim 0",
+                (P, K, D): "not averaged: one embedding per caption, the mean over the P phrasings",
+                (D,): "averaged over everything: keep one embedding per caption, [K, D]",
+            },
+        )
+        e = emb.double()
+        ref = clip.prompt_ensemble(e)
+        unit = _unit(e)
+        mistakes = {
+            "the mean was not normalised again: a mean of unit vectors is shorter than 1": unit.mean(0),
+            "the phrasings were averaged before normalising: a long embedding would outweigh the others; "
+            "normalise each one first": _unit(e.mean(0)),
+            "no normalisation at all: normalise each phrasing, average, normalise the mean": e.mean(0),
+            "normalised along the wrong dimension: each embedding (dim=-1) gets length 1": _unit(
+                _unit(e, 0).mean(0), 0
+            ),
+            "a sum of unit vectors: divide it by its length (normalise it)": unit.sum(0),
+            "the median over the phrasings: prompt ensembling averages them": _unit(unit.median(0).values),
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-5,
+            context=f" for P={P} phrasings of K={K} captions, D={D}",
+            reference=clip.prompt_ensemble,
+            args=(emb,),
+        )
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+def check_clear_probability(student_fn, *, seed: int = 0, sizes=((6, 16), (3, 4), (9, 32)), scales=(100.0, 20.0)):
+    """student_fn(image_emb [N,D], clear_emb [N,D], blurry_emb [N,D], logit_scale) -> [N]: the softmax over the
+    two captions of row n, its "clear" entry; reference ``clip.clear_probability``."""
+    name = "check_clear_probability"
+    g = generator(seed)
+    for N, D in sizes:
+        N, D = int(N), int(D)
+        for scale in scales:
+            u, c, b = (_lengths((N, D), g) for _ in range(3))
+            # CLIP's cosines are close together: move the captions towards the image a little
+            c, b = c + 2 * u * torch.rand(N, 1, generator=g), b + 2 * u * torch.rand(N, 1, generator=g)
+            out = call(name, student_fn, u, c, b, float(scale), names=["image_emb", "clear_emb", "blurry_emb"])
+            out = expect_tensor(
+                name,
+                out,
+                (N,),
+                shape_hints={
+                    (N, N): "every image against every caption: compare image n only with its own two captions "
+                    "(row n of each), one probability per image",
+                    (N, 2): "both probabilities: return only that of the clear caption, [N]",
+                    (N, 1): "return [N], not [N, 1]",
+                },
+            )
+            ui, ci, bi = u.double(), c.double(), b.double()
+            ref = clip.clear_probability(ui, ci, bi, scale)
+            cc, cb = (_unit(ui) * _unit(ci)).sum(1), (_unit(ui) * _unit(bi)).sum(1)
+            raw_c, raw_b = (ui * ci).sum(1), (ui * bi).sum(1)
+            mistakes = {
+                "the probability of the *blurry* caption: the clear caption's logit goes first": 1 - ref,
+                "logit_scale is missing: softmax over s * cos, CLIP's learned temperature": torch.sigmoid(cc - cb),
+                "no normalisation: cosine similarity uses unit vectors": torch.sigmoid(scale * (raw_c - raw_b)),
+                "only the clear caption's score: the softmax compares it with the blurry caption's": torch.sigmoid(
+                    scale * cc
+                ),
+                "the logit difference itself: the probability is its sigmoid (a softmax over two captions)": scale
+                * (cc - cb),
+                "divided by logit_scale: multiply, s * cos": torch.sigmoid((cc - cb) / scale),
+                "the exp of each score without normalising: divide by the sum over the two captions": (
+                    scale * cc
+                ).exp(),
+                "a ratio of cosines: the softmax divides exp(s cos_clear) by the sum of the two exps": cc / (cc + cb),
+            }
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-6,
+                context=f" for N={N}, D={D}, logit_scale={scale:g}",
+                reference=clip.clear_probability,
+                args=(u, c, b, float(scale)),
+            )
+    passed(name, f"sizes {[list(s) for s in sizes]}, scales {list(scales)}, seed {seed}")
+
+
+def check_clip_score(student_fn, *, seed: int = 0, sizes=((8, 6), (5, 32), (1, 3))) -> None:
+    """student_fn(image_emb [N,D], text_emb [N,D]) -> [N]: CLIPScore 100 * max(cos(u_n, v_n), 0) of each image
+    with its own caption (Hessel et al. 2021, with torchmetrics' w = 100); reference ``clip.clip_score``."""
+    name = "check_clip_score"
+    g = generator(seed)
+    for N, D in sizes:
+        N, D = int(N), int(D)
+        u, v = _lengths((N, D), g), _lengths((N, D), g)
+        v = v + 0.8 * u * torch.rand(N, 1, generator=g)  # mostly positive cosines, some negative
+        v[0] = -v[0].abs() * u[0].sign()  # at least one pair points away: its score is 0
+        out = call(name, student_fn, u, v, names=["image_emb", "text_emb"])
+        out = expect_tensor(
+            name,
+            out,
+            (N,),
+            shape_hints={
+                (N, N): "every image against every caption: score image n only with its own caption (row n of "
+                "each), one number per image",
+                (): "one number for the whole batch: return one score per image-caption pair, [N]",
+            },
+        )
+        ui, vi = u.double(), v.double()
+        ref = clip.clip_score(ui, vi)
+        cos = (_unit(ui) * _unit(vi)).sum(1)
+        mistakes = {
+            "negative cosines were kept: CLIPScore clips them at 0, w * max(cos, 0)": 100 * cos,
+            "the absolute value: a negative cosine scores 0, w * max(cos, 0)": 100 * cos.abs(),
+            "w = 2.5 (Hessel et al.'s choice): this lab uses w = 100, as torchmetrics and most papers": 2.5
+            * cos.clamp(min=0),
+            "the weight is missing: CLIPScore is 100 * max(cos, 0)": cos.clamp(min=0),
+            "no normalisation: the cosine uses unit vectors": 100 * (ui * vi).sum(1).clamp(min=0),
+            "max(cos, 1) or a clamp from above: the clip is at 0 from below, w * max(cos, 0)": 100 * cos.clamp(max=0),
+            "the cosine distance 1 - cos: CLIPScore uses the similarity itself": 100 * (1 - cos).clamp(min=0),
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-4,
+            context=f" for N={N}, D={D}",
+            reference=clip.clip_score,
+            args=(u, v),
+        )
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+def check_confusion_matrix(student_fn, *, seed: int = 0, cases=((40, 5), (25, 10), (7, 3))) -> None:
+    """student_fn(labels int64 [N], predicted int64 [N], num_classes) -> [K, K] float: row k = the shares of the
+    samples of class k given each answer (0 for a class without samples); reference ``measures.confusion_matrix``."""
+    name = "check_confusion_matrix"
+    g = generator(seed)
+    for N, K in cases:
+        N, K = int(N), int(K)
+        labels = torch.randint(0, K - 1, (N,), generator=g)  # class K - 1 has no samples: an empty row
+        wrong = torch.randint(0, K, (N,), generator=g)
+        predicted = torch.where(torch.rand(N, generator=g) < 0.6, labels, wrong)  # mostly right, as a judge is
+        out = call(name, student_fn, labels, predicted, K, names=["labels", "predicted"])
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and bool(torch.isnan(out).any()):
+            fail(
+                name,
+                f"NaN in the result for N={N}, K={K}: a class without samples gives 0 / 0. Leave its row at 0 "
+                "(divide by at least 1)",
+                mistake="NaN for an empty class",
+            )
+        out = expect_tensor(name, out, (K, K), shape_hints={(N, N): "one row and column per class: [K, K]"})
+        ref = measures.confusion_matrix(labels, predicted, K)
+        counts = torch.zeros(K, K, dtype=torch.float64)
+        for k, j in zip(labels.tolist(), predicted.tolist()):
+            counts[k, j] += 1
+        mistakes = {
+            "the rows are the answers and the columns the true classes: row k is the true class k": ref.T,
+            "counts, not shares: divide each row by its number of samples": counts,
+            "each column was normalised: each *row* (a true class) sums to 1": counts
+            / counts.sum(0, keepdim=True).clamp(min=1),
+            "divided by the number of all samples: divide each row by the samples of its own class": counts / N,
+            "transposed and normalised by columns: row k is the true class k, and each row sums to 1": (
+                counts / counts.sum(0, keepdim=True).clamp(min=1)
+            ).T,
+        }
+        compare(name, out, ref, mistakes, tol=1e-6, context=f" for N={N}, K={K}")
+    passed(name, f"cases {[list(c) for c in cases]}, seed {seed}")
+
+
+def check_pearson_r(student_fn, *, seed: int = 0, cases=((30, 0.8), (12, -0.5), (50, 0.1))) -> None:
+    """student_fn(x [N], y [N]) -> Pearson's r (a float or a 0-d tensor); reference ``measures.pearson_r``."""
+    name = "check_pearson_r"
+    g = generator(seed)
+    for N, slope in cases:
+        N = int(N)
+        x = 3 + 2 * torch.rand(N, generator=g)  # far from 0 and not unit variance: centring matters
+        y = 5 + slope * (x - 4) + 0.3 * torch.randn(N, generator=g)
+        out = _number(name, call(name, student_fn, x, y, names=["x", "y"]))
+        xd, yd = x.double(), y.double()
+        ref = measures.pearson_r(xd, yd).reshape(1)
+        dx, dy = xd - xd.mean(), yd - yd.mean()
+        cov = (dx * dy).sum()
+        r = cov / ((dx * dx).sum() * (dy * dy).sum()).sqrt()
+        mistakes = {
+            "not centred: subtract each variable's mean first (otherwise it is the cosine of the raw vectors)": (
+                (xd * yd).sum() / ((xd * xd).sum() * (yd * yd).sum()).sqrt()
+            ).reshape(1),
+            "the covariance: divide it by the two standard deviations": (cov / (N - 1)).reshape(1),
+            "r squared: return r itself (its sign says whether y rises or falls with x)": (r * r).reshape(1),
+            "the covariance uses N - 1 and the standard deviations N (or the other way round): use the same "
+            "normaliser, or none, so that they cancel": (
+                (cov / (N - 1)) / (dx.pow(2).mean() * dy.pow(2).mean()).sqrt(),
+                (cov / N) / (dx.pow(2).sum() / (N - 1) * dy.pow(2).sum() / (N - 1)).sqrt(),
+            ),
+            "the absolute value: r keeps its sign": r.abs().reshape(1),
+            "the denominator lacks its square root: sqrt(sum dx^2 * sum dy^2)": (
+                cov / ((dx * dx).sum() * (dy * dy).sum())
+            ).reshape(1),
+        }
+        mistakes = {k: (tuple(t.reshape(1) for t in v) if isinstance(v, tuple) else v) for k, v in mistakes.items()}
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-5,  # r from float32 sums of N products: about 1e-6 off
+            context=f" for N={N}",
+            reference=lambda a, b: measures.pearson_r(a, b).reshape(1),
+            args=(x, y),
+        )
     passed(name, f"cases {[list(c) for c in cases]}, seed {seed}")

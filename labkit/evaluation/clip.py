@@ -129,6 +129,61 @@ def zero_shot_probs(cosine: torch.Tensor, logit_scale: float) -> torch.Tensor:
     return (logit_scale * cosine).softmax(dim=-1)
 
 
+def clip_preprocess(images: torch.Tensor, size: int, mean, std, *, invert: bool = False, clamp: bool = True):
+    """Grey digits -> what a CLIP image encoder reads (Radford et al. 2021; open_clip's preprocess, on tensors):   (lab 06)
+
+        x = clamp(bicubic_resize(images, S x S), 0, 1)        (align_corners=False, as torchvision's Resize)
+        out[:, c] = (x - mean[c]) / std[c]                    for the three colour channels c = R, G, B
+
+    images [B, 1, H, W] in [0, 1]; size S; mean, std: three numbers each (the model's, e.g. OPENAI_MEAN /
+    OPENAI_STD) -> [B, 3, S, S] in the images' dtype. The grey channel is copied into R, G and B. ``clamp``
+    clips the bicubic overshoot (CLIP guidance turns it off: a clamp zeroes the gradient outside [0, 1]);
+    ``invert`` makes dark digits on white."""
+    x = 1 - images if invert else images
+    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)  # [B, 1, S, S]
+    if clamp:
+        x = x.clamp(0, 1)
+    x = x.expand(-1, 3, -1, -1)  # grey -> RGB (a view, no copy)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def prompt_ensemble(text_emb: torch.Tensor) -> torch.Tensor:
+    """Prompt ensembling (Radford et al. 2021, sec. 3.1.4): one caption embedding per class from several
+    phrasings ("templates") of it:   (lab 06)
+
+        v_k = m_k / ||m_k||,   m_k = (1/P) sum_p e_pk / ||e_pk||
+
+    text_emb [P, K, D]: template p's embedding of class k -> [K, D], unit rows."""
+    unit = F.normalize(text_emb, dim=-1)  # [P, K, D] each phrasing at length 1
+    return F.normalize(unit.mean(dim=0), dim=-1)  # [K, D]
+
+
+def clear_probability(image_emb, clear_emb, blurry_emb, logit_scale: float) -> torch.Tensor:
+    """CLIP's "clear or blurry?" probability: its zero-shot softmax over two captions per image,   (lab 06)
+
+        p_n = exp(s cos(u_n, c_n)) / (exp(s cos(u_n, c_n)) + exp(s cos(u_n, b_n))) = sigmoid(s (cos(u_n, c_n) - cos(u_n, b_n)))
+
+    image_emb, clear_emb, blurry_emb: [N, D], row n the image and the two captions it is compared with (a
+    clear and a blurry caption of its intended digit); s = logit_scale -> [N]."""
+    u = F.normalize(image_emb, dim=-1)  # [N, D]
+    clear = (u * F.normalize(clear_emb, dim=-1)).sum(dim=-1)  # [N] cos(u_n, c_n)
+    blurry = (u * F.normalize(blurry_emb, dim=-1)).sum(dim=-1)  # [N] cos(u_n, b_n)
+    return torch.sigmoid(logit_scale * (clear - blurry))
+
+
+def clip_score(image_emb: torch.Tensor, text_emb: torch.Tensor, weight: float = 100.0) -> torch.Tensor:
+    """CLIPScore (Hessel et al. 2021, eq. 1), one number per image-caption pair:   (lab 06)
+
+        CLIP-S(u_n, v_n) = w * max(cos(u_n, v_n), 0)
+
+    image_emb, text_emb: [N, D], row n an image and its own caption -> [N]. Hessel et al. take w = 2.5;
+    torchmetrics and most papers on text-to-image models report w = 100, the default here."""
+    cos = (F.normalize(image_emb, dim=-1) * F.normalize(text_emb, dim=-1)).sum(dim=-1)  # [N]
+    return weight * cos.clamp(min=0)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The CLIP scores of a set of digits, summarised; from real digits it is the reference that
@@ -267,14 +322,8 @@ class ClipScorer:
 
         clamp: clip the bicubic overshoot to [0, 1]; CLIP guidance turns it off (a clamp would zero the
         gradient of every pixel outside [0, 1])."""
-        x = images.float()
-        if self.invert:
-            x = 1 - x
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        if clamp:
-            x = x.clamp(0, 1)
-        x = x.expand(-1, 3, -1, -1)  # grey -> RGB (a view, no copy)
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        mean, std = self.mean.flatten().tolist(), self.std.flatten().tolist()
+        return clip_preprocess(images.float(), self.image_size, mean, std, invert=self.invert, clamp=clamp)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, *, progress: bool | None = None) -> torch.Tensor:
@@ -306,8 +355,8 @@ class ClipScorer:
 
     def ensemble(self, templates: Sequence[str]) -> torch.Tensor:
         """One embedding per digit [10, D]: the re-normalised mean over templates (prompt ensembling)."""
-        per_digit = [self.encode_text(PromptSet.fill(templates, k)).mean(dim=0) for k in range(10)]
-        return F.normalize(torch.stack(per_digit), dim=-1)
+        emb = torch.stack([self.encode_text(PromptSet.fill(templates, k)) for k in range(10)], dim=1)  # [P, 10, D]
+        return prompt_ensemble(emb)
 
     # --- scores --------------------------------------------------------------------------------
 
@@ -322,10 +371,8 @@ class ClipScorer:
         scale = self.logit_scale
         cosine = cosine_similarity(img, self.ensemble(self.prompts.digit))  # [N,10]
         probs = zero_shot_probs(cosine, scale)  # [N,10]
-        clear = (img * self.ensemble(self.prompts.clear)[labels]).sum(dim=1)  # cos(img, clear_k): [N]
-        blurry = (img * self.ensemble(self.prompts.blurry)[labels]).sum(dim=1)  # cos(img, blurry_k): [N]
-        # softmax over the two captions = sigmoid of the logit difference
-        clear_prob = torch.sigmoid(scale * (clear - blurry))
+        clear, blurry = self.ensemble(self.prompts.clear)[labels], self.ensemble(self.prompts.blurry)[labels]  # [N, D]
+        clear_prob = clear_probability(img, clear, blurry, scale)  # [N]
         return ClipScores(labels=labels, cosine=cosine, probs=probs, clear_prob=clear_prob)
 
     def calibrate(self, real_images: torch.Tensor, real_labels: torch.Tensor, **kwargs) -> Calibration:

@@ -2,6 +2,8 @@
 
     recognisable_from(probs, threshold)        [steps, N] -> int64 [N]: the first sampling step from which the
                                                classifier's p(intended digit | x0_hat) stays >= threshold
+    t_from(curve, ts, threshold)               [steps] -> the time step t from which one curve stays >= threshold
+                                               (-1: not even at the end); lab 05's exercise
     above_control(probs, labels)               [N, K] -> [N]: p(intended | x_n) minus what the classifier gives
                                                the same digit on the samples meant to be other digits
     quartiles_per_digit(values, labels)        -> [K, 3]: 25th percentile, median, 75th percentile per class
@@ -14,6 +16,11 @@
     heldout_x0_error(model, x0, y, noise, alpha_bars, log_snrs)
                                                -> []: median one-step x0 error at fixed log-SNRs (any T)
     r_squared(x, y)                            -> float: how straight y(x) is (a lab's claims)
+    total_variation(images)                    [B, C, H, W] -> [B]: mean |difference| of neighbouring pixels, the
+                                               grain of an image (lab 05's exercise)
+    confusion_matrix(labels, predicted)        [N], [N] -> [K, K]: row k = how the samples of class k were
+                                               classified, as shares (lab 06's exercise)
+    pearson_r(x, y)                            [N], [N] -> []: Pearson's correlation coefficient (lab 06's exercise)
 
 Classes without enough samples get NaN (a report says "not measured", never a made-up number). Lab 09's
 exercises are these functions (same names, same arguments); its checks (``labkit.checks.lab09_report``)
@@ -35,8 +42,21 @@ def recognisable_from(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     return probs.shape[0] - trailing
 
 
+def t_from(curve: torch.Tensor, ts: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The time step from which one confidence curve *stays* at or above ``threshold``:   (lab 05)
+
+        k* = min { k : curve[j] >= threshold for every j >= k },   t_from = ts[k*]   (-1 when curve[-1] < threshold)
+
+    curve [steps] (row 0 = the first sampling step, from pure noise), ts int64 [steps] (the model's time step t
+    of each row, descending) -> int64 0-d tensor. Unlike the *first* step at which the curve reaches the
+    threshold, a lucky early value, or a judge that reads one digit into noise, does not count unless it lasts
+    to the end. The per-trajectory form is ``recognisable_from`` (lab 09)."""
+    k = int(recognisable_from(curve.detach().reshape(-1, 1), threshold)[0])  # an index into the steps
+    return torch.as_tensor(ts)[k].long().cpu() if k < len(curve) else torch.tensor(-1)
+
+
 def above_control(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """probs [N, K] (the judge's class probabilities for N samples of one step), labels [N] -> [N] float64:
+    """probs [N, K] (the judge's class probabilities for N samples of one step), labels [N] -> [N] float64:   (lab 05)
 
         margin_n = p(y_n | x_n) - mean_{m : y_m != y_n} p(y_n | x_m)
 
@@ -160,3 +180,38 @@ def r_squared(x: torch.Tensor, y: torch.Tensor) -> float:
     fit = torch.linalg.lstsq(design, y[:, None]).solution  # [2, 1]
     residual = y - (design @ fit)[:, 0]
     return float(1 - residual.pow(2).sum() / (y - y.mean()).pow(2).sum())
+
+
+def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """The row-normalised confusion matrix of a classifier:   (lab 06)
+
+        C[k, j] = #{n : labels_n = k and predicted_n = j} / #{n : labels_n = k}      (0 for a class without samples)
+
+    labels, predicted: int64 [N] in 0..num_classes-1 -> float64 [num_classes, num_classes]; row k is the true
+    class, column j the answer, so each row with samples sums to 1 and the diagonal holds the per-class accuracy."""
+    y, p = labels.detach().long().cpu(), predicted.detach().long().cpu()
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts.index_put_((y, p), torch.ones(len(y), dtype=torch.float64), accumulate=True)  # [K, K] counts
+    return counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def pearson_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson's correlation coefficient of two paired samples (Pearson 1895):   (lab 06)
+
+        r = sum_n (x_n - mean x)(y_n - mean y) / sqrt(sum_n (x_n - mean x)^2 * sum_n (y_n - mean y)^2)
+
+    x, y: [N] -> a 0-d float64 tensor in [-1, 1] (1: y rises with x along a straight line; 0: no linear trend)."""
+    dx, dy = x.detach().double() - x.detach().double().mean(), y.detach().double() - y.detach().double().mean()
+    return (dx * dy).sum() / ((dx * dx).sum() * (dy * dy).sum()).sqrt()
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """The grain of each image: its mean absolute difference between neighbouring pixels (anisotropic total
+    variation, Rudin, Osher & Fatemi 1992, per pixel pair):   (lab 05)
+
+        TV(x) = 1/2 * ( mean_{c,i,j} |x[c, i+1, j] - x[c, i, j]| + mean_{c,i,j} |x[c, i, j+1] - x[c, i, j]| )
+
+    images [B, C, H, W] -> [B] (in the images' dtype): 0 for a flat image, larger for speckled ones."""
+    down = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(dim=1)  # [B] vertical neighbours
+    right = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(dim=1)  # [B] horizontal neighbours
+    return (down + right) / 2

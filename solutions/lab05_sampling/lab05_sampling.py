@@ -8,18 +8,21 @@
 #
 # **Learning objectives.** After this lab you can
 # 1. write the ancestral sampling step of DDPM (Ho et al. 2020, Algorithm 2) and say what its two terms do;
-# 2. write the sampling loop around it, on a chain of fewer steps than training used;
-# 3. explain why no noise is added on the last step, and why the noise term uses a standard deviation;
+# 2. write the sampling loop around it, and the schedule of a chain of fewer steps than training used
+#    ("respacing");
+# 3. explain why no noise is added on the last step, why the noise term uses a standard deviation, and what the
+#    other choice of variance, $\sigma_t^2 = \beta_t$, does to the samples;
 # 4. read a denoising trajectory: the noisy $x_t$ and the model's guess $\hat x_0$ along the way;
-# 5. measure when, during sampling, a digit becomes recognisable, and which digits commit first.
+# 5. measure when, during sampling, a digit becomes recognisable, with a measure that a biased judge cannot fool.
 #
-# **Time budget.** Running all cells: about 1 minute on a quiet laptop CPU (measured: 1 minute on 2 quiet CPU
-# cores, 2.5 minutes on 2 cores shared with other jobs, load about 12), about 1 minute on a Colab T4.
-# Working through the lab: about 75 minutes.
+# **Time budget.** Running all cells: about 2 minutes on a quiet laptop CPU (measured: 3.3 minutes on 2 CPU cores
+# shared with other jobs, load about 10), about 1 minute on a Colab T4 (an estimate, not measured).
+# Working through the lab: about 120 minutes.
 #
-# **How it is graded.** Two functions (3 + 3 points), each followed by a test cell (the tests you see, plus
-# hidden ones with other inputs). The cells after them run *your* sampling loop when it passes its check, and
-# `labkit`'s when it does not (a line says which), so a bug in your answer never breaks the rest of the lab.
+# **How it is graded.** Seven functions (3 + 3 + 2 + 1 + 1 + 2 + 2 = 14 points), each followed by a test cell (the tests
+# you see, plus hidden ones with other inputs). The cells after them run *your* functions when they pass their
+# checks, and `labkit`'s when they do not (a line says which), so a bug in your answer never breaks the rest of
+# the lab.
 # Run the cells from top to bottom.
 # The questions at the end are answered in writing and graded by hand (4 points).
 
@@ -153,6 +156,41 @@ checks.check_sample_loop(sample_loop, seed=6, sizes=((1, 3, 4, 4), (5, 1, 6, 6))
 ### END HIDDEN TESTS
 
 # %% [markdown]
+# ### Exercise 3 (2 points)
+# Write `respaced(schedule, grid)`, the schedule of a chain that visits only the steps of `grid`:
+# * `schedule`: a `labkit` `Schedule`; `schedule.alpha_bars` and `schedule.betas` are `[T]` float64;
+# * `grid`: int64 `[S]`, the visited time steps in the order sampling visits them: **descending**, ending at 0
+#   (what `samplers.timestep_grid` returns);
+# * return `(betas, alpha_bars)`, each `[S]` float64, in **ascending** order of $t$: entry $k$ belongs to the
+#   $k$-th smallest visited step $t_k$ (the `timesteps[k]` of exercise 2), and
+#
+# $$\bar\alpha^{\text{chain}}_k = \bar\alpha_{t_k}, \qquad
+#   \beta^{\text{chain}}_k = 1 - \frac{\bar\alpha^{\text{chain}}_k}{\bar\alpha^{\text{chain}}_{k-1}}, \qquad
+#   \bar\alpha^{\text{chain}}_{-1} = 1 .$$
+#
+# The schedule's own $\beta_t$ is the noise of *one* step; a step of the chain must add the noise of all the
+# steps it skips, and since $\bar\alpha$ is a product, that is a ratio of two $\bar\alpha$'s. Careful with
+# $k = 0$, as in exercise 1. With every step visited you get the schedule itself back.
+
+# %% nbgrader={"grade": false, "grade_id": "respaced", "locked": false, "schema_version": 3, "solution": true}
+def respaced(schedule, grid):
+    """(betas [S], alpha_bars [S]) of the chain visiting grid's steps (Nichol & Dhariwal 2021, section 4)."""
+    ### BEGIN SOLUTION
+    ascending = grid.flip(0)  # [S]: t_0 < t_1 < ... < t_{S-1}
+    alpha_bars = schedule.alpha_bars[ascending]  # [S]: alpha_bar at the visited steps
+    previous = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])  # [S]: alpha_bar_{k-1}, 1 before the first
+    betas = 1 - alpha_bars / previous  # [S]: the noise added between two visited steps
+    return betas, alpha_bars
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_respaced", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_respaced(respaced)
+### BEGIN HIDDEN TESTS
+checks.check_respaced(respaced, seed=4, cases=(("cosine", 1000, 100), ("linear", 100, 2), ("linear", 25, None)))
+### END HIDDEN TESTS
+
+# %% [markdown]
 # ## 3. Ten digits from a trained model
 #
 # Your loop, on your lab 04 model when its checkpoint is in the runs folder (`runs/lab04-cpu/loop.pt`; in Colab
@@ -165,11 +203,14 @@ checks.check_sample_loop(sample_loop, seed=6, sizes=((1, 3, 4, 4), (5, 1, 6, 6))
 model, schedule, meta = checks.trained_model(DEVICE, runs=colab.runs_dir(mount=False))  # yours from lab 04, if here
 PRETRAINED = meta["pretrained"]
 loop = checks.yours_or_labkit(checks.check_sample_loop, sample_loop, samplers.sample_loop, "sample_loop")
+respace = checks.yours_or_labkit(checks.check_respaced, respaced, samplers.respaced, "respaced")
 STEPS = colab.pick(250 if DEVICE.type == "cuda" else 100, 8)  # steps in the chain (T = 1000 on a GPU is fine too)
 grid = samplers.timestep_grid(schedule, STEPS)  # [STEPS] descending, ends at t = 0
 timesteps = grid.flip(0).to(DEVICE)  # [STEPS] ascending: the model's t at chain step k
-betas, alpha_bars = samplers.respaced(schedule, grid)  # [STEPS] each: the chain's schedule
+betas, alpha_bars = respace(schedule, grid)  # [STEPS] each: the chain's schedule
 print(f"{schedule}; sampling with a chain of {STEPS} steps, t = {timesteps[-1].item()} ... {timesteps[0].item()}")
+print(f"the chain's betas run from {betas.min():.2g} to {betas.max():.2g}; "
+      f"the schedule's one-step betas from {schedule.betas.min():.2g} to {schedule.betas.max():.2g}")
 
 
 def draw(y, seed, model=model):
@@ -187,6 +228,120 @@ start = time.perf_counter()
 x0 = draw(y, seed=0)
 print(f"{len(y)} digits in {time.perf_counter() - start:.1f} s on {DEVICE}")
 fig = plotting.image_grid(x0.clamp(-1, 1), ncols=10, title="one column per digit 0..9 (DDPM ancestral sampling)")
+
+# %% [markdown]
+# ## 3b. Which variance?
+#
+# Ho et al. (2020, section 3.2) tried two variances for the noise $\sigma_t z$ of the reverse step, and found
+# that both gave similar samples with $T = 1000$ steps:
+#
+# * $\sigma_t^2 = \tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$ (eq. 7, your step's): the
+#   right variance if all the data were one fixed image $x_0$; 0 at $t = 0$;
+# * $\sigma_t^2 = \beta_t$: the right one if the data were pure noise, $x_0 \sim \mathcal N(0, I)$; it is
+#   the larger of the two, $\tilde\beta_t \le \beta_t$.
+#
+# They differ most at the last steps of sampling, where $\bar\alpha_{t-1}$ is close to 1. Does the choice matter
+# on a chain of 100 steps? The cells below measure it.
+#
+# ### Exercise 4 (1 point)
+# Write `sigma_squared(betas, alpha_bars, kind)`: `betas`, `alpha_bars` `[T]` (float64) -> `[T]`, the variance
+# $\sigma_t^2$ of every step, $\tilde\beta_t$ when `kind == "beta_tilde"` and $\beta_t$ when `kind == "beta"`
+# (a new tensor, not `betas` itself). The same three traps as in exercise 1 wait at $t = 0$.
+
+# %% nbgrader={"grade": false, "grade_id": "sigma_squared", "locked": false, "schema_version": 3, "solution": true}
+def sigma_squared(betas, alpha_bars, kind):
+    """sigma_t^2 [T]: beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t, or beta_t."""
+    ### BEGIN SOLUTION
+    if kind == "beta":
+        return betas.clone()
+    previous = torch.cat([alpha_bars.new_ones(1), alpha_bars[:-1]])  # [T]: alpha_bar_{t-1}, 1 at t = 0
+    return (1 - previous) / (1 - alpha_bars) * betas
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_sigma_squared", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_sigma_squared(sigma_squared)
+### BEGIN HIDDEN TESTS
+checks.check_sigma_squared(sigma_squared, seed=2, Ts=(1000, 2), kinds=("beta", "beta_tilde"))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# To compare the two, a number for how speckled an image is: its **grain**, the mean absolute difference between
+# neighbouring pixels (the anisotropic *total variation* of Rudin, Osher & Fatemi 1992, per pair of pixels):
+#
+# $$\mathrm{TV}(x) = \tfrac12\Big(\operatorname{mean}_{c,i,j} |x_{c,i+1,j} - x_{c,i,j}|
+#   + \operatorname{mean}_{c,i,j} |x_{c,i,j+1} - x_{c,i,j}|\Big).$$
+#
+# A flat image has 0; a clean digit has large differences only along its strokes' edges; grain adds them
+# everywhere.
+#
+# ### Exercise 5 (1 point)
+# Write `total_variation(images)`: `[B, C, H, W]` -> `[B]`, one value per image (slices such as
+# `x[..., 1:, :]` and `x[..., :-1, :]` pair each pixel with its neighbour below).
+
+# %% nbgrader={"grade": false, "grade_id": "total_variation", "locked": false, "schema_version": 3, "solution": true}
+def total_variation(images):
+    """[B, C, H, W] -> [B]: the mean |difference| of vertical and of horizontal neighbours, averaged."""
+    ### BEGIN SOLUTION
+    down = (images[..., 1:, :] - images[..., :-1, :]).abs().flatten(1).mean(dim=1)  # [B] vertical pairs
+    right = (images[..., :, 1:] - images[..., :, :-1]).abs().flatten(1).mean(dim=1)  # [B] horizontal pairs
+    return (down + right) / 2
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_total_variation", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_total_variation(total_variation)
+### BEGIN HIDDEN TESTS
+checks.check_total_variation(total_variation, seed=3, sizes=((10, 1, 28, 28), (1, 2, 3, 9)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Both choices through **your** loop, from the same noise: your step adds $\sqrt{\tilde\beta_k}\,z$, so handing
+# it $z \sqrt{\beta_k / \tilde\beta_k}$ instead makes it add $\sqrt{\beta_k}\,z$ (at $k = 0$ both add nothing,
+# as in Algorithm 2). The chain is the one of section 3; the grain is your `total_variation`, averaged over
+# the images.
+
+# %%
+variance = checks.yours_or_labkit(checks.check_sigma_squared, sigma_squared, samplers.sigma_squared, "sigma_squared")
+small, large = variance(betas, alpha_bars, "beta_tilde"), variance(betas, alpha_bars, "beta")  # [STEPS] each
+boost = torch.where(small > 0, (large / small.clamp(min=1e-300)).sqrt(), torch.ones_like(small))  # [STEPS]
+for k in sorted({1, STEPS // 2, STEPS - 1}):
+    print(f"chain step k = {k:3d} (t = {int(timesteps[k])}): sigma = {large[k].sqrt():.4f} with beta, "
+          f"{small[k].sqrt():.4f} with beta_tilde ({float(boost[k]):.1f}x)")
+y_var = torch.arange(10, device=DEVICE).repeat(colab.pick(5, 1))  # [10 * 5]
+g = torch.Generator(DEVICE).manual_seed(3)
+x_T = torch.randn((len(y_var), 1, 28, 28), generator=g, device=DEVICE)
+noises = torch.randn((STEPS, len(y_var), 1, 28, 28), generator=g, device=DEVICE)
+with torch.no_grad():
+    x_small = loop(model, x_T, y_var, timesteps, betas, alpha_bars, noises)
+    x_large = loop(model, x_T, y_var, timesteps, betas, alpha_bars, noises * boost.view(-1, 1, 1, 1, 1).to(noises))
+
+
+tv = checks.yours_or_labkit(checks.check_total_variation, total_variation, measures.total_variation, "total_variation")
+
+
+def grain(x):  # [B, 1, 28, 28] -> the mean grain over the batch
+    return float(tv(x.float().clamp(-1, 1).cpu()).mean())
+
+
+clf = load_classifier(DEVICE)
+for label, x in (("beta_tilde", x_small), ("beta", x_large)):
+    judged = classifier_accuracy((x.float().clamp(-1, 1) + 1) / 2, y_var, clf)
+    print(f"sigma^2 = {label:10s}: grain {grain(x):.3f}, classifier accuracy {judged['accuracy']:.0%} "
+          f"of {len(y_var)}")
+fig = plotting.compare_rows({"beta_tilde": x_small[:10].cpu().clamp(-1, 1), "beta": x_large[:10].cpu().clamp(-1, 1)},
+                            col_titles=[str(d) for d in range(10)], title="the same noise, two variances")
+claims.check("the two sigmas differ by less than a factor 2 at every step of this chain", float(boost.max()) < 2,
+             f"largest ratio {float(boost.max()):.2f}, at chain step k = {int(boost.argmax())}")
+claims.check("from the same noise the two variances give digits of nearly the same grain (within 5%)",
+             abs(grain(x_large) - grain(x_small)) < 0.05 * grain(x_small),
+             f"grain {grain(x_large):.3f} with beta against {grain(x_small):.3f} with beta_tilde")
+
+# %% [markdown]
+# On this chain the two $\sigma$'s differ by less than a factor 2, most at the last steps, where $\sigma$ is below
+# 0.01 anyway, and the same noise gives nearly the same digits: as Ho et al. found for $T = 1000$, the choice hardly
+# matters here. Nichol & Dhariwal (2021, section 3.1) argue it matters more with fewer steps, and let the network
+# learn $\sigma_t$ between the two instead. Do your two rows of digits differ anywhere you can see?
 
 # %% [markdown]
 # ## 4. The denoising trajectory
@@ -236,10 +391,9 @@ anim
 # comparison it also judges the noisy $x_t$ itself at every step (question 2).
 
 # %%
-clf = load_classifier(DEVICE)
 n_each = colab.pick(20 if DEVICE.type == "cuda" else 10, 2)  # samples per digit
 y_many = torch.arange(10, device=DEVICE).repeat_interleave(n_each)  # [10 * n_each]
-conf_by_step, conf_xt_by_step, t_by_step, first_calls = [], [], [], []
+conf_by_step, conf_xt_by_step, t_by_step, first_calls, probs_by_step = [], [], [], [], []
 
 
 def judge(t, x_t, eps_hat):
@@ -247,6 +401,7 @@ def judge(t, x_t, eps_hat):
     images = (x0_hat.float().clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1], what the classifier reads
     judged = classifier_accuracy(images, y_many, clf)
     conf_by_step.append(judged["intended_prob"])  # [N]
+    probs_by_step.append(judged["probs"].cpu())  # [N, 10]: all ten probabilities, for exercise 7
     conf_xt_by_step.append(classifier_accuracy((x_t.float().clamp(-1, 1) + 1) / 2, y_many, clf)["intended_prob"])
     if not t_by_step:
         first_calls.append(judged["predicted"])  # [N]: what it calls the very first guesses
@@ -270,35 +425,127 @@ fig.axes[0].invert_xaxis()  # last: a cell that ends in .legend(...) prints <Leg
 # pure noise: if it calls most of them one digit, that digit's curve starts high for a reason that has nothing
 # to do with the model.
 #
-# A single number per digit: the step **from which on** the mean confidence stays at or above 0.5
-# (`labkit.evaluation.measures.recognisable_from`, the measure lab 09 asks you to write). The *first* step at
-# which it passes 0.5 would also count a lucky early guess, or the bias above. Larger $t$ = earlier in sampling.
-
 # %%
 calls = torch.bincount(first_calls[0].cpu(), minlength=10).float() / len(y_many)  # [10] share of first guesses
 print("control, the classifier on the very first guesses (pure noise through the model):")
 print("  " + "   ".join(f"{d}: {float(calls[d]):.0%}" for d in range(10)))
-stays = measures.recognisable_from(per_digit_conf.cpu(), 0.5)  # [10]: an index into the steps; len(steps) = never
-appear = {d: (t_by_step[int(stays[d])] if int(stays[d]) < len(t_by_step) else None) for d in range(10)}
-order = sorted(appear, key=lambda d: -(appear[d] if appear[d] is not None else -1))
+
+# %% [markdown]
+# A single number per digit: the step **from which on** the mean confidence *stays* at or above 0.5. The
+# *first* step at which it reaches 0.5 would also count a lucky early guess, or the judge's bias above: a digit
+# the classifier reads into noise would "appear" at the very first step. Lab 09 asks for the same measure for
+# every trajectory at once (`recognisable_from`); here it is one curve at a time.
+#
+# ### Exercise 6 (2 points)
+# Write `t_from(curve, ts, threshold)`:
+# * `curve`: `[steps]` float, one confidence per sampling step, **row 0 the first step** (pure noise), the last
+#   row the clean image; `ts`: int64 `[steps]`, the time step $t$ of each row (descending, not evenly spaced);
+# * return the $t$ (an `int`) of the first row of the final run of rows with `curve >= threshold` (reaching
+#   the threshold counts), that is the $t$ from which the curve stays at or above it to the end; and **-1**
+#   when even the last value is below it (never recognisable).
+#
+# Walking back from the last row is the easiest way: stop at the first row (from the end) that is below.
+
+# %% nbgrader={"grade": false, "grade_id": "t_from", "locked": false, "schema_version": 3, "solution": true}
+def t_from(curve, ts, threshold):
+    """The t from which curve [steps] stays >= threshold to the end; -1 if its last value is below."""
+    ### BEGIN SOLUTION
+    k = len(curve)  # will be the first row of the final run at or above the threshold
+    while k > 0 and curve[k - 1] >= threshold:
+        k -= 1
+    if k == len(curve):
+        return -1  # even the last value is below: never recognisable
+    return int(ts[k])
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_t_from", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_t_from(t_from)
+### BEGIN HIDDEN TESTS
+checks.check_t_from(t_from, seed=3, steps=40, threshold=0.75)
+checks.check_t_from(t_from, seed=5, steps=5, threshold=0.25)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your measure on the curves above (larger $t$ = earlier in sampling), beside what the *first crossing* would
+# have said:
+
+# %%
+stays_from = checks.yours_or_labkit(checks.check_t_from, t_from, measures.t_from, "t_from")
+ts_judged = torch.tensor(t_by_step)  # [steps] the t of each row of the curves
+appear = {d: int(stays_from(per_digit_conf[:, d].cpu(), ts_judged, 0.5)) for d in range(10)}  # -1: never
+order = sorted(appear, key=lambda d: -appear[d])
 for d in order:
-    when = f"t = {appear[d]}" if appear[d] is not None else "never (in this run)"
+    when = f"t = {appear[d]}" if appear[d] >= 0 else "never (in this run)"
+    crossing = next((t for t, p in zip(t_by_step, per_digit_conf[:, d].tolist()) if p >= 0.5), None)
     bias = "   <- above 0.5 on the first guesses already: the judge's bias" if float(per_digit_conf[0, d]) >= 0.5 else ""
-    print(f"digit {d}: stays recognisable (mean p >= 0.5) from {when}; final p = {float(per_digit_conf[-1, d]):.2f}{bias}")
+    print(f"digit {d}: stays recognisable (mean p >= 0.5) from {when} (first crossing: t = {crossing}); "
+          f"final p = {float(per_digit_conf[-1, d]):.2f}{bias}")
 
-
-def t_from(curve):  # curve [steps] -> the t from which it stays >= 0.5 (None: not even at the end)
-    k = int(measures.recognisable_from(curve[:, None].cpu(), 0.5)[0])
-    return t_by_step[k] if k < len(t_by_step) else None
-
-
-x0_from = t_from(per_digit_conf.mean(dim=1))  # all digits together, the model's guess x0_hat
-xt_from = t_from(torch.stack(conf_xt_by_step).mean(dim=1))  # the same, on the noisy x_t itself
+x0_from = int(stays_from(per_digit_conf.mean(dim=1).cpu(), ts_judged, 0.5))  # all digits together, on x0_hat
+xt_from = int(stays_from(torch.stack(conf_xt_by_step).mean(dim=1).cpu(), ts_judged, 0.5))  # on the noisy x_t
 print(f"\nall digits together: x0_hat stays recognisable from t = {x0_from}, "
-      f"the noisy x_t itself from t = {xt_from if xt_from is not None else 'never'}")
+      f"the noisy x_t itself from t = {xt_from if xt_from >= 0 else 'never'}")
 claims.check("the model's guess x0_hat is recognisable long before x_t itself (at least 250 of the 1000 steps)",
-             x0_from is not None and (xt_from is None or x0_from - xt_from >= 250),
+             x0_from >= 0 and (xt_from < 0 or x0_from - xt_from >= 250),
              f"from t = {x0_from} against t = {xt_from}")
+
+# %% [markdown]
+# **A measure with the control built in.** The control line says how often the judge calls noise each digit,
+# but the table above still cannot date a digit the judge is fond of. Subtract the bias, sample by sample: how
+# much more does the judge believe "this is a $y_n$" of the sample meant to be a $y_n$ than of the samples meant
+# to be *other* digits, at the same step?
+#
+# $$\text{margin}_n = p(y_n \mid x_n) - \frac{1}{\#\{m : y_m \ne y_n\}} \sum_{m:\, y_m \ne y_n} p(y_n \mid x_m).$$
+#
+# If the judge calls every early guess an 8, the 8s and the other digits all get a high $p(8 \mid \cdot)$ and
+# the 8s' margin stays near 0 until they really differ from the rest.
+#
+# ### Exercise 7 (2 points)
+# Write `above_control(probs, labels)`: `probs` `[N, K]`, the judge's probabilities of the $K$ classes for
+# $N$ samples of one step; `labels` int64 `[N]`, the intended classes -> `[N]`, each sample's margin. Every
+# class has at least one sample meant to be another class.
+
+# %% nbgrader={"grade": false, "grade_id": "above_control", "locked": false, "schema_version": 3, "solution": true}
+def above_control(probs, labels):
+    """[N]: p(y_n | x_n) minus the mean p(y_n | x_m) over the samples m meant to be another class."""
+    ### BEGIN SOLUTION
+    own = probs.gather(1, labels[:, None])[:, 0]  # [N]: p(y_n | x_n)
+    control = torch.stack([probs[labels != k, k].mean() for k in range(probs.shape[1])])  # [K]: p(k | other digits)
+    return own - control[labels]
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_above_control", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_above_control(above_control)
+### BEGIN HIDDEN TESTS
+checks.check_above_control(above_control, seed=4, sizes=((100, 10), (3, 2)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your margin at every step, averaged per digit, and the step from which it stays at or above 0.5 (your
+# `t_from` again): a digit now counts as recognisable when the judge is at least 0.5 surer of it on its own
+# samples than on the others.
+
+# %%
+margin_of = checks.yours_or_labkit(checks.check_above_control, above_control, measures.above_control, "above_control")
+labels_cpu = y_many.cpu()
+margins = torch.stack([margin_of(p, labels_cpu).float() for p in probs_by_step])  # [steps, N]
+per_digit_margin = margins.view(len(t_by_step), 10, n_each).mean(dim=2)  # [steps, 10]
+fig = plotting.plot_curves(t_by_step, {str(d): per_digit_margin[:, d] for d in range(10)}, marker="",
+                           xlabel="step t (sampling runs right to left)", ylabel="margin over the control",
+                           title="the same curves, the judge's bias subtracted")
+fig.axes[0].legend(ncol=5, frameon=False, fontsize=7, title="digit", loc="lower right")
+fig.axes[0].invert_xaxis()
+margin_from = {d: int(stays_from(per_digit_margin[:, d], ts_judged, 0.5)) for d in range(10)}
+for d in sorted(margin_from, key=lambda d: -margin_from[d]):
+    when = f"t = {margin_from[d]}" if margin_from[d] >= 0 else "never (in this run)"
+    print(f"digit {d}: margin stays >= 0.5 from {when} (without the control: "
+          f"{appear[d] if appear[d] >= 0 else 'never'}); first-step margin {float(per_digit_margin[0, d]):+.2f}")
+start_margins = per_digit_margin[0]
+claims.check("with the control subtracted no digit starts recognisable: every digit's margin at the first step "
+             "is below 0.5", bool((start_margins < 0.5).all()),
+             f"largest first-step margin {float(start_margins.max()):+.2f}, digit {int(start_margins.argmax())}")
 if not PRETRAINED:
     print("\nThese numbers come from the stand-in model (no shipped checkpoint here): they mean nothing.")
 elif FAST:
@@ -348,22 +595,24 @@ elif FAST:
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_3", "locked": true, "schema_version": 3, "solution": false}
-# **Question 3 (1 point).** From the confidence plot and the table: which digits commit first, and which last?
-# Leave out any digit the control line flags. Do digits with a distinctive outline (a ring, one stroke) commit
+# **Question 3 (1 point).** From the plots and the two tables: which digits commit first, and which last? For a
+# digit the control line flags, use the margin over the control. Do digits with a distinctive outline (a ring, one stroke) commit
 # before digits that share strokes with others (3, 5, 8; 4, 7, 9)? Suggest a reason from the shapes. Do the
 # curves rise gradually or suddenly?
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
 # **Model answer.** In the shipped-model run (10 per digit, a chain of 100 steps, 2 CPU cores), 0, 7 and 1 stay
-# above 0.5 first (t about 920-890), then 2 and 4 (865, 836), and 3, 6, 9 and 5 last (t about 820-780). 8's number means nothing: the control shows
-# the classifier calls 100% of the very first guesses an 8, so its curve starts high before any digit. Digits with
+# above 0.5 first (t about 920-890), then 2 and 4 (865, 836), and 3, 6, 9 and 5 last (t about 820-780). 8's
+# number in the first table means nothing: the control shows the classifier calls 100% of the very first guesses
+# an 8, so its curve starts high before any digit. With the control subtracted, 8's margin stays above 0.5 from
+# t = 889, with 1 and 7 (0 from 909): 8 commits early, not first. Digits with
 # a distinctive coarse outline (a ring, one stroke) are settled by the coarse structure that appears first;
 # digits that share parts with others (3/5/8, 4/9/7) need finer detail, which appears later. The curves rise
 # over a short range of steps: a fairly sudden commitment after a flat start.
 #
-# **Rubric (1 point).** 1/2 point: first and last digits read from the student's own plot and table, leaving out
-# the digit the control flags (8 here). 1/2 point: a shape-based reason and gradual vs sudden.
+# **Rubric (1 point).** 1/2 point: first and last digits read from the student's own plots and tables, the digit
+# the control flags (8 here) placed by its margin, not by the first table. 1/2 point: a shape-based reason and gradual vs sudden.
 # ### END SOLUTION
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_4", "locked": true, "schema_version": 3, "solution": false}
