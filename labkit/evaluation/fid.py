@@ -140,7 +140,7 @@ def fid_interval(
                                                                 by sigma^2 (1/m - 1/N) = sigma^2 / N for m = N/2,
                                                                 as much as the full set around its mean
         interval = corrected - (upper, lower) quantile of the spread   (the "basic" interval: the deviations
-                                                                        of the halves, reflected)
+                                                                        of the halves, reflected), cut at 0
 
     Tested on Gaussians with a known distance (tests/test_evaluation_fid.py): a 90% interval covers the true
     distance in about 90% of trials, where the percentile bootstrap of FID covers it in far fewer.
@@ -162,7 +162,8 @@ def fid_interval(
     spread = (h - h.mean()) * (m / (n - m)) ** 0.5  # [K] deviations at the scale of an N-sample FID
     lower_dev, upper_dev = torch.quantile(spread, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     corrected = fid_n - bias
-    return FidInterval(fid_n, bias, corrected - upper_dev, corrected - lower_dev, level, n)
+    low, high = (max(0.0, corrected - upper_dev), max(0.0, corrected - lower_dev))  # a distance is never below 0
+    return FidInterval(fid_n, bias, low, high, level, n)
 
 
 def fid_of_features(mu: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor) -> float:

@@ -490,7 +490,7 @@ for sampler, by_nfe in results.items():
     axes[2].plot(nfes, [by_nfe[n]["seconds"] for n in nfes], "o-", label=sampler)
 axes[0].set(ylabel="classifier accuracy (bars: 1 s.e.)", title=f"fidelity ({len(y_n)} samples per point)")
 axes[1].set(ylabel="FID without its bias / floor (90%)", title="distance to real digits (0: perfect)")
-axes[1].set_yscale("symlog", linthresh=1)  # linear below 1x the floor (the interval may reach below 0), log above
+axes[1].set_yscale("symlog", linthresh=1)  # linear below 1x the floor (an interval may reach 0), log above
 axes[2].set(ylabel=f"seconds for {len(y_n)} samples", title=f"wall time on {DEVICE}", yscale="log")
 for ax in axes:
     ax.set(xlabel="network evaluations (NFE)", xscale="log")

@@ -287,26 +287,32 @@ for s in scales:
     print(f"s = {s:4}: classifier {r['accuracy']:6.1%}   FID {r['fid_ratio']:5.1f}x floor "
           f"(without the bias {r['fid_low_ratio']:.1f}-{r['fid_high_ratio']:.1f}x)   "
           f"CLIP p(intended) {r['clip_prob']:.2f}   CLIP logit {r['clip_logit']:6.2f}   ({seconds:.1f} s)")
+logits = [measured[s]["clip_logit"] for s in scales]
+claims.check("CLIP guidance pushes the caption's logit up: it rises with every step up in s",
+             all(a < b for a, b in zip(logits, logits[1:])),
+             "mean logit " + ", ".join(f"{v:.2f}" for v in logits) + " at s = " + ", ".join(f"{s:g}" for s in scales))
 if not PRETRAINED_CLIP:
     print("\n(tiny random CLIP: the CLIP numbers, and what guidance does, are meaningless here)")
 if not meta["pretrained"]:
     print("(no shipped checkpoint: the samples come from an untrained stand-in)")
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
 xs = list(scales)
+tag = CLIP_TAG.replace(" [", "\n[")  # on a line of its own: three long titles side by side would overlap
 axes[0].plot(xs, [measured[s]["accuracy"] for s in xs], "o-")
-axes[0].set(ylabel="classifier accuracy", title="does the classifier see the digit?" + CLIP_TAG)
+axes[0].set(ylabel="classifier accuracy", title="does the classifier see the digit?" + tag)
 centre = [measured[s]["fid_corrected_ratio"] for s in xs]  # FID without its small-sample bias / floor
 bars = [[c - measured[s]["fid_low_ratio"] for c, s in zip(centre, xs)],
         [measured[s]["fid_high_ratio"] - c for c, s in zip(centre, xs)]]
 axes[1].errorbar(xs, centre, yerr=bars, fmt="o-", capsize=3, color="C1")
-axes[1].set(ylabel="FID without its bias / floor (90%)", title="distance to real digits (0: perfect)" + CLIP_TAG)
+axes[1].set(ylabel="FID without its bias / floor (90%)", title="distance to real digits (0: perfect)" + tag)
 axes[2].plot(xs, [measured[s]["clip_logit"] for s in xs], "o-", color="C2", label="caption logit (pushed up)")
-axes[2].set(ylabel="CLIP logit", title="what CLIP thinks" + CLIP_TAG)
+axes[2].set(ylabel="CLIP logit", title="what CLIP thinks" + tag)
 ax2 = axes[2].twinx()
 ax2.plot(xs, [measured[s]["clip_prob"] for s in xs], "s--", color="C3", label="zero-shot p(intended)")
 ax2.set_ylabel("CLIP zero-shot p(intended)")
+ax2.legend(handles=axes[2].get_lines() + ax2.get_lines(), loc="lower right", frameon=False, fontsize=8)
 for ax in axes:
     ax.set(xlabel="CLIP guidance strength s")
     ax.grid(alpha=0.3)
