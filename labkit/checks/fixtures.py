@@ -191,8 +191,8 @@ class DigitJudge:
 
     def fid_interval(self, x01: torch.Tensor, floor: float, level: float = 0.9) -> dict:
         """The bias-corrected interval of the FID of images [N,1,28,28] in [0,1] (``fid.fid_interval``, seeded:
-        the same images give the same interval), and its ends and centre divided by the floor (NaN below 4
-        images or at a zero floor)."""
+        the same images give the same interval), and its ends and centre (cut at 0) divided by the floor (NaN
+        below 4 images or at a zero floor)."""
         from labkit import colab
         from labkit.evaluation.fid import classifier_features, fid_interval
 
@@ -210,5 +210,5 @@ class DigitJudge:
             "fid_interval": iv,
             "fid_low_ratio": iv.low / floor,
             "fid_high_ratio": iv.high / floor,
-            "fid_corrected_ratio": iv.corrected / floor,
+            "fid_corrected_ratio": max(0.0, iv.corrected) / floor,  # a distance, cut at 0 like the interval
         }

@@ -12,8 +12,8 @@
 # 3. explain why denoising from pure noise in one step is hopeless, while a small step is learnable;
 # 4. read a score field on a 2D toy: where its arrows point at small and large $t$, and how samples follow it.
 #
-# **Time budget.** Running all cells: about 1 minute on 2 shared CPU cores (measured 76 seconds under heavy load),
-# under a minute on a Colab T4. Working through the lab: about 85 minutes.
+# **Time budget.** Running all cells: about 1 minute on 2 shared CPU cores (measured 24-36 seconds at load 8-11,
+# three runs, 2026-12-07), under a minute on a Colab T4. Working through the lab: about 85 minutes.
 # Points: 15 (11 for the functions, 4 for the written answers).
 #
 # **How it is graded.** Eight small functions, each followed by a test cell (the tests you see, plus hidden

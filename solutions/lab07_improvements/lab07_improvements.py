@@ -484,8 +484,8 @@ for sampler, by_nfe in results.items():
     axes[0].errorbar(nfes, [by_nfe[n]["accuracy"] for n in nfes], yerr=[se(by_nfe[n]) for n in nfes], fmt="o-",
                      capsize=3, label=sampler)
     centre = [by_nfe[n]["fid_corrected_ratio"] for n in nfes]  # the bias-free FID / floor, with its 90% interval
-    bars = [[c - by_nfe[n]["fid_low_ratio"] for c, n in zip(centre, nfes)],
-            [by_nfe[n]["fid_high_ratio"] - c for c, n in zip(centre, nfes)]]
+    bars = [[max(0, c - by_nfe[n]["fid_low_ratio"]) for c, n in zip(centre, nfes)],
+            [max(0, by_nfe[n]["fid_high_ratio"] - c) for c, n in zip(centre, nfes)]]
     axes[1].errorbar(nfes, centre, yerr=bars, fmt="o-", capsize=3, label=sampler)
     axes[2].plot(nfes, [by_nfe[n]["seconds"] for n in nfes], "o-", label=sampler)
 axes[0].set(ylabel="classifier accuracy (bars: 1 s.e.)", title=f"fidelity ({len(y_n)} samples per point)")
