@@ -1,6 +1,7 @@
 """Frechet distance maths against closed forms, and classifier FID on synthetic digits (no real data)."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -175,3 +176,62 @@ def test_fid_of_features_is_the_fid_formula():
     a, b = torch.randn(30, 5, generator=g), torch.randn(50, 5, generator=g) + 1
     mu, sigma = FID.feature_stats(b)
     assert FID.fid_of_features(mu, sigma, a) == pytest.approx(FID.frechet_distance(*FID.feature_stats(a), mu, sigma))
+
+
+# --- an interval for FID that is not biased (issue 26 item 4) ----------------------------------------------
+
+
+def _gaussian_pair(D: int, shift: float):
+    """A reference N(0, I) known exactly and a "generator" N(shift e_1, diag(scales^2)): the true squared
+    Frechet distance is shift^2 + sum (scale - 1)^2 (both covariances diagonal)."""
+    scales = torch.linspace(0.6, 1.4, D, dtype=torch.float64)
+    mu_g = torch.zeros(D, dtype=torch.float64)
+    mu_g[0] = shift
+    truth = shift**2 + float(((scales - 1) ** 2).sum())
+    return mu_g, scales, truth
+
+
+def _coverage(method: str, *, trials=100, n=100, D=8, shift=0.3, level=0.9, seed=0):
+    """Share of ``trials`` independent sample sets of n whose interval holds the true distance."""
+    g = torch.Generator().manual_seed(seed)
+    mu_g, scales, truth = _gaussian_pair(D, shift)
+    mu_r, sigma_r = torch.zeros(D, dtype=torch.float64), torch.eye(D, dtype=torch.float64)
+    assert FID.frechet_distance(mu_g, torch.diag(scales**2), mu_r, sigma_r) == pytest.approx(truth)
+    hits, widths = 0, []
+    for _ in range(trials):
+        x = mu_g + torch.randn(n, D, generator=g, dtype=torch.float64) * scales  # [n, D] one sample set
+        if method == "halves":
+            iv = FID.fid_interval(x, mu_r, sigma_r, level=level, halves=100, generator=g)
+            low, high = iv.low, iv.high
+        else:
+            low, high = FID.bootstrap_interval(x, partial(FID.fid_of_features, mu_r, sigma_r), 100, level, g).tolist()
+        hits += low <= truth <= high
+        widths.append(high - low)
+    return hits / trials, truth, sum(widths) / trials
+
+
+@pytest.mark.parametrize("n, shift", [(100, 0.3), (400, 0.3), (100, 0.0)])
+def test_half_sampling_interval_covers_the_true_distance(n, shift):
+    """90% intervals on 100 independent sample sets: the true distance inside in at least 85 of them, where the
+    plain percentile bootstrap of FID (biased upwards: a resample holds ~63% distinct samples) misses it."""
+    covered, truth, width = _coverage("halves", n=n, shift=shift)
+    assert covered >= 0.85, f"half-sampling covered the truth {truth:.3f} in {covered:.0%} of trials"
+    plain, _, _ = _coverage("bootstrap", n=n, shift=shift)
+    assert plain < 0.85, f"the plain bootstrap covered the truth in {plain:.0%}: the test cannot tell them apart"
+
+
+def test_fid_interval_fields_and_replay():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64) + 0.5
+    mu, sigma = torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    iv = FID.fid_interval(x, mu, sigma, level=0.9, halves=50, generator=torch.Generator().manual_seed(1))
+    assert iv.fid == pytest.approx(FID.fid_of_features(mu, sigma, x)) and iv.n == 60 and iv.level == 0.9
+    assert iv.bias > 0  # FID overstates the distance with few samples
+    assert iv.low < iv.corrected < iv.high and iv.corrected == iv.fid - iv.bias
+    again = FID.fid_interval(x, mu, sigma, level=0.9, halves=50, generator=torch.Generator().manual_seed(1))
+    assert again == iv
+    wider = FID.fid_interval(x, mu, sigma, level=0.99, halves=50, generator=torch.Generator().manual_seed(1))
+    assert wider.low <= iv.low and iv.high <= wider.high
+    assert iv.overlaps(iv) and not iv.overlaps(FID.FidInterval(9.0, 0.0, iv.high + 1, iv.high + 2, 0.9, 60))
+    with pytest.raises(LabkitValueError):
+        FID.fid_interval(x[:3], mu, sigma, generator=g)

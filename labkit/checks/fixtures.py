@@ -141,7 +141,13 @@ class DigitJudge:
     the same "x the floor" here and in its report.
 
         judge = DigitJudge(device=DEVICE)   # MNIST, as labkit evaluate (synthetic digits where MNIST is missing)
-        judge(images, labels)   # images in [-1, 1] -> {"accuracy", "confidence", "fid", "floor", "fid_ratio", "n"}
+        judge(images, labels)   # images in [-1, 1] -> {"accuracy", "confidence", "fid", "floor", "fid_ratio", "n",
+                                #   "fid_interval", "fid_low_ratio", "fid_high_ratio", "fid_corrected_ratio"}
+
+    The interval (``labkit.evaluation.fid.fid_interval``, 90%) is for the distance itself, with FID's
+    small-sample bias removed, written in the unit of the floor: a perfect model's interval holds 0, where its
+    plain FID sits near 1x the floor. Two FIDs of the same n differ beyond sampling noise when their intervals
+    do not overlap.
 
     ``real``: None (the above), a ``labkit.evaluation.RealReference``, or real digit images in [-1, 1]
     (digits of your own: the first half, at most ``max_ref``, is the reference, the next as many the floor's pool).
@@ -180,4 +186,29 @@ class DigitJudge:
             "fid_ratio": score.ratio if score.ratio is not None else float("nan"),
             "n": len(x),
             "intended_prob": acc["intended_prob"],
+            **self.fid_interval(x, score.floor),
+        }
+
+    def fid_interval(self, x01: torch.Tensor, floor: float, level: float = 0.9) -> dict:
+        """The bias-corrected interval of the FID of images [N,1,28,28] in [0,1] (``fid.fid_interval``, seeded:
+        the same images give the same interval), and its ends and centre (cut at 0) divided by the floor (NaN
+        below 4 images or at a zero floor)."""
+        from labkit import colab
+        from labkit.evaluation.fid import classifier_features, fid_interval
+
+        if len(x01) < 4 or not floor:
+            nan = float("nan")
+            return {"fid_interval": None, "fid_low_ratio": nan, "fid_high_ratio": nan, "fid_corrected_ratio": nan}
+        iv = fid_interval(
+            classifier_features(x01, self.classifier),
+            *self.real.test_stats(self.classifier),
+            level=level,
+            halves=colab.pick(200, 20),
+            generator=torch.Generator().manual_seed(0),
+        )
+        return {
+            "fid_interval": iv,
+            "fid_low_ratio": iv.low / floor,
+            "fid_high_ratio": iv.high / floor,
+            "fid_corrected_ratio": max(0.0, iv.corrected) / floor,  # a distance, cut at 0 like the interval
         }

@@ -90,6 +90,82 @@ def bootstrap_interval(
     return torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64))
 
 
+@dataclass(frozen=True)
+class FidInterval:
+    """An FID with its small-sample bias removed and a confidence interval for the distance itself.
+
+    fid: the plain FID of the n samples; bias: its estimated excess over the true distance (about b / n);
+    corrected = fid - bias; (low, high): the interval at ``level`` for the true Frechet distance between the
+    population the samples came from and the reference. A perfect generator's interval contains 0."""
+
+    fid: float
+    bias: float
+    low: float
+    high: float
+    level: float
+    n: int
+
+    @property
+    def corrected(self) -> float:
+        return self.fid - self.bias
+
+    def overlaps(self, other: FidInterval) -> bool:
+        """True when the two intervals share a point: the difference between the two FIDs is within noise."""
+        return self.low <= other.high and other.low <= self.high
+
+
+def fid_interval(
+    features: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    *,
+    level: float = 0.9,
+    halves: int = 200,
+    generator: torch.Generator,
+) -> FidInterval:
+    """Bias-corrected half-sampling interval for the true Frechet distance of features [N, D] from the
+    reference (mu [D], sigma [D, D]).
+
+    Why not ``bootstrap_interval``: FID is biased upwards by about b / n (Chong & Forsyth 2020, "Effectively
+    Unbiased FID and Inception Score and where to find them", section 3: FID is linear in 1 / n). A resample
+    *with replacement* holds only about 63% distinct samples, so its FID carries a larger bias than the set's
+    own, and every percentile interval lies above the set's FID, which itself lies above the truth (lab 06).
+    Here both halves of the problem are handled by subsampling *without replacement* (Politis & Romano 1994):
+
+        h_k = FID(m of the N samples, drawn without replacement),  m = N // 2,  k = 1..K  (K = halves)
+        bias  = (mean(h) - FID_N) * (1/N) / (1/m - 1/N)      the 1/n law: E[h] - FID_N = b (1/m - 1/N)
+        corrected = FID_N - bias                              = 2 FID_N - mean(h) for m = N/2 (Chong &
+                                                                Forsyth's extrapolation to n = infinity)
+        spread: h_k - mean(h), times sqrt(m / (N - m))        a half-sample varies around the full set
+                                                                by sigma^2 (1/m - 1/N) = sigma^2 / N for m = N/2,
+                                                                as much as the full set around its mean
+        interval = corrected - (upper, lower) quantile of the spread   (the "basic" interval: the deviations
+                                                                        of the halves, reflected), cut at 0
+
+    Tested on Gaussians with a known distance (tests/test_evaluation_fid.py): a 90% interval covers the true
+    distance in about 90% of trials, where the percentile bootstrap of FID covers it in far fewer.
+    All subsets come from ``torch.randperm(N, generator=generator)``: a run is replayed from the seed."""
+    n = features.shape[0]
+    if n < 4:
+        raise LabkitValueError(f"fid_interval needs at least 4 samples, got {n}.")
+    m = n // 2
+    fid_n = fid_of_features(mu, sigma, features)
+    h = torch.tensor(
+        [
+            fid_of_features(mu, sigma, features[torch.randperm(n, generator=generator)[:m].to(features.device)])
+            for _ in range(int(halves))
+        ],
+        dtype=torch.float64,
+    )  # [K] FIDs of half-sets
+    bias = float(h.mean() - fid_n) * (1 / n) / (1 / m - 1 / n)  # b / N under the 1/n law
+    tail = (1 - level) / 2
+    spread = (h - h.mean()) * (m / (n - m)) ** 0.5  # [K] deviations at the scale of an N-sample FID
+    lower_dev, upper_dev = torch.quantile(spread, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    corrected = fid_n - bias
+    low, high = (max(0.0, corrected - upper_dev), max(0.0, corrected - lower_dev))  # a distance is never below 0
+    return FidInterval(fid_n, bias, low, high, level, n)
+
+
 def fid_of_features(mu: torch.Tensor, sigma: torch.Tensor, features: torch.Tensor) -> float:
     """FID of features [N,D] against reference statistics (mu [D], sigma [D,D]): a ``statistic`` for
     ``bootstrap_interval`` (``functools.partial(fid_of_features, mu, sigma)``)."""

@@ -12,8 +12,8 @@
 # 3. explain why denoising from pure noise in one step is hopeless, while a small step is learnable;
 # 4. read a score field on a 2D toy: where its arrows point at small and large $t$, and how samples follow it.
 #
-# **Time budget.** Running all cells: about 1 minute on 2 shared CPU cores (measured 76 seconds under heavy load),
-# under a minute on a Colab T4. Working through the lab: about 85 minutes.
+# **Time budget.** Running all cells: about 1 minute on 2 shared CPU cores (measured 24-36 seconds at load 8-11,
+# three runs, 2026-12-07), under a minute on a Colab T4. Working through the lab: about 85 minutes.
 # Points: 15 (11 for the functions, 4 for the written answers).
 #
 # **How it is graded.** Eight small functions, each followed by a test cell (the tests you see, plus hidden
@@ -33,7 +33,7 @@ import torch
 import matplotlib.pyplot as plt
 
 from labkit import diffusion, plotting, schedules, widgets
-from labkit.checks import lab01_forward as checks
+from labkit.checks import claims, lab01_forward as checks
 
 torch.manual_seed(0)  # every lab starts from the same random numbers
 FAST = colab.fast_mode()  # True in CI and while grading: expensive cells shrink
@@ -159,7 +159,8 @@ checks.check_cosine_alpha_bars(cosine_alpha_bars, seed=7, cases=((1000, 0.008), 
 # %% [markdown]
 # The linear schedule below is built from your `linear_betas` when it passes its check (else from `labkit`'s);
 # the cosine schedule is `labkit`'s (`labkit.schedules.make_schedule`), compared with yours. From here on the
-# notebook uses `labkit`'s reference code. The SNR is drawn on a log scale: it spans ten orders of magnitude.
+# notebook uses `labkit`'s reference code. The SNR is drawn on a log scale: it spans 8 orders of magnitude on the
+# linear schedule and 13 on the cosine.
 
 # %%
 my_linear = checks.yours_or_labkit(checks.check_linear_betas, linear_betas, schedules.linear_betas, "linear_betas")
@@ -179,6 +180,18 @@ for s in (linear, cosine):
     snr1 = int((s.snr() < 1).nonzero()[0])
     print(f"{s.name:>6}: alpha_bar drops below 0.5 at t={half}, SNR < 1 from t={snr1}, "
           f"alpha_bar at the last step = {float(s.alpha_bars[-1]):.1e}")
+orders = {s.name: float(torch.log10(s.snr().max() / s.snr().min())) for s in (linear, cosine)}
+claims.check("the SNR spans 8 orders of magnitude on the linear schedule and 13 on the cosine",
+             round(orders["linear"]) == 8 and round(orders["cosine"]) == 13,
+             f"log10 of the largest over the smallest SNR: linear {orders['linear']:.1f}, cosine {orders['cosine']:.1f}")
+crossing = {s.name: int((s.snr() < 1).nonzero()[0]) for s in (linear, cosine)}
+claims.check("the cosine schedule's SNR falls below 1 about twice as late as the linear's",
+             1.7 < crossing["cosine"] / crossing["linear"] < 2.3,
+             f"t = {crossing['cosine']} against t = {crossing['linear']}")
+nearly_zero = {s.name: int((s.alpha_bars < 0.01).sum()) for s in (linear, cosine)}
+claims.check("the linear schedule's alpha_bar is almost zero (below 0.01) for the last few hundred steps, "
+             "the cosine's for far fewer", nearly_zero["linear"] >= 200 and nearly_zero["cosine"] < nearly_zero["linear"] / 3,
+             f"steps with alpha_bar < 0.01: linear {nearly_zero['linear']}, cosine {nearly_zero['cosine']}")
 
 # %% [markdown]
 # ## 2. The chain, one step at a time
@@ -266,9 +279,17 @@ end = chain(pixel, linear.betas[:300], chain_noise)
 ab_299 = float(linear.alpha_bars[299])
 print(f"300 small steps: mean {float(end.mean()):.3f}, std {float(end.std()):.3f}")
 print(f"one jump, eq. 4: mean {ab_299 ** 0.5 * 0.7:.3f}, std {(1 - ab_299) ** 0.5:.3f}")
+se_mean = float(end.std()) / len(pixel) ** 0.5  # standard error of the mean of 20000 copies
+se_std = float(end.std()) / (2 * len(pixel)) ** 0.5  # and of their standard deviation (Gaussian copies)
+off_mean = abs(float(end.mean()) - ab_299 ** 0.5 * 0.7)
+off_std = abs(float(end.std()) - (1 - ab_299) ** 0.5)
+claims.check("the chain and the jump agree to the sampling error of 20000 copies (within 3 standard errors)",
+             off_mean < 3 * se_mean and off_std < 3 * se_std,
+             f"means differ by {off_mean:.4f} (3 s.e. = {3 * se_mean:.4f}), stds by {off_std:.4f} "
+             f"(3 s.e. = {3 * se_std:.4f})")
 
 # %% [markdown]
-# The two agree to the sampling error of 20000 copies (about 0.01): the chain and the jump give the same
+# The two agree to the sampling error of 20000 copies (a standard error of about 0.006): the chain and the jump give the same
 # distribution, though not the same samples (the jump uses one noise, the chain 300).
 #
 # The step can be undone when the noise is known: solve the formula above for $x_0$,
@@ -314,6 +335,9 @@ x_noisy = diffusion.q_sample(x_demo, t_demo, eps_demo, linear)
 err = (back_to_x0(x_noisy, t_demo, eps_demo, linear.alpha_bars) - x_demo).abs().flatten(1).amax(1)
 for t, e in zip(t_demo.tolist(), err.tolist()):
     print(f"t={t:>3}: largest error of the round trip {e:.1e}")
+claims.check("the error of the round trip grows with t and stays far below the pixel scale of 1",
+             all(a <= b for a, b in zip(err, err[1:])) and float(err.max()) < 1e-3,
+             ", ".join(f"{e:.1e}" for e in err.tolist()))
 
 # %% [markdown]
 # The error grows with $t$ because dividing by $\sqrt{\bar\alpha_t}$ (about 0.006 at $t = 999$ on the linear
@@ -371,6 +395,10 @@ ones = torch.ones(len(t_show), 1, 1, 1, dtype=torch.float64)
 _, var_show = posterior(ones, ones, t_show, cosine.alpha_bars)
 for t, v in zip(t_show.tolist(), var_show.flatten().tolist()):
     print(f"t={t:>3}: beta_t = {float(cosine.betas[t]):.2e}   beta_tilde_t = {v:.2e}")
+share = (var_show.flatten() / cosine.betas[t_show]).tolist()  # beta_tilde_t / beta_t at each shown t
+claims.check("the step back adds variance 0 at t = 0, about half of beta_t at t = 1, nearly beta_t once t is large",
+             share[0] == 0 and 0.35 < share[1] < 0.65 and min(share[3:]) > 0.95,
+             "beta_tilde / beta at t = " + ", ".join(f"{t}: {r:.2f}" for t, r in zip(t_show.tolist(), share)))
 
 # %% [markdown]
 # ## 4. Watching a digit dissolve
@@ -440,6 +468,12 @@ mean_digit = ref.mean(0).reshape(1, 1, 28, 28).float()
 fig = plotting.image_grid(mean_digit, title="the data set mean", size=2.0)
 for t, m in zip(steps, mixed):
     print(f"t={t:>4}: the best guess averages about {m:.0f} of the {n_ref} training digits")
+from_noise = float((guess[-1] - mean_digit).abs().max())  # t = 999: how far each guess is from the mean digit
+claims.check("from pure noise (t = 999) the weights are almost uniform and the best guess is the mean digit; "
+             "at small t it snaps to one training digit",
+             mixed[-1] > 0.9 * n_ref and from_noise < 0.05 and mixed[0] < 1.5,
+             f"digits averaged: {mixed[0]:.1f} at t = {steps[0]}, {mixed[-1]:.0f} of {n_ref} at t = 999; "
+             f"largest pixel difference from the mean digit at t = 999: {from_noise:.3f}")
 
 # %% [markdown]
 # From pure noise ($t = 999$) the weights are almost uniform: the best one-step guess is the blurry **mean
@@ -476,6 +510,27 @@ probe = torch.tensor([[0.0, 0.0], [2.0, 2.0]], dtype=torch.float64)  # two place
 for t in toy_ts:
     length = toy2d.score(blobs, probe, float(cosine.alpha_bars[t])).norm(dim=1)
     print(f"t={t:>3}: score length at (0, 0): {length[0]:6.2f}   at (2, 2): {length[1]:6.2f}")
+far = [float(toy2d.score(blobs, probe, float(cosine.alpha_bars[t])).norm(dim=1)[1]) for t in (0, 999)]
+centre = float(toy2d.score(blobs, probe[:1], float(cosine.alpha_bars[999])).norm())
+claims.check("at (2, 2) the score is about 30 times longer at t = 0 than at t = 999, and at the origin it falls to 0",
+             20 < far[0] / far[1] < 45 and centre < 0.01,
+             f"{far[0]:.1f} against {far[1]:.2f} ({far[0] / far[1]:.0f} times); at (0, 0), t = 999: {centre:.1e}")
+axis = torch.linspace(-3, 3, 9, dtype=torch.float64)
+points = torch.cartesian_prod(axis, axis)  # [81, 2] a grid like the arrows'
+points = points[points.norm(dim=1) > 0.5]  # not the centre itself
+
+
+def cosine_to(direction, arrows):
+    return torch.nn.functional.cosine_similarity(arrows, direction, dim=1)
+
+
+nearest = blobs.means[torch.cdist(points, blobs.means).argmin(dim=1)]  # [N, 2] the nearest blob's centre
+into_blob = float((cosine_to(nearest - points, toy2d.score(blobs, points, float(cosine.alpha_bars[0]))) > 0.9).float().mean())
+to_centre = float(cosine_to(-points, toy2d.score(blobs, points, float(cosine.alpha_bars[999]))).min())
+claims.check("at t = 0 the arrows point into the nearest blob, at t = 999 every arrow points to the centre",
+             into_blob > 0.9 and to_centre > 0.99,
+             f"{into_blob:.0%} of grid points within 25 degrees of their nearest blob at t = 0; "
+             f"cosine to the centre at t = 999 at least {to_centre:.3f}")
 
 # %% [markdown]
 # At $t = 0$ the arrows point into the nearest blob. As $t$ grows the blobs shrink towards the origin (they
@@ -503,6 +558,13 @@ for k, name in enumerate(["blue", "red", "green"]):
     spread = (n_toy * w * (1 - w)) ** 0.5  # one standard deviation of a binomial count
     print(f"{name:>5} blob: weight {w:.2f}, expected {n_toy * w:.0f} +- {spread:.1f} samples, "
           f"got {int((landed == k).sum())}")
+off_blob = float(torch.cdist(toy_samples.double(), blobs.means).min(dim=1).values.max())  # the farthest end
+counts_ok = all(abs(int((landed == k).sum()) - n_toy * float(w)) < 2 * (n_toy * float(w) * (1 - float(w))) ** 0.5
+                for k, w in enumerate(blobs.weights))
+claims.check("every path ends inside a blob, and the counts differ from the expected ones by less than two "
+             "standard deviations",
+             off_blob < 4 * blobs.std and counts_ok,
+             f"farthest end {off_blob:.2f} from its blob's centre, blob std {blobs.std}")
 
 # %% [markdown]
 # Each line is one sample's path from noise (grey dot) to its end (a dot in the colour of the nearest blob).
@@ -514,6 +576,14 @@ for k, name in enumerate(["blue", "red", "green"]):
 
 # %%
 anim = plotting.toy_animation(blobs, trajectory, cosine, frames=colab.pick(20, 6))
+data_mean = (blobs.weights[:, None] * blobs.means).sum(dim=0)  # [2] the weighted mean of the centres
+first = float((trajectory.x0_hat[0].double() - data_mean).norm(dim=1).max())
+last = float((trajectory.x_t[-1].double() - trajectory.x0_hat[-1].double()).norm(dim=1).max())
+claims.check("in the first frame every red cross sits on the weighted mean of the centres; in the last, "
+             "the dots have caught up with their crosses",
+             first < 0.05 and last < 2 * blobs.std,
+             f"crosses at most {first:.3f} from that mean at t = {trajectory.ts[0]}; dots at most {last:.2f} "
+             f"from their crosses at t = {trajectory.ts[-1]}")
 anim
 
 # %% [markdown]
@@ -552,7 +622,7 @@ anim
 # ### BEGIN SOLUTION
 # **Model answer.** From about $t = 600$ on, the linear $\bar\alpha_t$ is below 0.03: $x_t$ is pure noise, so
 # the last ~40% of the steps all look the same and a network learns (and a sampler does) almost nothing there.
-# The cosine schedule lets $\bar\alpha_t$ fall slowly at both ends (its log-SNR falls nearly linearly), so it
+# The cosine schedule lets $\bar\alpha_t$ fall slowly at both ends (and almost linearly in the middle), so it
 # spreads the steps over noise levels that still carry signal and wastes far fewer.
 #
 # **Rubric (1 point).** 1/2 point: the linear schedule spends many steps on (almost) pure noise, where nothing

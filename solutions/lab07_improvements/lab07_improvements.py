@@ -62,6 +62,10 @@ STEPS = colab.pick(20, 4)  # DPM-Solver++ steps per sample where the sampler is 
 # small $n$ both are noisy, and a sample can land *below* the floor by chance (lab 06 showed sets of real
 # digits spread around it); only differences larger than that noise mean anything. The judge computes both
 # exactly as `labkit evaluate` does, so its "x the floor" matches that command's report.
+# **How large that noise is.** Each FID is also printed with a 90% interval for the distance itself, with the
+# small-sample bias removed (`labkit.evaluation.fid_interval`: half-sets drawn without replacement; lab 06 showed
+# why a plain bootstrap of FID is biased), in the same unit: a perfect model's interval holds 0x the floor. Two
+# FIDs differ beyond sampling noise only when their intervals do not overlap.
 
 # %%
 test_digits, REAL = colab.lab_digits(train=False, n=colab.pick(10000, 400))
@@ -73,7 +77,15 @@ def se(r):
 
 
 def fmt(r):
-    return f"accuracy {r['accuracy']:6.1%}   FID {r['fid']:7.3f}  ({r['fid_ratio']:.1f}x the real floor {r['floor']:.3f}, n={r['n']})"
+    return (f"accuracy {r['accuracy']:6.1%}   FID {r['fid']:7.3f}  ({r['fid_ratio']:.1f}x the real floor {r['floor']:.3f}, "
+            f"n={r['n']}; without the bias {r['fid_low_ratio']:.1f}-{r['fid_high_ratio']:.1f}x)")
+
+
+def fid_noise(a, b):
+    """Whether two judged sets' FIDs differ beyond sampling noise: their 90% intervals do not overlap."""
+    if a["fid_interval"] is None or b["fid_interval"] is None:
+        return "too few samples to tell"
+    return "within sampling noise" if a["fid_interval"].overlaps(b["fid_interval"]) else "beyond sampling noise"
 
 # %% [markdown]
 # ## 1. The cosine schedule
@@ -150,6 +162,7 @@ for name, result in trained.items():
     comparison[name] = judge(x, y_cmp)
     rows[name] = x[:10]
     print(f"{name:>6} schedule: {fmt(comparison[name])}")
+print(f"the two FIDs differ {fid_noise(comparison['linear'], comparison['cosine'])} (90% intervals)")
 fig = plotting.compare_rows(rows, col_titles=[str(d) for d in range(10)],
                             title="same network, data and budget; only the schedule differs")
 
@@ -236,12 +249,16 @@ for w in ws:
     sweep[w] = judge(x, y_w)
     grids[w] = x[:30]
     print(f"w = {w:4}: {fmt(sweep[w])}")
+w_best = min(ws, key=lambda w: sweep[w]["fid_ratio"])
 claims.check("guidance trades diversity for fidelity: the largest w is recognised more often than w = 0, "
-             "and its FID is worse than the best w's",
+             "and its FID is worse than the best w's, beyond sampling noise",
              sweep[ws[-1]]["accuracy"] > sweep[0.0]["accuracy"]
-             and sweep[ws[-1]]["fid_ratio"] > min(sweep[w]["fid_ratio"] for w in ws),
+             and sweep[ws[-1]]["fid_ratio"] > sweep[w_best]["fid_ratio"]
+             and fid_noise(sweep[ws[-1]], sweep[w_best]) == "beyond sampling noise",
              f"accuracy {sweep[0.0]['accuracy']:.1%} at w = 0, {sweep[ws[-1]]['accuracy']:.1%} at w = {ws[-1]:g}; "
-             f"FID/floor {sweep[ws[-1]]['fid_ratio']:.1f}x there, best {min(sweep[w]['fid_ratio'] for w in ws):.1f}x")
+             f"FID/floor {sweep[ws[-1]]['fid_ratio']:.1f}x there (interval {sweep[ws[-1]]['fid_low_ratio']:.1f}-"
+             f"{sweep[ws[-1]]['fid_high_ratio']:.1f}x), best {sweep[w_best]['fid_ratio']:.1f}x at w = {w_best:g} "
+             f"({sweep[w_best]['fid_low_ratio']:.1f}-{sweep[w_best]['fid_high_ratio']:.1f}x)")
 
 fig, ax = plt.subplots(figsize=(5.5, 3.8))
 ax.errorbar([sweep[w]["fid_ratio"] for w in ws], [sweep[w]["accuracy"] for w in ws],
@@ -466,10 +483,14 @@ fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
 for sampler, by_nfe in results.items():
     axes[0].errorbar(nfes, [by_nfe[n]["accuracy"] for n in nfes], yerr=[se(by_nfe[n]) for n in nfes], fmt="o-",
                      capsize=3, label=sampler)
-    axes[1].plot(nfes, [by_nfe[n]["fid_ratio"] for n in nfes], "o-", label=sampler)
+    centre = [by_nfe[n]["fid_corrected_ratio"] for n in nfes]  # the bias-free FID / floor, with its 90% interval
+    bars = [[max(0, c - by_nfe[n]["fid_low_ratio"]) for c, n in zip(centre, nfes)],
+            [max(0, by_nfe[n]["fid_high_ratio"] - c) for c, n in zip(centre, nfes)]]
+    axes[1].errorbar(nfes, centre, yerr=bars, fmt="o-", capsize=3, label=sampler)
     axes[2].plot(nfes, [by_nfe[n]["seconds"] for n in nfes], "o-", label=sampler)
 axes[0].set(ylabel="classifier accuracy (bars: 1 s.e.)", title=f"fidelity ({len(y_n)} samples per point)")
-axes[1].set(ylabel="FID / real floor", title="distance to real digits", yscale="log")
+axes[1].set(ylabel="FID without its bias / floor (90%)", title="distance to real digits (0: perfect)")
+axes[1].set_yscale("symlog", linthresh=1)  # linear below 1x the floor (an interval may reach 0), log above
 axes[2].set(ylabel=f"seconds for {len(y_n)} samples", title=f"wall time on {DEVICE}", yscale="log")
 for ax in axes:
     ax.set(xlabel="network evaluations (NFE)", xscale="log")

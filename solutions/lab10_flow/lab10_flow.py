@@ -303,7 +303,8 @@ for ax, (name, path) in zip(axes, paths.items()):
     ax.scatter(path[-1, :, 0], path[-1, :, 1], s=10, c="black", label="end")
     ax.scatter(mix.means[:, 0], mix.means[:, 1], marker="x", s=80, c="red", label="blob centres")
     ax.set(title=name, xlabel=f"path length / distance: {straightness(path):.2f}", aspect="equal")
-axes[0].legend(loc="lower left", fontsize=7)
+fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+fig.tight_layout(rect=(0, 0.06, 1, 1))  # the legend below the panels, not over the paths
 plt.show()
 for name, path in paths.items():
     print(f"{name:>21}: path length / start-to-end distance = {straightness(path):.3f}")
