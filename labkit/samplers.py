@@ -35,13 +35,38 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 
 SPACINGS = ("logsnr", "uniform")
+UNIFORM_SPACINGS = ("linspace", "leading", "trailing")  # Lin et al. 2024, table 2
 LOGSNR_FLOOR = -10.0  # log-SNR where a "logsnr" grid starts; the linear schedule ends near -10 too
+
+
+def spaced_timesteps(T: int, steps: int, spacing: str = "trailing") -> torch.Tensor:
+    """``steps`` time steps evenly spread over 0 .. T-1, descending, int64 [steps]: the three spacings of table 2
+    of Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed" (written there with the
+    paper's t = 1 .. T; here t = paper's t - 1, i = 0 .. steps-1):   (lab 07)
+
+        "linspace":  t_i = round((T - 1) (1 - i / (steps - 1)))      T-1, ..., 0      (DDIM's "linear" choice)
+        "leading":   t_i = (steps - 1 - i) * floor(T / steps)        ..., 2k, k, 0    (k = T // steps)
+        "trailing":  t_i = round(T - i T / steps) - 1                T-1, ..., T/steps - 1
+
+    round() is round-half-to-even (torch.round, numpy's). "leading" never visits T-1 (for steps >= 2): its first
+    step is (steps - 1) k <= T - k, so sampling starts from pure noise at a step whose x_t still holds signal,
+    the flaw the paper names; "linspace" and "trailing" start at T-1. A sampler goes from the last entry to clean
+    data. steps = 1 gives [T-1] for "linspace" and "trailing" ([0] for "leading").
+    """
+    if spacing not in UNIFORM_SPACINGS:
+        raise LabkitValueError(f"unknown spacing {spacing!r}: choose one of {', '.join(UNIFORM_SPACINGS)}")
+    i = torch.arange(steps, dtype=torch.float64)  # [steps]
+    if spacing == "linspace":
+        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "leading":
+        return ((steps - 1 - i) * (T // steps)).long()
+    return (T - i * T / steps).round().long() - 1
 
 
 def timestep_grid(schedule: Schedule, steps: int, spacing: str = "logsnr") -> torch.Tensor:
     """Descending int64 time steps [steps] ending at 0.
 
-    "uniform": evenly spaced in t from T-1 (DDIM paper's "linear" choice). "logsnr": evenly spaced in
+    "uniform": evenly spaced in t from T-1 (DDIM paper's "linear" choice; ``spaced_timesteps`` "linspace"). "logsnr": evenly spaced in
     lambda = log(alpha/sigma), the time variable of the DPM-Solver ODE (Lu et al. 2022, section 3.4
     recommends it): more steps at low noise, where the strokes are drawn. It starts at the last t whose
     log-SNR is still >= LOGSNR_FLOOR (-10, i.e. alpha_bar ~ 4.5e-5, where x_t is noise to 0.7%): a cosine
@@ -62,7 +87,7 @@ def timestep_grid(schedule: Schedule, steps: int, spacing: str = "logsnr") -> to
     if steps == T:
         return torch.arange(T - 1, -1, -1)
     if spacing == "uniform":
-        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+        return spaced_timesteps(T, steps, "linspace")
     log_snr = schedule.log_snr()  # [T], decreasing in t
     lo = max(float(log_snr[-1]), LOGSNR_FLOOR)
     start = max(int((log_snr >= lo).nonzero().max()), steps - 1)  # T-1 unless the schedule ends below the floor

@@ -1311,6 +1311,192 @@ LAB09_SPEED = [
      "last good-enough"),
 ]
 
+
+# --- labs 07 and 09, more of the student's own code (issue 25) -------------------------------------------
+
+
+def _zsnr(betas, *, on="root", scale=True, square=True, head="abar", ret="betas", order="shift-scale", inverted=False):
+    """A student's enforce_zero_terminal_snr (Lin et al. 2024, Algorithm 1) with one mistake switched on."""
+    ab = torch.cumprod(1 - betas, 0)
+    s = ab.sqrt() if on == "root" else ab
+    s0, sT = s[0].clone(), s[-1].clone()
+    if order == "shift-scale":
+        s = s - sT
+        s = s * s0 / (s0 - sT) if scale else s
+    else:
+        s = s * s0 / (s0 - sT) - sT
+    abn = s ** 2 if (on == "root" and square) else s
+    if ret in ("abar", "root"):
+        return abn if ret == "abar" else abn.sqrt()
+    ratios = abn[:-1] / abn[1:] if inverted else abn[1:] / abn[:-1]
+    a = ratios if head == "drop" else torch.cat([abn[:1] if head == "abar" else torch.ones_like(abn[:1]), ratios])
+    return a if ret == "alphas" else 1 - a
+
+
+def _zsnr_in_place(betas):
+    out = _zsnr(betas)
+    betas.copy_(out.clamp(max=0.999))  # "tidies" the input on the way
+    return out
+
+
+LAB07_ZSNR = [
+    ("alpha_bar rescaled", lambda b: _zsnr(b, on="abar"), "alpha_bar itself"),
+    ("shift only", lambda b: _zsnr(b, scale=False), "only shifted"),
+    ("scale then shift", lambda b: _zsnr(b, order="scale-shift"), "scaled before the shift"),
+    ("not squared back", lambda b: _zsnr(b, square=False), "not squared back"),
+    ("beta_0 = 0", lambda b: _zsnr(b, head="one"), "beta_0 is 0"),
+    ("alpha_bar returned", lambda b: _zsnr(b, ret="abar"), "return the betas"),
+    ("sqrt(alpha_bar) returned", lambda b: _zsnr(b, ret="root"), "return the betas"),
+    ("alphas returned", lambda b: _zsnr(b, ret="alphas"), "return beta_t = 1 - alpha_t"),
+    ("first alpha dropped", lambda b: _zsnr(b, head="drop"), "one entry short"),
+    ("ratio inverted", lambda b: _zsnr(b, inverted=True), "never be a denominator"),
+    ("input returned", lambda b: b.clone(), "came back unchanged"),
+    ("edits betas in place", _zsnr_in_place, "in place"),
+    ("numpy", lambda b: _zsnr(b).numpy(), "numpy"),
+]
+
+
+def _spaced(T, S, spacing, *, flip=True, plus=0, trunc=False, lead="floor", swap=False, from_T=False, as_float=False,
+            lead_arange=False, trail_trunc_after=False):
+    """A student's spaced_timesteps (Lin et al. 2024, table 2) with one mistake switched on."""
+    if swap:
+        spacing = {"leading": "trailing", "trailing": "leading"}.get(spacing, spacing)
+    i = torch.arange(S, dtype=torch.float64)
+    cut = (lambda v: v.floor()) if trunc else (lambda v: v.round())
+    if spacing == "linspace":
+        t = cut(torch.linspace(T if from_T else T - 1, 0, S, dtype=torch.float64))
+    elif spacing == "leading":
+        if lead_arange:
+            t = torch.arange(0, T, T // S, dtype=torch.float64)
+        else:
+            step = {"floor": T // S, "round": round(T / S), "float": T / S}[lead]
+            t = cut((S - 1 - i) * step)
+        t = t.flip(0) if lead_arange else t
+    else:
+        t = (T - i * T / S - 1).floor() if trail_trunc_after else cut(T - i * T / S) - 1
+    t = t if flip else t.flip(0)
+    t = t + plus
+    return t.float() if as_float else t.long()
+
+
+LAB07_SPACED = [
+    ("ascending", lambda T, S, sp: _spaced(T, S, sp, flip=False), "ascending"),
+    ("paper's 1-based t", lambda T, S, sp: _spaced(T, S, sp, plus=1), "counts t from 1"),
+    ("truncated", lambda T, S, sp: _spaced(T, S, sp, trunc=True), "truncated"),
+    ("leading step rounded", lambda T, S, sp: _spaced(T, S, sp, lead="round"), "whole number T // steps"),
+    ("leading step T / steps", lambda T, S, sp: _spaced(T, S, sp, lead="float"), "whole number T // steps"),
+    ("leading via arange", lambda T, S, sp: _spaced(T, S, sp, lead_arange=True), "more than steps"),
+    ("leading and trailing swapped", lambda T, S, sp: _spaced(T, S, sp, swap=True), "spacing was asked|was asked"),
+    ("linspace from T", lambda T, S, sp: _spaced(T, S, sp, from_T=True), "starts at t = T"),
+    ("trailing truncated after - 1", lambda T, S, sp: _spaced(T, S, sp, trail_trunc_after=True), "truncated"),
+    ("float result", lambda T, S, sp: _spaced(T, S, sp, as_float=True), "dtype"),
+    ("a list", lambda T, S, sp: _spaced(T, S, sp).tolist(), "torch.Tensor"),
+]
+
+
+def _ctrl(probs, labels, *, over="others", value="belief", reduce="mean", combine="diff", own_of="intended"):
+    """A student's above_control with one mistake switched on."""
+    p, y = probs.double(), labels
+    own = p.gather(1, y[:, None])[:, 0] if own_of == "intended" else p.max(1).values
+    N = len(y)
+    mask = {"others": y[:, None] != y[None, :], "all": torch.ones(N, N, dtype=torch.bool),
+            "not self": ~torch.eye(N, dtype=torch.bool), "same": y[:, None] == y[None, :]}[over]
+    vals = {"belief": p[:, y].T, "their own": own[None, :].expand(N, N),
+            "argmax": (p.argmax(1)[None, :] == y[:, None]).double()}[value]
+    if reduce == "max":
+        control = vals.masked_fill(~mask, -1.0).max(1).values
+    else:
+        control = (vals * mask).sum(1) / (mask.sum(1) if reduce == "mean" else N)
+    return {"diff": own - control, "ratio": own / control, "reversed": control - own, "control": control}[combine]
+
+
+LAB09_CONTROL = [
+    ("every sample in the control", lambda p, y: _ctrl(p, y, over="all"), "this digit's own included"),
+    ("leave one out", lambda p, y: _ctrl(p, y, over="not self"), "only the sample itself"),
+    ("same digit", lambda p, y: _ctrl(p, y, over="same"), "\\*same\\* digit"),
+    ("others' own digits", lambda p, y: _ctrl(p, y, value="their own"), "other samples' own digits"),
+    ("divided by N", lambda p, y: _ctrl(p, y, reduce="sum"), "divided by all N"),
+    ("ratio", lambda p, y: _ctrl(p, y, combine="ratio"), "ratio"),
+    ("sign", lambda p, y: _ctrl(p, y, combine="reversed"), "sign is reversed"),
+    ("control alone", lambda p, y: _ctrl(p, y, combine="control"), "control alone"),
+    ("largest", lambda p, y: _ctrl(p, y, reduce="max"), "largest"),
+    ("argmax share", lambda p, y: _ctrl(p, y, value="argmax"), "argmax"),
+    ("top class", lambda p, y: _ctrl(p, y, own_of="top"), "top class"),
+    ("per digit", lambda p, y: torch.stack([p[y != k, k].mean() for k in range(p.shape[1])]), "one number per class"),
+]
+
+
+def _later(values, labels, K, *, gt=1.0, eq=0.5, rest="others", norm="pairs"):
+    """A student's later_than_rest with one mistake switched on."""
+    v = values.double()
+    out = []
+    for k in range(K):
+        mine = v[labels == k]
+        other = v if rest == "all" else v[labels != k]
+        d = mine[:, None] - other[None, :]
+        total = gt * (d > 0).double().sum() + eq * (d == 0).double().sum()
+        out.append(total / {"pairs": d.numel(), "none": 1, "all": len(mine) * len(v)}[norm])
+    return torch.stack(out)
+
+
+LAB09_LATER = [
+    ("ties as 0", lambda v, y, K: _later(v, y, K, eq=0.0), "ties were not counted"),
+    ("ties as 1", lambda v, y, K: _later(v, y, K, eq=1.0), "counted as 'later'"),
+    ("earlier", lambda v, y, K: 1 - _later(v, y, K), "reversed"),
+    ("own class in the rest", lambda v, y, K: _later(v, y, K, rest="all"), "its own class included"),
+    ("U not normalised", lambda v, y, K: _later(v, y, K, norm="none"), "not divided"),
+    ("divided by n_k N", lambda v, y, K: _later(v, y, K, norm="all"), "all N values"),
+    ("medians", lambda v, y, K: torch.stack([(v[y == k].quantile(0.5) > v[y != k].quantile(0.5)).double()
+                                             + 0.5 * (v[y == k].quantile(0.5) == v[y != k].quantile(0.5)).double()
+                                             for k in range(K)]), "medians"),
+    ("difference of means", lambda v, y, K: torch.stack([v[y == k].mean() - v[y != k].mean() for k in range(K)]),
+     "difference of means"),
+    ("one per value", lambda v, y, K: torch.stack([((v[i] > v[y != y[i]]).double().mean()) for i in range(len(v))]),
+     "one per class"),
+]
+
+
+def _front(seconds, quality, *, self_too=False, dupes=False, strict_both=False, q_sign=1.0, s_sign=1.0, invert=False):
+    """A student's pareto_front with one mistake switched on."""
+    s, q = s_sign * seconds.double(), q_sign * quality.double()
+    le, ge = s[None, :] <= s[:, None], q[None, :] >= q[:, None]
+    better = (s[None, :] < s[:, None]) | (q[None, :] > q[:, None])
+    if strict_both:
+        dom = (s[None, :] < s[:, None]) & (q[None, :] > q[:, None])
+    elif self_too:
+        dom = le & ge
+    elif dupes:
+        dom = le & ge & ~torch.eye(len(s), dtype=torch.bool)
+    else:
+        dom = le & ge & better
+    keep = ~dom.any(1)
+    return ~keep if invert else keep
+
+
+def _front_sweep(seconds, quality):
+    """Sort by time, keep each setting better than every faster one: ties in time and duplicates go wrong."""
+    order = torch.argsort(seconds, stable=True)
+    keep = torch.zeros(len(seconds), dtype=torch.bool)
+    best = -math.inf
+    for i in order.tolist():
+        if float(quality[i]) > best:
+            keep[i], best = True, float(quality[i])
+    return keep
+
+
+LAB09_PARETO = [
+    ("dominates itself", lambda s, q: _front(s, q, self_too=True), "as good as itself"),
+    ("duplicates knock each other out", lambda s, q: _front(s, q, dupes=True), "knocked each other out"),
+    ("strictly better in both", lambda s, q: _front(s, q, strict_both=True), "strictly faster \\*and\\*"),
+    ("lower quality better", lambda s, q: _front(s, q, q_sign=-1.0), "quality reversed"),
+    ("more time better", lambda s, q: _front(s, q, s_sign=-1.0), "time reversed"),
+    ("dominated marked", lambda s, q: _front(s, q, invert=True), "marks the dominated"),
+    ("sorted order", lambda s, q: _front(s, q)[torch.argsort(s, stable=True)], "order of increasing time"),
+    ("indices", lambda s, q: _front(s, q).nonzero()[:, 0], "not the indices"),
+    ("0/1 integers", lambda s, q: _front(s, q).long(), "bool tensor"),
+    ("sweep over time", _front_sweep, "knocked each other"),
+]
+
 # --- lab 10 ----------------------------------------------------------------------------------------------
 
 
@@ -1495,6 +1681,12 @@ SUITE = {
     ("lab10_flow", "euler_loop"): LAB10_EULER,
     ("lab10_flow", "heun_loop"): LAB10_HEUN,
     ("lab10_flow", "cfg_velocity"): LAB10_CFG,
+    # labs 07 and 09, more of the student's own code (issue 25)
+    ("lab07_improvements", "enforce_zero_terminal_snr"): LAB07_ZSNR,
+    ("lab07_improvements", "spaced_timesteps"): LAB07_SPACED,
+    ("lab09_report", "above_control"): LAB09_CONTROL,
+    ("lab09_report", "later_than_rest"): LAB09_LATER,
+    ("lab09_report", "pareto_front"): LAB09_PARETO,
 }
 
 

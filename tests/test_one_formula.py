@@ -66,6 +66,12 @@ LIBRARY = {
     ("lab10_flow", "euler_loop"): "labkit.flow",
     ("lab10_flow", "heun_loop"): "labkit.flow",
     ("lab10_flow", "cfg_velocity"): "labkit.flow",
+    # labs 07 and 09, more of the student's own code (issue 25)
+    ("lab07_improvements", "enforce_zero_terminal_snr"): "labkit.schedules",
+    ("lab07_improvements", "spaced_timesteps"): "labkit.samplers",
+    ("lab09_report", "above_control"): "labkit.evaluation.measures",
+    ("lab09_report", "later_than_rest"): "labkit.evaluation.measures",
+    ("lab09_report", "pareto_front"): "labkit.evaluation.measures",
 }
 
 

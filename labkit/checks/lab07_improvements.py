@@ -11,6 +11,10 @@ swapped...) or the step plus the one term that differs: the formulas live once, 
     check_ddim_loop(ddim_loop)          DDIM down a grid of time steps, on given noise
     check_dpmpp_2m_loop(dpmpp_2m_loop)  DPM-Solver++(2M) down a grid, carrying the previous x0_hat
 
+    check_spaced_timesteps(spaced_timesteps)    the "linspace" / "leading" / "trailing" grids, Lin et al. 2024, table 2
+    check_enforce_zero_terminal_snr(enforce_zero_terminal_snr)
+                                                betas rescaled to SNR 0 at T-1, Lin et al. 2024, Algorithm 1
+
 For the two steps, alpha_bar values arrive per image, already shaped [B, 1, 1, 1] (float64), so that
 they broadcast against x; ``alpha_bar_prev = 1`` means the step to clean data. The loops get the whole
 schedule alpha_bars [T] and a descending grid of time steps, and run on lab 05's ``SamplingModel``.
@@ -607,3 +611,207 @@ def check_dpmpp_2m_loop(
         nan_hint=DPM_NAN,
     )
     passed(name, f"grids of {list(steps)} steps, shapes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- The sampling grid and the end of the schedule (Lin et al. 2024) --------------------------------------
+
+
+def _ambiguous(T: int, S: int) -> bool:
+    """True when float32 arithmetic could round one of the three spacings differently from float64 (a value
+    within a hair of a .5 tie that float32 misses): such a (T, S) is not a fair test of rounding."""
+    i64 = torch.arange(S, dtype=torch.float64)
+    i32 = i64.float()
+    exact = {
+        "linspace": torch.linspace(T - 1, 0, S, dtype=torch.float64),
+        "trailing": T - i64 * T / S,
+    }
+    variants = {
+        "linspace": [
+            torch.linspace(T - 1, 0, S),
+            (T - 1) * (1 - i32 / max(S - 1, 1)),
+            (T - 1) - i32 * (T - 1) / max(S - 1, 1),
+        ],
+        "trailing": [T - i32 * T / S, T - i32 * (T / S), T * (1 - i32 / S), torch.arange(T, 0, -T / S)[:S]],
+    }
+    return any(
+        len(v) != S or bool((v.double().round() != exact[k].round()).any()) for k in variants for v in variants[k]
+    )
+
+
+def _grid_cases(cases, g: torch.Generator, extra: int):
+    """The given (T, steps) pairs plus ``extra`` random ones, none ambiguous in float32 (see ``_ambiguous``)."""
+    out = [(int(T), int(S)) for T, S in cases]
+    while extra > 0:
+        T = int(torch.randint(20, 1500, (1,), generator=g))
+        S = int(torch.randint(2, min(T, 60) + 1, (1,), generator=g))
+        if not _ambiguous(T, S):
+            out.append((T, S))
+            extra -= 1
+    return out
+
+
+def check_spaced_timesteps(
+    student_fn,
+    *,
+    seed: int = 0,
+    cases=((1000, 10), (1000, 6), (50, 8)),
+    spacings=("linspace", "leading", "trailing"),
+) -> None:
+    """student_fn(T: int, steps: int, spacing: str) -> int64 [steps], descending: the "linspace", "leading" and
+    "trailing" grids of Lin et al. 2024, table 2 (0-based t). Besides ``cases``, two random (T, steps) per seed."""
+    name = "check_spaced_timesteps"
+    g = generator(seed)
+    for T, S in _grid_cases(cases, g, extra=2):
+        for spacing in spacings:
+            ref = samplers.spaced_timesteps(T, S, spacing)  # [S] int64
+            out = call(name, student_fn, T, S, spacing, names=["T", "steps", "spacing"])
+            context = f" for T={T}, steps={S}, spacing={spacing!r}"
+            hints = {
+                (S + k,): f"{k} more than steps: arange(0, T, T // steps) has more than `steps` entries when steps "
+                "does not divide T; count the steps i = 0 .. steps-1 instead"
+                for k in (1, 2, 3)
+            }
+            out = expect_tensor(name, out, (S,), what=f"the grid{context}", floating=False, shape_hints=hints)
+            if out.is_floating_point() or out.dtype == torch.bool:
+                fail(
+                    name,
+                    f"the grid{context} has dtype {out.dtype}: time steps are whole numbers that index "
+                    "alpha_bars: round to the nearest integer and return int64",
+                )
+            i = torch.arange(S, dtype=torch.float64)
+            others = {o: samplers.spaced_timesteps(T, S, o) for o in UNIFORM if o != spacing}
+            mistakes = {
+                "the grid is ascending: sampling starts at the noisiest step, so the grid is descending "
+                "(largest t first)": ref.flip(0),
+                "the paper counts t from 1 to T; in code t = 0 .. T-1: subtract 1 from the paper's steps": ref + 1,
+                **{
+                    f"this is the {o!r} spacing, but spacing={spacing!r} was asked: check the spacing argument": v
+                    for o, v in others.items()
+                },
+            }
+            if spacing == "linspace":
+                mistakes.update(
+                    {
+                        "the values were truncated (.long() rounds down): round to the nearest step first": (
+                            torch.linspace(T - 1, 0, S, dtype=torch.float64).long(),
+                            torch.linspace(T - 1, 0, S).long(),
+                        ),
+                        "the grid starts at t = T, which is out of range: the noisiest step is T-1": torch.linspace(
+                            T, 0, S, dtype=torch.float64
+                        ).round(),
+                    }
+                )
+            elif spacing == "trailing":
+                mistakes.update(
+                    {
+                        "the values were truncated (.long() rounds down): round to the nearest step first, then "
+                        "subtract 1": (T - i * T / S).long() - 1,
+                    }
+                )
+            else:  # leading
+                k_round = (T / S + 0.5) // 1
+                mistakes.update(
+                    {
+                        "the step of 'leading' is the whole number T // steps (rounded down), not T / steps": (
+                            ((S - 1 - i) * T / S).round(),
+                            (S - 1 - i) * k_round,
+                            ((S - 1 - i) * T / S).long(),
+                        ),
+                    }
+                )
+            compare(name, out.double(), ref.double(), mistakes, tol=0.1, context=context)
+    passed(name, f"spacings {list(spacings)}, seed {seed}")
+
+
+UNIFORM = samplers.UNIFORM_SPACINGS
+
+
+def _test_betas(T: int, kind: str, g: torch.Generator) -> torch.Tensor:
+    """[T] float64 betas in (0, 1): a linear or cosine schedule of T steps, or random increasing betas."""
+    if kind == "linear":
+        return schedules.linear_betas(T)
+    if kind == "cosine":
+        return schedules.cosine_betas(T)
+    return torch.sort(1e-4 + 0.06 * torch.rand(T, generator=g, dtype=torch.float64)).values
+
+
+def _zsnr_variant(betas, *, root_of=True, scale=True, square=True, first_alpha=None, out="betas", shift_after=False):
+    """Algorithm 1 of Lin et al. 2024 with one thing changed (the catalogue of mistakes), in float64."""
+    ab = torch.cumprod(1 - betas.double(), dim=0)
+    s = ab.sqrt() if root_of else ab
+    first, last = s[0], s[-1]
+    if shift_after:
+        s = s * first / (first - last) - last
+    else:
+        s = s - last
+        s = s * first / (first - last) if scale else s
+    ab_new = s**2 if (square and root_of) else s
+    if out == "alpha_bars":
+        return ab_new
+    if out == "root":
+        return ab_new.sqrt()
+    head = ab_new[:1] if first_alpha is None else torch.full_like(ab_new[:1], first_alpha)
+    alphas = torch.cat([head, ab_new[1:] / ab_new[:-1]])
+    return alphas if out == "alphas" else 1 - alphas
+
+
+def check_enforce_zero_terminal_snr(
+    student_fn, *, seed: int = 0, sizes=((1000, "linear"), (1000, "cosine"), (40, "random"))
+) -> None:
+    """student_fn(betas [T] float64) -> betas [T]: the schedule rescaled to zero terminal SNR, Algorithm 1 of
+    Lin et al. 2024 (sqrt(alpha_bar) shifted to 0 at T-1 and scaled back to its value at t = 0)."""
+    name = "check_enforce_zero_terminal_snr"
+    g = generator(seed)
+    for T, kind in sizes:
+        betas = _test_betas(int(T), kind, g)
+        out = call(name, student_fn, betas, names=["betas"])
+        context = f" for the {kind} betas of T={T}"
+        out = expect_tensor(
+            name,
+            out,
+            (int(T),),
+            what=f"the betas{context}",
+            floating=False,
+            shape_hints={
+                (int(T) - 1,): "one entry short: alpha_0 = alpha_bar_0 comes first, then the T-1 ratios "
+                "alpha_bar_t / alpha_bar_{t-1}"
+            },
+        )
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            fail(
+                name,
+                f"the result holds NaN or infinity{context}: alpha_t = alpha_bar_t / alpha_bar_{{t-1}} divides the "
+                "later alpha_bar by the earlier one; after the rescaling alpha_bar_{T-1} = 0, so it must never be "
+                "a denominator",
+            )
+        out = expect_tensor(name, out, (int(T),), what=f"the betas{context}")
+        ref = schedules.enforce_zero_terminal_snr(betas)
+        mistakes = {
+            "alpha_bar itself was shifted and scaled: Algorithm 1 rescales sqrt(alpha_bar), then squares it": (
+                _zsnr_variant(betas, root_of=False)
+            ),
+            "only shifted: after subtracting sqrt(alpha_bar_{T-1}), scale by s_0 / (s_0 - s_{T-1}) so that the first "
+            "step keeps its alpha_bar": _zsnr_variant(betas, scale=False),
+            "scaled before the shift: shift first (s - s_{T-1}), then scale, else the last step is not 0": (
+                _zsnr_variant(betas, shift_after=True)
+            ),
+            "the rescaled sqrt(alpha_bar) was not squared back: alpha_bar = s^2": _zsnr_variant(betas, square=False),
+            "beta_0 is 0: the first alpha is alpha_bar_0 itself (nothing comes before step 0), not 1": _zsnr_variant(
+                betas, first_alpha=1.0
+            ),
+            "the result is alpha_bar (or its square root): return the betas, beta_t = 1 - alpha_bar_t / "
+            "alpha_bar_{t-1}": (_zsnr_variant(betas, out="alpha_bars"), _zsnr_variant(betas, out="root")),
+            "the result is alpha_t: return beta_t = 1 - alpha_t": _zsnr_variant(betas, out="alphas"),
+            "the betas you were given came back unchanged: rescale them": betas,
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-9,
+            context=context,
+            reference=schedules.enforce_zero_terminal_snr,
+            args=(betas,),
+        )
+    passed(name, f"schedules {[f'{k} T={T}' for T, k in sizes]}, seed {seed}")

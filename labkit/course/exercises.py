@@ -61,6 +61,12 @@ LIBRARY_ANSWERS = {
     "euler_loop": "labkit.flow",
     "heun_loop": "labkit.flow",
     "cfg_velocity": "labkit.flow",
+    # labs 07 and 09, more of the student's own code (issue 25)
+    "enforce_zero_terminal_snr": "labkit.schedules",
+    "spaced_timesteps": "labkit.samplers",
+    "above_control": "labkit.evaluation.measures",
+    "later_than_rest": "labkit.evaluation.measures",
+    "pareto_front": "labkit.evaluation.measures",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.

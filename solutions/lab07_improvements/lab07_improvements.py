@@ -7,10 +7,12 @@
 # 2021; DPM-Solver++, Lu et al. 2022). You implement the core of each and measure what it buys.
 #
 # **Learning objectives.** After this lab you can
-# 1. compare the linear and cosine schedules through $\bar\alpha_t$ and the SNR, and through trained models;
+# 1. compare the linear and cosine schedules through $\bar\alpha_t$ and the SNR, and through trained models, and
+#    rescale a schedule so that its last step is pure noise (zero terminal SNR);
 # 2. write classifier-free guidance as a wrapper around a model and read a fidelity-diversity trade-off curve;
-# 3. write a DDIM step (with $\eta$) and a DPM-Solver++(2M) step and the loops around them, and choose a sampler
-#    and a step count from a plot of quality and time against the number of network evaluations.
+# 3. write a DDIM step (with $\eta$) and a DPM-Solver++(2M) step and the loops around them, build the grid of time
+#    steps they walk, and choose a sampler and a step count from a plot of quality and time against the number of
+#    network evaluations.
 #
 # **Time budget.** Running all cells: about 10 minutes on a quiet laptop CPU (the schedule comparison then trains
 # 1000 steps per model, about 2 minutes each at the 505 images/s lab 04 measured on 2 idle cores; measured for the
@@ -18,10 +20,10 @@
 # minutes on a Colab T4 (it trains two real models there).
 # Working through the lab: about 120 minutes.
 #
-# **How it is graded.** Six functions (2 + 2 + 3 + 3 + 3 + 3 points), each followed by a test cell (the tests you
-# see, plus hidden ones with other inputs). The guidance sweep and the sampler table run *your* guidance and
-# loops when they pass their checks, and `labkit`'s when they do not (a line says which), so a bug in one answer
-# never breaks the rest of the lab. Run the cells from top to bottom.
+# **How it is graded.** Eight functions (2 + 2 + 2 + 3 + 2 + 3 + 3 + 3 = 20 points), each followed by a test cell
+# (the tests you see, plus hidden ones with other inputs). The rescaled schedules, the guidance sweep, the sampler
+# table and the grid comparison run *your* functions when they pass their checks, and `labkit`'s when they do not
+# (a line says which), so a bug in one answer never breaks the rest of the lab. Run the cells from top to bottom.
 # The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
@@ -104,6 +106,82 @@ claims.check("the cosine schedule's alpha_bar falls almost linearly in the middl
              f"linear {straight['linear']:.4f}")
 
 # %% [markdown]
+# ### Where the schedules end
+#
+# Sampling starts from pure noise, $x_T \sim \mathcal N(0, I)$. Neither schedule ends there: at its last step
+# $t = T-1$ the network is trained on an $x_{T-1} = \sqrt{\bar\alpha_{T-1}}\,x_0 + \sqrt{1-\bar\alpha_{T-1}}\,\varepsilon$
+# that still holds a trace of the digit, and at sampling time it is handed one that holds none. Lin et al. 2024
+# ("Common Diffusion Noise Schedules and Sample Steps are Flawed") call this a flaw, and fix it with their
+# Algorithm 1: rescale $s_t = \sqrt{\bar\alpha_t}$ so that the last step is pure noise (SNR exactly 0) and the
+# first step is unchanged,
+#
+# $$s_t \;\leftarrow\; (s_t - s_{T-1})\,\frac{s_0}{s_0 - s_{T-1}},$$
+#
+# then go back to betas: $\bar\alpha_t = s_t^2$, $\alpha_t = \bar\alpha_t / \bar\alpha_{t-1}$ with $\alpha_0 = \bar\alpha_0$
+# (nothing comes before step 0), $\beta_t = 1 - \alpha_t$.
+#
+# ### Exercise 1 (2 points)
+# Write `enforce_zero_terminal_snr(betas)`: `betas` is a float64 tensor `[T]`; return the rescaled betas `[T]` (the
+# last one comes out exactly 1). `torch.cumprod` and `torch.cat` help; do not change `betas` itself.
+
+# %% nbgrader={"grade": false, "grade_id": "enforce_zero_terminal_snr", "locked": false, "schema_version": 3, "solution": true}
+def enforce_zero_terminal_snr(betas):
+    """betas [T] -> betas [T] with sqrt(alpha_bar) shifted to 0 at T-1 and scaled back at 0 (Lin et al. 2024, Alg. 1)."""
+    ### BEGIN SOLUTION
+    root = torch.cumprod(1 - betas, dim=0).sqrt()  # [T] s_t = sqrt(alpha_bar_t)
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)  # shift: s_{T-1} = 0; scale: s_0 as before
+    alpha_bars = root ** 2
+    alphas = torch.cat([alpha_bars[:1], alpha_bars[1:] / alpha_bars[:-1]])  # alpha_0 = alpha_bar_0
+    return 1 - alphas
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_enforce_zero_terminal_snr", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_enforce_zero_terminal_snr(enforce_zero_terminal_snr)
+### BEGIN HIDDEN TESTS
+checks.check_enforce_zero_terminal_snr(enforce_zero_terminal_snr, seed=4, sizes=((300, "random"), (200, "cosine"), (2, "random")))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Both schedules before and after, with your function (or labkit's, a line says which): how much of the digit
+# $x_t$ holds, $\sqrt{\bar\alpha_t}$, over the last 200 steps.
+
+# %%
+zero_snr = checks.yours_or_labkit(checks.check_enforce_zero_terminal_snr, enforce_zero_terminal_snr,
+                                  schedules.enforce_zero_terminal_snr, "enforce_zero_terminal_snr")
+signal = {}  # name -> sqrt(alpha_bar) [T]
+for s in (linear, cosine):
+    signal[s.name] = s.alpha_bars.sqrt()
+    signal[s.name + ", zero terminal SNR"] = torch.cumprod(1 - zero_snr(s.betas), dim=0).sqrt()
+print("schedule                      sqrt(alpha_bar) at t = 0   at t = T-1 (what x_T holds of the digit)")
+for label, root in signal.items():
+    print(f"{label:>28}   {root[0]:22.6f}   {root[-1]:.2e}")
+fig, ax = plt.subplots(figsize=(6, 3.4))
+tail = torch.arange(800, 1000)
+for label, root in signal.items():
+    ax.plot(tail, root[tail], ls="--" if "zero" in label else "-", label=label)
+ax.set(xlabel="step t", ylabel="sqrt(alpha_bar_t)", yscale="log", ylim=(1e-5, 0.5),
+       title="the signal left in x_t near the end (0 is off the log scale)")
+ax.legend(frameon=False, fontsize=8)
+ax.grid(alpha=0.3)
+claims.check("neither schedule ends at pure noise: the linear schedule keeps about 0.006 of the digit at T-1, the "
+             "cosine over 100 times less",
+             0.004 < signal["linear"][-1] < 0.008 and signal["cosine"][-1] < signal["linear"][-1] / 100,
+             f"sqrt(alpha_bar_T-1): linear {signal['linear'][-1]:.2e}, cosine {signal['cosine'][-1]:.2e}")
+claims.check("after the rescaling the last step holds no signal at all and the first step is unchanged",
+             all(float(signal[n + ", zero terminal SNR"][-1]) == 0.0
+                 and abs(float(signal[n + ", zero terminal SNR"][0] - signal[n][0])) < 1e-12 for n in ("linear", "cosine")),
+             "; ".join(f"{n}: {float(signal[n + ', zero terminal SNR'][-1]):.1e} at T-1, first step changed by "
+                       f"{abs(float(signal[n + ', zero terminal SNR'][0] - signal[n][0])):.0e}" for n in ("linear", "cosine")))
+
+# %% [markdown]
+# The labs' models keep the schedules they were trained with, for a reason: at SNR 0 the noise prediction says
+# nothing about the digit, and $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$ divides
+# by 0. Lin et al. therefore train such a schedule with the "v-prediction" of Salimans & Ho (2022) and need a new
+# training run. Their second fix needs none: sampling grids that start at $T-1$ (section 3).
+
+# %% [markdown]
 # Does it matter for a trained model? We train the same network twice, once per schedule, with the same
 # data, seed and budget, and sample both the same way. On a GPU these are real models (1500 steps, a few
 # minutes); on a CPU `CPU_STEPS` = 1000 steps each (about 2 minutes each on 2 idle cores: weak models, but the
@@ -164,7 +242,7 @@ fig = plotting.compare_rows(rows, col_titles=[str(d) for d in range(10)],
 #
 # $w = 0$ is the plain conditional model. (Some libraries call $s = 1 + w$ the "scale"; here $w$ follows the paper.)
 #
-# ### Exercise 1 (2 points)
+# ### Exercise 2 (2 points)
 # Write `cfg_combine(eps_cond, eps_uncond, w)`: two tensors of the same shape and a float; return the guided
 # noise estimate.
 
@@ -186,7 +264,7 @@ checks.check_cfg_combine(cfg_combine, seed=5, sizes=((2, 3, 4, 4),), ws=(7.5, 1.
 # Guidance is not a new sampler: it is a new *model*. Wrapped around the network, it answers every
 # `model(x, t, y)` with the guided prediction, and any sampler runs on it unchanged.
 #
-# ### Exercise 2 (2 points)
+# ### Exercise 3 (2 points)
 # Write `cfg_eps(model, x, t, y, w, null_class)`: the guided noise prediction of `model` at `(x, t, y)`, with
 # **your** `cfg_combine`. The unconditional prediction is the same network told "no class": every image's label
 # replaced by `null_class` (`torch.full_like(y, null_class)`). `x`: `[B, C, H, W]`; `t`, `y`: int64 `[B]`.
@@ -268,7 +346,7 @@ for w in ws[:: max(1, len(ws) // 3)]:
 #
 # $\eta = 0$ is deterministic (an ODE solver); $\eta = 1$ on every step is DDPM again.
 #
-# ### Exercise 3 (3 points)
+# ### Exercise 4 (3 points)
 # Write `ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z)`: `x_t`, `eps_hat`, `z` are
 # `[B, C, H, W]`; `alpha_bar_t`, `alpha_bar_prev` are per image, already shaped `[B, 1, 1, 1]`
 # (`alpha_bar_prev = 1` on the final step to clean data); `eta` is a float. Return $x_{t'}$.
@@ -291,11 +369,49 @@ checks.check_ddim_step(ddim_step, seed=3, sizes=((5, 1, 28, 28),), etas=(0.2, 1.
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# A sampler walks a **grid**: a descending list of time steps, e.g. `samplers.timestep_grid(schedule, 10)`
-# $= [t_0 > t_1 > \dots > 0]$. Step $i$ goes from $t = $ `grid[i]` to the next grid step `grid[i + 1]`, and the last
-# one goes to clean data, where $\bar\alpha' = 1$.
+# A sampler walks a **grid**: a descending list of time steps $[t_0 > t_1 > \dots]$. Step $i$ goes from
+# $t = $ `grid[i]` to the next grid step `grid[i + 1]`, and the last one goes to clean data, where $\bar\alpha' = 1$.
+# Which steps? Lin et al. 2024 (table 2) compare three ways of spreading `steps` of them evenly over $0, \dots, T-1$
+# (the paper counts $t$ from 1 to $T$; here $t$ is the paper's minus 1), with $i = 0, \dots, \text{steps}-1$:
 #
-# ### Exercise 4 (3 points)
+# | spacing | $t_i$ | $T = 1000$, 10 steps |
+# |---|---|---|
+# | `"linspace"` | $\mathrm{round}\big((T-1)(1 - i/(\text{steps}-1))\big)$ | 999, 888, 777, ..., 111, 0 |
+# | `"leading"` | $(\text{steps}-1-i)\cdot\lfloor T/\text{steps}\rfloor$ | 900, 800, 700, ..., 100, 0 |
+# | `"trailing"` | $\mathrm{round}(T - i\,T/\text{steps}) - 1$ | 999, 899, 799, ..., 199, 99 |
+#
+# round() rounds halves to the even neighbour (as `torch.round` does). Sampling starts from pure noise: a grid that
+# does not start at $T-1$ hands the network pure noise at a step where it expects to see some of the digit.
+# (`samplers.timestep_grid(schedule, steps)`, which the cells below use, spaces the steps evenly in log-SNR
+# instead, as Lu et al. 2022 recommend; its `spacing="uniform"` is "linspace".)
+#
+# ### Exercise 5 (2 points)
+# Write `spaced_timesteps(T, steps, spacing)`: `T` and `steps` are ints ($2 \le$ `steps` $\le T$), `spacing` is one
+# of `"linspace"`, `"leading"`, `"trailing"`. Return the grid, int64 `[steps]`, descending.
+
+# %% nbgrader={"grade": false, "grade_id": "spaced_timesteps", "locked": false, "schema_version": 3, "solution": true}
+def spaced_timesteps(T, steps, spacing):
+    """int64 [steps], descending: Lin et al. 2024, table 2 ("linspace", "leading", "trailing"), t from 0."""
+    ### BEGIN SOLUTION
+    i = torch.arange(steps, dtype=torch.float64)  # [steps]
+    if spacing == "linspace":
+        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "leading":
+        return ((steps - 1 - i) * (T // steps)).long()
+    if spacing == "trailing":
+        return (T - i * T / steps).round().long() - 1
+    raise ValueError(f"unknown spacing {spacing!r}")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_spaced_timesteps", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_spaced_timesteps(spaced_timesteps)
+### BEGIN HIDDEN TESTS
+checks.check_spaced_timesteps(spaced_timesteps, seed=3, cases=((1000, 12), (60, 11), (20, 20)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 6 (3 points)
 # Write `ddim_loop(model, x_T, y, grid, alpha_bars, eta, noises)`, which returns $x_0$, with **your** `ddim_step`:
 #
 # ```
@@ -340,7 +456,7 @@ checks.check_ddim_loop(ddim_loop, seed=4, sizes=((4, 1, 8, 8),), T=60, steps=(9,
 #
 # On the first step there is no previous $\hat x_0$: then $D = \hat x_0$ (this first-order step is DDIM with $\eta = 0$).
 #
-# ### Exercise 5 (3 points)
+# ### Exercise 7 (3 points)
 # Write `dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last)`: `x0_prev` and
 # `alpha_bar_last` are `None` on the first step; all `alpha_bar_*` are `[B, 1, 1, 1]` and strictly between
 # 0 and 1 here (labkit handles the final jump to clean data separately). Return $x_{t'}$.
@@ -369,14 +485,14 @@ checks.check_dpmpp_2m_step(dpmpp_2m_step, seed=6, sizes=((3, 1, 28, 28),))
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ### Exercise 6 (3 points)
+# ### Exercise 8 (3 points)
 # Write `dpmpp_2m_loop(model, x_T, y, grid, alpha_bars)`, which returns $x_0$, with **your** `dpmpp_2m_step`. Each
 # step computes $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ from the model's
 # $\hat\varepsilon$ and hands it to your step together with the **previous** step's $\hat x_0$ and $\bar\alpha_t$
 # (`None` and `None` on the first step, which is then first order). Carry them from step to step: after each
 # step, this step's $\hat x_0$ and $\bar\alpha_t$ become the next step's `x0_prev` and `alpha_bar_last`. The last
 # step goes to clean data ($\bar\alpha' = 1$, $\lambda' = \infty$), where the formula breaks down: there the
-# answer is $\hat x_0$ itself. Same `grid` and `alpha_bars` as in exercise 4; no noise (it is an ODE solver).
+# answer is $\hat x_0$ itself. Same `grid` and `alpha_bars` as in exercise 6; no noise (it is an ODE solver).
 
 # %% nbgrader={"grade": false, "grade_id": "dpmpp_2m_loop", "locked": false, "schema_version": 3, "solution": true}
 def dpmpp_2m_loop(model, x_T, y, grid, alpha_bars):
@@ -485,6 +601,42 @@ for sampler in results:
 fig = plotting.compare_rows(strips, col_titles=[f"NFE {n}" for n in nfes], title="one '3', same starting noise")
 if not meta["pretrained"]:
     print("No shipped checkpoint here: these samples come from an untrained stand-in, so the numbers mean nothing.")
+
+# %% [markdown]
+# ### Where the grid starts
+#
+# The same model ($w = 1$) and the same starting noise, DDIM ($\eta = 0$, your loop or labkit's) with 10 steps on
+# each of the three grids (your `spaced_timesteps` or labkit's), and on labkit's log-SNR grid for comparison. Each
+# line says where its grid starts and how much of the digit an $x_t$ holds there, $\sqrt{\bar\alpha_t}$: sampling
+# hands the network pure noise at that step whatever it expects.
+
+# %%
+spaced = checks.yours_or_labkit(checks.check_spaced_timesteps, spaced_timesteps, samplers.spaced_timesteps,
+                                "spaced_timesteps")
+GRID_STEPS = colab.pick(10, 3)
+y_g = torch.arange(10, device=DEVICE).repeat(colab.pick(10, 1))  # samples per digit
+x_T = torch.randn((len(y_g), 1, 28, 28), generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+no_noise = torch.zeros((GRID_STEPS,) + tuple(x_T.shape), device=DEVICE)  # eta = 0 uses none
+time_grids = {s: spaced(schedule.T, GRID_STEPS, s) for s in ("linspace", "leading", "trailing")}
+time_grids["log-SNR (labkit)"] = samplers.timestep_grid(schedule, GRID_STEPS)
+by_grid = {}
+for label, grid in time_grids.items():
+    with torch.no_grad():
+        x = ddim(guided_1, x_T, y_g, grid.to(DEVICE), alpha_bars, 0.0, no_noise).clamp(-1, 1)
+    by_grid[label] = judge(x, y_g)
+    first_t = int(grid[0])
+    print(f"{label:>16}: t = {first_t:4} .. {int(grid[-1]):3}, sqrt(alpha_bar) at the start "
+          f"{float(alpha_bars[first_t].sqrt()):.4f}   {fmt(by_grid[label])}")
+leading_start = int(time_grids["leading"][0])
+claims.check("the 'leading' grid never visits T-1: it starts where x_t still holds more of the digit than at T-1",
+             leading_start < schedule.T - 1 and float(alpha_bars[leading_start]) > float(alpha_bars[-1]),
+             f"starts at t = {leading_start}, sqrt(alpha_bar) {float(alpha_bars[leading_start].sqrt()):.4f} there "
+             f"against {float(alpha_bars[-1].sqrt()):.2e} at T-1")
+
+# %% [markdown]
+# Look at the "leading" line against the others: does this model pay for being handed pure noise at a step where it
+# expects part of the digit? (With few steps the grids also differ in where they spend them: "trailing" never
+# visits the last, least noisy steps, and lets the final jump to clean data cover them.)
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
