@@ -100,12 +100,28 @@ def timestep_grid(schedule: Schedule, steps: int, spacing: str = "logsnr") -> to
 
 
 def _x0_and_eps(x, t, eps_hat, schedule, clip):
-    """x0_hat from eps_hat; if clipped to [-clip, clip], recompute eps so both stay consistent with x_t."""
+    """x0_hat from eps_hat; if clipped to [-clip, clip] (or passed through clip(x0_hat) when clip is a function, e.g.
+    ``dynamic_threshold``), recompute eps so both stay consistent with x_t."""
     x0_hat = predict_x0_from_eps(x, t, eps_hat, schedule)
     if clip is not None:
-        x0_hat = x0_hat.clamp(-clip, clip)
+        x0_hat = clip(x0_hat) if callable(clip) else x0_hat.clamp(-clip, clip)
         eps_hat = predict_eps_from_x0(x, t, x0_hat, schedule)
     return x0_hat, eps_hat
+
+
+def dynamic_threshold(x0_hat: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
+    """Dynamic thresholding of the model's guess of the clean image (Saharia et al. 2022, "Photorealistic
+    Text-to-Image Diffusion Models with Deep Language Understanding" (Imagen), section 2.3):   (lab 07)
+
+        s = max(1, the percentile-th quantile of |x0_hat|, per image)
+        x0_hat <- clamp(x0_hat, -s, s) / s
+
+    Strong guidance pushes x0_hat far outside [-1, 1]; clipping to [-1, 1] ("static thresholding") turns those pixels
+    into flat, saturated blobs, while dividing by s pulls the whole image back in and keeps its contrast. An image
+    already within [-1, 1] at that percentile (s = 1) only loses its few outliers. x0_hat [B, ...] -> [B, ...]."""
+    s = torch.quantile(x0_hat.flatten(1).abs(), percentile, dim=1)  # [B]
+    s = s.clamp(min=1).view(-1, *([1] * (x0_hat.dim() - 1)))  # [B, 1, 1, 1]
+    return x0_hat.clamp(-s, s) / s
 
 
 def _noise_like(x, generator):
@@ -151,8 +167,12 @@ def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
 
 
 def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
-    """The noise scale of a DDIM step (Song et al. 2021, eq. 16): eta * sqrt((1 - abar_prev) / (1 - abar_t))
-    * sqrt(1 - abar_t / abar_prev); eta = 1 is the posterior std of DDPM, eta = 0 the deterministic DDIM."""
+    """The noise scale of a DDIM step (Song et al. 2021, eq. 16):   (lab 07)
+
+        sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+
+    eta = 1 is the posterior std of DDPM (sqrt(beta_tilde_t) when abar_prev is the step before), eta = 0 the
+    deterministic DDIM. alpha_bar_t, alpha_bar_prev: [B, 1, 1, 1] (abar_prev = 1: the step to clean data, sigma = 0)."""
     return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
 
 
@@ -349,8 +369,14 @@ def _check_sample_args(
     check_weight(guidance)
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
         raise LabkitValueError(f"eta must be a number >= 0 (0 = deterministic DDIM), got {eta!r}")
-    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0):
-        raise LabkitValueError(f"clip must be None or a number > 0 (1.0 for images in [-1, 1]), got {clip!r}")
+    if (
+        clip is not None
+        and not callable(clip)
+        and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0)
+    ):
+        raise LabkitValueError(
+            f"clip must be None, a number > 0 (1.0 for images in [-1, 1]) or a function of x0_hat, got {clip!r}"
+        )
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor):
             raise LabkitTypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
@@ -546,7 +572,7 @@ def sample(
     guidance: float = 0.0,
     null_class: int = 10,
     eta: float = 0.0,
-    clip: float | None = None,
+    clip: float | Callable[[torch.Tensor], torch.Tensor] | None = None,
     spacing: str = "logsnr",
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
@@ -562,7 +588,8 @@ def sample(
     guidance: classifier-free guidance weight w (0 = plain conditional): a shorthand for sampling from
     ``labkit.guidance.guided(model, w, null_class)``.
     spacing: how the steps are spread over t ("logsnr" or "uniform"; see ``timestep_grid``).
-    clip: clamp each x0_hat to [-clip, clip] (1.0 for images in [-1, 1]; None for exact maths).
+    clip: clamp each x0_hat to [-clip, clip] (1.0 for images in [-1, 1]; None for exact maths), or a function applied
+    to each x0_hat, e.g. ``lambda x0: dynamic_threshold(x0, 0.995)``.
     callback(step, t, x_t, x0_hat) sees every intermediate state (for denoising trajectories).
     max_batch: evaluate the model on at most this many rows at a time ("auto": 256 on a CPU, where
     slices whose activations fit the cache ran ~1.6x faster than one 2000-row guided batch; all at once on a GPU).

@@ -1486,7 +1486,7 @@ def _front_sweep(seconds, quality):
 
 LAB09_PARETO = [
     ("dominates itself", lambda s, q: _front(s, q, self_too=True), "as good as itself"),
-    ("duplicates knock each other out", lambda s, q: _front(s, q, dupes=True), "knocked each other out"),
+    ("duplicates knock each other out", lambda s, q: _front(s, q, dupes=True), "knocked each other"),
     ("strictly better in both", lambda s, q: _front(s, q, strict_both=True), "strictly faster \\*and\\*"),
     ("lower quality better", lambda s, q: _front(s, q, q_sign=-1.0), "quality reversed"),
     ("more time better", lambda s, q: _front(s, q, s_sign=-1.0), "time reversed"),
@@ -1495,6 +1495,103 @@ LAB09_PARETO = [
     ("indices", lambda s, q: _front(s, q).nonzero()[:, 0], "not the indices"),
     ("0/1 integers", lambda s, q: _front(s, q).long(), "bool tensor"),
     ("sweep over time", _front_sweep, "knocked each other"),
+]
+
+
+def _sig(ab_t, ab_p, eta, *, eta_pow=1, var=False, first="ok", second="ok"):
+    """A student's ddim_sigma with one mistake switched on."""
+    a = {"ok": (1 - ab_p) / (1 - ab_t), "inverted": (1 - ab_t) / (1 - ab_p).clamp(min=1e-300), "none": None}[first]
+    b = {"ok": 1 - ab_t / ab_p, "flipped": (1 - ab_p / ab_t).abs(), "none": None}[second]
+    v = (a if a is not None else 1) * (b if b is not None else 1)
+    v = v if var else v.sqrt()
+    return eta ** eta_pow * v
+
+
+LAB07_SIGMA = [
+    ("eta ignored", lambda a, b, eta: _sig(a, b, eta, eta_pow=0), "ignores eta"),
+    ("eta squared", lambda a, b, eta: _sig(a, b, eta, eta_pow=2), "eta was squared"),
+    ("variance", lambda a, b, eta: _sig(a, b, eta, var=True), "variance where the standard deviation"),
+    ("first ratio inverted", lambda a, b, eta: _sig(a, b, eta, first="inverted"), "first ratio is inverted"),
+    ("second ratio flipped", lambda a, b, eta: _sig(a, b, eta, second="flipped"), "second factor is sqrt"),
+    ("second factor missing", lambda a, b, eta: _sig(a, b, eta, second="none"), "second factor is missing"),
+    ("python float", lambda a, b, eta: float(_sig(a, b, eta)[0]), "torch.Tensor"),
+]
+
+
+def _wilson(p, n, z=1.96, *, centre="wilson", extra=True, square=True, divide=True, swap=False, n2=True):
+    zz = z ** 2 if square else z
+    shrink = 1 + zz / n
+    c = (p + zz / (2 * n)) / shrink if centre == "wilson" else p
+    if centre == "wald":
+        h = z * (p * (1 - p) / n).sqrt()
+    else:
+        h = z * (p * (1 - p) / n + ((zz / (4 * n ** 2 if n2 else 4 * n)) if extra else 0)).sqrt()
+        h = h / shrink if divide else h
+    return torch.stack([c + h, c - h] if swap else [c - h, c + h], dim=-1)
+
+
+LAB09_WILSON = [
+    ("Wald", lambda p, n, z: _wilson(p, n, z, centre="wald"), "Wald interval"),
+    ("centred at p", lambda p, n, z: _wilson(p, n, z, centre="p"), "centred at p"),
+    ("no z^2/4n^2", lambda p, n, z: _wilson(p, n, z, extra=False), "lacks z\\^2 / \\(4 n\\^2\\)"),
+    ("z not squared", lambda p, n, z: _wilson(p, n, z, square=False), "z was not squared"),
+    ("4n not 4n^2", lambda p, n, z: _wilson(p, n, z, n2=False), "where z\\^2 / \\(4 n\\^2\\) belongs"),
+    ("not divided", lambda p, n, z: _wilson(p, n, z, divide=False), "not divided by 1 \\+ z\\^2 / n"),
+    ("swapped", lambda p, n, z: _wilson(p, n, z, swap=True), "columns are swapped"),
+    ("transposed", lambda p, n, z: _wilson(p, n, z).T, "transposed"),
+]
+
+
+def _thr(x0, pct, *, floor=True, per_image=True, absolute=True, divide=True, clamp=True, q=None):
+    """A student's dynamic_threshold with one mistake switched on."""
+    v = x0.flatten(1)
+    v = v.abs() if absolute else v
+    if q == "max":
+        s = v.max(1).values
+    elif per_image:
+        s = torch.quantile(v, pct, dim=1)
+    else:
+        s = torch.quantile(v.flatten(), pct).expand(x0.shape[0])
+    s = (s.clamp(min=1) if floor else s).view(-1, *([1] * (x0.dim() - 1)))
+    out = x0.clamp(-s, s) if clamp else x0
+    return out / s if divide else out
+
+
+LAB07_THRESH = [
+    ("no floor at 1", lambda x, p: _thr(x, p, floor=False), "at least 1"),
+    ("one s for the batch", lambda x, p: _thr(x, p, per_image=False), "whole batch"),
+    ("signed quantile", lambda x, p: _thr(x, p, absolute=False), "absolute"),
+    ("not divided", lambda x, p: _thr(x, p, divide=False), "not divided by s"),
+    ("not clamped", lambda x, p: _thr(x, p, clamp=False), "without clamping"),
+    ("static", lambda x, p: x.clamp(-1, 1), "static thresholding"),
+    ("max", lambda x, p: _thr(x, p, q="max"), "largest"),
+    ("percent", lambda x, p: _thr(x, 100 * p), "fraction"),
+    ("in place", lambda x, p: x.clamp_(-1, 1), "in place"),
+]
+
+
+def _knee(nfes, quality, margin, *, how="min", per_row=True, strict=False, use_margin=True, index=False):
+    """A student's fewest_evaluations with one mistake switched on."""
+    best = quality.max(1, keepdim=True).values if per_row else quality.max()
+    low = best - (margin if use_margin else 0.0)
+    good = quality > low if strict else quality >= low
+    n = torch.arange(len(nfes)) if index else nfes
+    big = torch.full_like(n, 10 ** 9)
+    if how == "min":
+        return torch.where(good, n[None, :], big[None, :]).min(1).values
+    if how == "max":
+        return torch.where(good, n[None, :], -big[None, :]).max(1).values
+    return nfes[good.long().argmax(1)]  # the first good column
+
+
+LAB07_KNEE = [
+    ("largest", lambda n, q, m: _knee(n, q, m, how="max"), "largest good-enough"),
+    ("first column", lambda n, q, m: _knee(n, q, m, how="first"), "no particular order"),
+    ("column index", lambda n, q, m: _knee(n, q, m, index=True), "column index"),
+    ("one best for all", lambda n, q, m: _knee(n, q, m, per_row=False), "one best for all samplers"),
+    ("strict", lambda n, q, m: _knee(n, q, m, strict=True), "strictly within"),
+    ("margin ignored", lambda n, q, m: _knee(n, q, m, use_margin=False), "margin was ignored"),
+    ("float", lambda n, q, m: _knee(n, q, m).double(), "dtype"),
 ]
 
 # --- lab 10 ----------------------------------------------------------------------------------------------
@@ -1687,6 +1784,10 @@ SUITE = {
     ("lab09_report", "above_control"): LAB09_CONTROL,
     ("lab09_report", "later_than_rest"): LAB09_LATER,
     ("lab09_report", "pareto_front"): LAB09_PARETO,
+    ("lab07_improvements", "ddim_sigma"): LAB07_SIGMA,
+    ("lab09_report", "wilson_interval"): LAB09_WILSON,
+    ("lab07_improvements", "dynamic_threshold"): LAB07_THRESH,
+    ("lab07_improvements", "fewest_evaluations"): LAB07_KNEE,
 }
 
 

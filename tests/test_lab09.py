@@ -39,14 +39,15 @@ def _solution_functions() -> dict:
 
 SOL = _solution_functions()
 EXERCISES = ["recognisable_from", "quartiles_per_digit", "relative_clip_score", "within_class_diversity",
-             "speedup_at_quality", "accuracy_margin", "above_control", "later_than_rest", "pareto_front"]
+             "speedup_at_quality", "accuracy_margin", "above_control", "later_than_rest", "pareto_front",
+             "wilson_interval"]
 # (heldout_x0_error takes a model: tests/test_mistake_naming.py)
 CHECKS = {name: getattr(c09, f"check_{name}") for name in EXERCISES}
 LIBRARY = {"recognisable_from": measures.recognisable_from, "quartiles_per_digit": measures.quartiles_per_digit,
            "relative_clip_score": measures.relative_clip_score, "within_class_diversity": measures.within_class_diversity,
            "speedup_at_quality": measures.speedup_at_quality, "accuracy_margin": measures.accuracy_margin,
            "above_control": measures.above_control, "later_than_rest": measures.later_than_rest,
-           "pareto_front": measures.pareto_front}
+           "pareto_front": measures.pareto_front, "wilson_interval": measures.wilson_interval}
 
 
 def test_solution_defines_every_exercise():
@@ -380,7 +381,7 @@ def _points() -> tuple[float, float]:
 
 def test_points_add_up():
     auto, manual = _points()
-    assert auto == 20 and manual >= 8
+    assert auto == 22 and manual >= 8
 
 
 @pytest.mark.nbgrader

@@ -72,6 +72,10 @@ LIBRARY = {
     ("lab09_report", "above_control"): "labkit.evaluation.measures",
     ("lab09_report", "later_than_rest"): "labkit.evaluation.measures",
     ("lab09_report", "pareto_front"): "labkit.evaluation.measures",
+    ("lab07_improvements", "ddim_sigma"): "labkit.samplers",
+    ("lab09_report", "wilson_interval"): "labkit.evaluation.measures",
+    ("lab07_improvements", "dynamic_threshold"): "labkit.samplers",
+    ("lab07_improvements", "fewest_evaluations"): "labkit.evaluation.measures",
 }
 
 

@@ -18,6 +18,7 @@
     check_later_than_rest(later_than_rest)            values [N], labels [N] -> [K]: P(a value of class k > one of
                                                       another class), ties half (Mann & Whitney 1947)
     check_pareto_front(pareto_front)                  seconds [M], quality [M] -> bool [M]: not dominated
+    check_wilson_interval(wilson_interval)            p [K], n, z -> [K, 2]: Wilson score intervals (Wilson 1927)
 
 Every argument a check passes is plain data (tensors, floats, ints) and every answer must be data too: the
 grader calls the student's function in the student's kernel and compares here.
@@ -934,3 +935,62 @@ def check_pareto_front(student_fn, *, seed: int = 0, sizes=(12, 30, 5)) -> None:
         }
         compare(name, out.double(), ref.double(), mistakes, tol=0.1, context=f" for {M} settings")
     passed(name, f"sizes {list(sizes)}, seed {seed}")
+
+
+def check_wilson_interval(student_fn, *, seed: int = 0, ns=(100, 40, 7), zs=(1.96, 2.0)) -> None:
+    """student_fn(p [K] float64, n: int, z: float) -> [K, 2]: each accuracy's Wilson score interval
+    [centre - half, centre + half] (Wilson 1927). p holds 0, 1 and accuracies k / n."""
+    name = "check_wilson_interval"
+    g = generator(seed)
+    for n in ns:
+        n = int(n)
+        for z in zs:
+            k = torch.cat([torch.tensor([0, n]), torch.randint(1, n, (5,), generator=g)])
+            p = k.double() / n  # [K]
+            K = len(p)
+            out = call(name, student_fn, p, n, float(z), names=["p"])
+            out = expect_tensor(
+                name,
+                out,
+                (K, 2),
+                shape_hints={
+                    (2, K): "transposed: one row per accuracy, columns [lower, upper]",
+                    (K,): "one number per accuracy: return both ends, [lower, upper]",
+                },
+            )
+            ref = measures.wilson_interval(p, n, float(z))
+            se = (p * (1 - p) / n).sqrt()
+            shrink = 1 + z**2 / n
+            centre = (p + z**2 / (2 * n)) / shrink
+            half = z / shrink * (p * (1 - p) / n + z**2 / (4 * n**2)).sqrt()
+
+            def ends(c, h):
+                return torch.stack([c - h, c + h], dim=-1)
+
+            mistakes = {
+                "the Wald interval p -/+ z sqrt(p (1 - p) / n): it is empty at 0% and 100%; Wilson's is centred "
+                "at (p + z^2 / 2n) / (1 + z^2 / n)": ends(p, z * se),
+                "the interval is centred at p: Wilson's centre is (p + z^2 / 2n) / (1 + z^2 / n)": ends(p, half),
+                "the half-width lacks z^2 / (4 n^2) under the square root": ends(
+                    centre, z / shrink * (p * (1 - p) / n).sqrt()
+                ),
+                "z was not squared: z^2 / n and z^2 / (2n) appear in the centre and the shrink factor": ends(
+                    (p + z / (2 * n)) / (1 + z / n), z / (1 + z / n) * (p * (1 - p) / n + z / (4 * n**2)).sqrt()
+                ),
+                "z^2 / (4 n) where z^2 / (4 n^2) belongs under the square root": ends(
+                    centre, z / shrink * (p * (1 - p) / n + z**2 / (4 * n)).sqrt()
+                ),
+                "the half-width was not divided by 1 + z^2 / n": ends(centre, half * shrink),
+                "the columns are swapped: [lower, upper]": ends(centre, -half),
+            }
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-9,
+                context=f" for n={n}, z={z:g}",
+                reference=measures.wilson_interval,
+                args=(p, n, float(z)),
+            )
+    passed(name, f"n in {list(ns)}, z in {list(zs)}, seed {seed}")

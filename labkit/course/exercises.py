@@ -67,6 +67,10 @@ LIBRARY_ANSWERS = {
     "above_control": "labkit.evaluation.measures",
     "later_than_rest": "labkit.evaluation.measures",
     "pareto_front": "labkit.evaluation.measures",
+    "ddim_sigma": "labkit.samplers",
+    "wilson_interval": "labkit.evaluation.measures",
+    "dynamic_threshold": "labkit.samplers",
+    "fewest_evaluations": "labkit.evaluation.measures",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.

@@ -15,6 +15,10 @@
                                                still count as "as good": max(3 points, 2 s.e. of a difference)
     pareto_front(seconds, quality)             [M], [M] -> bool [M]: the settings no other is both as fast and as
                                                good as (and better in one): the ones worth using
+    fewest_evaluations(nfes, quality, margin)  [K], [S, K] -> int64 [S]: each sampler's fewest NFE within margin
+                                               of its own best quality (where its curve flattens; lab 07)
+    wilson_interval(p, n, z)                   [K] -> [K, 2]: Wilson's interval for accuracies on n samples
+                                               (not empty at 0% or 100%, unlike p -/+ z s.e.)
     heldout_x0_error(model, x0, y, noise, alpha_bars, log_snrs)
                                                -> []: median one-step x0 error at fixed log-SNRs (any T)
     r_squared(x, y)                            -> float: how straight y(x) is (a lab's claims)
@@ -166,6 +170,38 @@ def accuracy_margin(p, n: int, points: float = 0.03) -> torch.Tensor:
     keeps a measured 100% from claiming a standard error of 0."""
     p = torch.as_tensor(p, dtype=torch.float64).clamp(1 / n, 1 - 1 / n)  # [K] or []
     return torch.clamp(2 * torch.sqrt(2 * p * (1 - p) / n), min=points)
+
+
+def fewest_evaluations(nfes: torch.Tensor, quality: torch.Tensor, margin: float) -> torch.Tensor:
+    """nfes int64 [K] (the settings' numbers of network evaluations, in any order), quality [S, K] (one row per
+    sampler, higher is better) -> int64 [S]: for each sampler the smallest NFE whose quality is within ``margin`` of
+    that sampler's best,
+
+        fewest_s = min { nfes_k : quality_{s,k} >= max_j quality_{s,j} - margin }
+
+    where its quality curve has flattened ("the knee"): more evaluations cost time and buy no more than ``margin``
+    (lab 07 takes the accuracy's sampling noise, ``accuracy_margin``)."""
+    q = quality.detach().double().cpu()
+    good = q >= q.max(dim=1, keepdim=True).values - margin  # [S, K]: within margin of the row's best
+    n = nfes.detach().long().cpu()[None, :].expand_as(good)  # [S, K]
+    return torch.where(good, n, torch.full_like(n, torch.iinfo(torch.int64).max)).min(dim=1).values
+
+
+def wilson_interval(p, n: int, z: float = 1.96) -> torch.Tensor:
+    """Accuracies p (a float or [K]) measured on n samples -> [K, 2] float64: the lower and upper end of each one's
+    Wilson score interval (Wilson 1927; z = 1.96 for 95%, 2 for about two standard errors):
+
+        centre = (p + z^2 / (2n)) / (1 + z^2 / n)
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
+        [centre - half, centre + half]
+
+    Unlike the "Wald" interval p -/+ z sqrt(p (1 - p) / n), it never shrinks to nothing at 0% or 100% (a measured
+    100% on 100 samples still leaves room for 96%) and never leaves [0, 1]."""
+    p = torch.as_tensor(p, dtype=torch.float64).reshape(-1)  # [K]
+    shrink = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / shrink
+    half = z / shrink * torch.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return torch.stack([centre - half, centre + half], dim=-1)
 
 
 def heldout_x0_error(

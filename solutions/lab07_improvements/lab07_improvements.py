@@ -9,7 +9,8 @@
 # **Learning objectives.** After this lab you can
 # 1. compare the linear and cosine schedules through $\bar\alpha_t$ and the SNR, and through trained models, and
 #    rescale a schedule so that its last step is pure noise (zero terminal SNR);
-# 2. write classifier-free guidance as a wrapper around a model and read a fidelity-diversity trade-off curve;
+# 2. write classifier-free guidance as a wrapper around a model, read a fidelity-diversity trade-off curve, and
+#    keep strongly guided guesses in range with dynamic thresholding;
 # 3. write a DDIM step (with $\eta$) and a DPM-Solver++(2M) step and the loops around them, build the grid of time
 #    steps they walk, and choose a sampler and a step count from a plot of quality and time against the number of
 #    network evaluations.
@@ -20,7 +21,7 @@
 # minutes on a Colab T4 (it trains two real models there).
 # Working through the lab: about 120 minutes.
 #
-# **How it is graded.** Eight functions (2 + 2 + 2 + 3 + 2 + 3 + 3 + 3 = 20 points), each followed by a test cell
+# **How it is graded.** Eleven functions (2 + 2 + 2 + 2 + 1 + 3 + 2 + 3 + 3 + 3 + 1 = 24 points), each followed by a test cell
 # (the tests you see, plus hidden ones with other inputs). The rescaled schedules, the guidance sweep, the sampler
 # table and the grid comparison run *your* functions when they pass their checks, and `labkit`'s when they do not
 # (a line says which), so a bug in one answer never breaks the rest of the lab. Run the cells from top to bottom.
@@ -335,6 +336,63 @@ for w in ws[:: max(1, len(ws) // 3)]:
     fig = plotting.image_grid(grids[w], ncols=10, title=f"w = {w:g} (same noise in every grid)", size=0.8)
 
 # %% [markdown]
+# ### Keeping strongly guided guesses in range
+#
+# At a large $w$ the guided prediction overshoots: the model's guess of the clean digit,
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\tilde\varepsilon)/\sqrt{\bar\alpha}$, reaches far outside the pixel range
+# $[-1, 1]$. The samplers here clip it to $[-1, 1]$ ("static thresholding"), which flattens every pixel beyond into the
+# same saturated value. Imagen (Saharia et al. 2022, section 2.3) uses **dynamic thresholding** instead: per image,
+# $s$ = the `percentile`-th quantile of $|\hat x_0|$ over its pixels, but at least 1; then clamp $\hat x_0$ to
+# $[-s, s]$ and divide by $s$. The image comes back into $[-1, 1]$ with its contrast; one that was already in range
+# ($s = 1$) only loses its few outliers.
+#
+# ### Exercise 4 (2 points)
+# Write `dynamic_threshold(x0_hat, percentile)`: `x0_hat` is `[B, C, H, W]`, `percentile` a fraction such as 0.995.
+# Return the thresholded images, `[B, C, H, W]`. (`torch.quantile(v, q, dim=1)` of `v = ....flatten(1)` gives one
+# value per image; `clamp` also takes tensors as bounds.)
+
+# %% nbgrader={"grade": false, "grade_id": "dynamic_threshold", "locked": false, "schema_version": 3, "solution": true}
+def dynamic_threshold(x0_hat, percentile):
+    """s = max(1, quantile(|x0_hat|, percentile)) per image; clamp to [-s, s], divide by s (Saharia et al. 2022)."""
+    ### BEGIN SOLUTION
+    s = torch.quantile(x0_hat.flatten(1).abs(), percentile, dim=1)  # [B]
+    s = s.clamp(min=1).view(-1, 1, 1, 1)  # [B, 1, 1, 1]: images within [-1, 1] stay as they are
+    return x0_hat.clamp(-s, s) / s
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_dynamic_threshold", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_dynamic_threshold(dynamic_threshold)
+### BEGIN HIDDEN TESTS
+checks.check_dynamic_threshold(dynamic_threshold, seed=2, sizes=((6, 1, 28, 28),), percentiles=(0.99, 0.5))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# The largest $w$ of the sweep again, from the same noise, once with $\hat x_0$ clipped to $[-1, 1]$ and once with
+# your `dynamic_threshold` (or labkit's, a line says which) at the 99.5th percentile, through `sample`'s `clip`
+# argument, which also takes a function of $\hat x_0$.
+
+# %%
+thresh = checks.yours_or_labkit(checks.check_dynamic_threshold, dynamic_threshold, samplers.dynamic_threshold,
+                                "dynamic_threshold")
+w_big = ws[-1]
+y_t = torch.arange(10, device=DEVICE).repeat(colab.pick(10, 1))  # samples per digit
+kept_in_range, rows_t = {}, {}
+for label, clip in (("clipped to [-1, 1]", 1.0), ("dynamic thresholding", lambda x0: thresh(x0, 0.995))):
+    x = samplers.sample(guided(model, w_big), (len(y_t), 1, 28, 28), y_t, schedule, sampler="dpmpp_2m", steps=STEPS,
+                        clip=clip, generator=torch.Generator(DEVICE).manual_seed(0))
+    kept_in_range[label] = judge(x, y_t)
+    rows_t[label] = x[:10]
+    print(f"w = {w_big:g}, {label:>20}: {fmt(kept_in_range[label])}")
+fig = plotting.compare_rows(rows_t, col_titles=[str(d) for d in range(10)],
+                            title=f"w = {w_big:g}, same noise: two ways to keep x0_hat in range")
+
+# %% [markdown]
+# Compare the two rows: are the dynamically thresholded digits less saturated (fewer flat white blobs), and does the
+# judge see a difference at this $w$? (Imagen needed it for weights of 5 to 30 on photographs; a digit is mostly
+# background and stroke, so here the difference may be small.)
+
+# %% [markdown]
 # ## 3. Fewer steps: DDIM and DPM-Solver++
 #
 # **DDIM** (Song et al. 2021, eq. 12) reuses the trained network but takes a different, possibly deterministic,
@@ -346,9 +404,41 @@ for w in ws[:: max(1, len(ws) // 3)]:
 #
 # $\eta = 0$ is deterministic (an ODE solver); $\eta = 1$ on every step is DDPM again.
 #
-# ### Exercise 4 (3 points)
-# Write `ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z)`: `x_t`, `eps_hat`, `z` are
-# `[B, C, H, W]`; `alpha_bar_t`, `alpha_bar_prev` are per image, already shaped `[B, 1, 1, 1]`
+# ### Exercise 5 (1 point)
+# Write `ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)`, the $\sigma$ of eq. 16: `alpha_bar_t`, `alpha_bar_prev` are
+# `[B, 1, 1, 1]`, `eta` a float; return $\sigma$, `[B, 1, 1, 1]`.
+
+# %% nbgrader={"grade": false, "grade_id": "ddim_sigma", "locked": false, "schema_version": 3, "solution": true}
+def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
+    """eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)  (Song et al. 2021, eq. 16)."""
+    ### BEGIN SOLUTION
+    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ddim_sigma", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_ddim_sigma(ddim_sigma)
+### BEGIN HIDDEN TESTS
+checks.check_ddim_sigma(ddim_sigma, seed=7, sizes=((9, 1, 1, 1),), etas=(0.3, 2.0))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# "$\eta = 1$ is DDPM again": on the full chain ($t' = t - 1$) your $\sigma$ with $\eta = 1$ should be DDPM's
+# posterior standard deviation $\sqrt{\tilde\beta_t}$, $\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$
+# (lab 05), at every step of the cosine schedule.
+
+# %%
+sigma_of = checks.yours_or_labkit(checks.check_ddim_sigma, ddim_sigma, samplers.ddim_sigma, "ddim_sigma")
+ab, ab_prev = cosine.alpha_bars[1:].view(-1, 1, 1, 1), cosine.alpha_bars[:-1].view(-1, 1, 1, 1)  # t = 1 .. T-1
+ddpm_std = ((1 - ab_prev) / (1 - ab) * cosine.betas[1:].view(-1, 1, 1, 1)).sqrt()  # sqrt(beta_tilde_t)
+gap = float((sigma_of(ab, ab_prev, 1.0) - ddpm_std).abs().max())
+claims.check("with eta = 1 and t' = t - 1, DDIM's sigma is DDPM's posterior standard deviation at every step",
+             gap < 1e-6, f"largest difference over t = 1..{cosine.T - 1}: {gap:.1e}")
+
+# %% [markdown]
+# ### Exercise 6 (3 points)
+# Write `ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z)` with **your** `ddim_sigma`: `x_t`, `eps_hat`,
+# `z` are `[B, C, H, W]`; `alpha_bar_t`, `alpha_bar_prev` are per image, already shaped `[B, 1, 1, 1]`
 # (`alpha_bar_prev = 1` on the final step to clean data); `eta` is a float. Return $x_{t'}$.
 
 # %% nbgrader={"grade": false, "grade_id": "ddim_step", "locked": false, "schema_version": 3, "solution": true}
@@ -356,7 +446,7 @@ def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
     """One DDIM step from alpha_bar_t to alpha_bar_prev (Song et al. 2021, eqs. 12 and 16)."""
     ### BEGIN SOLUTION
     x0_hat = (x_t - (1 - alpha_bar_t).sqrt() * eps_hat) / alpha_bar_t.sqrt()
-    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    sigma = ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
     direction = (1 - alpha_bar_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat
     return alpha_bar_prev.sqrt() * x0_hat + direction + sigma * z
     ### END SOLUTION
@@ -385,7 +475,7 @@ checks.check_ddim_step(ddim_step, seed=3, sizes=((5, 1, 28, 28),), etas=(0.2, 1.
 # (`samplers.timestep_grid(schedule, steps)`, which the cells below use, spaces the steps evenly in log-SNR
 # instead, as Lu et al. 2022 recommend; its `spacing="uniform"` is "linspace".)
 #
-# ### Exercise 5 (2 points)
+# ### Exercise 7 (2 points)
 # Write `spaced_timesteps(T, steps, spacing)`: `T` and `steps` are ints ($2 \le$ `steps` $\le T$), `spacing` is one
 # of `"linspace"`, `"leading"`, `"trailing"`. Return the grid, int64 `[steps]`, descending.
 
@@ -411,7 +501,7 @@ checks.check_spaced_timesteps(spaced_timesteps, seed=3, cases=((1000, 12), (60, 
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ### Exercise 6 (3 points)
+# ### Exercise 8 (3 points)
 # Write `ddim_loop(model, x_T, y, grid, alpha_bars, eta, noises)`, which returns $x_0$, with **your** `ddim_step`:
 #
 # ```
@@ -456,7 +546,7 @@ checks.check_ddim_loop(ddim_loop, seed=4, sizes=((4, 1, 8, 8),), T=60, steps=(9,
 #
 # On the first step there is no previous $\hat x_0$: then $D = \hat x_0$ (this first-order step is DDIM with $\eta = 0$).
 #
-# ### Exercise 7 (3 points)
+# ### Exercise 9 (3 points)
 # Write `dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last)`: `x0_prev` and
 # `alpha_bar_last` are `None` on the first step; all `alpha_bar_*` are `[B, 1, 1, 1]` and strictly between
 # 0 and 1 here (labkit handles the final jump to clean data separately). Return $x_{t'}$.
@@ -485,14 +575,14 @@ checks.check_dpmpp_2m_step(dpmpp_2m_step, seed=6, sizes=((3, 1, 28, 28),))
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ### Exercise 8 (3 points)
+# ### Exercise 10 (3 points)
 # Write `dpmpp_2m_loop(model, x_T, y, grid, alpha_bars)`, which returns $x_0$, with **your** `dpmpp_2m_step`. Each
 # step computes $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ from the model's
 # $\hat\varepsilon$ and hands it to your step together with the **previous** step's $\hat x_0$ and $\bar\alpha_t$
 # (`None` and `None` on the first step, which is then first order). Carry them from step to step: after each
 # step, this step's $\hat x_0$ and $\bar\alpha_t$ become the next step's `x0_prev` and `alpha_bar_last`. The last
 # step goes to clean data ($\bar\alpha' = 1$, $\lambda' = \infty$), where the formula breaks down: there the
-# answer is $\hat x_0$ itself. Same `grid` and `alpha_bars` as in exercise 6; no noise (it is an ODE solver).
+# answer is $\hat x_0$ itself. Same `grid` and `alpha_bars` as in exercise 8; no noise (it is an ODE solver).
 
 # %% nbgrader={"grade": false, "grade_id": "dpmpp_2m_loop", "locked": false, "schema_version": 3, "solution": true}
 def dpmpp_2m_loop(model, x_T, y, grid, alpha_bars):
@@ -601,6 +691,49 @@ for sampler in results:
 fig = plotting.compare_rows(strips, col_titles=[f"NFE {n}" for n in nfes], title="one '3', same starting noise")
 if not meta["pretrained"]:
     print("No shipped checkpoint here: these samples come from an untrained stand-in, so the numbers mean nothing.")
+
+# %% [markdown]
+# ### Where the curves flatten
+#
+# Each sampler's accuracy rises with the NFE and then flattens: past some number of evaluations, more cost time and
+# buy nothing that the sampling noise could not explain. That number, the "knee", is the step count to choose.
+#
+# ### Exercise 11 (1 point)
+# Write `fewest_evaluations(nfes, quality, margin)`: `nfes` int64 `[K]`, the numbers of evaluations of the columns
+# (in any order); `quality` `[S, K]`, one row per sampler (higher is better); `margin` a float. Return int64 `[S]`:
+# for each sampler the smallest NFE whose quality is at least that sampler's own best minus `margin`.
+
+# %% nbgrader={"grade": false, "grade_id": "fewest_evaluations", "locked": false, "schema_version": 3, "solution": true}
+def fewest_evaluations(nfes, quality, margin):
+    """[K], [S, K] -> int64 [S]: per row, the smallest NFE with quality >= the row's best - margin."""
+    ### BEGIN SOLUTION
+    best = quality.max(dim=1, keepdim=True).values  # [S, 1]: each sampler's own best
+    good = quality >= best - margin  # [S, K]
+    never = torch.full_like(nfes, int(nfes.max()) + 1)  # more than any NFE: never the smallest
+    return torch.where(good, nfes[None, :], never[None, :]).min(dim=1).values
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_fewest_evaluations", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_fewest_evaluations(fewest_evaluations)
+### BEGIN HIDDEN TESTS
+checks.check_fewest_evaluations(fewest_evaluations, seed=5, sizes=((5, 7), (1, 3)), margins=(0.0, 0.03125))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your table through your function (or labkit's): the margin is each sampler's sampling noise, two standard errors
+# of a difference of two accuracies at this $n$ and at least 3 points (`measures.accuracy_margin`, lab 09).
+
+# %%
+knee_of = checks.yours_or_labkit(checks.check_fewest_evaluations, fewest_evaluations, measures.fewest_evaluations,
+                                 "fewest_evaluations")
+nfe_tensor = torch.tensor(nfes)  # [K]
+for sampler, by_nfe in results.items():
+    accuracies = torch.tensor([[by_nfe[n]["accuracy"] for n in nfes]], dtype=torch.float64)  # [1, K]
+    margin = float(measures.accuracy_margin(float(accuracies.max()), len(y_n)))
+    knee_nfe = int(knee_of(nfe_tensor, accuracies, margin)[0])
+    print(f"{sampler:>8}: {knee_nfe:4} evaluations reach its best accuracy within {margin:.1%}: "
+          f"{by_nfe[knee_nfe]['seconds']:.1f} s, against {by_nfe[nfes[-1]]['seconds']:.1f} s at {nfes[-1]}")
 
 # %% [markdown]
 # ### Where the grid starts

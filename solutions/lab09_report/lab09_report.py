@@ -28,8 +28,8 @@
 # measured on a busy shared 2-core machine), where the runs are smaller and, offline, CLIP is a tiny random
 # stand-in. Working through the lab: about 120 minutes, most of it writing.
 #
-# **How it is graded.** Ten small functions that compute the measurements (3 + 2 + 2 + 2 + 2 + 2 + 2 + 2 + 1 + 2 = 20
-# points, autograded as in the other labs: a test cell after each, plus hidden tests), and the written report at
+# **How it is graded.** Eleven small functions that compute the measurements (3 + 2 + 2 + 2 + 2 + 2 + 2 + 2 + 1 + 2 +
+# 2 = 22 points, autograded as in the other labs: a test cell after each, plus hidden tests), and the written report at
 # the end: six answers graded by hand (12 points, 2 each, with a rubric: each claim stated with its number and its
 # picture, a verdict that follows from them, and the limitations). Later cells use your function where it passes
 # its check and `labkit`'s reference where it does not (a line says which), so a bug in a function never breaks
@@ -870,6 +870,36 @@ checks.check_pareto_front(pareto_front)
 checks.check_pareto_front(pareto_front, seed=2, sizes=(40, 7))
 ### END HIDDEN TESTS
 
+# %% [markdown]
+# The error bars so far were $\pm$ one binomial standard error, $\sqrt{p(1-p)/n}$: at a measured 100% that is 0, as
+# if 100 samples proved a perfect sampler. Wilson's score interval (Wilson 1927) does not collapse at 0% or 100%
+# and never leaves $[0, 1]$: with $z = 1.96$ for 95%,
+#
+# $$\text{centre} = \frac{p + z^2/(2n)}{1 + z^2/n},\qquad
+# \text{half} = \frac{z}{1 + z^2/n}\sqrt{\frac{p(1-p)}{n} + \frac{z^2}{4n^2}},\qquad
+# [\text{centre} - \text{half},\ \text{centre} + \text{half}].$$
+#
+# ### Exercise 11 (2 points)
+# Write `wilson_interval(p, n, z=1.96)`: `p` a float64 tensor `[K]` of accuracies (0 and 1 included), `n` an int,
+# `z` a float. Return `[K, 2]`: each accuracy's lower and upper end.
+
+# %% nbgrader={"grade": false, "grade_id": "wilson_interval", "locked": false, "schema_version": 3, "solution": true}
+def wilson_interval(p, n, z=1.96):
+    """[K] accuracies on n samples -> [K, 2]: Wilson's score interval [lower, upper] (Wilson 1927)."""
+    ### BEGIN SOLUTION
+    shrink = 1 + z ** 2 / n
+    centre = (p + z ** 2 / (2 * n)) / shrink
+    half = z / shrink * torch.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2))
+    return torch.stack([centre - half, centre + half], dim=-1)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_wilson_interval", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_wilson_interval(wilson_interval)
+### BEGIN HIDDEN TESTS
+checks.check_wilson_interval(wilson_interval, seed=9, ns=(150, 12), zs=(1.0, 2.5))
+### END HIDDEN TESTS
+
 # %%
 front_of = checks.yours_or_labkit(checks.check_pareto_front, pareto_front, measures.pareto_front, "pareto_front")
 settings = [f"{name}-{nfe}" for name in names for nfe in nfes]  # the order of seconds.flatten()
@@ -879,13 +909,17 @@ for judged_by, on_front in fronts.items():
     print(f"worth using by {judged_by} (no other setting is as fast and as good): "
           + ", ".join(f"{s} ({float(sec):.1f} s)" for s, keep, sec in zip(settings, on_front, seconds.flatten()) if keep))
     NUMBERS[f"5: on the Pareto front of {judged_by} against time"] = [s for s, keep in zip(settings, on_front) if keep]
+interval_of = checks.yours_or_labkit(checks.check_wilson_interval, wilson_interval, measures.wilson_interval,
+                                     "wilson_interval")
 fig, ax = plt.subplots(figsize=(6, 3.8))
 for i, name in enumerate(names):
-    ax.plot(seconds[i], accuracy[i], "o", label=name)
+    ends = interval_of(accuracy[i].double(), n)  # [len(nfes), 2]: 95% Wilson intervals
+    below, above = (accuracy[i] - ends[:, 0]).clamp(min=0), (ends[:, 1] - accuracy[i]).clamp(min=0)
+    ax.errorbar(seconds[i], accuracy[i], yerr=[below, above], fmt="o", capsize=3, label=name)
 keep = fronts["accuracy"].bool()
 order = torch.argsort(seconds.flatten()[keep])
 ax.plot(seconds.flatten()[keep][order], accuracy.flatten()[keep][order], "k--", lw=1, label="Pareto front")
-ax.set(xlabel=f"seconds for {n} samples", xscale="log", ylabel="classifier accuracy",
+ax.set(xlabel=f"seconds for {n} samples", xscale="log", ylabel="classifier accuracy (bars: 95% Wilson)",
        title="time against quality: the settings worth using")
 ax.grid(alpha=0.3)
 ax.legend(frameon=False)
