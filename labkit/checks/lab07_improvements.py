@@ -142,7 +142,7 @@ def check_ddim_sigma(student_fn, *, seed: int = 0, sizes=((6, 1, 1, 1), (3, 1, 1
                 out,
                 ref,
                 mistakes,
-                tol=1e-7,
+                tol=1e-6,  # a few float32 steps on values up to 1
                 context=f" for eta={eta:g}",
                 reference=samplers.ddim_sigma,
                 args=args,
@@ -856,7 +856,7 @@ def check_enforce_zero_terminal_snr(
             out,
             ref,
             mistakes,
-            tol=1e-9,
+            tol=1e-6,  # a few float32 steps on betas up to 1
             context=context,
             reference=schedules.enforce_zero_terminal_snr,
             args=(betas,),
