@@ -35,13 +35,38 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 
 
 SPACINGS = ("logsnr", "uniform")
+UNIFORM_SPACINGS = ("linspace", "leading", "trailing")  # Lin et al. 2024, table 2
 LOGSNR_FLOOR = -10.0  # log-SNR where a "logsnr" grid starts; the linear schedule ends near -10 too
+
+
+def spaced_timesteps(T: int, steps: int, spacing: str = "trailing") -> torch.Tensor:
+    """``steps`` time steps evenly spread over 0 .. T-1, descending, int64 [steps]: the three spacings of table 2
+    of Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed" (written there with the
+    paper's t = 1 .. T; here t = paper's t - 1, i = 0 .. steps-1):   (lab 07)
+
+        "linspace":  t_i = round((T - 1) (1 - i / (steps - 1)))      T-1, ..., 0      (DDIM's "linear" choice)
+        "leading":   t_i = (steps - 1 - i) * floor(T / steps)        ..., 2k, k, 0    (k = T // steps)
+        "trailing":  t_i = round(T - i T / steps) - 1                T-1, ..., T/steps - 1
+
+    round() is round-half-to-even (torch.round, numpy's). "leading" never visits T-1 (for steps >= 2): its first
+    step is (steps - 1) k <= T - k, so sampling starts from pure noise at a step whose x_t still holds signal,
+    the flaw the paper names; "linspace" and "trailing" start at T-1. A sampler goes from the last entry to clean
+    data. steps = 1 gives [T-1] for "linspace" and "trailing" ([0] for "leading").
+    """
+    if spacing not in UNIFORM_SPACINGS:
+        raise LabkitValueError(f"unknown spacing {spacing!r}: choose one of {', '.join(UNIFORM_SPACINGS)}")
+    i = torch.arange(steps, dtype=torch.float64)  # [steps]
+    if spacing == "linspace":
+        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "leading":
+        return ((steps - 1 - i) * (T // steps)).long()
+    return (T - i * T / steps).round().long() - 1
 
 
 def timestep_grid(schedule: Schedule, steps: int, spacing: str = "logsnr") -> torch.Tensor:
     """Descending int64 time steps [steps] ending at 0.
 
-    "uniform": evenly spaced in t from T-1 (DDIM paper's "linear" choice). "logsnr": evenly spaced in
+    "uniform": evenly spaced in t from T-1 (DDIM paper's "linear" choice; ``spaced_timesteps`` "linspace"). "logsnr": evenly spaced in
     lambda = log(alpha/sigma), the time variable of the DPM-Solver ODE (Lu et al. 2022, section 3.4
     recommends it): more steps at low noise, where the strokes are drawn. It starts at the last t whose
     log-SNR is still >= LOGSNR_FLOOR (-10, i.e. alpha_bar ~ 4.5e-5, where x_t is noise to 0.7%): a cosine
@@ -62,7 +87,7 @@ def timestep_grid(schedule: Schedule, steps: int, spacing: str = "logsnr") -> to
     if steps == T:
         return torch.arange(T - 1, -1, -1)
     if spacing == "uniform":
-        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+        return spaced_timesteps(T, steps, "linspace")
     log_snr = schedule.log_snr()  # [T], decreasing in t
     lo = max(float(log_snr[-1]), LOGSNR_FLOOR)
     start = max(int((log_snr >= lo).nonzero().max()), steps - 1)  # T-1 unless the schedule ends below the floor
@@ -75,12 +100,28 @@ def timestep_grid(schedule: Schedule, steps: int, spacing: str = "logsnr") -> to
 
 
 def _x0_and_eps(x, t, eps_hat, schedule, clip):
-    """x0_hat from eps_hat; if clipped to [-clip, clip], recompute eps so both stay consistent with x_t."""
+    """x0_hat from eps_hat; if clipped to [-clip, clip] (or passed through clip(x0_hat) when clip is a function, e.g.
+    ``dynamic_threshold``), recompute eps so both stay consistent with x_t."""
     x0_hat = predict_x0_from_eps(x, t, eps_hat, schedule)
     if clip is not None:
-        x0_hat = x0_hat.clamp(-clip, clip)
+        x0_hat = clip(x0_hat) if callable(clip) else x0_hat.clamp(-clip, clip)
         eps_hat = predict_eps_from_x0(x, t, x0_hat, schedule)
     return x0_hat, eps_hat
+
+
+def dynamic_threshold(x0_hat: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
+    """Dynamic thresholding of the model's guess of the clean image (Saharia et al. 2022, "Photorealistic
+    Text-to-Image Diffusion Models with Deep Language Understanding" (Imagen), section 2.3):   (lab 07)
+
+        s = max(1, the percentile-th quantile of |x0_hat|, per image)
+        x0_hat <- clamp(x0_hat, -s, s) / s
+
+    Strong guidance pushes x0_hat far outside [-1, 1]; clipping to [-1, 1] ("static thresholding") turns those pixels
+    into flat, saturated blobs, while dividing by s pulls the whole image back in and keeps its contrast. An image
+    already within [-1, 1] at that percentile (s = 1) only loses its few outliers. x0_hat [B, ...] -> [B, ...]."""
+    s = torch.quantile(x0_hat.flatten(1).abs(), percentile, dim=1)  # [B]
+    s = s.clamp(min=1).view(-1, *([1] * (x0_hat.dim() - 1)))  # [B, 1, 1, 1]
+    return x0_hat.clamp(-s, s) / s
 
 
 def _noise_like(x, generator):
@@ -141,8 +182,12 @@ def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
 
 
 def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
-    """The noise scale of a DDIM step (Song et al. 2021, eq. 16): eta * sqrt((1 - abar_prev) / (1 - abar_t))
-    * sqrt(1 - abar_t / abar_prev); eta = 1 is the posterior std of DDPM, eta = 0 the deterministic DDIM."""
+    """The noise scale of a DDIM step (Song et al. 2021, eq. 16):   (lab 07)
+
+        sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+
+    eta = 1 is the posterior std of DDPM (sqrt(beta_tilde_t) when abar_prev is the step before), eta = 0 the
+    deterministic DDIM. alpha_bar_t, alpha_bar_prev: [B, 1, 1, 1] (abar_prev = 1: the step to clean data, sigma = 0)."""
     return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
 
 
@@ -343,8 +388,14 @@ def _check_sample_args(
     check_weight(guidance)
     if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
         raise LabkitValueError(f"eta must be a number >= 0 (0 = deterministic DDIM), got {eta!r}")
-    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0):
-        raise LabkitValueError(f"clip must be None or a number > 0 (1.0 for images in [-1, 1]), got {clip!r}")
+    if (
+        clip is not None
+        and not callable(clip)
+        and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or not clip > 0)
+    ):
+        raise LabkitValueError(
+            f"clip must be None, a number > 0 (1.0 for images in [-1, 1]) or a function of x0_hat, got {clip!r}"
+        )
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor):
             raise LabkitTypeError(f"x_T must be a torch.Tensor, got {type(x_T).__name__}")
@@ -540,7 +591,7 @@ def sample(
     guidance: float = 0.0,
     null_class: int = 10,
     eta: float = 0.0,
-    clip: float | None = None,
+    clip: float | Callable[[torch.Tensor], torch.Tensor] | None = None,
     spacing: str = "logsnr",
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
@@ -556,7 +607,8 @@ def sample(
     guidance: classifier-free guidance weight w (0 = plain conditional): a shorthand for sampling from
     ``labkit.guidance.guided(model, w, null_class)``.
     spacing: how the steps are spread over t ("logsnr" or "uniform"; see ``timestep_grid``).
-    clip: clamp each x0_hat to [-clip, clip] (1.0 for images in [-1, 1]; None for exact maths).
+    clip: clamp each x0_hat to [-clip, clip] (1.0 for images in [-1, 1]; None for exact maths), or a function applied
+    to each x0_hat, e.g. ``lambda x0: dynamic_threshold(x0, 0.995)``.
     callback(step, t, x_t, x0_hat) sees every intermediate state (for denoising trajectories).
     max_batch: evaluate the model on at most this many rows at a time ("auto": 256 on a CPU, where
     slices whose activations fit the cache ran ~1.6x faster than one 2000-row guided batch; all at once on a GPU).

@@ -89,6 +89,28 @@ def cosine_alpha_bars(T: int, s: float = 0.008, max_beta: float = 0.999) -> torc
     return alpha_bars_from_betas(cosine_betas(T, s, max_beta))
 
 
+def enforce_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """The same schedule rescaled so that its last step holds no signal at all (SNR = 0 at t = T-1): Algorithm 1
+    of Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed":   (lab 07)
+
+        s_t = sqrt(alpha_bar_t)                                          from the betas (Ho et al. 2020, eq. 4)
+        s_t <- (s_t - s_{T-1}) * s_0 / (s_0 - s_{T-1})                   shift: s_{T-1} = 0; scale: s_0 unchanged
+        alpha_bar_t = s_t^2,   alpha_t = alpha_bar_t / alpha_bar_{t-1} (alpha_0 = alpha_bar_0),   beta_t = 1 - alpha_t
+
+    Sampling starts from pure noise, x_T ~ N(0, I); a schedule whose alpha_bar_{T-1} > 0 trains the network on an
+    x_{T-1} that still shows a little of the digit (the linear schedule: sqrt(alpha_bar) = 0.006), a mismatch the
+    paper removes. betas [T] (any float dtype) -> betas [T], the last exactly 1 (not a valid ``Schedule``: at
+    SNR = 0, x0_hat = (x_t - sqrt(1 - alpha_bar) eps_hat) / sqrt(alpha_bar) is undefined, which is why the paper
+    switches to v-prediction). The input is not modified.
+    """
+    root = torch.cumprod(1 - betas, dim=0).sqrt()  # [T] sqrt(alpha_bar_t)
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)  # [T]: 0 at T-1, unchanged at 0
+    alpha_bars = root**2
+    alphas = torch.cat([alpha_bars[:1], alpha_bars[1:] / alpha_bars[:-1]])  # [T]
+    return 1 - alphas
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A noise schedule: the per-step tensors every other module reads (notation of Ho et al. 2020, section 2).

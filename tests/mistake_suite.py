@@ -1311,6 +1311,289 @@ LAB09_SPEED = [
      "last good-enough"),
 ]
 
+
+# --- labs 07 and 09, more of the student's own code (issue 25) -------------------------------------------
+
+
+def _zsnr(betas, *, on="root", scale=True, square=True, head="abar", ret="betas", order="shift-scale", inverted=False):
+    """A student's enforce_zero_terminal_snr (Lin et al. 2024, Algorithm 1) with one mistake switched on."""
+    ab = torch.cumprod(1 - betas, 0)
+    s = ab.sqrt() if on == "root" else ab
+    s0, sT = s[0].clone(), s[-1].clone()
+    if order == "shift-scale":
+        s = s - sT
+        s = s * s0 / (s0 - sT) if scale else s
+    else:
+        s = s * s0 / (s0 - sT) - sT
+    abn = s ** 2 if (on == "root" and square) else s
+    if ret in ("abar", "root"):
+        return abn if ret == "abar" else abn.sqrt()
+    ratios = abn[:-1] / abn[1:] if inverted else abn[1:] / abn[:-1]
+    a = ratios if head == "drop" else torch.cat([abn[:1] if head == "abar" else torch.ones_like(abn[:1]), ratios])
+    return a if ret == "alphas" else 1 - a
+
+
+def _zsnr_in_place(betas):
+    out = _zsnr(betas)
+    betas.copy_(out.clamp(max=0.999))  # "tidies" the input on the way
+    return out
+
+
+LAB07_ZSNR = [
+    ("alpha_bar rescaled", lambda b: _zsnr(b, on="abar"), "alpha_bar itself"),
+    ("shift only", lambda b: _zsnr(b, scale=False), "only shifted"),
+    ("scale then shift", lambda b: _zsnr(b, order="scale-shift"), "scaled before the shift"),
+    ("not squared back", lambda b: _zsnr(b, square=False), "not squared back"),
+    ("beta_0 = 0", lambda b: _zsnr(b, head="one"), "beta_0 is 0"),
+    ("alpha_bar returned", lambda b: _zsnr(b, ret="abar"), "return the betas"),
+    ("sqrt(alpha_bar) returned", lambda b: _zsnr(b, ret="root"), "return the betas"),
+    ("alphas returned", lambda b: _zsnr(b, ret="alphas"), "return beta_t = 1 - alpha_t"),
+    ("first alpha dropped", lambda b: _zsnr(b, head="drop"), "one entry short"),
+    ("ratio inverted", lambda b: _zsnr(b, inverted=True), "never be a denominator"),
+    ("input returned", lambda b: b.clone(), "came back unchanged"),
+    ("edits betas in place", _zsnr_in_place, "in place"),
+    ("numpy", lambda b: _zsnr(b).numpy(), "numpy"),
+]
+
+
+def _spaced(T, S, spacing, *, flip=True, plus=0, trunc=False, lead="floor", swap=False, from_T=False, as_float=False,
+            lead_arange=False, trail_trunc_after=False):
+    """A student's spaced_timesteps (Lin et al. 2024, table 2) with one mistake switched on."""
+    if swap:
+        spacing = {"leading": "trailing", "trailing": "leading"}.get(spacing, spacing)
+    i = torch.arange(S, dtype=torch.float64)
+    cut = (lambda v: v.floor()) if trunc else (lambda v: v.round())
+    if spacing == "linspace":
+        t = cut(torch.linspace(T if from_T else T - 1, 0, S, dtype=torch.float64))
+    elif spacing == "leading":
+        if lead_arange:
+            t = torch.arange(0, T, T // S, dtype=torch.float64)
+        else:
+            step = {"floor": T // S, "round": round(T / S), "float": T / S}[lead]
+            t = cut((S - 1 - i) * step)
+        t = t.flip(0) if lead_arange else t
+    else:
+        t = (T - i * T / S - 1).floor() if trail_trunc_after else cut(T - i * T / S) - 1
+    t = t if flip else t.flip(0)
+    t = t + plus
+    return t.float() if as_float else t.long()
+
+
+LAB07_SPACED = [
+    ("ascending", lambda T, S, sp: _spaced(T, S, sp, flip=False), "ascending"),
+    ("paper's 1-based t", lambda T, S, sp: _spaced(T, S, sp, plus=1), "counts t from 1"),
+    ("truncated", lambda T, S, sp: _spaced(T, S, sp, trunc=True), "truncated"),
+    ("leading step rounded", lambda T, S, sp: _spaced(T, S, sp, lead="round"), "whole number T // steps"),
+    ("leading step T / steps", lambda T, S, sp: _spaced(T, S, sp, lead="float"), "whole number T // steps"),
+    ("leading via arange", lambda T, S, sp: _spaced(T, S, sp, lead_arange=True), "more than steps"),
+    ("leading and trailing swapped", lambda T, S, sp: _spaced(T, S, sp, swap=True), "spacing was asked|was asked"),
+    ("linspace from T", lambda T, S, sp: _spaced(T, S, sp, from_T=True), "starts at t = T"),
+    ("trailing truncated after - 1", lambda T, S, sp: _spaced(T, S, sp, trail_trunc_after=True), "truncated"),
+    ("float result", lambda T, S, sp: _spaced(T, S, sp, as_float=True), "dtype"),
+    ("a list", lambda T, S, sp: _spaced(T, S, sp).tolist(), "torch.Tensor"),
+]
+
+
+def _ctrl(probs, labels, *, over="others", value="belief", reduce="mean", combine="diff", own_of="intended"):
+    """A student's above_control with one mistake switched on."""
+    p, y = probs.double(), labels
+    own = p.gather(1, y[:, None])[:, 0] if own_of == "intended" else p.max(1).values
+    N = len(y)
+    mask = {"others": y[:, None] != y[None, :], "all": torch.ones(N, N, dtype=torch.bool),
+            "not self": ~torch.eye(N, dtype=torch.bool), "same": y[:, None] == y[None, :]}[over]
+    vals = {"belief": p[:, y].T, "their own": own[None, :].expand(N, N),
+            "argmax": (p.argmax(1)[None, :] == y[:, None]).double()}[value]
+    if reduce == "max":
+        control = vals.masked_fill(~mask, -1.0).max(1).values
+    else:
+        control = (vals * mask).sum(1) / (mask.sum(1) if reduce == "mean" else N)
+    return {"diff": own - control, "ratio": own / control, "reversed": control - own, "control": control}[combine]
+
+
+LAB09_CONTROL = [
+    ("every sample in the control", lambda p, y: _ctrl(p, y, over="all"), "this digit's own included"),
+    ("leave one out", lambda p, y: _ctrl(p, y, over="not self"), "only the sample itself"),
+    ("same digit", lambda p, y: _ctrl(p, y, over="same"), "\\*same\\* digit"),
+    ("others' own digits", lambda p, y: _ctrl(p, y, value="their own"), "other samples' own digits"),
+    ("divided by N", lambda p, y: _ctrl(p, y, reduce="sum"), "divided by all N"),
+    ("ratio", lambda p, y: _ctrl(p, y, combine="ratio"), "ratio"),
+    ("sign", lambda p, y: _ctrl(p, y, combine="reversed"), "sign is reversed"),
+    ("control alone", lambda p, y: _ctrl(p, y, combine="control"), "control alone"),
+    ("largest", lambda p, y: _ctrl(p, y, reduce="max"), "largest"),
+    ("argmax share", lambda p, y: _ctrl(p, y, value="argmax"), "argmax"),
+    ("top class", lambda p, y: _ctrl(p, y, own_of="top"), "top class"),
+    ("per digit", lambda p, y: torch.stack([p[y != k, k].mean() for k in range(p.shape[1])]), "one number per class"),
+]
+
+
+def _later(values, labels, K, *, gt=1.0, eq=0.5, rest="others", norm="pairs"):
+    """A student's later_than_rest with one mistake switched on."""
+    v = values.double()
+    out = []
+    for k in range(K):
+        mine = v[labels == k]
+        other = v if rest == "all" else v[labels != k]
+        d = mine[:, None] - other[None, :]
+        total = gt * (d > 0).double().sum() + eq * (d == 0).double().sum()
+        out.append(total / {"pairs": d.numel(), "none": 1, "all": len(mine) * len(v)}[norm])
+    return torch.stack(out)
+
+
+LAB09_LATER = [
+    ("ties as 0", lambda v, y, K: _later(v, y, K, eq=0.0), "ties were not counted"),
+    ("ties as 1", lambda v, y, K: _later(v, y, K, eq=1.0), "counted as 'later'"),
+    ("earlier", lambda v, y, K: 1 - _later(v, y, K), "reversed"),
+    ("own class in the rest", lambda v, y, K: _later(v, y, K, rest="all"), "its own class included"),
+    ("U not normalised", lambda v, y, K: _later(v, y, K, norm="none"), "not divided"),
+    ("divided by n_k N", lambda v, y, K: _later(v, y, K, norm="all"), "all N values"),
+    ("medians", lambda v, y, K: torch.stack([(v[y == k].quantile(0.5) > v[y != k].quantile(0.5)).double()
+                                             + 0.5 * (v[y == k].quantile(0.5) == v[y != k].quantile(0.5)).double()
+                                             for k in range(K)]), "medians"),
+    ("difference of means", lambda v, y, K: torch.stack([v[y == k].mean() - v[y != k].mean() for k in range(K)]),
+     "difference of means"),
+    ("one per value", lambda v, y, K: torch.stack([((v[i] > v[y != y[i]]).double().mean()) for i in range(len(v))]),
+     "one per class"),
+]
+
+
+def _front(seconds, quality, *, self_too=False, dupes=False, strict_both=False, q_sign=1.0, s_sign=1.0, invert=False):
+    """A student's pareto_front with one mistake switched on."""
+    s, q = s_sign * seconds.double(), q_sign * quality.double()
+    le, ge = s[None, :] <= s[:, None], q[None, :] >= q[:, None]
+    better = (s[None, :] < s[:, None]) | (q[None, :] > q[:, None])
+    if strict_both:
+        dom = (s[None, :] < s[:, None]) & (q[None, :] > q[:, None])
+    elif self_too:
+        dom = le & ge
+    elif dupes:
+        dom = le & ge & ~torch.eye(len(s), dtype=torch.bool)
+    else:
+        dom = le & ge & better
+    keep = ~dom.any(1)
+    return ~keep if invert else keep
+
+
+def _front_sweep(seconds, quality):
+    """Sort by time, keep each setting better than every faster one: ties in time and duplicates go wrong."""
+    order = torch.argsort(seconds, stable=True)
+    keep = torch.zeros(len(seconds), dtype=torch.bool)
+    best = -math.inf
+    for i in order.tolist():
+        if float(quality[i]) > best:
+            keep[i], best = True, float(quality[i])
+    return keep
+
+
+LAB09_PARETO = [
+    ("dominates itself", lambda s, q: _front(s, q, self_too=True), "as good as itself"),
+    ("duplicates knock each other out", lambda s, q: _front(s, q, dupes=True), "knocked each other"),
+    ("strictly better in both", lambda s, q: _front(s, q, strict_both=True), "strictly faster \\*and\\*"),
+    ("lower quality better", lambda s, q: _front(s, q, q_sign=-1.0), "quality reversed"),
+    ("more time better", lambda s, q: _front(s, q, s_sign=-1.0), "time reversed"),
+    ("dominated marked", lambda s, q: _front(s, q, invert=True), "marks the dominated"),
+    ("sorted order", lambda s, q: _front(s, q)[torch.argsort(s, stable=True)], "order of increasing time"),
+    ("indices", lambda s, q: _front(s, q).nonzero()[:, 0], "not the indices"),
+    ("0/1 integers", lambda s, q: _front(s, q).long(), "bool tensor"),
+    ("sweep over time", _front_sweep, "knocked each other"),
+]
+
+
+def _sig(ab_t, ab_p, eta, *, eta_pow=1, var=False, first="ok", second="ok"):
+    """A student's ddim_sigma with one mistake switched on."""
+    a = {"ok": (1 - ab_p) / (1 - ab_t), "inverted": (1 - ab_t) / (1 - ab_p).clamp(min=1e-300), "none": None}[first]
+    b = {"ok": 1 - ab_t / ab_p, "flipped": (1 - ab_p / ab_t).abs(), "none": None}[second]
+    v = (a if a is not None else 1) * (b if b is not None else 1)
+    v = v if var else v.sqrt()
+    return eta ** eta_pow * v
+
+
+LAB07_SIGMA = [
+    ("eta ignored", lambda a, b, eta: _sig(a, b, eta, eta_pow=0), "ignores eta"),
+    ("eta squared", lambda a, b, eta: _sig(a, b, eta, eta_pow=2), "eta was squared"),
+    ("variance", lambda a, b, eta: _sig(a, b, eta, var=True), "variance where the standard deviation"),
+    ("first ratio inverted", lambda a, b, eta: _sig(a, b, eta, first="inverted"), "first ratio is inverted"),
+    ("second ratio flipped", lambda a, b, eta: _sig(a, b, eta, second="flipped"), "second factor is sqrt"),
+    ("second factor missing", lambda a, b, eta: _sig(a, b, eta, second="none"), "second factor is missing"),
+    ("python float", lambda a, b, eta: float(_sig(a, b, eta)[0]), "torch.Tensor"),
+]
+
+
+def _wilson(p, n, z=1.96, *, centre="wilson", extra=True, square=True, divide=True, swap=False, n2=True):
+    zz = z ** 2 if square else z
+    shrink = 1 + zz / n
+    c = (p + zz / (2 * n)) / shrink if centre == "wilson" else p
+    if centre == "wald":
+        h = z * (p * (1 - p) / n).sqrt()
+    else:
+        h = z * (p * (1 - p) / n + ((zz / (4 * n ** 2 if n2 else 4 * n)) if extra else 0)).sqrt()
+        h = h / shrink if divide else h
+    return torch.stack([c + h, c - h] if swap else [c - h, c + h], dim=-1)
+
+
+LAB09_WILSON = [
+    ("Wald", lambda p, n, z: _wilson(p, n, z, centre="wald"), "Wald interval"),
+    ("centred at p", lambda p, n, z: _wilson(p, n, z, centre="p"), "centred at p"),
+    ("no z^2/4n^2", lambda p, n, z: _wilson(p, n, z, extra=False), "lacks z\\^2 / \\(4 n\\^2\\)"),
+    ("z not squared", lambda p, n, z: _wilson(p, n, z, square=False), "z was not squared"),
+    ("4n not 4n^2", lambda p, n, z: _wilson(p, n, z, n2=False), "where z\\^2 / \\(4 n\\^2\\) belongs"),
+    ("not divided", lambda p, n, z: _wilson(p, n, z, divide=False), "not divided by 1 \\+ z\\^2 / n"),
+    ("swapped", lambda p, n, z: _wilson(p, n, z, swap=True), "columns are swapped"),
+    ("transposed", lambda p, n, z: _wilson(p, n, z).T, "transposed"),
+]
+
+
+def _thr(x0, pct, *, floor=True, per_image=True, absolute=True, divide=True, clamp=True, q=None):
+    """A student's dynamic_threshold with one mistake switched on."""
+    v = x0.flatten(1)
+    v = v.abs() if absolute else v
+    if q == "max":
+        s = v.max(1).values
+    elif per_image:
+        s = torch.quantile(v, pct, dim=1)
+    else:
+        s = torch.quantile(v.flatten(), pct).expand(x0.shape[0])
+    s = (s.clamp(min=1) if floor else s).view(-1, *([1] * (x0.dim() - 1)))
+    out = x0.clamp(-s, s) if clamp else x0
+    return out / s if divide else out
+
+
+LAB07_THRESH = [
+    ("no floor at 1", lambda x, p: _thr(x, p, floor=False), "at least 1"),
+    ("one s for the batch", lambda x, p: _thr(x, p, per_image=False), "whole batch"),
+    ("signed quantile", lambda x, p: _thr(x, p, absolute=False), "absolute"),
+    ("not divided", lambda x, p: _thr(x, p, divide=False), "not divided by s"),
+    ("not clamped", lambda x, p: _thr(x, p, clamp=False), "without clamping"),
+    ("static", lambda x, p: x.clamp(-1, 1), "static thresholding"),
+    ("max", lambda x, p: _thr(x, p, q="max"), "largest"),
+    ("percent", lambda x, p: _thr(x, 100 * p), "fraction"),
+    ("in place", lambda x, p: x.clamp_(-1, 1), "in place"),
+]
+
+
+def _knee(nfes, quality, margin, *, how="min", per_row=True, strict=False, use_margin=True, index=False):
+    """A student's fewest_evaluations with one mistake switched on."""
+    best = quality.max(1, keepdim=True).values if per_row else quality.max()
+    low = best - (margin if use_margin else 0.0)
+    good = quality > low if strict else quality >= low
+    n = torch.arange(len(nfes)) if index else nfes
+    big = torch.full_like(n, 10 ** 9)
+    if how == "min":
+        return torch.where(good, n[None, :], big[None, :]).min(1).values
+    if how == "max":
+        return torch.where(good, n[None, :], -big[None, :]).max(1).values
+    return nfes[good.long().argmax(1)]  # the first good column
+
+
+LAB07_KNEE = [
+    ("largest", lambda n, q, m: _knee(n, q, m, how="max"), "largest good-enough"),
+    ("first column", lambda n, q, m: _knee(n, q, m, how="first"), "no particular order"),
+    ("column index", lambda n, q, m: _knee(n, q, m, index=True), "column index"),
+    ("one best for all", lambda n, q, m: _knee(n, q, m, per_row=False), "one best for all samplers"),
+    ("strict", lambda n, q, m: _knee(n, q, m, strict=True), "strictly within"),
+    ("margin ignored", lambda n, q, m: _knee(n, q, m, use_margin=False), "margin was ignored"),
+    ("float", lambda n, q, m: _knee(n, q, m).double(), "dtype"),
+]
+
 # --- lab 10 ----------------------------------------------------------------------------------------------
 
 
@@ -1535,35 +1818,6 @@ LAB05_TFROM = [
 ]
 
 
-def _ctl(probs, labels, *, over="others", diff=True, at=None):
-    K = probs.shape[1]
-    y = labels if at is None else probs.argmax(1)
-    own = probs.gather(1, labels[:, None])[:, 0]
-    if over == "others":
-        control = torch.stack([probs[labels != k, k].mean() for k in range(K)])
-    elif over == "all":
-        control = probs.mean(0)
-    elif over == "same":
-        control = torch.stack([probs[labels == k, k].mean() for k in range(K)])
-    else:  # the other samples' confidence in their own digit
-        control = torch.stack([own[labels != k].mean() for k in range(K)])
-    return own - control[y] if diff else own / control[y]
-
-
-LAB05_CTL = [
-    ("control over everyone", lambda p, y: _ctl(p, y, over="all"), "includes the samples meant to be that digit"),
-    ("control over the same digit", lambda p, y: _ctl(p, y, over="same"), "same digit"),
-    ("others' own confidence", lambda p, y: _ctl(p, y, over="own"), "their own"),
-    ("ratio", lambda p, y: _ctl(p, y, diff=False), "ratio"),
-    ("sign", lambda p, y: -_ctl(p, y), "sign is flipped"),
-    ("at the argmax", lambda p, y: _ctl(p, y, at="argmax"), "argmax"),
-    ("no control", lambda p, y: p.gather(1, y[:, None])[:, 0], "no control"),
-    ("row means", lambda p, y: p.gather(1, y[:, None])[:, 0] - torch.stack([p[y != k].mean() for k in
-                                                                             range(p.shape[1])])[y], "1/K"),
-    ("per class", lambda p, y: torch.stack([p[y != k, k].mean() for k in range(p.shape[1])]), "one value per class"),
-]
-
-
 def _prep(images, size, mean, std, *, mode="bicubic", ac=False, clamp="before", norm="std", channels=3,
           one_mean=False, signed=False):
     x = images * 2 - 1 if signed else images
@@ -1761,7 +2015,6 @@ SUITE = {
     ("lab05_sampling", "sigma_squared"): LAB05_SIGMA,
     ("lab05_sampling", "total_variation"): LAB05_TV,
     ("lab05_sampling", "t_from"): LAB05_TFROM,
-    ("lab05_sampling", "above_control"): LAB05_CTL,
     ("lab06_clip", "clip_preprocess"): LAB06_PREP,
     ("lab06_clip", "prompt_ensemble"): LAB06_ENS,
     ("lab06_clip", "clear_probability"): LAB06_CLEAR,
@@ -1789,6 +2042,16 @@ SUITE = {
     ("lab10_flow", "euler_loop"): LAB10_EULER,
     ("lab10_flow", "heun_loop"): LAB10_HEUN,
     ("lab10_flow", "cfg_velocity"): LAB10_CFG,
+    # labs 07 and 09, more of the student's own code (issue 25)
+    ("lab07_improvements", "enforce_zero_terminal_snr"): LAB07_ZSNR,
+    ("lab07_improvements", "spaced_timesteps"): LAB07_SPACED,
+    ("lab09_report", "above_control"): LAB09_CONTROL,
+    ("lab09_report", "later_than_rest"): LAB09_LATER,
+    ("lab09_report", "pareto_front"): LAB09_PARETO,
+    ("lab07_improvements", "ddim_sigma"): LAB07_SIGMA,
+    ("lab09_report", "wilson_interval"): LAB09_WILSON,
+    ("lab07_improvements", "dynamic_threshold"): LAB07_THRESH,
+    ("lab07_improvements", "fewest_evaluations"): LAB07_KNEE,
 }
 
 

@@ -658,7 +658,6 @@ ALL = [
     (c05.check_respaced, samplers.respaced), (c05.check_sigma_squared, samplers.sigma_squared),
     (c05.check_total_variation, __import__("labkit.evaluation.measures").evaluation.measures.total_variation),
     (c05.check_t_from, __import__("labkit.evaluation.measures").evaluation.measures.t_from),
-    (c05.check_above_control, __import__("labkit.evaluation.measures").evaluation.measures.above_control),
     (c06.check_clip_preprocess, __import__("labkit.evaluation.clip").evaluation.clip.clip_preprocess),
     (c06.check_prompt_ensemble, __import__("labkit.evaluation.clip").evaluation.clip.prompt_ensemble),
     (c06.check_clear_probability, __import__("labkit.evaluation.clip").evaluation.clip.clear_probability),

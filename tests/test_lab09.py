@@ -39,11 +39,15 @@ def _solution_functions() -> dict:
 
 SOL = _solution_functions()
 EXERCISES = ["recognisable_from", "quartiles_per_digit", "relative_clip_score", "within_class_diversity",
-             "speedup_at_quality", "accuracy_margin"]  # (heldout_x0_error takes a model: tests/test_mistake_naming.py)
+             "speedup_at_quality", "accuracy_margin", "above_control", "later_than_rest", "pareto_front",
+             "wilson_interval"]
+# (heldout_x0_error takes a model: tests/test_mistake_naming.py)
 CHECKS = {name: getattr(c09, f"check_{name}") for name in EXERCISES}
 LIBRARY = {"recognisable_from": measures.recognisable_from, "quartiles_per_digit": measures.quartiles_per_digit,
            "relative_clip_score": measures.relative_clip_score, "within_class_diversity": measures.within_class_diversity,
-           "speedup_at_quality": measures.speedup_at_quality, "accuracy_margin": measures.accuracy_margin}
+           "speedup_at_quality": measures.speedup_at_quality, "accuracy_margin": measures.accuracy_margin,
+           "above_control": measures.above_control, "later_than_rest": measures.later_than_rest,
+           "pareto_front": measures.pareto_front, "wilson_interval": measures.wilson_interval}
 
 
 def test_solution_defines_every_exercise():
@@ -377,7 +381,7 @@ def _points() -> tuple[float, float]:
 
 def test_points_add_up():
     auto, manual = _points()
-    assert auto == 14 and manual >= 8
+    assert auto == 22 and manual >= 8
 
 
 @pytest.mark.nbgrader
@@ -456,3 +460,14 @@ def test_above_control_subtracts_what_the_judge_gives_the_digit_on_other_digits(
     margins = measures.above_control(biased, labels)
     assert torch.all(margins[labels == 8] == 0) and torch.all(margins[labels != 8] == 0)
     assert torch.all(measures.recognisable_from(margins[None].expand(5, -1), 0.5) == 5)  # never recognisable
+
+
+def test_later_than_rest_and_pareto_front_examples():
+    """Golden values by hand: ties count half; equal settings both stay on the front, a slower equal one does not."""
+    v = torch.tensor([1.0, 2.0, 3.0, 1.0, 1.0, 5.0])
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    # class 0 against [1, 1, 5]: 1 ties twice (0.5 each), 2 and 3 beat both 1s -> (1 + 2 + 2) / 9
+    assert measures.later_than_rest(v, y, 3).tolist() == pytest.approx([5 / 9, 1 / 8, 1.0])
+    seconds = torch.tensor([1.0, 2.0, 3.0, 3.0, 1.0])
+    quality = torch.tensor([0.5, 0.9, 0.8, 0.9, 0.5])
+    assert measures.pareto_front(seconds, quality).tolist() == [True, True, False, False, True]

@@ -49,7 +49,6 @@ LIBRARY = {
     ("lab05_sampling", "sigma_squared"): "labkit.samplers",
     ("lab05_sampling", "total_variation"): "labkit.evaluation.measures",
     ("lab05_sampling", "t_from"): "labkit.evaluation.measures",
-    ("lab05_sampling", "above_control"): "labkit.evaluation.measures",
     ("lab06_clip", "clip_preprocess"): "labkit.evaluation.clip",
     ("lab06_clip", "prompt_ensemble"): "labkit.evaluation.clip",
     ("lab06_clip", "clear_probability"): "labkit.evaluation.clip",
@@ -77,6 +76,16 @@ LIBRARY = {
     ("lab10_flow", "euler_loop"): "labkit.flow",
     ("lab10_flow", "heun_loop"): "labkit.flow",
     ("lab10_flow", "cfg_velocity"): "labkit.flow",
+    # labs 07 and 09, more of the student's own code (issue 25)
+    ("lab07_improvements", "enforce_zero_terminal_snr"): "labkit.schedules",
+    ("lab07_improvements", "spaced_timesteps"): "labkit.samplers",
+    ("lab09_report", "above_control"): "labkit.evaluation.measures",
+    ("lab09_report", "later_than_rest"): "labkit.evaluation.measures",
+    ("lab09_report", "pareto_front"): "labkit.evaluation.measures",
+    ("lab07_improvements", "ddim_sigma"): "labkit.samplers",
+    ("lab09_report", "wilson_interval"): "labkit.evaluation.measures",
+    ("lab07_improvements", "dynamic_threshold"): "labkit.samplers",
+    ("lab07_improvements", "fewest_evaluations"): "labkit.evaluation.measures",
 }
 
 

@@ -480,3 +480,32 @@ def test_watched_sees_every_call_of_any_loop():
     out = SM.dpmpp_2m_loop(SM.Watched(model, lambda t, x, eps: seen.append(int(t[0]))), x_T, None, grid,
                                  s.alpha_bars)
     assert seen == grid.tolist() and (out - SM.dpmpp_2m_loop(model, x_T, None, grid, s.alpha_bars)).abs().max() == 0
+
+
+def test_spaced_timesteps_are_lin_et_al_table_2():
+    """The three spacings of Lin et al. 2024 (table 2, 0-based): the values diffusers' schedulers give for T = 1000
+    and 10 steps; "leading" never starts at T-1; timestep_grid's "uniform" is "linspace"."""
+    assert SM.spaced_timesteps(1000, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert SM.spaced_timesteps(1000, 10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert SM.spaced_timesteps(1000, 10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert SM.spaced_timesteps(1000, 3, "trailing").tolist() == [999, 666, 332]
+    sch = make_schedule("cosine", 1000)
+    for steps in (2, 7, 10, 50, 999):
+        assert torch.equal(SM.timestep_grid(sch, steps, "uniform"), SM.spaced_timesteps(1000, steps, "linspace"))
+        assert int(SM.spaced_timesteps(1000, steps, "leading")[0]) < 999
+        for spacing in SM.UNIFORM_SPACINGS:
+            grid = SM.spaced_timesteps(1000, steps, spacing)
+            assert grid.dtype == torch.int64 and len(grid) == steps and bool((grid[1:] < grid[:-1]).all())
+
+
+def test_dynamic_threshold_keeps_images_in_range_and_sample_takes_it_as_clip():
+    x0 = torch.randn(3, 1, 8, 8) * torch.tensor([0.2, 3.0, 10.0]).view(3, 1, 1, 1)
+    out = SM.dynamic_threshold(x0, 0.995)
+    assert torch.equal(out[0], x0[0].clamp(-1, 1) / 1)  # within range at that percentile: s = 1, only clamped
+    assert float(out.abs().max()) <= 1.0
+    sch = make_schedule("cosine", 50)
+    y = torch.zeros(4, dtype=torch.long)
+    model = lambda x, t, y: -3 * x  # noqa: E731  (x0_hat far outside [-1, 1])
+    x = SM.sample(model, (4, 1, 4, 4), y, sch, steps=5, clip=lambda v: SM.dynamic_threshold(v, 0.9),
+                  generator=torch.Generator().manual_seed(0))
+    assert float(x.abs().max()) <= 1.0 + 1e-6

@@ -166,3 +166,18 @@ def test_cosine_alpha_bars_golden_values():
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=0)
     assert [round(float(v), 4) for v in got[:3]] == [0.8470, 0.4938, 0.1443]  # pencil-and-paper values
     torch.testing.assert_close(cosine_alpha_bars(1000), make_schedule("cosine", 1000).alpha_bars, rtol=0, atol=0)
+
+
+def test_enforce_zero_terminal_snr_is_lin_et_al_algorithm_1():
+    """Lin et al. 2024, Algorithm 1: SNR 0 at T-1, alpha_bar_0 unchanged, sqrt(alpha_bar) an affine map of the old
+    one; the input is not modified."""
+    from labkit.schedules import alpha_bars_from_betas, enforce_zero_terminal_snr, linear_betas
+
+    betas = linear_betas(1000)
+    before = betas.clone()
+    new = enforce_zero_terminal_snr(betas)
+    assert torch.equal(betas, before) and float(new[-1]) == 1.0
+    old_root, new_root = alpha_bars_from_betas(before).sqrt(), alpha_bars_from_betas(new).sqrt()
+    assert float(new_root[-1]) == 0.0 and abs(float(new_root[0] - old_root[0])) < 1e-12
+    slope = (new_root[0] - new_root[500]) / (old_root[0] - old_root[500])
+    assert torch.allclose(new_root, (old_root - old_root[-1]) * slope, atol=1e-12)

@@ -4,12 +4,19 @@ known mistake is the library's own step on perturbed inputs (eta squared, x0_hat
 swapped...) or the step plus the one term that differs: the formulas live once, in ``labkit.samplers``.
 
     check_cfg_combine(cfg_combine)      (1 + w) eps_cond - w eps_uncond          Ho & Salimans 2022, eq. 6
+    check_ddim_sigma(ddim_sigma)        the noise scale of a DDIM step           Song et al. 2021, eq. 16
     check_ddim_step(ddim_step)          DDIM update with eta                     Song et al. 2021, eqs. 12 and 16
     check_dpmpp_2m_step(dpmpp_2m_step)  DPM-Solver++(2M), data prediction        Lu et al. 2022, Algorithm 2
 
     check_cfg_eps(cfg_eps)              guidance around a model: cfg_combine(model(x,t,y), model(x,t,null), w)
     check_ddim_loop(ddim_loop)          DDIM down a grid of time steps, on given noise
     check_dpmpp_2m_loop(dpmpp_2m_loop)  DPM-Solver++(2M) down a grid, carrying the previous x0_hat
+
+    check_spaced_timesteps(spaced_timesteps)    the "linspace" / "leading" / "trailing" grids, Lin et al. 2024, table 2
+    check_enforce_zero_terminal_snr(enforce_zero_terminal_snr)
+                                                betas rescaled to SNR 0 at T-1, Lin et al. 2024, Algorithm 1
+    check_dynamic_threshold(dynamic_threshold)  Imagen's dynamic thresholding of x0_hat, Saharia et al. 2022, sec. 2.3
+    check_fewest_evaluations(fewest_evaluations)  each sampler's fewest NFE within a margin of its best (the knee)
 
 For the two steps, alpha_bar values arrive per image, already shaped [B, 1, 1, 1] (float64), so that
 they broadcast against x; ``alpha_bar_prev = 1`` means the step to clean data. The loops get the whole
@@ -19,10 +26,12 @@ schedule alpha_bars [T] and a descending grid of time steps, and run on lab 05's
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
 from labkit import guidance, samplers, schedules
+from labkit.evaluation import measures
 from labkit.checks._common import (
     call,
     compare,
@@ -97,6 +106,48 @@ def _alpha_bar_pairs(B: int, g: torch.Generator, nd: int):
     ab_prev[0] = 1.0
     shape = (B,) + (1,) * (nd - 1)
     return ab_t.view(shape), ab_prev.view(shape)
+
+
+def check_ddim_sigma(student_fn, *, seed: int = 0, sizes=((6, 1, 1, 1), (3, 1, 1, 1)), etas=(0.0, 0.5, 1.0)) -> None:
+    """student_fn(alpha_bar_t [B,1,1,1], alpha_bar_prev [B,1,1,1], eta: float) -> sigma [B,1,1,1]: the noise scale
+    of a DDIM step, eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev) (Song et al. 2021,
+    eq. 16). Image 0 of each batch steps to clean data (abar_prev = 1, sigma = 0)."""
+    name = "check_ddim_sigma"
+    g = generator(seed)
+    for shape in sizes:
+        shape = tuple(int(v) for v in shape)
+        for eta in etas:
+            ab_t, ab_prev = _alpha_bar_pairs(shape[0], g, len(shape))
+            args = (ab_t, ab_prev, float(eta))
+            out = call(name, student_fn, *args, names=["alpha_bar_t", "alpha_bar_prev", "eta"])
+            out = expect_tensor(name, out, shape, what=f"sigma for eta={eta:g}")
+            ref = samplers.ddim_sigma(*args)
+            one = samplers.ddim_sigma(ab_t, ab_prev, 1.0)  # eta = 1: DDPM's posterior standard deviation
+            mistakes = {
+                "sigma ignores eta: it is eta times the square roots": one,
+                "eta was squared: sigma = eta * sqrt(...) (eta^2 scales the variance, not the std)": float(eta) ** 2
+                * one,
+                "a variance where the standard deviation belongs: both square roots are missing": float(eta) * one**2,
+                "the first ratio is inverted: sqrt((1 - abar_prev) / (1 - abar_t))": float(eta)
+                * ((1 - ab_t) / (1 - ab_prev).clamp(min=1e-300)).sqrt()
+                * (1 - ab_t / ab_prev).sqrt(),
+                "the second factor is sqrt(1 - abar_t / abar_prev) (the later alpha_bar over the earlier)": float(eta)
+                * ((1 - ab_prev) / (1 - ab_t)).sqrt()
+                * (1 - ab_prev / ab_t).abs().sqrt(),
+                "the second factor is missing: sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t "
+                "/ abar_prev)": float(eta) * ((1 - ab_prev) / (1 - ab_t)).sqrt(),
+            }
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-6,  # a few float32 steps on values up to 1
+                context=f" for eta={eta:g}",
+                reference=samplers.ddim_sigma,
+                args=args,
+            )
+    passed(name, f"eta in {list(etas)}, seed {seed}")
 
 
 def check_ddim_step(student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5, 7)), etas=(0.0, 0.5, 1.0)) -> None:
@@ -607,3 +658,364 @@ def check_dpmpp_2m_loop(
         nan_hint=DPM_NAN,
     )
     passed(name, f"grids of {list(steps)} steps, shapes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- The sampling grid and the end of the schedule (Lin et al. 2024) --------------------------------------
+
+
+def _ambiguous(T: int, S: int) -> bool:
+    """True when float32 arithmetic could round one of the three spacings differently from float64 (a value
+    within a hair of a .5 tie that float32 misses): such a (T, S) is not a fair test of rounding."""
+    i64 = torch.arange(S, dtype=torch.float64)
+    i32 = i64.float()
+    exact = {
+        "linspace": torch.linspace(T - 1, 0, S, dtype=torch.float64),
+        "trailing": T - i64 * T / S,
+    }
+    variants = {
+        "linspace": [
+            torch.linspace(T - 1, 0, S),
+            (T - 1) * (1 - i32 / max(S - 1, 1)),
+            (T - 1) - i32 * (T - 1) / max(S - 1, 1),
+        ],
+        "trailing": [T - i32 * T / S, T - i32 * (T / S), T * (1 - i32 / S), torch.arange(T, 0, -T / S)[:S]],
+    }
+    return any(
+        len(v) != S or bool((v.double().round() != exact[k].round()).any()) for k in variants for v in variants[k]
+    )
+
+
+def _grid_cases(cases, g: torch.Generator, extra: int):
+    """The given (T, steps) pairs plus ``extra`` random ones, none ambiguous in float32 (see ``_ambiguous``)."""
+    out = [(int(T), int(S)) for T, S in cases]
+    while extra > 0:
+        T = int(torch.randint(20, 1500, (1,), generator=g))
+        S = int(torch.randint(2, min(T, 60) + 1, (1,), generator=g))
+        if not _ambiguous(T, S):
+            out.append((T, S))
+            extra -= 1
+    return out
+
+
+def check_spaced_timesteps(
+    student_fn,
+    *,
+    seed: int = 0,
+    cases=((1000, 10), (1000, 6), (50, 8)),
+    spacings=("linspace", "leading", "trailing"),
+) -> None:
+    """student_fn(T: int, steps: int, spacing: str) -> int64 [steps], descending: the "linspace", "leading" and
+    "trailing" grids of Lin et al. 2024, table 2 (0-based t). Besides ``cases``, two random (T, steps) per seed."""
+    name = "check_spaced_timesteps"
+    g = generator(seed)
+    for T, S in _grid_cases(cases, g, extra=2):
+        for spacing in spacings:
+            ref = samplers.spaced_timesteps(T, S, spacing)  # [S] int64
+            out = call(name, student_fn, T, S, spacing, names=["T", "steps", "spacing"])
+            context = f" for T={T}, steps={S}, spacing={spacing!r}"
+            hints = {
+                (S + k,): f"{k} more than steps: arange(0, T, T // steps) has more than `steps` entries when steps "
+                "does not divide T; count the steps i = 0 .. steps-1 instead"
+                for k in (1, 2, 3)
+            }
+            out = expect_tensor(name, out, (S,), what=f"the grid{context}", floating=False, shape_hints=hints)
+            if out.is_floating_point() or out.dtype == torch.bool:
+                fail(
+                    name,
+                    f"the grid{context} has dtype {out.dtype}: time steps are whole numbers that index "
+                    "alpha_bars: round to the nearest integer and return int64",
+                )
+            i = torch.arange(S, dtype=torch.float64)
+            others = {o: samplers.spaced_timesteps(T, S, o) for o in UNIFORM if o != spacing}
+            mistakes = {
+                "the grid is ascending: sampling starts at the noisiest step, so the grid is descending "
+                "(largest t first)": ref.flip(0),
+                "the paper counts t from 1 to T; in code t = 0 .. T-1: subtract 1 from the paper's steps": ref + 1,
+                **{
+                    f"this is the {o!r} spacing, but spacing={spacing!r} was asked: check the spacing argument": v
+                    for o, v in others.items()
+                },
+            }
+            if spacing == "linspace":
+                mistakes.update(
+                    {
+                        "the values were truncated (.long() rounds down): round to the nearest step first": (
+                            torch.linspace(T - 1, 0, S, dtype=torch.float64).long(),
+                            torch.linspace(T - 1, 0, S).long(),
+                        ),
+                        "the grid starts at t = T, which is out of range: the noisiest step is T-1": torch.linspace(
+                            T, 0, S, dtype=torch.float64
+                        ).round(),
+                    }
+                )
+            elif spacing == "trailing":
+                mistakes.update(
+                    {
+                        "the values were truncated (.long() rounds down): round to the nearest step first, then "
+                        "subtract 1": (T - i * T / S).long() - 1,
+                    }
+                )
+            else:  # leading
+                k_round = (T / S + 0.5) // 1
+                mistakes.update(
+                    {
+                        "the step of 'leading' is the whole number T // steps (rounded down), not T / steps": (
+                            ((S - 1 - i) * T / S).round(),
+                            (S - 1 - i) * k_round,
+                            ((S - 1 - i) * T / S).long(),
+                        ),
+                    }
+                )
+            compare(name, out.double(), ref.double(), mistakes, tol=0.1, context=context)
+    passed(name, f"spacings {list(spacings)}, seed {seed}")
+
+
+UNIFORM = samplers.UNIFORM_SPACINGS
+
+
+def _test_betas(T: int, kind: str, g: torch.Generator) -> torch.Tensor:
+    """[T] float64 betas in (0, 1): a linear or cosine schedule of T steps, or random increasing betas."""
+    if kind == "linear":
+        return schedules.linear_betas(T)
+    if kind == "cosine":
+        return schedules.cosine_betas(T)
+    return torch.sort(1e-4 + 0.06 * torch.rand(T, generator=g, dtype=torch.float64)).values
+
+
+def _zsnr_variant(betas, *, root_of=True, scale=True, square=True, first_alpha=None, out="betas", shift_after=False):
+    """Algorithm 1 of Lin et al. 2024 with one thing changed (the catalogue of mistakes), in float64."""
+    ab = torch.cumprod(1 - betas.double(), dim=0)
+    s = ab.sqrt() if root_of else ab
+    first, last = s[0], s[-1]
+    if shift_after:
+        s = s * first / (first - last) - last
+    else:
+        s = s - last
+        s = s * first / (first - last) if scale else s
+    ab_new = s**2 if (square and root_of) else s
+    if out == "alpha_bars":
+        return ab_new
+    if out == "root":
+        return ab_new.sqrt()
+    head = ab_new[:1] if first_alpha is None else torch.full_like(ab_new[:1], first_alpha)
+    alphas = torch.cat([head, ab_new[1:] / ab_new[:-1]])
+    return alphas if out == "alphas" else 1 - alphas
+
+
+def check_enforce_zero_terminal_snr(
+    student_fn, *, seed: int = 0, sizes=((1000, "linear"), (1000, "cosine"), (40, "random"))
+) -> None:
+    """student_fn(betas [T] float64) -> betas [T]: the schedule rescaled to zero terminal SNR, Algorithm 1 of
+    Lin et al. 2024 (sqrt(alpha_bar) shifted to 0 at T-1 and scaled back to its value at t = 0)."""
+    name = "check_enforce_zero_terminal_snr"
+    g = generator(seed)
+    for T, kind in sizes:
+        betas = _test_betas(int(T), kind, g)
+        out = call(name, student_fn, betas, names=["betas"])
+        context = f" for the {kind} betas of T={T}"
+        out = expect_tensor(
+            name,
+            out,
+            (int(T),),
+            what=f"the betas{context}",
+            floating=False,
+            shape_hints={
+                (int(T) - 1,): "one entry short: alpha_0 = alpha_bar_0 comes first, then the T-1 ratios "
+                "alpha_bar_t / alpha_bar_{t-1}"
+            },
+        )
+        if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            fail(
+                name,
+                f"the result holds NaN or infinity{context}: alpha_t = alpha_bar_t / alpha_bar_{{t-1}} divides the "
+                "later alpha_bar by the earlier one; after the rescaling alpha_bar_{T-1} = 0, so it must never be "
+                "a denominator",
+            )
+        out = expect_tensor(name, out, (int(T),), what=f"the betas{context}")
+        ref = schedules.enforce_zero_terminal_snr(betas)
+        mistakes = {
+            "alpha_bar itself was shifted and scaled: Algorithm 1 rescales sqrt(alpha_bar), then squares it": (
+                _zsnr_variant(betas, root_of=False)
+            ),
+            "only shifted: after subtracting sqrt(alpha_bar_{T-1}), scale by s_0 / (s_0 - s_{T-1}) so that the first "
+            "step keeps its alpha_bar": _zsnr_variant(betas, scale=False),
+            "scaled before the shift: shift first (s - s_{T-1}), then scale, else the last step is not 0": (
+                _zsnr_variant(betas, shift_after=True)
+            ),
+            "the rescaled sqrt(alpha_bar) was not squared back: alpha_bar = s^2": _zsnr_variant(betas, square=False),
+            "beta_0 is 0: the first alpha is alpha_bar_0 itself (nothing comes before step 0), not 1": _zsnr_variant(
+                betas, first_alpha=1.0
+            ),
+            "the result is alpha_bar (or its square root): return the betas, beta_t = 1 - alpha_bar_t / "
+            "alpha_bar_{t-1}": (_zsnr_variant(betas, out="alpha_bars"), _zsnr_variant(betas, out="root")),
+            "the result is alpha_t: return beta_t = 1 - alpha_t": _zsnr_variant(betas, out="alphas"),
+            "the betas you were given came back unchanged: rescale them": betas,
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-6,  # a few float32 steps on betas up to 1
+            context=context,
+            reference=schedules.enforce_zero_terminal_snr,
+            args=(betas,),
+        )
+    passed(name, f"schedules {[f'{k} T={T}' for T, k in sizes]}, seed {seed}")
+
+
+def check_dynamic_threshold(
+    student_fn, *, seed: int = 0, sizes=((4, 1, 8, 8), (3, 2, 5, 7)), percentiles=(0.995, 0.9)
+) -> None:
+    """student_fn(x0_hat [B,C,H,W], percentile: float) -> [B,C,H,W]: Imagen's dynamic thresholding (Saharia et al.
+    2022, section 2.3), s = max(1, quantile(|x0_hat|, percentile)) per image, then clamp to [-s, s] and divide by s.
+    Image 0 lies within [-1, 1] (s = 1), the others reach far outside, as under strong guidance."""
+    name = "check_dynamic_threshold"
+    g = generator(seed)
+    for shape in sizes:
+        shape = tuple(int(v) for v in shape)
+        for pct in percentiles:
+            scale = torch.cat([torch.tensor([0.3]), 1.2 + 4 * torch.rand(shape[0] - 1, generator=g)])
+            x0 = torch.randn(shape, generator=g) * scale.view(-1, *([1] * (len(shape) - 1)))  # [B, C, H, W]
+            out = call(
+                name,
+                student_fn,
+                x0,
+                float(pct),
+                names=["x0_hat"],
+                hints={
+                    "must be in the range [0, 1]": "the percentile is a fraction (0.995), as torch.quantile takes it"
+                },
+            )
+            out = expect_tensor(name, out, shape)
+            xd = x0.double()
+            view = (-1,) + (1,) * (len(shape) - 1)
+            flat = xd.flatten(1)
+            s_img = torch.quantile(flat.abs(), pct, dim=1).view(view)  # [B, 1, 1, 1], before max(1, .)
+            s_one = s_img.clamp(min=1)
+            ref = samplers.dynamic_threshold(xd, float(pct))
+            s_all = torch.quantile(flat.abs().flatten(), pct).clamp(min=1)
+            s_signed = torch.quantile(flat, pct, dim=1).view(view).clamp(min=1)
+            mistakes = {
+                "s was not kept at least 1: an image within [-1, 1] must stay as it is (s = max(1, quantile))": xd.clamp(
+                    -s_img, s_img
+                )
+                / s_img,
+                "one s for the whole batch: take the quantile per image (over its pixels, dim=1 after flatten(1))": xd.clamp(
+                    -s_all, s_all
+                )
+                / s_all,
+                "the quantile of the signed values: s is a percentile of the *absolute* pixel values": xd.clamp(
+                    -s_signed, s_signed
+                )
+                / s_signed,
+                "clamped to [-s, s] but not divided by s: the result must lie in [-1, 1]": xd.clamp(-s_one, s_one),
+                "divided by s without clamping to [-s, s] first: the pixels beyond the percentile stay outside [-1, 1]": xd
+                / s_one,
+                "static thresholding (clamp to [-1, 1]): dynamic thresholding divides by a per-image s": xd.clamp(
+                    -1, 1
+                ),
+                "s is the largest |x0_hat| (the 100th percentile): use the given percentile": xd
+                / flat.abs().max(1).values.view(view).clamp(min=1),
+            }
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=1e-6,
+                context=f" for percentile {pct:g}, shape {list(shape)}",
+                reference=samplers.dynamic_threshold,
+                args=(x0, float(pct)),
+            )
+    passed(name, f"percentiles {list(percentiles)}, seed {seed}")
+
+
+def _knee_table(S: int, K: int, margin: float, g: torch.Generator):
+    """nfes int64 [K] shuffled, quality [S, K] float32 on a grid of 1/64 (exact in float32 and float64): each row
+    rises to a plateau, with values within ``margin`` of the row's best (one exactly ``margin`` below it, at
+    the knee) and tops that differ between rows by less than ``margin``."""
+    unit = 1 / 64
+    m = round(margin / unit)  # the margin in grid units
+    nfes = torch.tensor([5, 10, 20, 50, 100, 250, 1000][:K])
+    rows = []
+    for _ in range(S):
+        knee = int(torch.randint(0, max(1, K - 2), (1,), generator=g))  # room for two columns after it
+        top = 64 - int(torch.randint(0, m // 2 + 1, (1,), generator=g))
+        jitter = torch.randint(min(1, m), m + 1, (K,), generator=g)  # below the top by at most the margin
+        jitter[knee] = m  # exactly best - margin at the knee: it counts
+        if knee + 1 < K and m >= 2:
+            jitter[knee + 1] = int(torch.randint(1, m, (1,), generator=g))  # strictly within the margin
+        best = int(torch.randint(min(knee + 2, K - 1), K, (1,), generator=g))  # the row's top, after those
+        jitter[best] = 0
+        units = [top - 8 * (knee - r) if r < knee else top - int(jitter[r]) for r in range(K)]
+        rows.append(torch.tensor(units, dtype=torch.float32).clamp(min=0) * unit)
+    order = torch.randperm(K, generator=g)  # the columns in no particular order...
+    if K > 1 and int(order[0]) == K - 1:  # ...but not the largest NFE first
+        order = torch.cat([order[1:2], order[:1], order[2:]])
+    return nfes[order], torch.stack(rows)[:, order]
+
+
+def check_fewest_evaluations(
+    student_fn, *, seed: int = 0, sizes=((3, 6), (2, 4), (4, 7)), margins=(0.0625, 0.09375)
+) -> None:
+    """student_fn(nfes int64 [K], quality [S, K], margin: float) -> int64 [S]: per sampler (row) the smallest NFE
+    whose quality is at least that row's best minus margin. The NFE columns come in shuffled order; margins are
+    multiples of 1/64 (exact ties at best - margin are part of the test)."""
+    name = "check_fewest_evaluations"
+    g = generator(seed)
+    for S, K in sizes:
+        S, K = int(S), int(K)
+        for margin in margins:
+            nfes, quality = _knee_table(S, K, float(margin), g)
+            out = call(name, student_fn, nfes, quality, float(margin), names=["nfes", "quality"])
+            out = expect_tensor(
+                name,
+                out,
+                (S,),
+                floating=False,
+                shape_hints={(K,): "one number per setting: return one per sampler (row)"},
+            )
+            if out.is_floating_point() or out.dtype == torch.bool:
+                fail(name, f"wrong dtype {out.dtype}: return the numbers of evaluations, int64 like nfes")
+            ref = measures.fewest_evaluations(nfes, quality, float(margin))
+            q = quality.double()
+            n = nfes[None, :].expand(S, K).double()
+            inf = torch.full_like(n, math.inf)
+
+            def pick(good, how="min"):
+                return (
+                    torch.where(good, n, inf).min(1).values
+                    if how == "min"
+                    else torch.where(good, n, -inf).max(1).values
+                )
+
+            best = q.max(1, keepdim=True).values
+            good = q >= best - margin
+            first_col = good.double().argmax(1)  # the first good column in column order
+            mistakes = {
+                "the largest good-enough NFE: the fewest evaluations is the smallest NFE within the margin": pick(
+                    good, "max"
+                ),
+                "the first good-enough column: the columns are in no particular order, so take the smallest NFE "
+                "among the good-enough ones": n.gather(1, first_col[:, None])[:, 0],
+                "the column index: return the number of evaluations, nfes[k]": torch.where(
+                    good, torch.arange(K, dtype=torch.float64)[None, :].expand(S, K), inf
+                )
+                .min(1)
+                .values,
+                "one best for all samplers: each sampler (row) is compared with its own best": pick(
+                    q >= q.max() - margin
+                ),
+                "strictly within the margin: a quality of exactly best - margin counts (>=)": pick(q > best - margin),
+                "the margin was ignored: the NFE of the best quality is not where the curve flattens": pick(q >= best),
+            }
+            compare(
+                name,
+                out.double(),
+                ref.double(),
+                mistakes,
+                tol=0.1,
+                context=f" for {S} samplers x {K} settings, nfes {nfes.tolist()}, margin {margin:g}",
+            )
+    passed(name, f"sizes {[list(s) for s in sizes]}, margins {list(margins)}, seed {seed}")

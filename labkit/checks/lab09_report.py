@@ -13,6 +13,12 @@
     check_heldout_x0_error(heldout_x0_error)          model, x0, y, noise, alpha_bars, log_snrs -> []: median
                                                       one-step x0 error at fixed log-SNRs (comparable across T)
     check_accuracy_margin(accuracy_margin)            p [K], n -> [K]: max(0.03, 2 s.e. of a difference)
+    check_above_control(above_control)                probs [N, K], labels [N] -> [N]: p(y_n | x_n) minus the mean
+                                                      p(y_n | x_m) over the samples m of other digits
+    check_later_than_rest(later_than_rest)            values [N], labels [N] -> [K]: P(a value of class k > one of
+                                                      another class), ties half (Mann & Whitney 1947)
+    check_pareto_front(pareto_front)                  seconds [M], quality [M] -> bool [M]: not dominated
+    check_wilson_interval(wilson_interval)            p [K], n, z -> [K, 2]: Wilson score intervals (Wilson 1927)
 
 Every argument a check passes is plain data (tensors, floats, ints) and every answer must be data too: the
 grader calls the student's function in the student's kernel and compares here.
@@ -698,3 +704,293 @@ def check_accuracy_margin(student_fn, *, seed: int = 0, ns=(100, 40, 1000)) -> N
             where=("p", p),
         )
     passed(name, f"n in {list(ns)}, accuracies 0 and 1 included, seed {seed}")
+
+
+# --- 1b. The judge's bias built into the measure, and "8 needs more steps" as a number ----------------------
+
+
+def _judged(N: int, K: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs [N, K] float32 (rows sum to 1) of a judge that favours the last class on every sample (as the MNIST
+    classifier reads an 8 into noise), labels int64 [N] with every class present at least twice."""
+    labels = torch.cat([torch.arange(K).repeat(2), torch.randint(0, K, (N - 2 * K,), generator=g)])
+    labels = labels[torch.randperm(N, generator=g)]
+    logits = torch.randn(N, K, generator=g) + 1.5 * torch.nn.functional.one_hot(labels, K)  # some signal
+    logits[:, -1] += 1.0  # the judge's favourite, whatever the sample
+    return logits.softmax(dim=1), labels
+
+
+def check_above_control(student_fn, *, seed: int = 0, sizes=((24, 3), (50, 10), (9, 4))) -> None:
+    """student_fn(probs [N, K] float, labels int64 [N]) -> [N] float: p(y_n | x_n) minus the mean of
+    p(y_n | x_m) over the samples m meant to be another digit (y_m != y_n). Every class has >= 2 samples."""
+    name = "check_above_control"
+    g = generator(seed)
+    for N, K in sizes:
+        N, K = int(N), int(K)
+        probs, labels = _judged(N, K, g)
+        out = call(name, student_fn, probs, labels, names=["probs", "labels"])
+        out = expect_tensor(
+            name,
+            out,
+            (N,),
+            shape_hints={
+                (K,): "one number per class: return one margin per sample, p(y_n | x_n) minus the control of its digit",
+                (N, K): "a margin for every class: return one per sample, for its intended digit y_n only",
+                (N, N): "a matrix of pairs: average over the samples of other digits, one margin per sample",
+            },
+        )
+        p, y = probs.double(), labels
+        own = p.gather(1, y[:, None])[:, 0]  # [N]
+        same = y[:, None] == y[None, :]  # [n, m]
+        p_at = p[:, y].T  # [n, m]: p(y_n | x_m)
+
+        def mean_over(mask, values=p_at):
+            return (values * mask).sum(1) / mask.sum(1)
+
+        control = mean_over(~same)
+        ref = measures.above_control(probs, labels)
+        not_self = ~torch.eye(N, dtype=torch.bool)
+        mistakes = {
+            "the control averages over every sample, this digit's own included: average p(y_n | x_m) over the "
+            "samples m meant to be *other* digits only": own - p_at.mean(1),
+            "the control leaves out only the sample itself: leave out every sample meant to be the same digit "
+            "(y_m == y_n)": own - mean_over(not_self),
+            "the control averages over the samples of the *same* digit: it is what the judge says of this digit on "
+            "samples meant to be other digits": own - mean_over(same),
+            "the control uses the other samples' own digits, p(y_m | x_m): it is the judge's belief in *this* "
+            "digit, p(y_n | x_m), on the samples meant to be other digits": own
+            - mean_over(~same, own[None, :].expand(N, N)),
+            "the sum over the other digits' samples was divided by all N samples: divide by how many samples are "
+            "meant to be other digits": own - (p_at * ~same).sum(1) / N,
+            "a ratio: the margin is the difference p(y_n | x_n) - control": own / control,
+            "the sign is reversed: p(y_n | x_n) minus the control (positive when the judge believes it of this "
+            "sample more than of the others)": control - own,
+            "the control alone: subtract it from p(y_n | x_n)": control,
+            "the largest p(y_n | x_m) over the other digits' samples: the control is their mean": own
+            - (p_at.masked_fill(same, -1.0)).max(1).values,
+            "the share of the other digits' samples the judge *calls* y_n (argmax): use its probabilities": own
+            - mean_over(~same, (p.argmax(1)[None, :] == y[:, None]).double()),
+            "p of the judge's top class, not of the intended digit y_n": p.max(1).values - control,
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-6,
+            context=f" for {N} samples of {K} digits",
+            reference=measures.above_control,
+            args=(probs, labels),
+        )
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+def _commit_fractions(N: int, K: int, g: torch.Generator, steps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """values [N] float32 = (step of commitment) / steps, with many ties (as in the lab), labels int64 [N] with
+    every class present at least twice; the classes differ in their typical value."""
+    labels = torch.cat([torch.arange(K).repeat(2), torch.randint(0, K, (N - 2 * K,), generator=g)])
+    labels = labels[torch.randperm(N, generator=g)]
+    shift = torch.randint(0, 3, (K,), generator=g)[labels]
+    k = (torch.randint(0, steps - 2, (N,), generator=g) + shift).clamp(max=steps)
+    return k.float() / steps, labels
+
+
+def check_later_than_rest(student_fn, *, seed: int = 0, sizes=((40, 3), (120, 10), (11, 2))) -> None:
+    """student_fn(values [N] float, labels int64 [N], num_classes: int) -> [num_classes] float: for each class k
+    the probability that a value of class k is larger than one of another class, ties counted half."""
+    name = "check_later_than_rest"
+    g = generator(seed)
+    for N, K in sizes:
+        N, K = int(N), int(K)
+        values, labels = _commit_fractions(N, K, g)
+        out = call(name, student_fn, values, labels, K, names=["values", "labels"])
+        out = expect_tensor(
+            name,
+            out,
+            (K,),
+            shape_hints={(N,): "one number per value: return one per class k, over all pairs (k, another class)"},
+        )
+        v = values.double()
+
+        def per_class(fn):
+            return torch.stack([fn(v[labels == k], v[labels != k], k) for k in range(K)]).double()
+
+        def pairs(gt=1.0, eq=0.5, rest_of=None, norm=None):
+            def one(mine, rest, k):
+                rest = v if rest_of == "all" else rest
+                d = mine[:, None] - rest[None, :]
+                total = gt * (d > 0).double().sum() + eq * (d == 0).double().sum()
+                return total / (d.numel() if norm is None else norm(len(mine), len(rest)))
+
+            return per_class(one)
+
+        ref = measures.later_than_rest(values, labels, K)
+        mistakes = {
+            "ties were not counted: a tie (equal values) counts half": pairs(eq=0.0),
+            "ties were counted as 'later': a tie (equal values) counts half": pairs(eq=1.0),
+            "the comparison is reversed: P_k is the probability that class k's value is *larger* (later)": 1 - ref,
+            "class k was compared with every value, its own class included: compare with the values of the *other* "
+            "classes (labels != k)": pairs(rest_of="all"),
+            "the count was not divided by the number of pairs, n_k times the number of values of other classes": pairs(
+                norm=lambda a, b: 1.0
+            ),
+            "divided by n_k times all N values: the pairs are (a value of k, a value of another class)": pairs(
+                norm=lambda a, b: a * N
+            ),
+            "one comparison of the two medians: P_k averages over every pair of values": per_class(
+                lambda m, r, k: (
+                    (torch.quantile(m, 0.5) > torch.quantile(r, 0.5)).double()
+                    + 0.5 * (torch.quantile(m, 0.5) == torch.quantile(r, 0.5)).double()
+                )
+            ),
+            "a difference of means: P_k is a probability over pairs of values": per_class(
+                lambda m, r, k: m.mean() - r.mean()
+            ),
+        }
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-6,  # float32 rounding of values up to 1
+            context=f" for {N} values in {K} classes",
+            reference=measures.later_than_rest,
+            args=(values, labels, K),
+        )
+    passed(name, f"sizes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- 5b. Which settings are worth using ---------------------------------------------------------------------
+
+
+def _settings(M: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """seconds [M] and quality [M] float32 of M settings, with ties in time, in quality and exact duplicates."""
+    seconds = torch.randint(1, max(3, M // 2), (M,), generator=g).float() * 0.5
+    quality = torch.randint(0, 12, (M,), generator=g).float() / 12
+    if M >= 4:
+        seconds[0] = seconds[1] = seconds.min() - 0.25  # an exact duplicate, faster than the rest: on the front
+        quality[1] = quality[0]
+        seconds[3] = seconds[2]  # as fast, another quality
+    return seconds, quality
+
+
+def _sweep(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The front as a sweep finds it: by increasing time, keep each setting strictly better than all faster ones
+    (it keeps only the first of two equal settings). float64 [M] of 0/1."""
+    keep, best = torch.zeros(len(s), dtype=torch.float64), -math.inf
+    for i in torch.argsort(s, stable=True).tolist():
+        if float(q[i]) > best:
+            keep[i], best = 1.0, float(q[i])
+    return keep
+
+
+def check_pareto_front(student_fn, *, seed: int = 0, sizes=(12, 30, 5)) -> None:
+    """student_fn(seconds [M] float, quality [M] float) -> bool [M]: True where no other setting is at most as
+    slow and at least as good, and strictly better in one of the two (higher quality is better)."""
+    name = "check_pareto_front"
+    g = generator(seed)
+    for M in sizes:
+        M = int(M)
+        seconds, quality = _settings(M, g)
+        out = call(name, student_fn, seconds, quality, names=["seconds", "quality"])
+        out = expect_tensor(
+            name,
+            out,
+            (M,),
+            floating=False,
+            shape_hints={
+                (n,): "a mask has one entry per setting (True: on the front), not the indices of the front"
+                for n in range(M)
+            },
+        )
+        if out.dtype != torch.bool:
+            fail(
+                name,
+                f"wrong dtype {out.dtype}: return a bool tensor, one entry per setting (True: on the front)",
+            )
+        s, q = seconds.double(), quality.double()
+        le_s, ge_q = s[None, :] <= s[:, None], q[None, :] >= q[:, None]  # [i, j]
+        lt_s, gt_q = s[None, :] < s[:, None], q[None, :] > q[:, None]
+        me = torch.eye(M, dtype=torch.bool)
+
+        def front(dominates):
+            return (~dominates.any(dim=1)).double()
+
+        order = torch.argsort(s, stable=True)
+        ref = measures.pareto_front(seconds, quality)
+        mistakes = {
+            "every setting is as fast and as good as itself, so nothing is on the front: j dominates i only when it "
+            "is also strictly better in time or in quality": front(le_s & ge_q),
+            "two settings with the same time and the same quality knocked each other (or one the other) out: "
+            "neither is strictly better, so both stay on the front": (front(le_s & ge_q & ~me), _sweep(s, q)),
+            "a setting was dominated only by one strictly faster *and* strictly better: one as fast and better, or "
+            "as good and faster, dominates it too": front(lt_s & gt_q),
+            "quality reversed: higher quality is better": front(
+                le_s & (q[None, :] <= q[:, None]) & (lt_s | (q[None, :] < q[:, None]))
+            ),
+            "time reversed: less time is better": front(
+                (s[None, :] >= s[:, None]) & ge_q & ((s[None, :] > s[:, None]) | gt_q)
+            ),
+            "the mask marks the dominated settings: True is for the settings on the front": 1 - ref.double(),
+            "the mask is in the order of increasing time: return it in the order of the inputs": ref.double()[order],
+        }
+        compare(name, out.double(), ref.double(), mistakes, tol=0.1, context=f" for {M} settings")
+    passed(name, f"sizes {list(sizes)}, seed {seed}")
+
+
+def check_wilson_interval(student_fn, *, seed: int = 0, ns=(100, 40, 7), zs=(1.96, 2.0)) -> None:
+    """student_fn(p [K] float64, n: int, z: float) -> [K, 2]: each accuracy's Wilson score interval
+    [centre - half, centre + half] (Wilson 1927). p holds 0, 1 and accuracies k / n."""
+    name = "check_wilson_interval"
+    g = generator(seed)
+    for n in ns:
+        n = int(n)
+        for z in zs:
+            k = torch.cat([torch.tensor([0, n]), torch.randint(1, n, (5,), generator=g)])
+            p = k.double() / n  # [K]
+            K = len(p)
+            out = call(name, student_fn, p, n, float(z), names=["p"])
+            out = expect_tensor(
+                name,
+                out,
+                (K, 2),
+                shape_hints={
+                    (2, K): "transposed: one row per accuracy, columns [lower, upper]",
+                    (K,): "one number per accuracy: return both ends, [lower, upper]",
+                },
+            )
+            ref = measures.wilson_interval(p, n, float(z))
+            se = (p * (1 - p) / n).sqrt()
+            shrink = 1 + z**2 / n
+            centre = (p + z**2 / (2 * n)) / shrink
+            half = z / shrink * (p * (1 - p) / n + z**2 / (4 * n**2)).sqrt()
+
+            def ends(c, h):
+                return torch.stack([c - h, c + h], dim=-1)
+
+            mistakes = {
+                "the Wald interval p -/+ z sqrt(p (1 - p) / n): it is empty at 0% and 100%; Wilson's is centred "
+                "at (p + z^2 / 2n) / (1 + z^2 / n)": ends(p, z * se),
+                "the interval is centred at p: Wilson's centre is (p + z^2 / 2n) / (1 + z^2 / n)": ends(p, half),
+                "the half-width lacks z^2 / (4 n^2) under the square root": ends(
+                    centre, z / shrink * (p * (1 - p) / n).sqrt()
+                ),
+                "z was not squared: z^2 / n and z^2 / (2n) appear in the centre and the shrink factor": ends(
+                    (p + z / (2 * n)) / (1 + z / n), z / (1 + z / n) * (p * (1 - p) / n + z / (4 * n**2)).sqrt()
+                ),
+                "z^2 / (4 n) where z^2 / (4 n^2) belongs under the square root": ends(
+                    centre, z / shrink * (p * (1 - p) / n + z**2 / (4 * n)).sqrt()
+                ),
+                "the half-width was not divided by 1 + z^2 / n": ends(centre, half * shrink),
+                "the columns are swapped: [lower, upper]": ends(centre, -half),
+            }
+            compare(
+                name,
+                out,
+                ref,
+                mistakes,
+                tol=2e-6,  # float32 rounding of values up to 1
+                context=f" for n={n}, z={z:g}",
+                reference=measures.wilson_interval,
+                args=(p, n, float(z)),
+            )
+    passed(name, f"n in {list(ns)}, z in {list(zs)}, seed {seed}")

@@ -45,7 +45,6 @@ LIBRARY_ANSWERS = {
     "sigma_squared": "labkit.samplers",
     "total_variation": "labkit.evaluation.measures",
     "t_from": "labkit.evaluation.measures",
-    "above_control": "labkit.evaluation.measures",
     "clip_preprocess": "labkit.evaluation.clip",
     "prompt_ensemble": "labkit.evaluation.clip",
     "clear_probability": "labkit.evaluation.clip",
@@ -73,6 +72,16 @@ LIBRARY_ANSWERS = {
     "euler_loop": "labkit.flow",
     "heun_loop": "labkit.flow",
     "cfg_velocity": "labkit.flow",
+    # labs 07 and 09, more of the student's own code (issue 25)
+    "enforce_zero_terminal_snr": "labkit.schedules",
+    "spaced_timesteps": "labkit.samplers",
+    "above_control": "labkit.evaluation.measures",
+    "later_than_rest": "labkit.evaluation.measures",
+    "pareto_front": "labkit.evaluation.measures",
+    "ddim_sigma": "labkit.samplers",
+    "wilson_interval": "labkit.evaluation.measures",
+    "dynamic_threshold": "labkit.samplers",
+    "fewest_evaluations": "labkit.evaluation.measures",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.

@@ -7,12 +7,20 @@
     above_control(probs, labels)               [N, K] -> [N]: p(intended | x_n) minus what the classifier gives
                                                the same digit on the samples meant to be other digits
     quartiles_per_digit(values, labels)        -> [K, 3]: 25th percentile, median, 75th percentile per class
+    later_than_rest(values, labels)            -> [K]: P(a value of class k > one of another class), ties half
+                                               (Mann & Whitney 1947): "digit k needs more steps", as a number
     relative_clip_score(gen, gen_y, real, real_y)  -> [K]: per-class mean of generated / mean of real scores
     within_class_diversity(features, labels)   -> [K]: mean distance between two different samples of a class
     speedup_at_quality(seconds, quality, target, baseline_seconds)
                                                -> [S]: baseline time over each sampler's fastest good-enough time
     accuracy_margin(p, n)                      [K] -> [K]: how much lower an accuracy on n samples may be and
                                                still count as "as good": max(3 points, 2 s.e. of a difference)
+    pareto_front(seconds, quality)             [M], [M] -> bool [M]: the settings no other is both as fast and as
+                                               good as (and better in one): the ones worth using
+    fewest_evaluations(nfes, quality, margin)  [K], [S, K] -> int64 [S]: each sampler's fewest NFE within margin
+                                               of its own best quality (where its curve flattens; lab 07)
+    wilson_interval(p, n, z)                   [K] -> [K, 2]: Wilson's interval for accuracies on n samples
+                                               (not empty at 0% or 100%, unlike p -/+ z s.e.)
     heldout_x0_error(model, x0, y, noise, alpha_bars, log_snrs)
                                                -> []: median one-step x0 error at fixed log-SNRs (any T)
     r_squared(x, y)                            -> float: how straight y(x) is (a lab's claims)
@@ -87,6 +95,29 @@ def quartiles_per_digit(values: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.stack(rows)
 
 
+def later_than_rest(values: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """[num_classes] float64: for each class k, the probability that a value of class k is larger than a value of
+    another class, ties counted half (the Mann-Whitney statistic U over n_k n_rest, Mann & Whitney 1947; the
+    "common-language effect size" of McGraw & Wong 1992):
+
+        P_k = mean over pairs (i with y_i = k, j with y_j != k) of  [v_i > v_j] + 0.5 [v_i = v_j]
+
+    0.5: class k is neither later nor earlier than the rest; 1: every value of k is larger. With v the step at
+    which a trajectory commits, P_8 > 0.5 says "8s need more steps". Without a difference, P_k scatters around
+    0.5 with standard deviation sqrt((n_k + n_rest + 1) / (12 n_k n_rest)) (U's null variance, no ties; ties
+    make it smaller). NaN for a class without values, or without values of other classes."""
+    v, y = values.detach().double().cpu(), labels.detach().long().cpu()
+    out = []
+    for k in range(num_classes):
+        mine, rest = v[y == k], v[y != k]
+        if len(mine) == 0 or len(rest) == 0:
+            out.append(torch.tensor(math.nan, dtype=torch.float64))
+            continue
+        diff = mine[:, None] - rest[None, :]  # [n_k, n_rest], every pair once
+        out.append((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean())
+    return torch.stack(out)
+
+
 def _class_means(s: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     s, y = s.detach().double().cpu(), y.detach().long().cpu()
     return torch.stack(
@@ -132,6 +163,22 @@ def speedup_at_quality(
     return torch.where(torch.isfinite(fastest), baseline_seconds / fastest, torch.zeros_like(fastest))
 
 
+def pareto_front(seconds: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """seconds, quality [M] (one entry per setting: a sampler and its number of steps) -> bool [M]: True for the
+    settings on the Pareto front of time against quality (Pareto 1906; the "optimal trade-offs" of a
+    quality-vs-cost table). Setting j dominates setting i when
+
+        seconds_j <= seconds_i  and  quality_j >= quality_i,  and  seconds_j < seconds_i  or  quality_j > quality_i
+
+    (as fast and as good, and strictly better in one); the front is every setting no other dominates. Two
+    settings with equal time and equal quality do not dominate each other: both stay on the front."""
+    s, q = seconds.detach().double().cpu(), quality.detach().double().cpu()
+    as_fast = s[None, :] <= s[:, None]  # [i, j]: j takes at most i's time
+    as_good = q[None, :] >= q[:, None]  # [i, j]: j is at least as good as i
+    better = (s[None, :] < s[:, None]) | (q[None, :] > q[:, None])  # [i, j]: strictly better in one
+    return ~(as_fast & as_good & better).any(dim=1)
+
+
 def accuracy_margin(p, n: int, points: float = 0.03) -> torch.Tensor:
     """Accuracies p (a float or [K]) measured on n samples each -> how far below p another accuracy on n samples
     may fall and still count as "as good" (lab 09):
@@ -143,6 +190,38 @@ def accuracy_margin(p, n: int, points: float = 0.03) -> torch.Tensor:
     keeps a measured 100% from claiming a standard error of 0."""
     p = torch.as_tensor(p, dtype=torch.float64).clamp(1 / n, 1 - 1 / n)  # [K] or []
     return torch.clamp(2 * torch.sqrt(2 * p * (1 - p) / n), min=points)
+
+
+def fewest_evaluations(nfes: torch.Tensor, quality: torch.Tensor, margin: float) -> torch.Tensor:
+    """nfes int64 [K] (the settings' numbers of network evaluations, in any order), quality [S, K] (one row per
+    sampler, higher is better) -> int64 [S]: for each sampler the smallest NFE whose quality is within ``margin`` of
+    that sampler's best,
+
+        fewest_s = min { nfes_k : quality_{s,k} >= max_j quality_{s,j} - margin }
+
+    where its quality curve has flattened ("the knee"): more evaluations cost time and buy no more than ``margin``
+    (lab 07 takes the accuracy's sampling noise, ``accuracy_margin``)."""
+    q = quality.detach().double().cpu()
+    good = q >= q.max(dim=1, keepdim=True).values - margin  # [S, K]: within margin of the row's best
+    n = nfes.detach().long().cpu()[None, :].expand_as(good)  # [S, K]
+    return torch.where(good, n, torch.full_like(n, torch.iinfo(torch.int64).max)).min(dim=1).values
+
+
+def wilson_interval(p, n: int, z: float = 1.96) -> torch.Tensor:
+    """Accuracies p (a float or [K]) measured on n samples -> [K, 2] float64: the lower and upper end of each one's
+    Wilson score interval (Wilson 1927; z = 1.96 for 95%, 2 for about two standard errors):
+
+        centre = (p + z^2 / (2n)) / (1 + z^2 / n)
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
+        [centre - half, centre + half]
+
+    Unlike the "Wald" interval p -/+ z sqrt(p (1 - p) / n), it never shrinks to nothing at 0% or 100% (a measured
+    100% on 100 samples still leaves room for 96%) and never leaves [0, 1]."""
+    p = torch.as_tensor(p, dtype=torch.float64).reshape(-1)  # [K]
+    shrink = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / shrink
+    half = z / shrink * torch.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return torch.stack([centre - half, centre + half], dim=-1)
 
 
 def heldout_x0_error(

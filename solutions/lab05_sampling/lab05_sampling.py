@@ -19,7 +19,7 @@
 # shared with other jobs, load about 10), about 1 minute on a Colab T4 (an estimate, not measured).
 # Working through the lab: about 120 minutes.
 #
-# **How it is graded.** Seven functions (3 + 3 + 2 + 1 + 1 + 2 + 2 = 14 points), each followed by a test cell (the tests
+# **How it is graded.** Six functions (3 + 3 + 2 + 1 + 1 + 2 = 12 points), each followed by a test cell (the tests
 # you see, plus hidden ones with other inputs). The cells after them run *your* functions when they pass their
 # checks, and `labkit`'s when they do not (a line says which), so a bug in your answer never breaks the rest of
 # the lab.
@@ -499,36 +499,15 @@ claims.check("the model's guess x0_hat is recognisable long before x_t itself (a
 # $$\text{margin}_n = p(y_n \mid x_n) - \frac{1}{\#\{m : y_m \ne y_n\}} \sum_{m:\, y_m \ne y_n} p(y_n \mid x_m).$$
 #
 # If the judge calls every early guess an 8, the 8s and the other digits all get a high $p(8 \mid \cdot)$ and
-# the 8s' margin stays near 0 until they really differ from the rest.
+# the 8s' margin stays near 0 until they really differ from the rest. (Lab 09 has you write this margin,
+# `above_control`; here labkit's `measures.above_control` computes it.)
 #
-# ### Exercise 7 (2 points)
-# Write `above_control(probs, labels)`: `probs` `[N, K]`, the judge's probabilities of the $K$ classes for
-# $N$ samples of one step; `labels` int64 `[N]`, the intended classes -> `[N]`, each sample's margin. Every
-# class has at least one sample meant to be another class.
-
-# %% nbgrader={"grade": false, "grade_id": "above_control", "locked": false, "schema_version": 3, "solution": true}
-def above_control(probs, labels):
-    """[N]: p(y_n | x_n) minus the mean p(y_n | x_m) over the samples m meant to be another class."""
-    ### BEGIN SOLUTION
-    own = probs.gather(1, labels[:, None])[:, 0]  # [N]: p(y_n | x_n)
-    control = torch.stack([probs[labels != k, k].mean() for k in range(probs.shape[1])])  # [K]: p(k | other digits)
-    return own - control[labels]
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "test_above_control", "locked": true, "points": 2, "schema_version": 3, "solution": false}
-checks.check_above_control(above_control)
-### BEGIN HIDDEN TESTS
-checks.check_above_control(above_control, seed=4, sizes=((100, 10), (3, 2)))
-### END HIDDEN TESTS
-
-# %% [markdown]
-# Your margin at every step, averaged per digit, and the step from which it stays at or above 0.5 (your
+# Below: the margin at every step, averaged per digit, and the step from which it stays at or above 0.5 (your
 # `t_from` again): a digit now counts as recognisable when the judge is at least 0.5 surer of it on its own
 # samples than on the others.
 
 # %%
-margin_of = checks.yours_or_labkit(checks.check_above_control, above_control, measures.above_control, "above_control")
+margin_of = measures.above_control  # [N, K], [N] -> [N] (lab 09: your own)
 labels_cpu = y_many.cpu()
 margins = torch.stack([margin_of(p, labels_cpu).float() for p in probs_by_step])  # [steps, N]
 per_digit_margin = margins.view(len(t_by_step), 10, n_each).mean(dim=2)  # [steps, 10]

@@ -7,21 +7,25 @@
 # 2021; DPM-Solver++, Lu et al. 2022). You implement the core of each and measure what it buys.
 #
 # **Learning objectives.** After this lab you can
-# 1. compare the linear and cosine schedules through $\bar\alpha_t$ and the SNR, and through trained models;
-# 2. write classifier-free guidance as a wrapper around a model and read a fidelity-diversity trade-off curve;
-# 3. write a DDIM step (with $\eta$) and a DPM-Solver++(2M) step and the loops around them, and choose a sampler
-#    and a step count from a plot of quality and time against the number of network evaluations.
+# 1. compare the linear and cosine schedules through $\bar\alpha_t$ and the SNR, and through trained models, and
+#    rescale a schedule so that its last step is pure noise (zero terminal SNR);
+# 2. write classifier-free guidance as a wrapper around a model, read a fidelity-diversity trade-off curve, and
+#    keep strongly guided guesses in range with dynamic thresholding;
+# 3. write a DDIM step (with $\eta$) and a DPM-Solver++(2M) step and the loops around them, build the grid of time
+#    steps they walk, and choose a sampler and a step count from a plot of quality and time against the number of
+#    network evaluations.
 #
 # **Time budget.** Running all cells: about 10 minutes on a quiet laptop CPU (the schedule comparison then trains
 # 1000 steps per model, about 2 minutes each at the 505 images/s lab 04 measured on 2 idle cores; measured for the
-# whole lab: 53 minutes on 2 CPU cores shared with other jobs, load about 10), about 8
-# minutes on a Colab T4 (it trains two real models there).
+# whole lab: 53 minutes on 2 CPU cores shared with other jobs, load about 10, before the cells of exercises 1, 4, 7
+# and 11 were added: they add about 1.5 minutes there, six short sampling runs of 100 digits at 10 s per 10 guided
+# steps, measured at load 10-18), about 8 minutes on a Colab T4 (it trains two real models there).
 # Working through the lab: about 120 minutes.
 #
-# **How it is graded.** Six functions (2 + 2 + 3 + 3 + 3 + 3 points), each followed by a test cell (the tests you
-# see, plus hidden ones with other inputs). The guidance sweep and the sampler table run *your* guidance and
-# loops when they pass their checks, and `labkit`'s when they do not (a line says which), so a bug in one answer
-# never breaks the rest of the lab. Run the cells from top to bottom.
+# **How it is graded.** Eleven functions (2 + 2 + 2 + 2 + 1 + 3 + 2 + 3 + 3 + 3 + 1 = 24 points), each followed by a test cell
+# (the tests you see, plus hidden ones with other inputs). The rescaled schedules, the guidance sweep, the sampler
+# table and the grid comparison run *your* functions when they pass their checks, and `labkit`'s when they do not
+# (a line says which), so a bug in one answer never breaks the rest of the lab. Run the cells from top to bottom.
 # The questions at the end are answered in writing and graded by hand (4 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
@@ -116,6 +120,82 @@ claims.check("the cosine schedule's alpha_bar falls almost linearly in the middl
              f"linear {straight['linear']:.4f}")
 
 # %% [markdown]
+# ### Where the schedules end
+#
+# Sampling starts from pure noise, $x_T \sim \mathcal N(0, I)$. Neither schedule ends there: at its last step
+# $t = T-1$ the network is trained on an $x_{T-1} = \sqrt{\bar\alpha_{T-1}}\,x_0 + \sqrt{1-\bar\alpha_{T-1}}\,\varepsilon$
+# that still holds a trace of the digit, and at sampling time it is handed one that holds none. Lin et al. 2024
+# ("Common Diffusion Noise Schedules and Sample Steps are Flawed") call this a flaw, and fix it with their
+# Algorithm 1: rescale $s_t = \sqrt{\bar\alpha_t}$ so that the last step is pure noise (SNR exactly 0) and the
+# first step is unchanged,
+#
+# $$s_t \;\leftarrow\; (s_t - s_{T-1})\,\frac{s_0}{s_0 - s_{T-1}},$$
+#
+# then go back to betas: $\bar\alpha_t = s_t^2$, $\alpha_t = \bar\alpha_t / \bar\alpha_{t-1}$ with $\alpha_0 = \bar\alpha_0$
+# (nothing comes before step 0), $\beta_t = 1 - \alpha_t$.
+#
+# ### Exercise 1 (2 points)
+# Write `enforce_zero_terminal_snr(betas)`: `betas` is a float64 tensor `[T]`; return the rescaled betas `[T]` (the
+# last one comes out exactly 1). `torch.cumprod` and `torch.cat` help; do not change `betas` itself.
+
+# %% nbgrader={"grade": false, "grade_id": "enforce_zero_terminal_snr", "locked": false, "schema_version": 3, "solution": true}
+def enforce_zero_terminal_snr(betas):
+    """betas [T] -> betas [T] with sqrt(alpha_bar) shifted to 0 at T-1 and scaled back at 0 (Lin et al. 2024, Alg. 1)."""
+    ### BEGIN SOLUTION
+    root = torch.cumprod(1 - betas, dim=0).sqrt()  # [T] s_t = sqrt(alpha_bar_t)
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)  # shift: s_{T-1} = 0; scale: s_0 as before
+    alpha_bars = root ** 2
+    alphas = torch.cat([alpha_bars[:1], alpha_bars[1:] / alpha_bars[:-1]])  # alpha_0 = alpha_bar_0
+    return 1 - alphas
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_enforce_zero_terminal_snr", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_enforce_zero_terminal_snr(enforce_zero_terminal_snr)
+### BEGIN HIDDEN TESTS
+checks.check_enforce_zero_terminal_snr(enforce_zero_terminal_snr, seed=4, sizes=((300, "random"), (200, "cosine"), (2, "random")))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Both schedules before and after, with your function (or labkit's, a line says which): how much of the digit
+# $x_t$ holds, $\sqrt{\bar\alpha_t}$, over the last 200 steps.
+
+# %%
+zero_snr = checks.yours_or_labkit(checks.check_enforce_zero_terminal_snr, enforce_zero_terminal_snr,
+                                  schedules.enforce_zero_terminal_snr, "enforce_zero_terminal_snr")
+signal = {}  # name -> sqrt(alpha_bar) [T]
+for s in (linear, cosine):
+    signal[s.name] = s.alpha_bars.sqrt()
+    signal[s.name + ", zero terminal SNR"] = torch.cumprod(1 - zero_snr(s.betas), dim=0).sqrt()
+print("schedule                      sqrt(alpha_bar) at t = 0   at t = T-1 (what x_T holds of the digit)")
+for label, root in signal.items():
+    print(f"{label:>28}   {root[0]:22.6f}   {root[-1]:.2e}")
+fig, ax = plt.subplots(figsize=(6, 3.4))
+tail = torch.arange(800, 1000)
+for label, root in signal.items():
+    ax.plot(tail, root[tail], ls="--" if "zero" in label else "-", label=label)
+ax.set(xlabel="step t", ylabel="sqrt(alpha_bar_t)", yscale="log", ylim=(1e-5, 0.5),
+       title="the signal left in x_t near the end (0 is off the log scale)")
+ax.legend(frameon=False, fontsize=8)
+ax.grid(alpha=0.3)
+claims.check("neither schedule ends at pure noise: the linear schedule keeps about 0.006 of the digit at T-1, the "
+             "cosine over 100 times less",
+             0.004 < signal["linear"][-1] < 0.008 and signal["cosine"][-1] < signal["linear"][-1] / 100,
+             f"sqrt(alpha_bar_T-1): linear {signal['linear'][-1]:.2e}, cosine {signal['cosine'][-1]:.2e}")
+claims.check("after the rescaling the last step holds no signal at all and the first step is unchanged",
+             all(float(signal[n + ", zero terminal SNR"][-1]) == 0.0
+                 and abs(float(signal[n + ", zero terminal SNR"][0] - signal[n][0])) < 1e-12 for n in ("linear", "cosine")),
+             "; ".join(f"{n}: {float(signal[n + ', zero terminal SNR'][-1]):.1e} at T-1, first step changed by "
+                       f"{abs(float(signal[n + ', zero terminal SNR'][0] - signal[n][0])):.0e}" for n in ("linear", "cosine")))
+
+# %% [markdown]
+# The labs' models keep the schedules they were trained with, for a reason: at SNR 0 the noise prediction says
+# nothing about the digit, and $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\hat\varepsilon)/\sqrt{\bar\alpha}$ divides
+# by 0. Lin et al. therefore train such a schedule with the "v-prediction" of Salimans & Ho (2022) and need a new
+# training run. Their second fix needs none: sampling grids that start at $T-1$ (section 3).
+
+# %% [markdown]
 # Does it matter for a trained model? We train the same network twice, once per schedule, with the same
 # data, seed and budget, and sample both the same way. On a GPU these are real models (1500 steps, a few
 # minutes); on a CPU `CPU_STEPS` = 1000 steps each (about 2 minutes each on 2 idle cores: weak models, but the
@@ -177,7 +257,7 @@ fig = plotting.compare_rows(rows, col_titles=[str(d) for d in range(10)],
 #
 # $w = 0$ is the plain conditional model. (Some libraries call $s = 1 + w$ the "scale"; here $w$ follows the paper.)
 #
-# ### Exercise 1 (2 points)
+# ### Exercise 2 (2 points)
 # Write `cfg_combine(eps_cond, eps_uncond, w)`: two tensors of the same shape and a float; return the guided
 # noise estimate.
 
@@ -199,7 +279,7 @@ checks.check_cfg_combine(cfg_combine, seed=5, sizes=((2, 3, 4, 4),), ws=(7.5, 1.
 # Guidance is not a new sampler: it is a new *model*. Wrapped around the network, it answers every
 # `model(x, t, y)` with the guided prediction, and any sampler runs on it unchanged.
 #
-# ### Exercise 2 (2 points)
+# ### Exercise 3 (2 points)
 # Write `cfg_eps(model, x, t, y, w, null_class)`: the guided noise prediction of `model` at `(x, t, y)`, with
 # **your** `cfg_combine`. The unconditional prediction is the same network told "no class": every image's label
 # replaced by `null_class` (`torch.full_like(y, null_class)`). `x`: `[B, C, H, W]`; `t`, `y`: int64 `[B]`.
@@ -274,6 +354,65 @@ for w in ws[:: max(1, len(ws) // 3)]:
     fig = plotting.image_grid(grids[w], ncols=10, title=f"w = {w:g} (same noise in every grid)", size=0.8)
 
 # %% [markdown]
+# ### Keeping strongly guided guesses in range
+#
+# At a large $w$ the guided prediction overshoots: the model's guess of the clean digit,
+# $\hat x_0 = (x_t - \sqrt{1-\bar\alpha}\,\tilde\varepsilon)/\sqrt{\bar\alpha}$, reaches far outside the pixel range
+# $[-1, 1]$. The samplers here clip it to $[-1, 1]$ ("static thresholding"), which flattens every pixel beyond into the
+# same saturated value. Imagen (Saharia et al. 2022, section 2.3) uses **dynamic thresholding** instead: per image,
+# $s$ = the `percentile`-th quantile of $|\hat x_0|$ over its pixels, but at least 1; then clamp $\hat x_0$ to
+# $[-s, s]$ and divide by $s$. The image comes back into $[-1, 1]$ with its contrast; one that was already in range
+# ($s = 1$) only loses its few outliers.
+#
+# ### Exercise 4 (2 points)
+# Write `dynamic_threshold(x0_hat, percentile)`: `x0_hat` is `[B, C, H, W]`, `percentile` a fraction such as 0.995.
+# Return the thresholded images, `[B, C, H, W]`. (`torch.quantile(v, q, dim=1)` of `v = ....flatten(1)` gives one
+# value per image; `clamp` also takes tensors as bounds.)
+
+# %% nbgrader={"grade": false, "grade_id": "dynamic_threshold", "locked": false, "schema_version": 3, "solution": true}
+def dynamic_threshold(x0_hat, percentile):
+    """s = max(1, quantile(|x0_hat|, percentile)) per image; clamp to [-s, s], divide by s (Saharia et al. 2022)."""
+    ### BEGIN SOLUTION
+    s = torch.quantile(x0_hat.flatten(1).abs(), percentile, dim=1)  # [B]
+    s = s.clamp(min=1).view(-1, 1, 1, 1)  # [B, 1, 1, 1]: images within [-1, 1] stay as they are
+    return x0_hat.clamp(-s, s) / s
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_dynamic_threshold", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_dynamic_threshold(dynamic_threshold)
+### BEGIN HIDDEN TESTS
+checks.check_dynamic_threshold(dynamic_threshold, seed=2, sizes=((6, 1, 28, 28),), percentiles=(0.99, 0.5))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# The largest $w$ of the sweep again, from the same noise, once with $\hat x_0$ clipped to $[-1, 1]$ and once with
+# your `dynamic_threshold` (or labkit's, a line says which) at the 99.5th percentile, through `sample`'s `clip`
+# argument, which also takes a function of $\hat x_0$.
+
+# %%
+thresh = checks.yours_or_labkit(checks.check_dynamic_threshold, dynamic_threshold, samplers.dynamic_threshold,
+                                "dynamic_threshold")
+w_big = ws[-1]
+y_t = torch.arange(10, device=DEVICE).repeat(colab.pick(10, 1))  # samples per digit
+kept_in_range, rows_t = {}, {}
+for label, clip in (("clipped to [-1, 1]", 1.0), ("dynamic thresholding", lambda x0: thresh(x0, 0.995))):
+    x = samplers.sample(guided(model, w_big), (len(y_t), 1, 28, 28), y_t, schedule, sampler="dpmpp_2m", steps=STEPS,
+                        clip=clip, generator=torch.Generator(DEVICE).manual_seed(0))
+    kept_in_range[label] = judge(x, y_t)
+    rows_t[label] = x[:10]
+    print(f"w = {w_big:g}, {label:>20}: {fmt(kept_in_range[label])}")
+fig = plotting.compare_rows(rows_t, col_titles=[str(d) for d in range(10)],
+                            title=f"w = {w_big:g}, same noise: two ways to keep x0_hat in range")
+
+# %% [markdown]
+# Compare the two rows and their numbers. Dividing by $s$ pulls *every* pixel towards 0, the background too: on a
+# photograph that is a change of contrast, but most pixels of an MNIST digit sit exactly at the black $-1$, and the
+# early, noisy guesses can have a large $s$. Does your run show a grey background or lost strokes, and what does the
+# judge say? Imagen needed dynamic thresholding for weights of 5 to 30 on photographs: whether an improvement helps
+# depends on the data, which is what the measurement is for.
+
+# %% [markdown]
 # ## 3. Fewer steps: DDIM and DPM-Solver++
 #
 # **DDIM** (Song et al. 2021, eq. 12) reuses the trained network but takes a different, possibly deterministic,
@@ -285,9 +424,41 @@ for w in ws[:: max(1, len(ws) // 3)]:
 #
 # $\eta = 0$ is deterministic (an ODE solver); $\eta = 1$ on every step is DDPM again.
 #
-# ### Exercise 3 (3 points)
-# Write `ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z)`: `x_t`, `eps_hat`, `z` are
-# `[B, C, H, W]`; `alpha_bar_t`, `alpha_bar_prev` are per image, already shaped `[B, 1, 1, 1]`
+# ### Exercise 5 (1 point)
+# Write `ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)`, the $\sigma$ of eq. 16: `alpha_bar_t`, `alpha_bar_prev` are
+# `[B, 1, 1, 1]`, `eta` a float; return $\sigma$, `[B, 1, 1, 1]`.
+
+# %% nbgrader={"grade": false, "grade_id": "ddim_sigma", "locked": false, "schema_version": 3, "solution": true}
+def ddim_sigma(alpha_bar_t, alpha_bar_prev, eta):
+    """eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)  (Song et al. 2021, eq. 16)."""
+    ### BEGIN SOLUTION
+    return eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_ddim_sigma", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_ddim_sigma(ddim_sigma)
+### BEGIN HIDDEN TESTS
+checks.check_ddim_sigma(ddim_sigma, seed=7, sizes=((9, 1, 1, 1),), etas=(0.3, 2.0))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# "$\eta = 1$ is DDPM again": on the full chain ($t' = t - 1$) your $\sigma$ with $\eta = 1$ should be DDPM's
+# posterior standard deviation $\sqrt{\tilde\beta_t}$, $\tilde\beta_t = \frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}\beta_t$
+# (lab 05), at every step of the cosine schedule.
+
+# %%
+sigma_of = checks.yours_or_labkit(checks.check_ddim_sigma, ddim_sigma, samplers.ddim_sigma, "ddim_sigma")
+ab, ab_prev = cosine.alpha_bars[1:].view(-1, 1, 1, 1), cosine.alpha_bars[:-1].view(-1, 1, 1, 1)  # t = 1 .. T-1
+ddpm_std = ((1 - ab_prev) / (1 - ab) * cosine.betas[1:].view(-1, 1, 1, 1)).sqrt()  # sqrt(beta_tilde_t)
+gap = float((sigma_of(ab, ab_prev, 1.0) - ddpm_std).abs().max())
+claims.check("with eta = 1 and t' = t - 1, DDIM's sigma is DDPM's posterior standard deviation at every step",
+             gap < 1e-6, f"largest difference over t = 1..{cosine.T - 1}: {gap:.1e}")
+
+# %% [markdown]
+# ### Exercise 6 (3 points)
+# Write `ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z)` with **your** `ddim_sigma`: `x_t`, `eps_hat`,
+# `z` are `[B, C, H, W]`; `alpha_bar_t`, `alpha_bar_prev` are per image, already shaped `[B, 1, 1, 1]`
 # (`alpha_bar_prev = 1` on the final step to clean data); `eta` is a float. Return $x_{t'}$.
 
 # %% nbgrader={"grade": false, "grade_id": "ddim_step", "locked": false, "schema_version": 3, "solution": true}
@@ -295,7 +466,7 @@ def ddim_step(x_t, eps_hat, alpha_bar_t, alpha_bar_prev, eta, z):
     """One DDIM step from alpha_bar_t to alpha_bar_prev (Song et al. 2021, eqs. 12 and 16)."""
     ### BEGIN SOLUTION
     x0_hat = (x_t - (1 - alpha_bar_t).sqrt() * eps_hat) / alpha_bar_t.sqrt()
-    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt() * (1 - alpha_bar_t / alpha_bar_prev).sqrt()
+    sigma = ddim_sigma(alpha_bar_t, alpha_bar_prev, eta)
     direction = (1 - alpha_bar_prev - sigma ** 2).clamp(min=0).sqrt() * eps_hat
     return alpha_bar_prev.sqrt() * x0_hat + direction + sigma * z
     ### END SOLUTION
@@ -308,11 +479,49 @@ checks.check_ddim_step(ddim_step, seed=3, sizes=((5, 1, 28, 28),), etas=(0.2, 1.
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# A sampler walks a **grid**: a descending list of time steps, e.g. `samplers.timestep_grid(schedule, 10)`
-# $= [t_0 > t_1 > \dots > 0]$. Step $i$ goes from $t = $ `grid[i]` to the next grid step `grid[i + 1]`, and the last
-# one goes to clean data, where $\bar\alpha' = 1$.
+# A sampler walks a **grid**: a descending list of time steps $[t_0 > t_1 > \dots]$. Step $i$ goes from
+# $t = $ `grid[i]` to the next grid step `grid[i + 1]`, and the last one goes to clean data, where $\bar\alpha' = 1$.
+# Which steps? Lin et al. 2024 (table 2) compare three ways of spreading `steps` of them evenly over $0, \dots, T-1$
+# (the paper counts $t$ from 1 to $T$; here $t$ is the paper's minus 1), with $i = 0, \dots, \text{steps}-1$:
 #
-# ### Exercise 4 (3 points)
+# | spacing | $t_i$ | $T = 1000$, 10 steps |
+# |---|---|---|
+# | `"linspace"` | $\mathrm{round}\big((T-1)(1 - i/(\text{steps}-1))\big)$ | 999, 888, 777, ..., 111, 0 |
+# | `"leading"` | $(\text{steps}-1-i)\cdot\lfloor T/\text{steps}\rfloor$ | 900, 800, 700, ..., 100, 0 |
+# | `"trailing"` | $\mathrm{round}(T - i\,T/\text{steps}) - 1$ | 999, 899, 799, ..., 199, 99 |
+#
+# round() rounds halves to the even neighbour (as `torch.round` does). Sampling starts from pure noise: a grid that
+# does not start at $T-1$ hands the network pure noise at a step where it expects to see some of the digit.
+# (`samplers.timestep_grid(schedule, steps)`, which the cells below use, spaces the steps evenly in log-SNR
+# instead, as Lu et al. 2022 recommend; its `spacing="uniform"` is "linspace".)
+#
+# ### Exercise 7 (2 points)
+# Write `spaced_timesteps(T, steps, spacing)`: `T` and `steps` are ints ($2 \le$ `steps` $\le T$), `spacing` is one
+# of `"linspace"`, `"leading"`, `"trailing"`. Return the grid, int64 `[steps]`, descending.
+
+# %% nbgrader={"grade": false, "grade_id": "spaced_timesteps", "locked": false, "schema_version": 3, "solution": true}
+def spaced_timesteps(T, steps, spacing):
+    """int64 [steps], descending: Lin et al. 2024, table 2 ("linspace", "leading", "trailing"), t from 0."""
+    ### BEGIN SOLUTION
+    i = torch.arange(steps, dtype=torch.float64)  # [steps]
+    if spacing == "linspace":
+        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "leading":
+        return ((steps - 1 - i) * (T // steps)).long()
+    if spacing == "trailing":
+        return (T - i * T / steps).round().long() - 1
+    raise ValueError(f"unknown spacing {spacing!r}")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_spaced_timesteps", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_spaced_timesteps(spaced_timesteps)
+### BEGIN HIDDEN TESTS
+checks.check_spaced_timesteps(spaced_timesteps, seed=3, cases=((1000, 12), (60, 11), (20, 20)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ### Exercise 8 (3 points)
 # Write `ddim_loop(model, x_T, y, grid, alpha_bars, eta, noises)`, which returns $x_0$, with **your** `ddim_step`:
 #
 # ```
@@ -357,7 +566,7 @@ checks.check_ddim_loop(ddim_loop, seed=4, sizes=((4, 1, 8, 8),), T=60, steps=(9,
 #
 # On the first step there is no previous $\hat x_0$: then $D = \hat x_0$ (this first-order step is DDIM with $\eta = 0$).
 #
-# ### Exercise 5 (3 points)
+# ### Exercise 9 (3 points)
 # Write `dpmpp_2m_step(x_t, x0_hat, x0_prev, alpha_bar_t, alpha_bar_prev, alpha_bar_last)`: `x0_prev` and
 # `alpha_bar_last` are `None` on the first step; all `alpha_bar_*` are `[B, 1, 1, 1]` and strictly between
 # 0 and 1 here (labkit handles the final jump to clean data separately). Return $x_{t'}$.
@@ -386,14 +595,14 @@ checks.check_dpmpp_2m_step(dpmpp_2m_step, seed=6, sizes=((3, 1, 28, 28),))
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ### Exercise 6 (3 points)
+# ### Exercise 10 (3 points)
 # Write `dpmpp_2m_loop(model, x_T, y, grid, alpha_bars)`, which returns $x_0$, with **your** `dpmpp_2m_step`. Each
 # step computes $\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\hat\varepsilon)/\sqrt{\bar\alpha_t}$ from the model's
 # $\hat\varepsilon$ and hands it to your step together with the **previous** step's $\hat x_0$ and $\bar\alpha_t$
 # (`None` and `None` on the first step, which is then first order). Carry them from step to step: after each
 # step, this step's $\hat x_0$ and $\bar\alpha_t$ become the next step's `x0_prev` and `alpha_bar_last`. The last
 # step goes to clean data ($\bar\alpha' = 1$, $\lambda' = \infty$), where the formula breaks down: there the
-# answer is $\hat x_0$ itself. Same `grid` and `alpha_bars` as in exercise 4; no noise (it is an ODE solver).
+# answer is $\hat x_0$ itself. Same `grid` and `alpha_bars` as in exercise 8; no noise (it is an ODE solver).
 
 # %% nbgrader={"grade": false, "grade_id": "dpmpp_2m_loop", "locked": false, "schema_version": 3, "solution": true}
 def dpmpp_2m_loop(model, x_T, y, grid, alpha_bars):
@@ -506,6 +715,85 @@ for sampler in results:
 fig = plotting.compare_rows(strips, col_titles=[f"NFE {n}" for n in nfes], title="one '3', same starting noise")
 if not meta["pretrained"]:
     print("No shipped checkpoint here: these samples come from an untrained stand-in, so the numbers mean nothing.")
+
+# %% [markdown]
+# ### Where the curves flatten
+#
+# Each sampler's accuracy rises with the NFE and then flattens: past some number of evaluations, more cost time and
+# buy nothing that the sampling noise could not explain. That number, the "knee", is the step count to choose.
+#
+# ### Exercise 11 (1 point)
+# Write `fewest_evaluations(nfes, quality, margin)`: `nfes` int64 `[K]`, the numbers of evaluations of the columns
+# (in any order); `quality` `[S, K]`, one row per sampler (higher is better); `margin` a float. Return int64 `[S]`:
+# for each sampler the smallest NFE whose quality is at least that sampler's own best minus `margin`.
+
+# %% nbgrader={"grade": false, "grade_id": "fewest_evaluations", "locked": false, "schema_version": 3, "solution": true}
+def fewest_evaluations(nfes, quality, margin):
+    """[K], [S, K] -> int64 [S]: per row, the smallest NFE with quality >= the row's best - margin."""
+    ### BEGIN SOLUTION
+    best = quality.max(dim=1, keepdim=True).values  # [S, 1]: each sampler's own best
+    good = quality >= best - margin  # [S, K]
+    never = torch.full_like(nfes, int(nfes.max()) + 1)  # more than any NFE: never the smallest
+    return torch.where(good, nfes[None, :], never[None, :]).min(dim=1).values
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_fewest_evaluations", "locked": true, "points": 1, "schema_version": 3, "solution": false}
+checks.check_fewest_evaluations(fewest_evaluations)
+### BEGIN HIDDEN TESTS
+checks.check_fewest_evaluations(fewest_evaluations, seed=5, sizes=((5, 7), (1, 3)), margins=(0.0, 0.03125))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# Your table through your function (or labkit's): the margin is each sampler's sampling noise, two standard errors
+# of a difference of two accuracies at this $n$ and at least 3 points (`measures.accuracy_margin`, lab 09).
+
+# %%
+knee_of = checks.yours_or_labkit(checks.check_fewest_evaluations, fewest_evaluations, measures.fewest_evaluations,
+                                 "fewest_evaluations")
+nfe_tensor = torch.tensor(nfes)  # [K]
+for sampler, by_nfe in results.items():
+    accuracies = torch.tensor([[by_nfe[n]["accuracy"] for n in nfes]], dtype=torch.float64)  # [1, K]
+    margin = float(measures.accuracy_margin(float(accuracies.max()), len(y_n)))
+    knee_nfe = int(knee_of(nfe_tensor, accuracies, margin)[0])
+    print(f"{sampler:>8}: {knee_nfe:4} evaluations reach its best accuracy within {margin:.1%}: "
+          f"{by_nfe[knee_nfe]['seconds']:.1f} s, against {by_nfe[nfes[-1]]['seconds']:.1f} s at {nfes[-1]}")
+
+# %% [markdown]
+# ### Where the grid starts
+#
+# The same model ($w = 1$) and the same starting noise, DDIM ($\eta = 0$, your loop or labkit's) with 10 steps on
+# each of the three grids (your `spaced_timesteps` or labkit's), and on labkit's log-SNR grid for comparison. Each
+# line says where its grid starts and how much of the digit an $x_t$ holds there, $\sqrt{\bar\alpha_t}$: sampling
+# hands the network pure noise at that step whatever it expects.
+
+# %%
+spaced = checks.yours_or_labkit(checks.check_spaced_timesteps, spaced_timesteps, samplers.spaced_timesteps,
+                                "spaced_timesteps")
+GRID_STEPS = colab.pick(10, 3)
+y_g = torch.arange(10, device=DEVICE).repeat(colab.pick(10, 1))  # samples per digit
+x_T = torch.randn((len(y_g), 1, 28, 28), generator=torch.Generator(DEVICE).manual_seed(0), device=DEVICE)
+no_noise = torch.zeros((GRID_STEPS,) + tuple(x_T.shape), device=DEVICE)  # eta = 0 uses none
+time_grids = {s: spaced(schedule.T, GRID_STEPS, s) for s in ("linspace", "leading", "trailing")}
+time_grids["log-SNR (labkit)"] = samplers.timestep_grid(schedule, GRID_STEPS)
+by_grid = {}
+for label, grid in time_grids.items():
+    with torch.no_grad():
+        x = ddim(guided_1, x_T, y_g, grid.to(DEVICE), alpha_bars, 0.0, no_noise).clamp(-1, 1)
+    by_grid[label] = judge(x, y_g)
+    first_t = int(grid[0])
+    print(f"{label:>16}: t = {first_t:4} .. {int(grid[-1]):3}, sqrt(alpha_bar) at the start "
+          f"{float(alpha_bars[first_t].sqrt()):.4f}   {fmt(by_grid[label])}")
+leading_start = int(time_grids["leading"][0])
+claims.check("the 'leading' grid never visits T-1: it starts where x_t still holds more of the digit than at T-1",
+             leading_start < schedule.T - 1 and float(alpha_bars[leading_start]) > float(alpha_bars[-1]),
+             f"starts at t = {leading_start}, sqrt(alpha_bar) {float(alpha_bars[leading_start].sqrt()):.4f} there "
+             f"against {float(alpha_bars[-1].sqrt()):.2e} at T-1")
+
+# %% [markdown]
+# Look at the "leading" line against the others: does this model pay for being handed pure noise at a step where it
+# expects part of the digit? (With few steps the grids also differ in where they spend them: "trailing" never
+# visits the last, least noisy steps, and lets the final jump to clean data cover them.)
 
 # %% [markdown] nbgrader={"grade": false, "grade_id": "question_1", "locked": true, "schema_version": 3, "solution": false}
 # ## Questions (look at the pictures)
