@@ -61,6 +61,9 @@ LIBRARY_ANSWERS = {
     "euler_loop": "labkit.flow",
     "heun_loop": "labkit.flow",
     "cfg_velocity": "labkit.flow",
+    "reflow_pairs": "labkit.flow",
+    "reflow_train": "labkit.flow",
+    "straightness": "labkit.flow",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.
