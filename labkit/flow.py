@@ -112,6 +112,20 @@ def time_grid(steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.linspace(1.0, 0.0, steps + 1, dtype=dtype)
 
 
+def shifted_time_grid(steps: int, shift: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The descending grid [steps + 1] with its spacing shifted (Esser et al. 2024, "Scaling Rectified Flow   (lab 10)
+    Transformers", eq. 23, the timestep shift for resolution):
+
+        t = shift u / (1 + (shift - 1) u),        u = 1, 1 - 1/steps, ..., 0   (``time_grid(steps)``)
+
+    The ends stay 1 and 0; shift > 1 crowds the steps towards t = 1 (the noise), shift < 1 towards t = 0 (the
+    data), shift = 1 is the uniform grid. Shifts s and 1/s are inverse maps of each other."""
+    if not shift > 0:
+        raise LabkitValueError(f"shift must be > 0, got {shift!r}")
+    u = time_grid(steps, dtype)  # [steps + 1], uniform from 1 to 0
+    return shift * u / (1 + (shift - 1) * u)
+
+
 def euler_step(x_t: torch.Tensor, v_hat: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
     """One Euler step of dx/dt = v from t to t_next < t (a step *down* in time, towards the data):   (lab 10)
 

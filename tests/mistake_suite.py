@@ -1429,6 +1429,21 @@ LAB10_CFG = [
 ]
 
 
+def _u(steps):
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+LAB10_GRID = [
+    ("shift inverted", lambda S, s: _u(S) / (s - (s - 1) * _u(S)), "shift inverted"),
+    ("1 + shift u", lambda S, s: s * _u(S) / (1 + s * _u(S)), "denominator"),
+    ("uniform", lambda S, s: _u(S), "uniform grid"),
+    ("no denominator", lambda S, s: s * _u(S), "denominator"),
+    ("ascending", lambda S, s: (s * _u(S) / (1 + (s - 1) * _u(S))).flip(0), "ascends"),
+    ("S points", lambda S, s: torch.linspace(1.0, 0.0, S, dtype=torch.float64), "S \\+ 1 times"),
+    ("shift on 1 - u", lambda S, s: 1 - s * (1 - _u(S)) / (1 + (s - 1) * (1 - _u(S))), "shift inverted"),
+    ("u ** shift", lambda S, s: _u(S) ** s, "power law"),
+]
+
 # lab 10, reflow: the coupling, training on it, straightness (written with labkit's euler_loop / flow loss)
 
 
@@ -1611,6 +1626,7 @@ SUITE = {
     ("lab10_flow", "euler_loop"): LAB10_EULER,
     ("lab10_flow", "heun_loop"): LAB10_HEUN,
     ("lab10_flow", "cfg_velocity"): LAB10_CFG,
+    ("lab10_flow", "shifted_time_grid"): LAB10_GRID,
     ("lab10_flow", "reflow_pairs"): LAB10_PAIRS,
     ("lab10_flow", "reflow_train"): LAB10_REFLOW,
     ("lab10_flow", "straightness"): LAB10_STRAIGHT,

@@ -66,6 +66,7 @@ LIBRARY = {
     ("lab10_flow", "euler_loop"): "labkit.flow",
     ("lab10_flow", "heun_loop"): "labkit.flow",
     ("lab10_flow", "cfg_velocity"): "labkit.flow",
+    ("lab10_flow", "shifted_time_grid"): "labkit.flow",
     ("lab10_flow", "reflow_pairs"): "labkit.flow",
     ("lab10_flow", "reflow_train"): "labkit.flow",
     ("lab10_flow", "straightness"): "labkit.flow",

@@ -6,6 +6,7 @@ data at t = 0, noise at t = 1, velocity eps - x_0, sampling from t = 1 down to t
     check_euler_loop(euler_loop)                   Euler down times[0] = 1 > ... > times[S] = 0 (S evaluations)
     check_heun_loop(heun_loop)                     Heun (trapezoid) down the same grid, corrected on every step
     check_cfg_velocity(cfg_velocity)               (1 + w) v(x, t, y) - w v(x, t, null)
+    check_shifted_time_grid(shifted_time_grid)     shift u / (1 + (shift - 1) u) over the uniform grid u = 1 ... 0
     check_reflow_pairs(reflow_pairs)               (x_0, x_1): x_1 drawn once, x_0 = euler_loop(x_1), in batches
     check_reflow_train(reflow_train)               flow matching on coupled pairs (x_0[idx], x_1[idx]), t per image
     check_straightness(straightness)               sum_k (t_k - t_{k+1}) E||(x_1 - x_0) - v(x_{t_k}, t_k)||^2
@@ -897,3 +898,53 @@ def check_straightness(student_fn, *, seed: int = 0, sizes=((3, 1, 5, 5), (2, 2,
                     "check_euler_step failed above, fix that first)",
                 )
     passed(name, f"grids of {list(steps)} steps, shapes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- a shifted time grid -------------------------------------------------------------------------------
+
+
+def check_shifted_time_grid(student_fn, *, seed: int = 0, cases=((4, 3.0), (5, 0.5), (1, 2.0), (8, 1.0))) -> None:
+    """student_fn(steps: int, shift: float) -> [steps + 1] (float64 like time_grid; float32 accepted): shift u / (1 + (shift - 1) u) over the uniform
+    descending grid u = 1, 1 - 1/steps, ..., 0. cases: (steps, shift); hidden lines draw other shifts."""
+    name = "check_shifted_time_grid"
+    g = generator(seed)
+    for steps, shift in cases:
+        steps, shift = int(steps), float(shift)
+        if seed:
+            shift = float(torch.exp(torch.randn((), generator=g, dtype=torch.float64)))  # hidden: shifts around 1
+        out = call(name, student_fn, steps, shift)
+        out = expect_tensor(
+            name,
+            out,
+            (steps + 1,),
+            shape_hints={(steps,): "a grid of S steps has S + 1 times, from 1 down to 0 (time_grid(steps) has them)"},
+        )
+        u = flow.time_grid(steps)
+        ref = flow.shifted_time_grid(steps, shift)
+        mistakes = {}
+        if shift != 1.0:
+            mistakes.update(
+                {
+                    "the shift went the other way: u / (shift - (shift - 1) u) is the shift 1/shift; the grid is "
+                    "shift u / (1 + (shift - 1) u), crowding towards t = 1 when shift > 1 (shift inverted)": u
+                    / (shift - (shift - 1) * u),
+                    "shift u / (1 + shift u): the denominator is 1 + (shift - 1) u, which keeps the end t = 1 at 1": shift
+                    * u
+                    / (1 + shift * u),
+                    "u ** shift is a power law, not the shift: t = shift u / (1 + (shift - 1) u)": u**shift,
+                    "the uniform grid: the times must be shifted, t = shift u / (1 + (shift - 1) u)": u,
+                    "shift u without the denominator: t = shift u / (1 + (shift - 1) u) keeps every time in [0, 1]": shift
+                    * u,
+                }
+            )
+        mistakes["the grid ascends from 0 to 1: sampling walks down from t = 1 (noise) to t = 0 (data)"] = ref.flip(0)
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-6,  # float32 grids are accepted (the loops convert the times)
+            context=f" for steps = {steps}, shift = {shift:g}",
+            where=("k", torch.arange(steps + 1)),
+        )
+    passed(name, f"{len(cases)} grids, seed {seed}")

@@ -61,6 +61,7 @@ LIBRARY_ANSWERS = {
     "euler_loop": "labkit.flow",
     "heun_loop": "labkit.flow",
     "cfg_velocity": "labkit.flow",
+    "shifted_time_grid": "labkit.flow",
     "reflow_pairs": "labkit.flow",
     "reflow_train": "labkit.flow",
     "straightness": "labkit.flow",

@@ -24,7 +24,7 @@
 # the 505 images/s lab 04 measured there). Not measured on a GPU yet (3000 steps of 256 there).
 # Working through the lab: about 90 minutes.
 #
-# **How it is graded.** Eight functions (3 + 2 + 3 + 3 + 2 + 2 + 3 + 3 = 21 points), each followed by a test cell
+# **How it is graded.** Nine functions (3 + 2 + 3 + 3 + 2 + 2 + 2 + 3 + 3 = 23 points), each followed by a test cell
 # (the tests you see, plus hidden ones with other inputs). The cells after them run *your* functions when they pass their checks, and
 # `labkit`'s when they do not (a line says which), so a bug in one answer never breaks the rest of the lab.
 # Run the cells from top to bottom. The questions at the end are answered in writing and graded by hand (5 points).
@@ -358,6 +358,72 @@ claims.check("with one step neither sampler puts a point on a blob, and the end 
 # the blobs. From two steps on, the table says which sampler has more points on the blobs at the same number of
 # steps (the mixture's own spread, the same number for its data, is about 1.0).
 #
+# ### Where to put the steps
+#
+# A uniform grid gives every stretch of time the same number of steps, wherever the paths bend. Esser et al.
+# (2024, "Scaling Rectified Flow Transformers", eq. 23) move the steps with a **shifted grid**: take the uniform
+# grid $u = 1, 1 - \tfrac1S, \dots, 0$ and map each time through
+#
+# $$t = \frac{s\,u}{1 + (s - 1)\,u} .$$
+#
+# The ends stay at 1 and 0; $s > 1$ crowds the steps towards $t = 1$ (the noise), $s < 1$ towards $t = 0$ (the data),
+# $s = 1$ is the uniform grid. (Stable Diffusion 3 shifts towards the noise, $s = 3$, for its large images.)
+#
+# ### Exercise 6 (2 points)
+# Write `shifted_time_grid(steps, shift)` $\to$ the `[steps + 1]` grid above, descending from 1 to 0, in float64
+# (`flow.time_grid(steps)` gives you $u$).
+
+# %% nbgrader={"grade": false, "grade_id": "shifted_time_grid", "locked": false, "schema_version": 3, "solution": true}
+def shifted_time_grid(steps, shift):
+    """shift * u / (1 + (shift - 1) * u) for the uniform grid u = 1, ..., 0 -> [steps + 1]."""
+    ### BEGIN SOLUTION
+    u = flow.time_grid(steps)  # [steps + 1]: 1, 1 - 1/steps, ..., 0
+    return shift * u / (1 + (shift - 1) * u)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_shifted_time_grid", "locked": true, "points": 2, "schema_version": 3, "solution": false}
+checks.check_shifted_time_grid(shifted_time_grid)
+### BEGIN HIDDEN TESTS
+checks.check_shifted_time_grid(shifted_time_grid, seed=3, cases=((6, 2.0), (3, 1.0), (2, 0.5)))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# The exact flow with your Euler loop on three grids, the same 2000 noise points as above: the share of end points
+# on a blob.
+
+# %%
+grid_fn = checks.yours_or_labkit(checks.check_shifted_time_grid, shifted_time_grid, flow.shifted_time_grid,
+                                 "shifted_time_grid")
+
+
+def as_pixels(model):
+    """A model of points [N, 2] as one of 'images' [N, 2, 1, 1] of one pixel, the shape your functions take."""
+    return lambda x, t, y: model(x[:, :, 0, 0], t, y)[:, :, None, None]
+
+
+first_flow = as_pixels(toy2d.exact_flow_model(mix))  # the exact velocity v* (the perfect first flow of section 6)
+shifts = {"towards the data (s = 1/3)": 1 / 3, "uniform (s = 1)": 1.0, "towards the noise (s = 3)": 3.0}
+on_grid = {}
+print("Euler steps   " + "   ".join(shifts))
+for steps in (2, 3, 4, 8):
+    for label, s_ in shifts.items():
+        x = euler(first_flow, many[:, :, None, None].clone(), y_many, grid_fn(steps, s_))[:, :, 0, 0]
+        on_grid[(label, steps)] = landed(x)
+    print(f"{steps:11}   " + "   ".join(f"{on_grid[(label, steps)]:{len(label)}.1%}" for label in shifts))
+claims.check("at 2 steps, crowding the steps towards the data puts more points on the blobs than the uniform grid, "
+             "and crowding them towards the noise fewer",
+             on_grid[("towards the data (s = 1/3)", 2)] > on_grid[("uniform (s = 1)", 2)]
+             > on_grid[("towards the noise (s = 3)", 2)],
+             ", ".join(f"{label}: {on_grid[(label, 2)]:.1%}" for label in shifts))
+
+# %% [markdown]
+# On this toy the paths run nearly straight towards the middle of the mixture first and bend late, close to the
+# data, where each point's blob is decided: steps are worth more there. Which shift is best depends on where a
+# model's paths bend; for large images, whose coarse shape is decided at high noise, Esser et al. found shifting
+# towards the noise better. Section 6 takes the other road: instead of placing the steps around the bends, it
+# straightens the paths.
+#
 # ## 6. Reflow: straighten the paths, then take one step
 #
 # A trained flow does more than draw samples: its ODE sends each noise $x_1$ to **one** sample $x_0$, so it pairs
@@ -378,7 +444,7 @@ claims.check("with one step neither sampler puts a point on a blob, and the end 
 # to $x_1 - x_0$, noise minus end point). $S = 0$ exactly when every path is a straight line walked at constant
 # speed.
 #
-# ### Exercise 6 (2 points)
+# ### Exercise 7 (2 points)
 # Write `reflow_pairs(model, y, times, shape, batch_size, generator)`, the new coupling:
 # * draw **all** the noises at once, `x_1 = torch.randn((N, *shape), generator=generator)` with `N = len(y)`
 #   (`shape` is one image's, e.g. `(1, 28, 28)`);
@@ -405,7 +471,7 @@ checks.check_reflow_pairs(reflow_pairs, seed=3, cases=((9, (1, 3, 3), 4, 2), (4,
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ### Exercise 7 (3 points)
+# ### Exercise 8 (3 points)
 # Write `reflow_train(model, optimizer, x_0, x_1, y, steps, batch_size, generator)`, flow matching on the coupled
 # pairs. `x_0`, `x_1`: `[N, C, H, W]`, pair `i` being `(x_0[i], x_1[i])`; `y`: int64 `[N]`. For each of the `steps`
 # steps:
@@ -445,7 +511,7 @@ checks.check_reflow_train(reflow_train, seed=2, shape=(2, 3, 3), N=30, steps=5, 
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# ### Exercise 8 (3 points)
+# ### Exercise 9 (3 points)
 # Write `straightness(model, x_1, y, times)`, the sum that approximates $S$ along Euler's path:
 # * walk the path as `euler_loop` does (your `euler_step`), keeping the velocity $v_k = $ `model(x, t_k, y)` of
 #   every step; the end point is $x_0$;
@@ -484,7 +550,7 @@ checks.check_straightness(straightness, seed=5, sizes=((1, 3, 4, 4), (5, 1, 6, 6
 # %% [markdown]
 # ### One reflow on the 2D toy
 #
-# The first flow is the **exact** velocity $v^*$ of section 5 (a perfectly trained flow), so whatever changes is
+# The first flow is the **exact** velocity $v^*$ of section 5 (`first_flow`, a perfectly trained flow), so whatever changes is
 # the coupling's doing. Your `reflow_pairs` pairs `n_pairs` noises with where 100 Euler steps of $v^*$ take them;
 # a small network (`toy2d.VelocityMLP`: three hidden layers of 128) learns the new flow from those pairs with
 # your `reflow_train` (Adam, batches of 256). Then both flows draw from the same noise: their paths with 50 Euler
@@ -496,13 +562,6 @@ pairs_fn = checks.yours_or_labkit(checks.check_reflow_pairs, reflow_pairs, flow.
 train_fn = checks.yours_or_labkit(checks.check_reflow_train, reflow_train, flow.reflow_train, "reflow_train")
 straight_fn = checks.yours_or_labkit(checks.check_straightness, straightness, flow.straightness, "straightness")
 
-
-def as_pixels(model):
-    """A model of points [N, 2] as one of 'images' [N, 2, 1, 1] of one pixel, the shape your functions take."""
-    return lambda x, t, y: model(x[:, :, 0, 0], t, y)[:, :, None, None]
-
-
-first_flow = as_pixels(toy2d.exact_flow_model(mix))  # the perfect first flow, v*
 n_pairs, reflow_steps = colab.pick(4000, 400), colab.pick(2000, 100)
 y_pairs = torch.full((n_pairs,), mix.K)
 x0_pairs, x1_pairs = pairs_fn(first_flow, y_pairs, flow.time_grid(colab.pick(100, 20)), (2, 1, 1), 1000,
