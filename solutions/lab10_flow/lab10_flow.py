@@ -371,13 +371,13 @@ claims.check("with one step neither sampler puts a point on a blob, and the end 
 #
 # ### Exercise 6 (2 points)
 # Write `shifted_time_grid(steps, shift)` $\to$ the `[steps + 1]` grid above, descending from 1 to 0, in float64
-# (`flow.time_grid(steps)` gives you $u$).
+# (build $u$ with `torch.linspace`; it is the grid `flow.time_grid(steps)` of the loops above).
 
 # %% nbgrader={"grade": false, "grade_id": "shifted_time_grid", "locked": false, "schema_version": 3, "solution": true}
 def shifted_time_grid(steps, shift):
     """shift * u / (1 + (shift - 1) * u) for the uniform grid u = 1, ..., 0 -> [steps + 1]."""
     ### BEGIN SOLUTION
-    u = flow.time_grid(steps)  # [steps + 1]: 1, 1 - 1/steps, ..., 0
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)  # [steps + 1]: 1, 1 - 1/steps, ..., 0
     return shift * u / (1 + (shift - 1) * u)
     ### END SOLUTION
 
