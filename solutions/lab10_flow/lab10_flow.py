@@ -12,7 +12,8 @@
 # **Learning objectives.** After this lab you can
 # 1. write the flow-matching loss for the linear interpolant $x_t = (1-t)\,x_0 + t\,\varepsilon$ and say why its
 #    target $\varepsilon - x_0$ does not depend on $t$;
-# 2. write Euler's and Heun's methods over a time grid, and count their network evaluations;
+# 2. write Euler's and Heun's methods over a time grid, count their network evaluations, and place the steps
+#    with a shifted grid;
 # 3. apply classifier-free guidance to velocities, and explain why it is the same formula as for noises;
 # 4. compare a flow's straight training lines with the paths its sampler and the diffusion samplers take, and
 #    their quality per network evaluation on one judge;
@@ -22,11 +23,12 @@
 # **Time budget.** Running all cells: measured 20 minutes on 2 CPU cores shared with other jobs (load about 13;
 # the 400 training steps took 18 of them, at 24 images/s); on 2 idle cores the training takes about a minute (at
 # the 505 images/s lab 04 measured there). Not measured on a GPU yet (3000 steps of 256 there).
-# Working through the lab: about 90 minutes.
+# Working through the lab: about 120 minutes.
 #
-# **How it is graded.** Nine functions (3 + 2 + 3 + 3 + 2 + 2 + 2 + 3 + 3 = 23 points), each followed by a test cell
-# (the tests you see, plus hidden ones with other inputs). The cells after them run *your* functions when they pass their checks, and
-# `labkit`'s when they do not (a line says which), so a bug in one answer never breaks the rest of the lab.
+# **How it is graded.** Nine functions (3 + 2 + 3 + 3 + 2 + 2 + 2 + 3 + 3 = 23 points), each followed by a test
+# cell (the tests you see, plus hidden ones with other inputs). The cells after them run *your* functions when they
+# pass their checks, and `labkit`'s when they do not (a line says which), so a bug in one answer never breaks the
+# rest of the lab.
 # Run the cells from top to bottom. The questions at the end are answered in writing and graded by hand (5 points).
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false}
@@ -348,6 +350,9 @@ for steps in (1, 2, 4, 8):
           f"{landed(x_flow):18.1%} {float(x_flow.std(0).mean()):7.3f}")
     if steps == 1:
         one_step = {"DDIM": x_ddim, "flow": x_flow}
+data_spread = float(toy2d.sample(mix, 2000, torch.Generator().manual_seed(7))[0].std(0).mean())
+print(f"the mixture's own spread (2000 data points): {data_spread:.3f}")
+claims.check("the mixture's own spread is about 1.0", abs(data_spread - 1) < 0.1, f"{data_spread:.3f}")
 claims.check("with one step neither sampler puts a point on a blob, and the end points' spread is near 0",
              all(landed(x) == 0 and float(x.std(0).mean()) < 0.05 for x in one_step.values()),
              ", ".join(f"{k}: {landed(x):.1%} on a blob, spread {float(x.std(0).mean()):.3f}" for k, x in one_step.items()))
@@ -747,6 +752,9 @@ fig = plotting.compare_rows(rows, col_titles=[str(d) for d in range(10)],
 # %%
 judge = checks.DigitJudge(device=DEVICE)
 diffusion_model, schedule, meta = checks.lab_model(DEVICE)
+claims.check("the shipped diffusion checkpoint trained far longer than the flow model of section 7",
+             (meta.get("step") or 0) >= 5 * steps_to_run,
+             f"{meta.get('step')} training steps against {steps_to_run}")
 n_per_digit = colab.pick(10, 2)
 y_n = torch.arange(10, device=DEVICE).repeat(n_per_digit)
 nfes = (1, 2, 4, 8, 16) if not FAST else (1, 2)
