@@ -568,9 +568,10 @@ def check_reflow_pairs(
             hints=LOOP_HINTS,
         )
         x0, x1 = _pair(name, out, N, shape, batch_size)
+        _, noise = flow.reflow_pairs(model, y, times, shape, batch_size, generator(g_seed))  # labkit's draw
         draws = generator(g_seed)
-        noise = torch.randn((N, *shape), generator=draws)  # [N, *shape]: the one draw of a correct answer
-        second = torch.randn((N, *shape), generator=draws)  # what a second draw gives
+        torch.randn((N, *shape), generator=draws)
+        second = torch.randn((N, *shape), generator=draws)  # what a second draw of the noise gives
         per_batch = generator(g_seed)
         batched = torch.cat(
             [torch.randn((len(y[i : i + batch_size]), *shape), generator=per_batch) for i in range(0, N, batch_size)]
