@@ -487,7 +487,7 @@ checks.check_reflow_pairs(reflow_pairs, seed=3, cases=((9, (1, 3, 3), 4, 2), (4,
 # gradient step on flow_matching_loss(model, x_0[idx], y[idx], t, x_1[idx])      (zero_grad, backward, step)
 # ```
 #
-# Call `model.train()` first, use **your** `flow_matching_loss`, and return the list of the step losses (floats,
+# Put the model in training mode first, use **your** `flow_matching_loss`, and return the list of the step losses (floats,
 # `loss.item()`). The noise of each image is **its own** `x_1[idx]`, not a fresh draw: with fresh noise this would be
 # ordinary flow matching again.
 
