@@ -495,7 +495,7 @@ checks.check_reflow_pairs(reflow_pairs, seed=3, cases=((9, (1, 3, 3), 4, 2), (4,
 def reflow_train(model, optimizer, x_0, x_1, y, steps, batch_size, generator):
     """steps gradient steps of flow matching on the pairs (x_0[idx], x_1[idx]) -> the list of the losses."""
     ### BEGIN SOLUTION
-    model.train()
+    model.train()  # training mode (dropout, normalisation layers)
     losses = []
     for step in range(steps):
         idx = torch.randint(0, len(x_0), (batch_size,), generator=generator)  # [B]: the same pairs for x_0 and x_1
