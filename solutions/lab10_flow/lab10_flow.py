@@ -631,7 +631,8 @@ for ax, (name, steps) in zip(axes, [(n, s) for n in flows for s in (1, 2)]):
 plt.show()
 shares = torch.bincount(torch.cdist(ends[("after one reflow (learned)", 1)], mix.means).argmin(1), minlength=mix.K)
 print("after one reflow, 1 step: share of the points nearest each blob " +
-      ", ".join(f"{float(s) / 2000:.2f}" for s in shares) + f" (the mixture's weights: {mix.weights.tolist()})")
+      ", ".join(f"{float(s) / 2000:.2f}" for s in shares) + " (the mixture's weights: " +
+      ", ".join(f"{float(w):.2f}" for w in mix.weights) + ")")
 claims.check("with one step the first flow puts no point on a blob, the reflowed flow most of them",
              on_blob[("first flow (exact v*)", 1)] < 0.05 and on_blob[("after one reflow (learned)", 1)] > 0.5,
              f"{on_blob[('first flow (exact v*)', 1)]:.1%} against {on_blob[('after one reflow (learned)', 1)]:.1%}")
