@@ -25,6 +25,11 @@ Sampling is an ODE solve over a descending time grid 1 = t_0 > t_1 > ... > t_S =
     heun_loop                  Euler predictor, then the trapezoid rule (Heun's method; Karras et al. 2022,
                                Algorithm 1, without churn)                               2 evaluations per step
 
+The grid need not be uniform: ``shifted_time_grid`` moves the steps towards the noise or the data (Esser et al.
+2024, eq. 23). **Reflow** (Liu et al. 2023, Algorithm 1) straightens a trained flow: ``reflow_pairs`` couples each
+noise with the sample the flow takes it to, ``reflow_train`` fits a new flow on those pairs with the same loss, and
+``straightness`` measures how far a flow's paths are from straight lines (0: one Euler step is exact).
+
 **The network's time input.** A model here is ``model(x, t, y)`` with *continuous* t in [0, 1] (float [B]),
 the same contract as the diffusion models with a float t. labkit's U-Net embeds its time input with
 sinusoids whose frequencies were chosen for integer steps 0..999 (``embeddings.sinusoidal_embedding``), so
