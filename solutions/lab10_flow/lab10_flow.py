@@ -20,9 +20,10 @@
 # 5. couple each noise with the sample a trained flow takes it to, retrain on those pairs (reflow), and measure
 #    how straight a flow's paths are.
 #
-# **Time budget.** Running all cells: measured 20 minutes on 2 CPU cores shared with other jobs (load about 13;
-# the 400 training steps took 18 of them, at 24 images/s); on 2 idle cores the training takes about a minute (at
-# the 505 images/s lab 04 measured there). Not measured on a GPU yet (3000 steps of 256 there).
+# **Time budget.** Running all cells: measured 11 minutes on 2 CPU cores shared with other jobs (load about 10;
+# the 400 MNIST training steps took 7 of them, at 60 images/s; the reflow on the 2D toy, 2000 steps, 17 s); an
+# earlier run at load 13 took 20 minutes (24 images/s). On 2 idle cores the training takes about a minute (at the
+# 505 images/s lab 04 measured there). Not measured on a GPU yet (3000 steps of 256 there).
 # Working through the lab: about 120 minutes.
 #
 # **How it is graded.** Nine functions (3 + 2 + 3 + 3 + 2 + 2 + 2 + 3 + 3 = 23 points), each followed by a test
@@ -817,8 +818,8 @@ plt.show()
 # and how noisy it is ($t$). One Euler step from $t = 1$ gives $x_1 - v(x_1, 1) = \mathbb E[x_0 \mid x_1]$: with
 # pure noise as input, that is the mean of the data (of the class, with a label): in 2D every point lands at the
 # mixture's mean between the blobs (spread 0.000 in the table), on MNIST a blurry average of the class. In the
-# instructor's run the classifier still recognised 91% of those (guided) averages, but their FID was 15.6x the
-# floor against 3.2x at 8 NFE: the digits all look alike.
+# instructor's runs the classifier still recognised 81-91% of those (guided) averages, but their FID was 16-18x
+# the floor against 3.2x at 8 NFE: the digits all look alike.
 #
 # **Rubric (1 point).** 1/2 point: averaging over the pairs that reach the same x_t (conditional expectation).
 # 1/2 point: one step gives the (class) mean / a blurry average, read from the student's own output.
@@ -850,14 +851,14 @@ plt.show()
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_3", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
 # **Model answer.** (Instructor's run, 100 samples per cell, 400 training steps on a busy 2-core CPU.) Flow Euler
-# was at its plateau from 2 NFE (91% at 1, 95% at 2, 94-96% after; FID 3.2x the floor from 8 NFE); flow Heun
-# needed 8 NFE (10%, 32%, 91%, 93% at 2, 4, 8, 16); DDIM 8-16 (43% at 4, 94% at 8, 98% at 16); DPM-Solver++ 8
+# was at its plateau from 2 NFE (81% at 1, 97% at 2, 95% after; FID 3.2x the floor from 8 NFE); flow Heun
+# needed 8 NFE (10%, 30%, 94%, 90% at 2, 4, 8, 16); DDIM 8-16 (43% at 4, 94% at 8, 98% at 16); DPM-Solver++ 8
 # (10% up to 4, 99% at 8 and 16). At equal NFE Heun was worse than Euler everywhere: it takes half as many steps,
 # each twice as long, and at 2 NFE its single step is broken in a specific way: the second slope is taken at
 # $t = 0$, where the velocity of a clean image is $-x$ (no noise left to remove), so the average of the two slopes
 # removes only half the noise ($x_1/2$ + the mean remains). A second-order method pays only when steps are short
 # enough for the path to be nearly straight within each. At 16 NFE the shipped diffusion model (4650 training
-# steps) beat the short-trained flow (98-99% and 1.4-1.8x against 94% and 3.2x): that is the training budget.
+# steps) beat the short-trained flow (98-99% and 1.4-1.8x against 95% and 3.1x): that is the training budget.
 #
 # **Rubric (1 point).** 1/2 point: the plateau NFE per row read from the table. 1/2 point: Heun vs Euler at equal
 # NFE with the reason (half as many, twice as long steps; second order pays only when steps are small).
@@ -892,10 +893,11 @@ plt.show()
 # average over all data points (any data point can pair with any noise), so the step lands at the mixture's mean,
 # between the blobs (0% on a blob). After reflow each noise has *one* partner, the end of its own path, and the
 # paths are nearly straight ($S$ fell from about 1.07 to about 0.004 in the instructor's run), so
-# $v(x_1, 1) \approx x_1 - x_0$ and one step lands on $x_0$ (89% on a blob against 0%; 92% against 43% at 2 steps).
+# $v(x_1, 1) \approx x_1 - x_0$ and one step lands on $x_0$ (88% on a blob against 0%; 90% against 41% at 2 steps),
+# in the mixture's proportions (0.50, 0.30, 0.20 of the points nearest each blob).
 # With two index draws the pairs are independent again: that is ordinary flow matching, the network learns the
 # first flow's bent field back, and its 1-step samples collapse to the mean like the exact first flow's. Cost:
-# at 8 steps the exact first flow put about 98% on a blob and the reflowed one about 95%: the new flow is a small
+# at 8 steps the exact first flow put 98% on a blob and the reflowed one 95% (93% each at 4): the new flow is a small
 # network fitted to a finite set of pairs in a short training, so its paths end slightly off the blobs; the
 # exact $v^*$ has no such error (and reflow's pairs themselves carry the 100-step solver's error).
 #
