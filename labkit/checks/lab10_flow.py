@@ -37,7 +37,7 @@ from labkit.checks._common import (
     yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
 from labkit.checks.fixtures import DigitJudge, lab_model, trained_model  # noqa: F401  (the judge; the diffusion model)
-from labkit.checks.lab04_training import _loss_values, network_to_use
+from labkit.checks.lab04_training import network_to_use  # noqa: F401  (your U-Net from lab 03, if it passes)
 from labkit.checks.lab05_sampling import compare_loop
 
 
@@ -698,6 +698,26 @@ class _ReflowSetup:
         if dtype is None:
             return self.x_0, self.x_1, self.y
         return self.x_0.to(dtype), self.x_1.to(dtype), self.y
+
+
+def _loss_values(name, out, steps) -> list[float]:
+    """The student's list of step losses as floats, with a message for what else came back."""
+    if out is None:
+        fail(name, "nothing was returned: return the list of the losses of every step (loss.item())")
+    if isinstance(out, torch.Tensor):
+        out = out.detach().reshape(-1).tolist()
+    if not isinstance(out, (list, tuple)):
+        fail(name, f"return a list of the {steps} losses (one float per step), got {type(out).__name__}")
+    if len(out) != steps:
+        fail(name, f"returned {len(out)} losses for {steps} steps: append each step's loss to the list")
+    values = []
+    for v in out:
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = float(v.detach().reshape(()))
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            fail(name, f"the list holds a {type(v).__name__}; append each step's loss as a float (loss.item())")
+        values.append(float(v))
+    return values
 
 
 def _weights(model) -> torch.Tensor:
