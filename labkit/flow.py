@@ -25,6 +25,11 @@ Sampling is an ODE solve over a descending time grid 1 = t_0 > t_1 > ... > t_S =
     heun_loop                  Euler predictor, then the trapezoid rule (Heun's method; Karras et al. 2022,
                                Algorithm 1, without churn)                               2 evaluations per step
 
+The grid need not be uniform: ``shifted_time_grid`` moves the steps towards the noise or the data (Esser et al.
+2024, eq. 23). **Reflow** (Liu et al. 2023, Algorithm 1) straightens a trained flow: ``reflow_pairs`` couples each
+noise with the sample the flow takes it to, ``reflow_train`` fits a new flow on those pairs with the same loss, and
+``straightness`` measures how far a flow's paths are from straight lines (0: one Euler step is exact).
+
 **The network's time input.** A model here is ``model(x, t, y)`` with *continuous* t in [0, 1] (float [B]),
 the same contract as the diffusion models with a float t. labkit's U-Net embeds its time input with
 sinusoids whose frequencies were chosen for integer steps 0..999 (``embeddings.sinusoidal_embedding``), so
@@ -110,6 +115,20 @@ def time_grid(steps: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise LabkitValueError(f"steps must be a positive integer, got {steps!r}")
     return torch.linspace(1.0, 0.0, steps + 1, dtype=dtype)
+
+
+def shifted_time_grid(steps: int, shift: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The descending grid [steps + 1] with its spacing shifted (Esser et al. 2024, "Scaling Rectified Flow   (lab 10)
+    Transformers", eq. 23, the timestep shift for resolution):
+
+        t = shift u / (1 + (shift - 1) u),        u = 1, 1 - 1/steps, ..., 0   (``time_grid(steps)``)
+
+    The ends stay 1 and 0; shift > 1 crowds the steps towards t = 1 (the noise), shift < 1 towards t = 0 (the
+    data), shift = 1 is the uniform grid. Shifts s and 1/s are inverse maps of each other."""
+    if not shift > 0:
+        raise LabkitValueError(f"shift must be > 0, got {shift!r}")
+    u = time_grid(steps, dtype)  # [steps + 1], uniform from 1 to 0
+    return shift * u / (1 + (shift - 1) * u)
 
 
 def euler_step(x_t: torch.Tensor, v_hat: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
@@ -227,3 +246,100 @@ def sample(
     guided = GuidedVelocity(model, guidance, null_class)
     loop = euler_loop if solver == "euler" else heun_loop
     return loop(guided, x_1, y, time_grid(steps).to(x_1.device))
+
+
+# --- reflow: straightening the paths (Liu et al. 2023, "Flow Straight and Fast", section 2.2 and Algorithm 1) ---
+#
+# A trained flow maps each noise x_1 to one sample x_0 = ODE[v](x_1): a deterministic *coupling* (x_0, x_1).
+# Training a new flow with the same loss on those pairs instead of on independent (data, noise) pairs is
+# "reflow": the straight lines between coupled pairs cross far less than between independent ones, so the new
+# flow's paths are straighter and a few Euler steps (even one) follow them well.
+
+
+@torch.no_grad()
+def reflow_pairs(
+    model: Model,
+    y: torch.Tensor,
+    times: torch.Tensor,
+    shape: tuple,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The coupling of a trained flow (Liu et al. 2023, Algorithm 1, "reflow": (Z_0, Z_1) = (X_0, ODE[v](X_0)),   (lab 10)
+    in this lab's time direction):
+
+        x_1 ~ N(0, I)                                  all N noises at once, [N, *shape], from ``generator``
+        x_0 = euler_loop(model, x_1, y, times)         batch_size images at a time
+        return (x_0, x_1)                              pair i: the noise x_1[i] and where the flow takes it
+
+    y: int64 [N] (one label per pair); times: [S + 1] descending from 1 to 0; shape: one image, e.g. (1, 28, 28)
+    -> (x_0 [N, *shape], x_1 [N, *shape]) on y's device. S evaluations per pair.
+    """
+    x_1 = torch.randn((len(y), *shape), generator=generator, device=y.device)  # [N, *shape]
+    ends = [
+        euler_loop(model, x_1[i : i + batch_size], y[i : i + batch_size], times) for i in range(0, len(y), batch_size)
+    ]
+    return torch.cat(ends), x_1
+
+
+def reflow_train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x_0: torch.Tensor,
+    x_1: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """``steps`` steps of flow matching on *coupled* pairs (Liu et al. 2023, Algorithm 1, the training step with   (lab 10)
+    the reflowed coupling): per step,
+
+        idx ~ U{0, ..., N-1}^B          torch.randint(0, N, (B,)): the same indices for x_0, x_1 and y (pairs!)
+        t   ~ U[0, 1]^B                 torch.rand(B): one time per image
+        gradient step on flow_matching_loss(model, x_0[idx], y[idx], t, x_1[idx])
+
+    The straight line from x_0[i] to *its own* noise x_1[i] is the target; independent noise would be ordinary
+    flow matching again. x_0, x_1: [N, C, H, W]; y: int64 [N] -> the list of the ``steps`` losses (floats).
+    Every random number comes from ``generator``, indices then t, so the same generator state gives the same weights.
+    """
+    model.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x_0), (batch_size,), generator=generator, device=x_0.device)  # [B]
+        t = torch.rand(batch_size, generator=generator, device=x_0.device)  # [B]
+        optimizer.zero_grad()
+        loss = flow_matching_loss(model, x_0[idx], y[idx], t.to(x_0.dtype), x_1[idx])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def straightness(model: Model, x_1: torch.Tensor, y: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """How far a flow's paths are from straight lines (Liu et al. 2023, the straightness S(Z), section 2.2):   (lab 10)
+
+        S = integral over t in [0, 1] of E || (x_1 - x_0) - v(x_t, t) ||^2 dt
+
+    along the Euler path x_1 -> x_0 of ``euler_loop`` over ``times``: the velocity v(x_{t_k}, t_k) of every step
+    against the chord x_1 - x_0 (the velocity of the straight line from the end to the start: in this lab's time
+    direction, dx/dt integrates to x_1 - x_0), the integral a sum with weights t_k - t_{k+1}, the norm squared
+    summed over the pixels, E the mean over the images. 0 exactly when every path is a straight line walked at
+    constant speed. (Along an Euler path the chord is the weighted mean of the velocities, so S is their
+    weighted variance: with one step, S = 0 always; measure with many.)
+
+    x_1: [B, C, H, W]; y: int64 [B]; times: [S + 1] descending -> a 0-d tensor in x_1's dtype.
+    """
+    x, B = x_1, x_1.shape[0]
+    velocities = []
+    for k in range(len(times) - 1):
+        t = times[k].to(x.device, x.dtype).expand(B)  # [B]
+        t_next = times[k + 1].to(x.device, x.dtype).expand(B)
+        v = model(x, t, y)
+        velocities.append(v)
+        x = euler_step(x, v, t, t_next)
+    chord = x_1 - x  # [B, C, H, W]: noise minus end point
+    widths = (times[:-1] - times[1:]).to(x.device, x.dtype)  # [S]: t_k - t_{k+1} > 0
+    per_image = sum(w * ((chord - v) ** 2).flatten(1).sum(1) for w, v in zip(widths, velocities))  # [B]
+    return per_image.mean()

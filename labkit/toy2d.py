@@ -205,3 +205,37 @@ def exact_flow_model(mixture: GaussianMixture) -> Model:
         return flow_velocity(mixture, x, t, y)
 
     return model
+
+
+class VelocityMLP(torch.nn.Module):
+    """A small learned velocity model for points (lab 10's reflow): model(x, t, y) -> v_hat, shaped like x.
+
+    x: [B, 2] or [B, 2, 1, 1] (points as one-pixel images, for the lab's [B, C, H, W] functions); t: float [B]
+    in [0, 1]; y: int64 [B], ignored (the toy's flow is unconditional). t enters as t and sin / cos of
+    2 pi k t, k = 1, 2, 3, so that the network can bend its field quickly in t; three hidden layers with SiLU."""
+
+    def __init__(self, hidden: int = 128, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(2 + 7, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden, 2),
+        )
+        with torch.no_grad():  # seeded weights (PyTorch's default init, from our generator)
+            for layer in self.net:
+                if isinstance(layer, torch.nn.Linear):
+                    bound = 1 / math.sqrt(layer.in_features)
+                    layer.weight.uniform_(-bound, bound, generator=g)
+                    layer.bias.uniform_(-bound, bound, generator=g)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        points = x.reshape(x.shape[0], 2).to(self.net[0].weight.dtype)  # [B, 2]
+        tt = t.to(points.dtype).reshape(-1, 1).expand(x.shape[0], 1)  # [B, 1]
+        k = torch.arange(1, 4, device=x.device, dtype=points.dtype)  # [3]
+        features = torch.cat([points, tt, torch.sin(2 * math.pi * k * tt), torch.cos(2 * math.pi * k * tt)], 1)
+        return self.net(features).reshape(x.shape).to(x.dtype)

@@ -1966,6 +1966,137 @@ LAB06_R = [
 ]
 
 
+def _u(steps):
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+LAB10_GRID = [
+    ("shift inverted", lambda S, s: _u(S) / (s - (s - 1) * _u(S)), "shift inverted"),
+    ("1 + shift u", lambda S, s: s * _u(S) / (1 + s * _u(S)), "denominator"),
+    ("uniform", lambda S, s: _u(S), "uniform grid"),
+    ("no denominator", lambda S, s: s * _u(S), "denominator"),
+    ("ascending", lambda S, s: (s * _u(S) / (1 + (s - 1) * _u(S))).flip(0), "ascends"),
+    ("S points", lambda S, s: torch.linspace(1.0, 0.0, S, dtype=torch.float64), "S \\+ 1 times"),
+    ("shift on 1 - u", lambda S, s: 1 - s * (1 - _u(S)) / (1 + (s - 1) * (1 - _u(S))), "shift inverted"),
+    ("u ** shift", lambda S, s: _u(S) ** s, "power law"),
+]
+
+# lab 10, reflow: the coupling, training on it, straightness (written with labkit's euler_loop / flow loss)
+
+
+def _pairs(model, y, times, shape, B, gen, *, twice=False, per_batch=False, swap=False, loop=None, drop_last=False,
+           labels=None, one_batch=False):
+    from labkit import flow
+
+    N = len(y)
+    if per_batch:
+        x_1 = torch.cat([torch.randn((len(y[i:i + B]), *shape), generator=gen) for i in range(0, N, B)])
+    else:
+        x_1 = torch.randn((N, *shape), generator=gen)
+    run = flow.euler_loop if loop is None else loop
+    stop = (N // B) * B if drop_last else N
+    starts = range(0, stop, B) if not one_batch else range(0, 1)
+    x_0 = torch.cat([run(model, x_1[i:i + B], (y if labels is None else labels(y))[i:i + B], times) for i in starts])
+    if twice:
+        x_1 = torch.randn((N, *shape), generator=gen)
+    return (x_1, x_0) if swap else (x_0, x_1)
+
+
+LAB10_PAIRS = [
+    ("noise drawn twice", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, twice=True), "different noises"),
+    ("noise drawn per batch", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, per_batch=True), "batch by batch"),
+    ("pair swapped", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, swap=True), "\\(x_1, x_0\\)"),
+    ("last batch dropped", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, drop_last=True), "last, shorter batch"),
+    ("one batch", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, one_batch=True), "one batch"),
+    ("Heun", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, loop=__import__("labkit.flow").flow.heun_loop),
+     "Heun"),
+    ("grid flipped", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g,
+                                                       loop=lambda mm, x, yy, tt: _fl(mm, x, yy, tt.flip(0))), "backwards"),
+    ("no labels", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, labels=lambda y_: torch.full_like(y_, 10)),
+     "without its label"),
+    ("only x_0", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g)[0], "return the pair"),
+    ("Euler step reversed", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, loop=lambda mm, x, yy, tt: _fl(
+        mm, x, yy, tt, step=lambda x_, v, t, tn: _euler(x_, v, t, tn, dt=lambda a, b: a - b))), "euler_loop"),
+]
+
+
+def _reflow(model, opt, x_0, x_1, y, steps, B, gen, *, broken=False, fresh=False, swap=False, t_once=False,
+            t_first=False, no_zero=False, no_return=False, idx_once=False, y_whole=False):
+    from labkit import flow
+
+    model.train()
+    losses, idx = [], None
+    for _ in range(steps):
+        if t_first:
+            t = torch.rand(B, generator=gen)
+        if idx is None or not idx_once:
+            idx = torch.randint(0, len(x_0), (B,), generator=gen)
+        idx_1 = torch.randint(0, len(x_0), (B,), generator=gen) if broken else idx
+        if t_once:
+            t = torch.rand(1, generator=gen).expand(B)
+        elif not t_first:
+            t = torch.rand(B, generator=gen)
+        noise = torch.randn(x_1[idx_1].shape, generator=gen) if fresh else x_1[idx_1]
+        a, b = (noise, x_0[idx]) if swap else (x_0[idx], noise)
+        if not no_zero:
+            opt.zero_grad()
+        loss = flow.flow_matching_loss(model, a, y if y_whole else y[idx], t, b)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return None if no_return else losses
+
+
+def _reflow_with(**kw):
+    return lambda *a: _reflow(*a, **kw)
+
+
+LAB10_REFLOW = [
+    ("pairs broken (two index draws)", _reflow_with(broken=True), "different noises"),
+    ("fresh noise", _reflow_with(fresh=True), "independent"),
+    ("x_0 and x_1 swapped", _reflow_with(swap=True), "swapped"),
+    ("t per batch", _reflow_with(t_once=True), "per batch"),
+    ("t before the indices", _reflow_with(t_first=True), "order"),
+    ("no zero_grad", _reflow_with(no_zero=True), "never cleared"),
+    ("indices drawn once", _reflow_with(idx_once=True), "every step"),
+    ("no return", _reflow_with(no_return=True), "nothing was returned"),
+    ("labels not indexed", _reflow_with(y_whole=True), "shape \\[B\\]"),
+    ("no step at all", lambda *a: [0.0] * a[5], "did not change"),
+]
+
+
+def _straight(model, x_1, y, times, *, chord=None, width=None, reduce=None, t_of=None, last=False):
+    from labkit import flow
+
+    x, B, vs = x_1, x_1.shape[0], []
+    for k in range(len(times) - 1):
+        t, tn = times[k].to(x.dtype).expand(B), times[k + 1].to(x.dtype).expand(B)
+        v = model(x, t if t_of is None else t_of(t), y)
+        vs.append(v)
+        x = flow.euler_step(x, v, t, tn)
+    c = x_1 - x if chord is None else chord(x_1, x, vs)
+    ws = (times[:-1] - times[1:]).to(x.dtype) if width is None else width(times, len(vs))
+    r = (lambda d: (d ** 2).flatten(1).sum(1)) if reduce is None else reduce
+    per = sum(w * r(c - v) for w, v in zip(ws, vs))
+    return per if last else per.mean()
+
+
+LAB10_STRAIGHT = [
+    ("chord x_0 - x_1", lambda m, x, y, ts: _straight(m, x, y, ts, chord=lambda a, b, vs: b - a), "chord sign reversed"),
+    ("against the first velocity", lambda m, x, y, ts: _straight(m, x, y, ts, chord=lambda a, b, vs: vs[0]), "first one"),
+    ("equal weights", lambda m, x, y, ts: _straight(m, x, y, ts, width=lambda tt, S: [1 / S] * S), "width"),
+    ("no widths", lambda m, x, y, ts: _straight(m, x, y, ts, width=lambda tt, S: [1.0] * S), "width"),
+    ("mean over pixels", lambda m, x, y, ts: _straight(m, x, y, ts, reduce=lambda d: (d ** 2).flatten(1).mean(1)),
+     "averaged over the pixels"),
+    ("norm not squared", lambda m, x, y, ts: _straight(m, x, y, ts, reduce=lambda d: (d ** 2).flatten(1).sum(1).sqrt()),
+     "not squared"),
+    ("model at 1 - t", lambda m, x, y, ts: _straight(m, x, y, ts, t_of=lambda t: 1 - t), "t direction reversed"),
+    ("per image", lambda m, x, y, ts: _straight(m, x, y, ts, last=True), "one number"),
+    ("summed over the images", lambda m, x, y, ts: _straight(m, x, y, ts, last=True).sum(), "mean over the images"),
+    ("half", lambda m, x, y, ts: 0.5 * _straight(m, x, y, ts), "factor 1/2"),
+]
+
+
 def _lab03_class(name: str, mistake: str):
     import lab03_modules
 
@@ -2052,6 +2183,10 @@ SUITE = {
     ("lab09_report", "wilson_interval"): LAB09_WILSON,
     ("lab07_improvements", "dynamic_threshold"): LAB07_THRESH,
     ("lab07_improvements", "fewest_evaluations"): LAB07_KNEE,
+    ("lab10_flow", "shifted_time_grid"): LAB10_GRID,
+    ("lab10_flow", "reflow_pairs"): LAB10_PAIRS,
+    ("lab10_flow", "reflow_train"): LAB10_REFLOW,
+    ("lab10_flow", "straightness"): LAB10_STRAIGHT,
 }
 
 

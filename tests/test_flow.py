@@ -205,3 +205,113 @@ def test_sample_runs_through_euler_step(solver, monkeypatch):
     monkeypatch.setattr(flow, "euler_step", lambda *a: step(*a) + 0.25)
     after = flow.sample(gaussian_velocity(), (4, 1), y, steps=3, solver=solver, x_1=x_1)
     assert (after - before).abs().min() > 0.2
+
+
+# --- reflow and straightness (Liu et al. 2023) -------------------------------------------------------------
+
+
+def straight_gaussian_velocity(mu=MU, s=SD):
+    """The flow after one reflow of the Gaussian flow, exactly: its pairs are (x_0, x_1) = (mu + s z, z), the line
+    between them is x_t = (1 - t) mu + ((1 - t) s + t) z, and its velocity z - (mu + s z) is constant along it."""
+    def model(x, t, y):
+        tt = t.double().view(-1, *([1] * (x.dim() - 1)))
+        z = (x.double() - (1 - tt) * mu) / ((1 - tt) * s + tt)
+        return ((1 - s) * z - mu).to(x.dtype)
+    return model
+
+
+def test_straightness_of_the_gaussian_flow_is_the_closed_form():
+    """x_t = a mu + sqrt(V) z, so v - (x_1 - x_0) = z ((sqrt V)' - (1 - s)) and S = E z^2 * int ((sqrt V)' - (1 - s))^2."""
+    z = standard_normal(4000)
+    y = torch.zeros(len(z), dtype=torch.long)
+    t = (torch.arange(200000, dtype=torch.float64) + 0.5) / 200000  # midpoints
+    a = 1 - t
+    slope = (t - a * SD**2) / (a**2 * SD**2 + t**2).sqrt()  # d sqrt(V) / dt
+    exact = float((z**2).mean()) * float(((slope - (1 - SD)) ** 2).mean())
+    got = float(flow.straightness(gaussian_velocity(), z, y, flow.time_grid(2000)))
+    assert exact > 0.05 and abs(got - exact) < 0.01 * exact
+
+
+def test_straight_flows_have_straightness_zero_and_one_step_is_exact():
+    z = standard_normal(500)
+    y = torch.zeros(len(z), dtype=torch.long)
+    uneven = torch.tensor([1.0, 0.9, 0.5, 0.45, 0.1, 0.0], dtype=torch.float64)
+    for times in (flow.time_grid(7), uneven):
+        assert float(flow.straightness(straight_gaussian_velocity(), z, y, times)) < 1e-20
+        assert float(flow.straightness(gaussian_velocity(0.7, 0.0), z, y, times)) < 1e-20  # data = one point
+    one = flow.euler_loop(straight_gaussian_velocity(), z, y, flow.time_grid(1))
+    assert (one - (MU + SD * z)).abs().max() < 1e-12
+    # one step: the chord is the only velocity, for any model
+    assert float(flow.straightness(gaussian_velocity(), z, y, flow.time_grid(1))) == 0.0
+
+
+def test_reflow_pairs_are_the_flow_map_of_one_draw_of_noise():
+    y = torch.zeros(300, dtype=torch.long)
+    x_0, x_1 = flow.reflow_pairs(gaussian_velocity(), y, flow.time_grid(1000), (1,), 64, torch.Generator().manual_seed(3))
+    assert torch.equal(x_1, torch.randn((300, 1), generator=torch.Generator().manual_seed(3)))
+    assert (x_0 - (MU + SD * x_1)).abs().max() < 2e-3  # the exact flow map mu + s z, up to Euler's error
+    whole, _ = flow.reflow_pairs(gaussian_velocity(), y, flow.time_grid(1000), (1,), 300, torch.Generator().manual_seed(3))
+    assert (whole - x_0).abs().max() < 1e-6  # batching changes nothing
+
+
+def test_reflow_train_is_seeded_and_trains_on_the_pairs():
+    torch.manual_seed(0)
+    x_0, x_1, y = torch.randn(50, 2, 1, 1), torch.randn(50, 2, 1, 1), torch.zeros(50, dtype=torch.long)
+    runs = []
+    for _ in range(2):
+        model = toy2d.VelocityMLP(hidden=16, seed=1)
+        losses = flow.reflow_train(model, torch.optim.SGD(model.parameters(), lr=0.01), x_0, x_1, y, 5, 8,
+                                   torch.Generator().manual_seed(7))
+        runs.append((losses, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    assert len(runs[0][0]) == 5 and all(isinstance(v, float) for v in runs[0][0])
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_one_reflow_straightens_the_toy_and_one_step_lands_on_the_blobs():
+    """The exact first flow v* of the three blobs, one reflow with a small network: S falls by more than 10x, and
+    one Euler step, which sends every point of v* to the mixture's mean, lands most of them on a blob."""
+    mix = toy2d.three_blobs()
+    exact = toy2d.exact_flow_model(mix)
+    first = lambda x, t, y: exact(x[:, :, 0, 0], t, y)[:, :, None, None]  # noqa: E731
+    y = torch.full((2000,), mix.K)
+    x_0, x_1 = flow.reflow_pairs(first, y, flow.time_grid(100), (2, 1, 1), 1000, torch.Generator().manual_seed(4))
+    model = toy2d.VelocityMLP(seed=0)
+    flow.reflow_train(model, torch.optim.Adam(model.parameters(), lr=3e-3), x_0, x_1, y, 1500, 256,
+                      torch.Generator().manual_seed(5))
+    model.eval()
+    z = torch.randn(1000, 2, 1, 1, generator=torch.Generator().manual_seed(6))
+    grid = flow.time_grid(50)
+    before, after = (float(flow.straightness(m, z, y[:1000], grid)) for m in (first, model))
+    assert after < before / 10
+
+    def on_blob(x):
+        return float((torch.cdist(x[:, :, 0, 0].double(), mix.means).min(1).values < 3 * mix.std).double().mean())
+
+    assert on_blob(flow.euler_loop(first, z, y[:1000], flow.time_grid(1))) == 0.0
+    assert on_blob(flow.euler_loop(model, z, y[:1000], flow.time_grid(1))) > 0.6
+
+
+def test_shifted_time_grid_is_eq_23():
+    assert torch.equal(flow.shifted_time_grid(5, 1.0), flow.time_grid(5))
+    for s in (0.25, 3.0):
+        g = flow.shifted_time_grid(6, s)
+        assert g[0] == 1.0 and g[-1] == 0.0 and bool((g[1:] < g[:-1]).all())
+        back = (1 / s) * g / (1 + (1 / s - 1) * g)  # the shift 1/s undoes the shift s
+        assert (back - flow.time_grid(6)).abs().max() < 1e-15
+    assert float(flow.shifted_time_grid(2, 3.0)[1]) == pytest.approx(0.75)  # 3 * 0.5 / (1 + 2 * 0.5)
+    with pytest.raises(LabkitValueError):
+        flow.shifted_time_grid(4, 0.0)
+
+
+def test_on_the_toy_steps_near_the_data_beat_the_uniform_grid_at_two_steps():
+    """The exact mixture flow bends late (near the data): 2 Euler steps crowded towards t = 0 land more points on
+    the blobs than uniform ones, and crowded towards t = 1 fewer."""
+    mix = toy2d.three_blobs()
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.full((2000,), mix.K)
+
+    def on_blob(shift):
+        x = flow.euler_loop(toy2d.exact_flow_model(mix), z, y, flow.shifted_time_grid(2, shift))
+        return float((torch.cdist(x, mix.means).min(1).values < 3 * mix.std).double().mean())
+
+    assert on_blob(1 / 3) > on_blob(1.0) + 0.2 > on_blob(3.0) + 0.4

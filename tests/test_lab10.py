@@ -34,22 +34,52 @@ def _points() -> tuple[float, float]:
 
 
 def test_points_add_up():
-    assert _points() == (13, 4)
+    assert _points() == (23, 5)
 
 
 @pytest.mark.parametrize("check, name", [(c10.check_flow_matching_loss, "flow_matching_loss"),
                                          (c10.check_euler_step, "euler_step"), (c10.check_euler_loop, "euler_loop"),
-                                         (c10.check_heun_loop, "heun_loop"), (c10.check_cfg_velocity, "cfg_velocity")])
+                                         (c10.check_heun_loop, "heun_loop"), (c10.check_cfg_velocity, "cfg_velocity"),
+                                         (c10.check_shifted_time_grid, "shifted_time_grid"),
+                                         (c10.check_reflow_pairs, "reflow_pairs"), (c10.check_reflow_train, "reflow_train"),
+                                         (c10.check_straightness, "straightness")])
 def test_solution_and_labkit_pass(check, name, capsys):
     check(solution_function(LAB, name))
     check(getattr(flow, name))
     assert capsys.readouterr().out.count("passed") == 2
 
 
+def _reversed_chord(model, x_1, y, times):
+    """S computed with the chord x_0 - x_1 (the sign a student who thinks 'from start to end' writes)."""
+    x, B, vs = x_1, x_1.shape[0], []
+    for k in range(len(times) - 1):
+        t, tn = times[k].float().expand(B), times[k + 1].float().expand(B)
+        vs.append(model(x, t, y))
+        x = flow.euler_step(x, vs[-1], t, tn)
+    return sum((times[k] - times[k + 1]) * ((x - x_1 - v) ** 2).flatten(1).sum(1) for k, v in enumerate(vs)).mean()
+
+
+def _broken_pairs(model, optimizer, x_0, x_1, y, steps, batch_size, generator):
+    """reflow_train with the pairs broken: x_1 indexed with a second draw of indices."""
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x_0), (batch_size,), generator=generator)
+        other = torch.randint(0, len(x_0), (batch_size,), generator=generator)
+        t = torch.rand(batch_size, generator=generator)
+        optimizer.zero_grad()
+        loss = flow.flow_matching_loss(model, x_0[idx], y[idx], t, x_1[other])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.parametrize("wrong, check, phrase", [
     (lambda m, x0, y, t, n: ((m((1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * n, t, y) - (x0 - n)) ** 2).mean(),
      c10.check_flow_matching_loss, "sign"),
     (lambda x, v, t, tn: x + (t - tn).view(-1, 1, 1, 1) * v, c10.check_euler_step, "sign is reversed"),
+    (_reversed_chord, c10.check_straightness, "chord sign reversed"),
+    (_broken_pairs, c10.check_reflow_train, "pairs from different noises"),
 ])
 def test_a_reversed_sign_is_named(wrong, check, phrase):
     with pytest.raises(AssertionError, match=phrase):

@@ -86,6 +86,10 @@ LIBRARY = {
     ("lab09_report", "wilson_interval"): "labkit.evaluation.measures",
     ("lab07_improvements", "dynamic_threshold"): "labkit.samplers",
     ("lab07_improvements", "fewest_evaluations"): "labkit.evaluation.measures",
+    ("lab10_flow", "shifted_time_grid"): "labkit.flow",
+    ("lab10_flow", "reflow_pairs"): "labkit.flow",
+    ("lab10_flow", "reflow_train"): "labkit.flow",
+    ("lab10_flow", "straightness"): "labkit.flow",
 }
 
 

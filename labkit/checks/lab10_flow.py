@@ -6,6 +6,10 @@ data at t = 0, noise at t = 1, velocity eps - x_0, sampling from t = 1 down to t
     check_euler_loop(euler_loop)                   Euler down times[0] = 1 > ... > times[S] = 0 (S evaluations)
     check_heun_loop(heun_loop)                     Heun (trapezoid) down the same grid, corrected on every step
     check_cfg_velocity(cfg_velocity)               (1 + w) v(x, t, y) - w v(x, t, null)
+    check_shifted_time_grid(shifted_time_grid)     shift u / (1 + (shift - 1) u) over the uniform grid u = 1 ... 0
+    check_reflow_pairs(reflow_pairs)               (x_0, x_1): x_1 drawn once, x_0 = euler_loop(x_1), in batches
+    check_reflow_train(reflow_train)               flow matching on coupled pairs (x_0[idx], x_1[idx]), t per image
+    check_straightness(straightness)               sum_k (t_k - t_{k+1}) E||(x_1 - x_0) - v(x_{t_k}, t_k)||^2
 
 The loops and the guidance are graded on ``VelocityModel``, a seeded toy velocity model that is strict about its
 inputs as a real network is (t: float [B] in [0, 1]) and says which input is wrong; only tensors come back.
@@ -14,18 +18,21 @@ inputs as a real network is (t: float [B] in [0, 1]) and says which input is wro
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
 from labkit import flow
 from labkit.checks._common import (
+    MARGIN,
     call,
     compare,
     deterministic,
     expect_tensor,
     fail,
     generator,
+    max_abs_diff,
     passed,
     yours_or_labkit,  # noqa: F401  (the lab's cells: the student's function if it passes, else labkit's)
 )
@@ -511,3 +518,454 @@ def flow_network(my_network, config):
     else:
         net = unet.UNet(config)
     return flow.TimeScaled(net), who
+
+
+# --- reflow: the coupling, training on it, straightness ------------------------------------------------
+
+
+def _pair(name, out, N, shape, batch_size):
+    """The student's (x_0, x_1) as two CPU tensors of shape [N, *shape], with messages for the usual slips."""
+    if isinstance(out, torch.Tensor) or not isinstance(out, (tuple, list)) or len(out) != 2:
+        fail(
+            name, f"return the pair (x_0, x_1): two tensors, the end points and their noises, got {type(out).__name__}"
+        )
+    full = (N, *shape)
+    hints = {
+        ((N // batch_size) * batch_size, *shape): "the last, shorter batch is missing: range(0, N, batch_size) "
+        "starts one at every batch, and a slice past the end is simply shorter",
+        (batch_size, *shape): "that is one batch: collect every batch's end points and torch.cat them",
+    }
+    x0 = expect_tensor(name, out[0], full, what="x_0 (the first of the pair)", shape_hints=hints)
+    x1 = expect_tensor(name, out[1], full, what="x_1 (the second of the pair)", shape_hints=hints)
+    return x0, x1
+
+
+def check_reflow_pairs(
+    student_fn, *, seed: int = 0, cases=((7, (1, 4, 4), 3, 3), (6, (2, 3, 3), 6, 2), (5, (1, 5, 5), 2, 4))
+) -> None:
+    """student_fn(model, y int64 [N], times float64 [S+1], shape, batch_size, generator) -> (x_0, x_1), both
+    [N, *shape]: x_1 = torch.randn((N, *shape), generator=generator) drawn once, x_0 the student's euler_loop of
+    x_1, batch_size pairs at a time. cases: (N, shape, batch_size, S); the first grid is uniform, the others not."""
+    name = "check_reflow_pairs"
+    g = generator(seed)
+    for k, (N, shape, batch_size, S) in enumerate(cases):
+        shape = tuple(int(s) for s in shape)
+        model = VelocityModel(shape[0], seed=seed * 100 + k).requires_grad_(False)
+        y = torch.randint(0, 11, (N,), generator=g)
+        times = grid(S, g, uniform=(k == 0))
+        g_seed = 1000 * seed + k
+        context = f" for N = {N} pairs of shape {list(shape)} in batches of {batch_size}, {S} steps"
+        out = call(
+            name,
+            student_fn,
+            model,
+            y,
+            times,
+            shape,
+            batch_size,
+            generator(g_seed),
+            names=["model", "y", "times"],
+            hints=LOOP_HINTS,
+        )
+        x0, x1 = _pair(name, out, N, shape, batch_size)
+        _, noise = flow.reflow_pairs(model, y, times, shape, batch_size, generator(g_seed))  # labkit's draw
+        draws = generator(g_seed)
+        torch.randn((N, *shape), generator=draws)
+        second = torch.randn((N, *shape), generator=draws)  # what a second draw of the noise gives
+        per_batch = generator(g_seed)
+        batched = torch.cat(
+            [torch.randn((len(y[i : i + batch_size]), *shape), generator=per_batch) for i in range(0, N, batch_size)]
+        )
+        model64 = copy.deepcopy(model).double()
+        ref0 = flow.euler_loop(model64, noise.double(), y, times)
+        if max_abs_diff(x0, noise) <= 1e-6 and max_abs_diff(x1, noise) > 1e-6:
+            fail(name, f"the pair came back as (x_1, x_0){context}: return (x_0, x_1), the end points first")
+        x1_mistakes = {
+            "pairs from different noises: the returned x_1 is a second draw, not the noise the flow started from "
+            "(the noise was drawn twice). Draw x_1 once, run the loop on it, and return that same tensor": second,
+        }
+        if max_abs_diff(batched, noise) > 1e-6:
+            x1_mistakes[
+                "the noise was drawn batch by batch: draw all N noises at once before the loop, "
+                "torch.randn((N, *shape), generator=generator), then take the batches from it"
+            ] = batched
+        compare(name, x1, noise, x1_mistakes, tol=1e-6, context=f" (x_1){context}")
+        try:
+            compare(
+                name,
+                x0,
+                ref0,
+                {
+                    "pairs from different noises: x_0 is where the flow takes another noise than the returned x_1 "
+                    "(the noise was drawn twice). Run the loop on the x_1 you return": flow.euler_loop(
+                        model64, second.double(), y, times
+                    ),
+                    "x_0 came from Heun's method: the pairs in this lab are euler_loop's end points": flow.heun_loop(
+                        model64, noise.double(), y, times
+                    ),
+                    "the grid was run backwards (t from 0 up to 1): the loop starts from the noise at times[0] = 1 "
+                    "and walks down to t = 0; pass times as given": flow.euler_loop(
+                        model64, noise.double(), y, times.flip(0)
+                    ),
+                    "every pair's end point was computed without its label (y = 10, 'no class'): pass each batch's "
+                    "labels y[i : i + batch_size]": flow.euler_loop(
+                        model64, noise.double(), torch.full_like(y, 10), times
+                    ),
+                },
+                tol=1e-5,
+                context=f" (x_0){context}",
+                reference=lambda m, x, y_, tt: flow.euler_loop(m, x, y_, tt),
+                args=(model, noise, y, times),
+            )
+        except AssertionError as exc:
+            if getattr(exc, "mistake", None) or "from different noises" in str(exc):
+                raise
+            fail(
+                name,
+                f"{str(exc).split(': ', 1)[1]}\n  (your reflow_pairs runs your euler_loop: if "
+                "check_euler_loop failed above, fix that first)",
+            )
+    passed(name, f"{len(cases)} cases (batches of {[c[2] for c in cases]}), seed {seed}")
+
+
+REFLOW_MISTAKES = {
+    "pairs_broken": "pairs from different noises: x_0 and x_1 were indexed with two different draws of indices. "
+    "Pair i is x_0[i] with its own x_1[i]: draw idx once and use it for x_0, x_1 and y",
+    "fresh_noise": "the noise was drawn fresh (torch.randn): that is ordinary flow matching with independent "
+    "noise. Reflow trains on the coupled noise x_1[idx], the one the flow took to x_0[idx]",
+    "swapped": "x_0 and x_1 swapped: flow_matching_loss(model, x0, y, t, noise) takes the end points x_0[idx] "
+    "as x0 and their noises x_1[idx] as noise",
+    "t_per_batch": "one t for the whole batch (t sampled per batch, torch.rand(1)): draw one time per image, "
+    "torch.rand(B, generator=generator)",
+    "t_first": "the random numbers were drawn in another order: per step, the batch indices first, then t",
+    "no_zero_grad": "the gradients were never cleared: call optimizer.zero_grad() before each backward "
+    "(backward adds to .grad)",
+    "reused_idx": "the batch indices were drawn once, before the loop: draw new indices (and new t) every step",
+}
+
+
+def _reflow_variant(model, opt, x_0, x_1, y, steps, B, gen, mistake=None):
+    """labkit's reflow_train written out with one named mistake switched on (for the messages only)."""
+    model.train()
+    N = len(x_0)
+    idx = None
+    for _ in range(steps):
+        if mistake == "t_first":
+            t = torch.rand(B, generator=gen)
+        if mistake != "reused_idx" or idx is None:
+            idx = torch.randint(0, N, (B,), generator=gen)
+        idx_1 = torch.randint(0, N, (B,), generator=gen) if mistake == "pairs_broken" else idx
+        if mistake == "t_per_batch":
+            t = torch.rand(1, generator=gen).expand(B)
+        elif mistake != "t_first":
+            t = torch.rand(B, generator=gen)
+        noise = x_1[idx_1]
+        if mistake == "fresh_noise":
+            noise = torch.randn(noise.shape, generator=gen).to(x_0.dtype)
+        a, b = (noise, x_0[idx]) if mistake == "swapped" else (x_0[idx], noise)
+        if mistake != "no_zero_grad":
+            opt.zero_grad()
+        loss = flow.flow_matching_loss(model, a, y[idx], t.to(x_0.dtype), b)
+        loss.backward()
+        opt.step()
+
+
+class _ReflowSetup:
+    """Seeded coupled pairs, a VelocityModel with stale gradients and an SGD optimiser with momentum."""
+
+    def __init__(self, seed, shape, N):
+        g = generator(seed)
+        self.x_0 = torch.rand((N, *shape), generator=g) * 2 - 1
+        self.x_1 = torch.randn((N, *shape), generator=g)
+        self.y = torch.randint(0, 10, (N,), generator=g)
+        self.model = VelocityModel(shape[0], seed=seed * 100 + 9)
+        self.stale = [0.5 * torch.randn(p.shape, generator=g) for p in self.model.parameters()]
+
+    def fresh(self, dtype=None, lr=0.02, adam=False):
+        model = copy.deepcopy(self.model)
+        if dtype is not None:
+            model = model.to(dtype)
+        for p, s in zip(model.parameters(), self.stale):
+            p.grad = s.clone().to(p.dtype)
+        opt = (
+            torch.optim.Adam(model.parameters(), lr=lr)
+            if adam
+            else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        )
+        return model, opt
+
+    def data(self, dtype=None):
+        if dtype is None:
+            return self.x_0, self.x_1, self.y
+        return self.x_0.to(dtype), self.x_1.to(dtype), self.y
+
+
+def _loss_values(name, out, steps) -> list[float]:
+    """The student's list of step losses as floats, with a message for what else came back."""
+    if out is None:
+        fail(name, "nothing was returned: return the list of the losses of every step (loss.item())")
+    if isinstance(out, torch.Tensor):
+        out = out.detach().reshape(-1).tolist()
+    if not isinstance(out, (list, tuple)):
+        fail(name, f"return a list of the {steps} losses (one float per step), got {type(out).__name__}")
+    if len(out) != steps:
+        fail(name, f"returned {len(out)} losses for {steps} steps: append each step's loss to the list")
+    values = []
+    for v in out:
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = float(v.detach().reshape(()))
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            fail(name, f"the list holds a {type(v).__name__}; append each step's loss as a float (loss.item())")
+        values.append(float(v))
+    return values
+
+
+def _weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().double().flatten() for p in model.parameters()])
+
+
+def check_reflow_train(
+    student_fn,
+    *,
+    seed: int = 0,
+    shape=(1, 4, 4),
+    N: int = 24,
+    steps: int = 4,
+    batch_size: int = 5,
+    short_steps: int = 40,
+) -> None:
+    """student_fn(model, optimizer, x_0 [N,C,H,W], x_1 [N,C,H,W], y int64 [N], steps, batch_size, generator) ->
+    the list of the step losses. Determinism: from a generator seeded with ``seed``, ``steps`` steps must reach
+    the weights of ``labkit.flow.reflow_train`` on a copy (within MARGIN times that loop's float32 error against
+    float64, at most 1e-3); then a ``short_steps`` run with Adam must lower the loss."""
+    name = "check_reflow_train"
+    shape = tuple(int(s) for s in shape)
+    setup = _ReflowSetup(seed, shape, N)
+    ref_model, ref_opt = setup.fresh()
+    ref_losses = flow.reflow_train(ref_model, ref_opt, *setup.data(), steps, batch_size, generator(seed))
+    ref = _weights(ref_model)
+    m64, o64 = setup.fresh(torch.float64)
+    flow.reflow_train(m64, o64, *setup.data(torch.float64), steps, batch_size, generator(seed))
+    tol = min(1e-3, max(1e-6, MARGIN * max_abs_diff(ref, _weights(m64))))
+
+    model, opt = setup.fresh()
+    start = _weights(model)
+    out = call(
+        name,
+        student_fn,
+        model,
+        opt,
+        *setup.data(),
+        steps,
+        batch_size,
+        generator(seed),
+        names=["model", "optimizer", "x_0", "x_1", "y"],
+    )
+    got = _weights(model)
+    if max_abs_diff(got, ref) > tol:
+        if max_abs_diff(got, start) == 0.0:
+            fail(
+                name,
+                "the model's weights did not change: each step must call loss.backward() and "
+                "optimizer.step() on the model it was given",
+            )
+        for mistake, message in REFLOW_MISTAKES.items():
+            wm, wo = setup.fresh()
+            _reflow_variant(wm, wo, *setup.data(), steps, batch_size, generator(seed), mistake=mistake)
+            if max_abs_diff(got, _weights(wm)) <= tol:
+                fail(name, message, mistake=mistake)
+        fail(
+            name,
+            f"after {steps} steps your weights differ from the reference loop's by up to "
+            f"{max_abs_diff(got, ref):.3g}. Per step: idx = torch.randint(0, N, (B,)), then t = torch.rand(B) "
+            "(both from `generator`), then zero_grad, your flow_matching_loss on (x_0[idx], y[idx], t, x_1[idx]), "
+            "backward, optimizer.step()",
+        )
+    losses = _loss_values(name, out, steps)
+    loss_err = max(abs(a - b) for a, b in zip(losses, ref_losses))
+    if loss_err > max(tol, 1e-5 * max(1.0, max(abs(v) for v in ref_losses))):
+        fail(
+            name,
+            f"the weights are right, but the returned losses differ from the steps' losses by up to "
+            f"{loss_err:.3g}: append each step's loss (loss.item()), once per step",
+        )
+
+    # a short run: the loss must fall (Adam, a larger batch)
+    rm, ro = setup.fresh(adam=True)
+    r_losses = flow.reflow_train(rm, ro, *setup.data(), short_steps, 16, generator(seed + 1))
+    k = max(1, short_steps // 8)
+    first, last = sum(r_losses[:k]) / k, sum(r_losses[-k:]) / k
+    bound = last + 0.25 * (first - last)
+    sm, so = setup.fresh(adam=True)
+    got_losses = _loss_values(
+        name, call(name, student_fn, sm, so, *setup.data(), short_steps, 16, generator(seed + 1)), short_steps
+    )
+    mean_last = sum(got_losses[-k:]) / k
+    if not math.isfinite(mean_last) or mean_last > bound:
+        fail(
+            name,
+            f"in a {short_steps}-step run your loss went from {sum(got_losses[:k]) / k:.3g} to {mean_last:.3g} "
+            f"(mean of the first and last {k} steps); the reference falls from {first:.3g} to {last:.3g}, and a "
+            f"loop must reach {bound:.3g}",
+        )
+    passed(
+        name,
+        f"{steps} steps reach the reference weights (within {tol:.1g}); a {short_steps}-step run's loss "
+        f"fell from {sum(got_losses[:k]) / k:.3f} to {mean_last:.3f}; seed {seed}",
+    )
+
+
+@torch.no_grad()
+def _straightness_variant(model, x_1, y, times, mistake):
+    """labkit's straightness with one named mistake (for the messages only)."""
+    x, B, vs = x_1, x_1.shape[0], []
+    for k in range(len(times) - 1):
+        t, t_next = times[k].to(x.dtype).expand(B), times[k + 1].to(x.dtype).expand(B)
+        v = model(x, 1 - t if mistake == "one_minus_t" else t, y)
+        vs.append(v)
+        x = flow.euler_step(x, v, t, t_next)
+    chord = {"reversed": x - x_1, "first_velocity": vs[0]}.get(mistake, x_1 - x)
+    widths = (times[:-1] - times[1:]).to(x.dtype)
+    if mistake == "unweighted":
+        widths = torch.full_like(widths, 1 / len(vs))
+    elif mistake == "no_widths":
+        widths = torch.ones_like(widths)
+    reduce = {
+        "pixel_mean": lambda d: (d**2).flatten(1).mean(1),
+        "not_squared": lambda d: (d**2).flatten(1).sum(1).sqrt(),
+    }.get(mistake, lambda d: (d**2).flatten(1).sum(1))
+    per_image = sum(w * reduce(chord - v) for w, v in zip(widths, vs))  # [B]
+    if mistake == "half":
+        return 0.5 * per_image.mean()
+    return per_image.sum() if mistake == "image_sum" else per_image.mean()
+
+
+STRAIGHTNESS_MISTAKES = {
+    "reversed": "the chord has the wrong sign: integrated over t the velocity gives x_1 - x_0 (noise minus end "
+    "point), the direction the model's v points in this lab (chord sign reversed)",
+    "first_velocity": "the velocities were compared with the first one: compare each with the chord x_1 - x_0, "
+    "the velocity of the straight line from start to end",
+    "unweighted": "the steps were averaged with equal weights: the integral over t weighs each step by its "
+    "width t_k - t_{k+1} (the grid may be uneven)",
+    "no_widths": "the steps' terms were summed without their widths: the integral over t in [0, 1] weighs each "
+    "step by t_k - t_{k+1}",
+    "pixel_mean": "the squared difference was averaged over the pixels: ||.||^2 sums over the pixels (the mean "
+    "is over the images only)",
+    "not_squared": "the norm is not squared: S uses ||(x_1 - x_0) - v||^2, the sum of squares over the pixels",
+    "image_sum": "the images' terms were summed: E is the mean over the images (each image's sum over steps, "
+    "then the mean)",
+    "half": "half of S: the straightness has no factor 1/2 (it is not a loss to differentiate)",
+    "one_minus_t": "the model was given 1 - t (t direction reversed): it takes the time of the step as it is",
+}
+
+
+def check_straightness(student_fn, *, seed: int = 0, sizes=((3, 1, 5, 5), (2, 2, 4, 3)), steps=(4, 5, 1)) -> None:
+    """student_fn(model, x_1 [B,C,H,W], y int64 [B], times float64 [S+1]) -> S, a number (0-d tensor or float):
+    the Riemann sum over the Euler path's steps of (t_k - t_{k+1}) E||(x_1 - x_0) - v(x_{t_k}, t_k)||^2."""
+    name = "check_straightness"
+    g = generator(seed)
+    for n, shape in enumerate(sizes):
+        shape = tuple(int(s) for s in shape)
+        B = shape[0]
+        for i, S in enumerate(steps):
+            times = grid(S, g, uniform=(i == 0))
+            model = VelocityModel(shape[1], seed=seed * 100 + n).requires_grad_(False)
+            x_1 = torch.randn(shape, generator=g)
+            y = torch.randint(0, 11, (B,), generator=g)
+            args = (model, x_1, y, times)
+            context = f" for x_1 of shape {list(shape)}, {S} step{'s' if S > 1 else ''} " + (
+                "(a uniform grid)" if i == 0 or S == 1 else "(an uneven grid)"
+            )
+            out = call(name, student_fn, *args, hints=LOOP_HINTS, names=["model", "x_1", "y", "times"])
+            if isinstance(out, (int, float)) and not isinstance(out, bool):
+                out = torch.tensor(float(out), dtype=torch.float64)
+            out = expect_tensor(
+                name,
+                out,
+                None,
+                shape_hints={},
+            )
+            if out.numel() != 1:
+                fail(
+                    name,
+                    f"the result has shape {list(out.shape)}; S is one number: the mean over the images of "
+                    "each image's sum over steps",
+                )
+            out = out.reshape(())
+            wide = (copy.deepcopy(model).double(), x_1.double(), y, times)
+            ref = flow.straightness(*wide)
+            mistakes = {}
+            for key, message in STRAIGHTNESS_MISTAKES.items():
+                wrong = _straightness_variant(*wide, key)
+                if max_abs_diff(wrong, ref) > 1e-9:  # on a uniform grid "unweighted" is right
+                    mistakes[message] = wrong
+            try:
+                compare(
+                    name,
+                    out,
+                    ref,
+                    mistakes,
+                    tol=1e-5 * max(1.0, float(ref)),
+                    context=context,
+                    reference=flow.straightness,
+                    args=args,
+                )
+            except AssertionError as exc:
+                if getattr(exc, "mistake", None):
+                    raise
+                fail(
+                    name,
+                    f"{str(exc).split(': ', 1)[1]}\n  (your straightness runs your euler_step: if "
+                    "check_euler_step failed above, fix that first)",
+                )
+    passed(name, f"grids of {list(steps)} steps, shapes {[list(s) for s in sizes]}, seed {seed}")
+
+
+# --- a shifted time grid -------------------------------------------------------------------------------
+
+
+def check_shifted_time_grid(student_fn, *, seed: int = 0, cases=((4, 3.0), (5, 0.5), (1, 2.0), (8, 1.0))) -> None:
+    """student_fn(steps: int, shift: float) -> [steps + 1] (float64 like time_grid; float32 accepted): shift u / (1 + (shift - 1) u) over the uniform
+    descending grid u = 1, 1 - 1/steps, ..., 0. cases: (steps, shift); hidden lines draw other shifts."""
+    name = "check_shifted_time_grid"
+    g = generator(seed)
+    for steps, shift in cases:
+        steps, shift = int(steps), float(shift)
+        if seed:
+            shift = float(torch.exp(torch.randn((), generator=g, dtype=torch.float64)))  # hidden: shifts around 1
+        out = call(name, student_fn, steps, shift)
+        out = expect_tensor(
+            name,
+            out,
+            (steps + 1,),
+            shape_hints={(steps,): "a grid of S steps has S + 1 times, from 1 down to 0 (time_grid(steps) has them)"},
+        )
+        u = flow.time_grid(steps)
+        ref = flow.shifted_time_grid(steps, shift)
+        mistakes = {}
+        if shift != 1.0:
+            mistakes.update(
+                {
+                    "the shift went the other way: u / (shift - (shift - 1) u) is the shift 1/shift; the grid is "
+                    "shift u / (1 + (shift - 1) u), crowding towards t = 1 when shift > 1 (shift inverted)": u
+                    / (shift - (shift - 1) * u),
+                    "shift u / (1 + shift u): the denominator is 1 + (shift - 1) u, which keeps the end t = 1 at 1": shift
+                    * u
+                    / (1 + shift * u),
+                    "u ** shift is a power law, not the shift: t = shift u / (1 + (shift - 1) u)": u**shift,
+                    "the uniform grid: the times must be shifted, t = shift u / (1 + (shift - 1) u)": u,
+                    "shift u without the denominator: t = shift u / (1 + (shift - 1) u) keeps every time in [0, 1]": shift
+                    * u,
+                }
+            )
+        mistakes["the grid ascends from 0 to 1: sampling walks down from t = 1 (noise) to t = 0 (data)"] = ref.flip(0)
+        compare(
+            name,
+            out,
+            ref,
+            mistakes,
+            tol=1e-6,  # float32 grids are accepted (the loops convert the times)
+            context=f" for steps = {steps}, shift = {shift:g}",
+            where=("k", torch.arange(steps + 1)),
+        )
+    passed(name, f"{len(cases)} grids, seed {seed}")

@@ -82,6 +82,10 @@ LIBRARY_ANSWERS = {
     "wilson_interval": "labkit.evaluation.measures",
     "dynamic_threshold": "labkit.samplers",
     "fewest_evaluations": "labkit.evaluation.measures",
+    "shifted_time_grid": "labkit.flow",
+    "reflow_pairs": "labkit.flow",
+    "reflow_train": "labkit.flow",
+    "straightness": "labkit.flow",
 }
 
 # What labkit lends an exercise (the lab says so in its text): both review layers leave these uses alone.
