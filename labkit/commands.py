@@ -198,7 +198,7 @@ def cmd_info(args) -> int:
     import torchvision
 
     from labkit import __version__
-    from labkit.checkpoint import ASSET_PATH
+    from labkit.checkpoint import ASSET_PATH, FAST_ASSET_PATH
     from labkit.data import candidate_roots, locate_mnist
     from labkit.device import pick_device
 
@@ -227,6 +227,7 @@ def cmd_info(args) -> int:
         folder, tv_root = found
         print(f"MNIST found  {folder}" + (f"  (unpacked into {tv_root})" if tv_root != folder else ""))
     print(f"shipped checkpoint  {ASSET_PATH}{'' if ASSET_PATH.exists() else '  (missing)'}")
+    print(f"fast model          {FAST_ASSET_PATH}{'' if FAST_ASSET_PATH.exists() else '  (missing)'}  (--model fast)")
     print("training checkpoints  <out dir>/last.pt (default runs/mnist-cpu or runs/mnist-gpu)")
     return 0
 

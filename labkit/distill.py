@@ -131,15 +131,19 @@ def teacher_trajectories(
     steps: int = TEACHER_STEPS,
     keep_every: int = KEEP_EVERY,
     shape: tuple | None = None,
+    sampler: str = "dpmpp_2m",
 ) -> dict:
-    """Guided DPM-Solver++(2M) trajectories from fresh noise (drawn from ``generator``):
+    """Guided DPM-Solver++(2M) trajectories (or DDIM's, eta 0: ``sampler``) from noise drawn from ``generator``.
 
-    y: int64 [B]; shape: one sample's shape (default the model's (C, 28, 28)) -> {"states": [B, S / keep_every, C, H, W] the state at every kept step (the first is x_T),
-    "times": int64 [S / keep_every] their time steps, "x0": [B, C, H, W] the end points in [-1, 1], "y": [B]}.
+    y: int64 [B]; shape: one sample's shape (default the model's (C, 28, 28)) -> {"states": [B, S', C, H, W],
+    the state at every kept step (S' = S / keep_every; the first is x_T), "times": int64 [S'] their time
+    steps, "x0": [B, C, H, W] the end points in [-1, 1], "y": [B]}.
     """
     traj = Trajectory()
     shape = (len(y), *(shape or _image_shape(teacher)))
-    x0 = sample(teacher, shape, y, schedule, sampler="dpmpp_2m", steps=steps, guidance=guidance,
+    if sampler not in ("dpmpp_2m", "ddim"):
+        raise LabkitValueError(f"the teacher must be deterministic (dpmpp_2m or ddim), got {sampler!r}")
+    x0 = sample(teacher, shape, y, schedule, sampler=sampler, steps=steps, guidance=guidance,
                 null_class=null_class, clip=1.0, generator=generator, callback=traj)  # fmt: skip
     states = traj.x_t[::keep_every].transpose(0, 1)  # [B, S', C, H, W]
     times = torch.tensor(traj.ts[::keep_every])  # [S']
@@ -190,6 +194,7 @@ def draw_batch(data: dict, batch_size: int, weights: torch.Tensor, alpha_bars, g
 @dataclass(frozen=True)
 class DistillConfig:
     guidance: float = 0.5  # the teacher's guidance, folded into the student
+    teacher_sampler: str = "dpmpp_2m"  # a deterministic sampler: "dpmpp_2m" or "ddim" (eta 0)
     teacher_steps: int = TEACHER_STEPS
     trajectories: int = 8000
     chunk: int = 500  # trajectories per teacher file
@@ -241,7 +246,7 @@ def train_student(
         torch.nn.utils.clip_grad_norm_(student.parameters(), config.grad_clip)
         optimizer.step()
         ema_update(ema, student, ema_decay_at(step, config.ema_decay))
-        losses.append(float(loss))
+        losses.append(loss.item())
     student.eval()
     return optimizer, ema, losses
 
@@ -265,7 +270,7 @@ def make_teacher_data(folder, teacher, schedule, config: DistillConfig, *, log=p
         y = torch.arange(10, device=device).repeat_interleave(per_class)  # [chunk]
         gen = torch.Generator(device).manual_seed(config.seed * 100_003 + k)
         part = teacher_trajectories(teacher, y, schedule, guidance=config.guidance, null_class=10,
-                                    generator=gen, steps=config.teacher_steps)  # fmt: skip
+                                    generator=gen, steps=config.teacher_steps, sampler=config.teacher_sampler)  # fmt: skip
         part = {**part, "states": part["states"].half(), "x0": part["x0"].half()}
         save_checkpoint(path, {"teacher": part, "guidance": config.guidance})
         s = time.perf_counter() - start
@@ -303,7 +308,7 @@ def fast_meta(teacher_meta: dict, config: DistillConfig, times: torch.Tensor) ->
         "parameterization": "v",
         "grid": [int(t) for t in times],
         "teacher": {
-            "sampler": "dpmpp_2m",
+            "sampler": config.teacher_sampler,
             "steps": config.teacher_steps,
             "guidance": config.guidance,
             "checkpoint_step": teacher_meta.get("step"),
@@ -396,7 +401,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=20.0, help="training minutes (this call)")
     p.add_argument("--steps", type=int, default=None, help="stop at this many steps in all (replaces --minutes)")
     p.add_argument("--trajectories", type=int, default=DistillConfig.trajectories)
-    p.add_argument("--guidance", type=float, default=DistillConfig.guidance)
+    p.add_argument("--guidance", type=float, default=DistillConfig.guidance, help="the teacher's guidance weight")
+    p.add_argument("--teacher-sampler", choices=["dpmpp_2m", "ddim"], default=DistillConfig.teacher_sampler)
+    p.add_argument("--teacher-steps", type=int, default=DistillConfig.teacher_steps)
     p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
     p.add_argument("--lr", type=float, default=DistillConfig.lr)
     p.add_argument("--seed", type=int, default=0)
@@ -413,6 +420,7 @@ def main(argv=None) -> int:
 def run_command(args) -> int:
     """What ``labkit distill`` does with its parsed arguments."""
     config = DistillConfig(guidance=args.guidance, trajectories=args.trajectories, batch_size=args.batch_size,
+                           teacher_sampler=args.teacher_sampler, teacher_steps=args.teacher_steps,
                            lr=args.lr, seed=args.seed)  # fmt: skip
     out = Path(args.out)
     if args.what == "teacher":
