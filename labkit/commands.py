@@ -142,8 +142,8 @@ def cmd_sample(args) -> int:
         args.out, images, y, sampler=args.sampler, steps=steps, guidance=w, checkpoint=meta["path"], nfe=nfe
     )
     print(
-        f"{len(images)} samples ({args.sampler}, {steps} steps, guidance {w:g}; "
-        f"{nfe:g} network evaluations per digit) -> {out}"
+        f"{len(images)} samples ({args.sampler}, {steps} steps, guidance {w:g}), "
+        f"{nfe:g} network evaluations per digit -> {out}"
     )
     grid = args.grid if args.grid is not None else str(out.with_suffix(".png"))
     if grid != "none":

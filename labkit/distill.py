@@ -196,6 +196,7 @@ class DistillConfig:
     guidance: float = 0.5  # the teacher's guidance, folded into the student
     teacher_sampler: str = "dpmpp_2m"  # a deterministic sampler: "dpmpp_2m" or "ddim" (eta 0)
     teacher_steps: int = TEACHER_STEPS
+    keep_every: int = KEEP_EVERY  # keep every n-th teacher state (the student's steps are among the kept ones)
     trajectories: int = 8000
     chunk: int = 500  # trajectories per teacher file
     batch_size: int = 64
@@ -270,7 +271,8 @@ def make_teacher_data(folder, teacher, schedule, config: DistillConfig, *, log=p
         y = torch.arange(10, device=device).repeat_interleave(per_class)  # [chunk]
         gen = torch.Generator(device).manual_seed(config.seed * 100_003 + k)
         part = teacher_trajectories(teacher, y, schedule, guidance=config.guidance, null_class=10,
-                                    generator=gen, steps=config.teacher_steps, sampler=config.teacher_sampler)  # fmt: skip
+                                    generator=gen, steps=config.teacher_steps, sampler=config.teacher_sampler,
+                                    keep_every=config.keep_every)  # fmt: skip
         part = {**part, "states": part["states"].half(), "x0": part["x0"].half()}
         save_checkpoint(path, {"teacher": part, "guidance": config.guidance})
         s = time.perf_counter() - start
@@ -404,6 +406,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=DistillConfig.guidance, help="the teacher's guidance weight")
     p.add_argument("--teacher-sampler", choices=["dpmpp_2m", "ddim"], default=DistillConfig.teacher_sampler)
     p.add_argument("--teacher-steps", type=int, default=DistillConfig.teacher_steps)
+    p.add_argument("--keep-every", type=int, default=DistillConfig.keep_every, help="keep every n-th teacher state")
     p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
     p.add_argument("--lr", type=float, default=DistillConfig.lr)
     p.add_argument("--seed", type=int, default=0)
@@ -421,6 +424,7 @@ def run_command(args) -> int:
     """What ``labkit distill`` does with its parsed arguments."""
     config = DistillConfig(guidance=args.guidance, trajectories=args.trajectories, batch_size=args.batch_size,
                            teacher_sampler=args.teacher_sampler, teacher_steps=args.teacher_steps,
+                           keep_every=args.keep_every,
                            lr=args.lr, seed=args.seed)  # fmt: skip
     out = Path(args.out)
     if args.what == "teacher":

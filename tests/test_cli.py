@@ -195,7 +195,7 @@ def test_sample_a_fast_checkpoint_on_its_own_grid(tiny_fast, tmp_path, capsys, s
     argv = ["sample", "--checkpoint", str(tiny_fast), "--per-class", "1", "--out", str(tmp_path / "s.pt"), "--grid", "none"]
     assert cli.main(argv + (["--steps", steps] if steps else [])) == 0
     out = capsys.readouterr().out
-    assert f"(consistency, {nfe} steps, guidance 0; {nfe} network evaluations per digit)" in out, out
+    assert f"(consistency, {nfe} steps, guidance 0), {nfe} network evaluations per digit" in out, out
 
 
 def test_fast_model_refuses_guidance_and_odd_steps(tiny_fast, capsys):
