@@ -35,7 +35,14 @@ ASSET_SHA256 = "4cf4675b258a814b64cba16319839ff2f38e87a7398b02948a5009900e8d71bc
 # The few-step model distilled from it (``labkit.distill``; docs/benchmarks.md, issue 28): ``model="fast"``.
 FAST_ASSET_PATH = ASSET_PATH.with_name("mnist_fast.pt")
 FAST_ASSET_SHA256 = None
-SHIPPED = {"default": (ASSET_PATH, ASSET_SHA256), "fast": (FAST_ASSET_PATH, FAST_ASSET_SHA256)}
+SHIPPED = ("default", "fast")
+
+
+def shipped_file(name: str) -> tuple[Path, str | None]:
+    """(path, expected sha256) of a shipped model, read when asked (tests may change them)."""
+    if name not in SHIPPED:
+        raise LabkitError(f"unknown shipped model {name!r}: choose one of {', '.join(SHIPPED)}")
+    return (ASSET_PATH, ASSET_SHA256) if name == "default" else (FAST_ASSET_PATH, FAST_ASSET_SHA256)
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -186,9 +193,7 @@ def load_model(path=None, device=None, *, shipped: str = "default"):
     from labkit.unet import UNet, UNetConfig
 
     if path is None:
-        if shipped not in SHIPPED:
-            raise LabkitError(f"unknown shipped model {shipped!r}: choose one of {', '.join(SHIPPED)}")
-        path, expected = SHIPPED[shipped]
+        path, expected = shipped_file(shipped)
         if not path.is_file():
             raise LabkitError(f"the shipped checkpoint {path} is missing: reinstall labkit")
         digest = file_sha256(path)
