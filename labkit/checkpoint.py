@@ -34,7 +34,7 @@ ASSET_PATH = Path(__file__).resolve().parent / "assets" / "mnist_ddpm.pt"
 ASSET_SHA256 = "4cf4675b258a814b64cba16319839ff2f38e87a7398b02948a5009900e8d71bc"
 # The few-step model distilled from it (``labkit.distill``; docs/benchmarks.md, issue 28): ``model="fast"``.
 FAST_ASSET_PATH = ASSET_PATH.with_name("mnist_fast.pt")
-FAST_ASSET_SHA256 = None
+FAST_ASSET_SHA256 = "0fb6f1fe1523609e293dbc550bb7380d2e6df7b738689c4ea33723a0f18adf62"
 SHIPPED = ("default", "fast")
 
 

@@ -106,7 +106,7 @@ def build_parser(course_arguments: bool = True, distill_arguments: bool = True) 
         choices=["default", "fast"],
         default="default",
         help="shipped model: default (DDPM, 16 steps with guidance = 32 network evaluations per digit) or fast "
-        "(distilled: 1, 2, 4 or 8 evaluations with --steps; 2 by default)",
+        "(distilled: 1, 2, 4 or 8 evaluations with --steps; 4 by default)",
     )
     s.add_argument("--sampler", default=None, help="ddpm, ddim or dpmpp_2m (default: the checkpoint's recipe)")
     s.add_argument("--steps", type=_pos_int, default=None, help="sampler steps (default: the checkpoint's)")

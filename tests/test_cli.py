@@ -209,5 +209,8 @@ def test_sample_model_fast_uses_the_shipped_fast_model(tmp_path, capsys):
     if not FAST_ASSET_PATH.exists():
         pytest.skip("no shipped fast model in this checkout")
     assert cli.main(["sample", "--model", "fast", "--per-class", "1", "--out", str(tmp_path / "s.pt"), "--grid", "none"]) == 0
-    assert "2 network evaluations per digit" in capsys.readouterr().out
+    assert "(consistency, 4 steps, guidance 0), 4 network evaluations per digit" in capsys.readouterr().out
+    assert cli.main(["sample", "--model", "fast", "--steps", "1", "--per-class", "1", "--out", str(tmp_path / "s.pt"),
+                     "--grid", "none"]) == 0
+    assert "1 network evaluations per digit" in capsys.readouterr().out
     assert "invalid choice" in error_line(capsys, ["sample", "--model", "slow"])
