@@ -186,7 +186,7 @@ def load_model(path=None, device=None, *, shipped: str = "default"):
     (``labkit/assets/mnist_ddpm.pt``) or "fast" (``mnist_fast.pt``, the few-step model of ``labkit.distill``),
     its sha256 checked first. The EMA weights are used when present. The model is float32, in eval
     mode, on ``device`` (default: the best available, see ``labkit.device.pick_device``). A fast checkpoint
-    (one with a "fast" entry) comes back as ``distill.VStudent``: a noise predictor like the others.
+    (one with a "fast" entry) comes back as ``vpred.VStudent``: a noise predictor like the others.
     meta: {"step", "train" (TrainConfig dict), "unet", "schedule", "T", "quality", "fast", "path"}.
     """
     from labkit.schedules import make_schedule
@@ -215,7 +215,7 @@ def load_model(path=None, device=None, *, shipped: str = "default"):
     meta = {k: state.get(k) for k in ("step", "train", "unet", "schedule", "T", "quality", "fast")}
     meta["path"] = str(path)
     if meta["fast"]:  # a v-predicting student: wrapped as a noise predictor for every sampler
-        from labkit.distill import VStudent
+        from labkit.vpred import VStudent
 
         model = VStudent(model, schedule)
     if device.type == "cpu":  # oneDNN's fast convolution layout: ~20% faster sampling on a CPU

@@ -44,6 +44,7 @@ from labkit.errors import LabkitError, LabkitValueError
 from labkit.samplers import Trajectory, sample
 from labkit.schedules import Schedule
 from labkit.training import ema_decay_at, ema_update
+from labkit.vpred import VStudent, alpha_sigma, eps_from_v, x0_from_v  # noqa: F401  (re-exported)
 
 TEACHER_STEPS = 16  # DPM-Solver++(2M) steps of the teacher (32 evaluations with guidance)
 KEEP_EVERY = 2  # keep every 2nd teacher state: the grids of K = 1, 2, 4, 8 student steps
@@ -51,10 +52,6 @@ STUDENT_STEPS = (1, 2, 4, 8)
 
 
 # --- The equations ------------------------------------------------------------------------------------
-
-
-def _alpha_sigma(alpha_bar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
 
 
 def ddim_target(x_t, x_next, alpha_bar_t, alpha_bar_next) -> torch.Tensor:
@@ -67,24 +64,10 @@ def ddim_target(x_t, x_next, alpha_bar_t, alpha_bar_next) -> torch.Tensor:
     With alpha_bar_next = 1 (the step to clean data, sigma_next = 0) x~ = x_next: the end point itself.
     x_t, x_next: [B, C, H, W]; alpha_bar_t, alpha_bar_next: [B, 1, 1, 1] -> x~ [B, C, H, W].
     """
-    alpha_t, sigma_t = _alpha_sigma(alpha_bar_t)
-    alpha_n, sigma_n = _alpha_sigma(alpha_bar_next)
+    alpha_t, sigma_t = alpha_sigma(alpha_bar_t)
+    alpha_n, sigma_n = alpha_sigma(alpha_bar_next)
     ratio = sigma_n / sigma_t
     return ((x_next - ratio * x_t) / (alpha_n - ratio * alpha_t)).to(x_t.dtype)
-
-
-def x0_from_v(x_t, v, alpha_bar_t) -> torch.Tensor:
-    """x0_hat = alpha_t x_t - sigma_t v (Salimans & Ho 2022, section 4, with v = alpha_t eps - sigma_t x_0).
-    x_t, v: [B, C, H, W]; alpha_bar_t: [B, 1, 1, 1]."""
-    alpha, sigma = _alpha_sigma(alpha_bar_t)
-    return (alpha * x_t - sigma * v).to(x_t.dtype)
-
-
-def eps_from_v(x_t, v, alpha_bar_t) -> torch.Tensor:
-    """eps_hat = sigma_t x_t + alpha_t v (the same v, solved for the noise; Salimans & Ho 2022). Then the
-    samplers' x0_hat = (x_t - sigma_t eps_hat) / alpha_t is ``x0_from_v`` exactly (alpha^2 + sigma^2 = 1)."""
-    alpha, sigma = _alpha_sigma(alpha_bar_t)
-    return (sigma * x_t + alpha * v).to(x_t.dtype)
 
 
 def student_grid(teacher_grid: torch.Tensor, steps: int) -> torch.Tensor:
@@ -95,25 +78,6 @@ def student_grid(teacher_grid: torch.Tensor, steps: int) -> torch.Tensor:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1 or S % steps:
         raise LabkitValueError(f"the fast model takes a number of steps that divides {S}, got {steps!r}")
     return teacher_grid[:: S // steps]
-
-
-class VStudent(nn.Module):
-    """A noise predictor made of a v-predicting network: ``VStudent(net, schedule)(x, t, y) = eps_from_v``.
-
-    x: [B, C, H, W]; t: int64 [B]; y: int64 [B] -> eps_hat [B, C, H, W]. Every labkit sampler takes it as
-    it takes the DDPM model; ``x0(x, t, y)`` is its clean-digit prediction. ``config`` is the network's."""
-
-    def __init__(self, net: nn.Module, schedule: Schedule):
-        super().__init__()
-        self.net = net
-        self.config = getattr(net, "config", None)
-        self.register_buffer("alpha_bars", schedule.alpha_bars.float().clone(), persistent=False)  # [T]
-
-    def x0(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x0_from_v(x, self.net(x, t, y), gather(self.alpha_bars, t, x))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return eps_from_v(x, self.net(x, t, y), gather(self.alpha_bars, t, x))
 
 
 # --- The teacher's trajectories ---------------------------------------------------------------------
