@@ -32,6 +32,17 @@ VERSION = 1
 ASSET_PATH = Path(__file__).resolve().parent / "assets" / "mnist_ddpm.pt"
 # sha256 of the shipped checkpoint (docs/training.md says how it was made).
 ASSET_SHA256 = "4cf4675b258a814b64cba16319839ff2f38e87a7398b02948a5009900e8d71bc"
+# The few-step model distilled from it (``labkit.distill``; docs/benchmarks.md, issue 28): ``model="fast"``.
+FAST_ASSET_PATH = ASSET_PATH.with_name("mnist_fast.pt")
+FAST_ASSET_SHA256 = "0fb6f1fe1523609e293dbc550bb7380d2e6df7b738689c4ea33723a0f18adf62"
+SHIPPED = ("default", "fast")
+
+
+def shipped_file(name: str) -> tuple[Path, str | None]:
+    """(path, expected sha256) of a shipped model, read when asked (tests may change them)."""
+    if name not in SHIPPED:
+        raise LabkitError(f"unknown shipped model {name!r}: choose one of {', '.join(SHIPPED)}")
+    return (ASSET_PATH, ASSET_SHA256) if name == "default" else (FAST_ASSET_PATH, FAST_ASSET_SHA256)
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -168,25 +179,27 @@ def export_release(src, dst, *, dtype=torch.float16, quality: dict | None = None
     return save_checkpoint(dst, {"ema": ema, **keep, "quality": quality or {}})
 
 
-def load_model(path=None, device=None):
+def load_model(path=None, device=None, *, shipped: str = "default"):
     """A model ready to sample with: ``(model, schedule, meta)``.
 
-    path: a training or release checkpoint; None loads the shipped ``labkit/assets/mnist_ddpm.pt``
-    (its sha256 checked first). The EMA weights are used when present. The model is float32, in eval
-    mode, on ``device`` (default: the best available, see ``labkit.device.pick_device``).
-    meta: {"step", "train" (TrainConfig dict), "unet", "schedule", "T", "quality", "path"}.
+    path: a training or release checkpoint; None loads the shipped one named by ``shipped``: "default"
+    (``labkit/assets/mnist_ddpm.pt``) or "fast" (``mnist_fast.pt``, the few-step model of ``labkit.distill``),
+    its sha256 checked first. The EMA weights are used when present. The model is float32, in eval
+    mode, on ``device`` (default: the best available, see ``labkit.device.pick_device``). A fast checkpoint
+    (one with a "fast" entry) comes back as ``vpred.VStudent``: a noise predictor like the others.
+    meta: {"step", "train" (TrainConfig dict), "unet", "schedule", "T", "quality", "fast", "path"}.
     """
     from labkit.schedules import make_schedule
     from labkit.unet import UNet, UNetConfig
 
     if path is None:
-        path = ASSET_PATH
+        path, expected = shipped_file(shipped)
         if not path.is_file():
             raise LabkitError(f"the shipped checkpoint {path} is missing: reinstall labkit")
         digest = file_sha256(path)
-        if digest != ASSET_SHA256:
+        if expected is not None and digest != expected:
             raise LabkitError(
-                f"the shipped checkpoint {path} is corrupt (sha256 {digest[:12]}..., expected {ASSET_SHA256[:12]}...): reinstall labkit"
+                f"the shipped checkpoint {path} is corrupt (sha256 {digest[:12]}..., expected {expected[:12]}...): reinstall labkit"
             )
     state = load_checkpoint(path, map_location="cpu")
     try:
@@ -199,8 +212,12 @@ def load_model(path=None, device=None):
         reason = one_line(exc, 200)
         raise LabkitError(f"checkpoint {path} does not hold a usable model ({type(exc).__name__}: {reason})") from None
     device = pick_device(device)
-    meta = {k: state.get(k) for k in ("step", "train", "unet", "schedule", "T", "quality")}
+    meta = {k: state.get(k) for k in ("step", "train", "unet", "schedule", "T", "quality", "fast")}
     meta["path"] = str(path)
+    if meta["fast"]:  # a v-predicting student: wrapped as a noise predictor for every sampler
+        from labkit.vpred import VStudent
+
+        model = VStudent(model, schedule)
     if device.type == "cpu":  # oneDNN's fast convolution layout: ~20% faster sampling on a CPU
         model = model.to(memory_format=torch.channels_last)
     return model.to(device).eval().requires_grad_(False), schedule, meta

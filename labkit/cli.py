@@ -16,7 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from labkit.commands import cmd_course, cmd_evaluate, cmd_info, cmd_report, cmd_sample, cmd_train, load_course
+from labkit.commands import (
+    cmd_course,
+    cmd_distill,
+    cmd_evaluate,
+    cmd_info,
+    cmd_report,
+    cmd_sample,
+    cmd_train,
+    load_course,
+)
 from labkit.errors import LabkitError
 
 # labkit.course, or None without it: the parser adds the build / grade arguments from it, and the commands
@@ -58,8 +67,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"labkit: error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
-    """The argument parser; course_arguments=False skips importing labkit.course (slow: nbconvert)."""
+def build_parser(course_arguments: bool = True, distill_arguments: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; course_arguments=False skips importing labkit.course (slow: nbconvert),
+    distill_arguments=False skips labkit.distill's (it imports torch)."""
     p = _Parser(prog="labkit", description="Diffusion-model lab kit: train, sample, evaluate.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -90,7 +100,14 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw digits from a checkpoint into a samples file and a PNG grid")
-    s.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped pretrained model)")
+    s.add_argument("--checkpoint", default=None, help="checkpoint (default: the shipped model that --model names)")
+    s.add_argument(
+        "--model",
+        choices=["default", "fast"],
+        default="default",
+        help="shipped model: default (DDPM, 16 steps with guidance = 32 network evaluations per digit) or fast "
+        "(distilled: 1, 2, 4 or 8 evaluations with --steps; 4 by default)",
+    )
     s.add_argument("--sampler", default=None, help="ddpm, ddim or dpmpp_2m (default: the checkpoint's recipe)")
     s.add_argument("--steps", type=_pos_int, default=None, help="sampler steps (default: the checkpoint's)")
     s.add_argument("--guidance", type=_nonneg_float, default=None, help="guidance weight w (0 = none)")
@@ -116,6 +133,11 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_evaluate)
 
+    d = sub.add_parser("distill", help="make the few-step model from the shipped one (python -m labkit.distill)")
+    if distill_arguments:
+        _add_distill_arguments(d)
+    d.set_defaults(func=cmd_distill)
+
     i = sub.add_parser("info", help="versions, device, where data and checkpoints are")
     i.add_argument("--data", default=None)
     i.add_argument("--device", default=None)
@@ -139,13 +161,22 @@ def build_parser(course_arguments: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def _add_distill_arguments(parser) -> None:
+    from labkit.distill import add_arguments  # imports torch: only when the parser is built
+
+    add_arguments(parser)
+
+
 def _run_course_command(args) -> int:
     return cmd_course(args, _course())  # looked up when the command runs, as the parser did
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(course_arguments=bool(argv) and argv[0] in ("build", "grade"))
+    parser = build_parser(
+        course_arguments=bool(argv) and argv[0] in ("build", "grade"),
+        distill_arguments=bool(argv) and argv[0] == "distill",
+    )
     args = parser.parse_args(argv)  # bad arguments: argparse prints one line and exits 2
     if getattr(args, "func", None) is None:
         parser.print_help()

@@ -98,26 +98,34 @@ def cmd_sample(args) -> int:
 
     from labkit.checkpoint import load_model
     from labkit.evaluation.samples_file import save_samples_file
-    from labkit.samplers import SAMPLERS, sample_digits
+    from labkit.samplers import SAMPLERS, Counted, sample_digits
 
     if args.sampler is not None and args.sampler not in SAMPLERS:
         raise LabkitValueError(f"unknown sampler {args.sampler!r}: choose one of {', '.join(SAMPLERS)}")
     _check_output(args.out, "--out")
     if args.grid not in (None, "none"):
         _check_output(args.grid, "--grid", _image_suffixes())
-    model, schedule, meta = load_model(args.checkpoint, device=args.device)
+    model, schedule, meta = load_model(args.checkpoint, device=args.device, shipped=getattr(args, "model", "default"))
     train_cfg = meta.get("train") or {}
     args.sampler = args.sampler or train_cfg.get("sampler", "dpmpp_2m")  # the checkpoint's recipe says how
     steps = args.steps if args.steps is not None else train_cfg.get("sample_steps", 15)
     w = args.guidance if args.guidance is not None else train_cfg.get("guidance", 1.0)
     if steps > schedule.T:
         raise LabkitValueError(f"--steps {steps} is more than the model's T={schedule.T}")
+    timesteps = None
+    if meta.get("fast"):  # a few-step model samples on its own grid, with guidance already folded in
+        from labkit.distill import student_grid
+
+        if w > 0:
+            raise LabkitValueError(f"the fast model has its guidance built in: use --guidance 0, not {w:g}")
+        timesteps = student_grid(torch.tensor(meta["fast"]["grid"]), steps)
     cfg = model.config
     device = next(model.parameters()).device
     y = torch.arange(cfg.num_classes, device=device).repeat_interleave(args.per_class)  # [10 K]: 0..0, 1..1, ...
     gen = torch.Generator(device).manual_seed(args.seed)
+    counted = Counted(model)  # counts the images the network is asked to denoise (a guided call counts twice)
     images = sample_digits(
-        model,
+        counted,
         y,
         schedule,
         shape=(cfg.in_channels, 28, 28),
@@ -127,9 +135,16 @@ def cmd_sample(args) -> int:
         guidance=w,
         null_class=cfg.num_classes,
         generator=gen,
+        grid=timesteps,
     ).cpu()  # [N, 1, 28, 28] in [0, 1]
-    out = save_samples_file(args.out, images, y, sampler=args.sampler, steps=steps, guidance=w, checkpoint=meta["path"])
-    print(f"{len(images)} samples ({args.sampler}, {steps} steps, guidance {w:g}) -> {out}")
+    nfe = counted.rows / len(y)
+    out = save_samples_file(
+        args.out, images, y, sampler=args.sampler, steps=steps, guidance=w, checkpoint=meta["path"], nfe=nfe
+    )
+    print(
+        f"{len(images)} samples ({args.sampler}, {steps} steps, guidance {w:g}), "
+        f"{nfe:g} network evaluations per digit -> {out}"
+    )
     grid = args.grid if args.grid is not None else str(out.with_suffix(".png"))
     if grid != "none":
         from torchvision.utils import save_image
@@ -142,6 +157,15 @@ def cmd_sample(args) -> int:
         save_image(images[order], grid, nrow=cfg.num_classes, padding=2, pad_value=0.5)
         print(f"grid -> {grid}")
     return 0
+
+
+# --- distill (the few-step model) -----------------------------------------------------------------------
+
+
+def cmd_distill(args) -> int:
+    from labkit.distill import run_command
+
+    return run_command(args)
 
 
 # --- evaluate -----------------------------------------------------------------------------------------
@@ -174,7 +198,7 @@ def cmd_info(args) -> int:
     import torchvision
 
     from labkit import __version__
-    from labkit.checkpoint import ASSET_PATH
+    from labkit.checkpoint import ASSET_PATH, FAST_ASSET_PATH
     from labkit.data import candidate_roots, locate_mnist
     from labkit.device import pick_device
 
@@ -203,6 +227,7 @@ def cmd_info(args) -> int:
         folder, tv_root = found
         print(f"MNIST found  {folder}" + (f"  (unpacked into {tv_root})" if tv_root != folder else ""))
     print(f"shipped checkpoint  {ASSET_PATH}{'' if ASSET_PATH.exists() else '  (missing)'}")
+    print(f"fast model          {FAST_ASSET_PATH}{'' if FAST_ASSET_PATH.exists() else '  (missing)'}  (--model fast)")
     print("training checkpoints  <out dir>/last.pt (default runs/mnist-cpu or runs/mnist-gpu)")
     return 0
 

@@ -7,6 +7,8 @@ the lab asks the student to write it (same name, same arguments); a *sampler* is
     p_sample_step / sample_ddpm      ancestral sampling, Ho et al. 2020 (Algorithm 2), on any sub-grid of steps
     ddim_step / sample_ddim          Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 12, any eta
     dpmpp_2m_step / sample_dpmpp_2m  Lu et al. 2022, "DPM-Solver++", Algorithm 2 (multistep second order)
+    sample_consistency               Song et al. 2023, "Consistency Models", Algorithm 1 (jump to x0_hat, re-noise):
+                                     for a model that predicts the end of the trajectory (``labkit.distill``)
 
 The labs also ask for the loops, in their plainest form (no clipping, no callback, the noise given as a tensor
 so that a check can fix it): ``sample_loop`` (lab 05), ``ddim_loop`` and ``dpmpp_2m_loop`` (lab 07). They call the
@@ -31,7 +33,7 @@ from labkit.clip_guidance import guided_eps
 from labkit.guidance import check_weight, classifier_grad, guided
 from labkit.schedules import Schedule
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "consistency")
 
 
 SPACINGS = ("logsnr", "uniform")
@@ -271,6 +273,20 @@ def classifier_guided_loop(model, classifier, x_T, y, scale, timesteps, betas, a
         eps = guided_eps(eps_hat, grad, gather(alpha_bars, k_b, x), scale)
         x = p_sample_step(x, k_b, eps, betas, alpha_bars, noises[k]).to(x_T.dtype)
     return x
+
+
+class Counted(torch.nn.Module):
+    """``model(x, t, y)`` that counts what it is asked: ``rows`` = images evaluated (a guided call on a doubled
+    batch counts twice), ``calls``. rows / images drawn = network evaluations per image, counted, not computed."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model, self.rows, self.calls = model, 0, 0
+        self.config = getattr(model, "config", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.rows, self.calls = self.rows + x.shape[0], self.calls + 1
+        return self.model(x, t, y)
 
 
 class Watched:
@@ -576,7 +592,46 @@ def sample_dpmpp_2m(
     return x
 
 
-SAMPLER_FUNCTIONS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}
+@torch.no_grad()
+def sample_consistency(
+    model: Model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    grid: torch.Tensor,
+    schedule: Schedule,
+    *,
+    generator=None,
+    clip=None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, "Consistency Models", Algorithm 1) down ``grid``:
+
+        for each step t:   x0_hat = the model's clean prediction at (x, t)
+                           x = sqrt(abar_next) x0_hat + sqrt(1 - abar_next) z,   z ~ N(0, I)   (not after the last)
+
+    Made for a model whose x0_hat is the *end* of the teacher's trajectory through x (``labkit.distill``): one
+    step is one jump; each further step re-noises the jump's result to the next grid time and jumps again.
+    Fresh noise keeps the marginal of x_t; DDIM's deterministic step from an end-point prediction would not."""
+    for i, t, t_prev in _grid_steps(grid, x.shape[0]):
+        eps_hat = model(x, t, y).to(x.dtype)
+        x0_hat, _ = _x0_and_eps(x, t, eps_hat, schedule, clip)
+        if i + 1 < len(grid):
+            ab_next = gather(schedule.alpha_bars, t_prev, x)  # [B, 1, 1, 1]
+            x_new = (ab_next.sqrt() * x0_hat + (1 - ab_next).sqrt() * _noise_like(x, generator)).to(x.dtype)
+        else:
+            x_new = x0_hat
+        if callback is not None:
+            callback(i, int(grid[i]), x, x0_hat)
+        x = x_new
+    return x
+
+
+SAMPLER_FUNCTIONS = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "consistency": sample_consistency,
+}
 
 
 @torch.no_grad()
@@ -597,10 +652,12 @@ def sample(
     callback: Callback | None = None,
     x_T: torch.Tensor | None = None,
     max_batch: int | str | None = "auto",
+    grid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw samples: start from x_T ~ N(0, I) of ``shape`` and run ``steps`` sampler steps.
 
-    Checks every argument, then runs ``SAMPLER_FUNCTIONS[sampler]`` on a ``timestep_grid``.
+    Checks every argument, then runs ``SAMPLER_FUNCTIONS[sampler]`` on a ``timestep_grid`` (or on ``grid``,
+    int64 descending time steps, when given: the fast model's own grid; then ``steps`` and ``spacing`` are unused).
 
     model: any callable model(x, t, y) -> eps_hat; y: int64 [B] class labels (``null_class`` for
     unconditional). The device comes from y; the generator must live on that device.
@@ -620,10 +677,19 @@ def sample(
     )
     _check_devices(model, y, generator, x_T)
     device = y.device
-    grid = timestep_grid(schedule, steps, spacing).to(device)  # [steps], descending
+    if grid is None:
+        grid = timestep_grid(schedule, steps, spacing)
+    elif grid.dim() != 1 or len(grid) < 1 or not bool((grid[1:] < grid[:-1]).all()) or int(grid.min()) < 0:
+        raise LabkitValueError(f"grid must be descending time steps >= 0, got {grid.tolist()}")
+    grid = grid.to(device)  # [steps], descending
     eps_model = _chunked(guided(model, guidance, null_class), _max_batch(max_batch, device))
     x = x_T if x_T is not None else torch.randn(shape, device=device, generator=generator)
-    own = {"ddpm": {"generator": generator}, "ddim": {"eta": eta, "generator": generator}, "dpmpp_2m": {}}[sampler]
+    own = {
+        "ddpm": {"generator": generator},
+        "ddim": {"eta": eta, "generator": generator},
+        "dpmpp_2m": {},
+        "consistency": {"generator": generator},
+    }[sampler]
     return SAMPLER_FUNCTIONS[sampler](eps_model, x, y, grid, schedule, clip=clip, callback=callback, **own)
 
 

@@ -32,3 +32,26 @@ def test_bench_train_flops_and_overrides(capsys):
     assert bench._literal("0.999") == 0.999 and bench._literal("None") is None and bench._literal("ddpm") == "ddpm"
     with pytest.raises(TypeError):
         bench.main(["--flops", "--set", "no_such_field=1"])
+
+
+def test_bench_fast_counts_the_network_evaluations(capsys, tmp_path):
+    """Rows of the default model and of a fast checkpoint (made here from a tiny teacher), NFE counted."""
+    import torch
+
+    from labkit import distill
+    from labkit.checkpoint import load_model
+    from labkit.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, patch=2)).eval().requires_grad_(False)
+    schedule = load_model(None, device="cpu")[1]
+    teacher = (net, schedule, {"unet": net.config.to_dict(), "schedule": "cosine", "T": 1000, "step": 0})
+    config = distill.DistillConfig(trajectories=10, chunk=10, batch_size=4, checkpoint_every=1, teacher_steps=4,
+                                   keep_every=1)
+    distill.run(tmp_path / "run", minutes=None, steps=1, config=config, teacher=teacher, log=lambda *a: None)
+    rows = load("bench_fast").main(["--no-eval", "--per-class", "1", "--threads", "1", "--device", "cpu",
+                                    "--fast", str(tmp_path / "run" / "last.pt"),
+                                    "--runs", "default:ddim:1:0.5", "fast:consistency:1:0", "fast:consistency:4:0"])
+    assert [r["nfe"] for r in rows] == [2, 1, 4]
+    out = capsys.readouterr().out
+    assert "NFE" in out and "load average" in out

@@ -156,3 +156,61 @@ def test_course_commands_dispatch(monkeypatch):
 def test_no_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "train" in capsys.readouterr().out
+
+
+# --- network evaluations per digit, and the fast model (issue 28) ---------------------------------------------
+
+
+@pytest.mark.parametrize("sampler, steps, guidance, nfe", [("dpmpp_2m", 3, "1.5", 6), ("ddpm", 3, "0", 3),
+                                                           ("ddim", 2, "0.5", 4), ("consistency", 2, "1", 4)])
+def test_sample_prints_the_network_evaluations_it_counted(trained, tmp_path, capsys, sampler, steps, guidance, nfe):
+    assert cli.main(["sample", "--checkpoint", str(trained), "--sampler", sampler, "--steps", str(steps),
+                     "--guidance", guidance, "--per-class", "1", "--out", str(tmp_path / "s.pt"), "--grid", "none"]) == 0
+    assert f"{nfe} network evaluations per digit" in capsys.readouterr().out
+    assert torch.load(tmp_path / "s.pt", weights_only=True)["nfe"] == nfe
+
+
+@pytest.fixture(scope="module")
+def tiny_fast(tmp_path_factory):
+    """A fast checkpoint made by labkit.distill from a tiny teacher (4 teacher steps, 4 training steps)."""
+    from labkit import distill
+    from labkit.checkpoint import load_model
+
+    tmp = tmp_path_factory.mktemp("fast")
+    torch.set_num_threads(1)
+    teacher = load_model(str(_tiny_trained(tmp)), device="cpu")
+    config = distill.DistillConfig(trajectories=10, chunk=10, batch_size=4, checkpoint_every=2, teacher_steps=4)
+    distill.run(tmp / "run", minutes=None, steps=2, config=config, teacher=teacher, log=lambda *a: None)
+    return distill.export_fast(tmp / "run" / "last.pt", tmp / "fast.pt")
+
+
+def _tiny_trained(tmp):
+    out = tmp / "teacher"
+    cli.main(["train", "--recipe", "tiny", "--synthetic", "40", "--steps", "2", "--out", str(out), "--quiet"])
+    return out / "last.pt"
+
+
+@pytest.mark.parametrize("steps, nfe", [(None, 2), ("1", 1), ("2", 2)])
+def test_sample_a_fast_checkpoint_on_its_own_grid(tiny_fast, tmp_path, capsys, steps, nfe):
+    argv = ["sample", "--checkpoint", str(tiny_fast), "--per-class", "1", "--out", str(tmp_path / "s.pt"), "--grid", "none"]
+    assert cli.main(argv + (["--steps", steps] if steps else [])) == 0
+    out = capsys.readouterr().out
+    assert f"(consistency, {nfe} steps, guidance 0), {nfe} network evaluations per digit" in out, out
+
+
+def test_fast_model_refuses_guidance_and_odd_steps(tiny_fast, capsys):
+    assert "guidance built in" in error_line(capsys, ["sample", "--checkpoint", str(tiny_fast), "--guidance", "1"])
+    assert "divides 2" in error_line(capsys, ["sample", "--checkpoint", str(tiny_fast), "--steps", "3"])
+
+
+def test_sample_model_fast_uses_the_shipped_fast_model(tmp_path, capsys):
+    from labkit.checkpoint import FAST_ASSET_PATH
+
+    if not FAST_ASSET_PATH.exists():
+        pytest.skip("no shipped fast model in this checkout")
+    assert cli.main(["sample", "--model", "fast", "--per-class", "1", "--out", str(tmp_path / "s.pt"), "--grid", "none"]) == 0
+    assert "(consistency, 4 steps, guidance 0), 4 network evaluations per digit" in capsys.readouterr().out
+    assert cli.main(["sample", "--model", "fast", "--steps", "1", "--per-class", "1", "--out", str(tmp_path / "s.pt"),
+                     "--grid", "none"]) == 0
+    assert "1 network evaluations per digit" in capsys.readouterr().out
+    assert "invalid choice" in error_line(capsys, ["sample", "--model", "slow"])
