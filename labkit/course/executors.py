@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
+import tempfile
 import threading
 from collections import deque
 from concurrent.futures import Executor, Future, as_completed
@@ -37,8 +39,11 @@ class WorkerDied(Exception):
 class _Worker:
     def __init__(self, ctx):
         self.conn, child = ctx.Pipe()
+        # its temporary files (a task's private course) in a folder of its own, removed with it, even when it
+        # is killed in the middle of a task
+        self.scratch = tempfile.mkdtemp(prefix="labkit-worker-")
         # spawn, not fork: no copy of a process that may hold threads
-        self.process = ctx.Process(target=_serve_tasks, args=(child,), name="labkit-grader")
+        self.process = ctx.Process(target=_serve_tasks, args=(child, self.scratch), name="labkit-grader")
         self.process.start()
         child.close()
         self.task: Future | None = None
@@ -56,6 +61,7 @@ class LocalExecutor(Executor):
         self._closing = False
         self._thread: threading.Thread | None = None
         self._idle: list[_Worker] = []
+        self._busy: list[_Worker] = []
         if self.jobs > 1:
             import multiprocessing
 
@@ -85,7 +91,7 @@ class LocalExecutor(Executor):
         """The dispatcher thread: hands calls to workers, answers futures, replaces dead workers."""
         from multiprocessing.connection import wait
 
-        busy: list[_Worker] = []
+        busy = self._busy
         while True:
             with self._lock:
                 while self._todo and len(busy) < self.jobs:
@@ -128,6 +134,7 @@ class LocalExecutor(Executor):
         worker.process.join(5)
         code = worker.process.exitcode
         worker.conn.close()
+        shutil.rmtree(worker.scratch, ignore_errors=True)
         why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         return False, WorkerDied(f"the grading process died ({why}; out of memory?)")
 
@@ -140,7 +147,20 @@ class LocalExecutor(Executor):
             if worker.process.is_alive():
                 worker.process.terminate()
             worker.conn.close()
+            shutil.rmtree(worker.scratch, ignore_errors=True)
         self._idle.clear()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.shutdown(wait=True)
+        else:  # Ctrl-C or an error in the caller: no waiting for the notebooks in flight
+            self.shutdown(wait=False, cancel_futures=True)
+            for worker in list(self._busy):
+                with contextlib.suppress(Exception):
+                    worker.process.terminate()
+                    worker.process.join(5)
+                shutil.rmtree(worker.scratch, ignore_errors=True)
+        return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
@@ -156,8 +176,9 @@ class LocalExecutor(Executor):
             thread.join()
 
 
-def _serve_tasks(conn) -> None:
+def _serve_tasks(conn, scratch: str) -> None:
     """A worker process: run ``(fn, args, kwargs)`` tasks until told to stop (None) or the parent is gone."""
+    tempfile.tempdir = scratch
     while True:
         try:
             task = conn.recv()
