@@ -39,8 +39,8 @@ class WorkerDied(Exception):
 class _Worker:
     def __init__(self, ctx):
         self.conn, child = ctx.Pipe()
-        # its temporary files (a task's private course) in a folder of its own, removed with it, even when it
-        # is killed in the middle of a task
+        # a task's private course in a folder of its own, removed with the worker, even when it is killed in
+        # the middle of a task
         self.scratch = tempfile.mkdtemp(prefix="labkit-worker-")
         # spawn, not fork: no copy of a process that may hold threads
         self.process = ctx.Process(target=_serve_tasks, args=(child, self.scratch), name="labkit-grader")
@@ -176,9 +176,13 @@ class LocalExecutor(Executor):
             thread.join()
 
 
+WORKER_SCRATCH: str | None = None  # in a LocalExecutor's worker: its own folder (``task.grade_task`` uses it)
+
+
 def _serve_tasks(conn, scratch: str) -> None:
     """A worker process: run ``(fn, args, kwargs)`` tasks until told to stop (None) or the parent is gone."""
-    tempfile.tempdir = scratch
+    global WORKER_SCRATCH
+    WORKER_SCRATCH = scratch  # (not tempfile.tempdir: the sandbox's and the channel's folders stay in /tmp)
     while True:
         try:
             task = conn.recv()

@@ -68,7 +68,9 @@ def _scratch() -> str | None:
 
         return get_worker().local_directory  # Dask removes it when the worker goes away
     except Exception:
-        return None
+        from labkit.course import executors
+
+        return executors.WORKER_SCRATCH  # a LocalExecutor's worker: removed when it ends or dies (else None)
 
 
 def pack_course(course: str | os.PathLike) -> bytes:
