@@ -4,6 +4,8 @@
     python benchmarks/bench_grade.py --modes sandbox unsafe   # with and without the bubblewrap sandbox
     python benchmarks/bench_grade.py --legacy-repo /tmp/old   # the same class graded by an older checkout
                                                               # (e.g. `git worktree add /tmp/old c7aaa43`)
+    python benchmarks/bench_grade.py --legacy-repo /tmp/old --jobs 2 --cluster local:2
+                                      # before/after in one run: both checkouts locally and on the cluster
 
 The class: for each lab, students alternating between the solution (full marks) and the untouched release
 (zero), so every run grades the same notebooks with known scores (checked: a wrong score fails the run).
@@ -80,7 +82,7 @@ def make_class(folder: Path, labs: list[str], students: int, repo: Path = REPO) 
 
 def run(mode: str, subs: Path, labs: list[str], jobs: int, legacy_repo: str | None,
         scheduler: str | None = None) -> dict:
-    repo = legacy_repo if mode == "legacy" else str(REPO)
+    repo = legacy_repo if mode.startswith("legacy") else str(REPO)
     out = Path(tempfile.mkdtemp(prefix=f"bench-grade-{mode.replace(':', '')}-"))
     code = GRADE.format(repo=repo, jobs=jobs, sandbox=(mode not in ("unsafe", "kernel")), subs=str(subs), out=str(out),
                         labs=labs, scheduler=scheduler, kernel=(mode == "kernel"))
@@ -108,10 +110,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     modes = list(a.modes) + (["legacy"] if a.legacy_repo and "legacy" not in a.modes else [])
     runs = [(mode, jobs, None) for mode in modes for jobs in a.jobs] + [(f"cluster {c}", 1, c) for c in a.cluster]
+    if a.legacy_repo:  # the older checkout on the same clusters
+        runs += [(f"legacy cluster {c}", 1, c) for c in a.cluster]
     rows = []
     for mode, jobs, scheduler in runs:
         subs = Path(tempfile.mkdtemp(prefix="bench-grade-class-"))  # each checkout grades its own notebooks
-        expected = make_class(subs, a.labs, a.students, Path(a.legacy_repo) if mode == "legacy" else REPO)
+        expected = make_class(subs, a.labs, a.students, Path(a.legacy_repo) if mode.startswith("legacy") else REPO)
         got = run(mode, subs, a.labs, jobs, a.legacy_repo, scheduler)
         shutil.rmtree(subs, ignore_errors=True)
         wrong = []
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
                "jobs": int(scheduler.split(":")[1]) if scheduler else jobs,
                "seconds": round(got["seconds"], 1), "s_per_notebook": round(got["seconds"] / n, 2),
                "notebooks_per_s": round(n / got["seconds"], 3), "wrong_scores": len(wrong)}
-        if scheduler:
+        if scheduler and st.get("merged"):
             row.update(worker_s_per_notebook=round(st["worker_seconds"] / max(1, st["merged"]), 2),
                        merge_s_per_notebook=round(st["merge_seconds"] / max(1, st["merged"]), 3),
                        feedback_s_per_notebook=round(st["feedback_seconds"] / max(1, st["merged"]), 3),

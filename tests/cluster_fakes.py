@@ -6,7 +6,7 @@ is JSON ``{"score": s, "seconds": t, "block_once": bool}``; each run leaves a fi
 A notebook with ``block_once`` blocks its first run (until the test kills that worker: a kill during compute)
 and runs normally afterwards.
 
-``install_client_fakes`` makes the client use it, with no nbgrader course: no template (``_templates``), and a
+``install_client_fakes`` makes the client use it, with no nbgrader course: no template (``pipeline._templates``), and a
 merge that is the real ``merge_result`` (a not-autograded result: it writes only the ``labkit_merged`` record,
 committed in the lab's gradebook.db) logged in ``merges.log`` (one line per merge, every client process).
 """
@@ -56,7 +56,7 @@ def runs(student: str, what: str = "started") -> list[str]:
 
 def install_client_fakes(setattr, merges_log: Path) -> None:
     """``setattr``: ``monkeypatch.setattr`` (or plain ``setattr`` in a child process)."""
-    from labkit.course import cluster
+    from labkit.course import cluster, pipeline
 
     real_merge = cluster.merge_result
 
@@ -67,8 +67,8 @@ def install_client_fakes(setattr, merges_log: Path) -> None:
         return res
 
     setattr(cluster, "grade_task", fake_grade_task)
-    setattr(cluster, "_templates", lambda labs, graders, **kw: {lab: b"" for lab in labs})
-    setattr(cluster, "_install_course", lambda template, course, lab: False)
+    setattr(pipeline, "_templates", lambda labs, graders, **kw: {lab: b"" for lab in labs})
+    setattr(pipeline, "_install_course", lambda template, course, lab: False)
     setattr(cluster, "merge_result", merge)
 
 

@@ -1,5 +1,5 @@
 """The grader's channel to a student's kernel (labkit/course/channel.py) and the pool that survives a dead
-worker (labkit/course/pool.py), tested on their own, in seconds. The same attacks in a real `labkit grade`
+worker (labkit/course/executors.py), tested on their own, in seconds. The same attacks in a real `labkit grade`
 run are in tests/test_redteam_files.py."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from labkit.course import channel, kernel_side, pool, wire
+from labkit.course import channel, executors, kernel_side, wire
 
 
 @pytest.fixture
@@ -112,10 +112,10 @@ def _fails(k: int) -> int:
 
 def test_the_pool_survives_a_worker_that_dies():
     seen = []
-    with pool.worker_pool(2) as run:
+    with executors.worker_pool(2) as run:
         out = run(_task, [(k,) for k in range(6)], on_result=seen.append)
         again = run(_fails, [(1,)])  # the pool still works afterwards
     assert [o for i, o in enumerate(out) if i != 2] == [0, 10, 30, 40, 50]
-    assert isinstance(out[2], pool.WorkerDied) and "signal 9" in str(out[2])
+    assert isinstance(out[2], executors.WorkerDied) and "signal 9" in str(out[2])
     assert sorted(seen) == [0, 10, 30, 40, 50]
     assert isinstance(again[0], ValueError) and str(again[0]) == "bad 1"

@@ -106,11 +106,11 @@ class Case:
     status: str
 
 
-EXPECTED = {  # kind -> (score, status) per lab
+EXPECTED = {  # kind -> (score, status) per lab (a failed submission has no score: None)
     "lab00_setup": {"honest": (1, "graded"), "blank": (0, "graded"), "wrong": (0, "graded"), "loop": (0, "graded"),
-                    "truncated": (0, "failed")},
+                    "truncated": (None, "failed")},
     "lab01_forward": {"honest": (11, "graded"), "blank": (0, "graded"), "partial1": (1, "graded"),
-                      "partial2": (2, "graded"), "loop": (10, "graded"), "truncated": (0, "failed")},
+                      "partial2": (2, "graded"), "loop": (10, "graded"), "truncated": (None, "failed")},
 }
 # Mostly lab00 (one small exercise); the endless loop costs TIMEOUT seconds of a worker, so there is one.
 CLASS = {"lab00_setup": ["honest"] * 11 + ["blank"] * 8 + ["wrong"] * 5 + ["truncated"] * 4,

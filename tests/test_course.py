@@ -281,6 +281,28 @@ def test_scores_csv(tmp_path):
     assert "+3 manual" in rows[0].line() and "+2.5/3" in rows[2].line()
 
 
+def test_a_failed_result_has_no_score(tmp_path):
+    """One meaning everywhere: a failed submission has no score (None), whatever set one before or after;
+    scores.csv leaves it empty and the class report lists it as not graded, never as a 0 in the histogram."""
+    from labkit.course.report import collect, write_class_reports
+
+    r = course.GradeResult("b", "lab01_forward", 3.0, 11.0, "graded")
+    r.fail("autograde failed: ...")
+    r.score = 2.0  # (what a merge would read from the gradebook afterwards)
+    old = course.GradeResult(**{"student": "c", "lab": "lab01_forward", "score": 0.0, "max_score": 11.0,
+                                "status": "failed"})  # a manifest line written when failures scored 0
+    assert (r.status, r.score, r.max_score, r.notes) == ("failed", None, 11.0, ["autograde failed: ..."])
+    assert old.score is None and r.line().split()[2] == "-"
+    ok = course.GradeResult("a", "lab01_forward", 11.0, 11.0, "graded")
+    course.write_scores_csv([ok, r, old], tmp_path / "scores.csv")
+    with open(tmp_path / "scores.csv") as f:
+        assert [row["score"] for row in csv.DictReader(f)] == ["11", "", ""]
+    rep = collect(tmp_path, "lab01_forward", [ok, r, old])
+    assert rep.scores == [1.0] and rep.not_graded == ["b", "c"] and rep.students == 1
+    (html,) = write_class_reports(tmp_path, [ok, r, old])
+    assert "Not graded (failed, no score): 2" in html.read_text()
+
+
 def test_cli_arguments():
     import argparse
 

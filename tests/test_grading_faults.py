@@ -209,7 +209,7 @@ class Case:
     student: str
     how: str
     make: Callable[[Path], None]
-    expected: float
+    expected: float | None  # None: no score (a failed submission)
     status: str
     note: str  # a regular expression that one of the student's notes must match
 
@@ -247,7 +247,7 @@ CASES = [
     Case("11a", "renamed-copy", f"file named `Copy of {LAB} (1).ipynb`", make_renamed_copy, FULL, "graded", r"^$"),
     Case("11b", "renamed-dash", f"file named `{LAB}-2.ipynb`", make_renamed_dash, FULL, "graded", r"^$"),
     Case("12a", "empty", "empty student folder", make_empty_folder, 0, "no submission", r"empty folder, no notebook"),
-    Case("12b", "truncated", "the upload was cut short (invalid JSON)", make_truncated, 0, "failed",
+    Case("12b", "truncated", "the upload was cut short (invalid JSON)", make_truncated, None, "failed",
          r"unreadable notebook lab01_forward.ipynb: NotJSONError"),
     Case("14", "warns", "right answers; `snr` warns and prints to stderr", make_warns, FULL, "graded",
          r"^$"),
@@ -392,7 +392,8 @@ def fault_table(results) -> str:
         noted = not r.notes if c.note == r"^$" else any(re.search(c.note, n) for n in r.notes)
         ok = r.score == c.expected and r.status == c.status and noted
         measured = "-" if r.score is None else f"{r.score:g}/{r.max_score:g}"
-        rows.append(f"| {c.number} | {c.student} | {c.how} | {c.expected:g}/{FULL:g} | {measured} | {r.status} | "
+        expected = "-" if c.expected is None else f"{c.expected:g}/{FULL:g}"
+        rows.append(f"| {c.number} | {c.student} | {c.how} | {expected} | {measured} | {r.status} | "
                     f"{key} | {'yes' if ok else 'NO'} |")
     return head + "\n".join(rows) + "\n"
 

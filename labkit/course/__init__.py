@@ -17,8 +17,10 @@ nbgrader, jupytext and nbconvert come with the "instructor" extra: ``pip install
 Modules, lowest first (each imports only the ones before it):
 ``sources`` (where labs live; .py source -> notebook), ``nbgrader_setup`` (configuration, guarded executor,
 feedback redaction), ``build`` (solution + student notebooks, freshness check), ``restore`` (repairing a
-submitted notebook), ``cluster`` (grading on Dask: ``labkit grade --scheduler ADDRESS`` or ``--cluster local:N``,
-with ``pip install 'labkit[cluster]'``), ``grade`` (finding, autograding and reporting submissions), ``cli``.
+submitted notebook), ``pipeline`` (prepare -> grade -> merge, with ``manifest``, ``task``, ``merge`` and
+``executors``: local processes, or Dask through ``cluster`` for ``labkit grade --scheduler ADDRESS`` or
+``--cluster local:N``, with ``pip install 'labkit[cluster]'``), ``grade`` (finding, grading and reporting
+submissions), ``cli``.
 """
 
 # Names are imported on first use (PEP 562): importing one submodule, e.g. the kernel-side half of

@@ -8,10 +8,10 @@ from pathlib import Path
 from labkit.course.discover import read_submission
 from labkit.course.forensics import execution_report, review_notes
 from labkit.course.hidden_seeds import course_secret
-from labkit.course.nbgrader_setup import nbgrader_api, course_lock, temporary_env, nbgrader_failure, write_course_config
+from labkit.course.nbgrader_setup import nbgrader_api, temporary_env, nbgrader_failure, write_course_config
 from labkit.course.restore import restore_submission
 from labkit.course.review import dynamic_notes
-from labkit.course.results import decide_status, GradeResult, Status
+from labkit.course.results import decide_status, GradeResult
 from labkit.course.settings import GradingSettings
 from labkit.course.sources import import_nbformat, SOURCE_DIR, source_to_notebook
 from labkit.errors import LabkitError
@@ -95,8 +95,7 @@ def grade_one_submission(
         ]
         _grade_one(res, Path(path), course, release, solution_ids, settings or GradingSettings())
     except Exception as exc:  # never stop on one bad submission
-        res.status = Status.FAILED
-        res.notes.append(f"grading error: {type(exc).__name__}: {str(exc)[:300]}")
+        res.fail(f"grading error: {type(exc).__name__}: {str(exc)[:300]}")
     finally:
         ctx.__exit__(None, None, None)
     return res
@@ -111,8 +110,8 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     try:  # a regular file, not a link, of bounded size (discover.read_submission), then nbformat
         nb = nbf.reads(read_submission(path).decode("utf-8"), as_version=4)
     except Exception as exc:  # not JSON, truncated upload, a link put there after discovery, ...
-        res.status, res.score, res.max_score = Status.FAILED, 0.0, release_max_score(release)
-        res.notes.append(f"unreadable notebook {path.name}: {type(exc).__name__}: {str(exc)[:200]}")
+        res.max_score = release_max_score(release)
+        res.fail(f"unreadable notebook {path.name}: {type(exc).__name__}: {str(exc)[:200]}")
         return
     try:
         res.notes += restore_submission(nb, release)
@@ -130,15 +129,16 @@ def _grade_one(res: GradeResult, path: Path, course: Path, release, solution_ids
     safe = all(g in present for g in solution_ids)
     # Fast mode, and one thread per kernel: submissions are graded in parallel processes, and torch's thread
     # pool slows down ten-fold on an oversubscribed CPU (measured: 4 s instead of 0.4 s per training step).
-    # The course lock keeps nbgrader's gradebook to one writer; it is let go while the notebook executes.
+    # ``course`` is this task's own (``task.grade_task`` unpacks a private copy of the lab's template): its
+    # gradebook has one writer, and the client merges the result into the class's course (``merge``).
     scored, needs_manual_test, execution = True, False, None
-    with temporary_env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"), course_lock(course):
+    with temporary_env(LABKIT_FAST="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
         result = nbgrader_api(course, settings, add_missing_cells=safe).autograde(lab, student, force=True, create=True)
         if not result.get("success"):
             scored = False
             log = nbgrader_failure(result)
             if "DeadKernelError" in log or "Kernel died" in log:
-                res.notes.append("the kernel died and could not be brought back: scored as far as nbgrader got")
+                res.notes.append("the kernel died and could not be brought back")
             res.notes.append("autograde failed: " + log.replace("\n", " | ")[-400:])
         try:
             with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:

@@ -63,44 +63,6 @@ def _memory_limit_line(gigabytes: float) -> str:
     )
 
 
-_COURSE_LOCK: dict = {"fd": None}  # the gradebook lock held by this process (see course_lock)
-
-
-@contextlib.contextmanager
-def course_lock(course: Path):
-    """Hold an exclusive lock on the course folder for everything autograde does in this process except
-    executing the notebook (``GuardedExecute`` lets go of it meanwhile): several worker processes then
-    execute notebooks at the same time while nbgrader's SQLite gradebook sees one writer at a time."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: grade with --jobs 1
-        yield
-        return
-    fd = os.open(str(course / ".labkit-grading.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _COURSE_LOCK["fd"] = fd
-        yield
-    finally:
-        _COURSE_LOCK["fd"] = None
-        os.close(fd)  # closing releases the lock
-
-
-@contextlib.contextmanager
-def _course_unlocked():
-    fd = _COURSE_LOCK["fd"]
-    if fd is None:
-        yield
-        return
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-
 _GUARDED_EXECUTE = None
 
 
@@ -152,8 +114,7 @@ def guarded_execute_class():
             if self.memory_limit_gb and self.memory_limit_gb > 0:
                 args.append("--IPKernelApp.exec_lines=" + _memory_limit_line(self.memory_limit_gb))
             self.extra_arguments = args
-            with _course_unlocked():
-                return super().preprocess(nb, resources, km)
+            return super().preprocess(nb, resources, km)
 
         def out_of_time(self, cell, index: int) -> bool:
             """True once the notebook's time is up: the code cell is then marked as not run (no kernel, no grader)."""

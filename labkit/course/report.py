@@ -37,6 +37,7 @@ class LabReport:
     mistakes: Counter = field(default_factory=Counter)  # (grade id, mistake) -> students
     examples: dict = field(default_factory=dict)  # (grade id, mistake) -> one message as a student saw it
     pending_manual: int = 0  # submissions whose written answers are not graded yet
+    not_graded: list = field(default_factory=list)  # students whose submission failed (no score)
     flagged: list = field(default_factory=list)  # (student, first REVIEW note)
 
 
@@ -59,7 +60,12 @@ def collect(out_dir: Path, lab: str, results: Iterable) -> LabReport:
 
     rep = LabReport(lab)
     for r in results:
-        if r.lab != lab or r.score is None:
+        if r.lab != lab:
+            continue
+        if r.status == "failed":  # no score (results.GradeResult): listed as not graded, never counted as 0
+            rep.not_graded.append(r.student)
+            continue
+        if r.score is None:
             continue
         rep.students += 1
         if r.max_score:
@@ -101,6 +107,7 @@ def write_csv(rep: LabReport, path: Path) -> None:
             w.writerow([rep.lab, gid, "mistake", mistake, n, f"{n / max(rep.students, 1):.3f}"])
         w.writerow([rep.lab, "", "written answers", "pending", rep.pending_manual, ""])
         w.writerow([rep.lab, "", "review", "flagged", len(rep.flagged), ""])
+        w.writerow([rep.lab, "", "submissions", "not graded", len(rep.not_graded), ""])
 
 
 def _histogram_png(scores: list[float]) -> str:
@@ -132,7 +139,7 @@ def write_html(rep: LabReport, path: Path) -> None:
         "text-align:left}th{border-bottom:1px solid #999}.bar{background:#4c72b0;height:0.8em}</style>",
         f"<h1>{e(rep.lab)}: class report</h1>",
         f"<p>{rep.students} graded submissions. Written answers still to grade: {rep.pending_manual}. "
-        f"Flagged for review: {len(rep.flagged)}.</p>",
+        f"Flagged for review: {len(rep.flagged)}. Not graded (failed, no score): {len(rep.not_graded)}.</p>",
     ]
     if rep.scores:
         parts.append(f"<img alt='score histogram' src='data:image/png;base64,{_histogram_png(rep.scores)}'>")
@@ -158,6 +165,9 @@ def write_html(rep: LabReport, path: Path) -> None:
         parts.append("</table>")
     else:
         parts.append("<p>No check named a mistake in this run.</p>")
+    if rep.not_graded:
+        parts.append("<h2>Not graded</h2><p>No score (see the notes in scores.csv): ")
+        parts.append(", ".join(e(s) for s in rep.not_graded) + "</p>")
     if rep.flagged:
         parts.append("<h2>Flagged for review</h2><ul>")
         parts += [f"<li>{e(s)}: {e(note[:300])}</li>" for s, note in rep.flagged]
@@ -173,7 +183,7 @@ def write_class_reports(out_dir: Path, results: list) -> list[Path]:
         by_lab[r.lab].append(r)
     for lab, rs in sorted(by_lab.items()):
         rep = collect(out_dir, lab, rs)
-        if not rep.students:
+        if not rep.students and not rep.not_graded:
             continue
         write_csv(rep, out_dir / f"report_{lab}.csv")
         write_html(rep, out_dir / f"report_{lab}.html")

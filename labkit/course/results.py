@@ -17,7 +17,8 @@ class Status(str, Enum):
     NEEDS_MANUAL_GRADING = "needs manual grading"  # a test cell nbgrader could not score
     KERNEL_DIED = "kernel died"  # scored from the cells that could run
     OUT_OF_MEMORY = "out of memory"  # a cell hit the memory cap
-    FAILED = "failed"  # no score: unreadable upload, nbgrader failed, the grading process or task was lost
+    FAILED = "failed"  # no score (None: empty in scores.csv, "not graded" in the reports): unreadable upload,
+    # nbgrader failed, the grading process or task was lost
     NO_SUBMISSION = "no submission"  # an empty student folder
     PENDING = "pending"  # not graded yet
 
@@ -57,7 +58,10 @@ class GradeResult:
     answers, graded by a person in nbgrader's formgrader; ``manual_score``: what has been given so far
     (None while any is pending). Status: ``graded``, ``needs review`` (autograded, but the notes hold a
     REVIEW line: an answer that calls the library, tampering), ``needs manual grading`` (a test cell nbgrader
-    could not score), ``kernel died``, ``out of memory``, ``failed`` or ``no submission``."""
+    could not score), ``kernel died``, ``out of memory``, ``failed`` or ``no submission``.
+
+    A failed result has no score: ``score`` is None whenever ``status`` is ``failed`` (enforced here, the one
+    place that decides it: whatever points nbgrader recorded before failing are not a grade)."""
 
     student: str
     lab: str
@@ -71,7 +75,16 @@ class GradeResult:
     def __setattr__(self, name, value):
         if name == "status":  # always a Status (a manifest line or a caller may give the plain string)
             value = Status(value)
+            if value is Status.FAILED:
+                super().__setattr__("score", None)
+        elif name == "score" and getattr(self, "status", None) is Status.FAILED:
+            value = None  # a failed result has no score
         super().__setattr__(name, value)
+
+    def fail(self, note: str) -> None:
+        """Mark this result failed (no score), saying why."""
+        self.status = Status.FAILED
+        self.notes.append(note)
 
     @property
     def manual_pending(self) -> float:
