@@ -1741,7 +1741,7 @@ LAB05_RESP = [
 ]
 
 
-def _sig(b, ab, kind, *, prev="one", swap=False, root=False):
+def _sig05(b, ab, kind, *, prev="one", swap=False, root=False):
     p = {"one": torch.cat([ab.new_ones(1), ab[:-1]]), "wrap": ab.roll(1), "next": torch.cat([ab[1:], ab[-1:]])}[prev]
     out = (1 - p) / (1 - ab) * b
     if swap:
@@ -1751,16 +1751,16 @@ def _sig(b, ab, kind, *, prev="one", swap=False, root=False):
 
 
 LAB05_SIGMA = [
-    ("kinds swapped", lambda b, ab, k: _sig(b, ab, k, swap=True), "other choice"),
-    ("always beta_tilde", lambda b, ab, k: _sig(b, ab, "beta_tilde"), "other choice"),
-    ("standard deviation", lambda b, ab, k: _sig(b, ab, k, root=True), "standard deviation"),
-    ("ab[t - 1] wraps", lambda b, ab, k: _sig(b, ab, k, prev="wrap"), "wraps negative"),
-    ("ab[t + 1]", lambda b, ab, k: _sig(b, ab, k, prev="next"), "off by one"),
+    ("kinds swapped", lambda b, ab, k: _sig05(b, ab, k, swap=True), "other choice"),
+    ("always beta_tilde", lambda b, ab, k: _sig05(b, ab, "beta_tilde"), "other choice"),
+    ("standard deviation", lambda b, ab, k: _sig05(b, ab, k, root=True), "standard deviation"),
+    ("ab[t - 1] wraps", lambda b, ab, k: _sig05(b, ab, k, prev="wrap"), "wraps negative"),
+    ("ab[t + 1]", lambda b, ab, k: _sig05(b, ab, k, prev="next"), "off by one"),
     ("alpha_bar not 1 - alpha_bar", lambda b, ab, k: b.clone() if k == "beta" else
      torch.cat([ab.new_ones(1), ab[:-1]]) / ab * b, "alpha_bar instead of 1 - alpha_bar"),
     ("beta missing", lambda b, ab, k: b.clone() if k == "beta" else (1 - torch.cat([ab.new_ones(1), ab[:-1]])) / (1 - ab),
      "factor beta_t is missing"),
-    ("alpha", lambda b, ab, k: 1 - b if k == "beta" else _sig(b, ab, k), "1 - beta_t"),
+    ("alpha", lambda b, ab, k: 1 - b if k == "beta" else _sig05(b, ab, k), "1 - beta_t"),
 ]
 
 
@@ -1984,7 +1984,7 @@ LAB10_GRID = [
 # lab 10, reflow: the coupling, training on it, straightness (written with labkit's euler_loop / flow loss)
 
 
-def _pairs(model, y, times, shape, B, gen, *, twice=False, per_batch=False, swap=False, loop=None, drop_last=False,
+def _reflow_pairs(model, y, times, shape, B, gen, *, twice=False, per_batch=False, swap=False, loop=None, drop_last=False,
            labels=None, one_batch=False):
     from labkit import flow
 
@@ -2003,19 +2003,19 @@ def _pairs(model, y, times, shape, B, gen, *, twice=False, per_batch=False, swap
 
 
 LAB10_PAIRS = [
-    ("noise drawn twice", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, twice=True), "different noises"),
-    ("noise drawn per batch", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, per_batch=True), "batch by batch"),
-    ("pair swapped", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, swap=True), "\\(x_1, x_0\\)"),
-    ("last batch dropped", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, drop_last=True), "last, shorter batch"),
-    ("one batch", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, one_batch=True), "one batch"),
-    ("Heun", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, loop=__import__("labkit.flow").flow.heun_loop),
+    ("noise drawn twice", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, twice=True), "different noises"),
+    ("noise drawn per batch", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, per_batch=True), "batch by batch"),
+    ("pair swapped", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, swap=True), "\\(x_1, x_0\\)"),
+    ("last batch dropped", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, drop_last=True), "last, shorter batch"),
+    ("one batch", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, one_batch=True), "one batch"),
+    ("Heun", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, loop=__import__("labkit.flow").flow.heun_loop),
      "Heun"),
-    ("grid flipped", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g,
+    ("grid flipped", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g,
                                                        loop=lambda mm, x, yy, tt: _fl(mm, x, yy, tt.flip(0))), "backwards"),
-    ("no labels", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, labels=lambda y_: torch.full_like(y_, 10)),
+    ("no labels", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, labels=lambda y_: torch.full_like(y_, 10)),
      "without its label"),
-    ("only x_0", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g)[0], "return the pair"),
-    ("Euler step reversed", lambda m, y, ts, sh, B, g: _pairs(m, y, ts, sh, B, g, loop=lambda mm, x, yy, tt: _fl(
+    ("only x_0", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g)[0], "return the pair"),
+    ("Euler step reversed", lambda m, y, ts, sh, B, g: _reflow_pairs(m, y, ts, sh, B, g, loop=lambda mm, x, yy, tt: _fl(
         mm, x, yy, tt, step=lambda x_, v, t, tn: _euler(x_, v, t, tn, dt=lambda a, b: a - b))), "euler_loop"),
 ]
 
