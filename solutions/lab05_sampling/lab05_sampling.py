@@ -401,7 +401,7 @@ def judge(t, x_t, eps_hat):
     images = (x0_hat.float().clamp(-1, 1) + 1) / 2  # [-1, 1] -> [0, 1], what the classifier reads
     judged = classifier_accuracy(images, y_many, clf)
     conf_by_step.append(judged["intended_prob"])  # [N]
-    probs_by_step.append(judged["probs"].cpu())  # [N, 10]: all ten probabilities, for exercise 7
+    probs_by_step.append(judged["probs"].cpu())  # [N, 10]: all ten probabilities, for the margin below
     conf_xt_by_step.append(classifier_accuracy((x_t.float().clamp(-1, 1) + 1) / 2, y_many, clf)["intended_prob"])
     if not t_by_step:
         first_calls.append(judged["predicted"])  # [N]: what it calls the very first guesses
