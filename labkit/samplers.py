@@ -277,7 +277,8 @@ def classifier_guided_loop(model, classifier, x_T, y, scale, timesteps, betas, a
 
 class Counted(torch.nn.Module):
     """``model(x, t, y)`` that counts what it is asked: ``rows`` = images evaluated (a guided call on a doubled
-    batch counts twice), ``calls``. rows / images drawn = network evaluations per image, counted, not computed."""
+    batch counts twice), ``calls``. rows / images drawn = network evaluations per image (NFE, the cost measure of
+    Lu et al. 2022, DPM-Solver, and of every few-step sampler since), counted, not computed."""
 
     def __init__(self, model: Model):
         super().__init__()

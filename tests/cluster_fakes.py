@@ -28,13 +28,13 @@ def _log_dir() -> Path:
 
 
 def fake_grade_task(lab, student, filename, notebook, template, code, settings):
-    from labkit.course.cluster import _where
+    from labkit.course.cluster import worker_where
     from labkit.course.results import GradeResult
 
     spec = json.loads(notebook)
     log = _log_dir()
     tag = f"{student}-{os.getpid()}-{next(_RUNS)}"
-    (log / f"started-{tag}").write_text(_where())
+    (log / f"started-{tag}").write_text(worker_where())
     if spec.get("block_once"):
         try:
             fd = os.open(str(log / f"armed-{student}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -44,9 +44,9 @@ def fake_grade_task(lab, student, filename, notebook, template, code, settings):
             os.close(fd)
             time.sleep(600)  # until the test kills this worker
     time.sleep(float(spec.get("seconds", 0.2)))
-    (log / f"done-{tag}").write_text(_where())
+    (log / f"done-{tag}").write_text(worker_where())
     res = GradeResult(student, lab, float(spec["score"]), 1.0, "graded", [])
-    return {"result": asdict(res), "submitted": None, "autograded": {}, "seconds": 0.1, "worker": _where()}
+    return {"result": asdict(res), "submitted": None, "autograded": {}, "seconds": 0.1, "worker": worker_where()}
 
 
 def runs(student: str, what: str = "started") -> list[str]:

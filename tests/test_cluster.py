@@ -407,7 +407,7 @@ def test_task_keys_and_fingerprints():
 
 def test_a_worker_that_cannot_sandbox_fails_its_task_in_one_line(monkeypatch):
     why = "bubblewrap (bwrap) is not installed: install bubblewrap ..."
-    monkeypatch.setitem(cluster._WORKER, "probe", why)
+    monkeypatch.setitem(cluster.WORKER_STATE, "probe", why)
     from labkit.course.settings import GradingSettings
 
     args = ("lab00_setup", "ann", "lab00_setup.ipynb", b"{}", b"", cluster.code_fingerprint())
@@ -415,7 +415,7 @@ def test_a_worker_that_cannot_sandbox_fails_its_task_in_one_line(monkeypatch):
         cluster.grade_task(*args, GradingSettings(60))
     assert str(err.value).endswith(why) and "\n" not in str(err.value)
     assert cluster._task_failure(err.value) == f"not graded: {err.value}"
-    monkeypatch.setitem(cluster._WORKER, "probe", None)
+    monkeypatch.setitem(cluster.WORKER_STATE, "probe", None)
     with pytest.raises(cluster.WorkerUnfit, match="grading code differs"):
         cluster.grade_task(*args[:5], "0" * 64, GradingSettings(60))
 

@@ -122,7 +122,7 @@ def test_a_worker_killed_after_compute_before_fetch(fakes, tmp_path, monkeypatch
     seen = {}
     client = {}
     real_connect, real_fetch, real_merge = cluster.connect, cluster._fetch, cluster.merge_result
-    victim_key = cluster.task_key(LAB, victim, cluster._sha256(next(s.path for s in subs if s.student == victim)))
+    victim_key = cluster.task_key(LAB, victim, cluster.sha256_of(next(s.path for s in subs if s.student == victim)))
 
     def connect(scheduler, timeout="30s"):
         client["c"], lc = real_connect(scheduler, timeout)

@@ -53,8 +53,8 @@ from labkit.course.manifest import (  # noqa: F401
 from labkit.course.merge import MERGED_TABLE, merge_result, merged_in_gradebook  # noqa: F401
 from labkit.course.pipeline import (  # noqa: F401
     GradingStats,
-    _Pending,
-    _sha256,
+    Pending,
+    sha256_of,
     fail_one,
     merge_one,
     prepare,
@@ -64,7 +64,7 @@ from labkit.course.pipeline import (  # noqa: F401
 )
 from labkit.course.results import GradeResult
 from labkit.course.settings import GradingSettings
-from labkit.course.task import _WORKER, WorkerUnfit, _where, grade_task, pack_course, worker_probe  # noqa: F401
+from labkit.course.task import WORKER_STATE, WorkerUnfit, worker_where, grade_task, pack_course, worker_probe  # noqa: F401
 from labkit.errors import LabkitError
 
 ClusterStats = GradingStats  # (its name before the local path used it too)
@@ -73,11 +73,15 @@ _task_failure = task_failure
 
 def grade_on_cluster(subs, chosen, empty, empty_labs, releases, courses, **kw) -> list[GradeResult]:
     """``pipeline.run_pipeline`` with a Dask ``scheduler`` (a keyword argument; ``local:N`` for a LocalCluster)."""
+    import functools
+
+    scheduler = kw.pop("scheduler")
+    kw.update(grade_pending=functools.partial(grade_on_dask, scheduler=scheduler), where=" on the cluster")
     return run_pipeline(subs, chosen, empty, empty_labs, releases, courses, **kw)
 
 
 def grade_on_dask(
-    pending: list[_Pending],
+    pending: list[Pending],
     chosen,
     courses,
     st: GradingStats,
@@ -155,7 +159,7 @@ def _window(client, current: int) -> int:
 
 def _submit_and_merge(
     client,
-    todo: list[_Pending],
+    todo: list[Pending],
     templates,
     courses,
     code,
@@ -171,7 +175,7 @@ def _submit_and_merge(
     from distributed import as_completed
 
     queue = list(reversed(todo))
-    by_key: dict[str, _Pending] = {}
+    by_key: dict[str, Pending] = {}
     merged: set[str] = set()
     window = _window(client, 16)
     refreshed = time.monotonic()

@@ -127,7 +127,8 @@ def grade_submissions(
         jobs=jobs,
         verbose=verbose,
         out_dir=out_dir,
-        scheduler=scheduler,
+        grade_pending=_on_dask(scheduler) if scheduler else None,  # None: local processes
+        where=" on the cluster" if scheduler else "",
         stats=stats,
     )
     for r in results:
@@ -153,3 +154,12 @@ def grade_submissions(
             + (f"; class reports: {', '.join(p.name for p in reports)}" if reports else "")
         )
     return results
+
+
+def _on_dask(scheduler: str):
+    """The pipeline's grading step on the Dask ``scheduler`` (imported only then: Dask is an optional extra)."""
+    import functools
+
+    from labkit.course.cluster import grade_on_dask
+
+    return functools.partial(grade_on_dask, scheduler=scheduler)

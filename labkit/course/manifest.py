@@ -38,7 +38,7 @@ GRADING_MODULES = (
 )
 
 
-def _now() -> str:
+def now_utc() -> str:
     """When a result was merged (to the microsecond: the manifest and the gradebook compare it)."""
     from datetime import datetime, timezone
 
@@ -127,7 +127,7 @@ class Manifest:
             "sha256": sha,
             "grader": grader,
             "result": asdict(result),
-            "merged_at": _now(),
+            "merged_at": now_utc(),
             **extra,
         }
         return self._append(rec)

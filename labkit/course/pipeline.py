@@ -31,11 +31,11 @@ from typing import Callable, Sequence
 from labkit.course.autograde import feedback_lab, prepare_lab, release_max_score
 from labkit.course.discover import read_submission
 from labkit.course.executors import LocalExecutor, worker_pool
-from labkit.course.manifest import MANIFEST_NAME, Manifest, _now, code_fingerprint, grader_fingerprint, task_key
+from labkit.course.manifest import MANIFEST_NAME, Manifest, now_utc, code_fingerprint, grader_fingerprint, task_key
 from labkit.course.merge import merge_result, merged_in_gradebook
 from labkit.course.results import GradeResult, Status
 from labkit.course.settings import GradingSettings
-from labkit.course.task import WorkerUnfit, _unpack, grade_task, pack_course
+from labkit.course.task import WorkerUnfit, unpack_course, grade_task, pack_course
 from labkit.errors import LabkitError
 
 ALLOWED_FAILURES = 3  # (executors.ALLOWED_FAILURES: Dask's allowed-failures, named in a failure note)
@@ -43,7 +43,7 @@ TEMPLATES_DIR = ".cluster-templates"  # in OUT: the template course per lab and 
 
 
 @dataclass
-class _Pending:
+class Pending:
     res: GradeResult
     path: Path
     sha: str
@@ -72,7 +72,7 @@ class GradingStats:
     per_worker: dict = field(default_factory=dict)  # worker -> tasks
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     return hashlib.sha256(read_submission(path)).hexdigest()
 
 
@@ -89,26 +89,31 @@ def run_pipeline(
     jobs: int,
     verbose: bool,
     out_dir: Path,
-    scheduler: str | None = None,
+    grade_pending: Callable | None = None,
+    where: str = "",
     stats: dict | None = None,
 ) -> list[GradeResult]:
-    """Grade ``subs`` (locally in ``jobs`` processes, or on the Dask ``scheduler``), merge into ``courses``,
-    write feedback; returns the results, the empty students' ``no submission`` rows included
-    (``grade.grade_submissions`` writes scores.csv and the reports)."""
+    """Grade ``subs``, merge into ``courses``, write feedback; returns the results, the empty students'
+    ``no submission`` rows included (``grade.grade_submissions`` writes scores.csv and the reports).
+
+    ``grade_pending``: how the pending submissions are graded, the one part that differs between a machine and a
+    cluster: ``grade_locally`` (the default: ``jobs`` local processes) or ``cluster.grade_on_dask`` with its
+    scheduler bound (``functools.partial``); it takes the keyword arguments below and merges each result as it
+    arrives. ``where``: said in the progress line (" on the cluster")."""
     st = GradingStats()
     manifest = Manifest(Path(out_dir) / MANIFEST_NAME)
     graders = {lab: grader_fingerprint(repo_root, lab, settings) for lab in {s.lab for s in subs}}
     for lab in sorted({s.lab for s in subs}):  # merges committed by a client killed before their manifest line
         st.recovered += manifest.recover(merged_in_gradebook(courses[lab]))
     results: list[GradeResult] = []
-    pending: list[_Pending] = []
+    pending: list[Pending] = []
     progress = Progress(verbose)
 
     for s in sorted(subs, key=lambda s: (chosen.index(s.lab), s.student)):
         res = GradeResult(s.student, s.lab)
         results.append(res)
         try:
-            sha = _sha256(Path(s.path))
+            sha = sha256_of(Path(s.path))
         except (OSError, LabkitError) as exc:
             res.fail(f"cannot read {Path(s.path).name}: {exc}")
             continue
@@ -117,11 +122,10 @@ def run_pipeline(
             res.__dict__.update(GradeResult(**rec["result"]).__dict__)
             st.skipped += 1
         else:
-            pending.append(_Pending(res, Path(s.path), sha, graders[s.lab], task_key(s.lab, s.student, sha)))
+            pending.append(Pending(res, Path(s.path), sha, graders[s.lab], task_key(s.lab, s.student, sha)))
     if verbose:
         print(
-            f"{len(pending)} submission(s) to grade" + (" on the cluster" if scheduler else "") + ", "
-            f"{st.skipped} already graded (manifest {manifest.path})",
+            f"{len(pending)} submission(s) to grade{where}, {st.skipped} already graded (manifest {manifest.path})",
             flush=True,
         )
 
@@ -140,12 +144,7 @@ def run_pipeline(
             settings=settings,
             jobs=jobs,
         )
-        if scheduler:
-            from labkit.course.cluster import grade_on_dask
-
-            grade_on_dask(**run, verbose=verbose, scheduler=scheduler)
-        else:
-            grade_locally(**run)
+        (grade_pending or grade_locally)(**run, verbose=verbose)
 
     for lab in empty_labs:
         max_score = release_max_score(releases.get(lab))
@@ -169,7 +168,7 @@ def run_pipeline(
 # --- 1. prepare ---------------------------------------------------------------------------------------------
 
 
-def prepare(pending: list[_Pending], chosen, courses, st: GradingStats, *, repo_root, out_dir, jobs, settings) -> dict:
+def prepare(pending: list[Pending], chosen, courses, st: GradingStats, *, repo_root, out_dir, jobs, settings) -> dict:
     """{lab: template course (zip bytes)} for the labs of ``pending``; the client's own course of each is
     ready to merge into. The submissions of a lab that could not be prepared are marked failed."""
     t0 = time.monotonic()
@@ -236,7 +235,7 @@ def _install_course(template: bytes, course: Path, lab: str) -> bool:
     the template's (the lab changed since it was prepared): the caller generates it again."""
     if not (course / "gradebook.db").exists():
         course.mkdir(parents=True, exist_ok=True)
-        _unpack(template, course)
+        unpack_course(template, course)
         return False
     with zipfile.ZipFile(io.BytesIO(template)) as z:
         (course / "nbgrader_config.py").write_bytes(z.read("nbgrader_config.py"))
@@ -249,7 +248,7 @@ def _install_course(template: bytes, course: Path, lab: str) -> bool:
 
 
 def grade_locally(
-    pending: list[_Pending],
+    pending: list[Pending],
     chosen,
     courses,
     st: GradingStats,
@@ -261,6 +260,7 @@ def grade_locally(
     out_dir,
     settings: GradingSettings,
     jobs,
+    verbose: bool = False,
 ) -> None:
     """Prepare, then grade ``pending`` in a ``LocalExecutor`` of ``jobs`` processes, merging each result here as
     it comes (a few tasks per process queued at a time: the notebooks are read only when submitted)."""
@@ -310,7 +310,7 @@ def grade_locally(
 # --- the steps every executor shares -------------------------------------------------------------------------
 
 
-def read_task_input(p: _Pending) -> bytes | None:
+def read_task_input(p: Pending) -> bytes | None:
     """The notebook's bytes for its task (None, and ``p`` failed, when it is gone or unreadable now); the key
     follows the bytes when the file changed since it was listed."""
     try:
@@ -325,7 +325,7 @@ def read_task_input(p: _Pending) -> bytes | None:
 
 
 def merge_one(
-    p: _Pending,
+    p: Pending,
     payload: dict,
     courses,
     manifest: Manifest,
@@ -341,7 +341,7 @@ def merge_one(
     st.worker_seconds += seconds
     st.per_worker[w] = st.per_worker.get(w, 0) + 1
     t0 = time.monotonic()
-    mark = {"sha256": p.sha, "grader": p.grader, "worker": w, "merged_at": _now(), "seconds": seconds}
+    mark = {"sha256": p.sha, "grader": p.grader, "worker": w, "merged_at": now_utc(), "seconds": seconds}
     try:
         merged_res = merge(courses[res.lab], res.lab, res.student, payload, mark)
         manifest.record(
@@ -368,7 +368,7 @@ def merge_one(
     return ok
 
 
-def fail_one(p: _Pending, exc: BaseException | None, st: GradingStats) -> None:
+def fail_one(p: Pending, exc: BaseException | None, st: GradingStats) -> None:
     """A task that returned no result: failed, not recorded (a re-run grades it again)."""
     p.res.fail(task_failure(exc))
     st.failed_tasks += 1

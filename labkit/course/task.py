@@ -35,11 +35,11 @@ class WorkerUnfit(Exception):
 
 # --- the worker's side ----------------------------------------------------------------------------------
 
-_WORKER: dict = {}
+WORKER_STATE: dict = {}
 _ONE_AT_A_TIME = threading.Lock()  # grading changes os.environ (fast mode): one notebook per process at a time
 
 
-def _where() -> str:
+def worker_where() -> str:
     try:
         from distributed import get_worker
 
@@ -50,12 +50,12 @@ def _where() -> str:
 
 def worker_probe() -> dict:
     """Run on a worker: can it sandbox a kernel, and which grading code does it hold."""
-    if "probe" not in _WORKER:
+    if "probe" not in WORKER_STATE:
         from labkit.course import sandbox
 
-        _WORKER["probe"] = sandbox.probe()
+        WORKER_STATE["probe"] = sandbox.probe()
     return {
-        "sandbox": _WORKER["probe"],
+        "sandbox": WORKER_STATE["probe"],
         "code": code_fingerprint(),
         "host": socket.gethostname(),
         "python": sys.version.split()[0],
@@ -84,7 +84,7 @@ def pack_course(course: str | os.PathLike) -> bytes:
     return buf.getvalue()
 
 
-def _unpack(data: bytes, dest: Path) -> None:
+def unpack_course(data: bytes, dest: Path) -> None:
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         for name in z.namelist():
             target = (dest / name).resolve()
@@ -110,7 +110,7 @@ def grade_task(
     submitted notebook and the files of the autograded folder (bytes), the seconds it took and where.
     Raises ``WorkerUnfit`` (one line) when this worker cannot sandbox or grades with other code."""
     start = time.monotonic()
-    where = _where()
+    where = worker_where()
     probe = worker_probe()
     if settings.sandbox and probe["sandbox"]:
         raise WorkerUnfit(f"{where}: {probe['sandbox']}")
@@ -124,7 +124,7 @@ def grade_task(
         try:
             course = tmp / "course"
             course.mkdir()
-            _unpack(template, course)
+            unpack_course(template, course)
             upload = tmp / "upload"
             upload.mkdir()
             path = upload / (Path(filename).name or f"{lab}.ipynb")

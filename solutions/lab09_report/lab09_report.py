@@ -931,6 +931,7 @@ ax.set(xlabel=f"seconds for {n} samples", xscale="log", ylabel="classifier accur
        title="time against quality: the settings worth using")
 ax.grid(alpha=0.3)
 ax.legend(frameon=False)
+plt.show()
 
 # %% [markdown]
 # ## 6. Your numbers
