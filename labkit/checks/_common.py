@@ -375,3 +375,24 @@ def yours_or_labkit(check: Callable, yours: Callable, labkit_fn: Callable, what:
         return labkit_fn
     print(f"Using your {what} (it passes its check).")
     return yours
+
+
+def loss_values(name: str, out, steps: int, how: str = "loss.item()") -> list[float]:
+    """A training loop's returned list of step losses as floats, with a message for whatever else came back;
+    ``how`` says where each float comes from (``"loss.item()"``, ``"train_step returns one"``)."""
+    if out is None:
+        fail(name, f"nothing was returned: return the list of the losses of every step ({how})")
+    if isinstance(out, torch.Tensor):
+        out = out.detach().reshape(-1).tolist()
+    if not isinstance(out, (list, tuple)):
+        fail(name, f"return a list of the {steps} losses (one float per step), got {type(out).__name__}")
+    if len(out) != steps:
+        fail(name, f"returned {len(out)} losses for {steps} steps: append each step's loss to the list")
+    values = []
+    for v in out:
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = float(v.detach().reshape(()))
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            fail(name, f"the list holds a {type(v).__name__}; append each step's loss as a float ({how})")
+        values.append(float(v))
+    return values

@@ -30,6 +30,7 @@ from torch import nn
 
 from labkit import diffusion, training, unet
 from labkit.checks._common import (
+    loss_values,
     MARGIN,
     call,
     compare,
@@ -585,25 +586,7 @@ def _state(model, ema) -> torch.Tensor:
 
 
 def _loss_values(name, out, steps) -> list[float]:
-    if out is None:
-        fail(name, "nothing was returned: return the list of the losses of every step (train_step's values)")
-    if isinstance(out, torch.Tensor):
-        out = out.detach().reshape(-1).tolist()
-    if not isinstance(out, (list, tuple)):
-        fail(name, f"return a list of the {steps} losses (one float per step), got {type(out).__name__}")
-    if len(out) != steps:
-        fail(name, f"returned {len(out)} losses for {steps} steps: append each step's loss to the list")
-    values = []
-    for v in out:
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = float(v.detach().reshape(()))
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            fail(
-                name,
-                f"the list holds a {type(v).__name__}; append each step's loss as a float (train_step returns one)",
-            )
-        values.append(float(v))
-    return values
+    return loss_values(name, out, steps, "train_step returns one")
 
 
 def check_train_loop(

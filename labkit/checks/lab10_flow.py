@@ -25,6 +25,7 @@ from torch import nn
 
 from labkit import flow
 from labkit.checks._common import (
+    loss_values,
     MARGIN,
     call,
     compare,
@@ -701,23 +702,7 @@ class _ReflowSetup:
 
 
 def _loss_values(name, out, steps) -> list[float]:
-    """The student's list of step losses as floats, with a message for what else came back."""
-    if out is None:
-        fail(name, "nothing was returned: return the list of the losses of every step (loss.item())")
-    if isinstance(out, torch.Tensor):
-        out = out.detach().reshape(-1).tolist()
-    if not isinstance(out, (list, tuple)):
-        fail(name, f"return a list of the {steps} losses (one float per step), got {type(out).__name__}")
-    if len(out) != steps:
-        fail(name, f"returned {len(out)} losses for {steps} steps: append each step's loss to the list")
-    values = []
-    for v in out:
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
-            v = float(v.detach().reshape(()))
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            fail(name, f"the list holds a {type(v).__name__}; append each step's loss as a float (loss.item())")
-        values.append(float(v))
-    return values
+    return loss_values(name, out, steps, "loss.item()")
 
 
 def _weights(model) -> torch.Tensor:
