@@ -110,7 +110,25 @@ def test_a_worker_killed_during_compute(fakes, tmp_path):
     started, done = cluster_fakes.runs("avictim"), cluster_fakes.runs("avictim", "done")
     assert len(started) == 2 and len(done) == 1 and str(killed["pid"]) not in done[0], (started, done)
     assert_exactly_once(tmp_path, students, results)
-    assert stats["failed_tasks"] == 0 and stats["duplicates"] == 0, stats
+    assert stats["failed_tasks"] == 0, stats
+
+
+def before_fetch(monkeypatch, hook) -> None:
+    """Call ``hook(keys)`` each time the client is about to fetch results from the workers that hold them
+    (``Client._gather``: what the executor's future waits for before it answers), off the client's event
+    loop so that the hook may use the client. The point between "computed" and "fetched"."""
+    import asyncio
+
+    from distributed import Client
+
+    real = Client._gather
+
+    async def _gather(self, futures, *args, **kwargs):
+        keys = [f.key for f in futures if hasattr(f, "key")] if isinstance(futures, list) else []
+        await asyncio.get_running_loop().run_in_executor(None, hook, keys)
+        return await real(self, futures, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "_gather", _gather)
 
 
 @pytest.mark.parametrize("when", ["while fetching", "before the client looked"])
@@ -121,44 +139,34 @@ def test_a_worker_killed_after_compute_before_fetch(fakes, tmp_path, monkeypatch
     subs = cluster_fakes.write_class(tmp_path, students)
     seen = {}
     client = {}
-    real_connect, real_fetch, real_merge = cluster.connect, cluster._fetch, cluster.merge_result
+    real_connect = cluster.connect
     victim_key = cluster.task_key(LAB, victim, cluster.sha256_of(next(s.path for s in subs if s.student == victim)))
 
     def connect(scheduler, timeout="30s"):
         client["c"], lc = real_connect(scheduler, timeout)
         return client["c"], lc
 
-    def kill_the_holder():
+    def kill_the_holder(keys):  # the victim's result is computed and not fetched yet: its worker dies
+        if victim_key not in keys or seen:
+            return
         c = client["c"]
-        wait_until(lambda: holders(c, victim_key), 120, "the victim's result never arrived")
-        addr = holders(c, victim_key)[0]
-        seen["pid"] = fakes.kill_worker(addr)
-        seen["status"] = c.futures[victim_key].status if victim_key in c.futures else None
-
-    def fetch(fut):  # 2a: the client fetches a result whose worker is gone
-        if fut.key == victim_key and not seen:
-            kill_the_holder()
-        return real_fetch(fut)
-
-    def merge(course, lab, student, payload, mark=None):  # 2b: the victim's result is lost while the client
-        if student == f"{prefix}00" and not seen:                  # is busy merging another one
-            kill_the_holder()
-            wait_until(lambda: client["c"].futures[victim_key].status != "finished", 30, "no lost-data message")
-            seen["status"] = client["c"].futures[victim_key].status
-        return real_merge(course, lab, student, payload, mark)
+        seen["holder"] = holders(c, victim_key)
+        seen["pid"] = fakes.kill_worker(seen["holder"][0])
+        if when == "before the client looked":  # 2b: the scheduler has told the client the result is lost
+            wait_until(lambda: c.futures[victim_key].status != "finished", 30, "no lost-data message")
+        seen["status"] = c.futures[victim_key].status  # 2a: fetched at once, as the news is still coming
 
     monkeypatch.setattr(cluster, "connect", connect)
-    monkeypatch.setattr(cluster, "_fetch" if when == "while fetching" else "merge_result",
-                        fetch if when == "while fetching" else merge)
+    before_fetch(monkeypatch, kill_the_holder)
     stats = {}
     results = cluster_fakes.grade(tmp_path, subs, fakes.address, stats)
     assert seen.get("pid"), "the worker holding the victim's result was not killed"
     done = cluster_fakes.runs(victim, "done")
     assert len(done) == 2 and sum(f"-{seen['pid']}-" in d for d in done) == 1, done  # computed again elsewhere
     assert_exactly_once(tmp_path, students, results)
-    assert stats["failed_tasks"] == 0 and stats["duplicates"] == 0, stats
+    assert stats["failed_tasks"] == 0, stats
     if when == "before the client looked":
-        assert seen["status"] in ("lost", "pending") and stats["recomputed"] >= 1, (seen, stats)
+        assert seen["status"] in ("lost", "pending"), seen
 
 
 def test_the_client_killed_between_gradebook_and_manifest_then_restarted(fakes, tmp_path):
@@ -262,15 +270,12 @@ def test_labkit_grade_survives_worker_loss(tmp_path, monkeypatch):
             except Exception as exc:  # reported below
                 killed["error"] = exc
 
-        real_fetch = cluster._fetch
+        def fetch(keys):  # the first result the client fetches: its holder dies first
+            if "fetch" not in killed and keys:
+                addr = holders(lc.client, keys[0])[0]
+                killed["fetch"] = (keys[0], addr, lc.kill_worker(addr))
 
-        def fetch(fut):
-            if "fetch" not in killed:
-                addr = holders(lc.client, fut.key)[0]
-                killed["fetch"] = (fut.key, addr, lc.kill_worker(addr))
-            return real_fetch(fut)
-
-        monkeypatch.setattr(cluster, "_fetch", fetch)
+        before_fetch(monkeypatch, fetch)
         t = threading.Thread(target=mid_notebook, daemon=True)
         t.start()
         from labkit.course import cli

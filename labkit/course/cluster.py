@@ -23,10 +23,12 @@ only the executor differs. Who does what:
   cells, read the scores), and returns data only. It never sees the client's files; a worker that dies
   mid-notebook leaves nothing behind but its own temporary folder.
 
-Exactly once: a task's key is ``(lab, student, sha256 of the notebook)``. Dask gives each future one result
-(a task whose worker died is run again elsewhere, up to ``allowed-failures`` deaths; so is one whose result
-died with its worker after it was computed and before the client fetched it: the client waits for it again);
-the client merges a key at most once per run. The merge commits the scores together with a record of the
+Exactly once: a task's key is ``(lab, student, sha256 of the notebook)``, and the tasks go through
+``client.get_executor()``, a ``concurrent.futures`` executor, in the pipeline's one loop (``grade_with``).
+Dask gives each future one result (a task whose worker died is run again elsewhere, up to
+``allowed-failures`` deaths; so is one whose result died with its worker after it was computed and before
+the client fetched it: the client's fetch asks the scheduler to compute it again and waits, and only then does
+the executor's future answer); the client merges each future's one answer once. The merge commits the scores together with a record of the
 merge (``labkit_merged`` in the lab's gradebook.db), and then appends the record to
 ``OUT/cluster-manifest.jsonl`` (one JSON line per merged submission, fsynced). A later run first copies into
 the manifest any record the gradebook holds and the manifest lacks (the client died between the two), then
@@ -56,6 +58,7 @@ from labkit.course.pipeline import (  # noqa: F401
     Pending,
     sha256_of,
     fail_one,
+    grade_with,
     merge_one,
     prepare,
     read_task_input,
@@ -135,12 +138,15 @@ def grade_on_dask(
             if p.res.lab not in templates:
                 progress.done(p.res)
 
-        # 3. one task per submission; results merged here as they come
+        # 3. one task per submission on Dask's concurrent.futures executor; results merged here as they come
         todo = [p for p in pending if p.res.lab in templates]
         if todo:
-            _submit_and_merge(
-                client, todo, templates, courses, code, st, manifest, merged_labs, progress, settings=settings
-            )
+            executor = client.get_executor(pure=False, retries=0)
+            window = _Window(client)
+            grade_with(
+                executor, todo, templates, courses, code, st, manifest, merged_labs, progress,
+                settings=settings, window=window, task=grade_task, merge=merge_result, keyed=True,
+            )  # fmt: skip
     finally:
         with contextlib.suppress(Exception):
             client.close()
@@ -149,115 +155,18 @@ def grade_on_dask(
                 cluster.close()
 
 
-def _window(client, current: int) -> int:
-    try:
-        threads = sum(client.nthreads().values())
-    except Exception:
-        return current
-    return max(16, 3 * threads)
+class _Window:
+    """How many tasks to keep submitted: three per worker thread (at least 16), asked of the scheduler at
+    most every 5 seconds (workers may join or leave while the class is graded)."""
 
+    def __init__(self, client):
+        self.client, self.size, self.asked = client, 16, float("-inf")
 
-def _submit_and_merge(
-    client,
-    todo: list[Pending],
-    templates,
-    courses,
-    code,
-    st: GradingStats,
-    manifest: Manifest,
-    merged_labs: set,
-    progress,
-    *,
-    settings: GradingSettings,
-) -> None:
-    """Dask's client loop (kept rather than ``client.get_executor()``: it sees a future whose result was lost
-    with its worker after compute, waits for the recomputed one, and never merges a key twice)."""
-    from distributed import as_completed
-
-    queue = list(reversed(todo))
-    by_key: dict[str, Pending] = {}
-    merged: set[str] = set()
-    window = _window(client, 16)
-    refreshed = time.monotonic()
-    ac = as_completed()
-    progress.start(len(todo))
-
-    def submit_one() -> bool:
-        while queue:
-            p = queue.pop()
-            data = read_task_input(p)
-            if data is None:
-                progress.done(p.res)
-                continue
-            break
-        else:
-            return False
-        fut = client.submit(
-            grade_task,
-            p.res.lab,
-            p.res.student,
-            p.path.name,
-            data,
-            templates[p.res.lab],
-            code,
-            settings,
-            key=p.key,
-            pure=False,
-            retries=0,
-        )
-        by_key[fut.key] = p
-        ac.add(fut)
-        st.submitted += 1
-        return True
-
-    start = time.monotonic()
-    try:
-        for _ in range(window):
-            if not submit_one():
-                break
-        for fut in ac:
-            p = by_key.get(fut.key)
-            if p is None or fut.key in merged:  # a second result for a merged key: never merged twice
-                st.duplicates += 1
-                fut.release()
-                continue
-            if fut.status in ("lost", "pending"):  # computed, then its worker died before we fetched it: the
-                st.recomputed += 1  # scheduler computes it again elsewhere; wait for that result
-                ac.add(fut)
-                continue
+    def __call__(self) -> int:
+        if time.monotonic() - self.asked > 5:
+            self.asked = time.monotonic()
             try:
-                payload = _fetch(fut) if fut.status == "finished" else None
-            except Exception as exc:  # it erred, was cancelled, or was lost for good while being fetched
-                payload, failure = None, exc
-            else:
-                failure = None if payload is not None else _exception_of(fut)
-            if payload is not None:
-                if merge_one(p, payload, courses, manifest, st, merged_labs, merge=merge_result):
-                    merged.add(fut.key)
-            else:  # erred (or cancelled: the scheduler gave up on it)
-                fail_one(p, failure, st)
-            fut.release()
-            by_key.pop(fut.key, None)
-            progress.done(p.res)
-            if time.monotonic() - refreshed > 5:
-                window, refreshed = _window(client, window), time.monotonic()
-            while ac.count() < window and submit_one():
+                self.size = max(16, 3 * sum(self.client.nthreads().values()))
+            except Exception:  # the scheduler is briefly unreachable: keep the last size
                 pass
-    finally:
-        progress.close()
-    st.grading_seconds = time.monotonic() - start
-
-
-def _fetch(fut) -> dict:
-    """The result of a finished task, brought from the worker that holds it. When that worker died after
-    computing it, the client asks the scheduler to compute it again and waits (a test kills a worker here)."""
-    return fut.result()
-
-
-def _exception_of(fut) -> BaseException | None:
-    """Why a task that is not ``finished`` has no result (``erred``: its exception; ``cancelled``: the error
-    that ``exception()`` raises). Asked only of a future in a final state, so it never waits."""
-    try:
-        return fut.exception(timeout=1)
-    except Exception as err:  # FutureCancelledError, or a state we did not expect
-        return err
+        return self.size

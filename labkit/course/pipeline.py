@@ -7,8 +7,9 @@
 2. **grade** (a worker): ``task.grade_task``, one per submission that the manifest does not hold: notebook
    bytes, the template and the settings in, data out. The executor is the only difference between the two
    ways to run: ``executors.LocalExecutor`` (spawned processes here; a worker killed by a bad submission
-   fails that submission alone) or a Dask cluster (``cluster.grade_on_dask``, which keeps Dask's own
-   client loop for its exactly-once guarantees: deterministic keys, results lost with a worker).
+   fails that submission alone) or Dask's ``Client.get_executor()`` (``cluster.grade_on_dask``; a result
+   lost with its worker after it was computed is computed again by the scheduler and fetched by the client
+   before the future answers). Both go through ``grade_with``, one loop: submit, wait, merge.
 3. **merge** (the client, always, one result at a time): ``merge.merge_result`` writes the notebooks and the
    gradebook; then the manifest line (``manifest.Manifest``). A re-run grades only what is missing or changed.
 4. feedback once per lab; ``grade.grade_submissions`` writes scores.csv and the class reports.
@@ -23,7 +24,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Executor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -59,8 +60,6 @@ class GradingStats:
     skipped: int = 0  # already in the manifest
     merged: int = 0  # results written into the gradebook and the manifest
     failed_tasks: int = 0  # tasks with no result (worker died or unfit, killed too often, merge error)
-    duplicates: int = 0  # results for a key merged already in this run (ignored)
-    recomputed: int = 0  # results lost with a worker after they were computed (the scheduler ran them again)
     recovered: int = 0  # merges the gradebook holds that the manifest had not recorded (the client died between)
     workers: int = 0
     worker_seconds: float = 0.0  # sum over tasks of their time on a worker
@@ -273,37 +272,66 @@ def grade_locally(
             progress.done(p.res)
     if not todo:
         return
-    code = code_fingerprint()
+    with LocalExecutor(jobs) as executor:
+        grade_with(
+            executor, todo, templates, courses, code_fingerprint(), st, manifest, merged_labs, progress,
+            settings=settings, window=lambda: 2 * executor.jobs, task=grade_task,
+        )  # fmt: skip
+    st.workers = executor.jobs
+
+
+def grade_with(
+    executor: Executor,
+    todo: list[Pending],
+    templates: dict,
+    courses,
+    code: str,
+    st: GradingStats,
+    manifest: Manifest,
+    merged_labs: set,
+    progress,
+    *,
+    settings: GradingSettings,
+    window: Callable[[], int],
+    task: Callable = grade_task,
+    merge: Callable = merge_result,
+    keyed: bool = False,
+) -> None:
+    """Steps 2 and 3 on any ``concurrent.futures.Executor``: submit one ``task`` per submission, at most
+    ``window()`` at a time (a notebook is read only when its task is submitted), and merge each result here,
+    one at a time, as it comes. A future answers once, so each submission is merged at most once per run;
+    one that ends with an exception (a worker that died, a refused worker, a cancelled task) fails alone.
+
+    executor: ``executors.LocalExecutor`` or Dask's ``Client.get_executor()`` (``keyed``: the task's key is
+    ``Pending.key``, so Dask never runs one submission twice at once)."""
     queue, running = list(reversed(todo)), {}
     progress.start(len(todo))
     start = time.monotonic()
-    with LocalExecutor(jobs) as executor:
-        try:
-            while queue or running:
-                while queue and len(running) < 2 * executor.jobs:
-                    p = queue.pop()
-                    data = read_task_input(p)
-                    if data is None:
-                        progress.done(p.res)
-                        continue
-                    fut = executor.submit(
-                        grade_task, p.res.lab, p.res.student, p.path.name, data, templates[p.res.lab], code, settings
-                    )
-                    running[fut] = p
-                    st.submitted += 1
-                if not running:
-                    break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    p = running.pop(fut)
-                    if fut.exception() is None:
-                        merge_one(p, fut.result(), courses, manifest, st, merged_labs)
-                    else:
-                        fail_one(p, fut.exception(), st)
+    try:
+        while queue or running:
+            while queue and len(running) < window():
+                p = queue.pop()
+                data = read_task_input(p)
+                if data is None:
                     progress.done(p.res)
-        finally:
-            progress.close()
-    st.workers = executor.jobs
+                    continue
+                args = (p.res.lab, p.res.student, p.path.name, data, templates[p.res.lab], code, settings)
+                fut = executor.submit(task, *args, **({"key": p.key} if keyed else {}))
+                running[fut] = p
+                st.submitted += 1
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                p = running.pop(fut)
+                exc = CancelledError("the scheduler cancelled the task") if fut.cancelled() else fut.exception()
+                if exc is None:
+                    merge_one(p, fut.result(), courses, manifest, st, merged_labs, merge=merge)
+                else:
+                    fail_one(p, exc, st)
+                progress.done(p.res)
+    finally:
+        progress.close()
     st.grading_seconds = time.monotonic() - start
 
 
