@@ -318,6 +318,7 @@ LAB03_PE = [
     ("dim - 2", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * i / max(d_ - 2, 1)), "dim - 1"),
     ("transposed", lambda t, d: _pe(t, d).T, "transposed"),
     ("half the columns", lambda t, d: _pe(t, d)[:, : d // 2], "only dim/2"),
+    ("new tensors on the CPU", lambda t, d: _pe(t, d), "on the CPU whatever device"),
     ("max period 1000", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * i / d_ * math.log(1000) / math.log(10000)),
      "10000"),
     ("base 1000 (outside suite)", lambda t, d: _pe(t, d, exponent=lambda i, d_: 2 * i / d_ * math.log(1000) / math.log(10000)),

@@ -140,6 +140,7 @@ from labkit.checks import lab00_setup as c00  # noqa: E402
 from labkit.checks import lab02_unet as c02  # noqa: E402
 from labkit.checks import lab03_embeddings as c03  # noqa: E402
 from labkit import embeddings, unet  # noqa: E402
+from labkit.checks._common import CheckFailed  # noqa: E402
 
 
 def upsample_merge_ok(h, skip):
@@ -184,13 +185,28 @@ def test_upsample_merge_names_mistakes(fn, phrase):
 
 # --- lab 03 ----------------------------------------------------------------------------------
 
-def sinusoidal_ok(t, dim):
-    i = torch.arange(dim // 2)
+def sinusoidal_ok(t, dim, device_of_t=True):
+    i = torch.arange(dim // 2, device=t.device if device_of_t else None)
     freqs = 1.0 / 10000 ** (2 * i / dim)
     a = t.float()[:, None] * freqs[None]
-    out = torch.zeros(t.shape[0], dim)
+    out = torch.zeros(t.shape[0], dim, device=t.device if device_of_t else None)
     out[:, 0::2], out[:, 1::2] = torch.sin(a), torch.cos(a)
     return out
+
+
+def test_sinusoidal_made_on_the_cpu_fails_with_the_gpu_explained():
+    """Right values, but torch.arange/torch.zeros without device=: fine on a laptop, a crash on Colab's GPU."""
+    with pytest.raises(CheckFailed, match=r"makes a tensor on the CPU whatever device t is on.*device=t.device"):
+        c03.check_sinusoidal_embedding(lambda t, dim: sinusoidal_ok(t, dim, device_of_t=False))
+
+    def zeros_on_the_cpu(t, dim):  # the frequencies follow t, the output it fills does not
+        out = torch.zeros(t.shape[0], dim)
+        out[:] = sinusoidal_ok(t, dim)
+        return out
+
+    with pytest.raises(CheckFailed, match=r"copies t's values to the CPU.*device=t.device"):
+        c03.check_sinusoidal_embedding(zeros_on_the_cpu)
+
 
 
 @pytest.mark.parametrize("fn", [sinusoidal_ok, embeddings.sinusoidal_embedding])

@@ -73,6 +73,23 @@ def test_a_saved_network_that_fails_lab03s_check_is_not_trained(tmp_path, capsys
     assert colab.load_my_network(str(tmp_path / "runs")) is None and "did not import" in capsys.readouterr().out
 
 
+def test_a_network_that_makes_cpu_tensors_is_not_trained_on_a_gpu_path(tmp_path):
+    """A U-Net whose embedding makes its tensors on the CPU (``torch.zeros(n)`` without ``device=``) passes lab
+    03's value checks but would crash on Colab's GPU: labs 04 and 10 train labkit's network instead and say why
+    (found on PyTorch's meta device, so on this CPU too)."""
+    edit = ("emb = torch.zeros(t.shape[0], dim, device=t.device)", "emb = torch.zeros(t.shape[0], dim)")
+    cells = _lab03_as_a_module(tmp_path, edit)
+    colab.save_my_network(vars(cells), MINE, folder=str(tmp_path / "runs"))
+    network, who = lab04_training.network_to_use(colab.load_my_network(str(tmp_path / "runs")))
+    assert network is None and "would fail on a GPU" in who and "device" in who, who
+    arange = ("torch.arange(dim // 2, dtype=torch.float32, device=t.device)", "torch.arange(dim // 2, dtype=torch.float32)")
+    (tmp_path / "arange").mkdir()
+    why = lab04_training._mixes_devices(_lab03_as_a_module(tmp_path / "arange", arange).UNet)
+    assert why and "not on the expected device" in why, why  # a CPU tensor meets a meta one: what CUDA says
+    (tmp_path / "ok").mkdir()
+    assert lab04_training._mixes_devices(_lab03_as_a_module(tmp_path / "ok").UNet) is None  # the solution runs
+
+
 def test_labs_05_to_09_find_the_lab04_run(tmp_path, capsys):
     """``checks.trained_model`` / ``lab04_checkpoint``: the run lab 04 wrote is the model of labs 05, 07 and 09
     when it is in the runs folder; else the shipped one, and the printed line says which."""

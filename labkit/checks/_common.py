@@ -91,6 +91,51 @@ def fail(check: str, message: str, *, mistake: str | None = None, outcome: str =
     raise CheckFailed(f"{check}: {message}", check=check, mistake=mistake, outcome=outcome)
 
 
+# What PyTorch says when one operation mixes tensors of two devices.
+DEVICE_MISMATCH = ("same device", "expected device", "device type", "copy out of meta")
+
+
+def follows_the_device(check: str, fn: Callable, *args, what: str = "t") -> None:
+    """Fail when ``fn`` makes its tensors on the CPU whatever device its inputs are on (``torch.zeros(n)``
+    without ``device=``): fine on a laptop, a crash on Colab's GPU. Called after the value checks, on copies of
+    the tensor ``args`` on PyTorch's "meta" device (shapes without data, so it costs nothing), which stands in
+    for a GPU here: mixing it with a CPU tensor raises as mixing CUDA and CPU does. Anything else the meta
+    device cannot do (``.item()``, numpy) is not judged here."""
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    hint = (
+        f"create new tensors on the input's device: torch.zeros(..., device={what}.device), "
+        f"torch.arange(..., device={what}.device) (the check ran your function with {what} on PyTorch's "
+        "'meta' device, which stands in for a GPU here)"
+    )
+    try:
+        with _stderr_to_stdout():
+            out = fn(*meta)
+    except Exception as exc:  # noqa: BLE001
+        text = str(exc).lower()
+        if "copy out of meta" in text:  # filled a CPU tensor from it, or .cpu(), .item(), .tolist()
+            fail(
+                check,
+                f"your function copies {what}'s values to the CPU (into a tensor made without device=, or with "
+                f".cpu(), .item(), .tolist()), so on a GPU its result is on the CPU and the next layer fails; {hint}",
+                mistake="tensors made on the CPU, not on the input's device",
+            )
+        if any(k in text for k in DEVICE_MISMATCH):
+            fail(
+                check,
+                f"your function makes a tensor on the CPU whatever device {what} is on, so on a GPU it raises "
+                f'"{str(exc).splitlines()[0][:160]}"; {hint}',
+                mistake="tensors made on the CPU, not on the input's device",
+            )
+        return
+    if isinstance(out, torch.Tensor) and out.device.type != "meta":
+        fail(
+            check,
+            f"your function returns its result on the {out.device.type.upper()} whatever device {what} is on "
+            f"(a tensor made without device=, then filled), so the next layer on a GPU fails; {hint}",
+            mistake="tensors made on the CPU, not on the input's device",
+        )
+
+
 def passed(check: str, detail: str) -> None:
     print(f"\u2714 {check} passed ({detail})")
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from labkit import embeddings, unet
 from labkit.checks._modules import expect_loaded, first_difference, output_of, run_module, seeded_weights, weights_of
 from labkit.checks._common import (
+    follows_the_device,
     call,
     compare,
     expect_tensor,
@@ -126,6 +127,7 @@ def check_sinusoidal_embedding(student_fn, *, seed: int = 0, sizes=((6, 16), (3,
             reference=embeddings.sinusoidal_embedding,
             args=(t, dim),
         )
+        follows_the_device(name, student_fn, t, dim)  # a GPU run must not mix in CPU tensors
     passed(name, f"{len(sizes)} cases, seed {seed}")
 
 

@@ -734,6 +734,30 @@ def loop_to_use(student_loop):
         return training.train_loop, "labkit's training.train_loop (yours does not pass its check yet)"
 
 
+def _mixes_devices(network_class) -> str | None:
+    """Why a small network of ``network_class`` (lab 03's UNet signature) cannot run on a GPU, or None: built
+    on the CPU, moved to PyTorch's "meta" device (shapes without data; it stands in for a GPU) and run once
+    on meta inputs, so a tensor made on the CPU inside ``forward`` (``torch.zeros(n)`` without ``device=``)
+    raises as it would on CUDA (and filling such a tensor from a meta one raises "cannot copy out of meta",
+    where CUDA would copy and fail one layer later). Any other failure the meta device causes is not held
+    against it."""
+    from labkit.checks._common import DEVICE_MISMATCH
+
+    try:
+        net = network_class(in_channels=1, base_channels=8, channel_mults=(1, 2), blocks_per_level=1, groups=4,
+                            patch=1, num_classes=10).to("meta")  # fmt: skip
+        x = torch.zeros(2, 1, 8, 8, device="meta")  # [B, C, H, W]
+        t = y = torch.zeros(2, dtype=torch.long, device="meta")  # [B]
+        with torch.no_grad():
+            net(x, t, y)
+    except Exception as exc:  # noqa: BLE001
+        text = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        if "copy out of meta" in text.lower():  # a CPU tensor filled from the input: fine here, not on CUDA
+            return "it fills a tensor made on the CPU (torch.zeros(...) without device=) whatever the input's device"
+        return f'"{text}"' if any(k in text.lower() for k in DEVICE_MISMATCH) else None
+    return None
+
+
 def network_to_use(my_network):
     """(network, who) for the lab's real training. ``my_network`` is the module lab 03 wrote (``colab.
     load_my_network()``) or None. When its ``UNet`` still passes lab 03's check (run quietly), ``network(cfg)``
@@ -751,6 +775,9 @@ def network_to_use(my_network):
             lab03_embeddings.check_unet(my_network.UNet)
     except Exception:  # any failure: labkit's network
         return None, "labkit's UNet (the network lab 03 saved does not pass lab 03's check)"
+    mixed = _mixes_devices(my_network.UNet)
+    if mixed:
+        return None, f"labkit's UNet (yours from lab 03 would fail on a GPU: {mixed}; see lab 03's exercise 1)"
 
     def network(cfg: unet.UNetConfig):
         return my_network.UNet(

@@ -56,16 +56,17 @@ FAST = colab.fast_mode()
 #
 # ### Exercise 1 (2 points)
 # Write `sinusoidal_embedding(t, dim)`: `t` int64 `[B]`, `dim` even → float `[B, dim]` with **sines at the even
-# columns and cosines at the odd ones** (interleaved, as in the formula). Convert `t` to float first.
+# columns and cosines at the odd ones** (interleaved, as in the formula). Convert `t` to float first, and make
+# every new tensor on `t`'s device (`device=t.device`): in Colab `t` is on the GPU, and the check tries that.
 
 # %% nbgrader={"grade": false, "grade_id": "sinusoidal_embedding", "locked": false, "schema_version": 3, "solution": true}
 def sinusoidal_embedding(t, dim):
     """t int64 [B], dim even -> [B, dim]: column 2i = sin(t * w_i), column 2i+1 = cos(t * w_i), w_i = 10000^(-2i/dim)."""
     ### BEGIN SOLUTION
-    i = torch.arange(dim // 2, dtype=torch.float32)
+    i = torch.arange(dim // 2, dtype=torch.float32, device=t.device)  # on t's device: the GPU in Colab
     freqs = torch.exp(-math.log(10000.0) * 2 * i / dim)  # [dim/2]
     angles = t.float()[:, None] * freqs[None, :]  # [B, dim/2]
-    emb = torch.zeros(t.shape[0], dim)
+    emb = torch.zeros(t.shape[0], dim, device=t.device)
     emb[:, 0::2] = torch.sin(angles)
     emb[:, 1::2] = torch.cos(angles)
     return emb
