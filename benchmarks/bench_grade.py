@@ -59,7 +59,7 @@ if {scheduler!r}:
 t0 = time.monotonic()
 res = course.grade_submissions({subs!r}, {out!r}, {labs!r}, repo_root={repo!r}, **kw)
 print(json.dumps({{"seconds": time.monotonic() - t0, "stats": stats,
-                  "results": [[r.student, r.lab, r.score, r.max_score, r.status] for r in res]}}))
+                  "results": [[r.student, r.lab, r.score, r.max_score, r.status, " | ".join(r.notes)[:400]] for r in res]}}))
 """
 
 
@@ -119,10 +119,10 @@ def main(argv=None) -> int:
         got = run(mode, subs, a.labs, jobs, a.legacy_repo, scheduler)
         shutil.rmtree(subs, ignore_errors=True)
         wrong = []
-        for student, lab, score, max_score, status in got["results"]:
+        for student, lab, score, max_score, status, *notes in got["results"]:
             want = expected[(student, lab)]
             if score != (max_score if want == "full" else want):
-                wrong.append(f"{student}/{lab}: {score}/{max_score} ({status})")
+                wrong.append(f"{student}/{lab}: {score}/{max_score} ({status}: {notes[0] if notes else ''})")
         n = len(got["results"])
         st = got.get("stats") or {}
         row = {"mode": mode, "labs": " ".join(a.labs), "notebooks": n,

@@ -8,6 +8,8 @@ source printed nothing (a cell skipped it). Minutes to tens of minutes per lab o
     LABKIT_DATA=../shared/data/mnist pytest -m benchmark tests/test_claims_normal.py [-k lab02]
 
 and record the outcome in docs/claims.md (``LABKIT_UPDATE_DOCS=1`` rewrites that lab's row). With
+``LABKIT_RUNS_FROM=<folder>`` that runs folder (what earlier labs saved: lab 03's ``my_unet.py``) is copied
+beside the notebook first, so labs 04 and 10 train the student's own U-Net as they do in a course. With
 ``LABKIT_SAVE_NOTEBOOK=<folder>`` the executed notebook (figures included) is written there, to read the outputs
 against the text as a student would.
 """
@@ -48,6 +50,9 @@ def test_every_claim_holds_in_normal_mode(lab, tmp_path, monkeypatch):
     saved = os.environ.get("LABKIT_SAVE_NOTEBOOK")  # a folder: keep the executed notebook, figures included
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline" if saved else "Agg")
     shutil.copy(REPO / "solutions" / lab / f"{lab}.ipynb", tmp_path / f"{lab}.ipynb")
+    runs = os.environ.get("LABKIT_RUNS_FROM")  # a runs folder from earlier labs (lab 03's my_unet.py, lab 04's run)
+    if runs:
+        shutil.copytree(runs, tmp_path / "runs")
     nb = nbformat.read(str(tmp_path / f"{lab}.ipynb"), as_version=4)
     start = time.perf_counter()
     NotebookClient(nb, timeout=3600, resources={"metadata": {"path": str(tmp_path)}}).execute()

@@ -136,6 +136,40 @@ def follows_the_device(check: str, fn: Callable, *args, what: str = "t") -> None
         )
 
 
+# --- what the checks' toy models accept: the inputs a real network takes, with messages that say which is wrong
+
+
+def model_x(x, dtype: torch.dtype, start: str, why: str) -> int:
+    """-> B, or ValueError unless ``x`` is a float tensor [B, C, H, W] in the model's ``dtype``. ``start`` names
+    the loop's starting tensor (x_T, x_1) and ``why`` where another dtype comes from (a float64 schedule)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(
+            "model(x, t, y): x must be a float tensor [B, C, H, W], got "
+            f"{type(x).__name__ if not isinstance(x, torch.Tensor) else list(x.shape)}"
+        )
+    if x.dtype != dtype:
+        raise ValueError(
+            f"model(x, t, y): x is {x.dtype} but the model computes in {dtype}: a step returned another dtype "
+            f"than {start} ({why}); give the model x in {start}'s dtype (.to({start}.dtype))"
+        )
+    return x.shape[0]
+
+
+def model_index(name: str, v, B: int, n: int, what: str, hint: str = "") -> None:
+    """ValueError unless ``v`` (t or y) is an int64 tensor of shape [B] with values in 0..n-1."""
+    if not isinstance(v, torch.Tensor):
+        raise ValueError(
+            f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), got a {type(v).__name__}"
+        )
+    if v.dtype != torch.long or tuple(v.shape) != (B,):
+        raise ValueError(
+            f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
+            f"got {v.dtype} of shape {list(v.shape)}" + hint
+        )
+    if int(v.min()) < 0 or int(v.max()) >= n:
+        raise ValueError(f"model(x, t, y): {name} must be in 0..{n - 1}, got {int(v.min())}..{int(v.max())}")
+
+
 def passed(check: str, detail: str) -> None:
     print(f"\u2714 {check} passed ({detail})")
 

@@ -28,6 +28,8 @@ import torch
 from labkit import samplers, schedules
 from labkit.evaluation import measures
 from labkit.checks._common import (
+    model_index,
+    model_x,
     call,
     compare,
     deterministic,
@@ -210,33 +212,11 @@ class SamplingModel(ToyEpsModel):
     message that says which input is wrong. The loop checks of labs 05 and 07 sample from it."""
 
     def forward(self, x, t, y):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            raise ValueError(
-                "model(x, t, y): x must be a float tensor [B, C, H, W], got "
-                f"{type(x).__name__ if not isinstance(x, torch.Tensor) else list(x.shape)}"
-            )
-        B, dtype = x.shape[0], self.conv.weight.dtype
-        if x.dtype != dtype:
-            raise ValueError(
-                f"model(x, t, y): x is {x.dtype} but the model computes in {dtype}: a step returned "
-                f"another dtype than x_T (betas and alpha_bars are float64); give the model x in x_T's "
-                "dtype (.to(x_T.dtype))"
-            )
-        for name, v, n in (("t", t, self.t_emb.shape[0]), ("y", y, self.y_emb.shape[0])):
-            what = "one time step per image" if name == "t" else "one label per image"
-            if not isinstance(v, torch.Tensor):
-                raise ValueError(
-                    f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
-                    f"got a {type(v).__name__}"
-                )
-            if v.dtype != torch.long or tuple(v.shape) != (B,):
-                raise ValueError(
-                    f"model(x, t, y): {name} must be an int64 tensor of shape [B] = [{B}] ({what}), "
-                    f"got {v.dtype} of shape {list(v.shape)}"
-                    + (" (t.expand(B) or torch.full((B,), ...))" if name == "t" else "")
-                )
-            if int(v.min()) < 0 or int(v.max()) >= n:
-                raise ValueError(f"model(x, t, y): {name} must be in 0..{n - 1}, got {int(v.min())}..{int(v.max())}")
+        B = model_x(x, self.conv.weight.dtype, "x_T", "betas and alpha_bars are float64")
+        model_index(
+            "t", t, B, self.t_emb.shape[0], "one time step per image", " (t.expand(B) or torch.full((B,), ...))"
+        )
+        model_index("y", y, B, self.y_emb.shape[0], "one label per image")
         return super().forward(x, t, y)
 
 

@@ -25,6 +25,8 @@ from torch import nn
 
 from labkit import flow
 from labkit.checks._common import (
+    model_index,
+    model_x,
     loss_values,
     MARGIN,
     call,
@@ -58,18 +60,7 @@ class VelocityModel(nn.Module):
         self.y_emb = nn.Parameter(torch.randn(num_classes + 1, channels, generator=g))
 
     def forward(self, x, t, y):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-            raise ValueError(
-                "model(x, t, y): x must be a float tensor [B, C, H, W], got "
-                f"{type(x).__name__ if not isinstance(x, torch.Tensor) else list(x.shape)}"
-            )
-        B, dtype = x.shape[0], self.conv.weight.dtype
-        if x.dtype != dtype:
-            raise ValueError(
-                f"model(x, t, y): x is {x.dtype} but the model computes in {dtype}: a step returned "
-                "another dtype than x_1 (the time grid is float64); give the model x in x_1's dtype "
-                "(.to(x_1.dtype))"
-            )
+        B, dtype = model_x(x, self.conv.weight.dtype, "x_1", "the time grid is float64"), self.conv.weight.dtype
         if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != (B,):
             got = f"{t.dtype} of shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(
@@ -78,12 +69,7 @@ class VelocityModel(nn.Module):
             )
         if float(t.min()) < 0 or float(t.max()) > 1:
             raise ValueError(f"model(x, t, y): t must be in [0, 1], got {float(t.min()):g}..{float(t.max()):g}")
-        if not isinstance(y, torch.Tensor) or y.dtype != torch.long or tuple(y.shape) != (B,):
-            raise ValueError(f"model(x, t, y): y must be an int64 tensor of shape [B] = [{B}] (one label per image)")
-        if int(y.min()) < 0 or int(y.max()) >= self.y_emb.shape[0]:
-            raise ValueError(
-                f"model(x, t, y): y must be in 0..{self.y_emb.shape[0] - 1}, got {int(y.min())}..{int(y.max())}"
-            )
+        model_index("y", y, B, self.y_emb.shape[0], "one label per image")
         tt = t.to(dtype)[:, None]  # [B, 1]
         wave = (self.t_amp * torch.sin(self.t_freq * tt))[:, :, None, None]  # [B, C, 1, 1]
         return self.conv(x) * (1 + tt[:, :, None, None]) + wave + self.y_emb[y][:, :, None, None]
