@@ -287,8 +287,9 @@ checks.check_warmup_cosine_lr(warmup_cosine_lr, seed=4, cases=((3e-4, 7, 30, 0.0
 # chunk's mean loss, saves a checkpoint (atomically: a crash never leaves half a file), and every two minutes
 # shows the loss curve and one sample of each digit from the EMA. If your `train_loop` passes its check it is the loop that trains; otherwise labkit's
 # `training.train_loop` does (the cell says which). The network it trains is **your U-Net from lab 03** when lab
-# 03's last cells saved it (`my_unet.py` in the runs folder: `runs/`, or your Google Drive in Colab) and it still
-# passes lab 03's check; otherwise labkit's `UNet` (again, the cell says which). The checkpoint also holds the
+# 03's last cells saved it (`my_unet.py` in the runs folder: `runs/`, or your Google Drive in Colab), it still
+# passes lab 03's check and it makes no tensor on the CPU behind the GPU's back (tried on PyTorch's `meta`
+# device); otherwise labkit's `UNet` (again, the cell says which and why). The checkpoint also holds the
 # EMA under labkit's names, so labs 05-09 can load your trained network.
 #
 # The checkpoint holds the weights, the EMA, the optimiser and the generator's state: **run the cell again

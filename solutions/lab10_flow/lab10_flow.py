@@ -654,8 +654,9 @@ claims.check("at 2 steps the reflowed flow still puts more points on the blobs",
 #
 # ## 7. A flow model for MNIST, trained with your loss
 #
-# The network is **your U-Net from lab 03** when lab 03 saved it (`my_unet.py` in the runs folder) and it still
-# passes lab 03's check, else `labkit`'s `UNet` (the cell says which), with the CPU recipe's size (about 0.8M
+# The network is **your U-Net from lab 03** when lab 03 saved it (`my_unet.py` in the runs folder), it still
+# passes lab 03's check and it runs on any device (as in lab 04), else `labkit`'s `UNet` (the cell says which and
+# why), with the CPU recipe's size (about 0.8M
 # parameters, working on 14x14x4 pixel-unshuffled images). It is wrapped in `flow.TimeScaled` and trained from
 # scratch with **your** `flow_matching_loss` (if it passes its check), 10% label dropout for guidance, AdamW
 # (learning rate $2 \cdot 10^{-3}$ with a short warm-up and a cosine decay) and an EMA of the weights, `STEPS` steps
