@@ -138,6 +138,8 @@ def apply_after(args: tuple, after) -> None:
                     "your function changed the shape or dtype of one of its inputs in place; "
                     "compute a new tensor instead"
                 )
+            if "meta" in (arg.device.type, state.device.type):  # a device probe's input: shapes only, no values
+                continue
             if not torch.equal(state, arg.detach().cpu()):
                 with torch.no_grad():
                     arg.copy_(state)
