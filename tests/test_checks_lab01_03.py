@@ -207,6 +207,14 @@ def test_sinusoidal_made_on_the_cpu_fails_with_the_gpu_explained():
     with pytest.raises(CheckFailed, match=r"copies t's values to the CPU.*device=t.device"):
         c03.check_sinusoidal_embedding(zeros_on_the_cpu)
 
+    def table_on_the_cpu(t, dim):  # a table of every timestep made once on the CPU, then indexed: no error, wrong device
+        table = sinusoidal_ok(torch.arange(1000), dim)  # [1000, dim] on the CPU
+        return table[t]
+
+    assert torch.equal(table_on_the_cpu(torch.tensor([3, 999]), 8), sinusoidal_ok(torch.tensor([3, 999]), 8))
+    with pytest.raises(CheckFailed, match=r"returns its result on the CPU whatever device t is on.*device=t.device"):
+        c03.check_sinusoidal_embedding(table_on_the_cpu)
+
 
 
 @pytest.mark.parametrize("fn", [sinusoidal_ok, embeddings.sinusoidal_embedding])
