@@ -57,7 +57,8 @@ def test_every_claim_holds_in_normal_mode(lab, tmp_path, monkeypatch):
     start = time.perf_counter()
     NotebookClient(nb, timeout=3600, resources={"metadata": {"path": str(tmp_path)}}).execute()
     minutes = (time.perf_counter() - start) / 60
-    if saved:
+    if saved:  # a folder, made here when missing, so a finished run is never lost to a missing folder
+        Path(saved).mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(Path(saved) / f"{lab}.ipynb"))
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
                      if o.get("output_type") == "stream")

@@ -13,8 +13,9 @@
 #    run a real training job with it: checkpoints, resuming after an interruption, a loss curve and samples;
 # 3. read a loss curve, and say what the learning rate and the number of diffusion steps $T$ do to it.
 #
-# **Time budget.** On a laptop CPU: about 13 minutes of training with your loop (4000 steps of 64 images: 760 s
-# at 338 images/s on 2 cores, measured; much longer on a busy machine, and the cell says so), or skip training and
+# **Time budget.** On a laptop CPU: about 9-13 minutes of training with your loop (4000 steps of 64 images: 523 s
+# at 491 images/s and 760 s at 338 images/s in two runs on 2 cores, measured; much longer on a busy machine, and
+# the cell says so), or skip training and
 # use the shipped checkpoint (section 5); the other cells take about a minute. On a Colab GPU: a few minutes (not
 # measured yet). Working through the lab: about 90 minutes.
 #
@@ -299,13 +300,13 @@ checks.check_warmup_cosine_lr(warmup_cosine_lr, seed=4, cases=((3e-4, 7, 30, 0.0
 # (`labkit.training.train`, used by `labkit train` and in section 6, is the same loop with what a long run
 # adds: mixed precision on GPUs, gradient clipping and a loss weighting that favours the noisy steps.)
 #
-# On a CPU the run is `STEPS` steps of 64 images (2 cores: about 13 minutes; a slower machine takes
+# On a CPU the run is `STEPS` steps of 64 images (2 cores: about 9-13 minutes; a slower machine takes
 # longer, and the cell says so after two minutes). Set `USE_SHIPPED = True` to skip training and load the
 # checkpoint that ships with labkit instead.
 
 # %%
 USE_SHIPPED = False  # CPU only: True skips training and loads labkit's pretrained checkpoint
-STEPS = 4000  # CPU: a budget in steps (2 cores: about 13 minutes; readable digits from ~2000)
+STEPS = 4000  # CPU: a budget in steps (2 cores: about 9-13 minutes; readable digits from ~1000-2000)
 PATIENCE_MIN = 15  # more than this many minutes projected for STEPS: say so, and offer the shipped checkpoint
 RUNS = colab.runs_dir()  # in Colab your Google Drive (mounted here), so the run survives the runtime
 if FAST:
@@ -457,7 +458,8 @@ fig.tight_layout()
 # **Model answer.** First speckled white patches of roughly a digit's size and place (step 400 in a CPU run), then
 # stroke-like shapes, often not yet the right digit (step 800), and last the right digit in each column with clean
 # strokes: in that run the 3, 4 and 7 were right by step 1200 and most columns by step 2100, about half of the
-# 4000 steps; at step 4000 the classifier recognised all 40 digits of the final grid.
+# 4000 steps; at step 4000 the classifier recognised all 40 digits of the final grid. In another measured run, with
+# lab 03's U-Net, most columns were right by step 1000 and all ten by step 1900.
 #
 # **Rubric (1 point).** 1 point for an order read from the snapshots (typically blobs, then strokes, then the
 # right digit), with at least one step number or snapshot as evidence; 1/2 point without evidence.
@@ -488,10 +490,12 @@ fig.tight_layout()
 
 # %% [markdown] nbgrader={"grade": true, "grade_id": "answer_4", "locked": false, "points": 1, "schema_version": 3, "solution": true}
 # ### BEGIN SOLUTION
-# **Model answer.** Read from the student's run. In a CPU run of 4000 steps the line under the training cell
-# reports how much lower the loss is at the end than halfway (chunk means are noisy, so a few percent either way),
-# while the snapshots go from about half of the columns right (around step 2000) to every digit of the final grid
-# recognised. Most of the loss is irreducible: at all but the smallest $t$ the noise cannot be predicted
+# **Model answer.** Read from the student's run: the line under the training cell reports how much lower the loss
+# is at the end than halfway. Two measured CPU runs of 4000 steps: in one the snapshots went from about half of the
+# columns right (around step 2000) to every digit of the final grid recognised; in the other (lab 03's U-Net) every
+# column was already right at step 1900 and the second half only cleaned the strokes, while the loss still fell by
+# 16%. Either way the change in the loss says little about the change in the samples. Most of the loss is
+# irreducible: at all but the smallest $t$ the noise cannot be predicted
 # exactly from $x_t$ (many clean digits fit the same $x_t$), so even a perfect model has a large loss. What
 # improves the samples (fine detail, the right digit at the right step) changes the average only a little, and
 # the average weighs the noise levels differently from how much each matters for the samples. Judge samples by
