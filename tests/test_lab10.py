@@ -127,6 +127,16 @@ def _autograded(out: Path, student: str):
     return nbformat.read(str(found[0]), as_version=4)
 
 
+def test_outputs_hold_no_stray_reprs(graded):
+    """No cell prints ``<matplotlib.legend.Legend at 0x...>`` and the like (fast mode, solution and untouched):
+    tests/test_notebook_hygiene.py leaves this lab to these graded runs instead of executing it again."""
+    from test_notebook_hygiene import stray_reprs
+
+    _, out = graded
+    assert stray_reprs(_autograded(out, "solution")) == []
+    assert stray_reprs(_autograded(out, "blank"), skip_test_cells=True) == []
+
+
 def _errors(cell):
     return [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
 
